@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv on first use.
+# TORCH_SPEC pins the torch build installed *before* the package, so pip never pulls a
+# multi-GB CUDA build on a CPU machine. On a machine without a local CPU wheel use e.g.
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.c2w_fast-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean
+
+demo: $(STAMP)
+	$(PY) -m c2w_fast.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info c2w_fast/_cpu*.so

@@ -1,0 +1,244 @@
+"""Read and write 3D medical images (NIfTI with nibabel, NRRD with pynrrd).
+
+Whatever the file's own axis order, arrays come back in (z, y, x) order — slices first —
+and geometry as one 4x4 ``affine`` that maps a (z, y, x) voxel index to a world position
+in RAS+ millimetres. Spacing (mm, z/y/x), origin and direction are read off that affine,
+and writing uses it, so a read → write round trip keeps shape, values, spacing, origin
+and direction exactly.
+
+World convention: RAS+ (NIfTI's); NRRD files in LPS (the usual ``left-posterior-superior``
+space) are converted on read and written back in LPS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from c2w_fast.errors import DataError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+
+# (z, y, x) index <-> file (i, j, k) = (x, y, z) index: reverse the three axes.
+_REVERSE_AXES = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_NRRD_SPACES_TO_RAS = {
+    "right-anterior-superior": np.eye(4), "RAS": np.eye(4),
+    "left-posterior-superior": _LPS_TO_RAS, "LPS": _LPS_TO_RAS,
+    "left-anterior-superior": np.diag([-1.0, 1.0, 1.0, 1.0]), "LAS": np.diag([-1.0, 1.0, 1.0, 1.0]),
+}
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image: ``array`` in (z, y, x) order and ``affine`` from (z, y, x) index to RAS mm."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm, (z, y, x)."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """RAS position (mm) of the centre of voxel (0, 0, 0)."""
+        return tuple(float(v) for v in self.affine[:3, 3])
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3x3 matrix whose columns are the unit RAS directions of the z, y and x axes."""
+        return self.affine[:3, :3] / np.asarray(self.spacing)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+
+def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.ndarray:
+    """The (z, y, x)-index affine of a grid with ``spacing`` (mm, z/y/x), RAS ``origin`` and
+    ``direction`` (columns: unit RAS vectors of z, y, x; default: z→S, y→A, x→R)."""
+    spacing = check_spacing(spacing)
+    direction = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], float) if direction is None else np.asarray(direction, float)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
+    """``spacing`` as three positive finite floats (z, y, x) in mm, or a clear ValueError."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must have 3 positive values (z, y, x) in mm, got {spacing!r}") from None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{name} must have 3 positive values (z, y, x) in mm, got {spacing!r}")
+    return values
+
+
+def image_format(path) -> str:
+    """``"nifti"`` or ``"nrrd"`` from the file name, or a DataError."""
+    name = str(path).lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(NRRD_SUFFIXES):
+        return "nrrd"
+    raise DataError(path, f"unknown image format; expected one of {NIFTI_SUFFIXES + NRRD_SUFFIXES}")
+
+
+def read_volume(path, *, assume_spacing=None) -> Volume:
+    """Read a 3D NIfTI or NRRD file as a :class:`Volume` in (z, y, x) order.
+
+    ``assume_spacing`` (mm, z/y/x) is used only for NRRD files that carry no spacing at
+    all (some LASC 2018 files); otherwise such a file is an error.
+    Raises :class:`DataError` naming the file for a missing, unreadable or non-3D file.
+    """
+    path = Path(path)
+    fmt = image_format(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        array, affine = _read_nifti(path) if fmt == "nifti" else _read_nrrd(path, assume_spacing)
+    except DataError:
+        raise
+    except Exception as exc:  # nibabel/pynrrd/zlib raise many types for damaged files
+        raise DataError(path, f"cannot read {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
+    if array.ndim != 3:
+        raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape}")
+    return Volume(np.ascontiguousarray(array), affine, path)
+
+
+def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[float, float, float]]:
+    """Shape (z, y, x) and spacing (mm) of an image file without reading its voxels."""
+    path = Path(path)
+    fmt = image_format(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        if fmt == "nifti":
+            import nibabel as nib
+            header = nib.load(str(path)).header
+            shape = _squeeze_trailing(tuple(int(s) for s in header.get_data_shape()))[::-1]
+            spacing = tuple(float(s) for s in header.get_zooms()[:3])[::-1]
+        else:
+            import nrrd
+            header = nrrd.read_header(str(path))
+            shape = tuple(int(s) for s in header["sizes"])[::-1]
+            spacing = tuple(float(s) for s in np.linalg.norm(_nrrd_affine(header, path, assume_spacing)[:3, :3], axis=0))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(path, f"cannot read {fmt.upper()} header ({type(exc).__name__}: {exc})") from exc
+    if len(shape) != 3:
+        raise DataError(path, f"expected a 3D image, got shape {shape[::-1]} in file order")
+    return shape, spacing
+
+
+def write_volume(path, array, affine=None, *, like: Volume | None = None, compress: bool = True) -> Path:
+    """Write ``array`` (z, y, x) to NIfTI or NRRD (by suffix) with ``affine`` or ``like``'s geometry.
+
+    Booleans are written as uint8. The parent folder is created. Returns the path.
+    """
+    path = Path(path)
+    fmt = image_format(path)
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"array must be 3D (z, y, x), got shape {array.shape}")
+    if affine is None:
+        if like is None:
+            raise ValueError("write_volume needs an affine or a `like` volume for the geometry")
+        if like.shape != array.shape:
+            raise ValueError(f"array shape {array.shape} differs from the reference volume's {like.shape}")
+        affine = like.affine
+    affine = np.asarray(affine, dtype=float)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "nifti":
+        _write_nifti(path, array, affine)
+    else:
+        _write_nrrd(path, array, affine, compress)
+    return path
+
+
+def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    array = np.asanyarray(image.dataobj)
+    array = array.reshape(_squeeze_trailing(array.shape))
+    if array.ndim != 3:
+        raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape} in file order")
+    return array.transpose(2, 1, 0), image.affine @ _REVERSE_AXES
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    file_affine = affine @ _REVERSE_AXES  # the permutation is its own inverse
+    image = nib.Nifti1Image(array.transpose(2, 1, 0), file_affine)
+    image.set_data_dtype(array.dtype)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(file_affine, code=1)
+    image.set_sform(file_affine, code=1)
+    nib.save(image, str(path))
+
+
+def _nrrd_affine(header: dict, path: Path, assume_spacing) -> np.ndarray:
+    """(z, y, x)-index RAS affine from an NRRD header (file axes are x, y, z)."""
+    if header.get("dimension", len(header.get("sizes", ()))) != 3:
+        raise DataError(path, f"expected a 3D image, got sizes {list(header.get('sizes', []))}")
+    if "space directions" in header:
+        rows = header["space directions"]
+        if any(r is None or not np.all(np.isfinite(np.asarray(r, dtype=float))) for r in rows):
+            raise DataError(path, "space directions contain a non-spatial axis; expected a 3D image")
+        file_axes = np.asarray(rows, dtype=float).T  # columns: world step of file axes i, j, k
+        space = header.get("space", "left-posterior-superior")
+        if space not in _NRRD_SPACES_TO_RAS:
+            raise DataError(path, f"unsupported NRRD space {space!r}")
+        origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+        affine = np.eye(4)
+        affine[:3, :3] = file_axes
+        affine[:3, 3] = origin
+        affine = _NRRD_SPACES_TO_RAS[space] @ affine
+        return affine @ _REVERSE_AXES
+    if "spacings" in header and np.all(np.isfinite(np.asarray(header["spacings"], dtype=float))):
+        return affine_from_spacing(tuple(float(s) for s in header["spacings"])[::-1])
+    if assume_spacing is not None:
+        return affine_from_spacing(assume_spacing)
+    raise DataError(path, "NRRD header has neither 'space directions' nor 'spacings'; spacing unknown")
+
+
+def _read_nrrd(path: Path, assume_spacing) -> tuple[np.ndarray, np.ndarray]:
+    import nrrd
+
+    header = nrrd.read_header(str(path))
+    affine = _nrrd_affine(header, path, assume_spacing)
+    array, _ = nrrd.read(str(path), index_order="C")
+    return array, affine
+
+
+def _write_nrrd(path: Path, array: np.ndarray, affine: np.ndarray, compress: bool) -> None:
+    import nrrd
+
+    lps = _LPS_TO_RAS @ (affine @ _REVERSE_AXES)  # LPS world of file axes (x, y, z)
+    header: dict[str, Any] = {
+        "space": "left-posterior-superior",
+        "space directions": lps[:3, :3].T,
+        "space origin": lps[:3, 3],
+        "kinds": ["domain", "domain", "domain"],
+        "encoding": "gzip" if compress else "raw",
+    }
+    nrrd.write(str(path), np.ascontiguousarray(array), header, index_order="C")

@@ -1,0 +1,211 @@
+"""Dataset layouts on disk (LASC 2018, MBAS, nnU-Net raw): discovery and validated loading.
+
+Every layout yields :class:`Case` records; :func:`load_case` reads one and returns the
+image with a single label map in the project's canonical codes (MBAS's): 0 background,
+1 atrial wall, 2 right-atrium cavity, 3 left-atrium cavity. nnU-Net raw datasets keep the
+values their ``dataset.json`` declares.
+
+=========  ===================================================  =============================
+layout     files                                                 labels
+=========  ===================================================  =============================
+lasc       ``<case>/lgemri.nrrd``, ``<case>/laendo.nrrd``,       cavity 0/1 or 0/255 → 3 (LA);
+           optional ``<case>/lawall.nrrd``                       wall → 1 (wins on overlap)
+mbas       ``MBAS_XXX/MBAS_XXX.nii.gz``, ``MBAS_XXX_gt.nii.gz``  0..3 as above
+nnunet     ``imagesTr/<case>_0000<ext>``, ``labelsTr/<case><ext>``  values of ``dataset.json``
+=========  ===================================================  =============================
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from c2w_fast.data.io import Volume, read_header, read_volume
+from c2w_fast.errors import DataError
+
+CANONICAL_LABELS = {"wall": 1, "RA": 2, "LA": 3}
+LAYOUTS = ("lasc", "mbas", "nnunet")
+
+LASC_IMAGE, LASC_CAVITY, LASC_WALL = "lgemri.nrrd", "laendo.nrrd", "lawall.nrrd"
+LASC_SPACING = (0.625, 0.625, 0.625)  # used only when an NRRD header carries no spacing
+MBAS_LABEL_VALUES = (0, 1, 2, 3)
+SPACING_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient's files. ``label_paths`` maps a label role to its file; ``spacing`` is (z, y, x) mm."""
+
+    id: str
+    image_path: Path
+    label_paths: dict[str, Path]
+    spacing: tuple[float, float, float]
+    layout: str
+
+
+@dataclass(frozen=True)
+class CaseData:
+    """A loaded case: the image and its canonical label map (``None`` without labels)."""
+
+    case: Case
+    image: Volume
+    labels: np.ndarray | None
+
+
+def detect_layout(root) -> str:
+    """The layout of the dataset folder ``root``, or a DataError saying what was expected."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found")
+    if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
+        return "nnunet"
+    if next(root.rglob(LASC_IMAGE), None) is not None:
+        return "lasc"
+    if _mbas_images(root):
+        return "mbas"
+    raise DataError(root, "no dataset layout recognised; expected LASC 2018 (<case>/lgemri.nrrd), "
+                          "MBAS (MBAS_XXX/MBAS_XXX.nii.gz) or nnU-Net raw (dataset.json + imagesTr/)")
+
+
+def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -> list[Case]:
+    """All cases under ``root`` in the given layout (``auto`` detects it), sorted by id.
+
+    With ``require_labels`` a case whose required label file is missing is an error naming
+    that file. A folder with no case at all is an error too.
+    """
+    root = Path(root)
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found")
+    found = {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)
+    if not found:
+        raise DataError(root, f"no cases found for layout {layout!r}")
+    ids = [case_id for case_id, _, _ in found]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise DataError(root, f"case ids occur more than once: {duplicates}")
+    cases = []
+    for case_id, image_path, label_paths in sorted(found):
+        present = {role: path for role, path in label_paths.items() if path.is_file()}
+        if require_labels:
+            for role in _required_roles(layout):
+                if role not in present:
+                    raise DataError(label_paths[role], f"{role} label file missing for case {case_id!r}")
+        _, spacing = read_header(image_path, assume_spacing=LASC_SPACING if layout == "lasc" else None)
+        cases.append(Case(case_id, image_path, present, spacing, layout))
+    return cases
+
+
+def load_case(case: Case) -> CaseData:
+    """Read and validate one case; every problem is a DataError naming the file.
+
+    Checks: the image is 3D and finite; each label file has the image's shape and grid
+    (spacing within 0.1 %, origin and direction within 0.01 mm); label values are the
+    layout's (LASC 0/1 or 0/255, MBAS 0-3, nnU-Net those of ``dataset.json``).
+    """
+    assume = LASC_SPACING if case.layout == "lasc" else None
+    image = read_volume(case.image_path, assume_spacing=assume)
+    _check_finite(image)
+    if not case.label_paths:
+        return CaseData(case, image, None)
+    volumes = {role: read_volume(path, assume_spacing=assume) for role, path in case.label_paths.items()}
+    for role, volume in volumes.items():
+        _check_same_grid(image, volume)
+        _check_values(volume, _allowed_values(case, role))
+    if case.layout == "lasc":
+        labels = np.where(volumes["cavity"].array > 0, CANONICAL_LABELS["LA"], 0).astype(np.uint8)
+        if "wall" in volumes:
+            labels[volumes["wall"].array > 0] = CANONICAL_LABELS["wall"]
+    else:
+        labels = volumes["labels"].array.astype(np.uint8, copy=False)
+    return CaseData(case, image, np.ascontiguousarray(labels))
+
+
+def _required_roles(layout: str) -> tuple[str, ...]:
+    return ("cavity",) if layout == "lasc" else ("labels",)
+
+
+def _find_lasc(root: Path):
+    return [(image.parent.name, image, {"cavity": image.parent / LASC_CAVITY, "wall": image.parent / LASC_WALL})
+            for image in root.rglob(LASC_IMAGE)]
+
+
+def _mbas_images(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*.nii.gz") if p.name == f"{p.parent.name}.nii.gz"]
+
+
+def _find_mbas(root: Path):
+    return [(image.parent.name, image, {"labels": image.parent / f"{image.parent.name}_gt.nii.gz"})
+            for image in _mbas_images(root)]
+
+
+def _read_dataset_json(root: Path) -> dict:
+    path = root / "dataset.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, "dataset.json not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read dataset.json ({exc})") from exc
+    channels = meta.get("channel_names", meta.get("modality", {"0": "image"}))
+    if len(channels) != 1:
+        raise DataError(path, f"c2w_fast reads single-channel datasets; dataset.json lists {len(channels)} channels")
+    return meta
+
+
+def _find_nnunet(root: Path):
+    ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+    suffix = f"_0000{ending}"
+    return [(image.name[: -len(suffix)], image, {"labels": root / "labelsTr" / (image.name[: -len(suffix)] + ending)})
+            for image in (root / "imagesTr").glob(f"*{suffix}")]
+
+
+def _allowed_values(case: Case, role: str) -> tuple[int, ...]:
+    if case.layout == "lasc":
+        return (0, 1, 255)
+    if case.layout == "mbas":
+        return MBAS_LABEL_VALUES
+    labels = _read_dataset_json(case.image_path.parent.parent).get("labels", {})
+    return tuple(sorted(int(v) for v in labels.values() if isinstance(v, int)))
+
+
+def _check_finite(image: Volume) -> None:
+    if np.issubdtype(image.array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(image.array)))
+        if bad:
+            raise DataError(image.path, f"image has {bad} NaN/inf voxels")
+
+
+def _check_same_grid(image: Volume, label: Volume) -> None:
+    if label.shape != image.shape:
+        raise DataError(label.path, f"label shape {label.shape} differs from image shape {image.shape} "
+                                    f"({image.path.name})")
+    if not np.allclose(label.spacing, image.spacing, rtol=SPACING_RTOL, atol=0):
+        raise DataError(label.path, f"label spacing {_mm(label.spacing)} differs from image spacing "
+                                    f"{_mm(image.spacing)} ({image.path.name})")
+    if not np.allclose(label.affine, image.affine, rtol=0, atol=1e-2):
+        raise DataError(label.path, f"label origin/direction differ from the image's ({image.path.name}): "
+                                    f"origin {_mm(label.origin)} vs {_mm(image.origin)}")
+
+
+def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
+    array = label.array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise DataError(label.path, "label values must be whole numbers")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > max(allowed, default=0):
+        found = np.unique(array)
+    else:
+        found = np.flatnonzero(np.bincount(array.astype(np.int64, copy=False).ravel()))
+    unexpected = sorted(set(int(v) for v in found) - set(allowed))
+    if unexpected:
+        raise DataError(label.path, f"unexpected label values {unexpected[:10]}; expected a subset of {list(allowed)}")
+
+
+def _mm(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ") mm"

@@ -1,0 +1,21 @@
+"""Public operations of c2w_fast, each with a reference implementation and fast backends.
+
+Every op takes ``backend="auto" | "reference" | "cpu" | "triton" | "cuda"``; see
+:mod:`c2w_fast.ops._dispatch` for the contract. Inputs may be numpy arrays, torch tensors
+(CPU or CUDA) or cupy arrays; axis order is always (z, y, x) and spacing is in mm.
+"""
+from c2w_fast.ops._dispatch import (
+    BACKEND_CHOICES,
+    BackendFallbackWarning,
+    BackendUnavailableError,
+    backend_problem,
+)
+from c2w_fast.ops.bounding_box import bounding_box
+
+__all__ = [
+    "BACKEND_CHOICES",
+    "BackendFallbackWarning",
+    "BackendUnavailableError",
+    "backend_problem",
+    "bounding_box",
+]

@@ -1,0 +1,66 @@
+"""Array plumbing shared by the ops: numpy, torch and cupy in, one device type out.
+
+Conversions are zero-copy where the memory allows it (numpy <-> CPU torch, cupy <->
+CUDA torch via DLPack), so ops accept whatever array the caller holds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def is_cupy(array) -> bool:
+    return type(array).__module__.split(".")[0] == "cupy"
+
+
+def device_type(array) -> str:
+    """``"cpu"`` or ``"cuda"`` (or torch's name for another device) for a numpy/torch/cupy array."""
+    if isinstance(array, torch.Tensor):
+        return array.device.type
+    if is_cupy(array):
+        return "cuda"
+    if isinstance(array, np.ndarray) or np.isscalar(array):
+        return "cpu"
+    raise TypeError(f"expected a numpy array, torch tensor or cupy array, got {type(array).__name__}")
+
+
+def as_tensor(array) -> torch.Tensor:
+    """A torch view of ``array`` (no copy for numpy, CPU/CUDA torch and cupy inputs)."""
+    if isinstance(array, torch.Tensor):
+        return array
+    if is_cupy(array):
+        return torch.from_dlpack(array)
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
+    raise TypeError(f"expected a numpy array, torch tensor or cupy array, got {type(array).__name__}")
+
+
+def as_numpy(array) -> np.ndarray:
+    """A numpy array with the values of ``array``; copies only from a GPU."""
+    if isinstance(array, np.ndarray):
+        return array
+    if isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    if is_cupy(array):
+        return array.get()
+    raise TypeError(f"expected a numpy array, torch tensor or cupy array, got {type(array).__name__}")
+
+
+def as_mask(array, name: str) -> np.ndarray | torch.Tensor:
+    """``array`` as a boolean mask of the same kind (numpy stays numpy, tensors stay tensors)."""
+    if is_cupy(array):
+        array = as_tensor(array)
+    if isinstance(array, torch.Tensor):
+        if array.dtype == torch.bool:
+            return array
+        if array.is_floating_point() and not torch.isfinite(array).all():
+            raise ValueError(f"{name} must be a mask without NaN/inf values")
+        return array != 0
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{name} must be a boolean or numeric mask, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f"{name} must be a mask without NaN/inf values")
+    return array != 0

@@ -1,0 +1,136 @@
+"""Backend selection shared by every public op: one contract, one error style.
+
+Every public op takes ``backend="auto" | "reference" | "cpu" | "triton" | "cuda"``:
+
+* ``reference`` — plain torch/numpy/scipy; the truth the tests compare against; runs anywhere.
+* ``cpu`` — the C++/OpenMP extension ``c2w_fast._cpu``; CPU inputs only.
+* ``triton`` — Triton kernels in ``c2w_fast.kernels``; CUDA tensors, or CPU tensors when
+  ``TRITON_INTERPRET=1`` is set before the first call (that is how CI tests them).
+* ``cuda`` — CUDA C kernels compiled at run time by NVRTC through CuPy; CUDA tensors only.
+* ``auto`` — the fastest available backend for the inputs' device, in the op's order of
+  preference; when none of those can run it falls back to ``reference`` with a one-time
+  :class:`BackendFallbackWarning` that says what is missing.
+
+Asking for an unavailable backend by name raises :class:`BackendUnavailableError` naming
+what is missing; it never falls back silently.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here; the message says what is missing."""
+
+
+class BackendFallbackWarning(RuntimeWarning):
+    """``backend="auto"`` had to use the slow reference implementation."""
+
+
+def triton_interpreter_enabled() -> bool:
+    """True when Triton kernels run on the CPU through Triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _cpu_extension_problem(device_type: str) -> str | None:
+    if device_type != "cpu":
+        return f"it runs on CPU inputs only, got {device_type} inputs"
+    try:
+        importlib.import_module("c2w_fast._cpu")
+    except ImportError as exc:
+        return f"the C++ extension c2w_fast._cpu is not built ({exc}); reinstall with `pip install -e .`"
+    return None
+
+
+def _triton_problem(device_type: str) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (`pip install triton`)"
+    if device_type == "cuda":
+        return None
+    if device_type == "cpu" and triton_interpreter_enabled():
+        return None
+    return (f"triton runs {device_type} inputs only in interpreter mode; "
+            "set TRITON_INTERPRET=1 before the first call")
+
+
+def _cuda_problem(device_type: str) -> str | None:
+    if device_type != "cuda":
+        return f"it runs on CUDA inputs only, got {device_type} inputs"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return "cupy is not installed (`pip install 'c2w_fast[cuda]'`, or `[cuda13]` for CUDA 13)"
+    return None
+
+
+_PROBLEM_CHECKS: Mapping[str, Callable[[str], str | None]] = {
+    "reference": lambda device_type: None,
+    "cpu": _cpu_extension_problem,
+    "triton": _triton_problem,
+    "cuda": _cuda_problem,
+}
+
+_warned: set[tuple[str, str]] = set()
+
+
+def backend_problem(backend: str, device_type: str) -> str | None:
+    """Why ``backend`` cannot run on ``device_type`` inputs here, or None when it can."""
+    return _PROBLEM_CHECKS[backend](device_type)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One public op: its implementations by backend and its fast-path preference by device.
+
+    ``implementations`` must hold ``"reference"``. ``preferred`` maps a device type
+    (``"cpu"``, ``"cuda"``) to the backends ``auto`` tries, fastest first; a device type
+    with no entry (or an empty one) uses the reference without a warning.
+    """
+
+    name: str
+    implementations: Mapping[str, Callable]
+    preferred: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if "reference" not in self.implementations:
+            raise ValueError(f"op {self.name!r} needs a reference implementation")
+        unknown = set(self.implementations) - set(BACKENDS)
+        if unknown:
+            raise ValueError(f"op {self.name!r}: unknown backends {sorted(unknown)}")
+
+    def select(self, backend: str, device_type: str) -> Callable:
+        """The implementation to run for ``backend`` on inputs living on ``device_type``."""
+        if backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
+        if backend != "auto":
+            if backend not in self.implementations:
+                raise BackendUnavailableError(
+                    f"{self.name}: there is no {backend!r} backend; "
+                    f"implemented: {', '.join(sorted(self.implementations))}")
+            problem = backend_problem(backend, device_type)
+            if problem:
+                raise BackendUnavailableError(f"{self.name}: backend {backend!r} is unavailable: {problem}")
+            return self.implementations[backend]
+        problems = []
+        for name in self.preferred.get(device_type, ()):
+            if name not in self.implementations:
+                continue
+            problem = backend_problem(name, device_type)
+            if problem is None:
+                return self.implementations[name]
+            problems.append(f"{name}: {problem}")
+        if problems and (self.name, device_type) not in _warned:
+            _warned.add((self.name, device_type))
+            warnings.warn(f"{self.name}: no fast backend for {device_type} inputs "
+                          f"({'; '.join(problems)}); using the reference implementation",
+                          BackendFallbackWarning, stacklevel=3)
+        return self.implementations["reference"]

@@ -1,0 +1,52 @@
+"""Build c2w_fast: the Python package, the Triton/CUDA kernels folder and the C++ CPU kernels.
+
+The top-level ``kernels/`` folder is installed as ``c2w_fast.kernels`` (its ``.cu`` sources
+travel as package data and are compiled at run time by NVRTC through CuPy). ``csrc/`` is
+built with pybind11 and OpenMP into ``c2w_fast._cpu``. Nothing here imports torch.
+"""
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+
+cpu_extension = Pybind11Extension(
+    "c2w_fast._cpu",
+    sources=["csrc/bind.cpp"],
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3", *openmp],
+    extra_link_args=openmp,
+)
+
+setup(
+    name="c2w_fast",
+    version="0.1.0",
+    description="Fast atrial-wall segmentation of 3D LGE-MRI: Triton/CUDA/C++ kernels under a thin PyTorch layer",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["c2w_fast", "c2w_fast.*"]) + ["c2w_fast.kernels"],
+    package_dir={"c2w_fast.kernels": "kernels"},
+    package_data={"c2w_fast.kernels": ["*.cu", "*.cuh"]},
+    ext_modules=[cpu_extension],
+    cmdclass={"build_ext": build_ext},
+    install_requires=[
+        "torch>=2.3",
+        "triton>=3.0; platform_system == 'Linux'",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "nibabel>=5.0",
+        "pynrrd>=1.0",
+        "tqdm>=4.60",
+        "tomli>=2.0; python_version < '3.11'",
+    ],
+    extras_require={
+        "cuda": ["cupy-cuda12x>=13"],  # CUDA 12.x drivers/toolkits (RTX 4090 setups)
+        "cuda13": ["cupy-cuda13x>=13"],
+        "test": ["pytest>=7.4", "pytest-xdist>=3.3"],
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,29 @@
+"""Test set-up: Triton kernels run in the interpreter without a GPU; ``cuda`` tests skip there."""
+import os
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # Must happen before any Triton kernel module is imported: @triton.jit reads it then.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id (plus ``C2W_TEST_SEED``): different inputs for
+    every test, the same on a rerun; change ``C2W_TEST_SEED`` to draw new ones."""
+    seed = zlib.crc32(request.node.nodeid.encode()) + int(os.environ.get("C2W_TEST_SEED", "0"))
+    return np.random.default_rng(seed)

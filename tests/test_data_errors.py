@@ -1,0 +1,110 @@
+"""Bad input: one clear DataError naming the file and the problem, never a library traceback."""
+import gzip
+
+import numpy as np
+import pytest
+
+from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
+from c2w_fast.data.layouts import discover_cases, load_case
+from c2w_fast.data.phantom import write_dataset
+from c2w_fast.errors import DataError
+
+SMALL = dict(shape=(8, 32, 32), spacing=(2.5, 3.0, 3.0))
+
+
+@pytest.fixture
+def mbas(tmp_path):
+    write_dataset(tmp_path, "mbas", 2, progress=False, **SMALL)
+    return tmp_path
+
+
+def case_files(root, case="MBAS_001"):
+    return root / case / f"{case}.nii.gz", root / case / f"{case}_gt.nii.gz"
+
+
+def test_missing_label_file(mbas):
+    _, label = case_files(mbas)
+    label.unlink()
+    with pytest.raises(DataError, match=r"MBAS_001_gt.nii.gz: labels label file missing for case 'MBAS_001'"):
+        discover_cases(mbas)
+    assert [c.label_paths for c in discover_cases(mbas, require_labels=False)][0] == {}
+
+
+def test_label_shape_mismatch(mbas):
+    image, label = case_files(mbas)
+    write_volume(label, np.zeros((8, 32, 31), np.uint8), affine_from_spacing(SMALL["spacing"]))
+    with pytest.raises(DataError, match=r"MBAS_001_gt.nii.gz: label shape \(8, 32, 31\) differs from image shape"):
+        load_case(discover_cases(mbas)[0])
+
+
+def test_label_spacing_mismatch(mbas):
+    image, label = case_files(mbas)
+    write_volume(label, read_volume(label).array, affine_from_spacing((2.5, 3.0, 2.0)))
+    with pytest.raises(DataError, match="MBAS_001_gt.nii.gz: label spacing .* differs from image spacing"):
+        load_case(discover_cases(mbas)[0])
+
+
+def test_label_origin_mismatch(mbas):
+    image, label = case_files(mbas)
+    write_volume(label, read_volume(label).array, affine_from_spacing(SMALL["spacing"], origin=(5, 0, 0)))
+    with pytest.raises(DataError, match="MBAS_001_gt.nii.gz: label origin/direction differ"):
+        load_case(discover_cases(mbas)[0])
+
+
+def test_non_3d_image(mbas, tmp_path):
+    import nibabel as nib
+    image, _ = case_files(mbas)
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), str(image))
+    with pytest.raises(DataError, match="MBAS_001.nii.gz: .*expected a 3D image"):
+        discover_cases(mbas)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_in_image(mbas, bad):
+    image, _ = case_files(mbas)
+    volume = read_volume(image)
+    array = volume.array.astype(np.float32)
+    array[1, 2, 3] = bad
+    write_volume(image, array, volume.affine)
+    with pytest.raises(DataError, match="MBAS_001.nii.gz: image has 1 NaN/inf voxels"):
+        load_case(discover_cases(mbas)[0])
+
+
+def test_unexpected_label_values(mbas):
+    _, label = case_files(mbas)
+    volume = read_volume(label)
+    array = volume.array.copy()
+    array[0, 0, :2] = (7, 9)
+    write_volume(label, array, volume.affine)
+    with pytest.raises(DataError, match=r"MBAS_001_gt.nii.gz: unexpected label values \[7, 9\]"):
+        load_case(discover_cases(mbas)[0])
+
+
+def test_corrupt_nifti(mbas):
+    image, _ = case_files(mbas)
+    data = gzip.decompress(image.read_bytes())
+    image.write_bytes(gzip.compress(data[: len(data) // 3]))
+    with pytest.raises(DataError, match="MBAS_001.nii.gz: cannot read NIFTI file"):
+        load_case(discover_cases(mbas)[0])
+
+
+def test_corrupt_and_garbage_nrrd(tmp_path):
+    write_dataset(tmp_path, "lasc", 1, progress=False, **SMALL)
+    cavity = tmp_path / "phantom000" / "laendo.nrrd"
+    cavity.write_bytes(cavity.read_bytes()[:200])
+    with pytest.raises(DataError, match="laendo.nrrd: cannot read NRRD file"):
+        load_case(discover_cases(tmp_path)[0])
+    cavity.write_bytes(b"this is not an nrrd file")
+    with pytest.raises(DataError, match="laendo.nrrd: cannot read NRRD file"):
+        load_case(discover_cases(tmp_path)[0])
+
+
+def test_missing_or_empty_dataset(tmp_path):
+    with pytest.raises(DataError, match="dataset folder not found"):
+        discover_cases(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no dataset layout recognised"):
+        discover_cases(tmp_path)
+    with pytest.raises(DataError, match="no cases found for layout 'mbas'"):
+        discover_cases(tmp_path, "mbas")
+    with pytest.raises(DataError, match="file not found"):
+        read_volume(tmp_path / "missing.nii.gz")

@@ -1,0 +1,71 @@
+"""The backend contract every op follows."""
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from c2w_fast.ops import BackendFallbackWarning, BackendUnavailableError, backend_problem, bounding_box
+from c2w_fast.ops._dispatch import Op
+
+
+def _op(**preferred):
+    return Op("toy", {"reference": lambda: "reference", "cpu": lambda: "cpu", "triton": lambda: "triton"},
+              preferred=preferred)
+
+
+def test_unknown_backend_name_is_a_value_error():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        bounding_box(np.ones((2, 2), bool), backend="gpu")
+
+
+def test_named_backend_without_implementation_lists_the_implemented_ones():
+    with pytest.raises(BackendUnavailableError, match="no 'cuda' backend; implemented: cpu, reference, triton"):
+        _op().select("cuda", "cpu")
+
+
+def test_cuda_backend_on_cpu_inputs_says_it_needs_cuda_inputs():
+    with pytest.raises(BackendUnavailableError, match="CUDA inputs only, got cpu inputs"):
+        bounding_box(np.ones((2, 2), bool), backend="cuda")
+
+
+def test_triton_on_cpu_without_interpreter_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        bounding_box(np.ones((2, 2), bool), backend="triton")
+
+
+def test_missing_cpu_extension_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "c2w_fast._cpu", None)
+    problem = backend_problem("cpu", "cpu")
+    assert "c2w_fast._cpu is not built" in problem and "pip install -e ." in problem
+
+
+def test_missing_cupy_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert "cupy is not installed" in backend_problem("cuda", "cuda")
+
+
+def test_auto_prefers_the_first_available_fast_backend():
+    assert _op(cpu=("cpu", "triton")).select("auto", "cpu")() == "cpu"
+
+
+def test_auto_without_fast_backend_for_the_device_uses_reference_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _op(cuda=("triton",)).select("auto", "cpu")() == "reference"
+
+
+def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
+    monkeypatch.setitem(sys.modules, "c2w_fast._cpu", None)
+    op = Op("fallback_probe", {"reference": lambda: "reference", "cpu": lambda: "cpu"}, preferred={"cpu": ("cpu",)})
+    with pytest.warns(BackendFallbackWarning, match="c2w_fast._cpu is not built"):
+        assert op.select("auto", "cpu")() == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert op.select("auto", "cpu")() == "reference"
+
+
+def test_op_needs_a_reference_implementation():
+    with pytest.raises(ValueError, match="needs a reference"):
+        Op("broken", {"cpu": lambda: None})

@@ -1,0 +1,87 @@
+"""Synthetic phantoms: deterministic, anatomically consistent labels, exact wall thickness."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from c2w_fast.data.layouts import CANONICAL_LABELS, discover_cases, load_case
+from c2w_fast.data.phantom import main, make_phantom, write_dataset
+
+SMALL = dict(shape=(24, 96, 96), spacing=(2.5, 1.5, 1.5))
+WALL, RA, LA = CANONICAL_LABELS["wall"], CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"]
+
+
+def test_same_seed_same_phantom_other_seed_other_phantom():
+    a, b, c = make_phantom(**SMALL, seed=3), make_phantom(**SMALL, seed=3), make_phantom(**SMALL, seed=4)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mbas_labels_enhancement_and_intensities(seed):
+    p = make_phantom(**SMALL, seed=seed)
+    assert p.image.dtype == np.float32 and p.labels.dtype == np.uint8 and p.image.shape == SMALL["shape"]
+    assert set(np.unique(p.labels)) == {0, WALL, RA, LA}
+    assert p.enhancement.any() and np.all(p.labels[p.enhancement] == WALL)
+    blood = p.image[ndimage.binary_erosion(p.labels == LA, iterations=2)].mean()
+    healthy_wall = p.image[(p.labels == WALL) & ~p.enhancement].mean()
+    assert abs(blood / p.blood_pool - 1) < 0.25 and healthy_wall < 0.6 * blood
+    assert np.isfinite(p.image).all() and p.image.min() >= 0
+
+
+def test_lasc_labels_have_no_right_atrium():
+    p = make_phantom(**SMALL, seed=2, label_right_atrium=False)
+    assert set(np.unique(p.labels)) == {0, WALL, LA}
+
+
+def test_cavity_is_enclosed_by_the_wall():
+    # On a grid finer than the thinnest wall (1.5 mm) no 6-neighbour step can skip the wall.
+    p = make_phantom((64, 112, 112), (0.75, 0.75, 0.75), seed=5, scale=0.4)
+    cavity = p.labels == LA
+    dilated = ndimage.binary_dilation(cavity, ndimage.generate_binary_structure(3, 1))
+    neighbours = p.labels[dilated & ~cavity]
+    assert np.all(neighbours == WALL)
+
+
+def test_wall_thickness_matches_the_design_thickness():
+    spacing = (0.625, 0.625, 0.625)
+    p = make_phantom((72, 96, 96), spacing, seed=7, scale=0.45, with_thickness=True, label_right_atrium=False)
+    wall = p.labels == WALL
+    outside_distance = ndimage.distance_transform_edt(p.labels != LA, sampling=spacing)
+    # Every wall voxel lies within its design thickness of the cavity, and the outermost
+    # wall voxels reach it: thickness is exact up to one voxel diagonal.
+    diagonal = float(np.linalg.norm(spacing))
+    assert np.all(outside_distance[wall] <= p.thickness_mm[wall] + diagonal)
+    outer = wall & ndimage.binary_dilation(~wall & (p.labels != LA))
+    assert np.median(p.thickness_mm[outer] - outside_distance[outer]) < diagonal
+    assert 1.5 <= p.thickness_mm[wall].min() and p.thickness_mm[wall].max() <= 3.0
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="spacing must have 3 positive values"):
+        make_phantom((8, 8, 8), (1.0, 0, 1.0))
+    with pytest.raises(ValueError, match="shape must be 3 positive sizes"):
+        make_phantom((8, 8), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="wall_mm"):
+        make_phantom((8, 8, 8), (1, 1, 1), wall_mm=(3, 1))
+
+
+@pytest.mark.parametrize("layout", ["lasc", "mbas", "nnunet"])
+def test_written_datasets_are_discovered_and_load_back(tmp_path, layout):
+    ids = write_dataset(tmp_path, layout, 3, progress=False, **SMALL)
+    cases = discover_cases(tmp_path)
+    assert [c.id for c in cases] == sorted(ids) and {c.layout for c in cases} == {layout}
+    assert cases[0].spacing == pytest.approx(SMALL["spacing"])
+    data = load_case(cases[1])
+    expected = make_phantom(**SMALL, seed=1, label_right_atrium=layout != "lasc").labels
+    np.testing.assert_array_equal(data.labels, expected)
+    assert data.image.shape == SMALL["shape"]
+
+
+def test_cli_writes_a_dataset(tmp_path, capsys):
+    main(["--layout", "mbas", "--n", "2", "--out", str(tmp_path), "--shape", "16", "64", "64",
+          "--spacing", "3", "2", "2"])
+    assert "wrote 2 mbas cases" in capsys.readouterr().out
+    assert (tmp_path / "MBAS_002" / "MBAS_002_gt.nii.gz").is_file()
+    with pytest.raises(SystemExit):
+        main(["--layout", "mbas", "--n", "0", "--out", str(tmp_path)])

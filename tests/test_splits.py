@@ -1,0 +1,64 @@
+"""Patient-level splits: deterministic, leak-free, and checked when read back."""
+import json
+
+import pytest
+
+from c2w_fast.data.splits import load_splits, make_splits, save_splits
+from c2w_fast.errors import DataError
+
+IDS = [f"case{i:03d}" for i in range(154)]
+
+
+def test_c2w_split_sizes_and_determinism():
+    splits = make_splits(IDS, n_test=30, n_folds=5, final_val=24, seed=1)
+    assert len(splits.test) == 30 and len(splits.development) == 124
+    assert len(splits.final.train) == 100 and len(splits.final.val) == 24
+    assert make_splits(IDS, n_test=30, final_val=24, seed=1) == splits
+    assert make_splits(IDS, n_test=30, final_val=24, seed=2).test != splits.test
+
+
+def test_no_leakage_between_test_folds_and_final():
+    splits = make_splits(IDS, seed=0)
+    dev = set(splits.development)
+    assert not dev & set(splits.test) and dev | set(splits.test) == set(IDS)
+    vals = [set(f.val) for f in splits.folds]
+    assert set().union(*vals) == dev and sum(map(len, vals)) == len(dev)
+    for fold in splits.folds:
+        assert not set(fold.train) & set(fold.val) and set(fold.train) | set(fold.val) == dev
+
+
+def test_cases_of_one_patient_stay_together():
+    groups = {i: f"patient{int(i[4:]) // 2}" for i in IDS}  # two scans per patient
+    splits = make_splits(IDS, groups=groups, seed=3)
+    for part in [splits.test, *[f.val for f in splits.folds], splits.final.val]:
+        patients = {groups[i] for i in part}
+        assert sum(1 for i in IDS if groups[i] in patients) == len(part)
+
+
+def test_round_trip_and_validation(tmp_path):
+    splits = make_splits(IDS, seed=4)
+    path = save_splits(splits, tmp_path / "splits.json")
+    assert load_splits(path, IDS) == splits
+    with pytest.raises(DataError, match="cases not in the dataset"):
+        load_splits(path, IDS[:100])
+    payload = json.loads(path.read_text())
+    payload["test"].append(payload["folds"][0]["val"][0])
+    path.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match="test cases also in development"):
+        load_splits(path)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="not a valid splits file"):
+        load_splits(path)
+    with pytest.raises(DataError, match="splits file not found"):
+        load_splits(tmp_path / "missing.json")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="n_folds"):
+        make_splits(IDS[:4], n_test=1, n_folds=5)
+    with pytest.raises(ValueError, match="n_test"):
+        make_splits(IDS, n_test=1.5)
+    with pytest.raises(ValueError, match="duplicates"):
+        make_splits(["a", "a", "b"])
+    with pytest.raises(ValueError, match="fold must be in 0..4"):
+        make_splits(IDS).fold(5)
