@@ -46,7 +46,7 @@ setup(
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],  # CUDA 12.x drivers/toolkits (RTX 4090 setups)
         "cuda13": ["cupy-cuda13x>=13"],
-        "test": ["pytest>=7.4", "pytest-xdist>=3.3"],
+        "test": ["pytest>=7.4", "pytest-xdist>=3.3", "monai>=1.3"],
     },
     zip_safe=False,
 )

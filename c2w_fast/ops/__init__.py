@@ -11,6 +11,8 @@ from c2w_fast.ops._dispatch import (
     backend_problem,
 )
 from c2w_fast.ops.bounding_box import bounding_box
+from c2w_fast.ops.conv_norm_act import conv_norm_act
+from c2w_fast.ops.losses import dice_ce_loss, dice_focal_loss
 
 __all__ = [
     "BACKEND_CHOICES",
@@ -18,4 +20,7 @@ __all__ = [
     "BackendUnavailableError",
     "backend_problem",
     "bounding_box",
+    "conv_norm_act",
+    "dice_ce_loss",
+    "dice_focal_loss",
 ]

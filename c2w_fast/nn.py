@@ -1,0 +1,100 @@
+"""``nn.Module`` wrappers of the fused ops, drop-in for the unfused PyTorch layers.
+
+``FusedConvNormAct`` holds a bias-free ``Conv3d`` and an affine ``InstanceNorm3d`` under the
+names ``conv`` and ``norm``, so its state_dict (``conv.weight``, ``norm.weight``,
+``norm.bias``) is that of ``Conv3d → InstanceNorm3d(affine=True) → LeakyReLU`` and
+checkpoints load either way. The losses accept one output or a list of deep-supervision
+outputs (highest resolution first) with per-output weights.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from c2w_fast.ops.conv_norm_act import _triple, conv_norm_act
+from c2w_fast.ops.losses import dice_ce_loss, dice_focal_loss
+
+
+class FusedConvNormAct(nn.Module):
+    """Conv3d (no bias, padding kernel // 2) → InstanceNorm3d(affine) → [+ residual] → LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, groups: int = 1, *,
+                 activation: bool = True, eps: float = 1e-5, negative_slope: float = 0.01, backend: str = "auto"):
+        super().__init__()
+        kernel_size = _triple(kernel_size, "kernel_size")
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, _triple(stride, "stride"),
+                              tuple(k // 2 for k in kernel_size), groups=groups, bias=False)
+        self.norm = nn.InstanceNorm3d(out_channels, eps=eps, affine=True)
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return conv_norm_act(x, self.conv.weight, self.norm.weight, self.norm.bias, stride=self.conv.stride,
+                             groups=self.conv.groups, eps=self.norm.eps, negative_slope=self.negative_slope,
+                             activation=self.activation, residual=residual, backend=self.backend)
+
+
+def deep_supervision_weights(n: int) -> list[float]:
+    """nnU-Net's weights: 1/2^i for output i, the lowest resolution dropped, normalised to sum 1."""
+    weights = [0.5**i for i in range(n)]
+    if n > 1:
+        weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+class _SegmentationLoss(nn.Module):
+    def __init__(self, weights: Sequence[float] | None, **options):
+        super().__init__()
+        self.weights = None if weights is None else list(weights)
+        self.options = options
+
+    def single(self, logits, target, mask):
+        raise NotImplementedError
+
+    def forward(self, outputs, target, mask=None):
+        if isinstance(outputs, torch.Tensor):
+            return self.single(outputs, target, mask)
+        weights = self.weights or deep_supervision_weights(len(outputs))
+        if len(weights) != len(outputs):
+            raise ValueError(f"got {len(outputs)} outputs but {len(weights)} deep-supervision weights")
+        total = 0.0
+        for logits, weight in zip(outputs, weights):
+            if weight:
+                size = logits.shape[2:]
+                total = total + weight * self.single(logits, _resize_labels(target, size), _resize_labels(mask, size))
+        return total
+
+
+def _resize_labels(labels, size):
+    """Nearest-neighbour resize of (B, D, H, W) or (B, 1, D, H, W) labels or masks to ``size``."""
+    if labels is None or tuple(labels.shape[-3:]) == tuple(size):
+        return labels
+    squeeze = labels.ndim == 4
+    resized = F.interpolate((labels[:, None] if squeeze else labels).float(), size=tuple(size), mode="nearest")
+    resized = resized[:, 0] if squeeze else resized
+    return resized.to(labels.dtype)
+
+
+class DiceFocalLoss(_SegmentationLoss):
+    """Module form of :func:`c2w_fast.ops.dice_focal_loss`; ``forward(outputs, target, mask=None)``."""
+
+    def __init__(self, weights: Sequence[float] | None = None, **options):
+        super().__init__(weights, **options)
+
+    def single(self, logits, target, mask):
+        return dice_focal_loss(logits, target, mask, **self.options)
+
+
+class DiceCELoss(_SegmentationLoss):
+    """Module form of :func:`c2w_fast.ops.dice_ce_loss`; ``forward(outputs, target, mask=None)``."""
+
+    def __init__(self, weights: Sequence[float] | None = None, **options):
+        super().__init__(weights, **options)
+
+    def single(self, logits, target, mask):
+        return dice_ce_loss(logits, target, mask, **self.options)

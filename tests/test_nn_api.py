@@ -1,0 +1,41 @@
+"""The fused block and loss modules: same parameters as the unfused layers, same values as MONAI."""
+import monai
+import pytest
+import torch
+from torch import nn
+
+from c2w_fast.nn import DiceCELoss, DiceFocalLoss, FusedConvNormAct, deep_supervision_weights
+
+
+def test_fused_block_state_dict_loads_into_the_unfused_layers_and_back():
+    fused = FusedConvNormAct(4, 8, (1, 3, 3), stride=(1, 2, 2), groups=2)
+    unfused = nn.Sequential()
+    unfused.conv = nn.Conv3d(4, 8, (1, 3, 3), (1, 2, 2), (0, 1, 1), groups=2, bias=False)
+    unfused.norm = nn.InstanceNorm3d(8, affine=True)
+    unfused.act = nn.LeakyReLU(0.01)
+    with torch.no_grad():
+        fused.norm.weight.uniform_(0.5, 1.5)
+        fused.norm.bias.uniform_(-0.5, 0.5)
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 4, 5, 9, 11)
+    torch.testing.assert_close(fused(x), unfused(x))
+    assert list(fused.state_dict()) == ["conv.weight", "norm.weight", "norm.bias"]
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_losses_match_monai_without_mask(include_background, batch_dice):
+    logits = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 1, 5, 6, 7))
+    options = dict(include_background=include_background)
+    ours_focal = DiceFocalLoss(**options, batch_dice=batch_dice)(logits, target)
+    ours_ce = DiceCELoss(**options, batch_dice=batch_dice)(logits, target)
+    peer_focal = monai.losses.DiceFocalLoss(to_onehot_y=True, softmax=True, batch=batch_dice, **options)(logits, target)
+    peer_ce = monai.losses.DiceCELoss(to_onehot_y=True, softmax=True, batch=batch_dice, **options)(logits, target)
+    torch.testing.assert_close(ours_focal.double(), peer_focal, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_ce.double(), peer_ce, rtol=1e-5, atol=1e-6)
+
+
+def test_deep_supervision_weights_follow_nnunet():
+    assert deep_supervision_weights(1) == [1.0]
+    assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])
