@@ -1,0 +1,656 @@
+"""Fused grouped conv3d + InstanceNorm + LeakyReLU: Triton kernels and their launchers.
+
+Every activation is channels-last inside: (B, D, H, W, C) contiguous, spatial axes (z, y, x).
+The weight keeps PyTorch's (Cout, Cin / groups, kz, ky, kx) layout. Kernel sizes are 1 or 3 and
+strides 1 or 2 per axis; padding is kernel // 2.
+
+Forward (three launches): ``_conv_kernel`` computes the convolution tile by tile (a tile is
+BLOCK_V output voxels x BLOCK_N output channels, one tensor-core dot per tap) and, in its
+epilogue, per-(sample, channel) partial moments (mean and centred sum of squares over
+STAT_ROWS voxels, fp32); ``_combine_partials_kernel`` merges them exactly (Chan's formula);
+``_normalize_kernel`` applies normalise + affine (+ residual) + LeakyReLU in place.
+
+Backward (five launches, nothing but x, the weight and the (mean, rstd) pairs kept from the
+forward): ``_conv_kernel`` recomputes the pre-norm output and, in its epilogue, the partial
+sums of dL/dz and dL/dz * y_hat; ``_combine_partials_kernel`` sums them;
+``_normalize_backward_kernel`` turns the pre-norm buffer in place into dL/d(conv output)
+(and writes the residual gradient); ``_conv_kernel`` in transposed mode gives the input
+gradient and ``_weight_grad_kernel`` per-split weight-gradient partials.
+
+Grouped convolutions with few channels per group (4-16) are packed block-diagonally: one
+program computes BLOCK_N >= 16 output channels spanning several groups against the input
+channels of those groups, so every ``tl.dot`` has M, N, K >= 16 (tensor cores) and the
+weights of other groups are masked to zero.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
+MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
+
+
+# --------------------------------------------------------------------------------------------
+# Triton device helpers
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _source_index(c, d, S: tl.constexpr, P: tl.constexpr, n_src, TRANSPOSED: tl.constexpr):
+    """Index along one axis of the gathered tensor for destination index ``c`` and tap ``d``, and whether it exists.
+
+    Forward: the input voxel read by output voxel ``c`` is ``c * S + d - P``. Transposed
+    (input gradient): the output voxel that read input voxel ``c`` through tap ``d`` is
+    ``(c + P - d) / S`` when that division is exact.
+    """
+    if TRANSPOSED:
+        num = c + P - d
+        idx = num // S
+        ok = (num >= 0) & (idx < n_src)
+        if S > 1:
+            ok = ok & (num % S == 0)
+    else:
+        idx = c * S + d - P
+        ok = (idx >= 0) & (idx < n_src)
+    return idx, ok
+
+
+@triton.jit
+def _weight_offsets(k, n, CG_SRC, CG_DST, KVOL: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Offsets (tap 0) into the (Cout, Cin/groups, kz, ky, kx) weight for a [k, n] tile, and which exist.
+
+    ``k`` runs over the gathered channels and ``n`` over the computed ones: (input, output)
+    channels in the forward, (output, input) in the transposed pass. Pairs from different
+    groups do not exist (block-diagonal packing).
+    """
+    if TRANSPOSED:
+        co = k[:, None]
+        ci = n[None, :]
+        cg_out = CG_SRC
+        cg_in = CG_DST
+    else:
+        co = n[None, :]
+        ci = k[:, None]
+        cg_out = CG_DST
+        cg_in = CG_SRC
+    group = co // cg_out
+    same_group = (ci // cg_in) == group
+    return (co * cg_in + ci - group * cg_in) * KVOL, same_group
+
+
+@triton.jit
+def _activation_grad(y_hat, g, res, gamma, beta, negative_slope,
+                     HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
+    """dL/dz from dL/dy = ``g`` where z = gamma * y_hat + beta (+ res) and y = LeakyReLU(z)."""
+    if ACTIVATION:
+        z = y_hat * gamma[None, :] + beta[None, :]
+        if HAS_RESIDUAL:
+            z += res
+        return tl.where(z > 0, g, g * negative_slope)
+    return g
+
+
+@triton.jit
+def _row_sums(values, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr, STAT_ROWS: tl.constexpr):
+    """Sums of [BLOCK_V, BLOCK_N] ``values`` over consecutive groups of STAT_ROWS voxels: [BLOCK_V // STAT_ROWS, BLOCK_N]."""
+    return tl.sum(tl.reshape(values, (BLOCK_V // STAT_ROWS, STAT_ROWS, BLOCK_N)), axis=1)
+
+
+@triton.jit
+def _store_partials(part_ptr, b, pid_v, n_vox, C, n, n_ok, first, second,
+                    BLOCK_V: tl.constexpr, STAT_ROWS: tl.constexpr):
+    """Write the two [BLOCK_V // STAT_ROWS, BLOCK_N] partial rows of this tile into part (B, rows, 2, C)."""
+    R: tl.constexpr = BLOCK_V // STAT_ROWS
+    n_rows = tl.cdiv(n_vox, STAT_ROWS)
+    row = pid_v * R + tl.arange(0, R)
+    offs = (b.to(tl.int64) * n_rows + row[:, None]) * 2 * C + n[None, :]
+    ok = (row[:, None] < n_rows) & n_ok[None, :]
+    tl.store(part_ptr + offs, first, mask=ok)
+    tl.store(part_ptr + offs + C, second, mask=ok)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+EPILOGUE_STORE = 0  # write the result (input gradient)
+EPILOGUE_MOMENTS = 1  # write the pre-norm output and partial (mean, centred sum of squares)
+EPILOGUE_GRAD_SUMS = 2  # write the pre-norm output and partial (sum dz, sum dz * y_hat)
+
+
+@triton.jit
+def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
+                 grad_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr,
+                 SRC_D, SRC_H, SRC_W, DST_D, DST_H, DST_W,
+                 SRC_C, DST_C, CG_SRC, CG_DST, negative_slope,
+                 KZ: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
+                 SZ: tl.constexpr, SY: tl.constexpr, SX: tl.constexpr,
+                 TRANSPOSED: tl.constexpr, EPILOGUE: tl.constexpr,
+                 HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, EVEN_K: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, STAT_ROWS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One [BLOCK_V voxels, BLOCK_N channels] tile of a grouped 3D convolution of sample program_id(2)."""
+    pid_v = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b = tl.program_id(2)
+    n_vox = DST_D * DST_H * DST_W
+    v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    v_ok = v < n_vox
+    cz = v // (DST_H * DST_W)
+    cy = (v // DST_W) % DST_H
+    cx = v % DST_W
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < DST_C
+    # gathered channels of the groups this channel block touches
+    n_last = tl.minimum(pid_n * BLOCK_N + BLOCK_N, DST_C) - 1
+    k_lo = (pid_n * BLOCK_N // CG_DST) * CG_SRC
+    k_hi = (n_last // CG_DST + 1) * CG_SRC
+    src = src_ptr + b.to(tl.int64) * SRC_D * SRC_H * SRC_W * SRC_C
+
+    acc = tl.zeros((BLOCK_V, BLOCK_N), dtype=tl.float32)
+    for k_start in range(k_lo, k_hi, BLOCK_K):
+        k_base = k_start
+        if EVEN_K:
+            k_base = tl.multiple_of(k_start, BLOCK_K)
+        k = k_base + tl.arange(0, BLOCK_K)
+        k_ok = k < k_hi
+        w_off, w_ok = _weight_offsets(k, n, CG_SRC, CG_DST, KZ * KY * KX, TRANSPOSED)
+        w_ok = w_ok & k_ok[:, None] & n_ok[None, :]
+        for dz in tl.static_range(KZ):
+            sz, ok_z = _source_index(cz, dz, SZ, KZ // 2, SRC_D, TRANSPOSED)
+            for dy in tl.static_range(KY):
+                sy, ok_y = _source_index(cy, dy, SY, KY // 2, SRC_H, TRANSPOSED)
+                for dx in tl.static_range(KX):
+                    sx, ok_x = _source_index(cx, dx, SX, KX // 2, SRC_W, TRANSPOSED)
+                    row = ((sz * SRC_H + sy) * SRC_W + sx) * SRC_C
+                    row_ok = v_ok & ok_z & ok_y & ok_x
+                    if EVEN_K:
+                        a_ok = row_ok[:, None]
+                    else:
+                        a_ok = row_ok[:, None] & k_ok[None, :]
+                    a = tl.load(src + row[:, None] + k[None, :], mask=a_ok, other=0.0)
+                    w = tl.load(w_ptr + w_off + ((dz * KY + dy) * KX + dx), mask=w_ok, other=0.0)
+                    acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+
+    tile_ok = v_ok[:, None] & n_ok[None, :]
+    dst_offs = b.to(tl.int64) * n_vox * DST_C + v[:, None] * DST_C + n[None, :]
+    stored = acc.to(dst_ptr.dtype.element_ty)
+    tl.store(dst_ptr + dst_offs, stored, mask=tile_ok)
+    # The statistics see exactly the stored (rounded) values the other passes read back, so the
+    # forward and every backward pass agree on each voxel's normalised value and LeakyReLU side.
+    acc = stored.to(tl.float32)
+    if EPILOGUE == 1:  # partial moments of the conv output for the instance norm
+        R: tl.constexpr = BLOCK_V // STAT_ROWS
+        row_start = pid_v * BLOCK_V + tl.arange(0, R) * STAT_ROWS
+        count = tl.maximum(tl.minimum(n_vox - row_start, STAT_ROWS), 1).to(tl.float32)
+        mean = _row_sums(tl.where(tile_ok, acc, 0.0), BLOCK_V, BLOCK_N, STAT_ROWS) / count[:, None]
+        mean_per_voxel = tl.reshape(tl.broadcast_to(mean[:, None, :], (R, STAT_ROWS, BLOCK_N)), (BLOCK_V, BLOCK_N))
+        dev = tl.where(tile_ok, acc - mean_per_voxel, 0.0)
+        m2 = _row_sums(dev * dev, BLOCK_V, BLOCK_N, STAT_ROWS)
+        _store_partials(part_ptr, b, pid_v, n_vox, DST_C, n, n_ok, mean, m2, BLOCK_V, STAT_ROWS)
+    if EPILOGUE == 2:  # partial sums of dL/dz and dL/dz * y_hat for the norm backward
+        stats = stats_ptr + b * 2 * DST_C + n
+        mean = tl.load(stats, mask=n_ok, other=0.0)
+        rstd = tl.load(stats + DST_C, mask=n_ok, other=0.0)
+        gamma = tl.load(gamma_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        y_hat = (acc - mean[None, :]) * rstd[None, :]
+        g = tl.load(grad_ptr + dst_offs, mask=tile_ok, other=0.0).to(tl.float32)
+        res = 0.0
+        if HAS_RESIDUAL:
+            res = tl.load(res_ptr + dst_offs, mask=tile_ok, other=0.0).to(tl.float32)
+        dz = tl.where(tile_ok, _activation_grad(y_hat, g, res, gamma, beta, negative_slope,
+                                                HAS_RESIDUAL, ACTIVATION), 0.0)
+        _store_partials(part_ptr, b, pid_v, n_vox, DST_C, n, n_ok,
+                        _row_sums(dz, BLOCK_V, BLOCK_N, STAT_ROWS),
+                        _row_sums(dz * y_hat, BLOCK_V, BLOCK_N, STAT_ROWS), BLOCK_V, STAT_ROWS)
+
+
+@triton.jit
+def _combine_partials_kernel(part_ptr, out_ptr, n_vox, C, eps,
+                             MOMENTS: tl.constexpr, STAT_ROWS: tl.constexpr,
+                             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Merge the partial rows of sample program_id(0) into out (B, 2, C).
+
+    MOMENTS: rows hold (mean, centred sum of squares) of STAT_ROWS voxels; writes (mean, rstd)
+    with the biased variance of InstanceNorm. Otherwise rows hold plain sums; writes their totals.
+    """
+    b = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    n_rows = tl.cdiv(n_vox, STAT_ROWS)
+    base = part_ptr + b.to(tl.int64) * n_rows * 2 * C
+    first = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    second = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for r0 in range(0, n_rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        ok = (r[:, None] < n_rows) & c_ok[None, :]
+        offs = r[:, None] * 2 * C + c[None, :]
+        a = tl.load(base + offs, mask=ok, other=0.0)
+        if MOMENTS:
+            count = tl.minimum(n_vox - r * STAT_ROWS, STAT_ROWS).to(tl.float32)
+            a = a * count[:, None]
+        else:
+            second += tl.sum(tl.load(base + offs + C, mask=ok, other=0.0), axis=0)
+        first += tl.sum(a, axis=0)
+    if MOMENTS:
+        mean = first / n_vox
+        for r0 in range(0, n_rows, BLOCK_R):
+            r = r0 + tl.arange(0, BLOCK_R)
+            ok = (r[:, None] < n_rows) & c_ok[None, :]
+            offs = r[:, None] * 2 * C + c[None, :]
+            count = tl.minimum(n_vox - r * STAT_ROWS, STAT_ROWS).to(tl.float32)
+            dev = tl.load(base + offs, mask=ok, other=0.0) - mean[None, :]
+            m2 = tl.load(base + offs + C, mask=ok, other=0.0)
+            second += tl.sum(tl.where(ok, m2 + count[:, None] * dev * dev, 0.0), axis=0)
+        first = mean
+        second = 1.0 / tl.sqrt(second / n_vox + eps)
+    out = out_ptr + b * 2 * C + c
+    tl.store(out, first, mask=c_ok)
+    tl.store(out + C, second, mask=c_ok)
+
+
+@triton.jit
+def _normalize_kernel(y_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, n_vox, C, negative_slope,
+                      HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+                      BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
+    """In place on the (B, V, C) pre-norm output: y = LeakyReLU((y - mean) * rstd * gamma + beta [+ res])."""
+    b = tl.program_id(2)
+    v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    ok = (v[:, None] < n_vox) & c_ok[None, :]
+    offs = b.to(tl.int64) * n_vox * C + v[:, None] * C + c[None, :]
+    stats = stats_ptr + b * 2 * C + c
+    scale = tl.load(stats + C, mask=c_ok, other=0.0) * tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - tl.load(stats, mask=c_ok, other=0.0) * scale
+    z = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+    if HAS_RESIDUAL:
+        z += tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if ACTIVATION:
+        z = tl.where(z > 0, z, z * negative_slope)
+    tl.store(y_ptr + offs, z.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _normalize_backward_kernel(buf_ptr, grad_ptr, res_ptr, dres_ptr, stats_ptr, sums_ptr, gamma_ptr, beta_ptr,
+                               n_vox, C, negative_slope,
+                               HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, WRITE_DRES: tl.constexpr,
+                               BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
+    """In place on the (B, V, C) pre-norm output: dL/dy_raw = gamma * rstd * (dz - mean(dz) - y_hat * mean(dz * y_hat)).
+
+    Also writes dL/dz (the residual's gradient) to ``dres_ptr`` when WRITE_DRES.
+    """
+    b = tl.program_id(2)
+    v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    ok = (v[:, None] < n_vox) & c_ok[None, :]
+    offs = b.to(tl.int64) * n_vox * C + v[:, None] * C + c[None, :]
+    stats = stats_ptr + b * 2 * C + c
+    mean = tl.load(stats, mask=c_ok, other=0.0)
+    rstd = tl.load(stats + C, mask=c_ok, other=0.0)
+    sums = sums_ptr + b * 2 * C + c
+    mean_dz = tl.load(sums, mask=c_ok, other=0.0) / n_vox
+    mean_dz_y = tl.load(sums + C, mask=c_ok, other=0.0) / n_vox
+    gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    y_hat = (tl.load(buf_ptr + offs, mask=ok, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
+    g = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    res = 0.0
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    dz = _activation_grad(y_hat, g, res, gamma, beta, negative_slope, HAS_RESIDUAL, ACTIVATION)
+    if WRITE_DRES:
+        tl.store(dres_ptr + offs, dz.to(dres_ptr.dtype.element_ty), mask=ok)
+    grad_raw = (gamma * rstd)[None, :] * (dz - mean_dz[None, :] - y_hat * mean_dz_y[None, :])
+    tl.store(buf_ptr + offs, grad_raw.to(buf_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _weight_grad_kernel(x_ptr, g_ptr, part_ptr, n_samples,
+                        D, H, W, OD, OH, OW, C_IN, C_OUT, CG_IN, CG_OUT, K_CHUNKS,
+                        KZ: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
+                        SZ: tl.constexpr, SY: tl.constexpr, SX: tl.constexpr,
+                        EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Partial weight gradient of split program_id(2) for taps (dz, dy) = divmod(program_id(0), KY), all dx.
+
+    dW[co, ci, tap] = sum over (b, v) of G[b, v, co] * x[b, v * S + tap - P, ci], over the voxel
+    tiles j = split, split + n_splits, ... of all samples; written to part (splits, Cout, Cin/groups, kz, ky, kx).
+    """
+    dz = tl.program_id(0) // KY
+    dy = tl.program_id(0) % KY
+    pid_n = tl.program_id(1) // K_CHUNKS
+    pid_k = tl.program_id(1) % K_CHUNKS
+    split = tl.program_id(2)
+    n_splits = tl.num_programs(2)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < C_OUT
+    n_last = tl.minimum(pid_n * BLOCK_N + BLOCK_N, C_OUT) - 1
+    k_lo = (pid_n * BLOCK_N // CG_OUT) * CG_IN
+    k_hi = (n_last // CG_OUT + 1) * CG_IN
+    k_start = k_lo + pid_k * BLOCK_K
+    if EVEN_K:
+        k_start = tl.multiple_of(k_start, BLOCK_K)
+    k = k_start + tl.arange(0, BLOCK_K)
+    k_ok = k < k_hi
+    n_vox = OD * OH * OW
+    n_tiles = tl.cdiv(n_vox, BLOCK_V)
+    acc0 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    for j in range(split, n_samples * n_tiles, n_splits):
+        b = j // n_tiles
+        v = (j % n_tiles) * BLOCK_V + tl.arange(0, BLOCK_V)
+        v_ok = v < n_vox
+        oz = v // (OH * OW)
+        oy = (v // OW) % OH
+        ox = v % OW
+        g = tl.load(g_ptr + b.to(tl.int64) * n_vox * C_OUT + v[:, None] * C_OUT + n[None, :],
+                    mask=v_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)
+        iz, ok_z = _source_index(oz, dz, SZ, KZ // 2, D, False)
+        iy, ok_y = _source_index(oy, dy, SY, KY // 2, H, False)
+        x = x_ptr + b.to(tl.int64) * D * H * W * C_IN
+        for dx in tl.static_range(KX):
+            ix, ok_x = _source_index(ox, dx, SX, KX // 2, W, False)
+            row_ok = v_ok & ok_z & ok_y & ok_x
+            if EVEN_K:
+                a_ok = row_ok[:, None]
+            else:
+                a_ok = row_ok[:, None] & k_ok[None, :]
+            a = tl.load(x + ((iz * H + iy) * W + ix)[:, None] * C_IN + k[None, :], mask=a_ok, other=0.0)
+            a = tl.trans(a.to(DOT_DTYPE))
+            if dx == 0:
+                acc0 = tl.dot(a, g, acc0, input_precision=DOT_PRECISION)
+            elif dx == 1:
+                acc1 = tl.dot(a, g, acc1, input_precision=DOT_PRECISION)
+            else:
+                acc2 = tl.dot(a, g, acc2, input_precision=DOT_PRECISION)
+    kvol: tl.constexpr = KZ * KY * KX
+    w_off, w_ok = _weight_offsets(k, n, CG_IN, CG_OUT, kvol, False)
+    w_ok = w_ok & k_ok[:, None] & n_ok[None, :]
+    part = part_ptr + split.to(tl.int64) * C_OUT * CG_IN * kvol + w_off + (dz * KY + dy) * KX
+    tl.store(part, acc0, mask=w_ok)
+    if KX > 1:
+        tl.store(part + 1, acc1, mask=w_ok)
+        tl.store(part + 2, acc2, mask=w_ok)
+
+
+# --------------------------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------------------------
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class ChannelTiling:
+    """How the computed channels are blocked and which gathered channels each block reads.
+
+    ``block_n`` computed channels per program; ``block_k`` gathered channels per dot;
+    ``k_chunks`` dots per tap for the widest block; ``even_k`` when every block's gathered
+    window starts and ends on a multiple of ``block_k`` (no channel masks, vector loads).
+    """
+
+    block_n: int
+    block_k: int
+    k_chunks: int
+    even_k: bool
+
+
+def channel_tiling(c_dst: int, cg_dst: int, cg_src: int) -> ChannelTiling:
+    """Tiling of ``c_dst`` computed channels in groups of ``cg_dst``, each reading ``cg_src`` gathered channels."""
+    block_n = min(max(16, triton.next_power_of_2(cg_dst)), 64)
+    windows = []
+    for n0 in range(0, c_dst, block_n):
+        lo = (n0 // cg_dst) * cg_src
+        hi = ((min(n0 + block_n, c_dst) - 1) // cg_dst + 1) * cg_src
+        windows.append((lo, hi))
+    widest = max(hi - lo for lo, hi in windows)
+    block_k = min(max(16, triton.next_power_of_2(widest)), 64)
+    even = all(lo % block_k == 0 and (hi - lo) % block_k == 0 for lo, hi in windows)
+    return ChannelTiling(block_n, block_k, triton.cdiv(widest, block_k), even)
+
+
+# Configurations tried by the autotuner on a GPU, pruned per device by shared memory below.
+_CONV_CONFIGS = [(64, 2, 1), (64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1), (128, 4, 2)]  # BLOCK_V, warps, stages
+_WGRAD_CONFIGS = [(32, 4, 2), (64, 4, 2), (128, 4, 2), (64, 8, 3), (128, 8, 3)]
+_INTERPRETER_BLOCK_V = 32  # the interpreter runs fixed small tiles (two statistics rows each); no autotuning
+_INTERPRETER_STAT_ROWS = 16
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: three TF32 products recover ~fp32 accuracy; the conv is memory-bound anyway.
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def _dot_dtype(dtype: torch.dtype):
+    if interpreting() and dtype == torch.bfloat16:
+        # The interpreter's numpy matmul reads bf16 as raw uint16; exact bf16 values upcast to
+        # fp32 give the same products (tensor cores also accumulate bf16 products in fp32).
+        return tl.float32
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+
+
+def _shared_memory_bytes(device: torch.device) -> int:
+    from triton.runtime import driver
+
+    return driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+
+
+def _configs(table, device: torch.device, tile_bytes) -> list:
+    """Autotune configs from ``table`` whose staged tiles fit the device's shared memory."""
+    smem = _shared_memory_bytes(device)
+    kept = [triton.Config({"BLOCK_V": bv}, num_warps=w, num_stages=s)
+            for bv, w, s in table if tile_bytes(bv) * max(s, 1) <= smem // 2]
+    return kept or [triton.Config({"BLOCK_V": table[0][0]}, num_warps=table[0][1], num_stages=1)]
+
+
+@functools.cache
+def _tuned_conv(device_index: int):
+    device = torch.device("cuda", device_index)
+    # staged tiles: the gathered [BLOCK_V, 64] operand and a [64, 64] weight, 4 bytes worst case
+    configs = _configs(_CONV_CONFIGS, device, lambda bv: (bv * 64 + 64 * 64) * 4)
+    key = ["SRC_C", "DST_C", "CG_SRC", "CG_DST", "DST_D", "DST_H", "DST_W", "SRC_D", "SRC_H", "SRC_W",
+           "KZ", "KY", "KX", "SZ", "SY", "SX", "TRANSPOSED", "EPILOGUE"]
+    return triton.autotune(configs=configs, key=key)(_conv_kernel)
+
+
+@functools.cache
+def _tuned_weight_grad(device_index: int):
+    device = torch.device("cuda", device_index)
+    configs = _configs(_WGRAD_CONFIGS, device, lambda bv: (bv * 64 * 2) * 4)
+    key = ["C_IN", "C_OUT", "CG_IN", "CG_OUT", "OD", "OH", "OW", "KZ", "KY", "KX", "SZ", "SY", "SX"]
+    return triton.autotune(configs=configs, key=key)(_weight_grad_kernel)
+
+
+def _stat_rows() -> int:
+    return _INTERPRETER_STAT_ROWS if interpreting() else STAT_ROWS_GPU
+
+
+def _launch(tuned, kernel, grid, *args, **meta):
+    """Launch the autotuned kernel on a GPU, or ``kernel`` with the interpreter's fixed tile."""
+    if interpreting():
+        kernel[grid({"BLOCK_V": _INTERPRETER_BLOCK_V})](*args, BLOCK_V=_INTERPRETER_BLOCK_V, **meta)
+    else:
+        tuned[grid](*args, **meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Sizes of one grouped conv: input (B, D, H, W, Cin) -> output (B, OD, OH, OW, Cout)."""
+
+    batch: int
+    in_size: tuple[int, int, int]
+    out_size: tuple[int, int, int]
+    c_in: int
+    c_out: int
+    groups: int
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+
+    @property
+    def cg_in(self) -> int:
+        return self.c_in // self.groups
+
+    @property
+    def cg_out(self) -> int:
+        return self.c_out // self.groups
+
+    @property
+    def out_voxels(self) -> int:
+        return self.out_size[0] * self.out_size[1] * self.out_size[2]
+
+    def constexprs(self) -> dict:
+        (kz, ky, kx), (sz, sy, sx) = self.kernel, self.stride
+        return dict(KZ=kz, KY=ky, KX=kx, SZ=sz, SY=sy, SX=sx)
+
+
+def conv_geometry(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int, int], groups: int) -> ConvGeometry:
+    """Geometry of ``x`` (B, D, H, W, Cin) channels-last convolved with ``weight`` (Cout, Cin/groups, kz, ky, kx)."""
+    batch, *in_size, c_in = x.shape
+    kernel = tuple(weight.shape[2:])
+    out_size = tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(in_size, kernel, stride))
+    geometry = ConvGeometry(batch, tuple(in_size), out_size, c_in, weight.shape[0], groups, kernel, tuple(stride))
+    for name, size, channels in (("input", in_size, c_in), ("output", out_size, weight.shape[0])):
+        if size[0] * size[1] * size[2] * channels > MAX_SAMPLE_ELEMENTS:
+            raise ValueError(f"conv_norm_act: one sample's {name} has {size} x {channels} elements, "
+                             f"more than the kernels' int32 limit {MAX_SAMPLE_ELEMENTS}")
+    return geometry
+
+
+def _conv(src, weight, dst, part, geometry: ConvGeometry, *, transposed: bool, epilogue: int,
+          grad=None, residual=None, stats=None, gamma=None, beta=None, negative_slope: float = 0.0,
+          activation: bool = False) -> None:
+    """Run ``_conv_kernel`` over all of ``dst``: the forward conv, its recompute, or the input gradient."""
+    if transposed:
+        src_size, dst_size = geometry.out_size, geometry.in_size
+        src_c, dst_c, cg_src, cg_dst = geometry.c_out, geometry.c_in, geometry.cg_out, geometry.cg_in
+    else:
+        src_size, dst_size = geometry.in_size, geometry.out_size
+        src_c, dst_c, cg_src, cg_dst = geometry.c_in, geometry.c_out, geometry.cg_in, geometry.cg_out
+    tiling = channel_tiling(dst_c, cg_dst, cg_src)
+    n_vox = dst_size[0] * dst_size[1] * dst_size[2]
+    dummy = dst
+    grid = lambda meta: (triton.cdiv(n_vox, meta["BLOCK_V"]), triton.cdiv(dst_c, tiling.block_n), geometry.batch)  # noqa: E731
+    _launch(_tuned_conv(src.device.index) if not interpreting() else None, _conv_kernel, grid,
+            src, weight, dst, dummy if part is None else part,
+            dummy if grad is None else grad, dummy if residual is None else residual,
+            dummy if stats is None else stats, dummy if gamma is None else gamma, dummy if beta is None else beta,
+            *src_size, *dst_size, src_c, dst_c, cg_src, cg_dst, negative_slope,
+            **geometry.constexprs(), TRANSPOSED=transposed, EPILOGUE=epilogue,
+            HAS_RESIDUAL=residual is not None, ACTIVATION=activation, EVEN_K=tiling.even_k,
+            DOT_DTYPE=_dot_dtype(src.dtype), DOT_PRECISION=_dot_precision(src.dtype), STAT_ROWS=_stat_rows(),
+            BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k)
+
+
+def _partials(geometry: ConvGeometry, device) -> torch.Tensor:
+    rows = triton.cdiv(geometry.out_voxels, _stat_rows())
+    return torch.empty((geometry.batch, rows, 2, geometry.c_out), dtype=torch.float32, device=device)
+
+
+def _combine(part: torch.Tensor, geometry: ConvGeometry, *, moments: bool, eps: float = 0.0) -> torch.Tensor:
+    out = torch.empty((geometry.batch, 2, geometry.c_out), dtype=torch.float32, device=part.device)
+    block_c = min(triton.next_power_of_2(geometry.c_out), 64)
+    _combine_partials_kernel[(geometry.batch, triton.cdiv(geometry.c_out, block_c))](
+        part, out, geometry.out_voxels, geometry.c_out, eps, MOMENTS=moments, STAT_ROWS=_stat_rows(),
+        BLOCK_R=16 if interpreting() else 64, BLOCK_C=block_c)
+    return out
+
+
+def _pointwise_grid(geometry: ConvGeometry) -> tuple[tuple[int, int, int], dict]:
+    block_c = min(triton.next_power_of_2(geometry.c_out), 64)
+    block_v = 64 if interpreting() else max(4096 // block_c, 32)
+    grid = (triton.cdiv(geometry.out_voxels, block_v), triton.cdiv(geometry.c_out, block_c), geometry.batch)
+    return grid, dict(BLOCK_V=block_v, BLOCK_C=block_c)
+
+
+def conv_norm_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                      residual: torch.Tensor | None, stride: tuple[int, int, int], groups: int, eps: float,
+                      negative_slope: float, activation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused forward on channels-last tensors.
+
+    Args:
+        x: (B, D, H, W, Cin) contiguous, fp32/fp16/bf16. weight: (Cout, Cin/groups, kz, ky, kx) contiguous.
+        gamma, beta: (Cout,). residual: (B, OD, OH, OW, Cout) contiguous or None.
+    Returns:
+        y (B, OD, OH, OW, Cout) in x's dtype and stats (B, 2, Cout) fp32 = (mean, 1/sqrt(var + eps))
+        of the conv output per sample and channel.
+    """
+    geometry = conv_geometry(x, weight, stride, groups)
+    y = torch.empty((geometry.batch, *geometry.out_size, geometry.c_out), dtype=x.dtype, device=x.device)
+    part = _partials(geometry, x.device)
+    _conv(x, weight, y, part, geometry, transposed=False, epilogue=EPILOGUE_MOMENTS)
+    stats = _combine(part, geometry, moments=True, eps=eps)
+    grid, meta = _pointwise_grid(geometry)
+    _normalize_kernel[grid](y, y if residual is None else residual, stats, gamma, beta, geometry.out_voxels,
+                            geometry.c_out, negative_slope, HAS_RESIDUAL=residual is not None,
+                            ACTIVATION=activation, **meta)
+    return y, stats
+
+
+def _weight_grad(x: torch.Tensor, grad_raw: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    """fp32 gradient of the weight from x (B, D, H, W, Cin) and dL/d(conv output) (B, OD, OH, OW, Cout)."""
+    tiling = channel_tiling(geometry.c_out, geometry.cg_out, geometry.cg_in)
+    kz, ky, _ = geometry.kernel
+    programs = kz * ky * triton.cdiv(geometry.c_out, tiling.block_n) * tiling.k_chunks
+    if interpreting():
+        target = programs * 2
+    else:
+        target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+    tiles = geometry.batch * triton.cdiv(geometry.out_voxels, _INTERPRETER_BLOCK_V if interpreting() else 32)
+    splits = max(1, min(triton.cdiv(target, programs), tiles))
+    part = torch.empty((splits, *weight.shape), dtype=torch.float32, device=x.device)
+    grid = lambda meta: (kz * ky, programs // (kz * ky), splits)  # noqa: E731
+    _launch(None if interpreting() else _tuned_weight_grad(x.device.index), _weight_grad_kernel, grid,
+            x, grad_raw, part, geometry.batch, *geometry.in_size, *geometry.out_size, geometry.c_in, geometry.c_out,
+            geometry.cg_in, geometry.cg_out, tiling.k_chunks, **geometry.constexprs(), EVEN_K=tiling.even_k,
+            DOT_DTYPE=_dot_dtype(x.dtype), DOT_PRECISION=_dot_precision(x.dtype),
+            BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k)
+    return part.sum(0)
+
+
+def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
+                       beta: torch.Tensor, residual: torch.Tensor | None, stats: torch.Tensor,
+                       stride: tuple[int, int, int], groups: int, negative_slope: float, activation: bool,
+                       need_input_grad: bool, need_residual_grad: bool):
+    """Fused backward on channels-last tensors; recomputes the conv output instead of storing it.
+
+    Args: as :func:`conv_norm_forward`, plus ``grad_y`` (B, OD, OH, OW, Cout) contiguous and the
+    forward's ``stats``. ``residual`` is only read when ``activation`` (for the LeakyReLU's sign).
+    Returns:
+        (grad_x or None, grad_weight fp32, grad_gamma fp32, grad_beta fp32, grad_residual or None);
+        grad_x and grad_residual in x's dtype, channels-last.
+    """
+    geometry = conv_geometry(x, weight, stride, groups)
+    buf = torch.empty_like(grad_y, dtype=x.dtype)
+    part = _partials(geometry, x.device)
+    residual = residual if activation else None
+    _conv(x, weight, buf, part, geometry, transposed=False, epilogue=EPILOGUE_GRAD_SUMS, grad=grad_y,
+          residual=residual, stats=stats, gamma=gamma, beta=beta, negative_slope=negative_slope,
+          activation=activation)
+    sums = _combine(part, geometry, moments=False)  # (B, 2, Cout): sum dz, sum dz * y_hat
+    del part
+    write_dres = need_residual_grad and activation
+    dres = torch.empty_like(buf) if write_dres else None
+    grid, meta = _pointwise_grid(geometry)
+    _normalize_backward_kernel[grid](buf, grad_y, buf if residual is None else residual, buf if dres is None else dres,
+                                     stats, sums, gamma, beta, geometry.out_voxels, geometry.c_out, negative_slope,
+                                     HAS_RESIDUAL=residual is not None, ACTIVATION=activation, WRITE_DRES=write_dres,
+                                     **meta)
+    if need_residual_grad and not activation:
+        dres = grad_y.to(x.dtype)  # no activation: the residual's gradient is the output's
+    grad_x = None
+    if need_input_grad:
+        grad_x = torch.empty((geometry.batch, *geometry.in_size, geometry.c_in), dtype=x.dtype, device=x.device)
+        _conv(buf, weight, grad_x, None, geometry, transposed=True, epilogue=EPILOGUE_STORE)
+    grad_weight = _weight_grad(x, buf, weight, geometry)
+    return grad_x, grad_weight, sums[:, 1].sum(0), sums[:, 0].sum(0), dres
