@@ -1,10 +1,33 @@
 """Segmentation losses of the seeds: soft Dice + focal (C2W) and soft Dice + cross-entropy (MBAS).
 
-Both follow MONAI 1.6's ``DiceFocalLoss`` / ``DiceCELoss`` with ``to_onehot_y=True,
-softmax=True`` when ``mask`` is None, and accept a boolean region ``mask`` (B, D, H, W)
-that gates every voxel's contribution (MBAS stage 2: the loss only inside the dilated
-stage-1 region): Dice sums run over masked voxels and the focal / CE terms average over
-them. An all-zero mask gives a loss of 0 with zero gradients.
+Definitions (logits z of shape (B, C, D, H, W), C >= 2; one-hot target t; region weight m = 1
+inside the mask, 0 outside; with ``mask=None`` m = 1 everywhere):
+
+* Dice probabilities p = softmax over the classes (``activation="softmax"``) or a sigmoid per
+  class (``"sigmoid"``). Per (sample, class), or per class with ``batch_dice`` (sums also run
+  over the batch): ``dice = 1 - (2 sum(m p t) + smooth_nr) / (sum(m p) + sum(m t) + smooth_dr)``.
+  The Dice term is the mean over the classes (from class 1 if ``include_background=False``)
+  and samples, leaving out the entries of samples (``batch_dice``: of a batch) with no voxel
+  in the mask.
+* Focal term (``dice_focal_loss``): MONAI's sigmoid focal loss per class,
+  ``w * sigmoid(-z s)^gamma * bce(z, t)`` with s = 2t - 1 and ``w = alpha t + (1 - alpha)(1 - t)``
+  (w = 1 when alpha is None), averaged over the masked voxels and the classes (from class 1
+  if ``include_background=False``). MONAI's ``DiceFocalLoss`` builds its ``FocalLoss`` without
+  ``use_softmax``, so this is its focal term even when the Dice uses a softmax.
+* Cross-entropy term (``dice_ce_loss``): ``-sum_c t log softmax(z)``, over every class whatever
+  ``include_background`` says (as MONAI's ``DiceCELoss``), averaged over the masked voxels.
+* loss = ``lambda_dice * dice + lambda_focal * focal`` (or ``lambda_ce * ce``), a float32 scalar.
+
+With ``mask=None`` (or an all-one mask) and the defaults these equal MONAI 1.6
+``DiceFocalLoss(to_onehot_y=True, softmax=True)`` / ``DiceCELoss(to_onehot_y=True, softmax=True)``
+in value and gradient. An all-zero mask gives a loss of exactly 0 and a zero gradient.
+Integer labels outside [0, C) raise a ``ValueError`` in the reference and make the triton
+backend's loss NaN (checked on the device, without a host sync).
+
+Backends: ``reference`` (plain torch, float64-capable) and ``triton`` (one fused forward
+kernel, a one-program finalisation, one fused backward kernel; see
+:mod:`c2w_fast.kernels.segmentation_loss`). Accuracy of the triton backend against the
+float64 reference on the same inputs: ``VALUE_TOLERANCES`` and ``GRAD_TOLERANCES`` by logits dtype.
 """
 from __future__ import annotations
 
@@ -12,18 +35,32 @@ import torch
 import torch.nn.functional as F
 
 from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._tolerance import Tolerance
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ACTIVATIONS = ("softmax", "sigmoid")
+
+# The value is computed in fp32 from the logits whatever their dtype.
+VALUE_TOLERANCES = {dtype: Tolerance(rtol=2e-5, atol=1e-6) for dtype in KERNEL_DTYPES}
+# The gradient is stored in the logits' dtype; bf16 leaves room for the Triton interpreter,
+# whose fp32 -> bf16 casts truncate instead of rounding.
+GRAD_TOLERANCES = {
+    torch.float32: Tolerance(rtol=1e-4, atol=1e-5),
+    torch.float16: Tolerance(rtol=2e-3, atol=1e-4),
+    torch.bfloat16: Tolerance(rtol=1e-2, atol=1e-3),
+}
 
 
 def one_hot_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, D, H, W) or (B, 1, D, H, W) integer labels, or a one-hot (B, C, ...), as float one-hot (B, C, ...)."""
-    if target.ndim == 5 and target.shape[1] == num_classes and num_classes > 1 and target.is_floating_point():
-        return target
-    if target.ndim == 5 and target.shape[1] == 1:
-        target = target[:, 0]
-    if target.ndim != 4:
-        raise ValueError(f"target must be (B, D, H, W), (B, 1, D, H, W) or one-hot (B, C, D, H, W), "
-                         f"got {tuple(target.shape)}")
-    return F.one_hot(target.long(), num_classes).permute(0, 4, 1, 2, 3).float()
+    """(B, D, H, W) or (B, 1, D, H, W) labels, or a one-hot (B, C, D, H, W), as float one-hot (B, C, D, H, W)."""
+    if target.ndim == 5 and target.shape[1] == num_classes:
+        return target.float() if not target.is_floating_point() else target
+    labels = target[:, 0] if target.ndim == 5 else target
+    labels = labels.long()
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"target labels must lie in [0, {num_classes}) for {num_classes} classes, "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    return F.one_hot(labels, num_classes).permute(0, 4, 1, 2, 3).float()
 
 
 def _soft_dice(probs, onehot, mask, include_background, batch_dice, smooth_nr, smooth_dr):
@@ -34,8 +71,13 @@ def _soft_dice(probs, onehot, mask, include_background, batch_dice, smooth_nr, s
         probs, onehot = probs[:, 1:], onehot[:, 1:]
     axes = [0, *range(2, probs.ndim)] if batch_dice else list(range(2, probs.ndim))
     intersection = (probs * onehot).sum(axes)
-    denominator = probs.sum(axes) + onehot.sum(axes)
-    return (1 - (2 * intersection + smooth_nr) / (denominator + smooth_dr)).mean()
+    denominator = probs.sum(axes) + onehot.sum(axes) + smooth_dr
+    dice = 1 - (2 * intersection + smooth_nr) / denominator
+    if mask is None:
+        return dice.mean()
+    inside = mask.flatten(1).sum(1) > 0  # samples with a region
+    valid = (inside.any() if batch_dice else inside[:, None]).expand_as(dice)
+    return torch.where(valid, dice, torch.zeros_like(dice)).sum() / valid.sum().clamp_min(1)
 
 
 def _masked_mean(per_voxel, mask):
@@ -44,15 +86,24 @@ def _masked_mean(per_voxel, mask):
     return (per_voxel * mask).sum() / mask.sum().clamp_min(1) / (per_voxel.numel() // mask.numel())
 
 
+def _prepare(logits, target, mask):
+    """Logits in at least float32, the float one-hot target and the (B, 1, D, H, W) float mask."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    onehot = one_hot_target(target, logits.shape[1]).to(logits.dtype)
+    mask = None if mask is None else (mask != 0)[:, None].to(logits.dtype)
+    return logits, onehot, mask
+
+
+def _dice_term(logits, onehot, mask, activation, include_background, batch_dice, smooth_nr, smooth_dr):
+    probs = logits.softmax(1) if activation == "softmax" else logits.sigmoid()
+    return _soft_dice(probs, onehot, mask, include_background, batch_dice, smooth_nr, smooth_dr)
+
+
 def _dice_focal_reference(logits, target, mask, gamma, alpha, include_background, batch_dice,
-                          smooth_nr, smooth_dr, lambda_dice, lambda_focal):
-    logits = logits.float()
-    onehot = one_hot_target(target, logits.shape[1])
-    mask = None if mask is None else mask[:, None].float()
-    dice = _soft_dice(logits.softmax(1), onehot, mask, include_background, batch_dice, smooth_nr, smooth_dr)
+                          smooth_nr, smooth_dr, lambda_dice, lambda_focal, activation):
+    logits, onehot, mask = _prepare(logits, target, mask)
+    dice = _dice_term(logits, onehot, mask, activation, include_background, batch_dice, smooth_nr, smooth_dr)
     focal_logits, focal_target = (logits, onehot) if include_background else (logits[:, 1:], onehot[:, 1:])
-    # MONAI's DiceFocalLoss builds its FocalLoss without use_softmax: the focal term is the
-    # per-channel sigmoid focal loss even when the Dice term uses a softmax.
     bce = F.binary_cross_entropy_with_logits(focal_logits, focal_target, reduction="none")
     focal = torch.exp(gamma * F.logsigmoid(-focal_logits * (2 * focal_target - 1))) * bce
     if alpha is not None:
@@ -61,40 +112,132 @@ def _dice_focal_reference(logits, target, mask, gamma, alpha, include_background
 
 
 def _dice_ce_reference(logits, target, mask, include_background, batch_dice, smooth_nr, smooth_dr,
-                       lambda_dice, lambda_ce):
-    logits = logits.float()
-    onehot = one_hot_target(target, logits.shape[1])
-    mask = None if mask is None else mask[:, None].float()
-    dice = _soft_dice(logits.softmax(1), onehot, mask, include_background, batch_dice, smooth_nr, smooth_dr)
+                       lambda_dice, lambda_ce, activation):
+    logits, onehot, mask = _prepare(logits, target, mask)
+    dice = _dice_term(logits, onehot, mask, activation, include_background, batch_dice, smooth_nr, smooth_dr)
     ce = -(logits.log_softmax(1) * onehot).sum(1, keepdim=True)
     return lambda_dice * dice + lambda_ce * _masked_mean(ce, mask)
 
 
-DICE_FOCAL = Op("dice_focal_loss", {"reference": _dice_focal_reference}, preferred={"cuda": ("triton",)})
-DICE_CE = Op("dice_ce_loss", {"reference": _dice_ce_reference}, preferred={"cuda": ("triton",)})
+class _FusedSegmentationLoss(torch.autograd.Function):
+    """Autograd of the triton backend: saves the inputs and the finaliser's (B, 2, C) coefficients."""
+
+    @staticmethod
+    def forward(ctx, logits, target, mask, spec):
+        from c2w_fast.kernels.segmentation_loss import loss_forward
+
+        loss, out, coef = loss_forward(logits, target, mask, spec)
+        ctx.save_for_backward(logits, target, mask, out, coef)
+        ctx.spec = spec
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        from c2w_fast.kernels.segmentation_loss import loss_backward
+
+        logits, target, mask, out, coef = ctx.saved_tensors
+        return loss_backward(grad_loss, logits, target, mask, out, coef, ctx.spec), None, None, None
 
 
-def _check(logits, mask):
-    if logits.ndim != 5:
-        raise ValueError(f"logits must be (B, C, D, H, W), got {tuple(logits.shape)}")
-    if mask is not None and tuple(mask.shape) != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"mask must be (B, D, H, W) = {(logits.shape[0], *logits.shape[2:])}, got {tuple(mask.shape)}")
+def _kernel_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels as (B, D, H, W) integers, or the one-hot (B, C, D, H, W) as given."""
+    if target.ndim == 5 and target.shape[1] == num_classes:
+        return target
+    labels = target[:, 0] if target.ndim == 5 else target
+    return labels.long() if labels.is_floating_point() else labels
+
+
+def _triton_loss(logits, target, mask, *, term, gamma, alpha, include_background, batch_dice, smooth_nr, smooth_dr,
+                 lambda_dice, lambda_term, activation):
+    from c2w_fast.kernels.segmentation_loss import TERM_CE, TERM_FOCAL, LossSpec
+
+    spec = LossSpec(term=TERM_FOCAL if term == "focal" else TERM_CE, sigmoid=activation == "sigmoid",
+                    dice_first_class=0 if include_background else 1,
+                    term_first_class=0 if include_background or term == "ce" else 1,
+                    batch_dice=bool(batch_dice), gamma=float(gamma), alpha=None if alpha is None else float(alpha),
+                    smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr), lambda_dice=float(lambda_dice),
+                    lambda_term=float(lambda_term))
+    return _FusedSegmentationLoss.apply(logits, _kernel_target(target, logits.shape[1]), mask, spec)
+
+
+def _dice_focal_triton(logits, target, mask, gamma, alpha, include_background, batch_dice,
+                       smooth_nr, smooth_dr, lambda_dice, lambda_focal, activation):
+    return _triton_loss(logits, target, mask, term="focal", gamma=gamma, alpha=alpha,
+                        include_background=include_background, batch_dice=batch_dice, smooth_nr=smooth_nr,
+                        smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_term=lambda_focal, activation=activation)
+
+
+def _dice_ce_triton(logits, target, mask, include_background, batch_dice, smooth_nr, smooth_dr,
+                    lambda_dice, lambda_ce, activation):
+    return _triton_loss(logits, target, mask, term="ce", gamma=0.0, alpha=None,
+                        include_background=include_background, batch_dice=batch_dice, smooth_nr=smooth_nr,
+                        smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_term=lambda_ce, activation=activation)
+
+
+DICE_FOCAL = Op("dice_focal_loss", {"reference": _dice_focal_reference, "triton": _dice_focal_triton},
+                preferred={"cuda": ("triton",)})
+DICE_CE = Op("dice_ce_loss", {"reference": _dice_ce_reference, "triton": _dice_ce_triton},
+             preferred={"cuda": ("triton",)})
+
+
+def _check(logits, target, mask, activation, backend) -> str:
+    """Validate the inputs; return the backend to ask for (float64 logits run the reference under ``auto``)."""
+    if logits.ndim != 5 or not logits.is_floating_point():
+        raise ValueError(f"logits must be floating-point (B, C, D, H, W), got {logits.dtype} {tuple(logits.shape)}")
+    batch, classes, *spatial = logits.shape
+    if classes < 2:
+        raise ValueError(f"logits need at least 2 channels (classes), got {classes}")
+    if logits.numel() == 0:
+        raise ValueError(f"logits must not be empty, got shape {tuple(logits.shape)}")
+    shapes = [(batch, *spatial), (batch, 1, *spatial), (batch, classes, *spatial)]
+    if tuple(target.shape) not in shapes:
+        raise ValueError(f"target must be labels (B, D, H, W) = {shapes[0]} or {shapes[1]}, or one-hot "
+                         f"(B, C, D, H, W) = {shapes[2]}, got {tuple(target.shape)}")
+    if mask is not None and tuple(mask.shape) not in shapes[:2]:
+        raise ValueError(f"mask must be (B, D, H, W) = {shapes[0]}, got {tuple(mask.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    devices = {t.device for t in (logits, target, mask) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"logits, target and mask must be on one device, got {sorted(map(str, devices))}")
+    if logits.dtype not in KERNEL_DTYPES:
+        if backend == "triton":
+            raise ValueError(f"the triton backend takes logits in {[str(d) for d in KERNEL_DTYPES]}, got {logits.dtype}")
+        if backend == "auto":
+            return "reference"
+    return backend
 
 
 def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: float | None = None,
                     include_background: bool = True, batch_dice: bool = False, smooth_nr: float = 1e-5,
                     smooth_dr: float = 1e-5, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
-                    backend: str = "auto") -> torch.Tensor:
-    """Soft Dice + softmax focal loss (MONAI ``DiceFocalLoss(to_onehot_y=True, softmax=True)``), optionally masked."""
-    _check(logits, mask)
+                    activation: str = "softmax", backend: str = "auto") -> torch.Tensor:
+    """Soft Dice + sigmoid focal loss, optionally inside a region mask (definitions in the module docstring).
+
+    Args:
+        logits: (B, C, D, H, W) raw scores, C >= 2; float32/float16/bfloat16 (float64: reference).
+        target: integer labels (B, D, H, W) or (B, 1, D, H, W) in [0, C), or one-hot (B, C, D, H, W).
+        mask: optional (B, D, H, W) (or (B, 1, D, H, W)) region; nonzero = the voxel counts.
+        gamma, alpha: focal exponent and optional class-balance weight in [0, 1].
+        activation: ``"softmax"`` or ``"sigmoid"`` for the Dice probabilities.
+    Returns: float32 scalar. Equals MONAI ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` for the defaults.
+    """
+    backend = _check(logits, target, mask, activation, backend)
+    mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_FOCAL.select(backend, logits.device.type)(logits, target, mask, gamma, alpha, include_background,
-                                                          batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal)
+                                                          batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal,
+                                                          activation)
 
 
 def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, batch_dice: bool = False,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                 backend: str = "auto") -> torch.Tensor:
-    """Soft Dice + cross-entropy (MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``), optionally masked."""
-    _check(logits, mask)
+                 activation: str = "softmax", backend: str = "auto") -> torch.Tensor:
+    """Soft Dice + cross-entropy, optionally inside a region mask (definitions in the module docstring).
+
+    Arguments as :func:`dice_focal_loss`; the cross-entropy always uses a softmax over every class.
+    Returns: float32 scalar. Equals MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` for the defaults.
+    """
+    backend = _check(logits, target, mask, activation, backend)
+    mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_CE.select(backend, logits.device.type)(logits, target, mask, include_background, batch_dice,
-                                                       smooth_nr, smooth_dr, lambda_dice, lambda_ce)
+                                                       smooth_nr, smooth_dr, lambda_dice, lambda_ce, activation)
