@@ -34,6 +34,7 @@ import triton.language as tl
 
 STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
 MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
+MAX_CHANNEL_BLOCK = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,21 +160,23 @@ def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
         k_ok = k < k_hi
         w_off, w_ok = _weight_offsets(k, n, CG_SRC, CG_DST, KZ * KY * KX, TRANSPOSED)
         w_ok = w_ok & k_ok[:, None] & n_ok[None, :]
-        for dz in tl.static_range(KZ):
+        for tap in range(KZ * KY * KX):
+            # scalar tap decomposition; a runtime loop keeps one tap's tiles in registers at a time
+            dz = tap // (KY * KX)
+            dy = (tap // KX) % KY
+            dx = tap % KX
             sz, ok_z = _source_index(cz, dz, SZ, KZ // 2, SRC_D, TRANSPOSED)
-            for dy in tl.static_range(KY):
-                sy, ok_y = _source_index(cy, dy, SY, KY // 2, SRC_H, TRANSPOSED)
-                for dx in tl.static_range(KX):
-                    sx, ok_x = _source_index(cx, dx, SX, KX // 2, SRC_W, TRANSPOSED)
-                    row = ((sz * SRC_H + sy) * SRC_W + sx) * SRC_C
-                    row_ok = v_ok & ok_z & ok_y & ok_x
-                    if EVEN_K:
-                        a_ok = row_ok[:, None]
-                    else:
-                        a_ok = row_ok[:, None] & k_ok[None, :]
-                    a = tl.load(src + row[:, None] + k[None, :], mask=a_ok, other=0.0)
-                    w = tl.load(w_ptr + w_off + ((dz * KY + dy) * KX + dx), mask=w_ok, other=0.0)
-                    acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+            sy, ok_y = _source_index(cy, dy, SY, KY // 2, SRC_H, TRANSPOSED)
+            sx, ok_x = _source_index(cx, dx, SX, KX // 2, SRC_W, TRANSPOSED)
+            row = ((sz * SRC_H + sy) * SRC_W + sx) * SRC_C
+            row_ok = v_ok & ok_z & ok_y & ok_x
+            if EVEN_K:
+                a_ok = row_ok[:, None]
+            else:
+                a_ok = row_ok[:, None] & k_ok[None, :]
+            a = tl.load(src + row[:, None] + k[None, :], mask=a_ok, other=0.0)
+            w = tl.load(w_ptr + w_off + tap, mask=w_ok, other=0.0)
+            acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
 
     tile_ok = v_ok[:, None] & n_ok[None, :]
     dst_offs = b.to(tl.int64) * n_vox * DST_C + v[:, None] * DST_C + n[None, :]
@@ -404,24 +407,38 @@ class ChannelTiling:
 
 
 def channel_tiling(c_dst: int, cg_dst: int, cg_src: int) -> ChannelTiling:
-    """Tiling of ``c_dst`` computed channels in groups of ``cg_dst``, each reading ``cg_src`` gathered channels."""
-    block_n = min(max(16, triton.next_power_of_2(cg_dst)), 64)
+    """Tiling of ``c_dst`` computed channels in groups of ``cg_dst``, each reading ``cg_src`` gathered channels.
+
+    Blocks are 16 or 32 channels: 16 is the smallest tensor-core dot, and at 64 the weight-gradient
+    accumulators and the conv tiles no longer fit in registers (ptxas spills).
+    """
+    block_n = min(max(16, triton.next_power_of_2(cg_dst)), MAX_CHANNEL_BLOCK)
     windows = []
     for n0 in range(0, c_dst, block_n):
         lo = (n0 // cg_dst) * cg_src
         hi = ((min(n0 + block_n, c_dst) - 1) // cg_dst + 1) * cg_src
         windows.append((lo, hi))
     widest = max(hi - lo for lo, hi in windows)
-    block_k = min(max(16, triton.next_power_of_2(widest)), 64)
+    block_k = min(max(16, triton.next_power_of_2(widest)), MAX_CHANNEL_BLOCK)
     even = all(lo % block_k == 0 and (hi - lo) % block_k == 0 for lo, hi in windows)
     return ChannelTiling(block_n, block_k, triton.cdiv(widest, block_k), even)
 
 
-# Configurations tried by the autotuner on a GPU, pruned per device by shared memory below.
-_CONV_CONFIGS = [(64, 2, 1), (64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1), (128, 4, 2)]  # BLOCK_V, warps, stages
-_WGRAD_CONFIGS = [(32, 4, 2), (64, 4, 2), (128, 4, 2), (64, 8, 3), (128, 8, 3)]
+# Autotune candidates on a GPU: (BLOCK_V, num_warps, num_stages). A candidate is kept for a
+# launch only when its widest [BLOCK_V, channels] tile holds at most 16 elements per thread:
+# checked with ptxas for sm_80/86/89/90, larger tiles need 160-255 registers or spill.
+_CONV_CONFIGS = [(64, 2, 1), (64, 4, 1), (128, 4, 1), (128, 4, 2), (128, 8, 1), (256, 8, 1)]
+_WGRAD_CONFIGS = [(32, 2, 2), (32, 4, 2), (64, 4, 2), (64, 8, 2), (128, 8, 2)]
+_MAX_TILE_PER_THREAD = 16
 _INTERPRETER_BLOCK_V = 32  # the interpreter runs fixed small tiles (two statistics rows each); no autotuning
 _INTERPRETER_STAT_ROWS = 16
+
+
+def _small_enough(configs, named_args, **kwargs):
+    """Autotune pruning: keep configs whose [BLOCK_V, max(BLOCK_N, BLOCK_K)] tiles fit the per-thread budget."""
+    widest = max(kwargs["BLOCK_N"], kwargs["BLOCK_K"])
+    kept = [c for c in configs if c.kwargs["BLOCK_V"] * widest <= _MAX_TILE_PER_THREAD * 32 * c.num_warps]
+    return kept or configs[:1]
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -437,36 +454,24 @@ def _dot_dtype(dtype: torch.dtype):
     return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
-def _shared_memory_bytes(device: torch.device) -> int:
-    from triton.runtime import driver
-
-    return driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
-
-
-def _configs(table, device: torch.device, tile_bytes) -> list:
-    """Autotune configs from ``table`` whose staged tiles fit the device's shared memory."""
-    smem = _shared_memory_bytes(device)
-    kept = [triton.Config({"BLOCK_V": bv}, num_warps=w, num_stages=s)
-            for bv, w, s in table if tile_bytes(bv) * max(s, 1) <= smem // 2]
-    return kept or [triton.Config({"BLOCK_V": table[0][0]}, num_warps=table[0][1], num_stages=1)]
+def _autotuned(kernel, table, key):
+    configs = [triton.Config({"BLOCK_V": bv}, num_warps=w, num_stages=st) for bv, w, st in table]
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": _small_enough})(kernel)
 
 
 @functools.cache
 def _tuned_conv(device_index: int):
-    device = torch.device("cuda", device_index)
-    # staged tiles: the gathered [BLOCK_V, 64] operand and a [64, 64] weight, 4 bytes worst case
-    configs = _configs(_CONV_CONFIGS, device, lambda bv: (bv * 64 + 64 * 64) * 4)
+    """The conv kernel with its own autotuning cache for one device (each GPU model tunes for itself)."""
     key = ["SRC_C", "DST_C", "CG_SRC", "CG_DST", "DST_D", "DST_H", "DST_W", "SRC_D", "SRC_H", "SRC_W",
            "KZ", "KY", "KX", "SZ", "SY", "SX", "TRANSPOSED", "EPILOGUE"]
-    return triton.autotune(configs=configs, key=key)(_conv_kernel)
+    return _autotuned(_conv_kernel, _CONV_CONFIGS, key)
 
 
 @functools.cache
 def _tuned_weight_grad(device_index: int):
-    device = torch.device("cuda", device_index)
-    configs = _configs(_WGRAD_CONFIGS, device, lambda bv: (bv * 64 * 2) * 4)
+    """The weight-gradient kernel with its own autotuning cache for one device."""
     key = ["C_IN", "C_OUT", "CG_IN", "CG_OUT", "OD", "OH", "OW", "KZ", "KY", "KX", "SZ", "SY", "SX"]
-    return triton.autotune(configs=configs, key=key)(_weight_grad_kernel)
+    return _autotuned(_weight_grad_kernel, _WGRAD_CONFIGS, key)
 
 
 def _stat_rows() -> int:
@@ -559,18 +564,19 @@ def _partials(geometry: ConvGeometry, device) -> torch.Tensor:
 
 def _combine(part: torch.Tensor, geometry: ConvGeometry, *, moments: bool, eps: float = 0.0) -> torch.Tensor:
     out = torch.empty((geometry.batch, 2, geometry.c_out), dtype=torch.float32, device=part.device)
-    block_c = min(triton.next_power_of_2(geometry.c_out), 64)
+    block_c = min(triton.next_power_of_2(geometry.c_out), 32)
     _combine_partials_kernel[(geometry.batch, triton.cdiv(geometry.c_out, block_c))](
         part, out, geometry.out_voxels, geometry.c_out, eps, MOMENTS=moments, STAT_ROWS=_stat_rows(),
-        BLOCK_R=16 if interpreting() else 64, BLOCK_C=block_c)
+        BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
     return out
 
 
 def _pointwise_grid(geometry: ConvGeometry) -> tuple[tuple[int, int, int], dict]:
-    block_c = min(triton.next_power_of_2(geometry.c_out), 64)
-    block_v = 64 if interpreting() else max(4096 // block_c, 32)
+    """Grid and tile of the normalisation kernels: 2048-element tiles, 16 elements per thread."""
+    block_c = min(triton.next_power_of_2(geometry.c_out), 32)
+    block_v = 2048 // block_c
     grid = (triton.cdiv(geometry.out_voxels, block_v), triton.cdiv(geometry.c_out, block_c), geometry.batch)
-    return grid, dict(BLOCK_V=block_v, BLOCK_C=block_c)
+    return grid, dict(BLOCK_V=block_v, BLOCK_C=block_c, num_warps=4)
 
 
 def conv_norm_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
