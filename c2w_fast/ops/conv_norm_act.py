@@ -140,8 +140,11 @@ def _validate(x, weight, norm_weight, norm_bias, stride, groups, residual) -> No
         if tuple(param.shape) != (weight.shape[0],):
             raise ValueError(f"{name} must have shape ({weight.shape[0]},) (one per output channel), "
                              f"got {tuple(param.shape)}")
+    out = tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(x.shape[2:], weight.shape[2:], stride))
+    if out[0] * out[1] * out[2] < 2:
+        raise ValueError(f"instance norm needs more than one output voxel per channel, got output size {out} "
+                         f"from x {tuple(x.shape[2:])} and stride {stride}")
     if residual is not None:
-        out = tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(x.shape[2:], weight.shape[2:], stride))
         expected = (x.shape[0], weight.shape[0], *out)
         if tuple(residual.shape) != expected:
             raise ValueError(f"residual must have the output's shape {expected}, got {tuple(residual.shape)}")

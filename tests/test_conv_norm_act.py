@@ -1,0 +1,185 @@
+"""The fused conv + InstanceNorm + LeakyReLU block: triton backend vs a float64 reference, forward and backward.
+
+The reference runs in float64 on the same dtype-rounded inputs, with its conv output rounded
+to the dtype the way the kernels store it (``round_conv_output``), so the comparison isolates
+the kernels' own arithmetic (see ``c2w_fast.ops.conv_norm_act.TOLERANCES``).
+"""
+import pytest
+import torch
+from torch import nn
+
+from c2w_fast.nn import FusedConvNormAct
+from c2w_fast.ops import BackendUnavailableError, conv_norm_act
+from c2w_fast.ops._dispatch import backend_problem, triton_interpreter_enabled
+from c2w_fast.ops.conv_norm_act import TOLERANCES, reference_conv_norm_act
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(backend_problem("triton", DEVICE) is not None,
+                                  reason=f"triton backend unavailable: {backend_problem('triton', DEVICE)}")
+
+
+def _truncate_to_bf16(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> bf16 by dropping the low 16 bits, as the Triton interpreter's casts do (a GPU rounds to nearest)."""
+    return (t.float().view(torch.int32) & -65536).view(torch.float32).double()
+
+
+def conv_output_rounding(dtype: torch.dtype):
+    """How the kernels round the stored conv output of a ``dtype`` input, for the reference."""
+    if dtype == torch.bfloat16 and triton_interpreter_enabled():
+        return _truncate_to_bf16
+    return lambda t: t.to(dtype).double()
+
+
+def make_case(rng, batch, c_in, c_out, groups, size, kernel, stride, dtype, residual):
+    """Random inputs (already rounded to ``dtype``), affine parameters and an upstream gradient."""
+    def randn(*shape, scale=1.0):
+        return torch.from_numpy(rng.standard_normal(shape) * scale).to(dtype)
+
+    fan_in = c_in // groups * kernel[0] * kernel[1] * kernel[2]
+    out = tuple((n - 1) // s + 1 for n, s in zip(size, stride))
+    return dict(
+        x=randn(batch, c_in, *size),
+        weight=randn(c_out, c_in // groups, *kernel, scale=fan_in**-0.5),
+        norm_weight=torch.from_numpy(rng.uniform(0.5, 1.5, c_out)).float(),
+        norm_bias=torch.from_numpy(rng.uniform(-0.5, 0.5, c_out)).float(),
+        residual=randn(batch, c_out, *out) if residual else None,
+        grad=randn(batch, c_out, *out),
+    )
+
+
+def run(case, backend, *, dtype, stride, groups, activation, round_conv_output=None):
+    """Output and gradients of every input (float64 on the CPU), through the op or the rounded reference."""
+    names = ["x", "weight", "norm_weight", "norm_bias"] + (["residual"] if case["residual"] is not None else [])
+    if backend == "reference":
+        inputs = {k: case[k].double().to(DEVICE).requires_grad_() for k in names}
+        y = reference_conv_norm_act(**inputs, stride=stride, groups=groups, activation=activation,
+                                    round_conv_output=round_conv_output)
+    else:
+        inputs = {k: case[k].to(DEVICE).requires_grad_() for k in names}
+        y = conv_norm_act(**inputs, stride=stride, groups=groups, activation=activation, backend=backend)
+        assert y.dtype == dtype
+    grads = torch.autograd.grad(y, list(inputs.values()), case["grad"].to(device=y.device, dtype=y.dtype))
+    return {"y": y.double().cpu(), **{f"d{k}": g.double().cpu() for k, g in zip(names, grads)}}
+
+
+CASES = {
+    # name: batch, c_in, c_out, groups, size (z, y, x), kernel, stride, dtype, residual, activation
+    "3x3x3_groups4_odd": (2, 16, 16, 4, (3, 5, 7), (3, 3, 3), (1, 1, 1), torch.float32, False, True),
+    "1x3x3_stride122_residual": (2, 8, 16, 2, (2, 5, 7), (1, 3, 3), (1, 2, 2), torch.float32, True, True),
+    "1x1x1_stride2_no_activation": (1, 3, 20, 1, (4, 5, 3), (1, 1, 1), (2, 2, 2), torch.float32, True, False),
+    "3x3x3_stride212_dense": (1, 4, 8, 1, (3, 4, 5), (3, 3, 3), (2, 1, 2), torch.float32, False, True),
+    "bf16_3x3x3_groups4": (2, 16, 16, 4, (2, 4, 5), (3, 3, 3), (1, 1, 1), torch.bfloat16, False, True),
+    "fp16_1x3x3_residual": (2, 16, 16, 4, (2, 5, 6), (1, 3, 3), (1, 1, 1), torch.float16, True, True),
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("name", list(CASES))
+def test_triton_matches_float64_reference_forward_and_backward(name, rng):
+    batch, c_in, c_out, groups, size, kernel, stride, dtype, residual, activation = CASES[name]
+    case = make_case(rng, batch, c_in, c_out, groups, size, kernel, stride, dtype, residual)
+    options = dict(dtype=dtype, stride=stride, groups=groups, activation=activation)
+    ours = run(case, "triton", **options)
+    ref = run(case, "reference", round_conv_output=conv_output_rounding(dtype), **options)
+    tolerance = TOLERANCES[dtype]
+    for key in ref:
+        assert ours[key].shape == ref[key].shape, key
+        assert tolerance.violations(ours[key], ref[key]) == 0, (
+            f"{key}: max error {(ours[key] - ref[key]).abs().max():.3g}, max |ref| {ref[key].abs().max():.3g}")
+
+
+@needs_triton
+def test_triton_output_is_channels_last_and_independent_of_input_layout(rng):
+    case = make_case(rng, 2, 8, 8, 2, (2, 3, 5), (1, 3, 3), (1, 1, 1), torch.float32, False)
+    args = (case["weight"].to(DEVICE), case["norm_weight"].to(DEVICE), case["norm_bias"].to(DEVICE))
+    x = case["x"].to(DEVICE)
+    first = conv_norm_act(x, *args, groups=2, backend="triton")
+    last = conv_norm_act(x.to(memory_format=torch.channels_last_3d), *args, groups=2, backend="triton")
+    assert last.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(first, last)
+
+
+@needs_triton
+def test_triton_backward_saves_only_the_input_and_per_channel_statistics(rng):
+    """The memory design: no activation-sized tensor besides x is kept for the backward."""
+    case = make_case(rng, 2, 8, 8, 2, (2, 3, 5), (1, 3, 3), (1, 1, 1), torch.float32, False)
+    x = case["x"].to(DEVICE).to(memory_format=torch.channels_last_3d).requires_grad_()
+    params = [case[k].to(DEVICE).requires_grad_() for k in ("weight", "norm_weight", "norm_bias")]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        conv_norm_act(x, *params, groups=2, backend="triton")
+    activation_sized = [t for t in saved if t.numel() >= x.numel()]
+    assert len(activation_sized) == 1 and activation_sized[0].data_ptr() == x.data_ptr()
+    assert sum(t.numel() for t in saved) == x.numel() + sum(p.numel() for p in params) + 2 * 2 * 8
+
+
+@needs_triton
+def test_fused_module_runs_triton_with_the_unfused_state_dict(rng):
+    fused = FusedConvNormAct(8, 16, (1, 3, 3), stride=(1, 2, 2), groups=4, backend="triton").to(DEVICE)
+    unfused = nn.Sequential()
+    unfused.conv = nn.Conv3d(8, 16, (1, 3, 3), (1, 2, 2), (0, 1, 1), groups=4, bias=False)
+    unfused.norm = nn.InstanceNorm3d(16, affine=True)
+    unfused.act = nn.LeakyReLU(0.01)
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.from_numpy(rng.standard_normal((2, 8, 3, 5, 6))).float()
+    torch.testing.assert_close(fused(x.to(DEVICE)).cpu(), unfused.to(DEVICE)(x.to(DEVICE)).cpu(),
+                               rtol=TOLERANCES[torch.float32].rtol, atol=TOLERANCES[torch.float32].atol)
+
+
+@needs_triton
+def test_triton_runs_in_the_autocast_dtype(rng):
+    case = make_case(rng, 1, 16, 16, 4, (2, 3, 4), (1, 3, 3), (1, 1, 1), torch.float32, False)
+    args = [case[k].to(DEVICE) for k in ("x", "weight", "norm_weight", "norm_bias")]
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = conv_norm_act(*args, groups=4, backend="triton")
+    assert y.dtype == torch.bfloat16
+    reference = reference_conv_norm_act(*[a.double() for a in args], groups=4)
+    assert TOLERANCES[torch.bfloat16].violations(y, reference) == 0
+
+
+def _base_args():
+    return torch.randn(1, 4, 3, 4, 5), torch.randn(8, 2, 3, 3, 3), torch.ones(8), torch.zeros(8)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(weight=torch.randn(8, 2, 5, 3, 3)), "kernel sizes must be 1 or 3"),
+    (dict(stride=3), "strides 1 or 2"),
+    (dict(groups=3), "channels do not fit groups=3"),
+    (dict(norm_weight=torch.ones(4)), "norm_weight must have shape \\(8,\\)"),
+    (dict(residual=torch.randn(1, 8, 3, 4, 4)), "residual must have the output's shape \\(1, 8, 3, 4, 5\\)"),
+    (dict(x=torch.randn(1, 4, 1, 1, 1)), "more than one output voxel"),
+    (dict(x=torch.randn(4, 3, 4, 5)), "x must be \\(B, C, D, H, W\\)"),
+])
+def test_bad_arguments_raise_clear_errors(change, message):
+    x, weight, norm_weight, norm_bias = _base_args()
+    kwargs = dict(x=x, weight=weight, norm_weight=norm_weight, norm_bias=norm_bias, groups=2)
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=message):
+        conv_norm_act(kwargs.pop("x"), kwargs.pop("weight"), kwargs.pop("norm_weight"), kwargs.pop("norm_bias"),
+                      **kwargs, backend="reference")
+
+
+def test_float64_runs_the_reference_under_auto_and_is_refused_by_triton():
+    x, weight, norm_weight, norm_bias = (t.double() for t in _base_args())
+    y = conv_norm_act(x, weight, norm_weight, norm_bias, groups=2)  # auto: reference, no fallback warning
+    assert y.dtype == torch.float64
+    with pytest.raises((ValueError, BackendUnavailableError), match="float64|unavailable"):
+        conv_norm_act(x, weight, norm_weight, norm_bias, groups=2, backend="triton")
+
+
+# ------------------------------------------------------------------------------------------------
+# Full-size checks on a GPU (skipped without one): the seed's stage shapes at batch 2.
+# ------------------------------------------------------------------------------------------------
+SEED_STAGES = [(64, (44, 128, 128), 16), (128, (22, 64, 64), 32), (256, (11, 32, 32), 32), (512, (11, 16, 16), 32)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels, size, groups", SEED_STAGES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_seed_stage_shapes_match_the_reference_on_gpu(channels, size, groups, dtype, rng):
+    case = make_case(rng, 2, channels, channels, groups, size, (3, 3, 3), (1, 1, 1), dtype, True)
+    options = dict(dtype=dtype, stride=(1, 1, 1), groups=groups, activation=True)
+    ours = run(case, "triton", **options)
+    ref = run(case, "reference", round_conv_output=conv_output_rounding(dtype), **options)
+    for key in ref:
+        assert TOLERANCES[dtype].violations(ours[key], ref[key]) == 0, key
