@@ -4,13 +4,13 @@ Every activation is channels-last inside: (B, D, H, W, C) contiguous, spatial ax
 The weight keeps PyTorch's (Cout, Cin / groups, kz, ky, kx) layout. Kernel sizes are 1 or 3 and
 strides 1 or 2 per axis; padding is kernel // 2.
 
-Forward (three launches): ``_conv_kernel`` computes the convolution tile by tile (a tile is
+Forward (three or four launches): ``_conv_kernel`` computes the convolution tile by tile (a tile is
 BLOCK_V output voxels x BLOCK_N output channels, one tensor-core dot per tap) and, in its
 epilogue, per-(sample, channel) partial moments (mean and centred sum of squares over
-STAT_ROWS voxels, fp32); ``_combine_partials_kernel`` merges them exactly (Chan's formula);
+STAT_ROWS voxels, fp32); ``_combine_partials_kernel`` (one or two launches) merges them exactly;
 ``_normalize_kernel`` applies normalise + affine (+ residual) + LeakyReLU in place.
 
-Backward (five launches, nothing but x, the weight and the (mean, rstd) pairs kept from the
+Backward (five or six launches, nothing but x, the weight and the (mean, rstd) pairs kept from the
 forward): ``_conv_kernel`` recomputes the pre-norm output and, in its epilogue, the partial
 sums of dL/dz and dL/dz * y_hat; ``_combine_partials_kernel`` sums them;
 ``_normalize_backward_kernel`` turns the pre-norm buffer in place into dL/d(conv output)
@@ -213,45 +213,55 @@ def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
 
 
 @triton.jit
-def _combine_partials_kernel(part_ptr, out_ptr, n_vox, C, eps,
-                             MOMENTS: tl.constexpr, STAT_ROWS: tl.constexpr,
+def _combine_partials_kernel(part_ptr, out_ptr, n_vox, n_rows, row_voxels, rows_per_program, C, eps,
+                             MOMENTS: tl.constexpr, FINAL: tl.constexpr,
                              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Merge the partial rows of sample program_id(0) into out (B, 2, C).
+    """Merge rows [g * rows_per_program, ...) of sample program_id(2) of part (B, n_rows, 2, C), g = program_id(0).
 
-    MOMENTS: rows hold (mean, centred sum of squares) of STAT_ROWS voxels; writes (mean, rstd)
-    with the biased variance of InstanceNorm. Otherwise rows hold plain sums; writes their totals.
+    Row r covers min(row_voxels, n_vox - r * row_voxels) voxels. MOMENTS: rows hold (mean,
+    centred sum of squares) and merge exactly (pooled mean, then sum of M2 + n (mean_r - mean)^2);
+    otherwise rows hold two plain sums. Not FINAL: writes the merged row g of out (B, groups, 2, C),
+    so a second launch merges the groups. FINAL (one group): writes out (B, 2, C) = (mean, rstd)
+    with InstanceNorm's biased variance, or the two totals.
     """
-    b = tl.program_id(0)
+    g = tl.program_id(0)
+    b = tl.program_id(2)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
-    n_rows = tl.cdiv(n_vox, STAT_ROWS)
+    r_lo = g * rows_per_program
+    r_hi = tl.minimum(r_lo + rows_per_program, n_rows)
     base = part_ptr + b.to(tl.int64) * n_rows * 2 * C
     first = tl.zeros((BLOCK_C,), dtype=tl.float32)
     second = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for r0 in range(0, n_rows, BLOCK_R):
+    for r0 in range(r_lo, r_hi, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        ok = (r[:, None] < n_rows) & c_ok[None, :]
+        ok = (r[:, None] < r_hi) & c_ok[None, :]
         offs = r[:, None] * 2 * C + c[None, :]
         a = tl.load(base + offs, mask=ok, other=0.0)
         if MOMENTS:
-            count = tl.minimum(n_vox - r * STAT_ROWS, STAT_ROWS).to(tl.float32)
+            count = tl.minimum(n_vox - r * row_voxels, row_voxels).to(tl.float32)
             a = a * count[:, None]
         else:
             second += tl.sum(tl.load(base + offs + C, mask=ok, other=0.0), axis=0)
         first += tl.sum(a, axis=0)
+    group_voxels = (tl.minimum(n_vox, r_hi * row_voxels) - r_lo * row_voxels).to(tl.float32)
     if MOMENTS:
-        mean = first / n_vox
-        for r0 in range(0, n_rows, BLOCK_R):
+        mean = first / group_voxels
+        for r0 in range(r_lo, r_hi, BLOCK_R):
             r = r0 + tl.arange(0, BLOCK_R)
-            ok = (r[:, None] < n_rows) & c_ok[None, :]
+            ok = (r[:, None] < r_hi) & c_ok[None, :]
             offs = r[:, None] * 2 * C + c[None, :]
-            count = tl.minimum(n_vox - r * STAT_ROWS, STAT_ROWS).to(tl.float32)
+            count = tl.minimum(n_vox - r * row_voxels, row_voxels).to(tl.float32)
             dev = tl.load(base + offs, mask=ok, other=0.0) - mean[None, :]
             m2 = tl.load(base + offs + C, mask=ok, other=0.0)
             second += tl.sum(tl.where(ok, m2 + count[:, None] * dev * dev, 0.0), axis=0)
         first = mean
-        second = 1.0 / tl.sqrt(second / n_vox + eps)
-    out = out_ptr + b * 2 * C + c
+        if FINAL:
+            second = 1.0 / tl.sqrt(second / group_voxels + eps)
+    if FINAL:
+        out = out_ptr + b * 2 * C + c
+    else:
+        out = out_ptr + (b.to(tl.int64) * tl.num_programs(0) + g) * 2 * C + c
     tl.store(out, first, mask=c_ok)
     tl.store(out + C, second, mask=c_ok)
 
@@ -432,6 +442,8 @@ _WGRAD_CONFIGS = [(32, 2, 2), (32, 4, 2), (64, 4, 2), (64, 8, 2), (128, 8, 2)]
 _MAX_TILE_PER_THREAD = 16
 _INTERPRETER_BLOCK_V = 32  # the interpreter runs fixed small tiles (two statistics rows each); no autotuning
 _INTERPRETER_STAT_ROWS = 16
+_ROWS_PER_GROUP_GPU = 256  # partial rows merged per program in the first combine level
+_INTERPRETER_ROWS_PER_GROUP = 4  # small, so that small test volumes take the two-level path
 
 
 def _small_enough(configs, named_args, **kwargs):
@@ -476,6 +488,10 @@ def _tuned_weight_grad(device_index: int):
 
 def _stat_rows() -> int:
     return _INTERPRETER_STAT_ROWS if interpreting() else STAT_ROWS_GPU
+
+
+def _rows_per_group() -> int:
+    return _INTERPRETER_ROWS_PER_GROUP if interpreting() else _ROWS_PER_GROUP_GPU
 
 
 def _launch(tuned, kernel, grid, *args, **meta):
@@ -563,11 +579,25 @@ def _partials(geometry: ConvGeometry, device) -> torch.Tensor:
 
 
 def _combine(part: torch.Tensor, geometry: ConvGeometry, *, moments: bool, eps: float = 0.0) -> torch.Tensor:
-    out = torch.empty((geometry.batch, 2, geometry.c_out), dtype=torch.float32, device=part.device)
-    block_c = min(triton.next_power_of_2(geometry.c_out), 32)
-    _combine_partials_kernel[(geometry.batch, triton.cdiv(geometry.c_out, block_c))](
-        part, out, geometry.out_voxels, geometry.c_out, eps, MOMENTS=moments, STAT_ROWS=_stat_rows(),
-        BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
+    """(B, 2, Cout) fp32 from the conv epilogue's partial rows: (mean, rstd) or the two sums.
+
+    Two launches when a sample has many rows, so that the first spreads over the GPU
+    (B x groups x channel blocks programs) and the second merges a few rows per channel.
+    """
+    batch, channels, n_vox = geometry.batch, geometry.c_out, geometry.out_voxels
+    block_c = min(triton.next_power_of_2(channels), 32)
+    rows, row_voxels = part.shape[1], _stat_rows()
+    meta = dict(MOMENTS=moments, BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
+    per_group = _rows_per_group()
+    if rows > per_group:
+        groups = triton.cdiv(rows, per_group)
+        merged = torch.empty((batch, groups, 2, channels), dtype=torch.float32, device=part.device)
+        _combine_partials_kernel[(groups, triton.cdiv(channels, block_c), batch)](
+            part, merged, n_vox, rows, row_voxels, per_group, channels, eps, FINAL=False, **meta)
+        part, rows, row_voxels = merged, groups, row_voxels * per_group
+    out = torch.empty((batch, 2, channels), dtype=torch.float32, device=part.device)
+    _combine_partials_kernel[(1, triton.cdiv(channels, block_c), batch)](
+        part, out, n_vox, rows, row_voxels, rows, channels, eps, FINAL=True, **meta)
     return out
 
 

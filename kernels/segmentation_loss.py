@@ -130,11 +130,12 @@ def _loss_forward_kernel(logits_ptr, target_ptr, mask_ptr, part_ptr, N, C,
 @triton.jit
 def _loss_finalize_kernel(part_ptr, out_ptr, coef_ptr, B, P, C, smooth_nr, smooth_dr, lambda_dice, lambda_term,
                           term_channels, DICE_FIRST_CLASS: tl.constexpr, BATCH_DICE: tl.constexpr,
-                          BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+                          BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Loss value, term scale and Dice coefficients from the partial rows (B, P, 3C + 3); one program.
 
     Writes out = (loss, term_scale) and coef (B, 2, C) = (a, b) with dL_dice/dp = m * (a * t + b).
     Dice entries of samples (batch: of a batch) with no voxel in the mask are left out of the mean.
+    The rows are added BLOCK_P at a time in a fixed order (deterministic).
     """
     b = tl.arange(0, BLOCK_B)
     c = tl.arange(0, BLOCK_C)
@@ -147,14 +148,18 @@ def _loss_finalize_kernel(part_ptr, out_ptr, coef_ptr, B, P, C, smooth_nr, smoot
     count = tl.zeros((BLOCK_B,), dtype=tl.float32)
     bad = tl.zeros((BLOCK_B,), dtype=tl.float32)
     width = 3 * C + 3
-    for p in range(0, P):
-        row = part_ptr + (b * P + p) * width
-        sum_pt += tl.load(row[:, None] + c[None, :], mask=ok, other=0.0)
-        sum_p += tl.load(row[:, None] + C + c[None, :], mask=ok, other=0.0)
-        sum_t += tl.load(row[:, None] + 2 * C + c[None, :], mask=ok, other=0.0)
-        term += tl.load(row + 3 * C, mask=b_ok, other=0.0)
-        count += tl.load(row + 3 * C + 1, mask=b_ok, other=0.0)
-        bad += tl.load(row + 3 * C + 2, mask=b_ok, other=0.0)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        row = part_ptr + (b[:, None] * P + p[None, :]) * width  # [BLOCK_B, BLOCK_P]
+        row_ok = b_ok[:, None] & (p < P)[None, :]
+        cells = row[:, :, None] + c[None, None, :]
+        cells_ok = row_ok[:, :, None] & (c < C)[None, None, :]
+        sum_pt += tl.sum(tl.load(cells, mask=cells_ok, other=0.0), axis=1)
+        sum_p += tl.sum(tl.load(cells + C, mask=cells_ok, other=0.0), axis=1)
+        sum_t += tl.sum(tl.load(cells + 2 * C, mask=cells_ok, other=0.0), axis=1)
+        term += tl.sum(tl.load(row + 3 * C, mask=row_ok, other=0.0), axis=1)
+        count += tl.sum(tl.load(row + 3 * C + 1, mask=row_ok, other=0.0), axis=1)
+        bad += tl.sum(tl.load(row + 3 * C + 2, mask=row_ok, other=0.0), axis=1)
     total = tl.sum(count, axis=0)
     any_inside = (count * 0.0 + total) > 0  # [BLOCK_B]; the whole batch has a voxel in the mask
     class_ok = (c >= DICE_FIRST_CLASS) & (c < C)
@@ -262,14 +267,15 @@ def _spatial_view(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
 def _block_sizes(channels: int) -> tuple[int, int]:
     """[BLOCK_C, BLOCK_N] tiles of about 2048 elements: 8 per thread with 8 warps (no spills, checked with ptxas).
 
-    The interpreter uses 32-voxel tiles so that small test volumes span several tiles and programs.
+    The interpreter uses 32-voxel tiles so that small test volumes span several tiles and programs
+    (three per sample, see ``_programs_per_sample``).
     """
     block_c = triton.next_power_of_2(channels)
     return block_c, 32 if _interpreting() else max(2048 // block_c, 64)
 
 
 def _programs_per_sample(batch: int, voxels: int, block_n: int, device: torch.device) -> int:
-    target = 3 if _interpreting() else 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    target = 3 * batch if _interpreting() else 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(triton.cdiv(voxels, block_n), triton.cdiv(target, batch)))
 
 
@@ -317,10 +323,13 @@ def loss_forward(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     out = torch.empty(2, dtype=torch.float32, device=logits.device)
     coef = torch.empty((batch, 2, channels), dtype=torch.float32, device=logits.device)
     term_channels = channels - spec.term_first_class if spec.term == TERM_FOCAL else 1
+    block_b = triton.next_power_of_2(batch)
+    # the interpreter adds two rows at a time, so that small tests run the loop more than once
+    block_p = 2 if _interpreting() else min(triton.next_power_of_2(programs), max(4096 // (block_b * block_c), 1))
     _loss_finalize_kernel[(1,)](part, out, coef, batch, programs, channels, float(spec.smooth_nr),
                                 float(spec.smooth_dr), float(spec.lambda_dice), float(spec.lambda_term),
                                 term_channels, DICE_FIRST_CLASS=spec.dice_first_class, BATCH_DICE=spec.batch_dice,
-                                BLOCK_B=triton.next_power_of_2(batch), BLOCK_C=block_c)
+                                BLOCK_B=block_b, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return out[0], out, coef
 
 

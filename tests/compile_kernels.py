@@ -48,7 +48,9 @@ def _pointwise_variants(dtype):
     flags = dict(HAS_RESIDUAL=True, ACTIVATION=True, BLOCK_V=64, BLOCK_C=32)
     return [
         (conv._combine_partials_kernel, dict(part_ptr="*fp32", out_ptr="*fp32", eps="fp32"),
-         dict(MOMENTS=True, STAT_ROWS=conv.STAT_ROWS_GPU, BLOCK_R=32, BLOCK_C=32), 4),
+         dict(MOMENTS=True, FINAL=False, BLOCK_R=32, BLOCK_C=32), 4),
+        (conv._combine_partials_kernel, dict(part_ptr="*fp32", out_ptr="*fp32", eps="fp32"),
+         dict(MOMENTS=True, FINAL=True, BLOCK_R=32, BLOCK_C=32), 4),
         (conv._normalize_kernel, dict(y_ptr=pointer, res_ptr=pointer, **affine), flags, 4),
         (conv._normalize_backward_kernel,
          dict(buf_ptr=pointer, grad_ptr=pointer, res_ptr=pointer, dres_ptr=pointer, sums_ptr="*fp32", **affine),
@@ -85,7 +87,7 @@ VARIANTS = {
     "loss_finalize": [(loss._loss_finalize_kernel,
                        dict(part_ptr="*fp32", out_ptr="*fp32", coef_ptr="*fp32", smooth_nr="fp32", smooth_dr="fp32",
                             lambda_dice="fp32", lambda_term="fp32"),
-                       dict(DICE_FIRST_CLASS=1, BATCH_DICE=True, BLOCK_B=4, BLOCK_C=4), 4)],
+                       dict(DICE_FIRST_CLASS=1, BATCH_DICE=True, BLOCK_B=4, BLOCK_P=64, BLOCK_C=4), 4)],
 }
 PAIRS = [(name, ARCHS[i % len(ARCHS)]) for i, name in enumerate(VARIANTS)]
 PAIRS += [("conv_forward_3x3x3_groups_bf16", arch) for arch in ARCHS if ("conv_forward_3x3x3_groups_bf16", arch)
