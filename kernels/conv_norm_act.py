@@ -267,16 +267,22 @@ def _combine_partials_kernel(part_ptr, out_ptr, n_vox, n_rows, row_voxels, rows_
 
 
 @triton.jit
-def _normalize_kernel(y_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, n_vox, C, negative_slope,
-                      HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
-                      BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
-    """In place on the (B, V, C) pre-norm output: y = LeakyReLU((y - mean) * rstd * gamma + beta [+ res])."""
+def _pointwise_tile(n_vox, C, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's [BLOCK_V, BLOCK_C] tile of a (B, V, C) tensor: sample, channels, masks and offsets."""
     b = tl.program_id(2)
     v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     ok = (v[:, None] < n_vox) & c_ok[None, :]
-    offs = b.to(tl.int64) * n_vox * C + v[:, None] * C + c[None, :]
+    return b, c, c_ok, ok, b.to(tl.int64) * n_vox * C + v[:, None] * C + c[None, :]
+
+
+@triton.jit
+def _normalize_kernel(y_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, n_vox, C, negative_slope,
+                      HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+                      BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
+    """In place on the (B, V, C) pre-norm output: y = LeakyReLU((y - mean) * rstd * gamma + beta [+ res])."""
+    b, c, c_ok, ok, offs = _pointwise_tile(n_vox, C, BLOCK_V, BLOCK_C)
     stats = stats_ptr + b * 2 * C + c
     scale = tl.load(stats + C, mask=c_ok, other=0.0) * tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - tl.load(stats, mask=c_ok, other=0.0) * scale
@@ -297,12 +303,7 @@ def _normalize_backward_kernel(buf_ptr, grad_ptr, res_ptr, dres_ptr, stats_ptr, 
 
     Also writes dL/dz (the residual's gradient) to ``dres_ptr`` when WRITE_DRES.
     """
-    b = tl.program_id(2)
-    v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    ok = (v[:, None] < n_vox) & c_ok[None, :]
-    offs = b.to(tl.int64) * n_vox * C + v[:, None] * C + c[None, :]
+    b, c, c_ok, ok, offs = _pointwise_tile(n_vox, C, BLOCK_V, BLOCK_C)
     stats = stats_ptr + b * 2 * C + c
     mean = tl.load(stats, mask=c_ok, other=0.0)
     rstd = tl.load(stats + C, mask=c_ok, other=0.0)
