@@ -658,14 +658,14 @@ def _weight_grad(x: torch.Tensor, grad_raw: torch.Tensor, weight: torch.Tensor, 
 def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
                        beta: torch.Tensor, residual: torch.Tensor | None, stats: torch.Tensor,
                        stride: tuple[int, int, int], groups: int, negative_slope: float, activation: bool,
-                       need_input_grad: bool, need_residual_grad: bool):
+                       need_input_grad: bool, need_residual_grad: bool, need_weight_grad: bool = True):
     """Fused backward on channels-last tensors; recomputes the conv output instead of storing it.
 
     Args: as :func:`conv_norm_forward`, plus ``grad_y`` (B, OD, OH, OW, Cout) contiguous and the
     forward's ``stats``. ``residual`` is only read when ``activation`` (for the LeakyReLU's sign).
     Returns:
-        (grad_x or None, grad_weight fp32, grad_gamma fp32, grad_beta fp32, grad_residual or None);
-        grad_x and grad_residual in x's dtype, channels-last.
+        (grad_x or None, grad_weight fp32 or None, grad_gamma fp32, grad_beta fp32, grad_residual or None);
+        grad_x and grad_residual in x's dtype, channels-last; each optional one only when asked for.
     """
     geometry = conv_geometry(x, weight, stride, groups)
     buf = torch.empty_like(grad_y, dtype=x.dtype)
@@ -689,5 +689,5 @@ def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     if need_input_grad:
         grad_x = torch.empty((geometry.batch, *geometry.in_size, geometry.c_in), dtype=x.dtype, device=x.device)
         _conv(buf, weight, grad_x, None, geometry, transposed=True, epilogue=EPILOGUE_STORE)
-    grad_weight = _weight_grad(x, buf, weight, geometry)
+    grad_weight = _weight_grad(x, buf, weight, geometry) if need_weight_grad else None
     return grad_x, grad_weight, sums[:, 1].sum(0), sums[:, 0].sum(0), dres

@@ -87,9 +87,10 @@ def _loss_forward_kernel(logits_ptr, target_ptr, mask_ptr, part_ptr, N, C,
     pid = tl.program_id(0)
     b = tl.program_id(1)
     n_programs = tl.num_programs(0)
-    sum_pt = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    sum_p = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    sum_t = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    # elementwise accumulators, reduced across the tile once at the end
+    sum_pt = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+    sum_p = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+    sum_t = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
     sum_term = tl.zeros((BLOCK_N,), dtype=tl.float32)
     count = tl.zeros((BLOCK_N,), dtype=tl.float32)
     bad_labels = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -104,9 +105,9 @@ def _loss_forward_kernel(logits_ptr, target_ptr, mask_ptr, part_ptr, N, C,
         else:
             p, log_norm = _softmax(z, c_ok)
         pm = p * m[None, :]
-        sum_pt += tl.sum(pm * t, axis=1)
-        sum_p += tl.sum(pm, axis=1)
-        sum_t += tl.sum(t * m[None, :], axis=1)
+        sum_pt += pm * t
+        sum_p += pm
+        sum_t += t * m[None, :]
         if TERM == 0:
             factor, bce = _focal_parts(z, t, gamma, alpha, HAS_ALPHA)
             keep = c_ok & (c >= TERM_FIRST_CLASS)
@@ -119,9 +120,9 @@ def _loss_forward_kernel(logits_ptr, target_ptr, mask_ptr, part_ptr, N, C,
     row = part_ptr + (b * n_programs + pid).to(tl.int64) * (3 * C + 3)
     c = tl.arange(0, BLOCK_C)
     c_ok = c < C
-    tl.store(row + c, sum_pt, mask=c_ok)
-    tl.store(row + C + c, sum_p, mask=c_ok)
-    tl.store(row + 2 * C + c, sum_t, mask=c_ok)
+    tl.store(row + c, tl.sum(sum_pt, axis=1), mask=c_ok)
+    tl.store(row + C + c, tl.sum(sum_p, axis=1), mask=c_ok)
+    tl.store(row + 2 * C + c, tl.sum(sum_t, axis=1), mask=c_ok)
     tl.store(row + 3 * C, tl.sum(sum_term, axis=0))
     tl.store(row + 3 * C + 1, tl.sum(count, axis=0))
     tl.store(row + 3 * C + 2, tl.sum(bad_labels, axis=0))

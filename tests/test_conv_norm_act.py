@@ -114,6 +114,19 @@ def test_triton_backward_saves_only_the_input_and_per_channel_statistics(rng):
 
 
 @needs_triton
+def test_frozen_weight_gets_no_gradient_and_the_others_are_unchanged(rng):
+    case = make_case(rng, 1, 8, 8, 2, (2, 3, 5), (1, 3, 3), (1, 1, 1), torch.float32, False)
+    x, weight, gamma, beta = (case[k].to(DEVICE).requires_grad_() for k in ("x", "weight", "norm_weight", "norm_bias"))
+    grad = case["grad"].to(DEVICE)
+    full = torch.autograd.grad(conv_norm_act(x, weight, gamma, beta, groups=2, backend="triton"), [x, gamma, beta], grad)
+    weight.requires_grad_(False)
+    frozen = torch.autograd.grad(conv_norm_act(x, weight, gamma, beta, groups=2, backend="triton"), [x, gamma, beta],
+                                 grad)
+    for a, b in zip(full, frozen):
+        assert torch.equal(a, b)
+
+
+@needs_triton
 def test_fused_module_runs_triton_with_the_unfused_state_dict(rng):
     fused = FusedConvNormAct(8, 16, (1, 3, 3), stride=(1, 2, 2), groups=4, backend="triton").to(DEVICE)
     unfused = nn.Sequential()

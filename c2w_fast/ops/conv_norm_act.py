@@ -101,9 +101,10 @@ class _FusedConvNormAct(torch.autograd.Function):
         grad_x, grad_w, grad_gamma, grad_beta, grad_res = conv_norm_backward(
             _channels_last(grad_y.to(x_cl.dtype)), x_cl, weight, gamma, beta, residual_cl, stats, stride, groups,
             negative_slope, activation, need_input_grad=ctx.needs_input_grad[0],
-            need_residual_grad=has_residual and ctx.needs_input_grad[4])
+            need_residual_grad=has_residual and ctx.needs_input_grad[4], need_weight_grad=ctx.needs_input_grad[1])
         to_first = lambda t: None if t is None else t.permute(0, 4, 1, 2, 3)  # noqa: E731
-        return (to_first(grad_x), grad_w.to(weight.dtype), grad_gamma.to(gamma.dtype), grad_beta.to(beta.dtype),
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)  # frozen weights: no weight-gradient pass
+        return (to_first(grad_x), grad_w, grad_gamma.to(gamma.dtype), grad_beta.to(beta.dtype),
                 to_first(grad_res), None, None, None, None, None)
 
 
