@@ -435,11 +435,13 @@ def channel_tiling(c_dst: int, cg_dst: int, cg_src: int) -> ChannelTiling:
     return ChannelTiling(block_n, block_k, triton.cdiv(widest, block_k), even)
 
 
-# Autotune candidates on a GPU: (BLOCK_V, num_warps, num_stages). A candidate is kept for a
-# launch only when its widest [BLOCK_V, channels] tile holds at most 16 elements per thread:
-# checked with ptxas for sm_80/86/89/90, larger tiles need 160-255 registers or spill.
-_CONV_CONFIGS = [(64, 2, 1), (64, 4, 1), (128, 4, 1), (128, 4, 2), (128, 8, 1), (256, 8, 1)]
-_WGRAD_CONFIGS = [(32, 2, 2), (32, 4, 2), (64, 4, 2), (64, 8, 2), (128, 8, 2)]
+# Autotune candidates on a GPU: (BLOCK_V, num_warps, num_stages). Three or more stages prefetch
+# the next tap's gathered tile with cp.async while the current one is in the tensor cores (two
+# stages do not overlap them). A candidate is kept for a launch only when its widest
+# [BLOCK_V, channels] tile holds at most 16 elements per thread. Checked with ptxas for sm_80/86/89/90
+# (bf16, 16-channel blocks: 56-80 registers, no spills; larger tiles need 160-255 or spill).
+_CONV_CONFIGS = [(64, 2, 3), (64, 4, 3), (128, 4, 3), (128, 4, 4), (128, 8, 3), (256, 8, 3), (128, 4, 1)]
+_WGRAD_CONFIGS = [(32, 2, 3), (32, 4, 3), (64, 4, 3), (64, 8, 3), (128, 8, 3), (64, 4, 2)]
 _MAX_TILE_PER_THREAD = 16
 _INTERPRETER_BLOCK_V = 32  # the interpreter runs fixed small tiles (two statistics rows each); no autotuning
 _INTERPRETER_STAT_ROWS = 16

@@ -97,7 +97,7 @@ PAIRS += [("conv_forward_3x3x3_groups_bf16", arch) for arch in ARCHS if ("conv_f
 def _compile(kernel, types, constants, warps, arch):
     signature = {name: "constexpr" if name in constants else types.get(name, "i32") for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=2))
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=3))
 
 
 def main() -> int:
