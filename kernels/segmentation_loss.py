@@ -64,6 +64,7 @@ def _softmax(z, c_ok):
 
 @triton.jit
 def _log_sigmoid(u):
+    """log(sigmoid(u)) without overflow for large |u|."""
     return tl.minimum(u, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(u)))
 
 
