@@ -10,8 +10,8 @@ epilogue, per-(sample, channel) partial moments (mean and centred sum of squares
 STAT_ROWS voxels, fp32); ``_combine_partials_kernel`` (one or two launches) merges them exactly;
 ``_normalize_kernel`` applies normalise + affine (+ residual) + LeakyReLU in place.
 
-Backward (five or six launches, nothing but x, the weight and the (mean, rstd) pairs kept from the
-forward): ``_conv_kernel`` recomputes the pre-norm output and, in its epilogue, the partial
+Backward (five or six launches, per sample when samples are large; nothing but x, the weight
+and the (mean, rstd) pairs kept from the forward): ``_conv_kernel`` recomputes the pre-norm output and, in its epilogue, the partial
 sums of dL/dz and dL/dz * y_hat; ``_combine_partials_kernel`` sums them;
 ``_normalize_backward_kernel`` turns the pre-norm buffer in place into dL/d(conv output)
 (and writes the residual gradient); ``_conv_kernel`` in transposed mode gives the input
@@ -35,6 +35,7 @@ import triton.language as tl
 STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
 MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
 MAX_CHANNEL_BLOCK = 32
+BACKWARD_CHUNK_BYTES = 32 * 2**20  # larger samples run the backward one sample at a time
 
 
 # --------------------------------------------------------------------------------------------
@@ -668,28 +669,52 @@ def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     Returns:
         (grad_x or None, grad_weight fp32 or None, grad_gamma fp32, grad_beta fp32, grad_residual or None);
         grad_x and grad_residual in x's dtype, channels-last; each optional one only when asked for.
+
+    The instance norm couples voxels only within a sample, so when one sample's output exceeds
+    ``BACKWARD_CHUNK_BYTES`` the backward runs sample by sample and its transient buffer (the
+    recomputed conv output, turned into its gradient) holds one sample instead of the batch.
     """
     geometry = conv_geometry(x, weight, stride, groups)
-    buf = torch.empty_like(grad_y, dtype=x.dtype)
+    batch = geometry.batch
+    sample_bytes = geometry.out_voxels * geometry.c_out * x.element_size()
+    chunk = 1 if sample_bytes > BACKWARD_CHUNK_BYTES else batch
+    grad_x = (torch.empty((batch, *geometry.in_size, geometry.c_in), dtype=x.dtype, device=x.device)
+              if need_input_grad else None)
+    write_dres = need_residual_grad and activation
+    dres = torch.empty_like(grad_y, dtype=x.dtype) if write_dres else None
+    if need_residual_grad and not activation:
+        dres = grad_y.to(x.dtype)  # no activation: the residual's gradient is the output's
+    buf = torch.empty((chunk, *geometry.out_size, geometry.c_out), dtype=x.dtype, device=x.device)
+    grad_weight, sums = None, []
+    for b0 in range(0, batch, chunk):
+        part = slice(b0, b0 + chunk)
+        pick = lambda t: None if t is None else t[part]  # noqa: E731 - contiguous per-sample views
+        chunk_sums, chunk_weight = _backward_chunk(
+            buf, grad_y[part], x[part], weight, gamma, beta, pick(residual if activation else None), stats[part],
+            pick(grad_x), pick(dres if write_dres else None), stride, groups, negative_slope, activation,
+            need_weight_grad)
+        sums.append(chunk_sums)
+        if need_weight_grad:
+            grad_weight = chunk_weight if grad_weight is None else grad_weight + chunk_weight
+    sums = torch.cat(sums) if len(sums) > 1 else sums[0]
+    return grad_x, grad_weight, sums[:, 1].sum(0), sums[:, 0].sum(0), dres
+
+
+def _backward_chunk(buf, grad_y, x, weight, gamma, beta, residual, stats, grad_x, dres, stride, groups,
+                    negative_slope, activation, need_weight_grad):
+    """Backward of the samples in ``x``: fills grad_x and dres (when given); returns (sums (B, 2, Cout), dW)."""
+    geometry = conv_geometry(x, weight, stride, groups)
     part = _partials(geometry, x.device)
-    residual = residual if activation else None
     _conv(x, weight, buf, part, geometry, transposed=False, epilogue=EPILOGUE_GRAD_SUMS, grad=grad_y,
           residual=residual, stats=stats, gamma=gamma, beta=beta, negative_slope=negative_slope,
           activation=activation)
     sums = _combine(part, geometry, moments=False)  # (B, 2, Cout): sum dz, sum dz * y_hat
     del part
-    write_dres = need_residual_grad and activation
-    dres = torch.empty_like(buf) if write_dres else None
     grid, meta = _pointwise_grid(geometry)
     _normalize_backward_kernel[grid](buf, grad_y, buf if residual is None else residual, buf if dres is None else dres,
                                      stats, sums, gamma, beta, geometry.out_voxels, geometry.c_out, negative_slope,
-                                     HAS_RESIDUAL=residual is not None, ACTIVATION=activation, WRITE_DRES=write_dres,
-                                     **meta)
-    if need_residual_grad and not activation:
-        dres = grad_y.to(x.dtype)  # no activation: the residual's gradient is the output's
-    grad_x = None
-    if need_input_grad:
-        grad_x = torch.empty((geometry.batch, *geometry.in_size, geometry.c_in), dtype=x.dtype, device=x.device)
+                                     HAS_RESIDUAL=residual is not None, ACTIVATION=activation,
+                                     WRITE_DRES=dres is not None, **meta)
+    if grad_x is not None:
         _conv(buf, weight, grad_x, None, geometry, transposed=True, epilogue=EPILOGUE_STORE)
-    grad_weight = _weight_grad(x, buf, weight, geometry) if need_weight_grad else None
-    return grad_x, grad_weight, sums[:, 1].sum(0), sums[:, 0].sum(0), dres
+    return sums, _weight_grad(x, buf, weight, geometry) if need_weight_grad else None

@@ -127,6 +127,19 @@ def test_frozen_weight_gets_no_gradient_and_the_others_are_unchanged(rng):
 
 
 @needs_triton
+def test_sample_by_sample_backward_equals_the_batched_one(rng, monkeypatch):
+    from c2w_fast.kernels import conv_norm_act as kernels
+
+    case = make_case(rng, 3, 8, 8, 2, (2, 3, 5), (1, 3, 3), (1, 1, 1), torch.float32, True)
+    options = dict(dtype=torch.float32, stride=(1, 1, 1), groups=2, activation=True)
+    batched = run(case, "triton", **options)
+    monkeypatch.setattr(kernels, "BACKWARD_CHUNK_BYTES", 0)  # every sample is "large"
+    chunked = run(case, "triton", **options)
+    for key in batched:
+        torch.testing.assert_close(chunked[key], batched[key], rtol=1e-6, atol=1e-6)
+
+
+@needs_triton
 def test_fused_module_runs_triton_with_the_unfused_state_dict(rng):
     fused = FusedConvNormAct(8, 16, (1, 3, 3), stride=(1, 2, 2), groups=4, backend="triton").to(DEVICE)
     unfused = nn.Sequential()
