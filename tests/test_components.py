@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from c2w_fast.ops import keep_largest_component, label_components, remove_small_components
 
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "cpu"]
 RANK = {6: 1, 18: 2, 26: 3, 4: 1, 8: 2}
 
 

@@ -8,7 +8,7 @@ from scipy import ndimage
 from c2w_fast.ops import distance_transform, signed_distance
 from c2w_fast.ops.distance_transform import TOLERANCE
 
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "cpu"]
 
 
 def scipy_edt(mask, spacing):

@@ -8,7 +8,7 @@ from masks import anisotropic_spacing, blobs, perturbed
 
 from c2w_fast import metrics
 
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "cpu"]
 
 
 def two_voxels(shape=(3, 4, 9), gap=3):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from c2w_fast.ops._arrays import as_mask, as_numpy, device_type, is_cupy
+from c2w_fast.ops.bounding_box import bounding_box
 
 Box = tuple[slice, ...]
 
@@ -71,6 +72,11 @@ def union(a: Box | None, b: Box | None) -> Box | None:
     if a is None or b is None:
         return a if b is None else b
     return tuple(slice(min(s.start, t.start), max(s.stop, t.stop)) for s, t in zip(a, b))
+
+
+def union_box(pred, gt, backend: str = "auto") -> Box | None:
+    """The union bounding box of two masks (``None`` when both are empty)."""
+    return union(bounding_box(pred, backend=backend), bounding_box(gt, backend=backend))
 
 
 def like(result: np.ndarray, original):

@@ -1,0 +1,8 @@
+// When a loop is worth OpenMP threads: below this many elements of work the wake-up and
+// barrier of a parallel region cost more than the loop (much more on a loaded machine).
+#pragma once
+#include <cstdint>
+
+namespace c2w {
+constexpr int64_t kParallelWork = int64_t{1} << 17;
+}  // namespace c2w
