@@ -110,15 +110,77 @@ inline void edt_pass_columns(float* data, int64_t planes, int64_t plane_stride, 
   }
 }
 
+// The same pass by direct minimisation, d[q] = min_p f[p] + w (q - p)^2, vectorised along the
+// `width` contiguous columns of each plane: n^2 / (vector width) operations per column instead
+// of the envelope's branchy ~n, cheaper for short columns such as the slice axis of thick-slice
+// MRI. Rows of f that are +inf everywhere are skipped.
+inline void edt_pass_columns_direct(float* data, int64_t planes, int64_t plane_stride, int64_t width, int64_t n,
+                                    int64_t stride, double spacing, bool sqrt_out) {
+  std::vector<float> step(static_cast<size_t>(n));  // w (q - p)^2 by |q - p|
+  for (int64_t i = 0; i < n; ++i) step[i] = static_cast<float>(spacing * spacing * static_cast<double>(i * i));
+#pragma omp parallel if (planes * width * n >= kParallelWork)
+  {
+    std::vector<float> in(static_cast<size_t>(n * width));
+    std::vector<int64_t> rows;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t p = 0; p < planes; ++p) {
+      float* base = data + p * plane_stride;
+      rows.clear();
+      for (int64_t i = 0; i < n; ++i) {
+        const float* src = base + i * stride;
+        float* dst = in.data() + i * width;
+        bool finite = false;
+        for (int64_t x = 0; x < width; ++x) {
+          dst[x] = src[x];
+          finite |= src[x] < kInf;
+        }
+        if (finite) rows.push_back(i);
+      }
+      for (int64_t q = 0; q < n; ++q) {
+        float* out = base + q * stride;
+        std::fill(out, out + width, kInf);
+        for (const int64_t i : rows) {
+          const float add = step[static_cast<size_t>(q > i ? q - i : i - q)];
+          const float* src = in.data() + i * width;
+          for (int64_t x = 0; x < width; ++x) out[x] = std::min(out[x], src[x] + add);
+        }
+        if (sqrt_out)
+          for (int64_t x = 0; x < width; ++x) out[x] = std::sqrt(out[x]);
+      }
+    }
+  }
+}
+
+// Envelope or direct minimisation, whichever is cheaper for columns of length n.
+inline void edt_pass(float* data, int64_t planes, int64_t plane_stride, int64_t width, int64_t n, int64_t stride,
+                     double spacing, bool sqrt_out) {
+  constexpr int64_t kDirectUpTo = 64;
+  if (n <= kDirectUpTo)
+    edt_pass_columns_direct(data, planes, plane_stride, width, n, stride, spacing, sqrt_out);
+  else
+    edt_pass_columns(data, planes, plane_stride, width, n, stride, spacing, sqrt_out);
+}
+
 // out[i] = squared distance (mm^2) from grid point i to the nearest site (+inf without sites),
-// or the distance itself with sqrt_out. spacing = (sz, sy, sx) in mm.
+// or the distance itself with sqrt_out. spacing = (sz, sy, sx) in mm. In 3D the x and y passes
+// run slice by slice while the slice is in cache (the passes inside run serially there, as
+// nested OpenMP regions), then the z pass; so the volume crosses memory three times, not five.
 template <class IsSite>
 void edt(const IsSite& is_site, int64_t nz, int64_t ny, int64_t nx, const double spacing[3], float* out,
          bool sqrt_out) {
-  edt_pass_x(is_site, nz, ny, nx, spacing[2], out);
-  const bool y_is_last = nz == 1;
-  if (ny > 1 || y_is_last) edt_pass_columns(out, nz, ny * nx, nx, ny, nx, spacing[1], sqrt_out && y_is_last);
-  if (!y_is_last) edt_pass_columns(out, ny, nx, nx, nz, ny * nx, spacing[0], sqrt_out);
+  if (nz == 1) {
+    edt_pass_x(is_site, 1, ny, nx, spacing[2], out);
+    edt_pass(out, 1, ny * nx, nx, ny, nx, spacing[1], sqrt_out);
+    return;
+  }
+  const int64_t plane = ny * nx;
+#pragma omp parallel for schedule(dynamic, 1) if (nz * plane >= kParallelWork)
+  for (int64_t z = 0; z < nz; ++z) {
+    const int64_t base = z * plane;
+    edt_pass_x([&](int64_t i) { return is_site(base + i); }, 1, ny, nx, spacing[2], out + base);
+    if (ny > 1) edt_pass(out + base, 1, plane, nx, ny, nx, spacing[1], false);
+  }
+  edt_pass(out, ny, nx, nx, nz, plane, spacing[0], sqrt_out);
 }
 
 }  // namespace c2w

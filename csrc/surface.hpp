@@ -121,13 +121,32 @@ void directed_distances(const IsSite& is_site, const IsQuery& is_query, const We
   }
 }
 
+// Runs the two directions; on machines with fewer than four threads as two concurrent tasks
+// with serial kernels inside (no barrier between EDT passes to wait on), else one after the
+// other with parallel kernels.
+template <class First, class Second>
+void both_directions(int64_t work, const First& first, const Second& second) {
+  if (work >= kParallelWork && max_threads() >= 2 && max_threads() < 4) {
+#pragma omp parallel sections num_threads(2)
+    {
+#pragma omp section
+      first();
+#pragma omp section
+      second();
+    }
+  } else {
+    first();
+    second();
+  }
+}
+
 // Both directions: pred -> gt and gt -> pred. area_table: surfel area per neighbour code
 // (surfel convention; ignored for voxels).
 inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid& g, bool is_2d, bool surfel,
                               const double spacing[3], const double* area_table, Directed& pred_to_gt,
                               Directed& gt_to_pred) {
   std::vector<uint8_t> a, b;
-  std::vector<float> buffer;
+  std::vector<float> buffer_pg, buffer_gp;
   if (surfel) {
     const Grid c = neighbour_codes(pred, g, is_2d, a);
     neighbour_codes(gt, g, is_2d, b);
@@ -136,8 +155,12 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
     const uint8_t* cg = b.data();
     auto on_pred = [=](int64_t i) { return cp[i] != 0 && cp[i] != full; };
     auto on_gt = [=](int64_t i) { return cg[i] != 0 && cg[i] != full; };
-    directed_distances(on_gt, on_pred, [=](int64_t i) { return area_table[cp[i]]; }, c, spacing, buffer, pred_to_gt);
-    directed_distances(on_pred, on_gt, [=](int64_t i) { return area_table[cg[i]]; }, c, spacing, buffer, gt_to_pred);
+    both_directions(
+        c.size(),
+        [&] { directed_distances(on_gt, on_pred, [=](int64_t i) { return area_table[cp[i]]; }, c, spacing,
+                                 buffer_pg, pred_to_gt); },
+        [&] { directed_distances(on_pred, on_gt, [=](int64_t i) { return area_table[cg[i]]; }, c, spacing,
+                                 buffer_gp, gt_to_pred); });
   } else {
     boundary_voxels(pred, g, is_2d, a);
     boundary_voxels(gt, g, is_2d, b);
@@ -146,8 +169,9 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
     auto on_pred = [=](int64_t i) { return ep[i] != 0; };
     auto on_gt = [=](int64_t i) { return eg[i] != 0; };
     auto one = [](int64_t) { return 1.0; };
-    directed_distances(on_gt, on_pred, one, g, spacing, buffer, pred_to_gt);
-    directed_distances(on_pred, on_gt, one, g, spacing, buffer, gt_to_pred);
+    both_directions(
+        g.size(), [&] { directed_distances(on_gt, on_pred, one, g, spacing, buffer_pg, pred_to_gt); },
+        [&] { directed_distances(on_pred, on_gt, one, g, spacing, buffer_gp, gt_to_pred); });
   }
 }
 

@@ -16,7 +16,7 @@ def scipy_edt(mask, spacing):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(7, 13, 11), (1, 9, 30), (17, 5, 4), (21, 19), (40, 1)])
+@pytest.mark.parametrize("shape", [(7, 13, 11), (1, 9, 30), (17, 5, 4), (21, 19), (40, 1), (70, 3, 5), (3, 81, 4), (90, 7)])
 def test_matches_scipy_on_random_anisotropic_masks(backend, shape, rng):
     spacing = anisotropic_spacing(rng, len(shape))
     for fill in (0.1, 0.6, 0.97):
