@@ -36,16 +36,9 @@ py::tuple bounding_box(const carray<uint8_t>& mask) {
   return py::make_tuple(box[0], box[1], box[2], box[3], box[4], box[5]);
 }
 
-template <typename T>
-py::array_t<T> new_array(const std::vector<py::ssize_t>& shape) {
-  return py::array_t<T>(shape);
-}
-
-std::vector<py::ssize_t> shape_of(const carray<uint8_t>& a) { return {a.shape(0), a.shape(1), a.shape(2)}; }
-
 py::array_t<float> distance_transform(const carray<uint8_t>& mask, std::array<double, 3> spacing, bool to_nonzero) {
   require_3d(mask, "mask");
-  auto out = new_array<float>(shape_of(mask));
+  py::array_t<float> out(std::vector<py::ssize_t>{mask.shape(0), mask.shape(1), mask.shape(2)});
   const uint8_t* m = mask.data();
   float* o = out.mutable_data();
   {
@@ -100,51 +93,54 @@ py::tuple surface_summary(const carray<uint8_t>& pred, const carray<uint8_t>& gt
   return py::make_tuple(s.hd, s.hd_percentile, s.assd, s.surface_dice);
 }
 
+// The box (z0, z1, y0, y1, x0, x1) of a 3D mask, checked; out must have the mask's shape.
+template <typename T>
+c2w::Box box_of(const carray<uint8_t>& mask, const std::array<int64_t, 6>& b, const carray<T>& out) {
+  require_3d(mask, "mask");
+  require_3d(out, "out");
+  for (int a = 0; a < 3; ++a) {
+    if (out.shape(a) != mask.shape(a)) throw std::invalid_argument("out must have the mask's shape");
+    if (b[2 * a] < 0 || b[2 * a + 1] <= b[2 * a] || b[2 * a + 1] > mask.shape(a))
+      throw std::invalid_argument("box must be a non-empty (z0, z1, y0, y1, x0, x1) inside the mask");
+  }
+  return {b[1] - b[0], b[3] - b[2], b[5] - b[4], b[0], b[2], b[4], mask.shape(1), mask.shape(2)};
+}
+
 void check_connectivity(int connectivity) {
   if (connectivity != 6 && connectivity != 18 && connectivity != 26)
     throw std::invalid_argument("connectivity must be 6, 18 or 26");
 }
 
-py::tuple label_components(const carray<uint8_t>& mask, int connectivity) {
-  require_3d(mask, "mask");
+int32_t label_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
+                         carray<int32_t>& out) {
+  const c2w::Box b = box_of(mask, box, out);
   check_connectivity(connectivity);
-  py::array_t<int32_t> out = new_array<int32_t>(shape_of(mask));
   int32_t* o = out.mutable_data();
-  int32_t count;
-  {
-    py::gil_scoped_release release;
-    const int64_t nz = mask.shape(0), ny = mask.shape(1), nx = mask.shape(2);
-    c2w::Components c;
-    c2w::label_components(mask.data(), nz, ny, nx, connectivity, c);
-    std::memset(o, 0, sizeof(int32_t) * static_cast<size_t>(nz * ny * nx));
-    c2w::paint_runs(c, nz * ny, nx, [](int32_t label) { return label; }, o);
-    count = c.count;
-  }
-  return py::make_tuple(out, count);
+  py::gil_scoped_release release;
+  c2w::Components c;
+  c2w::label_components(mask.data(), b, connectivity, c);
+  c2w::paint_runs(c, b, [](int32_t label) { return label; }, o);
+  return c.count;
 }
 
-// Keeps the components whose size passes keep(size, label, components).
+// Paints 1 over the components that pass keep(label, components).
 template <class Keep>
-py::array_t<uint8_t> keep_components(const carray<uint8_t>& mask, int connectivity, const Keep& keep) {
-  require_3d(mask, "mask");
+void keep_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
+                     carray<uint8_t>& out, const Keep& keep) {
+  const c2w::Box b = box_of(mask, box, out);
   check_connectivity(connectivity);
-  py::array_t<uint8_t> out = new_array<uint8_t>(shape_of(mask));
   uint8_t* o = out.mutable_data();
-  {
-    py::gil_scoped_release release;
-    const int64_t nz = mask.shape(0), ny = mask.shape(1), nx = mask.shape(2);
-    c2w::Components c;
-    c2w::label_components(mask.data(), nz, ny, nx, connectivity, c);
-    std::vector<uint8_t> kept(c.size.size(), 0);
-    for (int32_t label = 1; label <= c.count; ++label) kept[label] = keep(label, c) ? 1 : 0;
-    std::memset(o, 0, static_cast<size_t>(nz * ny * nx));
-    c2w::paint_runs(c, nz * ny, nx, [&](int32_t label) { return kept[label]; }, o);
-  }
-  return out;
+  py::gil_scoped_release release;
+  c2w::Components c;
+  c2w::label_components(mask.data(), b, connectivity, c);
+  std::vector<uint8_t> kept(c.size.size(), 0);
+  for (int32_t label = 1; label <= c.count; ++label) kept[label] = keep(label, c) ? 1 : 0;
+  c2w::paint_runs(c, b, [&](int32_t label) { return kept[label]; }, o);
 }
 
-py::array_t<uint8_t> keep_largest_component(const carray<uint8_t>& mask, int connectivity) {
-  return keep_components(mask, connectivity, [](int32_t label, const c2w::Components& c) {
+void keep_largest_component(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
+                            carray<uint8_t>& out) {
+  keep_components(mask, box, connectivity, out, [](int32_t label, const c2w::Components& c) {
     // the first label of the largest size: ties go to the first component in raster order
     int32_t best = 1;
     for (int32_t l = 2; l <= c.count; ++l)
@@ -153,24 +149,21 @@ py::array_t<uint8_t> keep_largest_component(const carray<uint8_t>& mask, int con
   });
 }
 
-py::array_t<uint8_t> remove_small_components(const carray<uint8_t>& mask, int64_t min_voxels, int connectivity) {
-  return keep_components(mask, connectivity, [=](int32_t label, const c2w::Components& c) {
+void remove_small_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int64_t min_voxels,
+                             int connectivity, carray<uint8_t>& out) {
+  keep_components(mask, box, connectivity, out, [=](int32_t label, const c2w::Components& c) {
     return c.size[label] >= min_voxels;
   });
 }
 
-py::array_t<uint8_t> dilate_or_erode(const carray<uint8_t>& mask, const carray<int32_t>& halfwidth, bool erode) {
-  require_3d(mask, "mask");
+void dilate_or_erode(const carray<uint8_t>& mask, std::array<int64_t, 6> box, const carray<int32_t>& halfwidth,
+                     bool erode, carray<uint8_t>& out) {
+  const c2w::Box b = box_of(mask, box, out);
   if (halfwidth.ndim() != 2 || halfwidth.shape(0) % 2 == 0 || halfwidth.shape(1) % 2 == 0)
     throw std::invalid_argument("halfwidth must be a 2D int32 array of odd sizes (dz, dy)");
-  py::array_t<uint8_t> out = new_array<uint8_t>(shape_of(mask));
   uint8_t* o = out.mutable_data();
-  {
-    py::gil_scoped_release release;
-    c2w::dilate_or_erode(mask.data(), mask.shape(0), mask.shape(1), mask.shape(2), halfwidth.shape(0) / 2,
-                         halfwidth.shape(1) / 2, halfwidth.data(), erode, o);
-  }
-  return out;
+  py::gil_scoped_release release;
+  c2w::dilate_or_erode(mask.data(), b, halfwidth.shape(0) / 2, halfwidth.shape(1) / 2, halfwidth.data(), erode, o);
 }
 
 }  // namespace
@@ -188,11 +181,17 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("surface_summary", &surface_summary, py::arg("pred"), py::arg("gt"), py::arg("spacing"), py::arg("is_2d"),
         py::arg("surfel"), py::arg("area_table"), py::arg("tolerance"), py::arg("quantile"), py::arg("pooled"),
         "(hd, hd_percentile, assd, surface_dice) of two non-empty masks; quantile in [0, 1].");
-  m.def("label_components", &label_components, py::arg("mask"), py::arg("connectivity"),
-        "(int32 labels numbered in raster order, count) for connectivity 6, 18 or 26.");
-  m.def("keep_largest_component", &keep_largest_component, py::arg("mask"), py::arg("connectivity"));
-  m.def("remove_small_components", &remove_small_components, py::arg("mask"), py::arg("min_voxels"),
-        py::arg("connectivity"));
-  m.def("dilate_or_erode", &dilate_or_erode, py::arg("mask"), py::arg("halfwidth"), py::arg("erode"),
-        "Dilation (or erosion) by the element whose row (dz, dy) spans |dx| <= halfwidth[dz, dy] (-1: empty row).");
+  m.def("label_components", &label_components, py::arg("mask"), py::arg("box"), py::arg("connectivity"),
+        py::arg("out").noconvert(),
+        "Writes int32 labels (numbered in raster order) of the components inside box (z0, z1, y0, y1, x0, x1) "
+        "into the zero-filled out; returns their count. connectivity 6, 18 or 26.");
+  m.def("keep_largest_component", &keep_largest_component, py::arg("mask"), py::arg("box"), py::arg("connectivity"),
+        py::arg("out").noconvert(), "Writes 1 over the largest component into the zero-filled uint8 out.");
+  m.def("remove_small_components", &remove_small_components, py::arg("mask"), py::arg("box"),
+        py::arg("min_voxels"), py::arg("connectivity"), py::arg("out").noconvert(),
+        "Writes 1 over the components of at least min_voxels voxels into the zero-filled uint8 out.");
+  m.def("dilate_or_erode", &dilate_or_erode, py::arg("mask"), py::arg("box"), py::arg("halfwidth"), py::arg("erode"),
+        py::arg("out").noconvert(),
+        "Writes, inside box, the dilation (or erosion) by the element whose row (dz, dy) spans "
+        "|dx| <= halfwidth[dz, dy] (-1: empty row) into out.");
 }

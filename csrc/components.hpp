@@ -1,4 +1,5 @@
-// Connected components of a (nz, ny, nx) uint8 mask by union-find over row runs.
+// Connected components inside a box of a uint8 mask (nothing outside it is foreground) by
+// union-find over row runs.
 //
 // A run joins the runs of earlier rows that touch it: for 6-connectivity the rows (z, y-1)
 // and (z-1, y) with overlapping x ranges; for 18 also (z-1, y-1) and (z-1, y+1) overlapping,
@@ -36,9 +37,9 @@ inline void join(std::vector<int64_t>& parent, int64_t a, int64_t b) {
   else if (b < a) parent[a] = b;
 }
 
-inline void label_components(const uint8_t* mask, int64_t nz, int64_t ny, int64_t nx, int connectivity,
-                             Components& out) {
-  extract_runs(mask, nz * ny, nx, true, out.runs);
+inline void label_components(const uint8_t* mask, const Box& box, int connectivity, Components& out) {
+  const int64_t nz = box.nz, ny = box.ny;
+  extract_runs(mask, box, true, out.runs);
   const Runs& runs = out.runs;
   const int64_t n = static_cast<int64_t>(runs.x0.size());
   std::vector<int64_t> parent(static_cast<size_t>(n));
@@ -82,15 +83,17 @@ inline void label_components(const uint8_t* mask, int64_t nz, int64_t ny, int64_
   }
 }
 
-// Writes value_of(label) over every run (rows of length nx); out must be zero-filled.
+// Writes value_of(label) over every run of the box into out (an array shaped like the mask,
+// zero-filled: nothing else is written).
 template <class T, class ValueOf>
-void paint_runs(const Components& c, int64_t rows, int64_t nx, const ValueOf& value_of, T* out) {
-#pragma omp parallel for schedule(static) if (rows * nx >= kParallelWork)
+void paint_runs(const Components& c, const Box& box, const ValueOf& value_of, T* out) {
+  const int64_t rows = box.rows();
+#pragma omp parallel for schedule(static) if (rows * box.nx >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = c.runs.first[r]; i < c.runs.first[r + 1]; ++i) {
       const T value = value_of(c.label[i]);
       if (value == T(0)) continue;
-      T* row = out + r * nx;
+      T* row = out + box.offset(r);
       for (int32_t x = c.runs.x0[i]; x < c.runs.x1[i]; ++x) row[x] = value;
     }
   }

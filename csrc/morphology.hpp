@@ -1,4 +1,4 @@
-// Binary dilation and erosion of a (nz, ny, nx) uint8 mask by a structuring element that is,
+// Binary dilation and erosion of a uint8 mask by a structuring element that is,
 // along x, one interval per (dz, dy) row: a ball in voxels or in mm.
 //
 // The element is given as halfwidth[(dz + ez) * (2 ey + 1) + (dy + ey)] = w >= 0 when the
@@ -17,16 +17,19 @@
 
 namespace c2w {
 
-inline void dilate_or_erode(const uint8_t* mask, int64_t nz, int64_t ny, int64_t nx, int64_t ez, int64_t ey,
-                            const int32_t* halfwidth, bool erode, uint8_t* out) {
+// Works inside `box` of the mask and writes only the box of out (shaped like the mask): the
+// box must hold the whole result, and everything outside it counts as background.
+inline void dilate_or_erode(const uint8_t* mask, const Box& box, int64_t ez, int64_t ey, const int32_t* halfwidth,
+                            bool erode, uint8_t* out) {
+  const int64_t nz = box.nz, ny = box.ny, nx = box.nx;
   Runs runs;
-  extract_runs(mask, nz * ny, nx, !erode, runs);
+  extract_runs(mask, box, !erode, runs);
   const uint8_t paint = erode ? 0 : 1;
   const int64_t wy = 2 * ey + 1;
 #pragma omp parallel for collapse(2) schedule(dynamic, 8) if (nz * ny * nx >= kParallelWork)
   for (int64_t z = 0; z < nz; ++z) {
     for (int64_t y = 0; y < ny; ++y) {
-      uint8_t* row = out + (z * ny + y) * nx;
+      uint8_t* row = out + box.offset(z * ny + y);
       std::memset(row, erode ? 1 : 0, static_cast<size_t>(nx));
       for (int64_t dz = -ez; dz <= ez; ++dz) {
         for (int64_t dy = -ey; dy <= ey; ++dy) {

@@ -1,5 +1,5 @@
-// Run-length view of a (nz, ny, nx) uint8 mask: the [x0, x1) runs of nonzero (or zero) voxels
-// of every row, rows in raster order. The components and morphology kernels work on runs, so
+// Run-length view of a box of a uint8 mask: the [x0, x1) runs of nonzero (or zero) voxels of
+// every row, rows in raster order. The components and morphology kernels work on runs, so
 // their cost follows the number of runs, not of voxels.
 #pragma once
 #include <cstdint>
@@ -10,17 +10,26 @@
 
 namespace c2w {
 
-struct Runs {
-  std::vector<int64_t> first;  // rows + 1 entries: runs of row r are [first[r], first[r + 1])
-  std::vector<int32_t> x0, x1;
+// The box [z0, z0 + nz) x [y0, y0 + ny) x [x0, x0 + nx) of a C-contiguous (*, full_ny, full_nx)
+// array: the kernels read and write only inside it. Row r of the box is (z, y) = (r / ny, r % ny).
+struct Box {
+  int64_t nz, ny, nx, z0, y0, x0, full_ny, full_nx;
+  int64_t rows() const { return nz * ny; }
+  int64_t offset(int64_t r) const { return ((r / ny + z0) * full_ny + (r % ny + y0)) * full_nx + x0; }
 };
 
-// Runs of voxels equal to value (the mask holds only 0 and 1), per row of `rows` rows of length nx.
-inline void extract_runs(const uint8_t* mask, int64_t rows, int64_t nx, bool value, Runs& runs) {
+struct Runs {
+  std::vector<int64_t> first;  // rows + 1 entries: runs of row r are [first[r], first[r + 1])
+  std::vector<int32_t> x0, x1;  // relative to the box
+};
+
+// Runs of voxels equal to value (the mask holds only 0 and 1) in every row of the box.
+inline void extract_runs(const uint8_t* mask, const Box& box, bool value, Runs& runs) {
+  const int64_t rows = box.rows(), nx = box.nx;
   runs.first.assign(static_cast<size_t>(rows + 1), 0);
   const uint64_t other = value ? 0 : 0x0101010101010101ULL;  // eight voxels all of the other value
   auto scan = [&](int64_t r, auto&& emit) {
-    const uint8_t* row = mask + r * nx;
+    const uint8_t* row = mask + box.offset(r);
     int64_t x = 0;
     while (x < nx) {
       for (uint64_t word; x + 8 <= nx && (std::memcpy(&word, row + x, 8), word == other);) x += 8;

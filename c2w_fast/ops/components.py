@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
 from c2w_fast.ops._dispatch import Op
-from c2w_fast.ops._volume import check_mask, embed, host_uint8_3d, like
+from c2w_fast.ops._volume import box_3d, check_mask, host_uint8_3d, like
 from c2w_fast.ops.bounding_box import bounding_box
 
 CONNECTIVITY_RANK = {3: {6: 1, 18: 2, 26: 3}, 2: {4: 1, 8: 2}}
@@ -65,21 +65,21 @@ def _kernel_connectivity(connectivity: int) -> int:
 
 
 def _in_box_cpu(kernel, mask, dtype, *args):
-    """Run ``kernel(crop, *args)`` in the mask's bounding box (components never leave it)."""
+    """``kernel(mask, box, *args, out)`` on the mask's bounding box (components never leave
+    it), writing into zeros; returns the result and what the kernel returned."""
+    out = np.zeros(tuple(mask.shape), np.int32 if dtype == np.int32 else np.uint8)
     box = bounding_box(mask, backend="cpu")
     if box is None:
-        return like(np.zeros(tuple(mask.shape), dtype), mask), 0
-    result = kernel(host_uint8_3d(mask[box]), *args)
-    crop, count = result if isinstance(result, tuple) else (result, None)
-    out = embed(crop.reshape(tuple(s.stop - s.start for s in box)).view(dtype), box, tuple(mask.shape))
-    return like(out, mask), count
+        return like(out.view(dtype), mask), 0
+    returned = kernel(host_uint8_3d(mask), box_3d(box), *args, out.reshape((1,) * (3 - out.ndim) + out.shape))
+    return like(out.view(dtype), mask), returned
 
 
 def _label_cpu(mask, connectivity):
     from c2w_fast import _cpu
 
     labels, count = _in_box_cpu(_cpu.label_components, mask, np.int32, _kernel_connectivity(connectivity))
-    return labels, int(count or 0)
+    return labels, int(count)
 
 
 def _keep_largest_cpu(mask, connectivity):

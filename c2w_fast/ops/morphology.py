@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
 from c2w_fast.ops._dispatch import Op
-from c2w_fast.ops._volume import check_mask, check_spacing, embed, host_uint8_3d, like
+from c2w_fast.ops._volume import box_3d, check_mask, check_spacing, host_uint8_3d, like
 from c2w_fast.ops.bounding_box import bounding_box
 
 
@@ -68,11 +68,11 @@ def _morphology_cpu(mask, radius, spacing, erode: bool):
     element = ball(radius, spacing, mask.ndim)
     # dilation reaches the element's half extent beyond the mask; erosion stays inside it
     box = bounding_box(mask, margin=0 if erode else tuple(n // 2 for n in element.shape), backend="cpu")
-    if box is None:
-        return like(np.zeros(tuple(mask.shape), bool), mask)
-    crop = _cpu.dilate_or_erode(host_uint8_3d(mask[box]), _row_halfwidths(element), erode)
-    out = embed(crop.reshape(tuple(s.stop - s.start for s in box)).view(bool), box, tuple(mask.shape))
-    return like(out, mask)
+    out = np.zeros(tuple(mask.shape), np.uint8)
+    if box is not None:
+        _cpu.dilate_or_erode(host_uint8_3d(mask), box_3d(box), _row_halfwidths(element), erode,
+                             out.reshape((1,) * (3 - out.ndim) + out.shape))
+    return like(out.view(bool), mask)
 
 
 def _dilation_cpu(mask, radius, spacing):
