@@ -111,48 +111,49 @@ void check_connectivity(int connectivity) {
     throw std::invalid_argument("connectivity must be 6, 18 or 26");
 }
 
-int32_t label_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
-                         carray<int32_t>& out) {
+// Labels the components inside box, then paints values(components)[label] over each into
+// the zero-filled out; returns the number of components.
+template <typename T, class Values>
+int32_t paint_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
+                         carray<T>& out, const Values& values) {
   const c2w::Box b = box_of(mask, box, out);
   check_connectivity(connectivity);
-  int32_t* o = out.mutable_data();
+  T* o = out.mutable_data();
   py::gil_scoped_release release;
   c2w::Components c;
   c2w::label_components(mask.data(), b, connectivity, c);
-  c2w::paint_runs(c, b, [](int32_t label) { return label; }, o);
+  const std::vector<T> value = values(c);
+  c2w::paint_runs(c, b, [&](int32_t label) { return value[label]; }, o);
   return c.count;
 }
 
-// Paints 1 over the components that pass keep(label, components).
-template <class Keep>
-void keep_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
-                     carray<uint8_t>& out, const Keep& keep) {
-  const c2w::Box b = box_of(mask, box, out);
-  check_connectivity(connectivity);
-  uint8_t* o = out.mutable_data();
-  py::gil_scoped_release release;
-  c2w::Components c;
-  c2w::label_components(mask.data(), b, connectivity, c);
-  std::vector<uint8_t> kept(c.size.size(), 0);
-  for (int32_t label = 1; label <= c.count; ++label) kept[label] = keep(label, c) ? 1 : 0;
-  c2w::paint_runs(c, b, [&](int32_t label) { return kept[label]; }, o);
+int32_t label_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
+                         carray<int32_t>& out) {
+  return paint_components(mask, box, connectivity, out, [](const c2w::Components& c) {
+    std::vector<int32_t> value(c.size.size());
+    for (int32_t label = 0; label <= c.count; ++label) value[label] = label;
+    return value;
+  });
 }
 
 void keep_largest_component(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int connectivity,
                             carray<uint8_t>& out) {
-  keep_components(mask, box, connectivity, out, [](int32_t label, const c2w::Components& c) {
-    // the first label of the largest size: ties go to the first component in raster order
-    int32_t best = 1;
-    for (int32_t l = 2; l <= c.count; ++l)
-      if (c.size[l] > c.size[best]) best = l;
-    return label == best;
+  paint_components(mask, box, connectivity, out, [](const c2w::Components& c) {
+    int32_t best = 1;  // the first of the largest: ties go to the first component in raster order
+    for (int32_t label = 2; label <= c.count; ++label)
+      if (c.size[label] > c.size[best]) best = label;
+    std::vector<uint8_t> value(c.size.size(), 0);
+    if (c.count > 0) value[best] = 1;
+    return value;
   });
 }
 
 void remove_small_components(const carray<uint8_t>& mask, std::array<int64_t, 6> box, int64_t min_voxels,
                              int connectivity, carray<uint8_t>& out) {
-  keep_components(mask, box, connectivity, out, [=](int32_t label, const c2w::Components& c) {
-    return c.size[label] >= min_voxels;
+  paint_components(mask, box, connectivity, out, [=](const c2w::Components& c) {
+    std::vector<uint8_t> value(c.size.size(), 0);
+    for (int32_t label = 1; label <= c.count; ++label) value[label] = c.size[label] >= min_voxels;
+    return value;
   });
 }
 

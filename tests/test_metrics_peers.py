@@ -87,24 +87,16 @@ SHAPES = [(9, 14, 17), (5, 21, 11), (1, 13, 15), (23, 19)]
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_surfel_matches_surface_distance_on_random_anisotropic_blobs(backend, shape, rng):
+@pytest.mark.parametrize("convention", ["surfel", "voxel"])
+def test_matches_the_peer_on_random_anisotropic_blobs(backend, shape, convention, rng):
+    """surfel = surface-distance, voxel = MONAI."""
     spacing = anisotropic_spacing(rng, len(shape))
+    peer = deepmind if convention == "surfel" else monai
     for fill in (0.15, 0.5):
         pred, gt = random_pair(rng, shape, fill)
         tolerance = float(rng.uniform(0.5, 2.0))
-        ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=tolerance, backend=backend)
-        assert_metrics(ours, deepmind(pred, gt, spacing, tolerance))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_voxel_matches_monai_on_random_anisotropic_blobs(backend, shape, rng):
-    spacing = anisotropic_spacing(rng, len(shape))
-    for fill in (0.15, 0.5):
-        pred, gt = random_pair(rng, shape, fill)
-        tolerance = float(rng.uniform(0.5, 2.0))
-        ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=tolerance, convention="voxel", backend=backend)
-        assert_metrics(ours, monai(pred, gt, spacing, tolerance))
+        ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=tolerance, convention=convention, backend=backend)
+        assert_metrics(ours, peer(pred, gt, spacing, tolerance))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
