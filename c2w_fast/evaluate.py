@@ -207,7 +207,8 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int], out: Path, *, work
                 problems[futures[future]] = problem
             rows += case_rows
     rows.sort(key=lambda r: (r["case"], list(labels).index(r["label"])))
-    problem_rows = [{"case": i, "label": "", **{m: "" for m in METRICS}, "status": p} for i, p in sorted(problems.items())]
+    problem_rows = [{"case": i, "label": "", **{m: "" for m in METRICS}, "status": p}
+                    for i, p in sorted(problems.items())]
     write_csv(out, rows + summary_rows(rows, labels) + problem_rows)
     return rows, problems
 
@@ -226,7 +227,11 @@ def _summary_line(rows, problems, labels, out) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m c2w_fast.evaluate", description=__doc__.split("\n\n")[0],
+    paragraphs = __doc__.split("\n\n")
+    details = "\n\n".join(paragraphs[2:])
+    for markup in ("``", "**", ":mod:"):
+        details = details.replace(markup, "")
+    parser = argparse.ArgumentParser(prog="python -m c2w_fast.evaluate", description=paragraphs[0], epilog=details,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps, or a dataset")

@@ -29,7 +29,8 @@ inline void parabola_envelope(const float* f, int64_t n, double w, float* d, int
     while (k >= 0) {
       const int64_t p = v[k];
       // abscissa where the parabolas rooted at p and q meet
-      s = (static_cast<double>(f[q]) - f[p]) / (2.0 * w * static_cast<double>(q - p)) + 0.5 * static_cast<double>(q + p);
+      s = (static_cast<double>(f[q]) - f[p]) / (2.0 * w * static_cast<double>(q - p)) +
+          0.5 * static_cast<double>(q + p);
       if (s > z[k]) break;
       --k;
     }

@@ -114,3 +114,19 @@ def test_runs_as_a_module_and_rejects_bad_arguments(mbas, tmp_path):
     assert result.returncode == 2 and "is not a folder" in result.stderr
     with pytest.raises(SystemExit):
         main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", "x.csv", "--labels", "wall"])
+
+
+def test_lasc_dataset_is_read_through_its_layout(tmp_path):
+    ids = write_dataset(tmp_path / "lasc", "lasc", 2, shape=(10, 40, 40), spacing=(1.25, 1.25, 1.25),
+                        progress=False, noise=0)
+    for identifier in ids:  # LASC stores cavity and wall separately; the layout gives canonical codes
+        cavity = read_volume(tmp_path / "lasc" / identifier / "laendo.nrrd")
+        wall = read_volume(tmp_path / "lasc" / identifier / "lawall.nrrd").array > 0
+        labels = np.where(wall, 1, np.where(cavity.array > 0, 3, 0)).astype(np.uint8)
+        write_volume(tmp_path / "pred" / f"{identifier}_pred.nii.gz", labels, like=cavity)
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "lasc"), "--labels", "wall=1,LA=3",
+                 "--out", str(out), "--quiet"]) == 0
+    ok = [r for r in read_rows(out) if r["status"] == "ok"]
+    assert [(r["case"], r["label"]) for r in ok] == [(i, l) for i in ids for l in ("wall", "LA")]
+    assert all(float(r["dice"]) == 1.0 and float(r["hd"]) == 0.0 for r in ok)

@@ -64,7 +64,8 @@ def test_one_or_both_empty_masks(backend, rng):
     for pred, gt in [(empty, some), (some, empty), (empty, empty)]:
         for convention in ("surfel", "voxel"):
             ours = surface_distances(pred, gt, spacing, convention=convention, backend=backend)
-            assert_same_distances(ours, surface_distances(pred, gt, spacing, convention=convention, backend="reference"))
+            reference = surface_distances(pred, gt, spacing, convention=convention, backend="reference")
+            assert_same_distances(ours, reference)
     d = surface_distances(empty, some, spacing, backend=backend)
     assert len(d.pred_to_gt) == 0 and np.all(np.isposinf(d.gt_to_pred))
 

@@ -94,7 +94,8 @@ def _remove_small_cpu(mask, min_voxels, connectivity):
     return _in_box_cpu(_cpu.remove_small_components, mask, bool, min_voxels, _kernel_connectivity(connectivity))[0]
 
 
-LABEL = Op("label_components", {"reference": _label, "cpu": _label_cpu}, preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+LABEL = Op("label_components", {"reference": _label, "cpu": _label_cpu},
+           preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 KEEP_LARGEST = Op("keep_largest_component", {"reference": _keep_largest, "cpu": _keep_largest_cpu},
                   preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 REMOVE_SMALL = Op("remove_small_components", {"reference": _remove_small, "cpu": _remove_small_cpu},
