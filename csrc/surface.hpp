@@ -176,33 +176,40 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
 }
 
 // Smallest distance d whose elements at or below d carry at least fraction q of the total
-// weight (the largest distance when rounding leaves q unreached). Expected O(n) selection;
-// reorders items.
-inline double weighted_percentile(std::vector<std::pair<double, double>>& items, double q) {
-  double total = 0;
-  for (const auto& it : items) total += it.second;
-  const double target = q * total;
-  double below = 0;  // weight known to lie below the current range
-  auto lo = items.begin(), hi = items.end();
-  double best = -std::numeric_limits<double>::infinity();
-  for (const auto& it : items) best = std::max(best, it.first);
-  while (lo != hi) {
-    const double pivot = (lo + (hi - lo) / 2)->first;
-    auto less_end = std::partition(lo, hi, [&](const auto& it) { return it.first < pivot; });
-    auto equal_end = std::partition(less_end, hi, [&](const auto& it) { return it.first == pivot; });
-    double w_less = 0, w_equal = 0;
-    for (auto it = lo; it != less_end; ++it) w_less += it->second;
-    for (auto it = less_end; it != equal_end; ++it) w_equal += it->second;
-    if (below + w_less >= target && less_end != lo) {
-      hi = less_end;
-    } else if (below + w_less + w_equal >= target) {
-      return pivot;
-    } else {
-      below += w_less + w_equal;
-      lo = equal_end;
+// weight of `parts` (the largest distance when rounding leaves q unreached). Two passes over
+// the elements: weights summed into 4096 buckets of distance, then only the elements of the
+// bucket where the cumulative weight reaches q are sorted.
+inline double weighted_percentile(const std::vector<const Directed*>& parts, double q) {
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo, total = 0;
+  for (const Directed* d : parts) {
+    for (size_t i = 0; i < d->distance.size(); ++i) {
+      lo = std::min(lo, d->distance[i]);
+      hi = std::max(hi, d->distance[i]);
+      total += d->weight[i];
     }
   }
-  return best;
+  if (!(hi > lo)) return hi;
+  constexpr int kBuckets = 4096;
+  const double scale = (kBuckets - 1) / (hi - lo);
+  auto bucket_of = [&](double distance) { return static_cast<int>((distance - lo) * scale); };
+  std::vector<double> weight(kBuckets, 0.0);
+  for (const Directed* d : parts)
+    for (size_t i = 0; i < d->distance.size(); ++i) weight[bucket_of(d->distance[i])] += d->weight[i];
+  const double target = q * total;
+  double below = 0;
+  int bucket = 0;
+  while (bucket < kBuckets && below + weight[bucket] < target) below += weight[bucket++];
+  if (bucket == kBuckets) return hi;
+  std::vector<std::pair<double, double>> items;
+  for (const Directed* d : parts)
+    for (size_t i = 0; i < d->distance.size(); ++i)
+      if (bucket_of(d->distance[i]) == bucket) items.emplace_back(d->distance[i], d->weight[i]);
+  std::sort(items.begin(), items.end());
+  for (const auto& [distance, w] : items) {
+    below += w;
+    if (below >= target) return distance;
+  }
+  return items.back().first;  // rounding: the bucket's sum reached the target, its elements one by one not
 }
 
 // numpy's / torch's linear-interpolation percentile: position q (n - 1) in the sorted values.
@@ -218,12 +225,7 @@ inline double linear_percentile(std::vector<double>& x, double q) {
 }
 
 inline double directed_percentile(const std::vector<const Directed*>& parts, bool surfel, double q) {
-  if (surfel) {
-    std::vector<std::pair<double, double>> items;
-    for (const Directed* d : parts)
-      for (size_t i = 0; i < d->distance.size(); ++i) items.emplace_back(d->distance[i], d->weight[i]);
-    return weighted_percentile(items, q);
-  }
+  if (surfel) return weighted_percentile(parts, q);
   std::vector<double> values;
   for (const Directed* d : parts) values.insert(values.end(), d->distance.begin(), d->distance.end());
   return linear_percentile(values, q);
