@@ -171,9 +171,10 @@ def _cpu_arguments(pred, gt, spacing, convention):
 def _distances_cpu(pred, gt, spacing, convention) -> SurfaceDistances:
     from c2w_fast import _cpu
 
-    if not (_any(pred) or _any(gt)):
-        return _distances_reference(pred, gt, spacing, convention)  # both empty: four empty arrays
-    arrays = _cpu.surface_distances(*_cpu_arguments(pred, gt, spacing, convention))
+    if not (_any(pred) or _any(gt)):  # no surface at all: nothing to crop to
+        arrays = (np.zeros(0),) * 4
+    else:
+        arrays = _cpu.surface_distances(*_cpu_arguments(pred, gt, spacing, convention))
     return SurfaceDistances(*(like(a, pred) for a in arrays), convention=convention)
 
 
