@@ -10,7 +10,7 @@ gives peer / ours. Threads: ours (OpenMP), edt (parallel=) and MONAI (torch) get
 scipy, surface-distance, medpy and cc3d are single-threaded libraries. Targets are those of
 the project's issue 4 (CPU, 2 cores).
 
-Usage: python bench/run_metrics.py [--threads 2] [--repeats 5] [--device cpu|cuda] [--skip-medpy]
+Usage: python bench/run_metrics.py [--threads 2] [--repeats 5] [--device cpu|cuda] [--skip-medpy] [--passive]
 
 ``--device cuda`` times our ops on CUDA tensors (the GPU backends of c2w_fast.ops) against the
 same CPU peers plus MONAI on the GPU; it needs a CUDA GPU and says so when there is none.
@@ -27,12 +27,18 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--seed", type=int, default=3, help="phantom seed")
     parser.add_argument("--skip-medpy", action="store_true", help="skip medpy (about 10 s per call)")
+    parser.add_argument("--passive", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning "
+                             "(much faster on a machine busy with other work)")
     return parser.parse_args(argv)
 
 
 ARGS = parse_args()
-# OpenMP (ours, and torch's pool) reads this when its runtime starts: before any import below.
+# OpenMP (ours, and torch's pool, which is the same libgomp) reads these when its runtime
+# starts: before any import below.
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+if ARGS.passive:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import warnings  # noqa: E402
 
@@ -197,15 +203,19 @@ def main(args) -> None:
     torch.set_num_threads(args.threads)
     pred, gt, atria = make_case(args.seed)
     print(f"case: 44x640x640 @ {SPACING} mm; wall {int(gt.sum())} voxels, prediction {int(pred.sum())}, "
-          f"atria {int(atria.sum())}; threads {args.threads}; device {args.device}")
+          f"atria {int(atria.sum())}; threads {args.threads}; device {args.device}; "
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peers' deprecation and empty-mask warnings
         np.Inf, np.NaN = np.inf, np.nan  # surface-distance 0.1 still spells them (gone in numpy 2)
         rows = (cpu_rows if args.device == "cpu" else cuda_rows)(pred, gt, atria, args)
     printed = table(rows, ["op", "ours_ms", "peer", "peer_ms", "ratio", "cpu_ratio", "target", "met", "note"])
     print(printed)
-    name = f"metrics_{args.device}" + ("" if args.threads == 2 or args.device == "cuda" else f"_{args.threads}threads")
-    print("saved", save(name, {"threads": args.threads, "repeats": args.repeats, "rows": rows}, printed))
+    name = (f"metrics_{args.device}" + ("" if args.threads == 2 or args.device == "cuda" else f"_{args.threads}threads")
+            + ("_passive" if args.passive else ""))
+    payload = {"threads": args.threads, "repeats": args.repeats,
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "rows": rows}
+    print("saved", save(name, payload, printed))
 
 
 if __name__ == "__main__":
