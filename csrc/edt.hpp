@@ -3,9 +3,10 @@
 //
 // Pass x finds, per row, the nearest site by two scans; passes y and z take the lower envelope
 // of parabolas (Felzenszwalb & Huttenlocher, "Distance transforms of sampled functions", 2012),
-// with the envelope breakpoints in double so that large coordinates lose no precision.
-// Columns of the y and z passes are gathered in tiles of neighbouring x so that every load
-// touches whole cache lines; tiles, rows and slices are independent and run under OpenMP.
+// with the envelope breakpoints in double so that large coordinates lose no precision, or, for
+// columns of at most kDirectUpTo points, the direct minimum vectorised along x. Envelope columns
+// are gathered in tiles of neighbouring x so that every load touches whole cache lines; tiles,
+// rows and slices are independent and run under OpenMP.
 #pragma once
 #include <algorithm>
 #include <cmath>
