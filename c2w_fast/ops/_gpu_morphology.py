@@ -7,20 +7,12 @@ element's half extents, an erosion only the box itself; the kernels work there.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from c2w_fast.kernels.morphology import dilate_or_erode
 from c2w_fast.ops._arrays import as_tensor
 from c2w_fast.ops._gpu_volume import as_items, bounding_boxes, grow_boxes, to_kind
-from c2w_fast.ops.morphology import ball
-
-
-def _row_halfwidths(element: np.ndarray) -> np.ndarray:
-    """(dz, dy) table of the element's x half-width per row, -1 for an empty row."""
-    element = element.reshape((1,) * (3 - element.ndim) + element.shape)
-    widths = element.sum(axis=2)
-    return np.where(widths > 0, (widths - 1) // 2, -1)
+from c2w_fast.ops.morphology import _row_halfwidths, ball
 
 
 def _morphology_triton(mask, radius, spacing, erode: bool):

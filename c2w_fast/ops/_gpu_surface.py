@@ -25,8 +25,10 @@ import torch
 
 from c2w_fast.kernels import edt as edt_kernels
 from c2w_fast.kernels import surface as surface_kernels
-from c2w_fast.ops._gpu_volume import as_items, bounding_boxes
+from c2w_fast.ops._arrays import as_tensor
+from c2w_fast.ops._gpu_volume import as_items, bounding_boxes, to_kind
 from c2w_fast.ops._surfels import surfel_area_table
+from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary
 
 # radix-selection rounds over the 31 value bits of a non-negative float32: (shift, known, bins)
 _ROUNDS = ((20, 31, 2048), (9, 20, 2048), (0, 9, 512))
@@ -131,3 +133,46 @@ def summaries(fields: SurfaceFields, *, convention: str, tolerance_mm: float, pe
         hd_percentile = _percentiles(fields, moments[:, 0], percentile, convention, group_div=1)
         hd_percentile = hd_percentile.reshape(-1, 2).amax(dim=1)
     return torch.stack([hd, hd_percentile, assd, surface_dice], dim=1)
+
+
+def _pairs_per_chunk(spatial_shape, convention: str) -> int:
+    """Pairs evaluated at once so that one chunk's buffers stay within ``CHUNK_BYTES``."""
+    grid = int(np.prod([n + 1 for n in spatial_shape])) if convention == "surfel" else int(np.prod(spatial_shape))
+    per_pair = 2 * grid * (1 + 2 * 4) + 4 * int(np.prod(spatial_shape))  # codes, two float32 passes, masks
+    return max(1, CHUNK_BYTES // per_pair)
+
+
+CHUNK_BYTES = 2 * 2**30  # a 44x640x640 pair needs ~0.4 GB: five pairs at once, well inside a 24 GB card
+
+
+def evaluate_rows(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ...], *, tolerance_mm: float,
+                  convention: str, percentile: float, percentile_rule: str) -> torch.Tensor:
+    """float64 (pairs, 7) on the device: voxel counts of pred, gt and their overlap, then hd,
+    hd_percentile, assd and surface_dice, for bool (pairs, *spatial) tensors. Queued without
+    any host sync; the rows of pairs with an empty mask hold meaningless summaries."""
+    spatial = tuple(range(1, pred.ndim))
+    counts = torch.stack([pred.sum(dim=spatial), gt.sum(dim=spatial), (pred & gt).sum(dim=spatial)], dim=1)
+    step = _pairs_per_chunk(pred.shape[1:], convention)
+    parts = []
+    for start in range(0, pred.shape[0], step):
+        fields = surface_fields(pred[start:start + step], gt[start:start + step], spacing, convention)
+        parts.append(summaries(fields, convention=convention, tolerance_mm=tolerance_mm, percentile=percentile,
+                               percentile_rule=percentile_rule))
+    return torch.cat([counts.double(), torch.cat(parts, dim=0)], dim=1)
+
+
+def summary_triton(pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule) -> SurfaceSummary:
+    fields = surface_fields(as_tensor(pred)[None], as_tensor(gt)[None], spacing, convention)
+    row = summaries(fields, convention=convention, tolerance_mm=tolerance_mm, percentile=percentile,
+                    percentile_rule=percentile_rule)[0]
+    return SurfaceSummary(*row.tolist())
+
+
+def distances_triton(pred, gt, spacing, convention) -> SurfaceDistances:
+    fields = surface_fields(as_tensor(pred)[None], as_tensor(gt)[None], spacing, convention)
+    codes = fields.codes
+    elements = (codes != 0) & (codes != fields.full)
+    distances = [fields.squared[i][elements[i]].double().sqrt() for i in (0, 1)]
+    weights = [fields.weights[codes[i][elements[i]].long()] for i in (0, 1)]
+    arrays = (distances[0], distances[1], weights[0], weights[1])
+    return SurfaceDistances(*(to_kind(a, pred) for a in arrays), convention=convention)
