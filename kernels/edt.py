@@ -37,7 +37,7 @@ def is_site(value, SITE: tl.constexpr, FULL: tl.constexpr):
 
 
 @triton.jit
-def _running_extreme(position, FORWARD: tl.constexpr, CHUNK: tl.constexpr):
+def running_extreme(position, FORWARD: tl.constexpr, CHUNK: tl.constexpr):
     """Per row of a (rows, CHUNK) tile, the max of ``position`` over columns at or before each
     column (``FORWARD``), or the min over columns at or after it: a triangular reduction, which
     costs CHUNK operations per element in registers and no scan."""
@@ -80,7 +80,7 @@ def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, sx,
             inside = live[:, None] & (x <= x1)[None, :]
             value = tl.load(src_rows[:, None] + x[None, :], mask=inside, other=0)
             position = tl.where(is_site(value, SITE, FULL) & inside, x[None, :], -1)
-            position = tl.maximum(_running_extreme(position, True, BLOCK_X), last[:, None])
+            position = tl.maximum(running_extreme(position, True, BLOCK_X), last[:, None])
             steps = tl.where(position >= 0, (x[None, :] - position).to(tl.float32), float("inf"))
             tl.store(out_rows[:, None] + x[None, :], steps, mask=inside)
             last = tl.max(position, axis=1)
@@ -91,7 +91,7 @@ def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, sx,
             inside = live[:, None] & (x >= x0)[None, :]
             value = tl.load(src_rows[:, None] + x[None, :], mask=inside, other=0)
             position = tl.where(is_site(value, SITE, FULL) & inside, x[None, :], 2**30)
-            position = tl.minimum(_running_extreme(position, False, BLOCK_X), following[:, None])
+            position = tl.minimum(running_extreme(position, False, BLOCK_X), following[:, None])
             ahead = tl.where(position < 2**30, (position - x[None, :]).to(tl.float32), float("inf"))
             steps = tl.minimum(tl.load(out_rows[:, None] + x[None, :], mask=inside, other=0.0), ahead)
             mm = steps.to(tl.float64) * sx  # rounded once, as the CPU kernel does

@@ -96,13 +96,16 @@ def _remove_small_cpu(mask, min_voxels, connectivity):
 
 
 LABEL = Op("label_components", {"reference": _label, "cpu": _label_cpu,
-                                       "triton": lazy("c2w_fast.ops._gpu_components", "label_triton")},
+                                       "triton": lazy("c2w_fast.ops._gpu_components", "label_triton"),
+                                       "cuda": lazy("c2w_fast.ops._gpu_components", "label_cuda")},
            preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 KEEP_LARGEST = Op("keep_largest_component", {"reference": _keep_largest, "cpu": _keep_largest_cpu,
-                                            "triton": lazy("c2w_fast.ops._gpu_components", "keep_largest_triton")},
+                                            "triton": lazy("c2w_fast.ops._gpu_components", "keep_largest_triton"),
+                                            "cuda": lazy("c2w_fast.ops._gpu_components", "keep_largest_cuda")},
                   preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 REMOVE_SMALL = Op("remove_small_components", {"reference": _remove_small, "cpu": _remove_small_cpu,
-                                              "triton": lazy("c2w_fast.ops._gpu_components", "remove_small_triton")},
+                                              "triton": lazy("c2w_fast.ops._gpu_components", "remove_small_triton"),
+                                              "cuda": lazy("c2w_fast.ops._gpu_components", "remove_small_cuda")},
                   preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 
 
