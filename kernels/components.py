@@ -119,8 +119,8 @@ def _merge_kernel(mask_ptr, parent_ptr, box_ptr, nz, ny, nx, RANK: tl.constexpr,
         fg = inside & (tl.load(mask_ptr + here, mask=inside, other=0) != 0)
         left = fg & (x - 1 >= x0) & (tl.load(mask_ptr + here - 1, mask=fg & (x - 1 >= x0), other=0) != 0)
         for r in tl.static_range(4):
-            dz: tl.constexpr = -1 if r < 3 else 0
-            dy: tl.constexpr = r - 1 if r < 3 else -1
+            dz: tl.constexpr = r // 3 - 1  # r = 0, 1, 2, 3: (-1, -1), (-1, 0), (-1, 1), (0, -1)
+            dy: tl.constexpr = r % 3 - 1
             full: tl.constexpr = dz * dz + dy * dy + 1 <= RANK
             if dz * dz + dy * dy <= RANK:
                 near = fg & (z + dz >= z0) & (y + dy >= y0) & (y + dy <= y1)
@@ -160,7 +160,7 @@ def _check(masks: torch.Tensor) -> None:
 
 
 def component_roots(masks: torch.Tensor, boxes: torch.Tensor, connectivity: int, *,
-                    block_r: int = 16, chunk_x: int = 32, merge_rows: int = 4, block_x: int = 64) -> torch.Tensor:
+                    block_r: int = 8, chunk_x: int = 32, merge_rows: int = 4, block_x: int = 64) -> torch.Tensor:
     """int32 (items, z, y, x): for each foreground voxel the linear index (over the whole batch)
     of its component's first voxel in raster order; undefined elsewhere.
 

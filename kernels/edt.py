@@ -1,11 +1,17 @@
 """Exact anisotropic squared Euclidean distance transform on (items, z, y, x) grids: Triton kernels.
 
 The transform is separable. Pass x finds, per row, the nearest site left and right by two
-sweeps over chunks of the row (a triangular max/min inside each chunk, carried between them); passes y and z then take ``d(v) = min_w f(w) + s^2 (v - w)^2`` along
-their axis by searching outwards from ``v``: the search stops at the step ``k`` where
-``s^2 k^2`` reaches the best value found, since no farther ``w`` can beat it (``f >= 0``).
-Its cost follows the distances themselves, not the line length, and every step of a tile
-reads whole rows of neighbouring x, so loads are coalesced.
+sweeps over chunks of the row (a triangular max/min inside each chunk, carried between
+chunks). Passes y and z then take ``d(v) = min_w f(w) + s^2 (v - w)^2`` along their axis in
+one of two ways:
+
+* search: outwards from ``v``, stopping at the step ``k`` where ``s^2 k^2`` reaches the best
+  value found, since no farther ``w`` can beat it (``f >= 0``). The cost follows the distances
+  themselves, not the line length, every step of a tile reads whole rows of neighbouring x
+  (coalesced), and a last pass can be restricted to query points. Best for short distances.
+* envelope: Felzenszwalb & Huttenlocher's lower envelope of parabolas, one lane per column,
+  linear in the column length whatever the distances (breakpoints in float64, as the CPU
+  backend keeps them).
 
 Every kernel works inside a per-item box ``(z0, z1, y0, y1, x0, x1)`` (inclusive, int32, on
 the device; empty when a low end exceeds its high end) and leaves the rest of the output
@@ -22,6 +28,7 @@ import triton
 import triton.language as tl
 
 SITE_ZERO, SITE_NONZERO, SITE_SURFACE = 0, 1, 2
+SEARCH_LENGTH = 64  # "auto": axes up to this long are searched, longer ones take the envelope
 
 
 @triton.jit
@@ -52,7 +59,7 @@ def running_extreme(position, FORWARD: tl.constexpr, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, sx,
+def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, step2,
                    PAIRED: tl.constexpr, BOX_DIV: tl.constexpr, SITE: tl.constexpr, FULL: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_X: tl.constexpr):
     # One program: BLOCK_R rows (z, y) of one item, swept along x in chunks of BLOCK_X.
@@ -94,19 +101,15 @@ def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, sx,
             position = tl.minimum(running_extreme(position, False, BLOCK_X), following[:, None])
             ahead = tl.where(position < 2**30, (position - x[None, :]).to(tl.float32), float("inf"))
             steps = tl.minimum(tl.load(out_rows[:, None] + x[None, :], mask=inside, other=0.0), ahead)
-            mm = steps.to(tl.float64) * sx  # rounded once, as the CPU kernel does
-            tl.store(out_rows[:, None] + x[None, :], (mm * mm).to(tl.float32), mask=inside)
+            # steps^2 is exact in float32 (steps < 2^12), so the square costs one rounding
+            tl.store(out_rows[:, None] + x[None, :], steps * steps * step2, mask=inside)
             following = tl.min(position, axis=1)
 
 
 @triton.jit
-def _pass_columns_kernel(in_ptr, out_ptr, box_ptr, query_ptr, nz, ny, nx, step2,
-                         AXIS: tl.constexpr, BOX_DIV: tl.constexpr, QUERY: tl.constexpr, FULL: tl.constexpr,
-                         BLOCK_A: tl.constexpr, BLOCK_X: tl.constexpr):
-    # One program: a BLOCK_A x BLOCK_X tile (along AXIS, along x) of one plane across AXIS;
-    # program_id(0) runs over (plane, tile along AXIS, tile along x), program_id(1) over items.
-    # AXIS 1 = z (planes are y), AXIS 2 = y (planes are z).
-    item = tl.program_id(1)
+def _columns(box_ptr, item, nz, ny, nx, AXIS: tl.constexpr, BOX_DIV: tl.constexpr):
+    """Geometry of a pass along AXIS (1 = z, planes are y; 2 = y, planes are z): the axis length,
+    the box's range along it, across the planes and along x, and the strides of axis and plane."""
     box = box_ptr + (item // BOX_DIV) * 6
     x0, x1 = tl.load(box + 4), tl.load(box + 5)
     if AXIS == 1:
@@ -117,6 +120,17 @@ def _pass_columns_kernel(in_ptr, out_ptr, box_ptr, query_ptr, nz, ny, nx, step2,
         n_axis, a0, a1 = ny, tl.load(box + 2), tl.load(box + 3)
         o0, o1 = tl.load(box + 0), tl.load(box + 1)
         stride_a, stride_o = nx, ny * nx
+    return n_axis, a0, a1, o0, o1, x0, x1, stride_a, stride_o
+
+
+@triton.jit
+def _search_kernel(in_ptr, out_ptr, box_ptr, query_ptr, nz, ny, nx, step2,
+                   AXIS: tl.constexpr, BOX_DIV: tl.constexpr, QUERY: tl.constexpr, FULL: tl.constexpr,
+                   BLOCK_A: tl.constexpr, BLOCK_X: tl.constexpr):
+    # One program: a BLOCK_A x BLOCK_X tile (along AXIS, along x) of one plane across AXIS;
+    # program_id(0) runs over (plane, tile along AXIS, tile along x), program_id(1) over items.
+    item = tl.program_id(1)
+    n_axis, a0, a1, o0, o1, x0, x1, stride_a, stride_o = _columns(box_ptr, item, nz, ny, nx, AXIS, BOX_DIV)
     a_blocks, x_blocks = tl.cdiv(n_axis, BLOCK_A), tl.cdiv(nx, BLOCK_X)
     tile = tl.program_id(0)
     plane = tile // (a_blocks * x_blocks)
@@ -145,6 +159,67 @@ def _pass_columns_kernel(in_ptr, out_ptr, box_ptr, query_ptr, nz, ny, nx, step2,
         tl.store(out_ptr + base + a[:, None].to(tl.int64) * stride_a, best, mask=need)
 
 
+@triton.jit
+def _meet(fq, q, fp, p, w):
+    """Abscissa (float64) where the parabolas w (x - q)^2 + fq and w (x - p)^2 + fp meet (p < q)."""
+    return (fq.to(tl.float64) - fp.to(tl.float64)) / (2.0 * w * (q - p).to(tl.float64)) \
+        + 0.5 * (q + p).to(tl.float64)
+
+
+@triton.jit
+def _envelope_kernel(in_ptr, out_ptr, box_ptr, vertex_ptr, bound_ptr, nz, ny, nx, step2_ptr,
+                     AXIS: tl.constexpr, BOX_DIV: tl.constexpr, BLOCK_X: tl.constexpr):
+    # One program: BLOCK_X columns (neighbouring x) of one plane; each lane runs Felzenszwalb &
+    # Huttenlocher's lower envelope of parabolas along its column, its stack of parabola roots
+    # (vertex) and breakpoints (bound, float64 as on the CPU) in scratch rows [k, lane].
+    item = tl.program_id(1)
+    n_axis, a0, a1, o0, o1, x0, x1, stride_a, stride_o = _columns(box_ptr, item, nz, ny, nx, AXIS, BOX_DIV)
+    x_blocks = tl.cdiv(nx, BLOCK_X)
+    plane = tl.program_id(0) // x_blocks
+    x = (tl.program_id(0) % x_blocks) * BLOCK_X + tl.arange(0, BLOCK_X)
+    lanes = (x >= x0) & (x <= x1)
+    if (plane >= o0) & (plane <= o1) & (tl.max(lanes.to(tl.int32), axis=0) > 0):
+        base = item.to(tl.int64) * nz * ny * nx + plane.to(tl.int64) * stride_o + x
+        scratch = ((item.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * (n_axis + 1)) * BLOCK_X \
+            + tl.arange(0, BLOCK_X)
+        w = tl.load(step2_ptr)  # float64 spacing^2 (a Python float argument would arrive as float32)
+        top = tl.full([BLOCK_X], -1, tl.int32)  # stack height - 1 per lane
+        for q in range(a0, a1 + 1):
+            fq = tl.load(in_ptr + base + q * stride_a.to(tl.int64), mask=lanes, other=float("inf"))
+            finite = lanes & (fq < float("inf"))
+            meet = tl.full([BLOCK_X], float("-inf"), tl.float64)
+            popping = finite & (top >= 0)
+            while tl.max(popping.to(tl.int32), axis=0) > 0:
+                p = tl.load(vertex_ptr + scratch + top.to(tl.int64) * BLOCK_X, mask=popping, other=0)
+                fp = tl.load(in_ptr + base + p.to(tl.int64) * stride_a, mask=popping, other=0.0)
+                meet = tl.where(popping, _meet(fq, q, fp, p, w), meet)
+                bound = tl.load(bound_ptr + scratch + top.to(tl.int64) * BLOCK_X, mask=popping, other=0.0)
+                keep = popping & (meet > bound)
+                top = tl.where(popping & ~keep, top - 1, top)
+                popping = popping & ~keep & (top >= 0)
+            top = tl.where(finite, top + 1, top)
+            at = scratch + top.to(tl.int64) * BLOCK_X
+            tl.store(vertex_ptr + at, tl.zeros([BLOCK_X], tl.int32) + q, mask=finite)
+            tl.store(bound_ptr + at, tl.where(top == 0, float("-inf"), meet), mask=finite)
+        has_sites = lanes & (top >= 0)
+        j = tl.zeros([BLOCK_X], tl.int32)
+        for q in range(a0, a1 + 1):
+            # move to the parabola whose interval holds q: while the next breakpoint lies before q
+            advancing = has_sites & (j < top)
+            advancing = advancing & (tl.load(bound_ptr + scratch + (j + 1).to(tl.int64) * BLOCK_X,
+                                             mask=advancing, other=0.0) < q)
+            while tl.max(advancing.to(tl.int32), axis=0) > 0:
+                j = tl.where(advancing, j + 1, j)
+                advancing = advancing & (j < top)
+                advancing = advancing & (tl.load(bound_ptr + scratch + (j + 1).to(tl.int64) * BLOCK_X,
+                                                 mask=advancing, other=0.0) < q)
+            p = tl.load(vertex_ptr + scratch + j.to(tl.int64) * BLOCK_X, mask=has_sites, other=0)
+            fp = tl.load(in_ptr + base + p.to(tl.int64) * stride_a, mask=has_sites, other=0.0)
+            step = (q - p).to(tl.float64)
+            value = (w * step * step + fp.to(tl.float64)).to(tl.float32)  # one rounding, as on the CPU
+            tl.store(out_ptr + base + q * stride_a.to(tl.int64), tl.where(has_sites, value, float("inf")), mask=lanes)
+
+
 def _check(grid: torch.Tensor, name: str, dtype: torch.dtype) -> None:
     if grid.dtype != dtype or grid.ndim != 4 or not grid.is_contiguous():
         raise ValueError(f"{name} must be a contiguous (items, z, y, x) {dtype} tensor, "
@@ -152,19 +227,26 @@ def _check(grid: torch.Tensor, name: str, dtype: torch.dtype) -> None:
 
 
 def squared_distance_to_sites(sites: torch.Tensor, boxes: torch.Tensor, spacing, *, site: int, full: int = 255,
-                              paired: bool = False, queries: torch.Tensor | None = None,
-                              block_r: int = 16, chunk_x: int = 32, block_a: int = 16, block_x: int = 64) -> torch.Tensor:
+                              paired: bool = False, queries: torch.Tensor | None = None, method: str = "auto",
+                              block_r: int = 8, chunk_x: int = 32, block_a: int = 16, block_x: int = 64,
+                              envelope_x: int = 64) -> torch.Tensor:
     """Squared distance (mm^2, float32) from every grid point to the nearest site, in each item's box.
 
     Args:
         sites: contiguous (items, z, y, x) uint8 grid; which values are sites says ``site``.
         boxes: int32 (items // box_div, 6) inclusive boxes on the device; ``box_div`` is 2 when
             ``paired`` (both items of a pair share their box), else 1.
-        spacing: (sz, sy, sx) in mm.
+        spacing: (sz, sy, sx) in mm (squared in float32 by the kernels).
         site: ``SITE_ZERO``, ``SITE_NONZERO`` or ``SITE_SURFACE`` (with ``full`` the all-inside code).
         paired: item ``i`` measures to the sites of item ``i ^ 1`` (the two masks of a pair).
         queries: optional uint8 grid of surface codes like ``sites``; when given, the last pass
-            computes only at its surface points (elsewhere the output is undefined).
+            searches only at its surface points (elsewhere the output is undefined).
+        method: how the y and z passes run: ``"search"`` (cost grows with the distances: best
+            when they are short, as between two surfaces), ``"envelope"`` (lower envelope of
+            parabolas: linear in the column length whatever the distances; int32 and float64
+            scratch of the pass's size), or ``"auto"``: the envelope along axes longer than
+            ``SEARCH_LENGTH``, the search along shorter ones (at most that many steps). A
+            query-restricted last pass always searches.
 
     Returns:
         float32 (items, z, y, x); outside the boxes undefined (``torch.empty``).
@@ -177,22 +259,34 @@ def squared_distance_to_sites(sites: torch.Tensor, boxes: torch.Tensor, spacing,
                          f"got {boxes.dtype} {tuple(boxes.shape)}")
     if queries is not None:
         _check(queries, "queries", torch.uint8)
+    if method not in ("auto", "search", "envelope"):
+        raise ValueError(f"method must be 'auto', 'search' or 'envelope', got {method!r}")
     sz, sy, sx = (float(s) for s in spacing)
     first = torch.empty(sites.shape, dtype=torch.float32, device=sites.device)
     if first.numel() == 0:
         return first
     _pass_x_kernel[(triton.cdiv(nz * ny, block_r), items)](
-        sites, first, boxes, nz, ny, nx, sx, PAIRED=paired, BOX_DIV=box_div, SITE=site, FULL=full,
+        sites, first, boxes, nz, ny, nx, sx * sx, PAIRED=paired, BOX_DIV=box_div, SITE=site, FULL=full,
         BLOCK_R=block_r, BLOCK_X=chunk_x)
     passes = [(2, ny, nz, sy)] + ([(1, nz, ny, sz)] if nz > 1 else [])
     current = first
     for index, (axis, length, planes, step) in enumerate(passes):
         last = index == len(passes) - 1
         following = torch.empty_like(current)
-        grid = (planes * triton.cdiv(length, block_a) * triton.cdiv(nx, block_x), items)
-        _pass_columns_kernel[grid](
-            current, following, boxes, queries if (last and queries is not None) else sites,
-            nz, ny, nx, step * step, AXIS=axis, BOX_DIV=box_div, QUERY=last and queries is not None, FULL=full,
-            BLOCK_A=block_a, BLOCK_X=block_x)
+        restricted = last and queries is not None
+        envelope = not restricted and (method == "envelope" or (method == "auto" and length > SEARCH_LENGTH))
+        if envelope:
+            grid = (planes * triton.cdiv(nx, envelope_x), items)
+            vertex = torch.empty((items, grid[0], length + 1, envelope_x), dtype=torch.int32, device=sites.device)
+            bound = torch.empty(vertex.shape, dtype=torch.float64, device=sites.device)
+            step2 = torch.tensor([step * step], dtype=torch.float64, device=sites.device)
+            _envelope_kernel[grid](current, following, boxes, vertex, bound, nz, ny, nx, step2, AXIS=axis,
+                                   BOX_DIV=box_div, BLOCK_X=envelope_x)
+        else:
+            grid = (planes * triton.cdiv(length, block_a) * triton.cdiv(nx, block_x), items)
+            _search_kernel[grid](
+                current, following, boxes, queries if restricted else sites,
+                nz, ny, nx, step * step, AXIS=axis, BOX_DIV=box_div, QUERY=restricted, FULL=full,
+                BLOCK_A=block_a, BLOCK_X=block_x)
         current = following
     return current

@@ -94,14 +94,15 @@ def _load_elements(f_ptr, code_ptr, table_ptr, item, z, y, x, inside, nz, ny, nx
 
 
 @triton.jit
-def _moments_kernel(f_ptr, code_ptr, table_ptr, box_ptr, partial_ptr, nz, ny, nx, tolerance,
+def _moments_kernel(f_ptr, code_ptr, table_ptr, box_ptr, partial_ptr, nz, ny, nx, tolerance_ptr,
                     FULL: tl.constexpr, BOX_DIV: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
     item = tl.program_id(1)
     z, y, x, inside, meets = _tile(box_ptr + (item // BOX_DIV) * 6, nz, ny, nx, BLOCK_Y, BLOCK_X)
     out = partial_ptr + (item.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * 4
     if meets:
         f, weight, element = _load_elements(f_ptr, code_ptr, table_ptr, item, z, y, x, inside, nz, ny, nx, FULL)
-        distance = tl.sqrt(f.to(tl.float64))
+        distance = tl.sqrt(f.to(tl.float64))  # float64: PTX has only the IEEE-rounded sqrt.rn.f64
+        tolerance = tl.load(tolerance_ptr)  # float64: a Python float argument would arrive as float32
         tl.store(out + 0, tl.sum(tl.sum(weight, axis=1), axis=0))
         tl.store(out + 1, tl.sum(tl.sum(weight * distance, axis=1), axis=0))
         tl.store(out + 2, tl.sum(tl.sum(tl.where(distance <= tolerance, weight, 0.0), axis=1), axis=0))
@@ -169,7 +170,8 @@ def surface_moments(f: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, b
     grid = _grid(tuple(f.shape), block_y, block_x)
     partial = torch.zeros((f.shape[0], grid[0], 4), dtype=torch.float64, device=f.device)
     if f.numel():
-        _moments_kernel[grid](f, codes, table, boxes, partial, *f.shape[1:], float(tolerance), FULL=full,
+        tolerance_t = torch.tensor([float(tolerance)], dtype=torch.float64, device=f.device)
+        _moments_kernel[grid](f, codes, table, boxes, partial, *f.shape[1:], tolerance_t, FULL=full,
                               BOX_DIV=box_div, BLOCK_Y=block_y, BLOCK_X=block_x)
     sums = partial[..., :3].sum(dim=1)
     return torch.cat([sums, partial[..., 3].amax(dim=1, keepdim=True)], dim=1)

@@ -70,7 +70,7 @@ def surface_fields(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, .
     codes = surface_kernels.surface_codes(items, boxes, kind=kind, ndim=ndim, box_div=2)
     squared = edt_kernels.squared_distance_to_sites(
         codes, boxes, (1.0,) * (3 - ndim) + tuple(spacing), site=edt_kernels.SITE_SURFACE, full=full,
-        paired=True, queries=codes)
+        paired=True, queries=codes, method="search")  # surfaces are mostly close: short searches
     weights = torch.as_tensor(table, dtype=torch.float64, device=pred.device)
     return SurfaceFields(codes, squared, boxes, weights, full)
 
