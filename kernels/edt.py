@@ -91,6 +91,8 @@ def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, step2,
             steps = tl.where(position >= 0, (x[None, :] - position).to(tl.float32), float("inf"))
             tl.store(out_rows[:, None] + x[None, :], steps, mask=inside)
             last = tl.max(position, axis=1)
+        # the backward sweep reads what the forward one stored, perhaps from other threads
+        tl.debug_barrier()
         # backward: steps on to the next site, the nearer of both, squared in mm^2
         following = tl.full([BLOCK_R], 2**30, tl.int32)
         for c in range(chunks):
@@ -101,7 +103,7 @@ def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, step2,
             position = tl.minimum(running_extreme(position, False, BLOCK_X), following[:, None])
             ahead = tl.where(position < 2**30, (position - x[None, :]).to(tl.float32), float("inf"))
             steps = tl.minimum(tl.load(out_rows[:, None] + x[None, :], mask=inside, other=0.0), ahead)
-            # steps^2 is exact in float32 (steps < 2^12), so the square costs one rounding
+            # steps^2 is exact in float32 below 4096 steps, so the square costs one rounding
             tl.store(out_rows[:, None] + x[None, :], steps * steps * step2, mask=inside)
             following = tl.min(position, axis=1)
 
@@ -201,8 +203,9 @@ def _envelope_kernel(in_ptr, out_ptr, box_ptr, vertex_ptr, bound_ptr, nz, ny, nx
             at = scratch + top.to(tl.int64) * BLOCK_X
             tl.store(vertex_ptr + at, tl.zeros([BLOCK_X], tl.int32) + q, mask=finite)
             tl.store(bound_ptr + at, tl.where(top == 0, float("-inf"), meet), mask=finite)
+            tl.debug_barrier()  # the stack is read back next, perhaps by another thread holding the lane
         has_sites = lanes & (top >= 0)
-        j = tl.zeros([BLOCK_X], tl.int32)
+        j = tl.zeros([BLOCK_X], tl.int32)  # the stacks are complete: the barrier above ordered them
         for q in range(a0, a1 + 1):
             # move to the parabola whose interval holds q: while the next breakpoint lies before q
             advancing = has_sites & (j < top)
@@ -281,7 +284,7 @@ def squared_distance_to_sites(sites: torch.Tensor, boxes: torch.Tensor, spacing,
             bound = torch.empty(vertex.shape, dtype=torch.float64, device=sites.device)
             step2 = torch.tensor([step * step], dtype=torch.float64, device=sites.device)
             _envelope_kernel[grid](current, following, boxes, vertex, bound, nz, ny, nx, step2, AXIS=axis,
-                                   BOX_DIV=box_div, BLOCK_X=envelope_x)
+                                   BOX_DIV=box_div, BLOCK_X=envelope_x, num_warps=max(1, envelope_x // 32))
         else:
             grid = (planes * triton.cdiv(length, block_a) * triton.cdiv(nx, block_x), items)
             _search_kernel[grid](

@@ -62,7 +62,7 @@ def _combine_kernel(reach_ptr, out_ptr, box_ptr, halfwidth_ptr, ny, nx, ez, ey,
                     ERODE: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
     z, y, x, inside, meets, z0, z1, y0, y1 = _tile(box_ptr, ny, nx, BLOCK_Y, BLOCK_X)
     if meets:
-        hit = tl.zeros([BLOCK_Y, BLOCK_X], tl.int1)
+        hit = tl.zeros([BLOCK_Y, BLOCK_X], tl.int32)
         width_y = 2 * ey + 1
         for r in range((2 * ez + 1) * width_y):
             w = tl.load(halfwidth_ptr + r)
@@ -75,12 +75,12 @@ def _combine_kernel(reach_ptr, out_ptr, box_ptr, halfwidth_ptr, ny, nx, ez, ey,
                     row_hit = in_box & (reach <= w)
                     if ERODE:  # rows beyond the box are background, or outside the array
                         row_hit = row_hit | (inside & ((yy < y0) | (yy > y1)))
-                    hit = hit | row_hit
+                    hit = hit | row_hit.to(tl.int32)
                 elif ERODE:
-                    hit = hit | inside
+                    hit = hit | inside.to(tl.int32)
         result = hit
         if ERODE:
-            result = ~hit
+            result = 1 - hit
         tl.store(out_ptr + (z.to(tl.int64) * ny + y) * nx + x, result.to(tl.uint8), mask=inside)
 
 
