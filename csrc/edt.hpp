@@ -3,9 +3,10 @@
 //
 // Pass x finds, per row, the nearest site by two scans; passes y and z take the lower envelope
 // of parabolas (Felzenszwalb & Huttenlocher, "Distance transforms of sampled functions", 2012),
-// with the envelope breakpoints in double so that large coordinates lose no precision.
-// Columns of the y and z passes are gathered in tiles of neighbouring x so that every load
-// touches whole cache lines; tiles, rows and slices are independent and run under OpenMP.
+// with the envelope breakpoints in double so that large coordinates lose no precision, or, for
+// columns of at most kDirectUpTo points, the direct minimum vectorised along x. Envelope columns
+// are gathered in tiles of neighbouring x so that every load touches whole cache lines; tiles,
+// rows and slices are independent and run under OpenMP.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -115,8 +116,15 @@ inline void edt_pass_columns(float* data, int64_t planes, int64_t plane_stride, 
 // `width` contiguous columns of each plane: n^2 / (vector width) operations per column instead
 // of the envelope's branchy ~n, cheaper for short columns such as the slice axis of thick-slice
 // MRI. Rows of f that are +inf everywhere are skipped.
+// Output columns [first, last) wanted from one row of a pass (first >= last: none).
+struct Span {
+  int32_t first, last;
+};
+
+// wanted (optional): the span of each output row (q, plane p) at wanted[q * planes + p] that
+// the caller will read; rows and columns outside it are left unfinished.
 inline void edt_pass_columns_direct(float* data, int64_t planes, int64_t plane_stride, int64_t width, int64_t n,
-                                    int64_t stride, double spacing, bool sqrt_out) {
+                                    int64_t stride, double spacing, bool sqrt_out, const Span* wanted = nullptr) {
   std::vector<float> step(static_cast<size_t>(n));  // w (q - p)^2 by |q - p|
   for (int64_t i = 0; i < n; ++i) step[i] = static_cast<float>(spacing * spacing * static_cast<double>(i * i));
 #pragma omp parallel if (planes * width * n >= kParallelWork)
@@ -138,24 +146,29 @@ inline void edt_pass_columns_direct(float* data, int64_t planes, int64_t plane_s
         if (finite) rows.push_back(i);
       }
       for (int64_t q = 0; q < n; ++q) {
+        const int64_t first = wanted ? wanted[q * planes + p].first : 0;
+        const int64_t last = wanted ? wanted[q * planes + p].last : width;
+        if (first >= last) continue;
         float* out = base + q * stride;
-        std::fill(out, out + width, kInf);
+        std::fill(out + first, out + last, kInf);
         for (const int64_t i : rows) {
           const float add = step[static_cast<size_t>(q > i ? q - i : i - q)];
           const float* src = in.data() + i * width;
-          for (int64_t x = 0; x < width; ++x) out[x] = std::min(out[x], src[x] + add);
+          for (int64_t x = first; x < last; ++x) out[x] = std::min(out[x], src[x] + add);
         }
         if (sqrt_out)
-          for (int64_t x = 0; x < width; ++x) out[x] = std::sqrt(out[x]);
+          for (int64_t x = first; x < last; ++x) out[x] = std::sqrt(out[x]);
       }
     }
   }
 }
 
+// Columns up to this length take the direct pass, longer ones the envelope (measured crossover).
+constexpr int64_t kDirectUpTo = 64;
+
 // Envelope or direct minimisation, whichever is cheaper for columns of length n.
 inline void edt_pass(float* data, int64_t planes, int64_t plane_stride, int64_t width, int64_t n, int64_t stride,
                      double spacing, bool sqrt_out) {
-  constexpr int64_t kDirectUpTo = 64;
   if (n <= kDirectUpTo)
     edt_pass_columns_direct(data, planes, plane_stride, width, n, stride, spacing, sqrt_out);
   else
@@ -166,9 +179,11 @@ inline void edt_pass(float* data, int64_t planes, int64_t plane_stride, int64_t 
 // or the distance itself with sqrt_out. spacing = (sz, sy, sx) in mm. In 3D the x and y passes
 // run slice by slice while the slice is in cache (the passes inside run serially there, as
 // nested OpenMP regions), then the z pass; so the volume crosses memory three times, not five.
+// wanted (optional, 3D): per row (z, y) at wanted[z * ny + y], the x span the caller will read;
+// a short z pass then skips the rest (those values are left unfinished).
 template <class IsSite>
 void edt(const IsSite& is_site, int64_t nz, int64_t ny, int64_t nx, const double spacing[3], float* out,
-         bool sqrt_out) {
+         bool sqrt_out, const Span* wanted = nullptr) {
   if (nz == 1) {
     edt_pass_x(is_site, 1, ny, nx, spacing[2], out);
     edt_pass(out, 1, ny * nx, nx, ny, nx, spacing[1], sqrt_out);
@@ -181,7 +196,10 @@ void edt(const IsSite& is_site, int64_t nz, int64_t ny, int64_t nx, const double
     edt_pass_x([&](int64_t i) { return is_site(base + i); }, 1, ny, nx, spacing[2], out + base);
     if (ny > 1) edt_pass(out + base, 1, plane, nx, ny, nx, spacing[1], false);
   }
-  edt_pass(out, ny, nx, nx, nz, plane, spacing[0], sqrt_out);
+  if (nz <= kDirectUpTo)
+    edt_pass_columns_direct(out, ny, nx, nx, nz, plane, spacing[0], sqrt_out, wanted);
+  else
+    edt_pass_columns(out, ny, nx, nx, nz, plane, spacing[0], sqrt_out);
 }
 
 }  // namespace c2w

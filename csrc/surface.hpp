@@ -91,28 +91,50 @@ struct Directed {
   std::vector<double> weight;    // mm^2 (surfel), mm (2D surfel) or 1 (voxel)
 };
 
+// Scratch vectors are kept per thread between calls, so repeated calls (a folder of cases, a
+// training loop) reuse their pages instead of faulting fresh ones in; one that grew past
+// kKeptScratchBytes is freed when the call ends.
+constexpr size_t kKeptScratchBytes = size_t{64} << 20;
+
+template <class T>
+struct ScratchGuard {
+  std::vector<T>& scratch;
+  ~ScratchGuard() {
+    if (scratch.capacity() * sizeof(T) > kKeptScratchBytes) std::vector<T>().swap(scratch);
+  }
+};
+
 // Distances (mm) from every query element to the nearest site, with the queries' weights,
-// in raster order. buffer holds the grid's squared distances afterwards.
+// in raster order.
 template <class IsSite, class IsQuery, class Weight>
 void directed_distances(const IsSite& is_site, const IsQuery& is_query, const Weight& weight, const Grid& g,
-                        const double spacing[3], std::vector<float>& buffer, Directed& out) {
-  buffer.resize(static_cast<size_t>(g.size()));
-  edt(is_site, g.nz, g.ny, g.nx, spacing, buffer.data(), false);
-  const int64_t plane = g.ny * g.nx;
-  std::vector<int64_t> offset(static_cast<size_t>(g.nz + 1), 0);
+                        const double spacing[3], Directed& out) {
+  thread_local std::vector<float> buffer;  // squared distances on the grid
+  const ScratchGuard<float> guard{buffer};
+  const int64_t rows = g.nz * g.ny;
+  std::vector<Span> wanted(static_cast<size_t>(rows));  // x span of the queries of each row
+  std::vector<int64_t> offset(static_cast<size_t>(rows + 1), 0);
 #pragma omp parallel for schedule(static) if (g.size() >= kParallelWork)
-  for (int64_t k = 0; k < g.nz; ++k) {
-    int64_t n = 0;
-    for (int64_t i = k * plane; i < (k + 1) * plane; ++i) n += is_query(i) ? 1 : 0;
-    offset[k + 1] = n;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t n = 0, first = g.nx, last = 0;
+    for (int64_t x = 0; x < g.nx; ++x) {
+      if (!is_query(r * g.nx + x)) continue;
+      ++n;
+      first = std::min(first, x);
+      last = x + 1;
+    }
+    offset[r + 1] = n;
+    wanted[r] = {static_cast<int32_t>(first), static_cast<int32_t>(last)};
   }
-  for (int64_t k = 0; k < g.nz; ++k) offset[k + 1] += offset[k];
-  out.distance.resize(static_cast<size_t>(offset[g.nz]));
-  out.weight.resize(static_cast<size_t>(offset[g.nz]));
+  for (int64_t r = 0; r < rows; ++r) offset[r + 1] += offset[r];
+  buffer.resize(static_cast<size_t>(g.size()));
+  edt(is_site, g.nz, g.ny, g.nx, spacing, buffer.data(), false, wanted.data());
+  out.distance.resize(static_cast<size_t>(offset[rows]));
+  out.weight.resize(static_cast<size_t>(offset[rows]));
 #pragma omp parallel for schedule(static) if (g.size() >= kParallelWork)
-  for (int64_t k = 0; k < g.nz; ++k) {
-    int64_t at = offset[k];
-    for (int64_t i = k * plane; i < (k + 1) * plane; ++i) {
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t at = offset[r];
+    for (int64_t i = r * g.nx + wanted[r].first; i < r * g.nx + wanted[r].last; ++i) {
       if (!is_query(i)) continue;
       out.distance[at] = std::sqrt(static_cast<double>(buffer[i]));
       out.weight[at] = weight(i);
@@ -145,8 +167,8 @@ void both_directions(int64_t work, const First& first, const Second& second) {
 inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid& g, bool is_2d, bool surfel,
                               const double spacing[3], const double* area_table, Directed& pred_to_gt,
                               Directed& gt_to_pred) {
-  std::vector<uint8_t> a, b;
-  std::vector<float> buffer_pg, buffer_gp;
+  thread_local std::vector<uint8_t> a, b;  // codes or boundary flags of pred and gt
+  const ScratchGuard<uint8_t> guard_a{a}, guard_b{b};
   if (surfel) {
     const Grid c = neighbour_codes(pred, g, is_2d, a);
     neighbour_codes(gt, g, is_2d, b);
@@ -158,9 +180,9 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
     both_directions(
         c.size(),
         [&] { directed_distances(on_gt, on_pred, [=](int64_t i) { return area_table[cp[i]]; }, c, spacing,
-                                 buffer_pg, pred_to_gt); },
+                                 pred_to_gt); },
         [&] { directed_distances(on_pred, on_gt, [=](int64_t i) { return area_table[cg[i]]; }, c, spacing,
-                                 buffer_gp, gt_to_pred); });
+                                 gt_to_pred); });
   } else {
     boundary_voxels(pred, g, is_2d, a);
     boundary_voxels(gt, g, is_2d, b);
@@ -170,8 +192,8 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
     auto on_gt = [=](int64_t i) { return eg[i] != 0; };
     auto one = [](int64_t) { return 1.0; };
     both_directions(
-        g.size(), [&] { directed_distances(on_gt, on_pred, one, g, spacing, buffer_pg, pred_to_gt); },
-        [&] { directed_distances(on_pred, on_gt, one, g, spacing, buffer_gp, gt_to_pred); });
+        g.size(), [&] { directed_distances(on_gt, on_pred, one, g, spacing, pred_to_gt); },
+        [&] { directed_distances(on_pred, on_gt, one, g, spacing, gt_to_pred); });
   }
 }
 
