@@ -132,7 +132,7 @@ def _evaluate_batch_triton(pred, gt, spacing, tolerance_mm, convention, percenti
     return [_metrics_from_row(row, convention) for row in rows.tolist()]  # the batch's one host sync
 
 
-EVALUATE_BATCH = Op("evaluate_batch", {"reference": _evaluate_each, "triton": _evaluate_batch_triton},
+EVALUATE_BATCH = Op("evaluate", {"reference": _evaluate_each, "triton": _evaluate_batch_triton},
                     preferred={"cuda": ("cuda", "triton")})
 
 
