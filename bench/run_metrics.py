@@ -12,8 +12,11 @@ the project's issue 4 (CPU, 2 cores).
 
 Usage: python bench/run_metrics.py [--threads 2] [--repeats 5] [--device cpu|cuda] [--skip-medpy] [--passive]
 
-``--device cuda`` times our ops on CUDA tensors (the GPU backends of c2w_fast.ops) against the
-same CPU peers plus MONAI on the GPU; it needs a CUDA GPU and says so when there is none.
+``--device cuda`` times our ops on CUDA tensors (the Triton/CUDA backends of c2w_fast.ops, each
+GPU backend for the ops that have two) against MONAI's metrics on the GPU and cuCIM (EDT,
+label, binary_dilation), with the physical floor of each op (bytes it must move / the device
+bandwidth measured by a copy) and the targets of issue 5; a missing peer (cupy, cucim) is
+named in the table. It needs a CUDA GPU and says so when there is none.
 """
 import argparse
 import os
@@ -172,28 +175,119 @@ def cpu_rows(pred, gt, atria, args):
     return rows
 
 
-def cuda_rows(pred, gt, atria, args):
-    """Our ops on CUDA tensors (the GPU backends) against the CPU peers and MONAI on the GPU."""
-    import cc3d
+def device_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Measured device memory bandwidth in GB/s: a device-to-device copy of ``gib`` GiB (read + write)."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_call(lambda: dst.copy_(src), repeats=repeats, cuda=True)["min_ms"]
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
 
+
+def cupy_view(tensor):
+    """A zero-copy cupy view of a CUDA tensor (ImportError names cupy when it is missing)."""
+    import cupy
+
+    return cupy.from_dlpack(tensor)
+
+
+def peer_cucim_edt(mask):
+    from cucim.core.operations.morphology import distance_transform_edt
+
+    return distance_transform_edt(cupy_view(mask), sampling=SPACING)
+
+
+def peer_cucim_label(mask):
+    from cucim.skimage.measure import label
+
+    return label(cupy_view(mask), connectivity=3)
+
+
+def peer_cucim_largest(mask):
+    import cupy
+
+    labels = peer_cucim_label(mask)
+    sizes = cupy.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == sizes.argmax()
+
+
+def peer_cucim_dilation(mask, footprint):
+    from cucim.skimage.morphology import binary_dilation
+
+    return binary_dilation(cupy_view(mask), cupy_view(torch.from_numpy(footprint).cuda()))
+
+
+def gpu_backends() -> list[str]:
+    """Our GPU backends that can run here (the CUDA C ones need CuPy)."""
+    from c2w_fast.ops import backend_problem
+
+    return [b for b in ("triton", "cuda") if backend_problem(b, "cuda") is None]
+
+
+def with_floor(entry: dict, bytes_moved: int, bandwidth_gbs: float, backend: str = "auto") -> dict:
+    """``entry`` with the physical floor: the op's unavoidable bytes over the measured bandwidth."""
+    floor_ms = bytes_moved / (bandwidth_gbs * 1e9) * 1e3
+    return {**entry, "backend": backend, "floor_ms": floor_ms, "x_floor": entry["ours_ms"] / floor_ms}
+
+
+def cuda_rows(pred, gt, atria, args):
+    """Our GPU backends on CUDA tensors against MONAI's GPU metrics and cuCIM, side by side.
+
+    Targets are those of the project's issue 5. The floor of each row counts the bytes an op
+    cannot avoid — read its masks once, write its output once — over the bandwidth measured
+    here by a device-to-device copy."""
     dev = lambda a: torch.from_numpy(a).cuda()  # noqa: E731
     p, g, a = dev(pred), dev(gt), dev(atria)
     background = ~g
+    n = gt.size
     reps = args.repeats
-    return [
-        row("evaluate surfel (dice+hd95+assd+sdice)", lambda: metrics.evaluate(p, g, SPACING),
-            "surface-distance (CPU)", lambda: peer_surface_distance(pred, gt), 10, repeats=reps, cuda=True,
-            peer_repeats=3),
-        row("evaluate voxel (dice+hd95+assd+sdice)", lambda: metrics.evaluate(p, g, SPACING, convention="voxel"),
-            "MONAI 1.6 on the GPU", lambda: peer_monai(p, g), None, repeats=reps, cuda=True, peer_repeats=2),
-        row("EDT full volume (distance to the wall)", lambda: distance_transform(background, SPACING),
-            "ours on CPU", lambda: distance_transform(~gt, SPACING), None, repeats=reps, cuda=True),
-        row("keep largest component (26)", lambda: keep_largest_component(a),
-            "cc3d.largest_k(k=1) (CPU)", lambda: cc3d.largest_k(atria, k=1, connectivity=26), None,
-            repeats=reps, cuda=True),
-        row("binary dilation, ball radius 2 voxels", lambda: binary_dilation(a, 2),
-            "ours on CPU", lambda: binary_dilation(atria, 2), None, repeats=reps, cuda=True),
+    bandwidth = device_bandwidth()
+    print(f"device bandwidth (copy): {bandwidth:.0f} GB/s")
+    batch = 8
+    pb, gb = p.expand(batch, *p.shape).contiguous(), g.expand(batch, *g.shape).contiguous()
+    element = ball(2.0)
+    rows = [
+        with_floor(row("evaluate voxel (dice+hd95+assd+sdice@1mm)",
+                       lambda: metrics.evaluate(p, g, SPACING, convention="voxel"),
+                       "MONAI 1.6 on the GPU", lambda: peer_monai(p, g), 10, repeats=reps, cuda=True,
+                       note="same definitions (voxel convention)"), 2 * n, bandwidth),
+        with_floor(row("evaluate surfel (dice+hd95+assd+sdice@1mm)", lambda: metrics.evaluate(p, g, SPACING),
+                       "MONAI 1.6 on the GPU", lambda: peer_monai(p, g), 10, repeats=reps, cuda=True,
+                       note="our default convention (surface-distance's)"), 2 * n, bandwidth),
+        with_floor(row(f"evaluate_batch of {batch} pairs, surfel", lambda: metrics.evaluate_batch(pb, gb, SPACING),
+                       f"MONAI 1.6 on the GPU, {batch} calls", lambda: [peer_monai(p, g) for _ in range(batch)], None,
+                       repeats=reps, cuda=True, note="one host sync for the batch"), 2 * n * batch, bandwidth),
+        with_floor(row("EDT full volume (distance to the wall)", lambda: distance_transform(background, SPACING),
+                       "cuCIM distance_transform_edt", lambda: peer_cucim_edt(background), 5, repeats=reps,
+                       cuda=True), 5 * n, bandwidth),
+        with_floor(row("EDT inside the wall (box + 1 voxel)", lambda: distance_transform(g, SPACING),
+                       "cuCIM distance_transform_edt, full volume", lambda: peer_cucim_edt(g), None, repeats=reps,
+                       cuda=True, note="ours works in the bounding box + 1 voxel (exact)"), 5 * n, bandwidth),
+        with_floor(row("signed distance of the atria", lambda: signed_distance(a, SPACING),
+                       "cuCIM distance_transform_edt x2", lambda: (peer_cucim_edt(~a), peer_cucim_edt(a)), None,
+                       repeats=reps, cuda=True), 5 * n, bandwidth),
     ]
+    for backend in gpu_backends():
+        rows += [
+            with_floor(row("label components (26)", lambda b=backend: label_components(a, backend=b),
+                           "cuCIM measure.label", lambda: peer_cucim_label(a), 2, repeats=reps, cuda=True),
+                       5 * n, bandwidth, backend),
+            with_floor(row("keep largest component (26)", lambda b=backend: keep_largest_component(a, backend=b),
+                           "cuCIM measure.label + bincount + argmax", lambda: peer_cucim_largest(a), 2,
+                           repeats=reps, cuda=True), 2 * n, bandwidth, backend),
+        ]
+    rows += [
+        with_floor(row("binary dilation, ball radius 2 voxels", lambda: binary_dilation(a, 2),
+                       "cuCIM morphology.binary_dilation", lambda: peer_cucim_dilation(a, element), 5,
+                       repeats=reps, cuda=True), 2 * n, bandwidth),
+        with_floor(row("binary erosion, ball radius 2 voxels", lambda: binary_erosion(a, 2),
+                       "ours on the CPU", lambda: binary_erosion(atria, 2), None, repeats=reps, cuda=True),
+                   2 * n, bandwidth),
+    ]
+    missing = sorted({r["met"] for r in rows if str(r["met"]).startswith("peer missing")})
+    if missing:
+        print("peers not timed:", "; ".join(missing))
+    return rows
 
 
 def main(args) -> None:
@@ -209,7 +303,10 @@ def main(args) -> None:
         warnings.simplefilter("ignore")  # peers' deprecation and empty-mask warnings
         np.Inf, np.NaN = np.inf, np.nan  # surface-distance 0.1 still spells them (gone in numpy 2)
         rows = (cpu_rows if args.device == "cpu" else cuda_rows)(pred, gt, atria, args)
-    printed = table(rows, ["op", "ours_ms", "peer", "peer_ms", "ratio", "cpu_ratio", "target", "met", "note"])
+    columns = (["op", "ours_ms", "peer", "peer_ms", "ratio", "cpu_ratio", "target", "met", "note"] if args.device == "cpu"
+               else ["op", "backend", "ours_ms", "floor_ms", "x_floor", "peer", "peer_ms", "ratio", "target", "met",
+                     "note"])
+    printed = table(rows, columns)
     print(printed)
     name = (f"metrics_{args.device}" + ("" if args.threads == 2 or args.device == "cuda" else f"_{args.threads}threads")
             + ("_passive" if args.passive else ""))

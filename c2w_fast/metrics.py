@@ -50,16 +50,21 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_cupy
+from c2w_fast.ops._dispatch import Op
 from c2w_fast.ops._volume import check_pair, check_spacing, union_box
 from c2w_fast.ops.surface import (
     SurfaceDistances,
+    SurfaceSummary,
+    _empty_summary,
     check_convention,
+    check_summary_options,
     surface_distances,
     surface_summary,
 )
 
-__all__ = ["Metrics", "SurfaceDistances", "evaluate", "evaluate_labels", "dice", "hd", "hd95", "assd",
-           "surface_dice", "surface_distances"]
+__all__ = ["Metrics", "SurfaceDistances", "evaluate", "evaluate_batch", "evaluate_labels", "dice", "hd", "hd95",
+           "assd", "surface_dice", "surface_distances"]
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,65 @@ def _crop_pair(pred, gt, backend):
     return None if box is None else (pred[box], gt[box])
 
 
+def _metrics(dice_value: float, summary: SurfaceSummary) -> Metrics:
+    return Metrics(dice=dice_value, hd=summary.hd, hd95=summary.hd_percentile, assd=summary.assd,
+                   surface_dice=summary.surface_dice)
+
+
+def _evaluate_pair(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> Metrics:
+    """:func:`evaluate` of one checked pair through the ops, each on ``backend``."""
+    crops = _crop_pair(pred, gt, backend)
+    pred_c, gt_c = (pred, gt) if crops is None else crops  # both empty: the op returns the empty rule
+    counts = (_count(pred_c), _count(gt_c), _count(pred_c & gt_c)) if crops is not None else (0, 0, 0)
+    summary = surface_summary(pred_c, gt_c, spacing, convention=convention, tolerance_mm=tolerance_mm,
+                              percentile=95.0, percentile_rule=percentile_rule, backend=backend)
+    return _metrics(_dice_from_counts(*counts, convention), summary)
+
+
+def _evaluate_each(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:
+    return [_evaluate_pair(p, g, spacing, tolerance_mm, convention, percentile_rule, backend) for p, g in zip(pred, gt)]
+
+
+def _metrics_from_row(row: list[float], convention: str) -> Metrics:
+    """:class:`Metrics` from a GPU row (counts of pred, gt, overlap; hd, hd95, assd, surface dice)."""
+    n_pred, n_gt, n_overlap = (int(v) for v in row[:3])
+    empty = n_pred == 0 or n_gt == 0
+    summary = _empty_summary(n_pred == 0, n_gt == 0, convention) if empty else SurfaceSummary(*row[3:])
+    return _metrics(_dice_from_counts(n_pred, n_gt, n_overlap, convention), summary)
+
+
+def _evaluate_batch_triton(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:
+    from c2w_fast.ops._gpu_surface import evaluate_rows
+
+    rows = evaluate_rows(as_tensor(pred), as_tensor(gt), spacing, tolerance_mm=tolerance_mm, convention=convention,
+                         percentile=95.0, percentile_rule=percentile_rule)
+    return [_metrics_from_row(row, convention) for row in rows.tolist()]  # the batch's one host sync
+
+
+EVALUATE_BATCH = Op("evaluate", {"reference": _evaluate_each, "triton": _evaluate_batch_triton},
+                    preferred={"cuda": ("cuda", "triton")})
+
+
+def _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:
+    """Checked (pairs, *spatial) batches: one GPU pass (``triton``, or ``auto`` on CUDA inputs) or
+    one :func:`evaluate` per pair through the ops (``reference``, ``cpu``, ``auto`` on CPU inputs)."""
+    check_convention(convention)
+    tolerance_mm, _ = check_summary_options(tolerance_mm, 95.0, percentile_rule)
+    if backend in ("reference", "cpu"):
+        implementation = _evaluate_each
+    else:
+        implementation = EVALUATE_BATCH.select(backend, device_type(pred))
+    return implementation(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend)
+
+
 def evaluate(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convention: str = "surfel",
              percentile_rule: str = "max", backend: str = "auto") -> Metrics:
     """Dice, HD, HD95, ASSD and Surface Dice at ``tolerance_mm`` of ``pred`` against ``gt``.
 
     Args:
-        pred, gt: masks of one shape, 2D (y, x) or 3D (z, y, x), numpy or torch, bool or 0/1.
+        pred, gt: masks of one shape, 2D (y, x) or 3D (z, y, x): numpy, torch (CPU or CUDA) or
+            cupy, bool or 0/1. CUDA tensors and cupy arrays (zero-copy) are evaluated on the
+            GPU with one host sync.
         spacing: voxel size in mm in the masks' axis order; ``None`` = 1 mm.
         tolerance_mm: Surface Dice tolerance in mm (a distance equal to it counts as within).
         convention: ``"surfel"`` (DeepMind surface-distance) or ``"voxel"`` (MONAI).
@@ -109,14 +167,40 @@ def evaluate(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convention: s
     """
     pred, gt = check_pair(pred, gt)
     spacing = check_spacing(spacing, pred.ndim)
-    check_convention(convention)
-    crops = _crop_pair(pred, gt, backend)
-    pred_c, gt_c = (pred, gt) if crops is None else crops  # both empty: the op returns the empty rule
-    counts = (_count(pred_c), _count(gt_c), _count(pred_c & gt_c)) if crops is not None else (0, 0, 0)
-    summary = surface_summary(pred_c, gt_c, spacing, convention=convention, tolerance_mm=tolerance_mm,
-                              percentile=95.0, percentile_rule=percentile_rule, backend=backend)
-    return Metrics(dice=_dice_from_counts(*counts, convention), hd=summary.hd, hd95=summary.hd_percentile,
-                   assd=summary.assd, surface_dice=summary.surface_dice)
+    return _evaluate_checked(pred[None], gt[None], spacing, tolerance_mm, convention, percentile_rule, backend)[0]
+
+
+def evaluate_batch(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convention: str = "surfel",
+                   percentile_rule: str = "max", backend: str = "auto") -> list[Metrics]:
+    """:func:`evaluate` for each pair of a batch: one GPU pass and one host sync for the whole batch.
+
+    Meant for validation loops: on CUDA tensors (or cupy arrays) every pair is evaluated on the
+    GPU (in chunks that fit a 24 GB card) and the results are read back once at the end. On
+    CPU inputs it evaluates the pairs one by one with the CPU backend. Results equal
+    :func:`evaluate` on each pair.
+
+    Args:
+        pred, gt: batches of masks of one shape, (B, y, x) or (B, z, y, x): numpy, torch
+            (CPU or CUDA) or cupy, bool or 0/1.
+        spacing: voxel size in mm of one item, (y, x) or (z, y, x); ``None`` = 1 mm.
+        tolerance_mm, convention, percentile_rule, backend: as :func:`evaluate`.
+
+    Returns:
+        ``B`` :class:`Metrics`, in batch order.
+    """
+    pred, gt = as_mask(pred, "pred"), as_mask(gt, "gt")
+    for name, batch in (("pred", pred), ("gt", gt)):
+        if batch.ndim not in (3, 4):
+            raise ValueError(f"{name} must be a batch of 2D or 3D masks, (B, y, x) or (B, z, y, x), "
+                             f"got shape {tuple(batch.shape)}")
+    if tuple(pred.shape) != tuple(gt.shape):
+        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    if device_type(pred) != device_type(gt):
+        raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
+    spacing = check_spacing(spacing, pred.ndim - 1)
+    if pred.shape[0] == 0:
+        return []
+    return _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend)
 
 
 def _label_values(labels) -> dict[str, tuple[int, ...]]:
@@ -144,6 +228,8 @@ def _is_in(label_map, values):
 
 
 def _check_label_map(label_map, name: str):
+    if is_cupy(label_map):
+        label_map = as_tensor(label_map)
     if not isinstance(label_map, torch.Tensor):
         label_map = np.asarray(label_map)
     dtype = label_map.dtype
@@ -156,10 +242,11 @@ def _check_label_map(label_map, name: str):
 
 def evaluate_labels(pred, gt, labels, spacing=None, *, tolerance_mm: float = 1.0, convention: str = "surfel",
                     percentile_rule: str = "max", backend: str = "auto") -> dict[str, Metrics]:
-    """:func:`evaluate` for each label of two integer label maps.
+    """:func:`evaluate` for each label of two integer label maps (on the GPU all labels in one
+    batch, with one host sync).
 
     Args:
-        pred, gt: integer label maps of one shape, 2D or 3D (numpy or torch).
+        pred, gt: integer label maps of one shape, 2D or 3D (numpy, torch or cupy).
         labels: ``{name: value}`` (a value may be a list of values, evaluated as their union,
             e.g. ``{"atria": [1, 2, 3]}``), or a list of values named by ``str(value)``.
         spacing, tolerance_mm, convention, percentile_rule, backend: as :func:`evaluate`.
@@ -170,9 +257,15 @@ def evaluate_labels(pred, gt, labels, spacing=None, *, tolerance_mm: float = 1.0
     pred, gt = _check_label_map(pred, "pred"), _check_label_map(gt, "gt")
     if tuple(pred.shape) != tuple(gt.shape):
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
-    return {name: evaluate(_is_in(pred, values), _is_in(gt, values), spacing, tolerance_mm=tolerance_mm,
-                           convention=convention, percentile_rule=percentile_rule, backend=backend)
-            for name, values in _label_values(labels).items()}
+    named = _label_values(labels)
+
+    def masks(label_map):
+        stack = torch.stack if isinstance(label_map, torch.Tensor) else np.stack
+        return stack([_is_in(label_map, values) for values in named.values()])
+
+    results = evaluate_batch(masks(pred), masks(gt), spacing, tolerance_mm=tolerance_mm, convention=convention,
+                             percentile_rule=percentile_rule, backend=backend)
+    return dict(zip(named, results))
 
 
 def dice(pred, gt, *, convention: str = "surfel", backend: str = "auto") -> float:

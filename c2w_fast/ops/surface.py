@@ -52,6 +52,7 @@ from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
 from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._surfels import neighbour_codes, surfel_area_table
 from c2w_fast.ops._volume import check_pair, check_spacing, host_uint8_3d, like, spacing_3d, union_box
 
@@ -185,9 +186,11 @@ def _summary_cpu(pred, gt, spacing, convention, tolerance_mm, percentile, percen
                                                 percentile / 100.0, percentile_rule == "pooled"))
 
 
-SURFACE_DISTANCES = Op("surface_distances", {"reference": _distances_reference, "cpu": _distances_cpu},
+SURFACE_DISTANCES = Op("surface_distances", {"reference": _distances_reference, "cpu": _distances_cpu,
+                                            "triton": lazy("c2w_fast.ops._gpu_surface", "distances_triton")},
                        preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
-SURFACE_SUMMARY = Op("surface_summary", {"reference": _summary_reference, "cpu": _summary_cpu},
+SURFACE_SUMMARY = Op("surface_summary", {"reference": _summary_reference, "cpu": _summary_cpu,
+                                        "triton": lazy("c2w_fast.ops._gpu_surface", "summary_triton")},
                      preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 
 
@@ -196,6 +199,19 @@ def _empty_summary(pred_empty: bool, gt_empty: bool, convention: str) -> Surface
         hd = np.inf if convention == "surfel" else np.nan
         return SurfaceSummary(hd, hd, np.nan, np.nan)
     return SurfaceSummary(np.inf, np.inf if convention == "surfel" else np.nan, np.inf, 0.0)
+
+
+def check_summary_options(tolerance_mm, percentile, percentile_rule: str) -> tuple[float, float]:
+    """``(tolerance_mm, percentile)`` as floats, after checking them and ``percentile_rule``."""
+    if percentile_rule not in PERCENTILE_RULES:
+        raise ValueError(f"percentile_rule must be one of {PERCENTILE_RULES}, got {percentile_rule!r}")
+    tolerance_mm = float(tolerance_mm)
+    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
+        raise ValueError(f"tolerance_mm must be a finite number >= 0 (mm), got {tolerance_mm!r}")
+    percentile = float(percentile)
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
+    return tolerance_mm, percentile
 
 
 def _any(mask) -> bool:
@@ -237,14 +253,7 @@ def surface_summary(pred, gt, spacing=None, *, convention: str = "surfel", toler
     pred, gt = check_pair(pred, gt)
     spacing = check_spacing(spacing, pred.ndim)
     check_convention(convention)
-    if percentile_rule not in PERCENTILE_RULES:
-        raise ValueError(f"percentile_rule must be one of {PERCENTILE_RULES}, got {percentile_rule!r}")
-    tolerance_mm = float(tolerance_mm)
-    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
-        raise ValueError(f"tolerance_mm must be a finite number >= 0 (mm), got {tolerance_mm!r}")
-    percentile = float(percentile)
-    if not 0 <= percentile <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
+    tolerance_mm, percentile = check_summary_options(tolerance_mm, percentile, percentile_rule)
     pred_empty, gt_empty = not _any(pred), not _any(gt)
     if pred_empty or gt_empty:
         return _empty_summary(pred_empty, gt_empty, convention)
