@@ -47,7 +47,9 @@ setup(
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],  # CUDA 12.x drivers/toolkits (RTX 4090 setups)
         "cuda13": ["cupy-cuda13x>=13"],
-        "test": ["pytest>=7.4", "pytest-xdist>=3.3", "monai>=1.3"],
+        "test": ["pytest>=7.4", "pytest-xdist>=3.3", "monai>=1.3",
+                 # metric/morphology peers the tests compare against
+                 "surface-distance==0.1", "medpy>=0.5", "edt>=2.4", "connected-components-3d>=3.12"],
     },
     zip_safe=False,
 )

@@ -11,8 +11,12 @@ from c2w_fast.ops._dispatch import (
     backend_problem,
 )
 from c2w_fast.ops.bounding_box import bounding_box
+from c2w_fast.ops.components import keep_largest_component, label_components, remove_small_components
 from c2w_fast.ops.conv_norm_act import conv_norm_act
+from c2w_fast.ops.distance_transform import distance_transform, signed_distance
 from c2w_fast.ops.losses import dice_ce_loss, dice_focal_loss
+from c2w_fast.ops.morphology import ball, binary_dilation, binary_erosion
+from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary, surface_distances, surface_summary
 
 __all__ = [
     "BACKEND_CHOICES",
@@ -23,4 +27,16 @@ __all__ = [
     "conv_norm_act",
     "dice_ce_loss",
     "dice_focal_loss",
+    "distance_transform",
+    "signed_distance",
+    "label_components",
+    "keep_largest_component",
+    "remove_small_components",
+    "ball",
+    "binary_dilation",
+    "binary_erosion",
+    "SurfaceDistances",
+    "SurfaceSummary",
+    "surface_distances",
+    "surface_summary",
 ]

@@ -1,0 +1,88 @@
+"""Shared plumbing of the volume ops: spacing checks, crops, 3D views, results shaped like the input.
+
+Every op here works on 2D (y, x) or 3D (z, y, x) masks. The C++ kernels see 3D C-contiguous
+uint8 arrays only; a 2D mask is viewed as (1, y, x) and its spacing padded with a 1 mm z step
+that never matters (there is only one slice).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from c2w_fast.ops._arrays import as_mask, as_numpy, device_type, is_cupy
+
+Box = tuple[slice, ...]
+
+
+def check_mask(mask, name: str, ndims=(2, 3)):
+    """``mask`` as a boolean array of its own kind (numpy or torch), with 2 or 3 dimensions."""
+    mask = as_mask(mask, name)
+    if mask.ndim not in ndims:
+        wanted = " or ".join(f"{n}D" for n in ndims)
+        axes = {2: "(y, x)", 3: "(z, y, x)"}
+        raise ValueError(f"{name} must be {wanted} {' or '.join(axes[n] for n in ndims)}, "
+                         f"got shape {tuple(mask.shape)}")
+    return mask
+
+
+def check_pair(pred, gt):
+    """Both masks checked, of one shape and on one device."""
+    pred, gt = check_mask(pred, "pred"), check_mask(gt, "gt")
+    if tuple(pred.shape) != tuple(gt.shape):
+        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    if device_type(pred) != device_type(gt):
+        raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
+    return pred, gt
+
+
+def check_spacing(spacing, ndim: int, name: str = "spacing") -> tuple[float, ...]:
+    """``spacing`` as ``ndim`` positive finite floats in mm (``None`` means 1 mm on every axis)."""
+    if spacing is None:
+        return (1.0,) * ndim
+    axes = "(z, y, x)" if ndim == 3 else "(y, x)"
+    try:
+        values = tuple(float(s) for s in (spacing.tolist() if hasattr(spacing, "tolist") else spacing))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must have {ndim} positive values {axes} in mm, got {spacing!r}") from None
+    if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{name} must have {ndim} positive values {axes} in mm, got {spacing!r}")
+    return values
+
+
+def spacing_3d(spacing: tuple[float, ...]) -> tuple[float, float, float]:
+    """A 2D (y, x) spacing padded to (1, y, x); a 3D one unchanged."""
+    return (1.0,) * (3 - len(spacing)) + tuple(spacing)
+
+
+def host_uint8_3d(mask) -> np.ndarray:
+    """A C-contiguous uint8 (z, y, x) numpy view (copy only when needed) of a CPU boolean mask."""
+    array = np.ascontiguousarray(as_numpy(mask))
+    return array.view(np.uint8).reshape((1,) * (3 - array.ndim) + array.shape)
+
+
+def grow(box: Box, margin, shape) -> Box:
+    """``box`` grown by ``margin`` voxels per side (one int or one per axis), clipped to ``shape``."""
+    margins = (margin,) * len(shape) if np.isscalar(margin) else tuple(margin)
+    return tuple(slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(box, margins, shape))
+
+
+def union(a: Box | None, b: Box | None) -> Box | None:
+    """Smallest box holding both boxes (``None`` stands for an empty mask)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(s.start, t.start), max(s.stop, t.stop)) for s, t in zip(a, b))
+
+
+def like(result: np.ndarray, original):
+    """``result`` (numpy) as the kind of array ``original`` is: numpy, or torch on its device."""
+    if isinstance(original, torch.Tensor) or is_cupy(original):
+        device = original.device if isinstance(original, torch.Tensor) else torch.device("cuda")
+        return torch.from_numpy(np.ascontiguousarray(result)).to(device)
+    return result
+
+
+def embed(crop_result: np.ndarray, box: Box, shape, fill=0) -> np.ndarray:
+    """A full-``shape`` array holding ``crop_result`` at ``box`` and ``fill`` elsewhere."""
+    out = np.full(shape, fill, dtype=crop_result.dtype) if fill else np.zeros(shape, dtype=crop_result.dtype)
+    out[box] = crop_result
+    return out

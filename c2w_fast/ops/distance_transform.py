@@ -1,0 +1,93 @@
+"""Exact Euclidean distance transform and signed distance of a 2D/3D mask, anisotropic spacing in mm.
+
+Definitions (voxel centres, spacing ``s`` in mm; ``s = 1`` gives distances in voxels):
+
+* ``distance_transform(mask)[v]`` = min over voxels ``w`` with ``mask[w] == 0`` of
+  ``sqrt(sum_i ((v_i - w_i) * s_i)^2)`` for a nonzero voxel ``v``, and 0 on zero voxels —
+  ``scipy.ndimage.distance_transform_edt(mask, sampling=spacing)``. Only voxels inside the
+  array count: the image border is not background.
+* ``signed_distance(mask)`` = ``distance_transform(~mask) - distance_transform(mask)``:
+  outside the mask the (positive) distance to the nearest mask voxel, inside it minus the
+  distance to the nearest voxel outside. No voxel is 0: the voxels on either side of the
+  boundary get plus/minus the step to the other side.
+
+Degenerate masks: without any zero voxel (all foreground) there is nothing to measure to and
+``distance_transform`` is ``+inf`` everywhere (scipy returns an artefact there), so
+``signed_distance`` is ``-inf`` everywhere for an all-foreground mask and ``+inf`` everywhere
+for an empty one; clip it before using it as a network input.
+
+Outputs are float32 (the fast backends keep squared distances in float32: relative error
+below 1e-6 against scipy's float64, exact for integer voxel distances) and of the input's
+kind: numpy in, numpy out; torch in, torch out on the input's device.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from c2w_fast.ops._arrays import as_numpy, device_type
+from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._volume import check_mask, check_spacing, like
+
+TOLERANCE = {"rtol": 1e-6, "atol": 0.0}  # fast backends vs the float64 reference, read by the tests
+
+
+def _edt_reference(mask: np.ndarray, spacing) -> np.ndarray:
+    if mask.all():
+        return np.full(mask.shape, np.inf, np.float32)
+    if not mask.any():
+        return np.zeros(mask.shape, np.float32)
+    return ndimage.distance_transform_edt(mask, sampling=spacing).astype(np.float32)
+
+
+def _distance_reference(mask, spacing):
+    return like(_edt_reference(as_numpy(mask), spacing), mask)
+
+
+def _signed_reference(mask, spacing):
+    array = as_numpy(mask)
+    return like(_edt_reference(~array, spacing) - _edt_reference(array, spacing), mask)
+
+
+DISTANCE_TRANSFORM = Op("distance_transform", {"reference": _distance_reference},
+                        preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+SIGNED_DISTANCE = Op("signed_distance", {"reference": _signed_reference},
+                     preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+
+
+def distance_transform(mask, spacing=None, *, backend: str = "auto"):
+    """Euclidean distance (mm) of every nonzero voxel of ``mask`` to the nearest zero voxel; 0 on zero voxels.
+
+    Args:
+        mask: 2D (y, x) or 3D (z, y, x) array (numpy or torch, any layout); nonzero = foreground.
+        spacing: voxel size in mm, (z, y, x) or (y, x); ``None`` = 1 (distances in voxels).
+        backend: see :mod:`c2w_fast.ops`.
+
+    Returns:
+        float32 array of ``mask``'s shape and kind; ``+inf`` everywhere when ``mask`` has no
+        zero voxel. Matches ``scipy.ndimage.distance_transform_edt`` to ``TOLERANCE``.
+    """
+    mask = check_mask(mask, "mask")
+    spacing = check_spacing(spacing, mask.ndim)
+    return DISTANCE_TRANSFORM.select(backend, device_type(mask))(mask, spacing)
+
+
+def signed_distance(mask, spacing=None, *, backend: str = "auto"):
+    """Signed Euclidean distance (mm) to the mask's boundary: negative inside, positive outside.
+
+    ``signed_distance(mask) = distance_transform(~mask) - distance_transform(mask)``: a voxel
+    outside gets its distance to the nearest mask voxel, a voxel inside minus its distance to
+    the nearest voxel outside (centre to centre), so no voxel is 0. ``+inf`` everywhere for an
+    empty mask, ``-inf`` everywhere for an all-foreground one.
+
+    Args:
+        mask: 2D (y, x) or 3D (z, y, x) array (numpy or torch, any layout); nonzero = inside.
+        spacing: voxel size in mm, (z, y, x) or (y, x); ``None`` = 1.
+        backend: see :mod:`c2w_fast.ops`.
+
+    Returns:
+        float32 array of ``mask``'s shape and kind.
+    """
+    mask = check_mask(mask, "mask")
+    spacing = check_spacing(spacing, mask.ndim)
+    return SIGNED_DISTANCE.select(backend, device_type(mask))(mask, spacing)

@@ -1,0 +1,137 @@
+"""c2w_fast.metrics on hand-computed cases, every input kind, label maps and bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from masks import anisotropic_spacing, blobs, perturbed
+
+from c2w_fast import metrics
+
+BACKENDS = ["reference"]
+
+
+def two_voxels(shape=(3, 4, 9), gap=3):
+    pred, gt = np.zeros(shape, bool), np.zeros(shape, bool)
+    pred[1, 2, 2] = True
+    gt[1, 2, 2 + gap] = True
+    return pred, gt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_single_voxels_by_hand(backend):
+    # Voxels 3 steps apart along x (0.75 mm): the 8 corners of each cube are its surfels,
+    # all of the same area; half of them lie 2 steps from the other cube's nearest corners,
+    # half 3 steps. Voxel centres are 3 steps apart.
+    pred, gt = two_voxels()
+    spacing, step = (2.5, 1.25, 0.75), 0.75
+    surfel = metrics.evaluate(pred, gt, spacing, tolerance_mm=2 * step, backend=backend)
+    assert surfel.dice == 0
+    assert surfel.hd == pytest.approx(3 * step)
+    assert surfel.hd95 == pytest.approx(3 * step)  # 95 % of the area needs the far half too
+    assert surfel.assd == pytest.approx(2.5 * step)
+    assert surfel.surface_dice == pytest.approx(0.5)
+    voxel = metrics.evaluate(pred, gt, spacing, tolerance_mm=2 * step, convention="voxel", backend=backend)
+    assert (voxel.hd, voxel.hd95, voxel.assd, voxel.surface_dice) == pytest.approx((3 * step,) * 3 + (0.0,))
+    d = metrics.surface_distances(pred, gt, spacing, backend=backend)
+    corner_area = np.linalg.norm([1.25 * 0.75, 2.5 * 0.75, 2.5 * 1.25]) / 8
+    np.testing.assert_allclose(np.sort(d.pred_to_gt), [2 * step] * 4 + [3 * step] * 4)
+    np.testing.assert_allclose(d.gt_areas, [corner_area] * 8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_box_inside_box_by_hand(backend):
+    # gt: 5x5x5 box; pred: the same box shrunk by one voxel on the +x face only.
+    gt = np.zeros((7, 7, 7), bool)
+    gt[1:6, 1:6, 1:6] = True
+    pred = gt.copy()
+    pred[:, :, 5] = False
+    r = metrics.evaluate(pred, gt, (1.0, 1.0, 1.0), tolerance_mm=0.5, convention="voxel", backend=backend)
+    assert r.dice == pytest.approx(2 * 100 / (100 + 125))
+    # gt boundary voxels: 125 - 27 interior = 98; those on x = 5 (25) are 1 away from pred's,
+    # the rest are pred boundary voxels too (0). pred (5x5x4) boundary voxels: 100 - 18 = 82,
+    # all on gt's boundary except the 3x3 inner ones of x = 4, 1 away from gt's x = 5 face.
+    assert r.hd == pytest.approx(1.0)
+    assert r.assd == pytest.approx((25 + 9) / (98 + 82))
+    assert r.surface_dice == pytest.approx((98 - 25 + 82 - 9) / (98 + 82))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identical_masks_are_perfect(backend, rng):
+    mask = blobs(rng, (6, 11, 9), 0.3)
+    for convention in ("surfel", "voxel"):
+        r = metrics.evaluate(mask, mask, anisotropic_spacing(rng), convention=convention, backend=backend)
+        assert (r.dice, r.hd, r.hd95, r.assd, r.surface_dice) == (1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_kinds_and_layouts_agree(backend, rng):
+    gt = blobs(rng, (7, 10, 12), 0.3)
+    pred = perturbed(rng, gt)
+    spacing = anisotropic_spacing(rng)
+    expected = metrics.evaluate(pred, gt, spacing, backend=backend)
+    fortran = np.asfortranarray(pred.astype(np.uint8))
+    assert metrics.evaluate(fortran, gt.astype(np.float32), spacing, backend=backend) == expected
+    assert metrics.evaluate(torch.from_numpy(pred), torch.from_numpy(gt).int(), spacing, backend=backend) == expected
+    # a transposed view with the spacing transposed alike gives the same numbers
+    t = (2, 0, 1)
+    view = metrics.evaluate(pred.transpose(t), gt.transpose(t), tuple(spacing[i] for i in t), backend=backend)
+    for name in ("dice", "hd", "hd95", "assd", "surface_dice"):
+        assert getattr(view, name) == pytest.approx(getattr(expected, name), rel=1e-9)
+
+
+def test_single_metric_functions_equal_evaluate(rng):
+    gt = blobs(rng, (5, 9, 8), 0.4)
+    pred = perturbed(rng, gt)
+    spacing = anisotropic_spacing(rng)
+    r = metrics.evaluate(pred, gt, spacing, tolerance_mm=0.8)
+    assert metrics.dice(pred, gt) == r.dice
+    assert metrics.hd(pred, gt, spacing) == r.hd
+    assert metrics.hd95(pred, gt, spacing) == r.hd95
+    assert metrics.assd(pred, gt, spacing) == r.assd
+    assert metrics.surface_dice(pred, gt, spacing, tolerance_mm=0.8) == r.surface_dice
+    assert r.as_dict() == {"dice": r.dice, "hd": r.hd, "hd95": r.hd95, "assd": r.assd, "surface_dice": r.surface_dice}
+
+
+def test_evaluate_labels_per_label_and_unions(rng):
+    shape, spacing = (6, 12, 10), anisotropic_spacing(rng)
+    gt = rng.integers(0, 4, shape).astype(np.uint8) * blobs(rng, shape, 0.5)
+    pred = np.where(perturbed(rng, gt > 0), gt, 0).astype(np.uint8)
+    out = metrics.evaluate_labels(pred, gt, {"wall": 1, "LA": 3, "atria": [1, 2, 3]}, spacing)
+    assert list(out) == ["wall", "LA", "atria"]
+    assert out["wall"] == metrics.evaluate(pred == 1, gt == 1, spacing)
+    assert out["atria"] == metrics.evaluate(pred > 0, gt > 0, spacing)
+    by_value = metrics.evaluate_labels(torch.from_numpy(pred), torch.from_numpy(gt), [2], spacing, convention="voxel")
+    assert by_value["2"] == metrics.evaluate(pred == 2, gt == 2, spacing, convention="voxel")
+
+
+def test_dice_empty_rules():
+    empty, one = np.zeros((3, 3), bool), np.eye(3, dtype=bool)
+    assert math.isnan(metrics.dice(empty, empty))
+    assert metrics.dice(empty, one) == 0 and metrics.dice(one, empty) == 0
+    assert math.isnan(metrics.dice(one, empty, convention="voxel"))  # MONAI ignores an empty gt
+    assert metrics.dice(empty, one, convention="voxel") == 0
+
+
+def test_bad_input_is_named():
+    mask = np.ones((4, 5, 6), bool)
+    with pytest.raises(ValueError, match=r"same shape, got \(4, 5, 6\) and \(4, 5\)"):
+        metrics.evaluate(mask, mask[..., 0])
+    with pytest.raises(ValueError, match=r"spacing must have 3 positive values \(z, y, x\) in mm"):
+        metrics.evaluate(mask, mask, (1.0, 1.0))
+    with pytest.raises(ValueError, match="spacing must have 2 positive values"):
+        metrics.hd95(mask[0], mask[0], (1.0, 0.0))
+    with pytest.raises(ValueError, match="convention must be one of"):
+        metrics.evaluate(mask, mask, convention="medpy")
+    with pytest.raises(ValueError, match="percentile_rule must be one of"):
+        metrics.hd95(mask, mask, percentile_rule="mean")
+    with pytest.raises(ValueError, match="tolerance_mm must be a finite number"):
+        metrics.surface_dice(mask, mask, tolerance_mm=-1)
+    with pytest.raises(ValueError, match="pred must be 2D or 3D"):
+        metrics.evaluate(np.ones(4), np.ones(4))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.evaluate(np.full((2, 2), np.nan), np.ones((2, 2)))
+    with pytest.raises(TypeError, match="integer label map"):
+        metrics.evaluate_labels(mask.astype(float), mask.astype(float), [1])
+    with pytest.raises(ValueError, match="label 'wall' must map to an int"):
+        metrics.evaluate_labels(mask.astype(np.uint8), mask.astype(np.uint8), {"wall": 1.5})

@@ -1,0 +1,142 @@
+"""c2w_fast.metrics against the tools people use: DeepMind surface-distance (surfel),
+MONAI (voxel) and medpy (voxel, pooled percentile), on random anisotropic masks."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from masks import anisotropic_spacing, blobs, perturbed
+
+from c2w_fast import metrics
+
+surface_distance = pytest.importorskip("surface_distance")
+monai_metrics = pytest.importorskip("monai.metrics")
+medpy_binary = pytest.importorskip("medpy.metric.binary")
+
+BACKENDS = ["reference"]
+RTOL = 1e-6
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(autouse=True)
+def numpy_aliases_for_surface_distance(monkeypatch):
+    """surface-distance 0.1 predates numpy 2 and still spells np.Inf / np.NaN."""
+    monkeypatch.setattr(np, "Inf", np.inf, raising=False)
+    monkeypatch.setattr(np, "NaN", np.nan, raising=False)
+
+
+def deepmind(pred, gt, spacing, tolerance_mm):
+    d = surface_distance.compute_surface_distances(gt, pred, spacing)
+    areas = d["surfel_areas_gt"].sum() + d["surfel_areas_pred"].sum()
+    weighted = (d["distances_gt_to_pred"] @ d["surfel_areas_gt"] + d["distances_pred_to_gt"] @ d["surfel_areas_pred"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"dice": surface_distance.compute_dice_coefficient(gt, pred),
+                "hd": surface_distance.compute_robust_hausdorff(d, 100),
+                "hd95": surface_distance.compute_robust_hausdorff(d, 95),
+                "assd": weighted / areas,
+                "surface_dice": surface_distance.compute_surface_dice_at_tolerance(d, tolerance_mm)}
+
+
+def monai(pred, gt, spacing, tolerance_mm):
+    p = torch.from_numpy(pred)[None, None].float()
+    g = torch.from_numpy(gt)[None, None].float()
+    kw = {"include_background": True, "spacing": spacing}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MONAI warns about empty masks
+        return _monai(p, g, kw, tolerance_mm)
+
+
+def _monai(p, g, kw, tolerance_mm):
+    return {"dice": monai_metrics.compute_dice(p, g, include_background=True).item(),
+            "hd": monai_metrics.compute_hausdorff_distance(p, g, **kw).item(),
+            "hd95": monai_metrics.compute_hausdorff_distance(p, g, percentile=95, **kw).item(),
+            "assd": monai_metrics.compute_average_surface_distance(p, g, symmetric=True, **kw).item(),
+            "surface_dice": monai_metrics.compute_surface_dice(p, g, [tolerance_mm], **kw).item()}
+
+
+def assert_metrics(ours, peer, rtol=RTOL):
+    for name, expected in peer.items():
+        np.testing.assert_allclose(getattr(ours, name), expected, rtol=rtol, atol=1e-12, err_msg=name)
+
+
+def random_pair(rng, shape, fill):
+    gt = blobs(rng, shape, fill)
+    return perturbed(rng, gt), gt
+
+
+SHAPES = [(9, 14, 17), (5, 21, 11), (1, 13, 15), (23, 19)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_surfel_matches_surface_distance_on_random_anisotropic_blobs(backend, shape, rng):
+    spacing = anisotropic_spacing(rng, len(shape))
+    for fill in (0.15, 0.5):
+        pred, gt = random_pair(rng, shape, fill)
+        tolerance = float(rng.uniform(0.5, 2.0))
+        ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=tolerance, backend=backend)
+        assert_metrics(ours, deepmind(pred, gt, spacing, tolerance))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_voxel_matches_monai_on_random_anisotropic_blobs(backend, shape, rng):
+    spacing = anisotropic_spacing(rng, len(shape))
+    for fill in (0.15, 0.5):
+        pred, gt = random_pair(rng, shape, fill)
+        tolerance = float(rng.uniform(0.5, 2.0))
+        ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=tolerance, convention="voxel", backend=backend)
+        assert_metrics(ours, monai(pred, gt, spacing, tolerance))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(9, 14, 17), (23, 19)])
+def test_pooled_percentile_matches_medpy(backend, shape, rng):
+    spacing = anisotropic_spacing(rng, len(shape))
+    pred, gt = random_pair(rng, shape, 0.3)
+    ours = metrics.evaluate(pred, gt, spacing, convention="voxel", percentile_rule="pooled", backend=backend)
+    np.testing.assert_allclose(ours.hd95, medpy_binary.hd95(pred, gt, spacing), rtol=RTOL)
+    np.testing.assert_allclose(ours.hd, medpy_binary.hd(pred, gt, spacing), rtol=RTOL)
+    np.testing.assert_allclose(ours.assd, medpy_binary.assd(pred, gt, spacing), rtol=RTOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("convention", ["surfel", "voxel"])
+def test_single_voxels_and_border_objects(backend, convention, rng):
+    shape = (6, 9, 8)
+    spacing = anisotropic_spacing(rng)
+    peer = deepmind if convention == "surfel" else monai
+    single_pred, single_gt = np.zeros(shape, bool), np.zeros(shape, bool)
+    single_pred[tuple(rng.integers(0, shape))] = True
+    single_gt[tuple(rng.integers(0, shape))] = True
+    border = np.zeros(shape, bool)
+    border[:, :3, -2:] = True  # touches three faces of the array
+    for pred, gt in [(single_pred, single_gt), (border, single_gt), (np.ones(shape, bool), border)]:
+        ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=1.0, convention=convention, backend=backend)
+        assert_metrics(ours, peer(pred, gt, spacing, 1.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("convention", ["surfel", "voxel"])
+def test_empty_masks_return_the_peer_values(backend, convention, rng):
+    shape = (5, 7, 6)
+    spacing = anisotropic_spacing(rng)
+    empty, some = np.zeros(shape, bool), blobs(rng, shape, 0.3)
+    peer = deepmind if convention == "surfel" else monai
+    for pred, gt in [(empty, some), (some, empty), (empty, empty)]:
+        expected = peer(pred, gt, spacing, 1.0)
+        ours = metrics.evaluate(pred, gt, spacing, convention=convention, backend=backend)
+        assert_metrics(ours, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_surface_distances_match_surface_distance_as_sets(backend, rng):
+    shape, spacing = (7, 12, 10), anisotropic_spacing(rng)
+    pred, gt = random_pair(rng, shape, 0.3)
+    ours = metrics.surface_distances(pred, gt, spacing, backend=backend)
+    peer = surface_distance.compute_surface_distances(gt, pred, spacing)
+    for dist, area, peer_dist, peer_area in [(ours.pred_to_gt, ours.pred_areas, "distances_pred_to_gt", "surfel_areas_pred"),
+                                             (ours.gt_to_pred, ours.gt_areas, "distances_gt_to_pred", "surfel_areas_gt")]:
+        order = np.lexsort((area, dist))
+        np.testing.assert_allclose(dist[order], peer[peer_dist], rtol=RTOL)
+        np.testing.assert_allclose(area[order], peer[peer_area], rtol=1e-12)

@@ -1,0 +1,71 @@
+"""binary_dilation and binary_erosion with a ball: every backend bit-identical to scipy."""
+import numpy as np
+import pytest
+import torch
+from masks import anisotropic_spacing, blobs
+from scipy import ndimage
+
+from c2w_fast.ops import ball, binary_dilation, binary_erosion
+
+BACKENDS = ["reference"]
+
+
+def test_ball_by_hand():
+    # radius 1 voxel: the 6-neighbourhood cross; radius sqrt(2): adds the 12 edge neighbours
+    np.testing.assert_array_equal(ball(1.0), ndimage.generate_binary_structure(3, 1))
+    np.testing.assert_array_equal(ball(np.sqrt(2) + 1e-9), ndimage.generate_binary_structure(3, 2))
+    assert ball(2.0).sum() == 33  # 1 + 6 + 12 + 8 + 6 offsets with |o|^2 <= 4
+    # 2 mm at 2.5 x 0.625 x 0.625 mm: a single slice, an in-plane disc of radius 3.2 voxels
+    disc = ball(2.0, (2.5, 0.625, 0.625))
+    assert disc.shape == (1, 7, 7) and disc[0, 3, 0] and not disc[0, 0, 0]
+    assert ball(0.0).shape == (1, 1, 1)
+    assert ball(1.5, ndim=2).shape == (3, 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(9, 16, 13), (1, 20, 17), (25, 21)])
+def test_dilation_and_erosion_equal_scipy_in_voxels_and_mm(backend, shape, rng):
+    for fill in (0.05, 0.5):
+        mask = blobs(rng, shape, fill, sigma=1.2)
+        spacing = anisotropic_spacing(rng, len(shape))
+        for radius, sp in [(0.0, None), (1.0, None), (2.0, None), (2.7, None), (2.0, spacing), (3.1, spacing)]:
+            element = ball(radius, sp, len(shape))
+            np.testing.assert_array_equal(binary_dilation(mask, radius, spacing=sp, backend=backend),
+                                          ndimage.binary_dilation(mask, structure=element))
+            np.testing.assert_array_equal(binary_erosion(mask, radius, spacing=sp, backend=backend),
+                                          ndimage.binary_erosion(mask, structure=element))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edge_cases(backend, rng):
+    shape = (5, 8, 7)
+    empty = np.zeros(shape, bool)
+    assert not binary_dilation(empty, 2, backend=backend).any()
+    assert not binary_erosion(empty, 2, backend=backend).any()
+    full = ~empty
+    assert binary_dilation(full, 2, backend=backend).all()
+    # the border counts as background for erosion
+    np.testing.assert_array_equal(binary_erosion(full, 1, backend=backend), ndimage.binary_erosion(full, ball(1.0)))
+    single = empty.copy()
+    single[tuple(rng.integers(0, shape))] = True
+    np.testing.assert_array_equal(binary_dilation(single, 2, backend=backend),
+                                  ndimage.binary_dilation(single, structure=ball(2.0)))
+    corner = empty.copy()
+    corner[0, 0, 0] = True
+    np.testing.assert_array_equal(binary_dilation(corner, 3, backend=backend),
+                                  ndimage.binary_dilation(corner, structure=ball(3.0)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_in_torch_out(backend, rng):
+    mask = blobs(rng, (5, 9, 8), 0.3)
+    out = binary_dilation(torch.from_numpy(mask.astype(np.uint8)), 1.5, backend=backend)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.bool
+    np.testing.assert_array_equal(out.numpy(), ndimage.binary_dilation(mask, structure=ball(1.5)))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="radius must be a non-negative number"):
+        binary_dilation(np.ones((2, 2)), -1)
+    with pytest.raises(ValueError, match=r"spacing must have 2 positive values \(y, x\) in mm"):
+        binary_erosion(np.ones((2, 2)), 1, spacing=(1, 1, 1))
