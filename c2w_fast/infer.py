@@ -142,12 +142,14 @@ class StagePipeline:
             return tuple(shape), tuple(spacing)
         return resampled_shape(shape, spacing, target), target
 
-    def input_channels(self, image: np.ndarray, spacing) -> np.ndarray:
-        """(C, D, H, W) network input in the stage grid: z-scored image (+ signed-distance channel)."""
+    def input_channels(self, image: np.ndarray, spacing, labels: np.ndarray | None = None) -> np.ndarray:
+        """(C, D, H, W) network input in the stage grid: z-scored image (+ signed-distance channel).
+
+        ``labels`` are passed on to helper stages that use ground truth (oracle settings) only."""
         shape, _ = self.stage_grid(image.shape, spacing)
         channels = [zscore(resample(image.astype(np.float32, copy=False), shape))]
         if self.config.data.sdf_channel:
-            cavity = self.helper("sdf", self.config.data.sdf_from).predict(image, spacing) > 0
+            cavity = self.helper("sdf", self.config.data.sdf_from).predict(image, spacing, labels) > 0
             channels.append(resample(cavity_distance(cavity, spacing, self.config.data.sdf_scale_mm), shape))
         return np.stack(channels)
 
@@ -163,7 +165,7 @@ class StagePipeline:
                 raise ValueError("roi.center = 'ground_truth' needs the case's labels")
             mask = labels == CANONICAL_LABELS["LA"] if (labels == CANONICAL_LABELS["LA"]).any() else labels > 0
         else:
-            mask = atrium_mask(self.helper("localizer", self.config.roi.localizer).predict(image, spacing))
+            mask = atrium_mask(self.helper("localizer", self.config.roi.localizer).predict(image, spacing, labels))
         centre = center_of_mass(mask)
         return native_to_stage(centre, spacing, stage_spacing) if centre else tuple((n - 1) / 2 for n in shape)
 
@@ -177,7 +179,7 @@ class StagePipeline:
                 raise ValueError("cascade.mask_source = 'ground_truth' needs the case's labels")
             union = labels > 0
         else:
-            union = self.helper("stage1", self.config.cascade.stage1).predict(image, spacing) > 0
+            union = self.helper("stage1", self.config.cascade.stage1).predict(image, spacing, labels) > 0
         return cascade_region(union, self.config.cascade)
 
 
@@ -203,7 +205,7 @@ class Predictor:
         ``labels`` are needed only by the oracle settings (ground-truth ROI centre)."""
         pipeline = self.pipeline
         shape, _ = pipeline.stage_grid(image.shape, spacing)
-        channels = pipeline.input_channels(image, spacing)
+        channels = pipeline.input_channels(image, spacing, labels)
         centre = pipeline.roi_centre(image, spacing, labels)
         box = None if centre is None else Box.around(centre, self.config.roi.size)
         if box is not None:

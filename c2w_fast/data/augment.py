@@ -134,7 +134,7 @@ def _gaussian_blur(x: torch.Tensor, sigmas) -> torch.Tensor:
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0:
             continue
-        radius = max(1, int(math.ceil(3 * sigma)))
+        radius = max(1, int(3 * sigma + 0.5))  # scipy.ndimage.gaussian_filter with truncate=3
         t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
         kernel = (kernel / kernel.sum()).reshape([1, 1] + [-1 if a == axis else 1 for a in range(3)])

@@ -13,7 +13,8 @@ def summary(name: str, input_shape=(1, 1, 44, 256, 256), num_classes: int = 2) -
 
     Shapes come from a forward pass on the ``meta`` device (no memory, no compute).
     """
-    model = build_model(name, input_shape[1], num_classes, init="torch").to("meta")
+    with torch.device("meta"):
+        model = build_model(name, input_shape[1], num_classes, init="torch")
     rows, hooks = [], []
     named = [("stem", model.encoder.stem)] if model.encoder.stem is not None else []
     named += [(f"encoder.{s}", stage) for s, stage in enumerate(model.encoder.stages)]

@@ -57,7 +57,7 @@ def _mean_sd(values) -> str:
 
 def table1(results: dict[str, list[dict]], class_name: str) -> str:
     """Rows ``method → mean ± sd`` of each metric for ``class_name``, as in the C2W paper's Table 1."""
-    header = ["Method"] + [f"{class_name.capitalize()} {label}" if key == "dice" else label
+    header = ["Method"] + [f"{class_name[:1].upper() + class_name[1:]} {label}" if key == "dice" else label
                            for key, label in TABLE_COLUMNS]
     lines = [header]
     for method, rows in results.items():

@@ -64,6 +64,7 @@ class Trainer:
         self.train_cases, self.val_cases = train_cases, val_cases
         self.device, self.processes = device, processes
         self.folder.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.run.seed)  # the same initial weights on every rank and every rerun
         self.model = checkpoint.build_from_config(config)
         self.optimizer = make_optimizer(config, self.model)
         self.state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "ema": None, "bad": 0,

@@ -32,7 +32,7 @@ def prepare_volume(case: Case, config: Config, pipeline: StagePipeline, *, roi_e
     data = load_case(case)
     image, labels, spacing = data.image.array, data.labels, data.image.spacing
     shape, stage_spacing = pipeline.stage_grid(image.shape, spacing)
-    channels = pipeline.input_channels(image, spacing)
+    channels = pipeline.input_channels(image, spacing, labels)
     target = target_labels(resample(labels, shape, labels=True), config.data.target)
     region = pipeline.region(image, spacing, labels)
     if region is not None:

@@ -34,5 +34,5 @@ def learning_rate(config: Config, epoch: int, iteration: int, iterations_per_epo
     floor = min(sched.min_lr, peak)
     if position < warmup:
         return peak * (position + 1) / warmup
-    progress = (position - warmup) / max(1, length - warmup)
+    progress = (position - warmup) / max(1, length - warmup - 1)  # the last step reaches the floor
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
