@@ -355,7 +355,8 @@ def check(config: Config) -> None:
     if len(config.schedule.restarts) != len(config.schedule.restart_lr):
         raise ConfigError(f"schedule.restarts and schedule.restart_lr need one LR per restart, got "
                           f"{config.schedule.restarts} and {config.schedule.restart_lr}")
-    if config.schedule.restarts != sorted(set(config.schedule.restarts)) or any(e < 1 for e in config.schedule.restarts):
+    restarts = config.schedule.restarts
+    if restarts != sorted(set(restarts)) or any(e < 1 for e in restarts):
         raise ConfigError(f"schedule.restarts must be increasing epochs >= 1, got {config.schedule.restarts}")
     steps = config.unfreeze.steps
     if config.unfreeze.enabled and (len(steps) != 2 or not 0 < steps[0] <= steps[1]):

@@ -36,14 +36,17 @@ from c2w_fast.training.run import RunError, cases_and_splits, check_helpers, fol
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m c2w_fast.train", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="TOML config (configs/*.toml); not with --resume")
     p.add_argument("--data", type=Path, help="dataset folder: LASC 2018, MBAS or nnU-Net raw (sets data.root)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (created; holds config.toml, splits.json, fold_k/)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder (created; holds config.toml, splits.json, fold_k/)")
     p.add_argument("--fold", default="0", help="cross-validation fold k, 'all' folds in turn, or 'final' "
                                                "(all development cases, then the held-out test set); default 0")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint_latest.pt")
-    p.add_argument("--init-from", help="checkpoint or run folder to start from (sets run.init_from; wall: the cavity run)")
+    p.add_argument("--init-from",
+                   help="checkpoint or run folder to start from (sets run.init_from; wall: the cavity run)")
     p.add_argument("--epochs", type=int, help="number of epochs (sets train.epochs)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="sets run.device")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -7,7 +7,8 @@ import torch
 from scipy import ndimage
 
 from c2w_fast.config import AugmentConfig
-from c2w_fast.data.augment import QUANTILES, _draw_angles, _grid, _rotation, augment_batch, initial_patch_size, match_histogram
+from c2w_fast.data.augment import (QUANTILES, _draw_angles, _grid, _rotation, augment_batch, initial_patch_size,
+                                   match_histogram)
 
 OFF = dict(flip_prob=0.0)
 
@@ -100,7 +101,8 @@ def test_flips_follow_flip_axes(rng):
     image, target, region = _batch(rng, size=(4, 6, 8))
     aug = AugmentConfig(flip_prob=1.0, flip_axes=[0, 2])
     x, y, r = augment_batch(image, target, region, (4, 6, 8), (1.0, 1.0, 1.0), aug, [0, 1])
-    assert torch.equal(x, image.flip([2, 4])) and torch.equal(y, target.flip([1, 3])) and torch.equal(r, region.flip([1, 3]))
+    assert torch.equal(x, image.flip([2, 4])) and torch.equal(y, target.flip([1, 3]))
+    assert torch.equal(r, region.flip([1, 3]))
 
 
 def _single(aug, x, seed=0):

@@ -61,7 +61,8 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
 
 def test_all_folds_train_in_turn(lasc, tmp_path):
     assert _run("c2w_cavity.toml", lasc, tmp_path, fold="all", epochs=1) == 0
-    assert (tmp_path / "fold_0" / "checkpoint_best.pt").is_file() and (tmp_path / "fold_1" / "val_metrics.csv").is_file()
+    assert (tmp_path / "fold_0" / "checkpoint_best.pt").is_file()
+    assert (tmp_path / "fold_1" / "val_metrics.csv").is_file()
 
 
 @pytest.mark.parametrize("extra, items, message", [

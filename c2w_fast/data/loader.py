@@ -124,7 +124,8 @@ class DevicePrefetcher:
         self.next = self._load()
 
     def _move(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        # the seeds stay on the CPU: reading them back from a GPU would synchronise every step
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) and k != "seeds" else v
                 for k, v in batch.items()}
 
     def _load(self):

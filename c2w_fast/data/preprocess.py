@@ -104,7 +104,7 @@ def crop(array: np.ndarray, box: Box, pad_value=0) -> np.ndarray:
 
 
 def paste(values: np.ndarray, box: Box, shape, fill=0) -> np.ndarray:
-    """A volume of ``shape`` (z, y, x) (plus ``values``' leading axes) holding ``values`` at ``box``, ``fill`` elsewhere."""
+    """A volume of ``shape`` (z, y, x) (and ``values``' leading axes): ``values`` at ``box``, ``fill`` elsewhere."""
     lead = values.shape[:-3]
     out = np.full((*lead, *shape), fill, dtype=values.dtype)
     volume, inside = box._overlap(shape)

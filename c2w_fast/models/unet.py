@@ -74,13 +74,6 @@ class UNetSpec:
                        blocks_per_stage=tuple(int(b) for b in self.blocks_per_stage),
                        decoder_convs=tuple(int(c) for c in self.decoder_convs), groups=groups)
 
-    def total_stride(self) -> tuple[int, int, int]:
-        """Product of the strides per axis: patch sizes divisible by it need no cropping."""
-        out = [1, 1, 1]
-        for s in self.checked().strides:
-            out = [a * b for a, b in zip(out, s)]
-        return tuple(out)
-
 
 def _stage(spec: UNetSpec, s: int, cin: int) -> nn.Sequential:
     cout, kernel, stride = spec.features[s], spec.kernels[s], spec.strides[s]
@@ -143,8 +136,9 @@ class UNet(nn.Module):
         self.encoder = Encoder(spec, in_channels)
         f = spec.features
         # decoder stage i joins encoder stage n-2-i (its skip) with the level below it
-        self.decoder = nn.ModuleList(DecoderStage(f[s + 1], f[s], spec.strides[s + 1], spec.kernels[s], spec.decoder_convs[s])
-                                     for s in reversed(range(len(f) - 1)))
+        self.decoder = nn.ModuleList(
+            DecoderStage(f[s + 1], f[s], spec.strides[s + 1], spec.kernels[s], spec.decoder_convs[s])
+            for s in reversed(range(len(f) - 1)))
         n_heads = len(self.decoder) if deep_supervision else 1
         self.heads = nn.ModuleList(nn.Conv3d(f[s], num_classes, 1, bias=True) for s in range(n_heads))
 

@@ -119,6 +119,7 @@ def initialise_from(model: UNet, path, *, new_head: bool) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (new_head and k.startswith("heads."))]
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(f"{path}: weights do not fit this model "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     if new_head:
         model.reset_heads()

@@ -7,8 +7,6 @@ The table prints mean ± sample standard deviation over cases; non-finite distan
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from tqdm import tqdm
 
@@ -68,8 +66,3 @@ def table1(results: dict[str, list[dict]], class_name: str) -> str:
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
-
-def summary(rows: list[dict], key: str = "dice") -> float:
-    """Mean of ``key`` over the finite values of ``rows`` (nan when none)."""
-    values = [r[key] for r in rows if math.isfinite(r[key])]
-    return float(np.mean(values)) if values else math.nan

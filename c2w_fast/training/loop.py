@@ -66,25 +66,25 @@ class Trainer:
         self.folder.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.run.seed)  # the same initial weights on every rank and every rerun
         self.model = checkpoint.build_from_config(config)
-        self.optimizer = make_optimizer(config, self.model)
         self.state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "ema": None, "bad": 0,
                       "stopped": False, "history": []}
-        latest = self.folder / "checkpoint_latest.pt"
+        saved = None
         if resume:
-            self._resume(latest)
+            latest = self.folder / "checkpoint_latest.pt"
+            saved = checkpoint.load(latest)
+            checkpoint.check_architecture(self.model, saved["architecture"], latest)
+            self.model.load_state_dict(saved["model"])
+            self.state = saved["trainer"]
         elif config.run.init_from:
             path = resolve_checkpoint(config.run.init_from, self.folder.name)
             checkpoint.initialise_from(self.model, path, new_head=config.unfreeze.new_head)
         self.model.to(device)
+        self.optimizer = make_optimizer(config, self.model)
+        if saved is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.loss = make_loss(config)
+        self.source: BatchSource | None = None  # the training batches, made by prepare()
         self.patch = tuple(config.train.patch_size or config.roi.size)
-
-    def _resume(self, latest: Path) -> None:
-        payload = checkpoint.load(latest)
-        checkpoint.check_architecture(self.model, payload["architecture"], latest)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = payload["trainer"]
 
     # --- data -----------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ class Trainer:
         config, train, state = self.config, self.config.train, self.state
         if config.run.deterministic:
             torch.use_deterministic_algorithms(True)
-        if not hasattr(self, "source"):
+        if self.source is None:
             self.prepare()
         ipe = self.source.iterations_per_epoch
         start = state["epoch"]
@@ -279,15 +279,17 @@ class Trainer:
 
 
 def _class_means(rows: list[dict], class_names) -> dict:
-    """val_dice (mean over classes of the per-class mean), val_hd95, and per-class Dice."""
+    """val_dice (mean over classes of the per-class mean Dice), val_hd95, and per-class values."""
     out = {}
     dices, hd95s = [], []
     for name in class_names:
         picked = [r for r in rows if r["class"] == name]
-        dice = float(np.mean([r["dice"] for r in picked]))
+        scored = [r["dice"] for r in picked if math.isfinite(r["dice"])]  # nan: class absent from both
+        dice = float(np.mean(scored)) if scored else math.nan
         finite = [r["hd95"] for r in picked if math.isfinite(r["hd95"])]
         hd95 = float(np.mean(finite)) if finite else math.inf
         out[f"val_dice_{name}"], out[f"val_hd95_{name}"] = dice, hd95
         dices.append(dice)
         hd95s.append(hd95)
-    return {"val_dice": float(np.mean(dices)), "val_hd95": float(np.mean(hd95s)), **out}
+    finite = [d for d in dices if math.isfinite(d)]
+    return {"val_dice": float(np.mean(finite)) if finite else math.nan, "val_hd95": float(np.mean(hd95s)), **out}
