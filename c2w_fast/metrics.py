@@ -50,8 +50,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from c2w_fast.ops import bounding_box
-from c2w_fast.ops._volume import check_pair, check_spacing, union
+from c2w_fast.ops._volume import check_pair, check_spacing, union_box
 from c2w_fast.ops.surface import (
     SurfaceDistances,
     check_convention,
@@ -89,7 +88,7 @@ def _dice_from_counts(n_pred: int, n_gt: int, n_overlap: int, convention: str) -
 
 def _crop_pair(pred, gt, backend):
     """Both masks cut to their union bounding box, or ``None`` when both are empty."""
-    box = union(bounding_box(pred, backend=backend), bounding_box(gt, backend=backend))
+    box = union_box(pred, gt, backend)
     return None if box is None else (pred[box], gt[box])
 
 

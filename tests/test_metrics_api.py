@@ -8,7 +8,7 @@ from masks import anisotropic_spacing, blobs, perturbed
 
 from c2w_fast import metrics
 
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "cpu"]
 
 
 def two_voxels(shape=(3, 4, 9), gap=3):
@@ -135,3 +135,19 @@ def test_bad_input_is_named():
         metrics.evaluate_labels(mask.astype(float), mask.astype(float), [1])
     with pytest.raises(ValueError, match="label 'wall' must map to an int"):
         metrics.evaluate_labels(mask.astype(np.uint8), mask.astype(np.uint8), {"wall": 1.5})
+
+
+def test_evaluate_makes_no_full_volume_temporaries():
+    """On a 44x640x640 pair only crop-sized arrays are allocated (numpy side, traced)."""
+    import tracemalloc
+
+    gt = np.zeros((44, 640, 640), bool)
+    gt[10:30, 200:300, 250:380] = True
+    gt[15:25, 220:280, 270:360] = False
+    pred = np.roll(gt, 2, axis=2)
+    metrics.evaluate(pred, gt, (2.5, 0.625, 0.625))  # first call builds the surfel table
+    tracemalloc.start()
+    metrics.evaluate(pred, gt, (2.5, 0.625, 0.625))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < gt.nbytes / 8  # a full-volume float64 array would be 64x this bound

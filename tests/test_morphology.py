@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from c2w_fast.ops import ball, binary_dilation, binary_erosion
 
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "cpu"]
 
 
 def test_ball_by_hand():

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from c2w_fast.ops._arrays import as_mask, as_numpy, device_type, is_cupy
+from c2w_fast.ops.bounding_box import bounding_box
 
 Box = tuple[slice, ...]
 
@@ -60,6 +61,12 @@ def host_uint8_3d(mask) -> np.ndarray:
     return array.view(np.uint8).reshape((1,) * (3 - array.ndim) + array.shape)
 
 
+def box_3d(box: Box) -> tuple[int, int, int, int, int, int]:
+    """``box`` of a 2D or 3D array as the kernels' (z0, z1, y0, y1, x0, x1) of its 3D view."""
+    box = (slice(0, 1),) * (3 - len(box)) + tuple(box)
+    return tuple(int(v) for s in box for v in (s.start, s.stop))
+
+
 def grow(box: Box, margin, shape) -> Box:
     """``box`` grown by ``margin`` voxels per side (one int or one per axis), clipped to ``shape``."""
     margins = (margin,) * len(shape) if np.isscalar(margin) else tuple(margin)
@@ -73,6 +80,11 @@ def union(a: Box | None, b: Box | None) -> Box | None:
     return tuple(slice(min(s.start, t.start), max(s.stop, t.stop)) for s, t in zip(a, b))
 
 
+def union_box(pred, gt, backend: str = "auto") -> Box | None:
+    """The union bounding box of two masks (``None`` when both are empty)."""
+    return union(bounding_box(pred, backend=backend), bounding_box(gt, backend=backend))
+
+
 def like(result: np.ndarray, original):
     """``result`` (numpy) as the kind of array ``original`` is: numpy, or torch on its device."""
     if isinstance(original, torch.Tensor) or is_cupy(original):
@@ -81,8 +93,11 @@ def like(result: np.ndarray, original):
     return result
 
 
-def embed(crop_result: np.ndarray, box: Box, shape, fill=0) -> np.ndarray:
-    """A full-``shape`` array holding ``crop_result`` at ``box`` and ``fill`` elsewhere."""
-    out = np.full(shape, fill, dtype=crop_result.dtype) if fill else np.zeros(shape, dtype=crop_result.dtype)
+def embed(crop_result: np.ndarray, box: Box, shape) -> np.ndarray:
+    """A full-``shape`` array holding ``crop_result`` at ``box`` and zeros elsewhere (the
+    result itself when the box is the whole array)."""
+    if tuple(crop_result.shape) == tuple(shape):
+        return crop_result
+    out = np.zeros(shape, dtype=crop_result.dtype)
     out[box] = crop_result
     return out

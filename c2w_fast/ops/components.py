@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
 from c2w_fast.ops._dispatch import Op
-from c2w_fast.ops._volume import check_mask, like
+from c2w_fast.ops._volume import box_3d, check_mask, host_uint8_3d, like
+from c2w_fast.ops.bounding_box import bounding_box
 
 CONNECTIVITY_RANK = {3: {6: 1, 18: 2, 26: 3}, 2: {4: 1, 8: 2}}
 
@@ -58,10 +59,46 @@ def _remove_small(mask, min_voxels, connectivity):
     return like(keep[labels], mask)
 
 
-LABEL = Op("label_components", {"reference": _label}, preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
-KEEP_LARGEST = Op("keep_largest_component", {"reference": _keep_largest},
+def _kernel_connectivity(connectivity: int) -> int:
+    """The C++ kernels see 2D masks as one slice: 4 behaves as 6 and 8 as 26."""
+    return {4: 6, 8: 26}.get(connectivity, connectivity)
+
+
+def _in_box_cpu(kernel, mask, dtype, *args):
+    """``kernel(mask, box, *args, out)`` on the mask's bounding box (components never leave
+    it), writing into zeros; returns the result and what the kernel returned."""
+    out = np.zeros(tuple(mask.shape), np.int32 if dtype == np.int32 else np.uint8)
+    box = bounding_box(mask, backend="cpu")
+    if box is None:
+        return like(out.view(dtype), mask), 0
+    returned = kernel(host_uint8_3d(mask), box_3d(box), *args, out.reshape((1,) * (3 - out.ndim) + out.shape))
+    return like(out.view(dtype), mask), returned
+
+
+def _label_cpu(mask, connectivity):
+    from c2w_fast import _cpu
+
+    labels, count = _in_box_cpu(_cpu.label_components, mask, np.int32, _kernel_connectivity(connectivity))
+    return labels, int(count)
+
+
+def _keep_largest_cpu(mask, connectivity):
+    from c2w_fast import _cpu
+
+    return _in_box_cpu(_cpu.keep_largest_component, mask, bool, _kernel_connectivity(connectivity))[0]
+
+
+def _remove_small_cpu(mask, min_voxels, connectivity):
+    from c2w_fast import _cpu
+
+    return _in_box_cpu(_cpu.remove_small_components, mask, bool, min_voxels, _kernel_connectivity(connectivity))[0]
+
+
+LABEL = Op("label_components", {"reference": _label, "cpu": _label_cpu},
+           preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+KEEP_LARGEST = Op("keep_largest_component", {"reference": _keep_largest, "cpu": _keep_largest_cpu},
                   preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
-REMOVE_SMALL = Op("remove_small_components", {"reference": _remove_small},
+REMOVE_SMALL = Op("remove_small_components", {"reference": _remove_small, "cpu": _remove_small_cpu},
                   preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 
 

@@ -27,7 +27,8 @@ from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
 from c2w_fast.ops._dispatch import Op
-from c2w_fast.ops._volume import check_mask, check_spacing, like
+from c2w_fast.ops._volume import check_mask, check_spacing, embed, host_uint8_3d, like, spacing_3d
+from c2w_fast.ops.bounding_box import bounding_box
 
 TOLERANCE = {"rtol": 1e-6, "atol": 0.0}  # fast backends vs the float64 reference, read by the tests
 
@@ -49,9 +50,37 @@ def _signed_reference(mask, spacing):
     return like(_edt_reference(~array, spacing) - _edt_reference(array, spacing), mask)
 
 
-DISTANCE_TRANSFORM = Op("distance_transform", {"reference": _distance_reference},
+def _edt_cpu(mask, spacing, to_nonzero: bool) -> np.ndarray:
+    from c2w_fast import _cpu
+
+    return _cpu.distance_transform(host_uint8_3d(mask), spacing_3d(spacing), to_nonzero).reshape(mask.shape)
+
+
+def _inside_cpu(mask, spacing) -> tuple[tuple[slice, ...] | None, np.ndarray | None]:
+    """Distances inside the mask, computed in its bounding box grown by one voxel: every
+    voxel outside that box is background and each one's nearest background voxel lies in it."""
+    box = bounding_box(mask, margin=1, backend="cpu")
+    return (None, None) if box is None else (box, _edt_cpu(mask[box], spacing, False))
+
+
+def _distance_cpu(mask, spacing):
+    box, inside = _inside_cpu(mask, spacing)
+    if box is None:
+        return like(np.zeros(tuple(mask.shape), np.float32), mask)
+    return like(embed(inside, box, tuple(mask.shape)), mask)
+
+
+def _signed_cpu(mask, spacing):
+    signed = _edt_cpu(mask, spacing, True)  # distance to the mask, over the whole volume
+    box, inside = _inside_cpu(mask, spacing)
+    if box is not None:
+        signed[box] -= inside
+    return like(signed, mask)
+
+
+DISTANCE_TRANSFORM = Op("distance_transform", {"reference": _distance_reference, "cpu": _distance_cpu},
                         preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
-SIGNED_DISTANCE = Op("signed_distance", {"reference": _signed_reference},
+SIGNED_DISTANCE = Op("signed_distance", {"reference": _signed_reference, "cpu": _signed_cpu},
                      preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 
 

@@ -53,7 +53,7 @@ from scipy import ndimage
 from c2w_fast.ops._arrays import as_numpy, device_type
 from c2w_fast.ops._dispatch import Op
 from c2w_fast.ops._surfels import neighbour_codes, surfel_area_table
-from c2w_fast.ops._volume import check_pair, check_spacing, like
+from c2w_fast.ops._volume import check_pair, check_spacing, host_uint8_3d, like, spacing_3d, union_box
 
 CONVENTIONS = ("surfel", "voxel")
 PERCENTILE_RULES = ("max", "pooled")
@@ -160,9 +160,34 @@ def _summary_reference(pred, gt, spacing, convention, tolerance_mm, percentile, 
                      percentile=percentile, percentile_rule=percentile_rule)
 
 
-SURFACE_DISTANCES = Op("surface_distances", {"reference": _distances_reference},
+def _cpu_arguments(pred, gt, spacing, convention):
+    """The C++ kernels' arguments for the masks' union bounding box (all the surfaces lie in it)."""
+    box = union_box(pred, gt, backend="cpu")
+    surfel = convention == "surfel"
+    table = surfel_area_table(spacing) if surfel else np.zeros(2 ** (2 ** pred.ndim))
+    return (host_uint8_3d(pred[box]), host_uint8_3d(gt[box]), spacing_3d(spacing), pred.ndim == 2, surfel, table)
+
+
+def _distances_cpu(pred, gt, spacing, convention) -> SurfaceDistances:
+    from c2w_fast import _cpu
+
+    if not (_any(pred) or _any(gt)):  # no surface at all: nothing to crop to
+        arrays = (np.zeros(0),) * 4
+    else:
+        arrays = _cpu.surface_distances(*_cpu_arguments(pred, gt, spacing, convention))
+    return SurfaceDistances(*(like(a, pred) for a in arrays), convention=convention)
+
+
+def _summary_cpu(pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule) -> SurfaceSummary:
+    from c2w_fast import _cpu
+
+    return SurfaceSummary(*_cpu.surface_summary(*_cpu_arguments(pred, gt, spacing, convention), tolerance_mm,
+                                                percentile / 100.0, percentile_rule == "pooled"))
+
+
+SURFACE_DISTANCES = Op("surface_distances", {"reference": _distances_reference, "cpu": _distances_cpu},
                        preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
-SURFACE_SUMMARY = Op("surface_summary", {"reference": _summary_reference},
+SURFACE_SUMMARY = Op("surface_summary", {"reference": _summary_reference, "cpu": _summary_cpu},
                      preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 
 

@@ -1,0 +1,269 @@
+"""Evaluate a folder of predicted label maps against the ground truth: ``python -m c2w_fast.evaluate``.
+
+    python -m c2w_fast.evaluate --pred preds/ --gt labels/ --labels wall=1,RA=2,LA=3 \\
+        --tolerance 1.0 --convention surfel --out metrics.csv
+
+**Matching.** Cases are matched by id. ``--pred`` is searched recursively for NIfTI/NRRD
+files (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``); a file's id is its name without the
+extension and without one trailing suffix among ``_gt``, ``_seg``, ``_label``, ``_labels``,
+``_mask``, ``_pred``, ``_prediction`` (any case): ``MBAS_001_gt.nii.gz`` and
+``MBAS_001.nii.gz`` are both ``MBAS_001``. When two files of one folder tree give the same
+id, the one with a suffix wins (an MBAS case folder holds the image ``MBAS_001.nii.gz``
+next to its labels ``MBAS_001_gt.nii.gz``); folders named ``imagesTr``/``imagesTs``
+(nnU-Net images) are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018, MBAS,
+nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
+(1 wall, 2 RA, 3 LA) come from that layout instead, so a LASC ``laendo.nrrd`` /
+``lawall.nrrd`` pair is one case named after its folder.
+
+**Geometry.** Spacing is read from the ground-truth file; a prediction on another grid
+(shape, or spacing off by more than 0.1 %) is reported as a problem, not evaluated.
+
+**Output.** One CSV row per case and label with ``dice, hd, hd95, assd, surface_dice``
+(mm; definitions in :mod:`c2w_fast.metrics`), then per label the rows ``mean``, ``sd``
+(sample standard deviation) and ``n`` (how many cases had a finite value) over the
+evaluated cases, then one row per problem case (missing prediction or ground truth,
+unreadable file, grid mismatch) with the problem in the ``status`` column. A summary
+line goes to stdout. Exit status: 0 when every case was evaluated, 1 when some had
+problems (the CSV is written either way), 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from c2w_fast import metrics
+from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
+from c2w_fast.data.layouts import CANONICAL_LABELS, detect_layout, discover_cases, load_case
+from c2w_fast.errors import DataError
+from c2w_fast.ops._dispatch import BACKEND_CHOICES
+from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
+
+METRICS = ("dice", "hd", "hd95", "assd", "surface_dice")
+LABEL_SUFFIXES = ("_gt", "_seg", "_label", "_labels", "_mask", "_pred", "_prediction")
+SKIPPED_FOLDERS = {"imagesTr", "imagesTs"}
+SPACING_RTOL = 1e-3
+_SUFFIX = re.compile("(" + "|".join(LABEL_SUFFIXES) + ")$", re.IGNORECASE)
+
+
+def case_id(path: Path) -> tuple[str, bool]:
+    """``(id, had_suffix)`` of a label file name (module docstring)."""
+    name = path.name
+    for extension in (*NIFTI_SUFFIXES, *NRRD_SUFFIXES):
+        if name.lower().endswith(extension):
+            name = name[: -len(extension)]
+            break
+    stripped = _SUFFIX.sub("", name)
+    return (stripped, True) if stripped and stripped != name else (name, False)
+
+
+def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """``({id: file}, {id: problem})`` for the label files under ``root``."""
+    extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
+    candidates: dict[str, list[tuple[bool, Path]]] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or not path.name.lower().endswith(extensions):
+            continue
+        if SKIPPED_FOLDERS & set(path.relative_to(root).parts[:-1]):
+            continue
+        identifier, suffixed = case_id(path)
+        candidates.setdefault(identifier, []).append((suffixed, path))
+    files, problems = {}, {}
+    for identifier, found in candidates.items():
+        best = [p for s, p in found if s] or [p for _, p in found]
+        if len(best) > 1:
+            problems[identifier] = "ambiguous: " + ", ".join(str(p) for p in best)
+        else:
+            files[identifier] = best[0]
+    return files, problems
+
+
+@dataclass
+class GroundTruth:
+    """How to load each case's reference label map: from files, or from a dataset layout."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    cases: dict[str, object] = field(default_factory=dict)  # id -> data.layouts.Case
+    problems: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self.files) | set(self.cases) | set(self.problems)
+
+    def load(self, identifier: str) -> tuple[np.ndarray, tuple[float, ...]]:
+        if identifier in self.cases:
+            data = load_case(self.cases[identifier])
+            if data.labels is None:
+                raise DataError(data.case.image_path, "no label file for this case")
+            return data.labels, data.image.spacing
+        volume = read_volume(self.files[identifier])
+        return volume.array, volume.spacing
+
+
+def find_ground_truth(root: Path) -> GroundTruth:
+    try:
+        layout = detect_layout(root)
+    except DataError:
+        files, problems = find_label_files(root)
+        return GroundTruth(files=files, problems=problems)
+    return GroundTruth(cases={case.id: case for case in discover_cases(root, layout, require_labels=False)})
+
+
+def parse_labels(text: str) -> dict[str, int]:
+    """``"wall=1,RA=2,LA=3"`` -> ``{"wall": 1, "RA": 2, "LA": 3}``."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--labels must look like wall=1,RA=2,LA=3, got {text!r}")
+        labels[name.strip()] = int(value)
+    if not labels:
+        raise ValueError(f"--labels names no label: {text!r}")
+    return labels
+
+
+def _as_label_map(array: np.ndarray, path) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        return array
+    if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+        raise DataError(path, "label values must be whole numbers")
+    return array.astype(np.int32)
+
+
+def evaluate_case(identifier: str, pred_path: Path, gt: GroundTruth, labels: dict[str, int], options: dict):
+    """``(rows, problem)`` for one case: its per-label rows, or a problem message."""
+    try:
+        return _evaluate_case(identifier, pred_path, gt, labels, options)
+    except Exception as exc:  # one bad case must not stop the others; it is reported in the CSV
+        return [], str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+
+
+def _evaluate_case(identifier, pred_path, gt, labels, options):
+    gt_array, spacing = gt.load(identifier)
+    pred = read_volume(pred_path)
+    if pred.shape != tuple(gt_array.shape):
+        return [], f"shape mismatch: prediction {pred.shape} vs ground truth {tuple(gt_array.shape)}"
+    if not np.allclose(pred.spacing, spacing, rtol=SPACING_RTOL, atol=0):
+        return [], (f"spacing mismatch: prediction {tuple(round(s, 4) for s in pred.spacing)} mm vs ground truth "
+                    f"{tuple(round(s, 4) for s in spacing)} mm")
+    pred_labels = _as_label_map(pred.array, pred_path)
+    gt_labels = _as_label_map(gt_array, identifier)
+    results = metrics.evaluate_labels(pred_labels, gt_labels, labels, spacing, **options)
+    return [{"case": identifier, "label": name, **r.as_dict(), "status": "ok"} for name, r in results.items()], None
+
+
+def summary_rows(rows: list[dict], labels) -> list[dict]:
+    """Per label: mean, sample sd and count of the finite values over the cases."""
+    out = []
+    for name in labels:
+        values = {m: np.array([r[m] for r in rows if r["label"] == name], dtype=float) for m in METRICS}
+        finite = {m: v[np.isfinite(v)] for m, v in values.items()}
+        out.append({"case": "mean", "label": name, **{m: float(f.mean()) if len(f) else math.nan
+                                                       for m, f in finite.items()}, "status": ""})
+        out.append({"case": "sd", "label": name, **{m: float(f.std(ddof=1)) if len(f) > 1 else math.nan
+                                                     for m, f in finite.items()}, "status": ""})
+        out.append({"case": "n", "label": name, **{m: len(f) for m, f in finite.items()}, "status": ""})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case", "label", *METRICS, "status"], lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int], out: Path, *, workers: int = 2,
+        progress: bool = True, **options) -> tuple[list[dict], dict[str, str]]:
+    """Evaluate every case; returns the per-case rows and ``{id: problem}``; writes ``out``."""
+    from tqdm import tqdm
+
+    predictions, problems = find_label_files(pred_dir)
+    problems = {i: f"prediction {p}" for i, p in problems.items()}
+    gt = find_ground_truth(gt_dir)
+    problems.update({i: f"ground truth {p}" for i, p in gt.problems.items()})
+    for identifier in sorted(gt.ids - set(predictions) - set(problems)):
+        problems[identifier] = "missing prediction"
+    for identifier in sorted(set(predictions) - gt.ids):
+        problems[identifier] = f"missing ground truth for {predictions[identifier]}"
+    todo = sorted(i for i in predictions if i in gt.ids and i not in problems)
+    rows: list[dict] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # the C++ kernels release the GIL
+        futures = {pool.submit(evaluate_case, i, predictions[i], gt, labels, options): i for i in todo}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="evaluate", unit="case",
+                           disable=not progress):
+            case_rows, problem = future.result()
+            if problem:
+                problems[futures[future]] = problem
+            rows += case_rows
+    rows.sort(key=lambda r: (r["case"], list(labels).index(r["label"])))
+    problem_rows = [{"case": i, "label": "", **{m: "" for m in METRICS}, "status": p}
+                    for i, p in sorted(problems.items())]
+    write_csv(out, rows + summary_rows(rows, labels) + problem_rows)
+    return rows, problems
+
+
+def _summary_line(rows, problems, labels, out) -> str:
+    evaluated = len({r["case"] for r in rows})
+    lines = [f"evaluated {evaluated} of {evaluated + len(problems)} cases; wrote {out}"]
+    for row in summary_rows(rows, labels):
+        if row["case"] == "mean":
+            means = row
+        elif row["case"] == "sd":
+            lines.append(f"  {row['label']}: " + ", ".join(f"{m} {means[m]:.4g} ± {row[m]:.3g}" for m in METRICS))
+    for identifier, problem in sorted(problems.items()):
+        lines.append(f"  problem: {identifier}: {problem}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    paragraphs = __doc__.split("\n\n")
+    details = "\n\n".join(paragraphs[2:])
+    for markup in ("``", "**", ":mod:"):
+        details = details.replace(markup, "")
+    parser = argparse.ArgumentParser(prog="python -m c2w_fast.evaluate", description=paragraphs[0], epilog=details,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
+    parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps, or a dataset")
+    parser.add_argument("--labels", default=",".join(f"{k}={v}" for k, v in CANONICAL_LABELS.items()),
+                        help="name=value pairs (default: wall=1,RA=2,LA=3)")
+    parser.add_argument("--tolerance", type=float, default=1.0, help="Surface Dice tolerance in mm (default 1.0)")
+    parser.add_argument("--convention", choices=CONVENTIONS, default="surfel")
+    parser.add_argument("--percentile-rule", choices=PERCENTILE_RULES, default="max")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="cases evaluated at once")
+    parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        labels = parse_labels(args.labels)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for name in ("pred", "gt"):
+        if not getattr(args, name).is_dir():
+            parser.error(f"--{name} {getattr(args, name)} is not a folder")
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        parser.error(f"--tolerance must be a finite number >= 0 (mm), got {args.tolerance}")
+    try:
+        rows, problems = run(args.pred, args.gt, labels, args.out, workers=args.workers, progress=not args.quiet,
+                             tolerance_mm=args.tolerance, convention=args.convention,
+                             percentile_rule=args.percentile_rule, backend=args.backend)
+    except DataError as exc:  # the ground-truth dataset itself is unreadable
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(_summary_line(rows, problems, labels, args.out))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""python -m c2w_fast.evaluate on phantom files: matching, CSV rows, summaries and problem cases."""
+import csv
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from c2w_fast import metrics
+from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
+from c2w_fast.data.phantom import write_dataset
+from c2w_fast.evaluate import case_id, find_label_files, main, parse_labels
+
+SHAPE, SPACING = (12, 48, 48), (2.5, 1.5, 1.5)
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def shifted(labels, dx):
+    return np.roll(labels, dx, axis=2)
+
+
+@pytest.fixture(scope="module")
+def mbas(tmp_path_factory):
+    """Three MBAS phantom cases and predictions: two good (differently named), one missing, one
+    extra, and a second dataset folder of flat ``_gt`` files."""
+    root = tmp_path_factory.mktemp("cli")
+    ids = write_dataset(root / "gt", "mbas", 3, shape=SHAPE, spacing=SPACING, progress=False, noise=0)
+    preds = root / "pred"
+    for i, (identifier, name) in enumerate(zip(ids[:2], ["{}.nii.gz", "{}_pred.nrrd"])):
+        gt = read_volume(root / "gt" / identifier / f"{identifier}_gt.nii.gz")
+        write_volume(preds / name.format(identifier), shifted(gt.array, i + 1), like=gt)
+    write_volume(preds / "MBAS_999.nii.gz", np.zeros(SHAPE, np.uint8), affine_from_spacing(SPACING))
+    return root, ids
+
+
+def test_case_ids_from_file_names(tmp_path):
+    assert case_id(tmp_path / "MBAS_001_gt.nii.gz") == ("MBAS_001", True)
+    assert case_id(tmp_path / "MBAS_001.nii.gz") == ("MBAS_001", False)
+    assert case_id(tmp_path / "p7_Pred.nrrd") == ("p7", True)
+    assert case_id(tmp_path / "_gt.nii") == ("_gt", False)
+    (tmp_path / "imagesTr").mkdir()
+    for name in ("a.nii.gz", "a_gt.nii.gz", "b_seg.nrrd", "b_label.nii", "imagesTr/c_0000.nii.gz", "notes.txt"):
+        (tmp_path / name).touch()
+    files, problems = find_label_files(tmp_path)
+    assert files == {"a": tmp_path / "a_gt.nii.gz"}
+    assert set(problems) == {"b"} and "ambiguous" in problems["b"]
+
+
+def test_parse_labels():
+    assert parse_labels("wall=1, RA=2,LA=3") == {"wall": 1, "RA": 2, "LA": 3}
+    with pytest.raises(ValueError, match="wall=1,RA=2,LA=3"):
+        parse_labels("wall:1")
+
+
+def test_mbas_dataset_rows_summaries_and_problems(mbas, capsys):
+    root, ids = mbas
+    out = root / "metrics.csv"
+    status = main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", str(out), "--quiet",
+                   "--workers", "2"])
+    assert status == 1  # MBAS_003 has no prediction and MBAS_999 no ground truth
+    rows = read_rows(out)
+    per_case = [r for r in rows if r["status"] == "ok"]
+    assert [(r["case"], r["label"]) for r in per_case] == [(i, l) for i in ids[:2] for l in ("wall", "RA", "LA")]
+    for i, identifier in enumerate(ids[:2]):
+        gt = read_volume(root / "gt" / identifier / f"{identifier}_gt.nii.gz").array
+        expected = metrics.evaluate_labels(shifted(gt, i + 1), gt, {"wall": 1, "RA": 2, "LA": 3}, SPACING)
+        for row in (r for r in per_case if r["case"] == identifier):
+            for name, value in expected[row["label"]].as_dict().items():
+                assert float(row[name]) == pytest.approx(value, rel=1e-5)
+    wall = [float(r["hd95"]) for r in per_case if r["label"] == "wall"]
+    summary = {(r["case"], r["label"]): r for r in rows if r["case"] in ("mean", "sd", "n")}
+    assert float(summary["mean", "wall"]["hd95"]) == pytest.approx(np.mean(wall), rel=1e-5)
+    assert float(summary["sd", "wall"]["hd95"]) == pytest.approx(np.std(wall, ddof=1), rel=1e-5)
+    assert summary["n", "wall"]["dice"] == "2"
+    problems = {r["case"]: r["status"] for r in rows if r["status"] not in ("ok", "")}
+    assert problems["MBAS_003"] == "missing prediction"
+    assert problems["MBAS_999"].startswith("missing ground truth")
+    printed = capsys.readouterr().out
+    assert "evaluated 2 of 4 cases" in printed and "MBAS_003: missing prediction" in printed
+
+
+def test_flat_folders_voxel_convention_and_mismatched_grids(mbas, tmp_path):
+    root, ids = mbas
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    for identifier in ids:
+        gt = read_volume(root / "gt" / identifier / f"{identifier}_gt.nii.gz")
+        write_volume(gt_dir / f"{identifier}_gt.nii.gz", gt.array, like=gt)
+    good = read_volume(gt_dir / f"{ids[0]}_gt.nii.gz")
+    write_volume(pred_dir / f"{ids[0]}.nii.gz", good.array, like=good)
+    write_volume(pred_dir / f"{ids[1]}.nii.gz", good.array[:, :-1], affine_from_spacing(SPACING))
+    write_volume(pred_dir / f"{ids[2]}.nii.gz", good.array, affine_from_spacing((2.5, 1.5, 1.2)))
+    out = tmp_path / "m.csv"
+    status = main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--labels", "LA=3", "--convention", "voxel",
+                   "--out", str(out), "--quiet"])
+    rows = read_rows(out)
+    assert status == 1
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 1 and float(ok[0]["dice"]) == 1.0 and float(ok[0]["hd95"]) == 0.0
+    problems = {r["case"]: r["status"] for r in rows if r["status"] not in ("ok", "")}
+    assert problems[ids[1]].startswith("shape mismatch")
+    assert problems[ids[2]].startswith("spacing mismatch")
+    assert math.isnan(float([r for r in rows if r["case"] == "sd"][0]["dice"]))  # one case: no sd
+
+
+def test_runs_as_a_module_and_rejects_bad_arguments(mbas, tmp_path):
+    root, _ = mbas
+    result = subprocess.run([sys.executable, "-m", "c2w_fast.evaluate", "--pred", str(root / "pred"), "--gt",
+                             str(root / "nowhere"), "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert result.returncode == 2 and "is not a folder" in result.stderr
+    with pytest.raises(SystemExit):
+        main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", "x.csv", "--labels", "wall"])
+
+
+def test_lasc_dataset_is_read_through_its_layout(tmp_path):
+    ids = write_dataset(tmp_path / "lasc", "lasc", 2, shape=(10, 40, 40), spacing=(1.25, 1.25, 1.25),
+                        progress=False, noise=0)
+    for identifier in ids:  # LASC stores cavity and wall separately; the layout gives canonical codes
+        cavity = read_volume(tmp_path / "lasc" / identifier / "laendo.nrrd")
+        wall = read_volume(tmp_path / "lasc" / identifier / "lawall.nrrd").array > 0
+        labels = np.where(wall, 1, np.where(cavity.array > 0, 3, 0)).astype(np.uint8)
+        write_volume(tmp_path / "pred" / f"{identifier}_pred.nii.gz", labels, like=cavity)
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "lasc"), "--labels", "wall=1,LA=3",
+                 "--out", str(out), "--quiet"]) == 0
+    ok = [r for r in read_rows(out) if r["status"] == "ok"]
+    assert [(r["case"], r["label"]) for r in ok] == [(i, l) for i in ids for l in ("wall", "LA")]
+    assert all(float(r["dice"]) == 1.0 and float(r["hd"]) == 0.0 for r in ok)
