@@ -70,6 +70,8 @@ def test_all_folds_train_in_turn(lasc, tmp_path):
     ((), ["train.batch_size=two"], "train.batch_size must be an integer, got str 'two'"),
     (("--fold", "2"), [], "--fold 2 is out of range: the splits have 2 folds (0..1)"),
     (("--fold", "best"), [], "--fold must be a fold index, 'all' or 'final'"),
+    pytest.param(("--device", "cuda"), [], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
 ])
 def test_bad_input_stops_before_training(lasc, tmp_path, capsys, extra, items, message):
     args = ["--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(lasc), "--out", str(tmp_path / "run"),

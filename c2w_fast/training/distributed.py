@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from c2w_fast.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -32,7 +34,7 @@ class Processes:
 def choose_device(requested: str, local_rank: int = 0) -> torch.device:
     """``cpu``, ``cuda`` (error without one) or ``auto`` (CUDA when available), per local rank."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device / --device is 'cuda' but torch sees no CUDA GPU")
+        raise ConfigError("run.device / --device is 'cuda' but torch sees no CUDA GPU")
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
