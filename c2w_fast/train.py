@@ -1,6 +1,6 @@
 """python -m c2w_fast.train: train a stage of C2W-Tune or of the MBAS cascade.
 
-Stages (``run.stage``; one preset each in configs/):
+Stages (run.stage; one preset each in configs/):
 
   localizer  coarse low-resolution U-Net for the LA cavity; its centre of mass places the ROI
   cavity     C2W stage 1: ResNeXt U-Net segments the LA cavity in the 44x256x256 ROI
@@ -35,7 +35,7 @@ from c2w_fast.training.run import RunError, cases_and_splits, check_helpers, fol
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m c2w_fast.train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m c2w_fast.train", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="TOML config (configs/*.toml); not with --resume")

@@ -48,7 +48,9 @@ def _history(folder, drop=("time_s",)):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(lasc, tmp_path):
-    items = ["train.num_workers=1", "augment.rotation_prob=0.5", "augment.brightness_prob=0.5"]
+    # 10 iterations per epoch: the kill, 0.3 s after the first checkpoint, lands inside epoch 1's steps
+    items = ["train.num_workers=1", "train.iterations_per_epoch=10", "augment.rotation_prob=0.5",
+             "augment.brightness_prob=0.5"]
     _in_process(_command(lasc, tmp_path / "whole", 4, *items))
 
     killed = subprocess.Popen(_command(lasc, tmp_path / "killed", 4, *items), env=ENV,
@@ -57,7 +59,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(lasc, tmp_path):
     deadline = time.monotonic() + 300
     while not latest.exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # into the next epoch
+    time.sleep(0.3)
     killed.kill()
     assert killed.wait() == -9, "the run finished before it could be killed"
     stopped_at = torch.load(latest, map_location="cpu", weights_only=False)["epoch"]
