@@ -41,6 +41,7 @@ setup(
         "nibabel>=5.0",
         "pynrrd>=1.0",
         "tqdm>=4.60",
+        "matplotlib>=3.6",
         "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require={

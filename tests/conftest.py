@@ -27,3 +27,9 @@ def rng(request):
     every test, the same on a rerun; change ``C2W_TEST_SEED`` to draw new ones."""
     seed = zlib.crc32(request.node.nodeid.encode()) + int(os.environ.get("C2W_TEST_SEED", "0"))
     return np.random.default_rng(seed)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on the CI's two cores: one torch thread each, so OpenMP
+    # threads do not oversubscribe the cores (spin-waiting makes small ops ten times slower).
+    torch.set_num_threads(1)

@@ -1,0 +1,172 @@
+"""Training step of the C2W network on a GPU: fused blocks vs plain PyTorch eager and torch.compile, and the loader.
+
+Seed C2W configuration: batch 4, 1×44×256×256 ROI, bf16 autocast, ResNeXt U-Net
+(``c2w_resnext``), Dice-Focal loss, AdamW. Three builds of the *same* network and weights:
+
+* ``fused``    — every conv block through ``c2w_fast.ops.conv_norm_act`` / losses with
+                 ``backend="auto"`` (the project's Triton kernels where they exist);
+* ``eager``    — the same blocks and loss with ``backend="reference"`` (Conv3d →
+                 InstanceNorm3d → LeakyReLU and the loss in plain PyTorch ops);
+* ``compile``  — ``torch.compile`` of the eager build.
+
+For each: median step time (forward + backward + optimiser step) and peak GPU memory.
+Then the data path: the step fed by the real loader (phantom cases, worker processes,
+pinned copies on a side stream, GPU augmentation) vs the same step on a batch already on
+the GPU. Targets (issue 7): fused ≤ 0.5 × compile, peak ≤ 20 GB (RTX 4090), real loader
+within 10 % of the pre-loaded batch. JSON to ``bench/results/train_step_<gpu>.json``.
+
+Usage: python bench/run_train_step.py [--steps 20] [--loader-cases 8] [--skip-compile]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+from c2w_fast import config as cfg  # noqa: E402
+from c2w_fast.training import checkpoint  # noqa: E402
+from c2w_fast.training.loop import Trainer, make_loss  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+BATCH, ROI = 4, (44, 256, 256)
+
+
+def _set_backend(model: torch.nn.Module, backend: str) -> None:
+    for module in model.modules():
+        if hasattr(module, "backend"):
+            module.backend = backend
+
+
+def _loss_with_backend(config, backend: str):
+    loss = make_loss(config)
+    loss.options["backend"] = backend
+    return loss
+
+
+def time_steps(model, loss_fn, batches, steps: int) -> dict:
+    """Median step time (ms) and peak memory (GiB) over ``steps`` steps after two warm-ups."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4)
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 2):
+        image, target = next(batches)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(image)
+        loss = loss_fn(out, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize()
+        if i >= 2:
+            times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "steps": steps}
+
+
+def network_rows(config, steps: int, skip_compile: bool) -> list[dict]:
+    torch.manual_seed(0)
+    image = torch.randn(BATCH, 1, *ROI, device="cuda")
+    target = (torch.rand(BATCH, *ROI, device="cuda") > 0.9).long()
+
+    def same_batch():
+        while True:
+            yield image, target
+
+    rows = []
+    state = None
+    builds = [("fused", "auto", False), ("eager", "reference", False)]
+    if not skip_compile:
+        builds.append(("compile", "reference", True))
+    for name, backend, compiled in builds:
+        model = checkpoint.build_from_config(config).cuda()
+        if state is None:
+            state = model.state_dict()
+        model.load_state_dict(state)
+        _set_backend(model, backend)
+        runnable = torch.compile(model) if compiled else model
+        try:
+            result = time_steps(runnable, _loss_with_backend(config, backend), same_batch(), steps)
+        except torch.cuda.OutOfMemoryError:
+            result = {"median_ms": float("nan"), "peak_gib": float("nan"), "error": "out of memory"}
+        rows.append({"build": name, **result})
+        del model, runnable
+        torch.cuda.empty_cache()
+    return rows
+
+
+def loader_rows(config, steps: int, cases: int, workers: int) -> list[dict]:
+    """The same training step fed by the real loader vs by one batch kept on the GPU."""
+    from c2w_fast.data.layouts import discover_cases
+    from c2w_fast.data.loader import DevicePrefetcher, batches
+    from c2w_fast.data.phantom import write_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix="c2w_bench_"))
+    write_dataset(folder / "lasc", "lasc", cases, progress=False)
+    config.data.root = str(folder / "lasc")
+    config.roi.center = "ground_truth"   # no localiser run needed: the ROI around the true cavity
+    config.train.num_workers = workers
+    found = discover_cases(config.data.root)
+    trainer = Trainer(config, folder / "run", found, [], device=torch.device("cuda"))
+    trainer.prepare()
+    ipe = trainer.source.iterations_per_epoch
+    stream = DevicePrefetcher(batches(trainer.source, 0, (steps + 4) * ipe, num_workers=workers, prefetch=4,
+                                      pin_memory=True), torch.device("cuda"))
+    rows = []
+    for name, feed in (("real loader", lambda: next(stream)), ("pre-loaded batch", None)):
+        fixed = next(stream) if feed is None else None
+        times = []
+        for i in range(steps + 2):
+            torch.cuda.synchronize()
+            start = time.perf_counter()  # includes any wait for the loader
+            batch = feed() if feed is not None else fixed
+            trainer.train_step(trainer.model, batch, 1e-4)
+            torch.cuda.synchronize()
+            if i >= 2:
+                times.append((time.perf_counter() - start) * 1e3)
+        rows.append({"build": name, "median_ms": statistics.median(times), "min_ms": min(times), "steps": steps})
+    rows.append({"build": "real / pre-loaded", "median_ms": rows[0]["median_ms"] / rows[1]["median_ms"]})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--loader-cases", type=int, default=8, help="phantom cases (88x640x640) for the loader test")
+    parser.add_argument("--workers", type=int, default=6)
+    parser.add_argument("--skip-compile", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("run_train_step.py measures GPU training steps (bf16, 44x256x256, batch 4) and needs a CUDA GPU; "
+              "none is visible to torch here. Nothing was measured.", file=sys.stderr)
+        return 2
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", ["roi.center=\"ground_truth\""])
+    rows = network_rows(config, args.steps, args.skip_compile)
+    by = {r["build"]: r for r in rows}
+    if "compile" in by:
+        rows.append({"build": "fused / compile", "median_ms": by["fused"]["median_ms"] / by["compile"]["median_ms"]})
+    rows.append({"build": "fused / eager", "median_ms": by["fused"]["median_ms"] / by["eager"]["median_ms"],
+                 "peak_gib": by["fused"]["peak_gib"] / by["eager"]["peak_gib"]})
+    rows += loader_rows(config, args.steps, args.loader_cases, args.workers)
+    printed = benchlib.table(rows, ["build", "median_ms", "min_ms", "peak_gib", "steps"])
+    print(printed)
+    gpu = torch.cuda.get_device_name().replace(" ", "_")
+    path = benchlib.save(f"train_step_{gpu}", {
+        "config": {"batch": BATCH, "roi": ROI, "dtype": "bf16", "model": "c2w_resnext", "loss": "dice_focal"},
+        "targets": {"fused_vs_compile": 0.5, "peak_gib": 20.0, "loader_vs_preloaded": 1.10},
+        "rows": rows}, printed)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Preprocessing of one volume: z-score, resampling, target labels, centre of mass, ROI crop and paste.
+
+Arrays are (z, y, x) (images may carry a leading channel axis), spacing in mm. Crops are
+described by a :class:`Box` — the crop's start in the volume (may be negative or run past
+the end: those voxels are padding) and its size — so a prediction on a crop can be pasted
+back exactly where it came from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TARGET_CLASSES = {  # target -> {foreground class name: canonical codes (1 wall, 2 RA, 3 LA)}, in index order
+    "la_cavity": {"LA": (3,)},
+    "wall": {"wall": (1,)},
+    "atria": {"atria": (1, 2, 3)},
+    "multiclass": {"wall": (1,), "RA": (2,), "LA": (3,)},
+}
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
+    """``(image - mean) / std`` over the whole volume, float32; a constant image becomes zeros."""
+    image = np.asarray(image, dtype=np.float32)
+    mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
+    return ((image - mean) / (std if std > 0 else 1.0)).astype(np.float32, copy=False)
+
+
+def target_labels(labels: np.ndarray, target: str) -> np.ndarray:
+    """Canonical labels (0 bg, 1 wall, 2 RA, 3 LA) → class indices 0..C-1 of ``target`` (uint8)."""
+    if target not in TARGET_CLASSES:
+        raise ValueError(f"target must be one of {sorted(TARGET_CLASSES)}, got {target!r}")
+    out = np.zeros(labels.shape, np.uint8)
+    for index, codes in enumerate(TARGET_CLASSES[target].values(), start=1):
+        out[np.isin(labels, codes)] = index
+    return out
+
+
+def resampled_shape(shape, spacing, new_spacing) -> tuple[int, int, int]:
+    """Voxels per axis covering the same field of view at ``new_spacing``: round(n · h / h')."""
+    return tuple(max(1, int(round(n * h / g))) for n, h, g in zip(shape, spacing, new_spacing))
+
+
+def resample(array, shape, *, labels: bool = False) -> np.ndarray | torch.Tensor:
+    """``array`` ((z, y, x) or (C, z, y, x)) resampled to ``shape`` (z, y, x).
+
+    Voxel centres are aligned (``align_corners=False``); images are interpolated trilinearly,
+    label maps take the nearest voxel (``nearest-exact``). Numpy in → numpy out.
+    """
+    is_numpy = isinstance(array, np.ndarray)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)) if is_numpy else array
+    if tuple(tensor.shape[-3:]) == tuple(shape):
+        return array
+    batched = tensor.reshape(1, -1, *tensor.shape[-3:])
+    if labels:
+        out = F.interpolate(batched.float(), size=tuple(shape), mode="nearest-exact").to(tensor.dtype)
+    else:
+        out = F.interpolate(batched.float(), size=tuple(shape), mode="trilinear", align_corners=False)
+    out = out.reshape(*tensor.shape[:-3], *shape)
+    return out.numpy() if is_numpy else out
+
+
+def center_of_mass(mask) -> tuple[float, float, float] | None:
+    """Mean (z, y, x) voxel index of the nonzero voxels, or None for an empty mask."""
+    points = np.argwhere(np.asarray(mask))
+    return None if len(points) == 0 else tuple(float(v) for v in points.mean(0))
+
+
+@dataclass(frozen=True)
+class Box:
+    """A crop of ``size`` voxels starting at ``start`` (z, y, x) in a volume; may reach outside it."""
+
+    start: tuple[int, int, int]
+    size: tuple[int, int, int]
+
+    @staticmethod
+    def around(center, size) -> "Box":
+        """The box of ``size`` whose centre voxel is ``center`` (rounded)."""
+        start = tuple(int(round(c)) - s // 2 for c, s in zip(center, size))
+        return Box(start, tuple(int(s) for s in size))
+
+    def _overlap(self, shape):
+        """Slices of the volume inside the box, and of the box inside the volume."""
+        volume, crop = [], []
+        for s0, n, total in zip(self.start, self.size, shape):
+            lo, hi = max(s0, 0), min(s0 + n, total)
+            hi = max(hi, lo)
+            volume.append(slice(lo, hi))
+            crop.append(slice(lo - s0, hi - s0))
+        return tuple(volume), tuple(crop)
+
+
+def crop(array: np.ndarray, box: Box, pad_value=0) -> np.ndarray:
+    """The ``box`` of ``array`` ((z, y, x) or (C, z, y, x)); voxels outside the volume are ``pad_value``."""
+    lead = array.shape[:-3]
+    volume, inside = box._overlap(array.shape[-3:])
+    if all(v.start == 0 and v.stop == n for v, n in zip(inside, box.size)):
+        return array[(..., *volume)]
+    out = np.full((*lead, *box.size), pad_value, dtype=array.dtype)
+    out[(..., *inside)] = array[(..., *volume)]
+    return out
+
+
+def paste(values: np.ndarray, box: Box, shape, fill=0) -> np.ndarray:
+    """A volume of ``shape`` (z, y, x) (and ``values``' leading axes): ``values`` at ``box``, ``fill`` elsewhere."""
+    lead = values.shape[:-3]
+    out = np.full((*lead, *shape), fill, dtype=values.dtype)
+    volume, inside = box._overlap(shape)
+    out[(..., *volume)] = values[(..., *inside)]
+    return out

@@ -1,0 +1,101 @@
+"""python -m c2w_fast.train: train a stage of C2W-Tune or of the MBAS cascade.
+
+Stages (run.stage; one preset each in configs/):
+
+  localizer  coarse low-resolution U-Net for the LA cavity; its centre of mass places the ROI
+  cavity     C2W stage 1: ResNeXt U-Net segments the LA cavity in the 44x256x256 ROI
+  wall       C2W stage 2: starts from the cavity run (--init-from), new head, progressive
+             unfreezing A/B/C (unfreeze.steps) with a cosine restart per step, LR 1e-3/1e-4/1e-5
+  scratch    the architecture-matched wall baseline trained from random weights
+  cascade1   MBAS stage 1: binary atrial union at 2.5x0.97x0.97 mm, 25% foreground patches,
+             largest component + dilation r=2 of its output gates stage 2
+  cascade2   MBAS stage 2: wall/RA/LA with the Dice+CE loss masked to the stage-1 region,
+             patches centred on wall 0.5 / RA 0.25 / LA 0.25, SGD momentum 0.99, poly LR
+
+Examples:
+  python -m c2w_fast.train --config configs/c2w_localizer.toml --data /data/LASC2018 --out runs/loc --fold final
+  python -m c2w_fast.train --config configs/c2w_cavity.toml --data /data/LASC2018 --out runs/cavity --fold all \\
+      --set roi.localizer=runs/loc
+  python -m c2w_fast.train --config configs/c2w_wall.toml --data /data/LASC2018 --out runs/wall --fold final \\
+      --init-from runs/cavity --set roi.localizer=runs/loc
+  python -m c2w_fast.train --resume --out runs/wall --fold final
+  torchrun --nproc_per_node 2 -m c2w_fast.train --config ... (DDP, one process per GPU)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from c2w_fast import config as cfg
+from c2w_fast.errors import DataError
+from c2w_fast.training import distributed
+from c2w_fast.training.checkpoint import CheckpointError
+from c2w_fast.training.run import RunError, cases_and_splits, check_helpers, fold_names, train_fold, write_config
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m c2w_fast.train", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="TOML config (configs/*.toml); not with --resume")
+    p.add_argument("--data", type=Path, help="dataset folder: LASC 2018, MBAS or nnU-Net raw (sets data.root)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder (created; holds config.toml, splits.json, fold_k/)")
+    p.add_argument("--fold", default="0", help="cross-validation fold k, 'all' folds in turn, or 'final' "
+                                               "(all development cases, then the held-out test set); default 0")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint_latest.pt")
+    p.add_argument("--init-from",
+                   help="checkpoint or run folder to start from (sets run.init_from; wall: the cavity run)")
+    p.add_argument("--epochs", type=int, help="number of epochs (sets train.epochs)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="sets run.device")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set train.batch_size=2 --set roi.size=[24,64,64]")
+    return p
+
+
+def _config(args) -> cfg.Config:
+    overrides = list(args.overrides)
+    for key, value in (("data.root", args.data), ("run.init_from", args.init_from), ("train.epochs", args.epochs),
+                       ("run.device", args.device)):
+        if value is not None:
+            overrides.append(f"{key}={cfg._toml_value(str(value) if isinstance(value, Path) else value)}")
+    if args.resume:
+        if args.config or args.overrides or args.data or args.init_from:
+            raise cfg.ConfigError("--resume continues with the run's saved config.toml; drop --config, --data, "
+                                  "--init-from and --set (only --epochs and --device may change)")
+        return cfg.load(args.out / "config.toml", overrides)
+    if args.config is None:
+        raise cfg.ConfigError("--config is required (or --resume to continue a run)")
+    return cfg.load(args.config, overrides)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = _config(args)
+        processes, device = distributed.setup(config.run.device)
+        try:
+            cases, splits = cases_and_splits(config, args.out, processes)
+            names = fold_names(args.fold, len(splits.folds))
+            check_helpers(config, names)
+            if processes.is_main and not args.resume:
+                write_config(config, args.out)
+            for name in names:
+                if args.resume and not (args.out / name / "checkpoint_latest.pt").is_file():
+                    raise RunError(f"{args.out / name}: nothing to resume (no checkpoint_latest.pt)")
+                result = train_fold(config, args.out, name, cases, splits, device=device, processes=processes,
+                                    resume=args.resume)
+                if processes.is_main:
+                    print(f"{name}: {result['epochs']} epochs, best epoch {result['best_epoch']}, "
+                          f"checkpoints in {args.out / name}")
+        finally:
+            distributed.teardown()
+    except (cfg.ConfigError, DataError, RunError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

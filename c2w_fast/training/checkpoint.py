@@ -1,0 +1,125 @@
+"""Checkpoints: written atomically, carry their architecture and config, and refuse a mismatch clearly.
+
+A checkpoint is a dict: ``model`` (state_dict), ``architecture`` (preset name, spec,
+input channels, classes, deep supervision), ``config`` (the run's config as a dict),
+``epoch`` (completed epochs), ``optimizer`` and ``trainer`` (best score, early-stopping
+counters, per-epoch history) — everything ``--resume`` needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from c2w_fast.config import Config, from_dict
+from c2w_fast.models import UNet, build_model
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not fit the model being built."""
+
+
+def architecture_of(model: UNet, name: str) -> dict:
+    return {"name": name, "spec": dataclasses.asdict(model.spec), "in_channels": model.in_channels,
+            "num_classes": model.num_classes, "deep_supervision": model.deep_supervision}
+
+
+def build_from_config(config: Config) -> UNet:
+    """The model a config describes (architecture preset + overrides, channels, classes)."""
+    m = config.model
+    return build_model(m.architecture, config.in_channels, config.num_classes, deep_supervision=m.deep_supervision,
+                       init=m.init, **m.overrides)
+
+
+def save(path, payload: dict) -> Path:
+    """``torch.save`` to a temporary file in the same folder, flushed, then renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT, **payload}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or foreign files raise many types
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "architecture" not in payload:
+        raise CheckpointError(f"{path}: not a c2w_fast checkpoint (format {FORMAT})")
+    return payload
+
+
+def load_model(path) -> tuple[UNet, Config]:
+    """The model and config saved in checkpoint ``path``, weights loaded."""
+    payload = load(path)
+    config = from_dict(payload["config"], source=str(path))
+    model = build_from_config(config)
+    check_architecture(model, payload["architecture"], path)
+    model.load_state_dict(payload["model"])
+    return model, config
+
+
+def _differences(ours: dict, theirs: dict) -> list[str]:
+    out = []
+    for key in ("in_channels", "num_classes", "deep_supervision"):
+        if ours[key] != theirs.get(key):
+            out.append(f"{key}: checkpoint {theirs.get(key)!r}, this run {ours[key]!r}")
+    for key, value in ours["spec"].items():
+        theirs_value = theirs.get("spec", {}).get(key)
+        if _plain(value) != _plain(theirs_value):
+            out.append(f"{key}: checkpoint {_plain(theirs_value)}, this run {_plain(value)}")
+    return out
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_architecture(model: UNet, saved: dict, path, *, ignore=()) -> None:
+    """A CheckpointError listing every difference between ``model`` and the saved architecture."""
+    ours = architecture_of(model, saved.get("name", "?"))
+    problems = [d for d in _differences(ours, saved) if d.split(":")[0] not in ignore]
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint of another architecture — " + "; ".join(problems))
+
+
+def initialise_from(model: UNet, path, *, new_head: bool) -> None:
+    """Load a pre-trained stage's weights into ``model`` (C2W: the cavity model into the wall model).
+
+    The encoder and decoder must match; with ``new_head`` the segmentation heads are
+    re-initialised (and may have another number of classes). A model with one more input
+    channel (the signed-distance channel) takes the checkpoint's stem weights for the image
+    channel and zeros for the extra one, so it starts out computing what the checkpoint did.
+    """
+    payload = load(path)
+    ignore = {"num_classes"} if new_head else set()
+    extra_channels = model.in_channels - payload["architecture"]["in_channels"]
+    if extra_channels > 0:
+        ignore.add("in_channels")
+    check_architecture(model, payload["architecture"], path, ignore=ignore)
+    state = {k: v for k, v in payload["model"].items() if not (new_head and k.startswith("heads."))}
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape and extra_channels > 0 and value.ndim == 5 \
+                and own[key].shape[1] == value.shape[1] + extra_channels:
+            expanded = torch.zeros_like(own[key])
+            expanded[:, : value.shape[1]] = value
+            state[key] = expanded
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (new_head and k.startswith("heads."))]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit this model "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if new_head:
+        model.reset_heads()

@@ -1,0 +1,295 @@
+"""The training loop of one fold: model, optimiser, schedule, unfreezing, validation, checkpoints.
+
+Everything random derives from ``run.seed`` and the global iteration (which cases, patch
+positions, augmentation, dropout), and the LR is a function of the position, so a run
+resumed from ``checkpoint_latest.pt`` (written after every epoch) replays exactly what the
+uninterrupted run would have done. Rank 0 validates and writes; the others train.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from c2w_fast import nn as c2w_nn
+from c2w_fast.config import Config
+from c2w_fast.data.augment import augment_batch
+from c2w_fast.data.layouts import Case
+from c2w_fast.data.loader import BatchSource, DevicePrefetcher, TrainingVolume, batches, sample_seed
+from c2w_fast.data.sampling import SamplingPolicy
+from c2w_fast.infer import StagePipeline, resolve_checkpoint, sliding_window
+from c2w_fast.training import checkpoint, runlog, unfreeze
+from c2w_fast.training.distributed import Processes, broadcast_flag
+from c2w_fast.training.evaluation import class_metrics
+from c2w_fast.training.prepare import crop_size, prepare_volumes, stage_spacing
+from c2w_fast.training.schedule import learning_rate
+
+
+def make_loss(config: Config) -> torch.nn.Module:
+    """Dice-Focal (C2W) or Dice-CE (MBAS) with the configured options; deep supervision as nnU-Net."""
+    loss = config.loss
+    options = dict(include_background=loss.include_background, batch_dice=loss.batch_dice,
+                   smooth_nr=loss.smooth, smooth_dr=loss.smooth)
+    if loss.name == "dice_focal":
+        return c2w_nn.DiceFocalLoss(gamma=loss.gamma, **options)
+    return c2w_nn.DiceCELoss(**options)
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    optim = config.optim
+    if optim.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                 weight_decay=optim.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                           weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+
+
+def policy_of(config: Config) -> SamplingPolicy:
+    names = config.class_names
+    weights = {names.index(k) + 1: v for k, v in config.train.class_weights.items()} or None
+    return SamplingPolicy(config.train.sampling, config.train.foreground_prob, weights)
+
+
+class Trainer:
+    """Trains one fold into ``folder`` (``RUN_DIR/fold_k`` or ``RUN_DIR/final``)."""
+
+    def __init__(self, config: Config, folder: Path, train_cases: list[Case], val_cases: list[Case], *,
+                 device: torch.device, processes: Processes = Processes(), resume: bool = False):
+        self.config, self.folder = config, Path(folder)
+        self.train_cases, self.val_cases = train_cases, val_cases
+        self.device, self.processes = device, processes
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.run.seed)  # the same initial weights on every rank and every rerun
+        self.model = checkpoint.build_from_config(config)
+        self.state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "ema": None, "bad": 0,
+                      "stopped": False, "history": []}
+        saved = None
+        if resume:
+            latest = self.folder / "checkpoint_latest.pt"
+            saved = checkpoint.load(latest)
+            checkpoint.check_architecture(self.model, saved["architecture"], latest)
+            self.model.load_state_dict(saved["model"])
+            self.state = saved["trainer"]
+        elif config.run.init_from:
+            path = resolve_checkpoint(config.run.init_from, self.folder.name)
+            checkpoint.initialise_from(self.model, path, new_head=config.unfreeze.new_head)
+        self.model.to(device)
+        self.optimizer = make_optimizer(config, self.model)
+        if saved is not None:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.loss = make_loss(config)
+        self.source: BatchSource | None = None  # the training batches, made by prepare()
+        self.patch = tuple(config.train.patch_size or config.roi.size)
+
+    # --- data -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Read and preprocess the fold's cases (helper stages run here: localiser, stage 1)."""
+        pipeline = StagePipeline(self.config, fold=self.folder.name, device=self.device)
+        self.spacing = stage_spacing(self.config, self.train_cases)
+        self.train_volumes = prepare_volumes(self.train_cases, self.config, pipeline, training=True, desc="train cases")
+        self.val_volumes = (prepare_volumes(self.val_cases, self.config, pipeline, training=False, desc="val cases")
+                            if self.processes.is_main else [])
+        train = self.config.train
+        self.source = BatchSource(
+            self.train_volumes, batch_size=train.batch_size, crop_size=crop_size(self.config, self.spacing),
+            policy=policy_of(self.config), seed=self.config.run.seed, iterations_per_epoch=train.iterations_per_epoch,
+            rank=self.processes.rank, world_size=self.processes.world_size,
+            histogram_references=self.config.augment.histogram_match_prob > 0)
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.run.amp and self.device.type == "cuda")
+
+    def train_step(self, net: torch.nn.Module, batch: dict, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        image, target, region = augment_batch(batch["image"], batch["target"], batch.get("region"), self.patch,
+                                              self.spacing, self.config.augment, batch["seeds"].tolist(),
+                                              batch.get("references"))
+        torch.manual_seed(sample_seed(self.config.run.seed, batch["iteration"], 10_000 + self.processes.rank))
+        with self._autocast():
+            outputs = net(image)
+        loss = self.loss(outputs, target, region if self.config.loss.region_mask else None)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def _wrapped(self) -> torch.nn.Module:
+        if not self.processes.distributed:
+            return self.model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids,
+                                       find_unused_parameters=self.config.model.deep_supervision)
+
+    # --- validation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss, mean foreground Dice (``val_dice``), per-class Dice and (full mode) HD95."""
+        if not self.val_volumes:
+            return {}
+        self.model.eval()
+        try:
+            if self.config.train.val_mode == "patches":
+                return self._validate_patches()
+            return self._validate_full()
+        finally:
+            self.model.train()
+
+    def predict_volume(self, volume: TrainingVolume) -> tuple[torch.Tensor, np.ndarray]:
+        """Logits (K, D, H, W) and class indices of one validation volume in the stage grid."""
+        x = torch.from_numpy(volume.image).to(self.device)
+        logits = sliding_window(self.model, x, self.patch, step=self.config.eval.step,
+                                gaussian=self.config.eval.gaussian, amp=self.config.run.amp)
+        labels = logits.argmax(0).cpu().numpy().astype(np.uint8)
+        if volume.region is not None:
+            labels[~volume.region] = 0
+        return logits, labels
+
+    def _validate_full(self) -> dict:
+        losses, rows = [], []
+        for volume in self.val_volumes:
+            logits, labels = self.predict_volume(volume)
+            target = torch.from_numpy(volume.target)[None].to(self.device)
+            region = None if volume.region is None or not self.config.loss.region_mask else \
+                torch.from_numpy(volume.region)[None].to(self.device)
+            losses.append(float(self.loss(logits[None], target, region)))
+            rows += class_metrics(labels, volume.target, volume.spacing, self.config.class_names,
+                                  self.config.eval.tolerance_mm)
+        out = {"val_loss": float(np.mean(losses))}
+        out.update(_class_means(rows, self.config.class_names))
+        return out
+
+    def _validate_patches(self) -> dict:
+        """nnU-Net's pseudo Dice: tp/fp/fn summed over ``train.val_patches`` fixed validation patches."""
+        train = self.config.train
+        source = BatchSource(self.val_volumes, batch_size=train.batch_size, crop_size=self.patch,
+                             policy=policy_of(self.config), seed=self.config.run.seed + 1, iterations_per_epoch=1)
+        k = self.config.num_classes
+        counts = torch.zeros(3, k - 1, dtype=torch.float64)
+        losses = []
+        for i in range(math.ceil(train.val_patches / train.batch_size)):
+            batch = source[i]
+            image, target = batch["image"].to(self.device), batch["target"].to(self.device).long()
+            region = batch.get("region")
+            with self._autocast():
+                outputs = self.model(image)
+            logits = (outputs[0] if isinstance(outputs, list) else outputs).float()
+            mask = None if region is None or not self.config.loss.region_mask else region.to(self.device)
+            losses.append(float(self.loss(logits, target, mask)))
+            labels = logits.argmax(1)
+            valid = torch.ones_like(target, dtype=torch.bool) if mask is None else mask
+            for c in range(1, k):
+                p, t = (labels == c) & valid, (target == c) & valid
+                counts[:, c - 1] += torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]).double().cpu()
+        tp, fp, fn = counts
+        dice = (2 * tp / (2 * tp + fp + fn).clamp_min(1)).tolist()
+        out = {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dice))}
+        out.update({f"val_dice_{name}": d for name, d in zip(self.config.class_names, dice)})
+        return out
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def _score(self, row: dict) -> bool:
+        """Update best score / EMA / patience from a validation row; True when it is a new best."""
+        state, ema = self.state, self.config.train.best_ema
+        value = row["val_dice"]
+        if not math.isfinite(value):
+            value = 0.0
+        state["ema"] = value if state["ema"] is None or ema == 0 else ema * state["ema"] + (1 - ema) * value
+        if state["ema"] > state["best_score"]:
+            state["best_score"], state["best_epoch"], state["bad"] = state["ema"], row["epoch"], 0
+            return True
+        state["bad"] += 1
+        return False
+
+    def _payload(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "architecture": checkpoint.architecture_of(self.model, self.config.model.architecture),
+                "config": self.config.to_dict(), "epoch": self.state["epoch"], "trainer": self.state}
+
+    def _write_logs(self) -> None:
+        runlog.write_csv(self.folder / "metrics.csv", self.state["history"])
+        runlog.plot_progress(self.folder / "progress.png", self.state["history"])
+
+    def fit(self, on_epoch_end=None) -> dict:
+        """Train from the current state to ``train.epochs`` (or an early stop); returns the state.
+
+        ``on_epoch_end(epoch, model)`` is called on every rank after each epoch.
+        """
+        config, train, state = self.config, self.config.train, self.state
+        if config.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if self.source is None:
+            self.prepare()
+        ipe = self.source.iterations_per_epoch
+        start = state["epoch"]
+        if state["stopped"] or start >= train.epochs:
+            return state
+        loader = batches(self.source, start * ipe, train.epochs * ipe, num_workers=train.num_workers,
+                         prefetch=train.prefetch, pin_memory=self.device.type == "cuda")
+        stream = DevicePrefetcher(loader, self.device)
+        step_name, net = "unset", self.model
+        self.model.train()
+        for epoch in range(start, train.epochs):
+            step = unfreeze.phase(config, epoch)
+            if step != step_name:
+                unfreeze.apply(self.model, step, config.unfreeze.shallow_stages)
+                step_name, net = step, self._wrapped()
+            began = time.perf_counter()
+            total = torch.zeros((), device=self.device)
+            for it in tqdm(range(ipe), desc=f"epoch {epoch}", unit="it", disable=None, leave=False):
+                lr = learning_rate(config, epoch, it, ipe)
+                total += self.train_step(net, next(stream), lr)
+            row = {"epoch": epoch, "phase": step or "", "lr": lr, "train_loss": float(total) / ipe,
+                   "time_s": time.perf_counter() - began}
+            stop = False
+            if self.processes.is_main:
+                if (epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs:
+                    row.update(self.validate())
+                state["history"].append(row)
+                state["epoch"] = epoch + 1
+                if "val_dice" in row and self._score(row):
+                    checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())
+                stop = bool(train.early_stopping) and epoch + 1 >= train.early_stopping_from \
+                    and state["bad"] >= train.early_stopping
+                state["stopped"] = stop
+                checkpoint.save(self.folder / "checkpoint_latest.pt", self._payload())
+                self._write_logs()
+            else:
+                state["epoch"] = epoch + 1
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, self.model)
+            if broadcast_flag(stop, self.processes, self.device):
+                break
+        if self.processes.is_main and not (self.folder / "checkpoint_best.pt").is_file():
+            checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())  # no validation cases
+        return state
+
+
+def _class_means(rows: list[dict], class_names) -> dict:
+    """val_dice (mean over classes of the per-class mean Dice), val_hd95, and per-class values."""
+    out = {}
+    dices, hd95s = [], []
+    for name in class_names:
+        picked = [r for r in rows if r["class"] == name]
+        scored = [r["dice"] for r in picked if math.isfinite(r["dice"])]  # nan: class absent from both
+        dice = float(np.mean(scored)) if scored else math.nan
+        finite = [r["hd95"] for r in picked if math.isfinite(r["hd95"])]
+        hd95 = float(np.mean(finite)) if finite else math.inf
+        out[f"val_dice_{name}"], out[f"val_hd95_{name}"] = dice, hd95
+        dices.append(dice)
+        hd95s.append(hd95)
+    finite = [d for d in dices if math.isfinite(d)]
+    return {"val_dice": float(np.mean(finite)) if finite else math.nan, "val_hd95": float(np.mean(hd95s)), **out}

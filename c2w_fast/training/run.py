@@ -1,0 +1,124 @@
+"""A training run folder from start to finish: splits, folds, training, validation and test evaluation.
+
+Layout of ``RUN_DIR``::
+
+    config.toml        the full config of the run (what --resume reads)
+    splits.json        patient-level test set, folds and final train/val split
+    fold_0/ … final/   one folder per trained fold: metrics.csv, progress.png,
+                       checkpoint_latest.pt, checkpoint_best.pt, val_metrics.csv
+                       (and test_metrics.csv for ``final``)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from c2w_fast import config as cfg
+from c2w_fast.data.layouts import Case, discover_cases
+from c2w_fast.data.splits import Splits, load_splits, make_splits, save_splits
+from c2w_fast.infer import Predictor, resolve_checkpoint
+from c2w_fast.training import runlog
+from c2w_fast.training.distributed import Processes, barrier
+from c2w_fast.training.evaluation import class_metrics, evaluate_cases, table1
+from c2w_fast.training.loop import Trainer
+
+
+class RunError(ValueError):
+    """The run cannot start: a missing helper run, a bad fold index, too few cases."""
+
+
+def fold_names(fold: str, n_folds: int) -> list[str]:
+    """Folder names for ``--fold``: ``k`` → ``fold_k``, ``all`` → every fold, ``final`` → ``final``."""
+    if fold == "all":
+        return [f"fold_{k}" for k in range(n_folds)]
+    if fold == "final":
+        return ["final"]
+    try:
+        k = int(fold)
+    except ValueError:
+        raise RunError(f"--fold must be a fold index, 'all' or 'final', got {fold!r}") from None
+    if not 0 <= k < n_folds:
+        raise RunError(f"--fold {k} is out of range: the splits have {n_folds} folds (0..{n_folds - 1}), "
+                       f"or use 'all' / 'final'")
+    return [f"fold_{k}"]
+
+
+def fold_split(splits: Splits, name: str):
+    return splits.final if name == "final" else splits.fold(int(name.split("_")[1]))
+
+
+def check_helpers(config: cfg.Config, folds: list[str]) -> None:
+    """Every run this config depends on has a checkpoint for each fold (or a ``final`` one)."""
+    needed = [("run.init_from", config.run.init_from)]
+    if config.roi.size and config.roi.center == "localizer":
+        needed.append(("roi.localizer", config.roi.localizer))
+    if config.loss.region_mask and config.cascade.mask_source == "stage1":
+        needed.append(("cascade.stage1", config.cascade.stage1))
+    if config.data.sdf_channel:
+        needed.append(("data.sdf_from", config.data.sdf_from))
+    for key, path in needed:
+        for fold in folds:
+            if path:
+                try:
+                    resolve_checkpoint(path, fold)
+                except FileNotFoundError as exc:
+                    raise RunError(f"{key}: {exc}") from None
+
+
+def cases_and_splits(config: cfg.Config, run_dir: Path, processes: Processes) -> tuple[dict[str, Case], Splits]:
+    """The dataset's cases by id and the run's splits (made and saved on first use, else checked)."""
+    if not config.data.root:
+        raise RunError("no dataset: pass --data DIR (or set data.root)")
+    cases = {c.id: c for c in discover_cases(config.data.root, config.data.layout)}
+    path = run_dir / "splits.json"
+    if not path.is_file() and processes.is_main:
+        data = config.data
+        try:
+            splits = make_splits(sorted(cases), n_test=data.n_test, n_folds=data.n_folds, final_val=data.final_val,
+                                 seed=data.split_seed)
+        except ValueError as exc:
+            raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc})") from None
+        save_splits(splits, path)
+    barrier(processes)
+    return cases, load_splits(path, list(cases))
+
+
+def write_config(config: cfg.Config, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.toml.tmp"
+    tmp.write_text(cfg.dumps(config))
+    os.replace(tmp, run_dir / "config.toml")
+
+
+def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Case], splits: Splits, *,
+               device: torch.device, processes: Processes, resume: bool) -> dict:
+    """Train fold ``name``; on rank 0 then score its best checkpoint on the validation cases
+    (``val_metrics.csv``) and, for ``final``, the held-out test cases (``test_metrics.csv``)."""
+    split = fold_split(splits, name)
+    folder = run_dir / name
+    trainer = Trainer(config, folder, [cases[i] for i in split.train], [cases[i] for i in split.val],
+                      device=device, processes=processes, resume=resume)
+    state = trainer.fit()
+    result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"]}
+    if not processes.is_main:
+        return result
+    best = Predictor.load(folder / "checkpoint_best.pt", device=device)
+    trainer.model.load_state_dict(best.model.state_dict())
+    rows = []
+    for volume in trainer.val_volumes:
+        _, labels = trainer.predict_volume(volume)
+        rows += [{"case": volume.id, **r} for r in class_metrics(labels, volume.target, volume.spacing,
+                                                                 config.class_names, config.eval.tolerance_mm)]
+    if rows:
+        runlog.write_csv(folder / "val_metrics.csv", rows)
+        result["val"] = rows
+    if name == "final" and splits.test:
+        test = evaluate_cases(best, [cases[i] for i in splits.test])
+        runlog.write_csv(folder / "test_metrics.csv", test)
+        result["test"] = test
+        for class_name in config.class_names:
+            print(f"\nHeld-out test set ({len(splits.test)} cases), {config.run.stage} stage, class {class_name}:")
+            print(table1({config.run.stage: test}, class_name))
+    return result

@@ -1,0 +1,72 @@
+"""The human-readable part of a run folder: ``metrics.csv`` and ``progress.png``, rewritten atomically.
+
+The full per-epoch history lives in the checkpoint, so after ``--resume`` both files are
+rewritten from it and never hold epochs the resumed run will redo.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    """``rows`` as CSV with the union of their keys as columns (first-seen order)."""
+    columns = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    _atomic_write(Path(path), buffer.getvalue().encode())
+
+
+def _cell(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def plot_progress(path, rows: list[dict]) -> None:
+    """Losses, validation Dice and learning rate per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for key, style in (("train_loss", "b-"), ("val_loss", "r-")):
+        points = [(e, r[key]) for e, r in zip(epochs, rows) if _finite(r.get(key))]
+        if points:
+            top.plot(*zip(*points), style, label=key)
+    dice = [(e, r["val_dice"]) for e, r in zip(epochs, rows) if _finite(r.get("val_dice"))]
+    if dice:
+        twin = top.twinx()
+        twin.plot(*zip(*dice), "g.-", label="val_dice")
+        twin.set_ylabel("validation Dice")
+        twin.set_ylim(0, 1)
+        twin.legend(loc="upper right")
+    top.set_ylabel("loss")
+    top.legend(loc="upper left")
+    bottom.plot(epochs, [r["lr"] for r in rows], "k-")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("learning rate")
+    bottom.set_xlabel("epoch")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    _atomic_write(Path(path), buffer.getvalue())
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

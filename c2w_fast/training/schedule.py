@@ -1,0 +1,38 @@
+"""Learning-rate schedules as pure functions of the position in training (so resume needs no state).
+
+* ``constant`` — ``optim.lr`` throughout;
+* ``poly`` — nnU-Net / MBAS eq. (1): ``lr · (1 − t/T)^0.9`` with t the iteration, T the total;
+* ``cosine`` — cycles starting at epoch 0 and at every ``schedule.restarts`` epoch, the
+  first peaking at ``optim.lr`` and the k-th restart at ``schedule.restart_lr[k]``
+  (C2W stage 2: 1e-3 → 1e-4 → 1e-5 at epochs 61 and 181); each cycle warms up linearly
+  over ``warmup_epochs`` and then follows a half cosine down to ``min_lr`` at its end.
+"""
+from __future__ import annotations
+
+import math
+
+from c2w_fast.config import Config
+
+
+def learning_rate(config: Config, epoch: int, iteration: int, iterations_per_epoch: int) -> float:
+    """The LR of ``iteration`` (0-based, within ``epoch``) of a run of ``train.epochs`` epochs."""
+    sched, base, epochs = config.schedule, config.optim.lr, config.train.epochs
+    step = epoch * iterations_per_epoch + iteration
+    total = epochs * iterations_per_epoch
+    if sched.kind == "constant":
+        return base
+    if sched.kind == "poly":
+        return base * (1 - step / total) ** sched.poly_exponent
+    starts = [0] + [e for e in sched.restarts if e < epochs]
+    peaks = [base] + list(sched.restart_lr)
+    k = max(i for i, s in enumerate(starts) if s <= epoch)
+    end = starts[k + 1] if k + 1 < len(starts) else epochs
+    position = step - starts[k] * iterations_per_epoch
+    length = (end - starts[k]) * iterations_per_epoch
+    warmup = min(int(round(sched.warmup_epochs * iterations_per_epoch)), length)
+    peak = peaks[k]
+    floor = min(sched.min_lr, peak)
+    if position < warmup:
+        return peak * (position + 1) / warmup
+    progress = (position - warmup) / max(1, length - warmup - 1)  # the last step reaches the floor
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))

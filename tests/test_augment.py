@@ -1,0 +1,172 @@
+"""GPU augmentation (run here on CPU tensors): each transform against its definition."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from c2w_fast.config import AugmentConfig
+from c2w_fast.data.augment import (QUANTILES, _draw_angles, _grid, _rotation, augment_batch, initial_patch_size,
+                                   match_histogram)
+
+OFF = dict(flip_prob=0.0)
+
+
+def _batch(rng, size=(10, 20, 20), b=2, channels=1):
+    image = torch.from_numpy(rng.normal(size=(b, channels, *size)).astype(np.float32))
+    target = torch.from_numpy(rng.integers(0, 4, (b, *size)).astype(np.uint8))
+    region = torch.from_numpy(rng.random((b, *size)) > 0.5)
+    return image, target, region
+
+
+def _centre(t, patch):
+    start = [(n - p) // 2 for n, p in zip(t.shape[-3:], patch)]
+    return t[(..., *[slice(s, s + p) for s, p in zip(start, patch)])]
+
+
+def test_nothing_drawn_is_an_exact_centre_crop(rng):
+    image, target, region = _batch(rng)
+    out = augment_batch(image, target, region, (6, 12, 12), (1.0, 1.0, 1.0), AugmentConfig(**OFF), [1, 2])
+    for got, original in zip(out, (image, target, region)):
+        assert torch.equal(got, _centre(original, (6, 12, 12)))
+
+
+def test_in_plane_quarter_turn_equals_rot90(rng):
+    image, target, region = _batch(rng, size=(6, 16, 16))
+    aug = AugmentConfig(rotation_prob=1.0, rotation_deg=[90.0, 90.0], **OFF)
+    x, y, r = augment_batch(image, target, region, (6, 12, 12), (2.5, 0.8, 0.8), aug, [3, 4])
+    # out(y, x) = in(-x, y) about the patch centre, i.e. torch.rot90 with k = -1 on (y, x)
+    torch.testing.assert_close(x, torch.rot90(_centre(image, (6, 12, 12)), -1, (3, 4)), atol=1e-5, rtol=0)
+    assert torch.equal(y, torch.rot90(_centre(target, (6, 12, 12)), -1, (2, 3)))
+    assert torch.equal(r, torch.rot90(_centre(region, (6, 12, 12)), -1, (2, 3)))
+
+
+def test_rotations_act_in_mm_on_anisotropic_voxels():
+    """A linear-in-mm image sampled by the rotated grid equals the linear function at the
+    rotated points (trilinear interpolation is exact on linear functions)."""
+    size, patch, spacing = (12, 16, 24), (4, 8, 8), (2.0, 1.0, 1.0)
+    axes = [(np.arange(n) - (n - 1) / 2) * h for n, h in zip(size, spacing)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    image = torch.from_numpy((3 * zz - yy + xx).astype(np.float32))[None, None]
+    aug = AugmentConfig(rotation_prob=1.0, rotation_deg=[30.0, 30.0], in_plane=False, **OFF)
+    x, _, _ = augment_batch(image, torch.zeros((1, *size), dtype=torch.uint8), None, patch, spacing, aug, [0])
+    out_axes = [(np.arange(n) - (n - 1) / 2) * h for n, h in zip(patch, spacing)]
+    points = np.stack(np.meshgrid(*out_axes, indexing="ij"), -1) @ _rotation([math.radians(30.0)] * 3).T
+    expected = 3 * points[..., 0] - points[..., 1] + points[..., 2]
+    inside = np.all(np.abs(points) <= [(n - 1) / 2 * h for n, h in zip(size, spacing)], axis=-1)
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(x[0, 0].numpy()[inside], expected[inside], atol=1e-4)
+
+
+def test_scaling_zooms_about_the_centre(rng):
+    size, patch = (8, 16, 16), (8, 8, 8)
+    grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in size], indexing="ij")
+    image = torch.from_numpy((grids[0] + 2 * grids[1] - grids[2]).astype(np.float32))[None, None]
+    aug = AugmentConfig(scaling_prob=1.0, scaling_range=[2.0, 2.0], **OFF)
+    x, _, _ = augment_batch(image, torch.zeros((1, *size), dtype=torch.uint8), None, patch, (1.0, 1.0, 1.0), aug, [0])
+    o = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in patch], indexing="ij")
+    expected = (o[0] + 2 * o[1] - o[2]) / 2  # factor 2 enlarges the anatomy: in = out / 2
+    np.testing.assert_allclose(x[0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_elastic_keeps_label_values_and_zero_magnitude_is_identity(rng):
+    image, target, region = _batch(rng, size=(8, 24, 24))
+    aug = AugmentConfig(elastic_prob=1.0, elastic_sigma_mm=6.0, elastic_magnitude_mm=2.0, **OFF)
+    x, y, r = augment_batch(image, target, region, (8, 16, 16), (1.0, 1.0, 1.0), aug, [5, 6])
+    assert torch.isfinite(x).all() and set(y.unique().tolist()) <= {0, 1, 2, 3} and r.dtype == torch.bool
+    assert not torch.equal(y, _centre(target, (8, 16, 16)))
+    aug.elastic_magnitude_mm = 0.0
+    x, y, _ = augment_batch(image, target, region, (8, 16, 16), (1.0, 1.0, 1.0), aug, [5, 6])
+    torch.testing.assert_close(x, _centre(image, (8, 16, 16)), atol=1e-5, rtol=0)
+    assert torch.equal(y, _centre(target, (8, 16, 16)))
+
+
+@pytest.mark.parametrize("in_plane", [True, False])
+def test_initial_patch_holds_every_rotated_and_zoomed_patch(in_plane, rng):
+    aug = AugmentConfig(rotation_prob=1.0, rotation_deg=[-180.0, 180.0], scaling_prob=1.0, scaling_range=[0.7, 1.4],
+                        in_plane=in_plane)
+    patch, spacing = (20, 64, 56), (2.5, 0.97, 0.97)
+    size = initial_patch_size(patch, spacing, aug)
+    assert all((s - p) % 2 == 0 for s, p in zip(size, patch))
+    for _ in range(20):
+        matrix = _rotation(_draw_angles(aug, rng)) / 0.7
+        grid = _grid(patch, size, spacing, torch.tensor(matrix, dtype=torch.float32), None, "cpu")
+        # every sample point lies inside the crop (normalised coordinates of voxel centres)
+        limit = 1 - 1 / torch.tensor(size[::-1], dtype=torch.float32)
+        assert (grid.abs() <= limit + 2e-2).all()
+
+
+def test_flips_follow_flip_axes(rng):
+    image, target, region = _batch(rng, size=(4, 6, 8))
+    aug = AugmentConfig(flip_prob=1.0, flip_axes=[0, 2])
+    x, y, r = augment_batch(image, target, region, (4, 6, 8), (1.0, 1.0, 1.0), aug, [0, 1])
+    assert torch.equal(x, image.flip([2, 4])) and torch.equal(y, target.flip([1, 3]))
+    assert torch.equal(r, region.flip([1, 3]))
+
+
+def _single(aug, x, seed=0):
+    out, _, _ = augment_batch(x[None, None], torch.zeros((1, *x.shape), dtype=torch.uint8), None, x.shape,
+                              (1.0, 1.0, 1.0), aug, [seed])
+    return out[0, 0]
+
+
+def test_brightness_multiplies_and_contrast_keeps_mean_and_range(rng):
+    x = torch.from_numpy(rng.normal(size=(6, 12, 12)).astype(np.float32))
+    y = _single(AugmentConfig(brightness_prob=1.0, brightness_range=[1.2, 1.2], **OFF), x)
+    torch.testing.assert_close(y, 1.2 * x)
+    y = _single(AugmentConfig(contrast_prob=1.0, contrast_range=[0.5, 0.5], **OFF), x)
+    torch.testing.assert_close(y, (x - x.mean()) * 0.5 + x.mean())
+    y = _single(AugmentConfig(contrast_prob=1.0, contrast_range=[2.0, 2.0], **OFF), x)
+    assert y.min() >= x.min() and y.max() <= x.max()
+
+
+@pytest.mark.parametrize("key", ["gamma", "inverse_gamma"])
+def test_gamma_keeps_mean_and_std_and_order(key, rng):
+    x = torch.from_numpy(rng.gamma(2.0, size=(6, 12, 12)).astype(np.float32))
+    y = _single(AugmentConfig(**{f"{key}_prob": 1.0, f"{key}_range": [1.5, 1.5]}, **OFF), x)
+    assert float(y.mean()) == pytest.approx(float(x.mean()), abs=1e-4)
+    assert float(y.std()) == pytest.approx(float(x.std()), rel=1e-4)
+    order = torch.argsort(x.ravel())
+    assert (torch.diff(y.ravel()[order]) >= -1e-5).all()  # monotonic map
+    assert not torch.allclose(y, x, atol=1e-3)
+
+
+def test_noise_variance_and_blur_match_definitions(rng):
+    x = torch.zeros((8, 32, 32))
+    y = _single(AugmentConfig(noise_prob=1.0, noise_variance=[0.09, 0.09], **OFF), x)
+    assert float(y.var()) == pytest.approx(0.09, rel=0.05)
+    x = torch.from_numpy(rng.normal(size=(8, 20, 20)).astype(np.float32))
+    y = _single(AugmentConfig(blur_prob=1.0, blur_sigma=[0.8, 0.8], in_plane=True, **OFF), x)
+    expected = ndimage.gaussian_filter(x.numpy().astype(np.float64), (0, 0.8, 0.8), mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(y.numpy(), expected, atol=1e-5)
+
+
+def test_lowres_simulation_is_blocky_then_smooth(rng):
+    x = torch.from_numpy(rng.normal(size=(4, 16, 16)).astype(np.float32))
+    y = _single(AugmentConfig(lowres_prob=1.0, lowres_scale=[0.5, 0.5], in_plane=True, **OFF), x)
+    assert y.shape == x.shape and float((y - x).abs().mean()) > 0.1
+    # an image constant over 2x2 in-plane blocks loses nothing at half resolution except at the borders
+    blocks = x[:, ::2, ::2].repeat_interleave(2, 1).repeat_interleave(2, 2)
+    z = _single(AugmentConfig(lowres_prob=1.0, lowres_scale=[0.5, 0.5], in_plane=True, **OFF), blocks)
+    assert float((z - blocks).abs().mean()) < float((y - x).abs().mean())
+
+
+def test_histogram_matching_maps_quantiles_onto_the_reference(rng):
+    x = torch.from_numpy(rng.normal(size=(8, 30, 30)).astype(np.float32))
+    reference = torch.from_numpy(np.quantile(rng.exponential(2.0, 100_000), QUANTILES.numpy()).astype(np.float32))
+    y = match_histogram(x, reference)
+    got = torch.quantile(y.ravel(), QUANTILES[10:91:10])
+    torch.testing.assert_close(got, reference[10:91:10], atol=0.02, rtol=0.02)
+
+
+def test_same_seeds_same_batch_other_seeds_differ(rng):
+    aug = AugmentConfig(rotation_prob=0.5, scaling_prob=0.5, noise_prob=0.5, gamma_prob=0.5, flip_prob=0.5)
+    image, target, region = _batch(rng, size=(10, 30, 30), b=3)
+    patch = (6, 16, 16)
+    a = augment_batch(image, target, region, patch, (1.0, 1.0, 1.0), aug, [7, 8, 9])
+    b = augment_batch(image, target, region, patch, (1.0, 1.0, 1.0), aug, [7, 8, 9])
+    c = augment_batch(image, target, region, patch, (1.0, 1.0, 1.0), aug, [10, 11, 12])
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    assert math.isfinite(float(a[0].sum()))

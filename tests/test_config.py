@@ -1,0 +1,89 @@
+"""Configs: presets hold the seeds' values; bad keys, types and combinations fail before training."""
+import pytest
+
+from c2w_fast import config as cfg
+from training_helpers import CONFIGS
+
+PRESETS = sorted(CONFIGS.glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_every_preset_loads_and_round_trips(path, tmp_path):
+    config = cfg.load(path)
+    again = tmp_path / "config.toml"
+    again.write_text(cfg.dumps(config))
+    assert cfg.load(again) == config
+
+
+def test_c2w_presets_carry_the_papers_values():
+    cavity, wall, scratch = (cfg.load(CONFIGS / f"c2w_{s}.toml") for s in ("cavity", "wall", "scratch"))
+    for c in (cavity, wall, scratch):
+        assert (c.optim.name, c.optim.lr, c.optim.betas, c.optim.weight_decay) == ("adamw", 1e-3, [0.9, 0.999], 1e-4)
+        assert (c.loss.name, c.train.batch_size, c.train.epochs) == ("dice_focal", 4, 1000)
+        assert c.roi.size == [44, 256, 256] and c.model.architecture == "c2w_resnext"
+        assert (c.data.n_test, c.data.n_folds, c.data.final_val) == (30, 5, 24)
+    assert (cavity.schedule.kind, cavity.schedule.warmup_epochs, cavity.schedule.min_lr) == ("cosine", 50, 1e-6)
+    assert wall.unfreeze.enabled and wall.unfreeze.steps == [61, 181] and wall.unfreeze.new_head
+    assert wall.schedule.restarts == [61, 181] and wall.schedule.restart_lr == [1e-4, 1e-5]
+    assert wall.train.early_stopping_from == 181 and wall.data.target == scratch.data.target == "wall"
+    assert not scratch.unfreeze.enabled and not scratch.run.init_from
+
+
+def test_mbas_presets_carry_tables_27_and_28():
+    s1, s2 = cfg.load(CONFIGS / "mbas_stage1.toml"), cfg.load(CONFIGS / "mbas_stage2.toml")
+    for c in (s1, s2):
+        assert (c.optim.name, c.optim.lr, c.optim.momentum, c.optim.weight_decay) == ("sgd", 1e-2, 0.99, 3e-5)
+        assert (c.schedule.kind, c.schedule.poly_exponent) == ("poly", 0.9)
+        assert (c.train.epochs, c.train.iterations_per_epoch, c.train.batch_size) == (1000, 250, 2)
+        assert (c.loss.name, c.loss.smooth, c.model.init) == ("dice_ce", 1e-5, "kaiming_normal")
+        a = c.augment
+        assert (a.elastic_prob, a.rotation_prob, a.rotation_deg, a.scaling_prob, a.scaling_range) == \
+            (0.0, 0.2, [-180.0, 180.0], 0.2, [0.7, 1.4])
+        assert (a.noise_prob, a.noise_variance, a.blur_prob, a.blur_sigma) == (0.1, [0.0, 0.1], 0.2, [0.5, 1.0])
+        assert (a.brightness_prob, a.brightness_range, a.contrast_prob, a.contrast_range) == \
+            (0.15, [0.75, 1.25], 0.15, [0.75, 1.25])
+        assert (a.lowres_prob, a.lowres_scale, a.gamma_prob, a.inverse_gamma_prob) == (0.25, [0.5, 1.0], 0.1, 0.3)
+    assert s1.data.spacing == [2.5, 0.9737, 0.9737] and s1.train.patch_size == [28, 256, 224]
+    assert (s1.train.sampling, s1.train.foreground_prob, s1.loss.batch_dice) == ("foreground", 0.25, False)
+    assert s1.cascade.keep_largest and s1.cascade.dilation_radius == 2
+    assert s2.train.patch_size == [20, 256, 256] and s2.loss.batch_dice and s2.loss.region_mask
+    assert s2.train.class_weights == {"wall": 0.5, "RA": 0.25, "LA": 0.25}
+    assert (s2.cascade.dilation_radius, s2.data.target) == (2, "multiclass")
+
+
+def _load(tmp_path, text, overrides=()):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return cfg.load(path, list(overrides))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[train]\nepoch = 3\n", r"unknown key train.epoch; known in \[train\]: epochs"),
+    ("[trian]\n", r"unknown section \[trian\]"),
+    ("[train]\nepochs = \"ten\"\n", r"train.epochs must be an integer, got str 'ten'"),
+    ("[train]\nepochs = 2.5\n", r"train.epochs must be an integer, got float"),
+    ("[optim]\nlr = true\n", r"optim.lr must be a number, got bool"),
+    ("[roi]\nsize = [1, 2]\n", r"roi.size must have 3 positive values"),
+    ("[data]\ntarget = \"aorta\"\n", r"data.target must be one of"),
+    ("[augment]\nnoise_prob = 1.5\n", r"augment.noise_prob must be a probability"),
+    ("[run]\nstage = \"wall\"\n", r"stage 'wall' fine-tunes the cavity model"),
+    ("[roi]\nsize = [4, 4, 4]\nlocalizer = \"\"\n", r"roi.localizer"),
+    ("[model]\noverrides = {features = [1, 2]}\n", r"model.overrides: strides needs one entry per stage"),
+    ("[train]\nsampling = \"classes\"\nclass_weights = {RA = 1.0}\n",
+     r"train.class_weights must give non-negative weights to classes of target 'la_cavity' \(LA\)"),
+    ("[train]\nepochs = \n", r"not valid TOML"),
+])
+def test_bad_configs_fail_with_the_key_named(tmp_path, text, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        _load(tmp_path, text, ["train.patch_size=[8, 8, 8]"])
+
+
+def test_set_overrides_parse_toml_values_and_bare_words(tmp_path):
+    config = _load(tmp_path, "[roi]\ncenter = \"ground_truth\"\n", [
+        "train.epochs=7", "optim.lr=3e-4", "run.amp=false", "roi.size=[8, 16, 16]", "run.stage=scratch",
+        "model.overrides.features=[4,8,16,32,64,64,64]", "train.class_weights.LA=1.0"])
+    assert (config.train.epochs, config.optim.lr, config.run.amp, config.roi.size) == (7, 3e-4, False, [8, 16, 16])
+    assert config.run.stage == "scratch" and config.model.overrides["features"][0] == 4
+    assert config.train.class_weights == {"LA": 1.0}
+    with pytest.raises(cfg.ConfigError, match="expects section.key=value"):
+        _load(tmp_path, "", ["epochs=3"])

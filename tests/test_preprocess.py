@@ -1,0 +1,68 @@
+"""Preprocessing: z-score, target classes, resampling, centre of mass, ROI crop and paste."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from c2w_fast.data.preprocess import (
+    Box,
+    center_of_mass,
+    crop,
+    paste,
+    resample,
+    resampled_shape,
+    target_labels,
+    zscore,
+)
+
+
+def test_zscore_has_zero_mean_unit_std_and_handles_constants(rng):
+    image = rng.normal(300, 40, (7, 9, 11)).astype(np.int16)
+    z = zscore(image)
+    assert z.dtype == np.float32 and abs(z.mean()) < 1e-5 and z.std() == pytest.approx(1, abs=1e-5)
+    assert not zscore(np.full((3, 3, 3), 5.0)).any()
+
+
+def test_target_classes_from_canonical_labels():
+    labels = np.array([0, 1, 2, 3], np.uint8).reshape(1, 1, 4)
+    assert target_labels(labels, "la_cavity").ravel().tolist() == [0, 0, 0, 1]
+    assert target_labels(labels, "wall").ravel().tolist() == [0, 1, 0, 0]
+    assert target_labels(labels, "atria").ravel().tolist() == [0, 1, 1, 1]
+    assert target_labels(labels, "multiclass").ravel().tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="target must be one of"):
+        target_labels(labels, "LV")
+
+
+def test_resampling_keeps_the_field_of_view_and_voxel_centres(rng):
+    assert resampled_shape((44, 640, 640), (2.5, 0.625, 0.625), (2.5, 0.9737, 0.9737)) == (44, 411, 411)
+    image = rng.random((6, 10, 14)).astype(np.float32)
+    # doubling every axis: a centre-aligned linear interpolation equals scipy's zoom with grid_mode
+    up = resample(image, (12, 20, 28))
+    expected = ndimage.zoom(image, 2, order=1, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(up, expected, atol=1e-5)
+    labels = rng.integers(0, 4, (6, 10, 14)).astype(np.uint8)
+    assert np.array_equal(resample(resample(labels, (12, 20, 28), labels=True), labels.shape, labels=True), labels)
+    assert resample(labels, labels.shape, labels=True) is labels
+
+
+def test_centre_of_mass_and_empty_mask():
+    mask = np.zeros((5, 6, 7), bool)
+    mask[1, 2, 3] = mask[3, 4, 5] = True
+    assert center_of_mass(mask) == (2.0, 3.0, 4.0)
+    assert center_of_mass(np.zeros((2, 2, 2))) is None
+
+
+def test_crop_and_paste_round_trip_across_the_border(rng):
+    volume = rng.random((2, 9, 10, 11)).astype(np.float32)
+    for centre in [(4, 5, 5), (0, 0, 0), (8, 9, 10), (-3, 12, 5)]:
+        box = Box.around(centre, (6, 7, 8))
+        part = crop(volume, box, pad_value=-1)
+        assert part.shape == (2, 6, 7, 8)
+        z0, y0, x0 = box.start
+        for index in np.ndindex(6, 7, 8):
+            z, y, x = z0 + index[0], y0 + index[1], x0 + index[2]
+            inside = 0 <= z < 9 and 0 <= y < 10 and 0 <= x < 11
+            assert part[(0, *index)] == (volume[0, z, y, x] if inside else -1)
+        back = paste(part, box, (9, 10, 11), fill=-2)
+        kept = back[0] != -2
+        np.testing.assert_array_equal(back[:, kept], volume[:, kept])
+    assert Box.around((4.4, 5.6, 5), (4, 4, 5)).start == (2, 4, 3)

@@ -1,0 +1,48 @@
+"""Learning-rate schedules: the C2W stage-wise cosine with restarts and MBAS's poly decay."""
+import math
+
+import pytest
+
+from c2w_fast import config as cfg
+from c2w_fast.training.schedule import learning_rate
+from training_helpers import CONFIGS
+
+
+def lrs(config, ipe=1):
+    return [learning_rate(config, e, i, ipe) for e in range(config.train.epochs) for i in range(ipe)]
+
+
+def test_c2w_wall_schedule_peaks_decay_tenfold_at_each_unfreezing_step():
+    config = cfg.load(CONFIGS / "c2w_wall.toml")
+    values = lrs(config)
+    warmup = int(config.schedule.warmup_epochs)
+    # every cycle reaches its peak at the end of its warm-up: 1e-3, 1e-4, 1e-5 (paper §2.6)
+    for start, peak in ((0, 1e-3), (61, 1e-4), (181, 1e-5)):
+        assert values[start + warmup - 1] == pytest.approx(peak)
+        assert max(values[start:start + 60]) == pytest.approx(peak)
+        assert values[start] == pytest.approx(peak / warmup)  # linear warm-up from peak / warmup
+    # each cycle ends at its floor just before the next restart (min_lr, capped by the peak)
+    assert values[60] == pytest.approx(1e-6) and values[999] == pytest.approx(1e-6)
+    assert values[180] == pytest.approx(1e-6)
+
+
+def test_c2w_stage1_cosine_with_50_epoch_warmup_from_1e3_to_1e6():
+    config = cfg.load(CONFIGS / "c2w_cavity.toml")
+    values = lrs(config, ipe=3)
+    assert values[:150] == pytest.approx([1e-3 * (i + 1) / 150 for i in range(150)])
+    t = [(i - 150) / (3000 - 150 - 1) for i in range(150, 3000)]
+    assert values[150:] == pytest.approx([1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * x)) for x in t])
+
+
+def test_mbas_poly_schedule_is_equation_1_per_iteration():
+    config = cfg.load(CONFIGS / "mbas_stage1.toml")
+    config.train.epochs = 4
+    values = lrs(config, ipe=250)
+    total = 4 * 250
+    assert values == pytest.approx([1e-2 * (1 - t / total) ** 0.9 for t in range(total)])
+
+
+def test_constant_schedule():
+    config = cfg.Config()
+    config.schedule.kind, config.train.epochs = "constant", 3
+    assert set(lrs(config, 2)) == {config.optim.lr}

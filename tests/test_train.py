@@ -1,0 +1,191 @@
+"""python -m c2w_fast.train end to end on tiny phantoms: run folder, folds, errors before training,
+progressive unfreezing, early stopping, the MBAS cascade and the signed-distance channel."""
+import csv
+import math
+
+import pytest
+import torch
+
+from c2w_fast import config as cfg
+from c2w_fast import train
+from c2w_fast.data.layouts import discover_cases
+from c2w_fast.training import checkpoint
+from c2w_fast.training.loop import Trainer
+from training_helpers import CONFIGS, RESNEXT, SPLITS, set_args, write_phantoms
+
+TINY = SPLITS + RESNEXT
+
+
+@pytest.fixture(scope="module")
+def lasc(tmp_path_factory):
+    return write_phantoms(tmp_path_factory.mktemp("lasc"))
+
+
+def _run(preset, data, out, *extra, fold="final", epochs=2, items=()):
+    args = ["--config", str(CONFIGS / preset), "--data", str(data), "--out", str(out), "--fold", fold,
+            "--epochs", str(epochs), *extra] + set_args(TINY + list(items))
+    return train.main(args)
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_help_documents_every_stage(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    for stage in cfg.STAGES:
+        assert f"\n  {stage} " in text
+    for option in ("--fold", "--resume", "--init-from", "--epochs", "--device", "--set"):
+        assert option in text
+
+
+def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, capsys):
+    assert _run("c2w_cavity.toml", lasc, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "Held-out test set (2 cases), cavity stage, class LA" in out and "LA Dice ↑" in out
+    assert {p.name for p in tmp_path.iterdir()} == {"config.toml", "splits.json", "final"}
+    files = {p.name for p in (tmp_path / "final").iterdir()}
+    assert files == {"metrics.csv", "progress.png", "checkpoint_latest.pt", "checkpoint_best.pt", "val_metrics.csv",
+                     "test_metrics.csv"}
+    rows = _rows(tmp_path / "final" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert all(0 <= float(r["val_dice"]) <= 1 and float(r["val_hd95"]) >= 0 for r in rows)
+    test = _rows(tmp_path / "final" / "test_metrics.csv")
+    assert len(test) == 2 and {"case", "class", "dice", "surface_dice", "hd95", "assd"} <= set(test[0])
+    saved = cfg.load(tmp_path / "config.toml")
+    assert saved.train.epochs == 2 and saved.data.root == str(lasc)
+
+
+def test_all_folds_train_in_turn(lasc, tmp_path):
+    assert _run("c2w_cavity.toml", lasc, tmp_path, fold="all", epochs=1) == 0
+    assert (tmp_path / "fold_0" / "checkpoint_best.pt").is_file()
+    assert (tmp_path / "fold_1" / "val_metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("extra, items, message", [
+    ((), ["train.epoch=3"], "unknown key train.epoch"),
+    ((), ["train.batch_size=two"], "train.batch_size must be an integer, got str 'two'"),
+    (("--fold", "2"), [], "--fold 2 is out of range: the splits have 2 folds (0..1)"),
+    (("--fold", "best"), [], "--fold must be a fold index, 'all' or 'final'"),
+    pytest.param(("--device", "cuda"), [], "no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
+])
+def test_bad_input_stops_before_training(lasc, tmp_path, capsys, extra, items, message):
+    args = ["--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(lasc), "--out", str(tmp_path / "run"),
+            *extra] + set_args(TINY + items)
+    assert train.main(args) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert not list(tmp_path.rglob("checkpoint_*.pt"))
+
+
+def test_dataset_without_cases_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _run("c2w_cavity.toml", tmp_path / "empty", tmp_path / "run") == 2
+    assert "no dataset layout recognised" in capsys.readouterr().err
+    assert _run("c2w_cavity.toml", tmp_path / "empty", tmp_path / "run", items=["data.layout=\"lasc\""]) == 2
+    assert "no cases found for layout 'lasc'" in capsys.readouterr().err
+
+
+def test_init_from_another_architecture_is_refused_before_training(lasc, tmp_path, capsys):
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", TINY + ["model.overrides.features=[4,8,8]"])
+    model = checkpoint.build_from_config(config)
+    (tmp_path / "other").mkdir()
+    path = checkpoint.save(tmp_path / "other" / "cavity.pt", {
+        "model": model.state_dict(), "config": config.to_dict(),
+        "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
+    err = capsys.readouterr().err
+    assert "cavity.pt: checkpoint of another architecture — features: checkpoint [4, 8, 8], this run [4, 8, 16]" in err
+    assert not list((tmp_path / "wall").rglob("checkpoint_*.pt"))
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a, b, prefix):
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def _all_moved(a, b, prefix):
+    keys = [k for k in a if k.startswith(prefix)]
+    return all(not torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_progressive_unfreezing_is_verified(lasc, tmp_path):
+    """Step A: encoder unchanged but for the bottleneck; step B: the shallow encoder unchanged;
+    step C: everything moves; and the wall head starts re-initialised."""
+    cavity_config = cfg.load(CONFIGS / "c2w_cavity.toml", TINY)
+    torch.manual_seed(0)
+    cavity = checkpoint.build_from_config(cavity_config)
+    (tmp_path / "cavity").mkdir()
+    path = checkpoint.save(tmp_path / "cavity" / "checkpoint.pt", {
+        "model": cavity.state_dict(), "config": cavity_config.to_dict(),
+        "architecture": checkpoint.architecture_of(cavity, "c2w_resnext")})
+    config = cfg.load(CONFIGS / "c2w_wall.toml", TINY + [
+        f"run.init_from=\"{path}\"", "unfreeze.steps=[1, 2]", "schedule.restarts=[1, 2]", "unfreeze.shallow_stages=1",
+        "train.epochs=3", f"data.root=\"{lasc}\""])
+    cases = discover_cases(lasc)
+    trainer = Trainer(config, tmp_path / "wall" / "final", cases[:3], cases[3:4], device=torch.device("cpu"))
+    start = _snapshot(trainer.model)
+    before = _snapshot(cavity)
+    assert _same(start, before, "encoder.") and _same(start, before, "decoder.")
+    assert not _same(start, before, "heads.")  # new head
+    states = []
+    trainer.fit(on_epoch_end=lambda epoch, model: states.append(_snapshot(model)))
+    after_a, after_b, after_c = states
+    # step A: stem and encoder stages 0-1 frozen, the bottleneck (stage 2), decoder and head train
+    assert _same(after_a, start, "encoder.stem.") and _same(after_a, start, "encoder.stages.1.")
+    assert _all_moved(after_a, start, "encoder.stages.2.") and _all_moved(after_a, start, "decoder.")
+    assert _all_moved(after_a, start, "heads.")
+    # step B: the shallow part (stem + stage 0, which holds no blocks) stays, stage 1 now trains
+    assert _same(after_b, start, "encoder.stem.")
+    assert _all_moved(after_b, after_a, "encoder.stages.1.") and _all_moved(after_b, after_a, "encoder.stages.2.")
+    # step C: every parameter moves
+    params = {name for name, _ in trainer.model.named_parameters()}
+    assert all(not torch.equal(after_c[k], after_b[k]) for k in params)
+    phases = [r["phase"] for r in _rows(tmp_path / "wall" / "final" / "metrics.csv")]
+    assert phases == ["A", "B", "C"]
+
+
+def test_early_stopping_stops_when_validation_stops_improving(lasc, tmp_path):
+    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
+    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=5, items=items) == 0
+    rows = _rows(tmp_path / "final" / "metrics.csv")
+    assert len(rows) == 2  # best at the first validation, no better at the second: stop
+
+
+def test_mbas_cascade_stage1_then_masked_stage2(tmp_path):
+    data = write_phantoms(tmp_path / "mbas", n=6, layout="mbas")
+    small = ["model.overrides.features=[4,8,8]", "model.overrides.strides=[1,[1,2,2],2]",
+             "model.overrides.kernels=[[1,3,3],3,3]", "model.overrides.blocks_per_stage=[1,1,1]",
+             "model.overrides.decoder_convs=[1,1]", "train.iterations_per_epoch=2", "train.val_patches=4"]
+    stage1 = small + ["data.spacing=[4.0,3.0,3.0]", "train.patch_size=[8,16,16]", "model.overrides.dropout=0.5"]
+    args = ["--data", str(data), "--fold", "final", "--epochs", "2"]
+    assert train.main(["--config", str(CONFIGS / "mbas_stage1.toml"), "--out", str(tmp_path / "s1"), *args]
+                      + set_args(SPLITS + stage1)) == 0
+    stage2 = small + ["train.patch_size=[8,24,24]", f"cascade.stage1=\"{tmp_path / 's1'}\""]
+    assert train.main(["--config", str(CONFIGS / "mbas_stage2.toml"), "--out", str(tmp_path / "s2"), *args]
+                      + set_args(SPLITS + stage2)) == 0
+    rows = _rows(tmp_path / "s2" / "final" / "metrics.csv")
+    assert {"val_dice_wall", "val_dice_RA", "val_dice_LA"} <= set(rows[0])
+    test = _rows(tmp_path / "s2" / "final" / "test_metrics.csv")
+    assert {r["class"] for r in test} == {"wall", "RA", "LA"}
+
+
+def test_wall_stage_with_the_cavity_distance_channel(lasc, tmp_path):
+    """Beyond the paper: the cavity run's signed distance as a second input channel."""
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    items = [f"data.sdf_from=\"{tmp_path / 'cavity'}\"", "data.sdf_channel=true", "unfreeze.steps=[1,1]",
+             "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=2,
+                items=items) == 0
+    model, config = checkpoint.load_model(tmp_path / "wall" / "final" / "checkpoint_best.pt")
+    assert model.in_channels == 2 and config.data.sdf_channel
+    test = _rows(tmp_path / "wall" / "final" / "test_metrics.csv")
+    assert all(math.isfinite(float(r["dice"])) for r in test)
