@@ -355,15 +355,16 @@ def resolve_checkpoint(path, fold: str | None = None) -> Path:
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
-    for name in ([fold] if fold else []) + ["final"]:
+    names = ([fold] if fold and fold != "final" else []) + ["final"]
+    for name in names:
         candidate = path / name / "checkpoint_best.pt"
         if candidate.is_file():
             return candidate
     trained = sorted(p.parent.name for p in path.glob("*/checkpoint_best.pt"))
     hint = f"; it has {', '.join(trained)} (choose one as the fold)" if trained else \
         " (is this a training run folder? it has no trained fold)"
-    raise FileNotFoundError(f"{path}: no {fold + '/' if fold else ''}checkpoint_best.pt or final/checkpoint_best.pt "
-                            f"in this run folder{hint}")
+    raise FileNotFoundError(f"{path}: no {' or '.join(n + '/checkpoint_best.pt' for n in names)} in this run "
+                            f"folder{hint}")
 
 
 def run_folder_of(checkpoint: Path) -> Path:
