@@ -160,8 +160,9 @@ class WindowRunner:
     Autocast in ``precision``; with ``mirror_axes`` (spatial axes 0, 1, 2 = z, y, x) the
     logits are averaged over every combination of flips of those axes (2^n passes); a
     deep-supervision model's first output is used. With ``cuda_graph`` the whole forward
-    is captured once per batch size and replayed (shorter batches are padded); when the
-    capture fails the runner warns once and runs eagerly.
+    is captured once per batch size and window shape and replayed (shorter batches are
+    padded); keep the runner to reuse the graph across volumes (a :class:`Predictor` does).
+    When the capture fails the runner warns once and runs eagerly.
     """
 
     def __init__(self, model: torch.nn.Module, *, precision: str = "fp32", mirror_axes=(), cuda_graph: bool = False):
@@ -241,7 +242,8 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
         gaussian: weight each window's logits by :func:`gaussian_importance` (else uniformly).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass.
         batch_size: windows per forward pass; halved on CUDA out-of-memory (down to 1).
-        mirror_axes, cuda_graph: see :class:`WindowRunner`.
+        mirror_axes, cuda_graph: see :class:`WindowRunner`. ``model`` may be a :class:`WindowRunner`
+            instead, which brings its own precision, mirroring and (reusable) CUDA graphs.
         timer: gets the ``network`` and ``stitch`` phases.
 
     Returns:
@@ -256,7 +258,12 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
     patch = tuple(int(p) for p in patch)
     if len(patch) != 3 or min(patch) < 1:
         raise ValueError(f"patch must be 3 positive sizes (z, y, x), got {patch}")
-    runner = WindowRunner(model, precision=precision, mirror_axes=mirror_axes, cuda_graph=cuda_graph)
+    if isinstance(model, WindowRunner):
+        if (precision, tuple(mirror_axes), cuda_graph) != ("fp32", (), False):
+            raise ValueError("precision, mirror_axes and cuda_graph come from the WindowRunner passed as the model")
+        runner = model
+    else:
+        runner = WindowRunner(model, precision=precision, mirror_axes=mirror_axes, cuda_graph=cuda_graph)
     image, unpad = _pad_to_patch(image, patch)
     padded = tuple(image.shape[1:])
     weight = gaussian_importance(patch).to(image.device) if gaussian else torch.ones(patch, device=image.device)
@@ -266,9 +273,11 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
     while done < len(starts):
         chunk = starts[done: done + size]
         windows = [(slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2])) for z, y, x in chunk]
+        with timer.phase("stitch"):
+            batch = torch.stack([image[(slice(None), *w)] for w in windows])
         try:
             with timer.phase("network"):
-                out = runner(torch.stack([image[(slice(None), *w)] for w in windows]), size)
+                out = runner(batch, size)
         except torch.cuda.OutOfMemoryError:
             if size == 1:
                 raise InferenceError(f"CUDA out of memory running one {patch} window; free GPU memory, "
@@ -542,6 +551,7 @@ class Predictor:
         self.pipeline = StagePipeline(config, fold=fold, device=device, trained_spacing=trained_spacing,
                                       run_dir=run_dir, loader=self.loader)
         self._last = None  # (image, spacing, labels, probabilities wanted, StagePrediction) of the last case
+        self._runner = None
 
     @classmethod
     def load(cls, path, fold: str | None = None, device="cpu", *, options: InferenceOptions = InferenceOptions(),
@@ -553,13 +563,21 @@ class Predictor:
     def device(self) -> torch.device:
         return self.pipeline.device
 
+    @property
+    def runner(self) -> WindowRunner:
+        """The stage's network with the options' precision, mirroring and CUDA graphs, kept across cases."""
+        if self._runner is None:
+            options = self.loader.options
+            self._runner = WindowRunner(self.model, mirror_axes=options.mirror_axes, cuda_graph=options.cuda_graph,
+                                        precision=options.precision or default_precision(self.config.run.amp,
+                                                                                         self.device))
+        return self._runner
+
     def window_settings(self) -> dict:
-        """Keyword arguments of :func:`sliding_window` from the options and the stage's config."""
+        """Keyword arguments of :func:`sliding_window` (besides the runner) from the options and the config."""
         options, config = self.loader.options, self.config
-        precision = options.precision or default_precision(config.run.amp, self.device)
         return dict(step=config.eval.step if options.step is None else options.step, gaussian=config.eval.gaussian,
-                    precision=precision, batch_size=options.batch_size, mirror_axes=options.mirror_axes,
-                    cuda_graph=options.cuda_graph)
+                    batch_size=options.batch_size)
 
     def _logits(self, x: torch.Tensor, spacing, labels) -> torch.Tensor:
         pipeline, timer = self.pipeline, self.loader.timer
@@ -570,7 +588,7 @@ class Predictor:
             box = None if centre is None else Box.around(centre, self.config.roi.size)
             if box is not None:
                 channels = crop(channels, box)
-        logits = sliding_window(self.model, channels.contiguous(), pipeline.patch_size, timer=timer,
+        logits = sliding_window(self.runner, channels.contiguous(), pipeline.patch_size, timer=timer,
                                 **self.window_settings())
         with timer.phase("postprocess"):
             if box is not None:  # background outside the ROI
