@@ -296,7 +296,8 @@ def end_to_end_rows(args, runs, paths, device, out_root: Path) -> tuple[list[dic
                     pipeline = load_pipeline(model, device=device, options=options, timer=timer)
                     return lambda path: predict_file(pipeline, path.name[:-7], path, out)
 
-                row = {"pipeline": kind, "overlap": overlap, "method": label, **per_volume(build(NO_TIMER), paths, device)}
+                row = {"pipeline": kind, "overlap": overlap, "method": label,
+                       **per_volume(build(NO_TIMER), paths, device)}
                 timer = PhaseTimer()
                 build(timer)(paths[1])
                 row.update({f"{phase}_s": timer.totals.get(phase, 0.0) for phase in PHASES})
@@ -360,8 +361,8 @@ def network_rows(args, runs, device) -> list[dict]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             calls.clear()
-            results[name] = {**benchlib.time_call(fn, **timing),
-                             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")}
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+            results[name] = {**benchlib.time_call(fn, **timing), "peak_gib": peak}
             if name == "MONAI":
                 results[name]["windows"] = sum(calls) // (timing["repeats"] + timing["warmup"])
         reference = ours().float()

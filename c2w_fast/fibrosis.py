@@ -15,7 +15,6 @@ the dense threshold, 3 dense scar.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,8 @@ import torch
 
 from c2w_fast.data.io import read_volume, write_volume
 from c2w_fast.errors import DataError
-from c2w_fast.infer import resolve_device
 from c2w_fast.ops import binary_erosion
-from c2w_fast.regions import (add_mask_arguments, atrial_masks, masks_from_arguments,
-                              region_masks, write_rows)
+from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report
 
 FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
 HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3
@@ -101,11 +98,8 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m c2w_fast.fibrosis", description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[2:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = mask_parser("python -m c2w_fast.fibrosis", __doc__)
     parser.add_argument("--image", required=True, type=Path, help="LGE-MRI image the masks were drawn on")
-    add_mask_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="label map to write: 1 wall, 2 fibrosis, 3 dense scar")
     parser.add_argument("--csv", type=Path, help="summary CSV (whole wall and sectors)")
     parser.add_argument("--iir-map", type=Path, help="also write the image-intensity ratio of the wall voxels")
@@ -113,29 +107,23 @@ def main(argv=None) -> int:
     parser.add_argument("--dense", type=float, default=DENSE_SCAR_IIR, help="IIR threshold of dense scar (1.32)")
     args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        masks = masks_from_arguments(args)
+        masks, on_device = masks_from_arguments(args)
         image = read_volume(args.image)
         if image.shape != masks.grid.shape:
             raise DataError(args.image, f"image shape {image.shape} differs from the masks' {masks.grid.shape}")
-        to = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device)  # noqa: E731
-        result = fibrosis_burden(to(image.array.astype(np.float32)), to(masks.wall), to(masks.cavity),
-                                 affine=masks.grid.affine, fibrosis=args.fibrosis, dense=args.dense,
-                                 la_cavity=to(masks.la_cavity))
+        values = torch.from_numpy(image.array.astype(np.float32))
+        result = fibrosis_burden(values, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
+                                 dense=args.dense)
         write_volume(args.out, result.labels.cpu().numpy(), like=masks.grid)
         if args.iir_map:
             write_volume(args.iir_map, result.iir.cpu().numpy(), like=masks.grid)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = result.summary()
-    if args.csv:
-        write_rows(args.csv, rows)
     print(f"blood-pool mean intensity {result.blood_pool_mean:.4g}")
-    for row in rows:
-        print(f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis {row['fibrosis_percent']:5.1f} %  "
-              f"dense scar {row['dense_scar_percent']:5.1f} %  mean IIR {row['mean_iir']:.2f}")
-    return 0
+    return report(result.summary(), args.csv, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis "
+                  f"{row['fibrosis_percent']:5.1f} %  dense scar {row['dense_scar_percent']:5.1f} %  "
+                  f"mean IIR {row['mean_iir']:.2f}")
 
 
 if __name__ == "__main__":

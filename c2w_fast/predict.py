@@ -142,6 +142,9 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
     Raises :class:`ModelError` naming the folder or file when it holds no usable stage.
     """
     loader = StageLoader(device, options, timer)
+    if fold and Path(model).is_dir() and not (Path(model) / fold / "checkpoint_best.pt").is_file():
+        trained = sorted(p.parent.name for p in Path(model).glob("*/checkpoint_best.pt")) or ["none"]
+        raise ModelError(f"{model}: no {fold}/checkpoint_best.pt; trained folds: {', '.join(trained)}")
     try:
         named = loader.load(model, fold)
         config = named.config
@@ -234,14 +237,16 @@ def predict_file(pipeline: Pipeline, case: str, image_path: Path, out: Path, *, 
 def parser() -> argparse.ArgumentParser:
     paragraphs = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="python -m c2w_fast.predict", description=paragraphs[0].split(": ", 1)[1],
-                                epilog="\n\n".join(paragraphs[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog="\n\n".join(paragraphs[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="training run folder or checkpoint file")
     p.add_argument("--in", dest="inputs", required=True, type=Path, help="image file, dataset folder or image folder")
     p.add_argument("--out", required=True, type=Path, help="folder for the label maps (created)")
     p.add_argument("--fold", help="fold folder of the run to use (e.g. fold_0); default final")
     p.add_argument("--no-cavity", action="store_true", help="C2W wall run: predict the wall only, without the cavity")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1): 0.5 nnU-Net's default, 0 the "
-                                                  "fast mode (stride 1.0); default: each stage's eval.step")
+    p.add_argument("--overlap", type=float,
+                   help="sliding-window overlap in [0, 1): 0.5 nnU-Net's default, 0 the fast mode (stride 1.0); "
+                        "default: each stage's eval.step")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="autocast of the networks; default bf16 on a GPU (runs trained with run.amp), fp32 on a CPU")
     p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (halved on GPU out-of-memory)")

@@ -114,6 +114,15 @@ def write_rows(path, rows: list[dict], *, case: str | None = None) -> Path:
     return path
 
 
+def report(rows: list[dict], csv_path, describe) -> int:
+    """A CLI's end: ``rows`` to ``csv_path`` (when given), ``describe(row)`` printed per row; exit status 0."""
+    if csv_path:
+        write_rows(csv_path, rows)
+    for row in rows:
+        print(describe(row))
+    return 0
+
+
 # --- masks from label files ---------------------------------------------------------------------
 
 @dataclass
@@ -167,15 +176,27 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     return WallMasks(wall, cavity, la_cavity, wall_volume)
 
 
-def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
+def mask_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A CLI's parser (description: ``doc``'s first paragraph, epilog: the rest after the usage)
+    with the mask options ``--wall``, ``--cavity``, ``--wall-label``, ``--cavity-label``, ``--device``."""
+    paragraphs = doc.split("\n\n")
+    parser = argparse.ArgumentParser(prog=prog, description=paragraphs[0], epilog="\n\n".join(paragraphs[2:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wall", required=True, type=Path, help="label file holding the wall")
     parser.add_argument("--cavity", required=True, type=Path, help="label file holding the cavity (may be --wall)")
     parser.add_argument("--wall-label", help="wall values in --wall, e.g. 1 (default: nonzero; 1 if one file)")
-    parser.add_argument("--cavity-label", help="cavity values in --cavity, e.g. 2,3 (default: nonzero; 2,3 if one file)")
+    parser.add_argument("--cavity-label",
+                        help="cavity values in --cavity, e.g. 2,3 (default: nonzero; 2,3 if one file)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the distance transforms run (auto: a GPU when there is one)")
+                        help="where the computation runs (auto: a GPU when there is one)")
+    return parser
 
 
-def masks_from_arguments(args) -> WallMasks:
-    return read_wall_masks(args.wall, args.cavity, parse_values(args.wall_label, "--wall-label"),
-                           parse_values(args.cavity_label, "--cavity-label"))
+def masks_from_arguments(args) -> tuple[WallMasks, dict[str, torch.Tensor]]:
+    """The masks the options name, and ``wall``, ``cavity``, ``la_cavity`` as tensors on ``--device``."""
+    from c2w_fast.infer import resolve_device
+
+    device = resolve_device(args.device)
+    masks = read_wall_masks(args.wall, args.cavity, parse_values(args.wall_label, "--wall-label"),
+                            parse_values(args.cavity_label, "--cavity-label"))
+    return masks, {name: torch.from_numpy(getattr(masks, name)).to(device) for name in ("wall", "cavity", "la_cavity")}

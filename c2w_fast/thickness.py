@@ -32,7 +32,6 @@ the LA centroid), as CSV rows ``region, voxels, mean_mm, median_mm, p95_mm``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +41,8 @@ import torch
 
 from c2w_fast.data.io import write_volume
 from c2w_fast.errors import DataError
-from c2w_fast.infer import resolve_device
 from c2w_fast.ops import bounding_box, distance_transform
-from c2w_fast.regions import (add_mask_arguments, atrial_masks, masks_from_arguments,
-                              region_masks, write_rows)
+from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report
 
 
 def face_distance(wall: torch.Tensor, other: torch.Tensor, spacing) -> torch.Tensor:
@@ -112,30 +109,19 @@ def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m c2w_fast.thickness", description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[2:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mask_arguments(parser)
+    parser = mask_parser("python -m c2w_fast.thickness", __doc__)
     parser.add_argument("--out", required=True, type=Path, help="thickness map to write (NIfTI or NRRD), mm")
     parser.add_argument("--csv", type=Path, help="summary CSV (whole wall and sectors)")
     args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        masks = masks_from_arguments(args)
-        to = lambda mask: torch.from_numpy(mask).to(device)  # noqa: E731
-        result = wall_thickness(to(masks.wall), to(masks.cavity), affine=masks.grid.affine,
-                                la_cavity=to(masks.la_cavity))
+        masks, on_device = masks_from_arguments(args)
+        result = wall_thickness(**on_device, affine=masks.grid.affine)
         write_volume(args.out, result.thickness.cpu().numpy(), like=masks.grid)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = result.summary()
-    if args.csv:
-        write_rows(args.csv, rows)
-    for row in rows:
-        print(f"{row['region']:10s} {row['voxels']:8d} voxels  mean {row['mean_mm']:.2f}  median "
-              f"{row['median_mm']:.2f}  p95 {row['p95_mm']:.2f} mm")
-    return 0
+    return report(result.summary(), args.csv, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  mean "
+                  f"{row['mean_mm']:.2f}  median {row['median_mm']:.2f}  p95 {row['p95_mm']:.2f} mm")
 
 
 if __name__ == "__main__":

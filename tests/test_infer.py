@@ -147,7 +147,8 @@ def test_window_counts_of_the_mbas_paper_and_monai():
     shape, patch = (44, 640, 640), (20, 256, 256)
     assert window_count(shape, patch, 0.5) == 64
     assert window_count(shape, patch, 1.0) == 27
-    for shape, patch in [((44, 640, 640), (20, 256, 256)), ((44, 410, 410), (28, 256, 224)), ((30, 50, 70), (8, 16, 32))]:
+    cases = [((44, 640, 640), (20, 256, 256)), ((44, 410, 410), (28, 256, 224)), ((30, 50, 70), (8, 16, 32))]
+    for shape, patch in cases:
         for overlap in (0.5, 0.0, 0.25):
             interval = _get_scan_interval(shape, patch, 3, (overlap,) * 3)
             assert window_count(shape, patch, 1 - overlap) == len(dense_patch_slices(shape, patch, interval))

@@ -47,7 +47,8 @@ def c2w(tmp_path_factory):
 def mbas(tmp_path_factory):
     root = tmp_path_factory.mktemp("mbas")
     data = write_phantoms(root / "mbas", n=5, layout="mbas")
-    _train("mbas_stage1.toml", data, root / "stage1", CASCADE + ["data.spacing=[4.0,3.0,3.0]", "train.patch_size=[8,16,16]"])
+    _train("mbas_stage1.toml", data, root / "stage1",
+           CASCADE + ["data.spacing=[4.0,3.0,3.0]", "train.patch_size=[8,16,16]"])
     _train("mbas_stage2.toml", data, root / "stage2", CASCADE + ["train.patch_size=[8,24,24]",
                                                                  f"cascade.stage1=\"{root / 'stage1'}\""])
     return data, root
@@ -67,6 +68,9 @@ def test_c2w_wall_run_predicts_cavity_and_wall_as_its_two_stages(c2w, tmp_path):
                             np.where(cavity.predict(image.array, image.spacing) == 1, 3, 0))
         assert np.array_equal(out.array, expected)
     assert set(np.unique(out.array)) <= {0, 1, 3} and (out.array == 1).any()
+    logits = cavity.logits(image.array, image.spacing)  # the cavity stage keeps every component
+    assert logits.shape == (2, *image.shape)
+    assert np.array_equal(logits.argmax(0), cavity.predict(image.array, image.spacing))
 
 
 def test_mbas_cascade_stays_inside_the_dilated_stage1_region(mbas, tmp_path):
@@ -187,6 +191,9 @@ def test_bad_model_folders_are_named(c2w, tmp_path, capsys):
                     {k: v for k, v in payload.items() if k not in ("config", "format")})
     assert predict.main(["--model", str(tmp_path / "noconfig"), "--in", case, "--out", str(tmp_path / "o")]) == 2
     assert "incomplete c2w_fast checkpoint, no config in it" in capsys.readouterr().err
+    assert predict.main(["--model", str(runs / "wall"), "--fold", "fold_0", "--in", case,
+                         "--out", str(tmp_path / "o")]) == 2
+    assert "no fold_0/checkpoint_best.pt; trained folds: final" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -195,7 +202,8 @@ def test_a_wall_run_whose_cavity_run_is_gone(c2w, tmp_path, capsys):
     payload = checkpoint.load(runs / "wall" / "final" / "checkpoint_best.pt")
     payload["config"]["run"]["init_from"] = str(tmp_path / "elsewhere" / "c2w_cavity")
     (tmp_path / "wall" / "final").mkdir(parents=True)
-    checkpoint.save(tmp_path / "wall" / "final" / "checkpoint_best.pt", {k: v for k, v in payload.items() if k != "format"})
+    checkpoint.save(tmp_path / "wall" / "final" / "checkpoint_best.pt",
+                    {k: v for k, v in payload.items() if k != "format"})
     case = str(data / "phantom000" / "lgemri.nrrd")
     args = ["--model", str(tmp_path / "wall"), "--in", case, "--out", str(tmp_path / "o")]
     assert predict.main(args) == 2
@@ -277,3 +285,16 @@ def test_a_moved_folder_of_runs_still_predicts(c2w, tmp_path):
     finally:
         hidden.rename(runs)
     assert read_volume(tmp_path / "o" / "lgemri.nrrd").shape == PHANTOM["shape"]
+
+
+@pytest.mark.cuda
+def test_the_gpu_pipeline_predicts_what_the_cpu_pipeline_does(mbas, c2w):
+    """Everything on the GPU (stitching, resampling, largest components, dilation, ROI) at fp32
+    gives the CPU's labels up to voxels where the two convolution libraries round apart."""
+    for data, model, image_path in ((mbas[0], mbas[1] / "stage2", mbas[0] / "MBAS_002" / "MBAS_002.nii.gz"),
+                                    (c2w[0], c2w[1] / "wall", c2w[0] / "phantom001" / "lgemri.nrrd")):
+        image = read_volume(image_path)
+        options = InferenceOptions(precision="fp32", batch_size=3)
+        cpu = predict.load_pipeline(model, options=options).predict(image.array, image.spacing)
+        gpu = predict.load_pipeline(model, device="cuda", options=options).predict(image.array, image.spacing)
+        assert (cpu.labels == gpu.labels).mean() >= 0.999
