@@ -109,6 +109,21 @@ def device_for(args) -> torch.device:
     return torch.device("cuda")
 
 
+def monai_components() -> str:
+    """Which library MONAI's KeepLargestConnectedComponent will use here; exits naming what is missing."""
+    import importlib.util
+
+    missing = [name for name in ("monai",) if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.exit("bench/run_inference.py compares against MONAI: pip install -e \".[bench]\" (monai, scikit-image)")
+    if importlib.util.find_spec("cucim") is not None and importlib.util.find_spec("cupy") is not None:
+        return "cuCIM (GPU)"
+    if importlib.util.find_spec("skimage") is not None:
+        return "scikit-image (CPU)"
+    sys.exit("MONAI's KeepLargestConnectedComponent needs cuCIM (GPU) or scikit-image (CPU): "
+             "pip install -e \".[bench]\"")
+
+
 # --- inputs: run folders of random-weight checkpoints and synthetic volumes --------------------------------
 
 def make_runs(root: Path, smoke: bool) -> dict[str, Path]:
@@ -379,12 +394,14 @@ def network_rows(args, runs, device) -> list[dict]:
 def main() -> None:
     args = parse_args()
     device = device_for(args)
+    labelling = monai_components()
     geometry = SMOKE if args.cpu_smoke else FULL
     if args.cpu_smoke:
         torch.set_num_threads(1)
     print(f"{'CPU SMOKE RUN — not a result' if args.cpu_smoke else torch.cuda.get_device_name()}: "
           f"{args.volumes} volume(s) of {geometry['shape']} @ {geometry['spacing']} mm, pipelines {args.pipelines}, "
-          f"overlaps {args.overlaps}, {args.batch_size} windows per batch", flush=True)
+          f"overlaps {args.overlaps}, {args.batch_size} windows per batch; MONAI's largest component: {labelling}",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         runs = make_runs(tmp / "runs", args.cpu_smoke)
@@ -409,7 +426,8 @@ def main() -> None:
         return
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     payload = {"geometry": geometry, "volumes": args.volumes, "batch_size": args.batch_size,
-               "peer_blocks": args.peer_blocks, "agreement_tolerance": AGREEMENT_TOLERANCE, "target": TARGET,
+               "peer_blocks": args.peer_blocks, "monai_largest_component": labelling,
+               "agreement_tolerance": AGREEMENT_TOLERANCE, "target": TARGET,
                "network": network, "end_to_end": rows}
     print("saved", benchlib.save(f"inference_{gpu}", payload, printed))
     print("saved", benchlib.save_bar_chart(f"inference_{gpu}", bars, ylabel="seconds per volume (synchronised pass)",

@@ -203,22 +203,23 @@ def output_path(folder: Path, case: str, image_path: Path, suffix: str = "") -> 
 
 
 def write_case(volume: Volume, case: str, prediction: CasePrediction, out: Path, *,
-               probabilities_dir: Path | None = None, thickness_dir: Path | None = None) -> Path:
-    """Write a case's label map (and probability / thickness maps) with ``volume``'s geometry."""
+               probabilities_dir: Path | None = None, thickness_dir: Path | None = None, device="cpu") -> Path:
+    """Write a case's label map (and probability / thickness maps, the latter computed on
+    ``device``) with ``volume``'s geometry."""
     thickness = None
     if thickness_dir is not None:
         from c2w_fast.thickness import wall_thickness
 
-        wall = prediction.labels == CANONICAL_LABELS["wall"]
-        cavity = np.isin(prediction.labels, (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"]))
+        labels = torch.from_numpy(prediction.labels).to(device)
+        wall = labels == CANONICAL_LABELS["wall"]
+        cavity = (labels == CANONICAL_LABELS["RA"]) | (labels == CANONICAL_LABELS["LA"])
         if wall.any() and cavity.any():
-            thickness = wall_thickness(wall, cavity, affine=volume.affine,
-                                       la_cavity=prediction.labels == CANONICAL_LABELS["LA"])
+            thickness = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=labels == CANONICAL_LABELS["LA"])
     path = write_volume(output_path(out, case, volume.path), prediction.labels, like=volume)
     for name, probability in prediction.probabilities.items():
         write_volume(output_path(probabilities_dir, case, volume.path, f"_{name}"), probability, like=volume)
     if thickness is not None:
-        write_volume(output_path(thickness_dir, case, volume.path), thickness.thickness, like=volume)
+        write_volume(output_path(thickness_dir, case, volume.path), thickness.thickness.cpu().numpy(), like=volume)
         write_rows(Path(thickness_dir) / f"{case}.csv", thickness.summary(), case=case)
     return path
 
@@ -231,7 +232,7 @@ def predict_file(pipeline: Pipeline, case: str, image_path: Path, out: Path, *, 
     prediction = pipeline.predict(volume.array, volume.spacing, probabilities=probabilities_dir is not None)
     with pipeline.timer.phase("write"):
         return write_case(volume, case, prediction, out, probabilities_dir=probabilities_dir,
-                          thickness_dir=thickness_dir)
+                          thickness_dir=thickness_dir, device=pipeline.device)
 
 
 def parser() -> argparse.ArgumentParser:
