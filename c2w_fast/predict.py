@@ -39,8 +39,10 @@ spacing, origin and direction (a NIfTI output keeps the input's qform/sform exac
 ``--probabilities DIR``: ``DIR/<case>_<class>.nii.gz`` float32 softmax per foreground
 class; ``--thickness DIR``: ``DIR/<case>.nii.gz`` wall thickness in mm
 (:mod:`c2w_fast.thickness`) and ``DIR/<case>.csv`` its summary, when the pipeline
-predicts a wall and a cavity. A case that fails (unreadable, not 3D, out of memory) is
-reported and the others are still written.
+predicts a wall and a cavity. A case that fails (unreadable, not 3D, out of memory, not
+writable) is reported and the others are still written. Cases are read one ahead and
+written behind in I/O threads while the current one runs (``--timings`` runs them one step
+after the other to time each phase).
 
 Exit status: 0 when every case was written, 1 when some failed, 2 for bad arguments or an
 unusable model.
@@ -50,6 +52,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,11 +205,28 @@ def output_path(folder: Path, case: str, image_path: Path, suffix: str = "") -> 
     return Path(folder) / f"{case}{suffix}{'.nrrd' if image_format(image_path) == 'nrrd' else '.nii.gz'}"
 
 
-def write_case(volume: Volume, case: str, prediction: CasePrediction, out: Path, *,
-               probabilities_dir: Path | None = None, thickness_dir: Path | None = None, device="cpu") -> Path:
-    """Write a case's label map (and probability / thickness maps, the latter computed on
-    ``device``) with ``volume``'s geometry."""
-    thickness = None
+@dataclass
+class CaseOutputs:
+    """Everything written for one case: volumes (path → array, on the input's grid) and CSV rows."""
+
+    volume: Volume
+    arrays: dict[Path, np.ndarray]
+    tables: dict[Path, list[dict]] = field(default_factory=dict)
+
+    def write(self) -> None:
+        for path, array in self.arrays.items():
+            write_volume(path, array, like=self.volume)
+        for path, rows in self.tables.items():
+            write_rows(path, rows)
+
+
+def case_outputs(volume: Volume, case: str, prediction: CasePrediction, out: Path, *,
+                 probabilities_dir: Path | None = None, thickness_dir: Path | None = None,
+                 device="cpu") -> CaseOutputs:
+    """The label map, probability maps and (computed on ``device``) thickness map and summary of a case."""
+    outputs = CaseOutputs(volume, {output_path(out, case, volume.path): prediction.labels})
+    for name, probability in prediction.probabilities.items():
+        outputs.arrays[output_path(probabilities_dir, case, volume.path, f"_{name}")] = probability
     if thickness_dir is not None:
         from c2w_fast.thickness import wall_thickness
 
@@ -214,25 +234,72 @@ def write_case(volume: Volume, case: str, prediction: CasePrediction, out: Path,
         wall = labels == CANONICAL_LABELS["wall"]
         cavity = (labels == CANONICAL_LABELS["RA"]) | (labels == CANONICAL_LABELS["LA"])
         if wall.any() and cavity.any():
-            thickness = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=labels == CANONICAL_LABELS["LA"])
-    path = write_volume(output_path(out, case, volume.path), prediction.labels, like=volume)
-    for name, probability in prediction.probabilities.items():
-        write_volume(output_path(probabilities_dir, case, volume.path, f"_{name}"), probability, like=volume)
-    if thickness is not None:
-        write_volume(output_path(thickness_dir, case, volume.path), thickness.thickness.cpu().numpy(), like=volume)
-        write_rows(Path(thickness_dir) / f"{case}.csv", thickness.summary(), case=case)
-    return path
+            result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=labels == CANONICAL_LABELS["LA"])
+            outputs.arrays[output_path(thickness_dir, case, volume.path)] = result.thickness.cpu().numpy()
+            outputs.tables[Path(thickness_dir) / f"{case}.csv"] = [{"case": case, **row} for row in result.summary()]
+    return outputs
 
 
 def predict_file(pipeline: Pipeline, case: str, image_path: Path, out: Path, *, probabilities_dir: Path | None = None,
                  thickness_dir: Path | None = None) -> Path:
-    """Read, predict and write one case; returns the label map's path."""
+    """Read, predict and write one case, one step after the other (each in its timer phase);
+    returns the label map's path."""
     with pipeline.timer.phase("read"):
         volume = read_volume(image_path)
     prediction = pipeline.predict(volume.array, volume.spacing, probabilities=probabilities_dir is not None)
+    with pipeline.timer.phase("postprocess"):
+        outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
+                               thickness_dir=thickness_dir, device=pipeline.device)
     with pipeline.timer.phase("write"):
-        return write_case(volume, case, prediction, out, probabilities_dir=probabilities_dir,
-                          thickness_dir=thickness_dir, device=pipeline.device)
+        outputs.write()
+    return output_path(out, case, image_path)
+
+
+def _problem(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+
+
+CASE_ERRORS = (DataError, ValueError, InferenceError, RuntimeError, OSError)
+
+
+def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, *,
+                  probabilities_dir: Path | None = None, thickness_dir: Path | None = None) -> dict[str, str]:
+    """Predict every ``(case id, image file)``; returns ``{case: problem}`` for those that failed.
+
+    Files are read one case ahead and written behind in two I/O threads while the current
+    case runs on the device (compressed NIfTI reading and writing take about as long as the
+    networks on a GPU); at most two cases wait to be written. A failing case is reported
+    and the others go on.
+    """
+    failed: dict[str, str] = {}
+    pending: list[tuple[str, Future]] = []
+
+    def settle(keep: int) -> None:
+        while len(pending) > keep:
+            case, future = pending.pop(0)
+            try:
+                future.result()
+            except CASE_ERRORS as exc:
+                failed[case] = _problem(exc)
+                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="c2w-io") as io:
+        upcoming = io.submit(read_volume, cases[0][1]) if cases else None
+        for i, (case, path) in enumerate(tqdm(cases, desc="predict", unit="case", disable=None)):
+            reading, upcoming = upcoming, io.submit(read_volume, cases[i + 1][1]) if i + 1 < len(cases) else None
+            try:
+                volume = reading.result()
+                prediction = pipeline.predict(volume.array, volume.spacing, probabilities=probabilities_dir is not None)
+                outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
+                                       thickness_dir=thickness_dir, device=pipeline.device)
+            except CASE_ERRORS as exc:
+                failed[case] = _problem(exc)
+                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+                continue
+            pending.append((case, io.submit(outputs.write)))
+            settle(keep=2)
+        settle(keep=0)
+    return failed
 
 
 def parser() -> argparse.ArgumentParser:
@@ -290,13 +357,17 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True  # every window has the same shape
     print(f"{len(cases)} case(s), {pipeline.description}, on {device}", file=sys.stderr)
     failed = {}
-    for case, path in tqdm(cases, desc="predict", unit="case", disable=None):
-        try:
-            predict_file(pipeline, case, path, args.out, probabilities_dir=args.probabilities,
-                         thickness_dir=args.thickness)
-        except (DataError, ValueError, InferenceError, RuntimeError, OSError) as exc:
-            failed[case] = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
-            tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+    if args.timings:  # one step after the other, so that every phase is timed alone
+        for case, path in tqdm(cases, desc="predict", unit="case", disable=None):
+            try:
+                predict_file(pipeline, case, path, args.out, probabilities_dir=args.probabilities,
+                             thickness_dir=args.thickness)
+            except CASE_ERRORS as exc:
+                failed[case] = _problem(exc)
+                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+    else:
+        failed = predict_cases(pipeline, cases, args.out, probabilities_dir=args.probabilities,
+                               thickness_dir=args.thickness)
     print(f"wrote {len(cases) - len(failed)} of {len(cases)} case(s) to {args.out}", file=sys.stderr)
     if args.timings:
         total = sum(timer.totals.values())

@@ -102,11 +102,10 @@ def region_masks(wall, sectors) -> list[tuple[str, torch.Tensor]]:
     return [("wall", torch.as_tensor(wall))] + [(name, sectors == code) for code, name in enumerate(SECTORS, start=1)]
 
 
-def write_rows(path, rows: list[dict], *, case: str | None = None) -> Path:
-    """Write summary rows to CSV (prefixed by a ``case`` column when given)."""
+def write_rows(path, rows: list[dict]) -> Path:
+    """Write summary rows (dicts with the same keys) to CSV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"case": case, **row} if case is not None else row for row in rows]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

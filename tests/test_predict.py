@@ -242,6 +242,15 @@ def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, ca
     assert read_volume(tmp_path / "out" / "tiny.nii.gz").shape == (6, 10, 12)
 
 
+def test_an_output_folder_that_cannot_be_written_fails_every_case(c2w, tmp_path, capsys):
+    data, runs = c2w
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    args = ["--model", str(runs / "wall"), "--in", str(data), "--out", str(tmp_path / "taken" / "preds")]
+    assert predict.main(args) == 1
+    err = capsys.readouterr().err
+    assert "wrote 0 of 6 case(s)" in err and err.count("failed phantom") == 6
+
+
 def test_inputs_and_options_are_checked(c2w, tmp_path, capsys):
     data, runs = c2w
     base = ["--model", str(runs / "wall"), "--out", str(tmp_path / "o")]
