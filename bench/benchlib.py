@@ -95,3 +95,30 @@ def save(name: str, payload: dict, printed_table: str) -> Path:
     path.write_text(json.dumps({"machine": machine(), **payload, "table": printed_table.splitlines()},
                                indent=2) + "\n")
     return path
+
+
+def save_bar_chart(name: str, bars: list[tuple[str, dict[str, float]]], *, title: str, ylabel: str) -> Path:
+    """A stacked bar chart (one bar per ``(label, {part: value})``, parts stacked in a fixed order
+    and colour) saved as ``bench/results/<name>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = list(dict.fromkeys(part for _, values in bars for part in values))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(bars) + 2), 4.5))
+    bottoms = [0.0] * len(bars)
+    for part in parts:
+        heights = [values.get(part, 0.0) for _, values in bars]
+        ax.bar(range(len(bars)), heights, bottom=bottoms, label=part)
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

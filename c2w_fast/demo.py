@@ -5,20 +5,24 @@ with the presets in ``configs/`` shrunk to CPU size (``--set`` overrides: 4-stag
 networks with a quarter of the channels, a 32×64×64 ROI, tens of epochs): the
 localiser, the cavity stage, the wall stage fine-tuned from the cavity run with
 progressive unfreezing, and the scratch baseline. Both wall models then predict the
-held-out phantoms in their native grid and the C2W paper's Table 1 is printed for them.
+held-out phantoms in their native grid and the C2W paper's Table 1 is printed for them;
+``python -m c2w_fast.predict --model OUT/wall`` writes the held-out predictions (cavity and
+wall) to ``OUT/predictions`` and their wall-thickness maps to ``OUT/thickness``, as it
+would for new scans.
 ``bench/reproduce_c2w.py`` runs the same pipeline at full size on a GPU.
 Usage: python -m c2w_fast.demo [--out runs/demo] [--n 16] [--epochs 30]
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from c2w_fast import train
-from c2w_fast.data.layouts import discover_cases
+from c2w_fast import predict, train
+from c2w_fast.data.layouts import LASC_IMAGE, discover_cases
 from c2w_fast.data.phantom import write_dataset
 from c2w_fast.data.splits import load_splits
 from c2w_fast.infer import Predictor
@@ -102,6 +106,14 @@ def main(argv=None) -> None:
                            localizer=TINY_LOCALIZER, wall_schedule=short_run_schedule(args.epochs))
     print(f"\nLA wall on the {N_TEST} held-out phantoms (native grid; mean ± sd over cases):")
     print(table1(results, "wall"))
+    held_out = args.out / "held_out"
+    for case in load_splits(args.out / "wall" / "splits.json").test:
+        held_out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / case / LASC_IMAGE, held_out / f"{case}.nrrd")  # a folder of new scans
+    command = ["--model", str(args.out / "wall"), "--in", str(held_out), "--out", str(args.out / "predictions"),
+               "--thickness", str(args.out / "thickness")]
+    print(f"\npython -m c2w_fast.predict {' '.join(command)}", flush=True)
+    predict.main(command)
     print(f"\ndemo finished in {time.perf_counter() - began:.0f} s; runs in {args.out}")
 
 

@@ -1,16 +1,31 @@
-"""Inference engine: sliding-window prediction with Gaussian weighting, and a trained stage as a predictor.
+"""Inference engine: batched, Gaussian-weighted sliding windows on the GPU, and trained stages as predictors.
 
-:func:`sliding_window` runs a model over a (C, D, H, W) volume in patches (one patch when
-the volume is the ROI), weighting overlapping windows with a Gaussian centred on each
-patch (σ = patch / 8, nnU-Net's choice) and averaging logits. :class:`Predictor` loads a
-training run's checkpoint and predicts a whole case in its native grid: resampling to
-the stage's spacing, z-score, the ROI around the localiser's centre of mass (C2W), the
-dilated stage-1 region (MBAS stage 2), the optional signed-distance channel, and back.
-Arrays are (z, y, x), spacing in mm; labels returned are class indices of the stage's target.
+:func:`sliding_window` runs a model over a (C, D, H, W) volume in patch-sized windows
+whose starts are spread evenly with at most ``step`` × patch between them (``step`` 0.5 =
+overlap 0.5, nnU-Net's default; 1.0 = the MBAS paper's fast mode: 27 instead of 64 windows
+for 44×640×640 with 20×256×256 patches), several windows per forward pass, logits
+weighted by a Gaussian centred on each window (σ = patch / 8) and averaged where windows
+overlap. Options: bf16/fp16 autocast, mirroring test-time augmentation, CUDA-graph
+capture of the forward pass; on CUDA out-of-memory the window batch is halved and the
+batch retried. Stitching runs on the image's device.
+
+:class:`Predictor` is a trained stage that predicts whole cases in their native grid:
+resampling to the grid the stage was trained on (and back), z-score, the ROI around the
+localiser's centre of mass (C2W), the dilated stage-1 region (MBAS stage 2), the optional
+signed-distance channel, argmax and per-class largest component — all on the stage's
+device with the project's ops. Helper stages named in a stage's config (``roi.localizer``,
+``cascade.stage1``, ``data.sdf_from``) are loaded once through a :class:`StageLoader`.
+Arrays are (z, y, x), spacing in mm; numpy in → numpy out, tensors in → tensors out.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +34,60 @@ import torch
 
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
+from c2w_fast.ops._arrays import as_tensor
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SPACING_RTOL = 1e-3  # a case within 0.1 % of the stage's spacing is not resampled
+
+
+class InferenceError(RuntimeError):
+    """Inference cannot go on: out of memory with one window per batch, a missing stage."""
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+class PhaseTimer:
+    """Exclusive wall time (s) per named phase; CUDA is synchronised at every phase boundary.
+
+    Phases nest: entering one pauses the enclosing phase, so the totals add up to the
+    elapsed time (a helper stage's network time counts as ``network``, not as the caller's
+    ``preprocess``). A disabled timer costs nothing and synchronises nothing.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.totals: dict[str, float] = defaultdict(float)
+        self._stack: list[str] = []
+        self._since = 0.0
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        now = self._now()
+        if self._stack:
+            self.totals[self._stack[-1]] += now - self._since
+        self._stack.append(name)
+        self._since = now
+        try:
+            yield
+        finally:
+            now = self._now()
+            self.totals[self._stack.pop()] += now - self._since
+            self._since = now
+
+
+NO_TIMER = PhaseTimer(enabled=False)
+
+
+# --- windows -----------------------------------------------------------------------------------
 
 @lru_cache(maxsize=8)
 def _gaussian_cached(patch: tuple[int, int, int], sigma_scale: float) -> torch.Tensor:
@@ -45,56 +113,248 @@ def window_starts(size: int, patch: int, step: float) -> list[int]:
     return [int(round(i * (size - patch) / (n - 1))) for i in range(n)]
 
 
+def window_positions(shape, patch, step: float) -> list[tuple[int, int, int]]:
+    """(z, y, x) starts of every window over a volume of ``shape`` (already at least ``patch``)."""
+    return list(itertools.product(*(window_starts(n, p, step) for n, p in zip(shape, patch))))
+
+
+def window_count(shape, patch, step: float) -> int:
+    """Windows :func:`sliding_window` runs over ``shape`` (padded to ``patch`` where smaller)."""
+    return len(window_positions([max(n, p) for n, p in zip(shape, patch)], patch, step))
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def default_precision(amp: bool, device) -> str:
+    """Training's ``run.amp`` as an inference precision: bf16 on a GPU, fp32 on a CPU."""
+    return "bf16" if amp and torch.device(device).type == "cuda" else "fp32"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu`` or ``cuda``; a ValueError for ``cuda`` without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    return torch.device(name)
+
+
+def _pad_to_patch(image: torch.Tensor, patch) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``image`` zero-padded evenly on both sides to at least ``patch``, and the slices undoing it."""
+    shape = tuple(image.shape[1:])
+    before = [max(p - n, 0) // 2 for n, p in zip(shape, patch)]
+    after = [max(p - n, 0) - b for n, p, b in zip(shape, patch, before)]
+    if not any(before) and not any(after):
+        return image, (slice(None),) * 3
+    pad = [v for axis in (2, 1, 0) for v in (before[axis], after[axis])]
+    return torch.nn.functional.pad(image, pad), tuple(slice(b, b + n) for b, n in zip(before, shape))
+
+
+class WindowRunner:
+    """The model on a batch of windows (B, C, *patch) → float32 logits (B, K, *patch).
+
+    Autocast in ``precision``; with ``mirror_axes`` (spatial axes 0, 1, 2 = z, y, x) the
+    logits are averaged over every combination of flips of those axes (2^n passes); a
+    deep-supervision model's first output is used. With ``cuda_graph`` the whole forward
+    is captured once per batch size and window shape and replayed (shorter batches are
+    padded); keep the runner to reuse the graph across volumes (a :class:`Predictor` does).
+    When the capture fails the runner warns once and runs eagerly.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, precision: str = "fp32", mirror_axes=(), cuda_graph: bool = False):
+        self.model = model
+        self.dtype = PRECISIONS[check_precision(precision)]
+        axes = tuple(sorted(set(int(a) for a in mirror_axes)))
+        if any(a not in (0, 1, 2) for a in axes):
+            raise ValueError(f"mirror_axes must be spatial axes among 0, 1, 2 (z, y, x), got {tuple(mirror_axes)}")
+        self.flips = [tuple(2 + a for a in combo) for r in range(len(axes) + 1)
+                      for combo in itertools.combinations(axes, r)]
+        self.cuda_graph = cuda_graph
+        self._graph = None  # (batch size, graph, static input, static output)
+
+    def eager(self, batch: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast(batch.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
+                                  cache_enabled=not self.cuda_graph)
+        total = None
+        with autocast:
+            for dims in self.flips:
+                out = self.model(batch.flip(dims) if dims else batch)
+                out = (out[0] if isinstance(out, (list, tuple)) else out).float()
+                out = out.flip(dims) if dims else out
+                total = out if total is None else total + out
+        return total / len(self.flips) if len(self.flips) > 1 else total
+
+    def __call__(self, batch: torch.Tensor, capacity: int) -> torch.Tensor:
+        if not (self.cuda_graph and batch.device.type == "cuda"):
+            return self.eager(batch)
+        if self._graph is None or self._graph[0] != capacity or self._graph[2].shape[1:] != batch.shape[1:]:
+            self._graph = None
+            self._graph = self._capture(batch, capacity)
+            if self._graph is None:
+                return self.eager(batch)
+        _, graph, static_in, static_out = self._graph
+        static_in[: len(batch)].copy_(batch)
+        graph.replay()
+        return static_out[: len(batch)]
+
+    def _capture(self, batch: torch.Tensor, capacity: int):
+        static_in = torch.zeros((capacity, *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
+        static_in[: len(batch)].copy_(batch)
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the graph: autotuning, cuDNN plans, allocations
+                    self.eager(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.eager(static_in)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # capture rejects host syncs and some kernels; eager still works
+            warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running the model eagerly",
+                          RuntimeWarning, stacklevel=3)
+            self.cuda_graph = False
+            return None
+        return capacity, graph, static_in, static_out
+
+    def release(self) -> None:
+        self._graph = None
+
+
 @torch.no_grad()
-def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: float = 0.5,
-                   gaussian: bool = True, amp: bool = False) -> torch.Tensor:
+def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: float = 0.5, gaussian: bool = True,
+                   precision: str = "fp32", batch_size: int = 1, mirror_axes=(), cuda_graph: bool = False,
+                   timer: PhaseTimer = NO_TIMER) -> torch.Tensor:
     """Logits (K, D, H, W) float32 of ``model`` on ``image`` (C, D, H, W), window by window.
 
-    The volume is zero-padded to at least ``patch`` per axis (and cropped back); windows
-    overlap by ``1 - step``; with ``gaussian`` each window's logits are weighted by
-    :func:`gaussian_importance`, else uniformly. Runs on ``image``'s device; bf16
-    autocast when ``amp`` and on CUDA. A deep-supervision model's first output is used.
+    Args:
+        model: maps (B, C, *patch) to (B, K, *patch) logits (or a list, first = full resolution).
+        image: (C, D, H, W) tensor; windows, stitching and the result live on its device.
+        patch: window size (z, y, x); a smaller volume is zero-padded evenly to it (and cropped back).
+        step: largest distance between window starts as a fraction of the patch, in (0, 1];
+            overlap = 1 - step. Windows are spread evenly, the first and last at the ends.
+        gaussian: weight each window's logits by :func:`gaussian_importance` (else uniformly).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass.
+        batch_size: windows per forward pass; halved on CUDA out-of-memory (down to 1).
+        mirror_axes, cuda_graph: see :class:`WindowRunner`. ``model`` may be a :class:`WindowRunner`
+            instead, which brings its own precision, mirroring and (reusable) CUDA graphs.
+        timer: gets the ``network`` and ``stitch`` phases.
+
+    Returns:
+        ``sum_w weight_w · logits_w / sum_w weight_w`` at every voxel.
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (C, D, H, W), got {tuple(image.shape)}")
     if not 0 < step <= 1:
-        raise ValueError(f"step must be in (0, 1], got {step}")
+        raise ValueError(f"step must be in (0, 1] (overlap = 1 - step), got {step}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     patch = tuple(int(p) for p in patch)
-    shape = tuple(image.shape[1:])
-    padded = tuple(max(n, p) for n, p in zip(shape, patch))
-    if padded != shape:
-        image = torch.nn.functional.pad(image, [0, padded[2] - shape[2], 0, padded[1] - shape[1],
-                                               0, padded[0] - shape[0]])
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"patch must be 3 positive sizes (z, y, x), got {patch}")
+    if isinstance(model, WindowRunner):
+        if (precision, tuple(mirror_axes), cuda_graph) != ("fp32", (), False):
+            raise ValueError("precision, mirror_axes and cuda_graph come from the WindowRunner passed as the model")
+        runner = model
+    else:
+        runner = WindowRunner(model, precision=precision, mirror_axes=mirror_axes, cuda_graph=cuda_graph)
+    image, unpad = _pad_to_patch(image, patch)
+    padded = tuple(image.shape[1:])
     weight = gaussian_importance(patch).to(image.device) if gaussian else torch.ones(patch, device=image.device)
-    logits = None
-    total = torch.zeros(padded, device=image.device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and image.device.type == "cuda")
-    for z in window_starts(padded[0], patch[0], step):
-        for y in window_starts(padded[1], patch[1], step):
-            for x in window_starts(padded[2], patch[2], step):
-                window = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-                with autocast:
-                    out = model(image[(slice(None), *window)][None])
-                out = (out[0] if isinstance(out, (list, tuple)) else out)[0].float()
-                if logits is None:
-                    logits = torch.zeros((out.shape[0], *padded), device=image.device)
-                logits[(slice(None), *window)] += out * weight
-                total[window] += weight
-    logits /= total
-    return logits[:, : shape[0], : shape[1], : shape[2]]
+    starts = window_positions(padded, patch, step)
+    logits, total = None, torch.zeros(padded, device=image.device)
+    done, size = 0, batch_size
+    while done < len(starts):
+        chunk = starts[done: done + size]
+        windows = [(slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2])) for z, y, x in chunk]
+        with timer.phase("stitch"):
+            batch = torch.stack([image[(slice(None), *w)] for w in windows])
+        try:
+            with timer.phase("network"):
+                out = runner(batch, size)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise InferenceError(f"CUDA out of memory running one {patch} window; free GPU memory, "
+                                     f"use a smaller model or run on the CPU") from None
+            runner.release()
+            torch.cuda.empty_cache()
+            warnings.warn(f"CUDA out of memory with {size} windows per batch; retrying with {size // 2}",
+                          RuntimeWarning, stacklevel=3)
+            size //= 2
+            continue
+        with timer.phase("stitch"):
+            if logits is None:
+                logits = torch.zeros((out.shape[1], *padded), device=image.device)
+            for w, o in zip(windows, out):
+                logits[(slice(None), *w)].addcmul_(o, weight)
+                total[w] += weight
+        done += len(chunk)
+    with timer.phase("stitch"):
+        logits /= total
+        return logits[(slice(None), *unpad)]
 
 
-def keep_largest_per_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
+# --- post-processing -----------------------------------------------------------------------------
+
+def keep_largest_per_class(labels, num_classes: int):
     """Labels where every class keeps only its largest 26-connected component (others → 0)."""
     from c2w_fast.ops import keep_largest_component
 
-    out = np.zeros_like(labels)
+    out = torch.zeros_like(labels) if isinstance(labels, torch.Tensor) else np.zeros_like(labels)
     for c in range(1, num_classes):
         mask = labels == c
         if mask.any():
-            out[np.asarray(keep_largest_component(mask, connectivity=26))] = c
+            out[keep_largest_component(mask, connectivity=26)] = c
     return out
 
+
+def atrium_mask(labels):
+    """Foreground of a localiser prediction, reduced to its largest component."""
+    from c2w_fast.ops import keep_largest_component
+
+    mask = labels > 0
+    return keep_largest_component(mask, connectivity=26) if mask.any() else mask
+
+
+def native_to_stage(point, native_spacing, stage_spacing) -> tuple[float, float, float]:
+    """A (z, y, x) voxel position in the native grid as a position in a resampled grid (centres aligned)."""
+    return tuple((p + 0.5) * h / g - 0.5 for p, h, g in zip(point, native_spacing, stage_spacing))
+
+
+def cascade_region(mask, cascade):
+    """Largest component (if ``cascade.keep_largest``) dilated by ``cascade.dilation_radius`` voxels."""
+    from c2w_fast.ops import binary_dilation, keep_largest_component
+
+    if not mask.any():
+        return mask
+    if cascade.keep_largest:
+        mask = keep_largest_component(mask, connectivity=26)
+    if cascade.dilation_radius > 0:
+        mask = binary_dilation(mask, cascade.dilation_radius)
+    return mask
+
+
+def cavity_distance(cavity, spacing, scale_mm: float):
+    """Signed distance to the cavity surface (mm, negative inside) / ``scale_mm``, clipped to [-1, 1], float32."""
+    from c2w_fast.ops import signed_distance
+
+    if isinstance(cavity, torch.Tensor):
+        if not cavity.any():
+            return torch.ones(cavity.shape, dtype=torch.float32, device=cavity.device)
+        return (signed_distance(cavity, spacing=spacing) / scale_mm).clamp(-1, 1)
+    if not cavity.any():
+        return np.ones(cavity.shape, np.float32)
+    distance = np.asarray(signed_distance(cavity, spacing=spacing), dtype=np.float32)
+    return np.clip(distance / scale_mm, -1, 1)
+
+
+# --- trained stages ---------------------------------------------------------------------------------
 
 def resolve_checkpoint(path, fold: str | None = None) -> Path:
     """A checkpoint file from ``path``: the file itself, or in a run folder the best checkpoint
@@ -104,165 +364,272 @@ def resolve_checkpoint(path, fold: str | None = None) -> Path:
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
-    for name in ([fold] if fold else []) + ["final"]:
+    names = ([fold] if fold and fold != "final" else []) + ["final"]
+    for name in names:
         candidate = path / name / "checkpoint_best.pt"
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{path}: no {fold + '/' if fold else ''}checkpoint_best.pt or final/checkpoint_best.pt "
-                            f"in this run folder")
+    trained = sorted(p.parent.name for p in path.glob("*/checkpoint_best.pt"))
+    hint = f"; it has {', '.join(trained)} (choose one as the fold)" if trained else \
+        " (is this a training run folder? it has no trained fold)"
+    raise FileNotFoundError(f"{path}: no {' or '.join(n + '/checkpoint_best.pt' for n in names)} in this run "
+                            f"folder{hint}")
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``RUN/fold/checkpoint_best.pt`` → ``RUN``), else its folder."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if (checkpoint.parent.parent / "config.toml").is_file() else checkpoint.parent
+
+
+def locate_stage(recorded: str, key: str, run_dir: Path | None) -> Path:
+    """The run folder (or checkpoint) a config value ``key`` = ``recorded`` names.
+
+    Tried in order: ``recorded`` as written (absolute, or relative to the working
+    directory, as training resolved it); then a sibling of ``run_dir`` with the same
+    name, so a folder of runs trained together can be moved or copied as a whole.
+    """
+    path = Path(recorded)
+    if path.exists():
+        return path
+    tried = [str(path)]
+    if run_dir is not None:
+        sibling = Path(run_dir).parent / path.name
+        if sibling.exists():
+            return sibling
+        tried.append(str(sibling))
+    where = f" (recorded in {run_dir / 'config.toml'})" if run_dir is not None else ""
+    raise FileNotFoundError(f"{key} = {recorded!r}{where}: no such run folder or checkpoint; looked for "
+                            f"{' and '.join(tried)}")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How stages run at prediction time; ``None`` takes the value from each stage's config."""
+
+    step: float | None = None          # eval.step (overlap = 1 - step)
+    precision: str | None = None       # None: bf16 on a GPU when run.amp, else fp32
+    batch_size: int = 2                # windows per forward pass
+    mirror_axes: tuple[int, ...] = ()  # test-time mirroring of these (z, y, x) axes
+    cuda_graph: bool = False
+
+
+class StageLoader:
+    """Loads trained stages once each (by checkpoint file) on one device with one set of options.
+
+    Every :class:`Predictor` loaded through it — including the helper stages its config
+    names — shares the device, the :class:`InferenceOptions` and the :class:`PhaseTimer`,
+    and a helper used by two stages (the localiser of the C2W cavity and wall stages) is
+    loaded and run once per case.
+    """
+
+    def __init__(self, device="cpu", options: InferenceOptions = InferenceOptions(), timer: PhaseTimer = NO_TIMER):
+        self.device = torch.device(device)
+        self.options = options
+        self.timer = timer
+        self._stages: dict[Path, Predictor] = {}
+
+    def load(self, path, fold: str | None = None) -> "Predictor":
+        from c2w_fast.training.checkpoint import load_stage
+
+        checkpoint = resolve_checkpoint(path, fold)
+        key = checkpoint.resolve()
+        if key not in self._stages:
+            model, config, spacing = load_stage(checkpoint)
+            self._stages[key] = Predictor(model, config, fold=checkpoint.parent.name, device=self.device,
+                                          trained_spacing=spacing, run_dir=run_folder_of(checkpoint), loader=self)
+        return self._stages[key]
 
 
 class StagePipeline:
     """What a stage does to a case around its network: grid, input channels, ROI and cascade region.
 
-    Helper stages (the localiser for the ROI, cascade stage 1 for the region, the cavity
-    stage for the signed-distance channel) are loaded on first use from the run folders
-    the config names, from the same fold as this stage when they have it.
+    Methods take the image as a (z, y, x) array (numpy, or a tensor on any device) and
+    compute on ``device``; ``labels`` (numpy, canonical codes) only serve the oracle
+    settings (ground-truth ROI centre or cascade region). Helper stages are loaded on
+    first use from the run folders the config names (see :func:`locate_stage`), from the
+    same fold as this stage when they have it.
     """
 
-    def __init__(self, config, *, fold: str | None = None, device="cpu"):
+    def __init__(self, config, *, fold: str | None = None, device="cpu", trained_spacing=None,
+                 run_dir: Path | None = None, loader: StageLoader | None = None):
         self.config = config
         self.fold = fold
         self.device = torch.device(device)
-        self._helpers: dict[str, Predictor] = {}
+        self.trained_spacing = None if trained_spacing is None else tuple(float(s) for s in trained_spacing)
+        self.run_dir = run_dir
+        self.loader = loader or StageLoader(device)
 
-    def helper(self, kind: str, path: str) -> "Predictor":
-        if kind not in self._helpers:
-            self._helpers[kind] = Predictor.load(path, self.fold, self.device)
-        return self._helpers[kind]
+    @property
+    def timer(self) -> PhaseTimer:
+        return self.loader.timer
+
+    def helper(self, key: str, recorded: str) -> "Predictor":
+        return self.loader.load(locate_stage(recorded, key, self.run_dir), self.fold)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(self.config.train.patch_size or self.config.roi.size)
 
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        """The grid (mm) the stage works in: ``data.spacing``, else the recorded training grid, else None (native)."""
+        return tuple(self.config.data.spacing) or self.trained_spacing
+
     def stage_grid(self, shape, spacing) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """Shape and spacing of a native (``shape``, ``spacing``) volume in this stage's grid."""
-        target = tuple(self.config.data.spacing)
-        if not target:
+        target = self.spacing
+        if target is None or np.allclose(spacing, target, rtol=SPACING_RTOL, atol=0):
             return tuple(shape), tuple(spacing)
         return resampled_shape(shape, spacing, target), target
 
-    def input_channels(self, image: np.ndarray, spacing, labels: np.ndarray | None = None) -> np.ndarray:
-        """(C, D, H, W) network input in the stage grid: z-scored image (+ signed-distance channel).
+    def _image(self, image) -> torch.Tensor:
+        return as_tensor(image).to(self.device).float()
 
-        ``labels`` are passed on to helper stages that use ground truth (oracle settings) only."""
-        shape, _ = self.stage_grid(image.shape, spacing)
-        channels = [zscore(resample(image.astype(np.float32, copy=False), shape))]
+    def input_channels(self, image, spacing, labels=None):
+        """(C, D, H, W) float32 network input in the stage grid: z-scored image (+ signed-distance channel)."""
+        x = self._image(image)
+        shape, _ = self.stage_grid(x.shape, spacing)
+        channels = [zscore(resample(x, shape))]
         if self.config.data.sdf_channel:
-            cavity = self.helper("sdf", self.config.data.sdf_from).predict(image, spacing, labels) > 0
+            cavity = self.helper("data.sdf_from", self.config.data.sdf_from).predict(x, spacing, labels) > 0
             channels.append(resample(cavity_distance(cavity, spacing, self.config.data.sdf_scale_mm), shape))
-        return np.stack(channels)
+        out = torch.stack(channels)
+        return out.cpu().numpy() if isinstance(image, np.ndarray) else out
 
-    def roi_centre(self, image: np.ndarray, spacing, labels: np.ndarray | None = None):
+    def roi_centre(self, image, spacing, labels=None):
         """Centre (z, y, x, stage grid) of the ROI: the centre of mass of the localiser's atrium
         (or of the ground-truth LA cavity with ``roi.center = "ground_truth"``); the volume
         centre when there is nothing. None without an ROI."""
         if not self.config.roi.size:
             return None
-        shape, stage_spacing = self.stage_grid(image.shape, spacing)
+        shape, stage_spacing = self.stage_grid(tuple(image.shape), spacing)
         if self.config.roi.center == "ground_truth":
             if labels is None:
                 raise ValueError("roi.center = 'ground_truth' needs the case's labels")
-            mask = labels == CANONICAL_LABELS["LA"] if (labels == CANONICAL_LABELS["LA"]).any() else labels > 0
+            la = labels == CANONICAL_LABELS["LA"]
+            mask = la if la.any() else labels > 0
         else:
-            mask = atrium_mask(self.helper("localizer", self.config.roi.localizer).predict(image, spacing, labels))
+            localizer = self.helper("roi.localizer", self.config.roi.localizer)
+            mask = atrium_mask(localizer.predict(self._image(image), spacing, labels))
         centre = center_of_mass(mask)
         return native_to_stage(centre, spacing, stage_spacing) if centre else tuple((n - 1) / 2 for n in shape)
 
-    def region(self, image: np.ndarray, spacing, labels: np.ndarray | None = None) -> np.ndarray | None:
-        """MBAS stage 2 (native grid): the stage-1 union (or the ground-truth union with
+    def region(self, image, spacing, labels=None):
+        """MBAS stage 2 (native grid, bool): the stage-1 union (or the ground-truth union with
         ``cascade.mask_source = "ground_truth"``), largest component, dilated. None if unused."""
         if not self.config.loss.region_mask:
             return None
         if self.config.cascade.mask_source == "ground_truth":
             if labels is None:
                 raise ValueError("cascade.mask_source = 'ground_truth' needs the case's labels")
-            union = labels > 0
+            union = torch.from_numpy(np.asarray(labels) > 0).to(self.device)
         else:
-            union = self.helper("stage1", self.config.cascade.stage1).predict(image, spacing, labels) > 0
-        return cascade_region(union, self.config.cascade)
+            stage1 = self.helper("cascade.stage1", self.config.cascade.stage1)
+            union = stage1.predict(self._image(image), spacing, labels) > 0
+        region = cascade_region(union, self.config.cascade)
+        return region.cpu().numpy() if isinstance(image, np.ndarray) else region
+
+
+@dataclass
+class StagePrediction:
+    """A stage's output for one case in its native grid: class indices (uint8), and the
+    softmax probabilities (K, D, H, W) when asked for (tensors on the stage's device)."""
+
+    labels: torch.Tensor
+    probabilities: torch.Tensor | None = None
 
 
 class Predictor:
     """A trained stage that predicts class labels for whole cases in their native grid."""
 
-    def __init__(self, model: torch.nn.Module, config, *, fold: str | None = None, device="cpu"):
+    def __init__(self, model: torch.nn.Module, config, *, fold: str | None = None, device="cpu",
+                 trained_spacing=None, run_dir: Path | None = None, loader: StageLoader | None = None):
         self.model = model.to(device).eval()
         self.config = config
-        self.pipeline = StagePipeline(config, fold=fold, device=device)
+        self.loader = loader or StageLoader(device)
+        self.pipeline = StagePipeline(config, fold=fold, device=device, trained_spacing=trained_spacing,
+                                      run_dir=run_dir, loader=self.loader)
+        self._last = None  # (image, spacing, labels, probabilities wanted, StagePrediction) of the last case
+        self._runner = None
 
     @classmethod
-    def load(cls, path, fold: str | None = None, device="cpu") -> "Predictor":
+    def load(cls, path, fold: str | None = None, device="cpu", *, options: InferenceOptions = InferenceOptions(),
+             timer: PhaseTimer = NO_TIMER) -> "Predictor":
         """The stage saved at ``path`` (checkpoint file or run folder; see :func:`resolve_checkpoint`)."""
-        from c2w_fast.training.checkpoint import load_model
+        return StageLoader(device, options, timer).load(path, fold)
 
-        checkpoint = resolve_checkpoint(path, fold)
-        model, config = load_model(checkpoint)
-        return cls(model, config, fold=checkpoint.parent.name, device=device)
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
 
-    def logits(self, image: np.ndarray, spacing, labels: np.ndarray | None = None) -> torch.Tensor:
-        """(K, D, H, W) logits in the native grid of ``image`` (z, y, x) with ``spacing`` (mm);
-        ``labels`` are needed only by the oracle settings (ground-truth ROI centre)."""
-        pipeline = self.pipeline
-        shape, _ = pipeline.stage_grid(image.shape, spacing)
-        channels = pipeline.input_channels(image, spacing, labels)
-        centre = pipeline.roi_centre(image, spacing, labels)
-        box = None if centre is None else Box.around(centre, self.config.roi.size)
-        if box is not None:
-            channels = crop(channels, box)
-        x = torch.from_numpy(np.ascontiguousarray(channels)).to(pipeline.device)
-        logits = sliding_window(self.model, x, pipeline.patch_size, step=self.config.eval.step,
-                                gaussian=self.config.eval.gaussian, amp=self.config.run.amp).cpu()
-        if box is not None:
-            background = torch.full((logits.shape[0],), -1e4)
-            background[0] = 1e4
-            full = torch.from_numpy(paste(logits.numpy(), box, shape))
-            inside = torch.from_numpy(paste(np.ones(box.size, bool), box, shape, fill=False))
-            logits = torch.where(inside, full, background[:, None, None, None])
-        return resample(logits, image.shape)
+    @property
+    def runner(self) -> WindowRunner:
+        """The stage's network with the options' precision, mirroring and CUDA graphs, kept across cases."""
+        if self._runner is None:
+            options = self.loader.options
+            self._runner = WindowRunner(self.model, mirror_axes=options.mirror_axes, cuda_graph=options.cuda_graph,
+                                        precision=options.precision or default_precision(self.config.run.amp,
+                                                                                         self.device))
+        return self._runner
 
-    def predict(self, image: np.ndarray, spacing, labels: np.ndarray | None = None) -> np.ndarray:
-        """Class indices (uint8, native grid): argmax, zero outside the cascade region, post-processing."""
-        prediction = self.logits(image, spacing, labels).argmax(0).numpy().astype(np.uint8)
-        region = self.pipeline.region(image, spacing, labels)
-        if region is not None:
-            prediction[~region] = 0
-        if self.config.eval.keep_largest:
-            prediction = keep_largest_per_class(prediction, self.config.num_classes)
-        return prediction
+    def window_settings(self) -> dict:
+        """Keyword arguments of :func:`sliding_window` (besides the runner) from the options and the config."""
+        options, config = self.loader.options, self.config
+        return dict(step=config.eval.step if options.step is None else options.step, gaussian=config.eval.gaussian,
+                    batch_size=options.batch_size)
 
+    def _logits(self, x: torch.Tensor, spacing, labels) -> torch.Tensor:
+        pipeline, timer = self.pipeline, self.loader.timer
+        with timer.phase("preprocess"):
+            shape, _ = pipeline.stage_grid(tuple(x.shape), spacing)
+            channels = pipeline.input_channels(x, spacing, labels)
+            centre = pipeline.roi_centre(x, spacing, labels)
+            box = None if centre is None else Box.around(centre, self.config.roi.size)
+            if box is not None:
+                channels = crop(channels, box)
+        logits = sliding_window(self.runner, channels.contiguous(), pipeline.patch_size, timer=timer,
+                                **self.window_settings())
+        with timer.phase("postprocess"):
+            if box is not None:  # background outside the ROI
+                inside = paste(torch.ones(box.size, dtype=torch.bool, device=x.device), box, shape, fill=False)
+                logits = paste(logits, box, shape, fill=-1e4)
+                logits[0].masked_fill_(~inside, 1e4)
+            return resample(logits, tuple(x.shape))
 
-def atrium_mask(labels: np.ndarray) -> np.ndarray:
-    """Foreground of a localiser prediction, reduced to its largest component."""
-    from c2w_fast.ops import keep_largest_component
+    def run(self, image, spacing, labels=None, *, probabilities: bool = False) -> StagePrediction:
+        """Class indices (argmax, zero outside the cascade region, per-class largest component
+        with ``eval.keep_largest``) and optionally the softmax, for ``image`` (z, y, x) with
+        ``spacing`` (mm); ``labels`` are needed only by the oracle settings. The last case's
+        result is reused when the same image object is asked for again."""
+        last = self._last
+        if last is not None and last[0] is image and last[1] == tuple(spacing) and last[2] is labels \
+                and (last[3] or not probabilities):
+            return last[4]
+        x = self.pipeline._image(image)
+        logits = self._logits(x, tuple(spacing), labels)
+        with self.loader.timer.phase("postprocess"):
+            out = logits.argmax(0).to(torch.uint8)
+            probs = torch.softmax(logits, 0) if probabilities else None
+            del logits
+            region = self.pipeline.region(x, tuple(spacing), labels)
+            if region is not None:
+                out[~region] = 0
+                if probs is not None:
+                    probs[:, ~region] = 0
+                    probs[0].masked_fill_(~region, 1)
+            if self.config.eval.keep_largest:
+                out = keep_largest_per_class(out, self.config.num_classes)
+        result = StagePrediction(out, probs)
+        self._last = (image, tuple(spacing), labels, probabilities, result)
+        return result
 
-    mask = labels > 0
-    return np.asarray(keep_largest_component(mask, connectivity=26)) if mask.any() else mask
+    def logits(self, image, spacing, labels=None):
+        """(K, D, H, W) float32 logits in the native grid of ``image`` (z, y, x) with ``spacing`` (mm)."""
+        out = self._logits(self.pipeline._image(image), tuple(spacing), labels)
+        return out.cpu().numpy() if isinstance(image, np.ndarray) else out
 
-
-def native_to_stage(point, native_spacing, stage_spacing) -> tuple[float, float, float]:
-    """A (z, y, x) voxel position in the native grid as a position in a resampled grid (centres aligned)."""
-    return tuple((p + 0.5) * h / g - 0.5 for p, h, g in zip(point, native_spacing, stage_spacing))
-
-
-def cascade_region(mask: np.ndarray, cascade) -> np.ndarray:
-    """Largest component (if ``cascade.keep_largest``) dilated by ``cascade.dilation_radius`` voxels."""
-    from c2w_fast.ops import binary_dilation, keep_largest_component
-
-    if not mask.any():
-        return mask
-    if cascade.keep_largest:
-        mask = np.asarray(keep_largest_component(mask, connectivity=26))
-    if cascade.dilation_radius > 0:
-        mask = np.asarray(binary_dilation(mask, cascade.dilation_radius))
-    return mask
-
-
-def cavity_distance(cavity: np.ndarray, spacing, scale_mm: float) -> np.ndarray:
-    """Signed distance to the cavity surface (mm, negative inside) / ``scale_mm``, clipped to [-1, 1]."""
-    from c2w_fast.ops import signed_distance
-
-    if not cavity.any():
-        return np.ones(cavity.shape, np.float32)
-    distance = np.asarray(signed_distance(cavity, spacing=spacing), dtype=np.float32)
-    return np.clip(distance / scale_mm, -1, 1)
+    def predict(self, image, spacing, labels=None):
+        """Class indices (uint8, native grid) of ``image``; see :meth:`run`."""
+        labels_out = self.run(image, spacing, labels).labels
+        return labels_out.cpu().numpy() if isinstance(image, np.ndarray) else labels_out

@@ -1,10 +1,14 @@
-"""Inference engine: sliding windows with Gaussian weighting agree with whole-volume application."""
+"""Inference engine: sliding windows agree with whole-volume application and with a plain float64
+reference (batched, mirrored, padded), window counts, precision, out-of-memory retries, timing."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from c2w_fast.infer import gaussian_importance, resolve_checkpoint, sliding_window, window_starts
+from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, gaussian_importance, resolve_checkpoint,
+                            sliding_window, window_count, window_starts)
 
 
 @pytest.mark.parametrize("size, patch, step", [(10, 10, 0.5), (9, 10, 0.5), (23, 8, 0.5), (23, 8, 1.0), (64, 16, 0.25)])
@@ -67,3 +71,178 @@ def test_resolve_checkpoint_prefers_the_fold_then_final(tmp_path):
     assert resolve_checkpoint(tmp_path / "final" / "checkpoint_best.pt") == tmp_path / "final" / "checkpoint_best.pt"
     with pytest.raises(FileNotFoundError, match="no such checkpoint file or run folder"):
         resolve_checkpoint(tmp_path / "nothing")
+
+
+# --- the full engine: batching, mirroring, precision, padding, out-of-memory, counts -------------------------
+
+class SmallConvNet(nn.Module):
+    """3x3x3 convolutions: a window's logits depend on its context, so stitching is visible."""
+
+    def __init__(self, channels=2, classes=3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv3d(channels, 4, 3, padding=1), nn.LeakyReLU(0.1),
+                                 nn.Conv3d(4, classes, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def reference_sliding_window(model, image, patch, step, gaussian, mirror_axes=()):
+    """The definition written out in float64, one window at a time: pad evenly to the patch,
+    weight each window's logits (averaged over the mirrored passes) by the Gaussian, divide by
+    the summed weights, crop."""
+    shape = image.shape[1:]
+    before = [max(p - n, 0) // 2 for n, p in zip(shape, patch)]
+    padded_shape = [max(n, p) for n, p in zip(shape, patch)]
+    padded = torch.zeros((image.shape[0], *padded_shape), dtype=torch.float64)
+    padded[(slice(None), *(slice(b, b + n) for b, n in zip(before, shape)))] = image.double()
+    axes = []
+    for n in patch:
+        t = np.arange(n) - (n - 1) / 2
+        axes.append(np.exp(-0.5 * (t / (n / 8)) ** 2))
+    weight = torch.from_numpy(np.einsum("i,j,k->ijk", *axes)) if gaussian else torch.ones(patch, dtype=torch.float64)
+    flips = [()] + [tuple(2 + a for a in c) for r in range(1, len(mirror_axes) + 1)
+                    for c in itertools.combinations(mirror_axes, r)]
+    total = torch.zeros(padded_shape, dtype=torch.float64)
+    out = None
+    for z in window_starts(padded_shape[0], patch[0], step):
+        for y in window_starts(padded_shape[1], patch[1], step):
+            for x in window_starts(padded_shape[2], patch[2], step):
+                window = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+                batch = padded[(slice(None), *window)][None].float()
+                with torch.no_grad():
+                    logits = sum(model(batch.flip(d)).flip(d).double() for d in flips) / len(flips)
+                if out is None:
+                    out = torch.zeros((logits.shape[1], *padded_shape), dtype=torch.float64)
+                out[(slice(None), *window)] += logits[0] * weight
+                total[window] += weight
+    out /= total
+    return out[(slice(None), *(slice(b, b + n) for b, n in zip(before, shape)))]
+
+
+@pytest.mark.parametrize("patch, step, gaussian, batch_size, mirror", [
+    ((4, 8, 8), 0.5, True, 1, ()),
+    ((4, 8, 8), 0.5, True, 3, ()),
+    ((5, 7, 9), 1.0, True, 8, ()),
+    ((4, 8, 8), 0.5, False, 4, ()),
+    ((16, 8, 32), 0.5, True, 2, ()),     # larger than the volume on two axes: padded evenly
+    ((6, 9, 8), 0.5, True, 5, (0, 2)),   # mirroring over z and x
+])
+def test_stitching_equals_the_plain_reference(patch, step, gaussian, batch_size, mirror, rng):
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    model = SmallConvNet().eval()
+    image = torch.from_numpy(rng.normal(size=(2, 11, 17, 20)).astype(np.float32))
+    ours = sliding_window(model, image, patch, step=step, gaussian=gaussian, batch_size=batch_size, mirror_axes=mirror)
+    expected = reference_sliding_window(model, image, patch, step, gaussian, mirror)
+    assert ours.dtype == torch.float32 and ours.shape == (3, 11, 17, 20)
+    torch.testing.assert_close(ours.double(), expected, atol=2e-5, rtol=2e-5)
+
+
+def test_window_counts_of_the_mbas_paper_and_monai():
+    """44x640x640 with 20x256x256 patches: 64 windows at overlap 0.5, 27 at stride 1.0 (MBAS §7),
+    the same counts MONAI's sliding_window_inference runs."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    shape, patch = (44, 640, 640), (20, 256, 256)
+    assert window_count(shape, patch, 0.5) == 64
+    assert window_count(shape, patch, 1.0) == 27
+    cases = [((44, 640, 640), (20, 256, 256)), ((44, 410, 410), (28, 256, 224)), ((30, 50, 70), (8, 16, 32))]
+    for shape, patch in cases:
+        for overlap in (0.5, 0.0, 0.25):
+            interval = _get_scan_interval(shape, patch, 3, (overlap,) * 3)
+            assert window_count(shape, patch, 1 - overlap) == len(dense_patch_slices(shape, patch, interval))
+
+
+class RecordsDtype(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3, padding=1)
+        self.seen = set()
+
+    def forward(self, x):
+        out = self.conv(x)
+        self.seen.add(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("precision, dtype, tolerance", [("bf16", torch.bfloat16, 5e-2), ("fp16", torch.float16, 5e-3)])
+def test_reduced_precision_runs_the_convolutions_in_it_and_stays_close(precision, dtype, tolerance, rng):
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    model = RecordsDtype().eval()
+    image = torch.from_numpy(rng.normal(size=(1, 9, 12, 12)).astype(np.float32))
+    full = sliding_window(model, image, (6, 8, 8))
+    assert model.seen == {torch.float32}
+    reduced = sliding_window(model, image, (6, 8, 8), precision=precision)
+    assert dtype in model.seen and reduced.dtype == torch.float32
+    torch.testing.assert_close(reduced, full, atol=tolerance * float(full.abs().max()), rtol=0)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
+        sliding_window(model, image, (6, 8, 8), precision="int8")
+
+
+class OutOfMemoryAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit`` (``limit`` 0: always)."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.inner, self.limit, self.batches = SmallConvNet(1, 2), limit, []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_window_batch_and_retries(rng):
+    model = OutOfMemoryAbove(limit=2).eval()
+    image = torch.from_numpy(rng.normal(size=(1, 12, 20, 20)).astype(np.float32))
+    with pytest.warns(RuntimeWarning) as caught:
+        result = sliding_window(model, image, (6, 8, 8), batch_size=8)
+    assert [str(w.message) for w in caught] == [f"CUDA out of memory with {n} windows per batch; retrying with {n // 2}"
+                                                for n in (8, 4)]
+    assert model.batches[:3] == [8, 4, 2] and set(model.batches[3:]) <= {1, 2}
+    assert sum(b for b in model.batches if b <= 2) == window_count((12, 20, 20), (6, 8, 8), 0.5)
+    torch.testing.assert_close(result, sliding_window(model.inner, image, (6, 8, 8), batch_size=1))
+    with pytest.raises(InferenceError, match=r"CUDA out of memory running one \(6, 8, 8\) window"), \
+            pytest.warns(RuntimeWarning):
+        sliding_window(OutOfMemoryAbove(limit=0).eval(), image, (6, 8, 8), batch_size=2)
+
+
+def test_bad_engine_arguments_are_named():
+    model, image = SmallConvNet(1, 2).eval(), torch.zeros(1, 4, 4, 4)
+    with pytest.raises(ValueError, match=r"step must be in \(0, 1\] \(overlap = 1 - step\), got 0"):
+        sliding_window(model, image, (4, 4, 4), step=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        sliding_window(model, image, (4, 4, 4), batch_size=0)
+    with pytest.raises(ValueError, match=r"mirror_axes must be spatial axes among 0, 1, 2 \(z, y, x\), got \(3,\)"):
+        sliding_window(model, image, (4, 4, 4), mirror_axes=(3,))
+    with pytest.raises(ValueError, match=r"patch must be 3 positive sizes \(z, y, x\), got \(4, 4\)"):
+        sliding_window(model, image, (4, 4))
+
+
+def test_phase_timer_counts_exclusive_time_per_phase(monkeypatch):
+    clock = iter([0.0, 1.0, 3.0, 6.0, 10.0, 15.0])
+    monkeypatch.setattr(PhaseTimer, "_now", staticmethod(lambda: next(clock)))
+    timer = PhaseTimer()
+    with timer.phase("preprocess"):        # 0 .. 1 preprocess, then network, then preprocess again
+        with timer.phase("network"):       # 1 .. 3
+            pass
+        with timer.phase("network"):       # 6 .. 10 (3 .. 6 is preprocess)
+            pass
+    assert dict(timer.totals) == {"preprocess": 1.0 + 3.0 + 5.0, "network": 2.0 + 4.0}
+    with NO_TIMER.phase("network"):
+        pass
+    assert not NO_TIMER.totals
+
+
+@pytest.mark.cuda
+def test_cuda_graph_and_gpu_stitching_equal_eager(rng):
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    model = SmallConvNet().cuda().eval()
+    image = torch.from_numpy(rng.normal(size=(2, 21, 37, 40)).astype(np.float32)).cuda()
+    eager = sliding_window(model, image, (8, 16, 16), batch_size=3)
+    graphed = sliding_window(model, image, (8, 16, 16), batch_size=3, cuda_graph=True)
+    torch.testing.assert_close(graphed, eager)
+    expected = reference_sliding_window(model.cpu(), image.cpu(), (8, 16, 16), 0.5, True)
+    torch.testing.assert_close(eager.cpu().double(), expected, atol=1e-4, rtol=1e-4)

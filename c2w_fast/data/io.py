@@ -7,7 +7,9 @@ and writing uses it, so a read → write round trip keeps shape, values, spacing
 and direction exactly.
 
 World convention: RAS+ (NIfTI's); NRRD files in LPS (the usual ``left-posterior-superior``
-space) are converted on read and written back in LPS.
+space) are converted on read and written back in LPS. A NIfTI file written ``like`` a NIfTI
+volume reuses that volume's header geometry (qform and sform with their codes), so the
+output's header matches the input's bit for bit.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     path: Path | None = field(default=None, compare=False)
+    header: Any = field(default=None, compare=False, repr=False)  # nibabel header of a NIfTI file
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -103,15 +106,19 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
     fmt = image_format(path)
     if not path.is_file():
         raise DataError(path, "file not found")
+    header = None
     try:
-        array, affine = _read_nifti(path) if fmt == "nifti" else _read_nrrd(path, assume_spacing)
+        if fmt == "nifti":
+            array, affine, header = _read_nifti(path)
+        else:
+            array, affine = _read_nrrd(path, assume_spacing)
     except DataError:
         raise
     except Exception as exc:  # nibabel/pynrrd/zlib raise many types for damaged files
         raise DataError(path, f"cannot read {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
     if array.ndim != 3:
         raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape}")
-    return Volume(np.ascontiguousarray(array), affine, path)
+    return Volume(np.ascontiguousarray(array), affine, path, header)
 
 
 def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[float, float, float]]:
@@ -144,24 +151,26 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
     """Write ``array`` (z, y, x) to NIfTI or NRRD (by suffix) with ``affine`` or ``like``'s geometry.
 
     Booleans are written as uint8. The parent folder is created. Returns the path.
+    A NIfTI file written ``like`` a volume read from NIfTI keeps that file's qform/sform.
     """
     path = Path(path)
     fmt = image_format(path)
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"array must be 3D (z, y, x), got shape {array.shape}")
+    header = None
     if affine is None:
         if like is None:
             raise ValueError("write_volume needs an affine or a `like` volume for the geometry")
         if like.shape != array.shape:
             raise ValueError(f"array shape {array.shape} differs from the reference volume's {like.shape}")
-        affine = like.affine
+        affine, header = like.affine, like.header
     affine = np.asarray(affine, dtype=float)
     if array.dtype == bool:
         array = array.astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "nifti":
-        _write_nifti(path, array, affine)
+        _write_nifti(path, array, affine, header)
     else:
         _write_nrrd(path, array, affine, compress)
     return path
@@ -173,7 +182,7 @@ def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     import nibabel as nib
 
     image = nib.load(str(path))
@@ -181,18 +190,25 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     array = array.reshape(_squeeze_trailing(array.shape))
     if array.ndim != 3:
         raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape} in file order")
-    return array.transpose(2, 1, 0), image.affine @ _REVERSE_AXES
+    return array.transpose(2, 1, 0), image.affine @ _REVERSE_AXES, image.header
 
 
-def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, like_header=None) -> None:
     import nibabel as nib
 
-    file_affine = affine @ _REVERSE_AXES  # the permutation is its own inverse
-    image = nib.Nifti1Image(array.transpose(2, 1, 0), file_affine)
+    data = array.transpose(2, 1, 0)
+    if isinstance(like_header, nib.Nifti1Header):
+        # geometry fields (qform, sform, codes, pixdim) exactly as read; scaling and display range reset
+        kind = nib.Nifti2Image if isinstance(like_header, nib.Nifti2Header) else nib.Nifti1Image
+        image = kind(data, None, header=like_header.copy())
+        image.header["cal_min"] = image.header["cal_max"] = 0
+    else:
+        file_affine = affine @ _REVERSE_AXES  # the permutation is its own inverse
+        image = nib.Nifti1Image(data, file_affine)
+        image.header.set_xyzt_units("mm", "sec")
+        image.set_qform(file_affine, code=1)
+        image.set_sform(file_affine, code=1)
     image.set_data_dtype(array.dtype)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(file_affine, code=1)
-    image.set_sform(file_affine, code=1)
     nib.save(image, str(path))
 
 

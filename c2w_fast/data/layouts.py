@@ -100,6 +100,17 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     return cases
 
 
+def find_images(root, layout: str = "auto") -> list[tuple[str, Path]]:
+    """``(case id, image file)`` of every case under ``root``, sorted by id, reading no file
+    (prediction: labels may be absent and a damaged image should fail alone, not the listing)."""
+    root = Path(root)
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
+    found = {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)
+    return sorted((case_id, image) for case_id, image, _ in found)
+
+
 def load_case(case: Case) -> CaseData:
     """Read and validate one case; every problem is a DataError naming the file.
 

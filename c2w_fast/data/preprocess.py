@@ -3,7 +3,8 @@
 Arrays are (z, y, x) (images may carry a leading channel axis), spacing in mm. Crops are
 described by a :class:`Box` — the crop's start in the volume (may be negative or run past
 the end: those voxels are padding) and its size — so a prediction on a crop can be pasted
-back exactly where it came from.
+back exactly where it came from. Every function takes numpy arrays or torch tensors (CPU or
+CUDA, where inference runs them) and returns the kind it was given.
 """
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ TARGET_CLASSES = {  # target -> {foreground class name: canonical codes (1 wall,
 }
 
 
-def zscore(image: np.ndarray) -> np.ndarray:
-    """``(image - mean) / std`` over the whole volume, float32; a constant image becomes zeros."""
+def zscore(image):
+    """``(image - mean) / std`` over the whole volume (population std, float64 sums), float32;
+    a constant image becomes zeros."""
+    if isinstance(image, torch.Tensor):
+        wide = image.double()
+        mean, std = wide.mean(), wide.std(correction=0)
+        return ((wide - mean) / torch.where(std > 0, std, 1.0)).float()
     image = np.asarray(image, dtype=np.float32)
     mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
     return ((image - mean) / (std if std > 0 else 1.0)).astype(np.float32, copy=False)
@@ -64,6 +70,17 @@ def resample(array, shape, *, labels: bool = False) -> np.ndarray | torch.Tensor
 
 def center_of_mass(mask) -> tuple[float, float, float] | None:
     """Mean (z, y, x) voxel index of the nonzero voxels, or None for an empty mask."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask != 0
+        total = int(mask.sum())
+        if total == 0:
+            return None
+        centre = []
+        for axis in range(mask.ndim):  # per-axis profiles: no index list of every voxel
+            others = [a for a in range(mask.ndim) if a != axis]
+            profile = mask.sum(dim=others, dtype=torch.float64)
+            centre.append(float((profile * torch.arange(len(profile), device=mask.device)).sum()) / total)
+        return tuple(centre)
     points = np.argwhere(np.asarray(mask))
     return None if len(points) == 0 else tuple(float(v) for v in points.mean(0))
 
@@ -92,21 +109,28 @@ class Box:
         return tuple(volume), tuple(crop)
 
 
-def crop(array: np.ndarray, box: Box, pad_value=0) -> np.ndarray:
+def _full(like, shape, fill):
+    """An array of ``like``'s kind, dtype (and device) filled with ``fill``."""
+    if isinstance(like, torch.Tensor):
+        return torch.full(tuple(shape), fill, dtype=like.dtype, device=like.device)
+    return np.full(tuple(shape), fill, dtype=like.dtype)
+
+
+def crop(array, box: Box, pad_value=0):
     """The ``box`` of ``array`` ((z, y, x) or (C, z, y, x)); voxels outside the volume are ``pad_value``."""
-    lead = array.shape[:-3]
-    volume, inside = box._overlap(array.shape[-3:])
+    lead = tuple(array.shape[:-3])
+    volume, inside = box._overlap(tuple(array.shape[-3:]))
     if all(v.start == 0 and v.stop == n for v, n in zip(inside, box.size)):
         return array[(..., *volume)]
-    out = np.full((*lead, *box.size), pad_value, dtype=array.dtype)
+    out = _full(array, (*lead, *box.size), pad_value)
     out[(..., *inside)] = array[(..., *volume)]
     return out
 
 
-def paste(values: np.ndarray, box: Box, shape, fill=0) -> np.ndarray:
+def paste(values, box: Box, shape, fill=0):
     """A volume of ``shape`` (z, y, x) (and ``values``' leading axes): ``values`` at ``box``, ``fill`` elsewhere."""
-    lead = values.shape[:-3]
-    out = np.full((*lead, *shape), fill, dtype=values.dtype)
-    volume, inside = box._overlap(shape)
+    lead = tuple(values.shape[:-3])
+    out = _full(values, (*lead, *shape), fill)
+    volume, inside = box._overlap(tuple(shape))
     out[(..., *volume)] = values[(..., *inside)]
     return out

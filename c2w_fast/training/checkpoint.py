@@ -2,8 +2,9 @@
 
 A checkpoint is a dict: ``model`` (state_dict), ``architecture`` (preset name, spec,
 input channels, classes, deep supervision), ``config`` (the run's config as a dict),
-``epoch`` (completed epochs), ``optimizer`` and ``trainer`` (best score, early-stopping
-counters, per-epoch history) — everything ``--resume`` needs.
+``spacing`` (the (z, y, x) mm grid the patches were sampled from, which inference
+resamples to), ``epoch`` (completed epochs), ``optimizer`` and ``trainer`` (best score,
+early-stopping counters, per-epoch history) — everything ``--resume`` needs.
 """
 from __future__ import annotations
 
@@ -55,19 +56,30 @@ def load(path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or foreign files raise many types
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "architecture" not in payload:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a c2w_fast checkpoint (format {FORMAT})")
+    missing = [key for key in ("model", "architecture", "config") if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete c2w_fast checkpoint, no {', '.join(missing)} in it")
     return payload
 
 
 def load_model(path) -> tuple[UNet, Config]:
     """The model and config saved in checkpoint ``path``, weights loaded."""
+    model, config, _ = load_stage(path)
+    return model, config
+
+
+def load_stage(path) -> tuple[UNet, Config, tuple[float, float, float] | None]:
+    """The model (weights loaded), config and training grid spacing (mm; None when the
+    checkpoint predates its recording) saved in checkpoint ``path``."""
     payload = load(path)
     config = from_dict(payload["config"], source=str(path))
     model = build_from_config(config)
     check_architecture(model, payload["architecture"], path)
     model.load_state_dict(payload["model"])
-    return model, config
+    spacing = payload.get("spacing")
+    return model, config, None if spacing is None else tuple(float(s) for s in spacing)
 
 
 def _differences(ours: dict, theirs: dict) -> list[str]:

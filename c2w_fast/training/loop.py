@@ -22,7 +22,7 @@ from c2w_fast.data.augment import augment_batch
 from c2w_fast.data.layouts import Case
 from c2w_fast.data.loader import BatchSource, DevicePrefetcher, TrainingVolume, batches, sample_seed
 from c2w_fast.data.sampling import SamplingPolicy
-from c2w_fast.infer import StagePipeline, resolve_checkpoint, sliding_window
+from c2w_fast.infer import StagePipeline, default_precision, resolve_checkpoint, sliding_window
 from c2w_fast.training import checkpoint, runlog, unfreeze
 from c2w_fast.training.distributed import Processes, broadcast_flag
 from c2w_fast.training.evaluation import class_metrics
@@ -151,7 +151,8 @@ class Trainer:
         """Logits (K, D, H, W) and class indices of one validation volume in the stage grid."""
         x = torch.from_numpy(volume.image).to(self.device)
         logits = sliding_window(self.model, x, self.patch, step=self.config.eval.step,
-                                gaussian=self.config.eval.gaussian, amp=self.config.run.amp)
+                                gaussian=self.config.eval.gaussian,
+                                precision=default_precision(self.config.run.amp, self.device))
         labels = logits.argmax(0).cpu().numpy().astype(np.uint8)
         if volume.region is not None:
             labels[~volume.region] = 0
@@ -217,7 +218,8 @@ class Trainer:
     def _payload(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "architecture": checkpoint.architecture_of(self.model, self.config.model.architecture),
-                "config": self.config.to_dict(), "epoch": self.state["epoch"], "trainer": self.state}
+                "config": self.config.to_dict(), "spacing": list(self.spacing), "epoch": self.state["epoch"],
+                "trainer": self.state}
 
     def _write_logs(self) -> None:
         runlog.write_csv(self.folder / "metrics.csv", self.state["history"])

@@ -1,0 +1,130 @@
+"""Fibrosis burden of the atrial wall from LGE intensities: image-intensity ratio, label map and percentages.
+
+    python -m c2w_fast.fibrosis --image lge.nii.gz --wall pred.nii.gz --cavity pred.nii.gz --out fibrosis.nii.gz
+
+**Definition.** The image-intensity ratio of a wall voxel is ``IIR = I(v) / mean(I over
+the blood pool)``; the blood pool is the cavity eroded by one voxel (a ball of radius 1
+voxel: the 6-neighbourhood), which keeps wall partial volume out of the mean — the whole
+cavity when nothing is left after erosion. A wall voxel is *fibrosis* when
+``IIR >= fibrosis`` (default 1.2) and *dense scar* when ``IIR >= dense`` (default 1.32;
+dense scar is also fibrosis). Burden = 100 · voxels above a threshold / wall voxels (%),
+over the whole wall and each sector of :mod:`c2w_fast.regions`.
+
+**Label map.** 0 outside the wall, 1 wall below the fibrosis threshold, 2 fibrosis below
+the dense threshold, 3 dense scar.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from c2w_fast.data.io import read_volume, write_volume
+from c2w_fast.errors import DataError
+from c2w_fast.ops import binary_erosion
+from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report
+
+FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
+HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3
+
+
+@dataclass
+class Fibrosis:
+    """Fibrosis of one wall: per-voxel IIR and classes (of the masks' kind), blood-pool mean, burdens (%)."""
+
+    iir: np.ndarray | torch.Tensor     # float32 (z, y, x), 0 outside the wall
+    labels: np.ndarray | torch.Tensor  # uint8: 0 outside, 1 wall, 2 fibrosis, 3 dense scar
+    sectors: np.ndarray | torch.Tensor  # uint8 sector codes (c2w_fast.regions.SECTORS)
+    blood_pool_mean: float
+
+    def summary(self) -> list[dict]:
+        """Rows ``region, voxels, fibrosis_percent, dense_scar_percent, mean_iir`` for the wall and each sector."""
+        labels, rows = torch.as_tensor(self.labels), []
+        iir = torch.as_tensor(self.iir)
+        for name, mask in region_masks(labels > 0, torch.as_tensor(self.sectors)):
+            n = int(mask.sum())
+            share = (lambda k: 100.0 * int((mask & (labels >= k)).sum()) / n if n else float("nan"))
+            rows.append({"region": name, "voxels": n, "fibrosis_percent": share(FIBROSIS),
+                         "dense_scar_percent": share(DENSE_SCAR),
+                         "mean_iir": float(iir[mask].double().mean()) if n else float("nan")})
+        return rows
+
+    @property
+    def fibrosis_percent(self) -> float:
+        return self.summary()[0]["fibrosis_percent"]
+
+    @property
+    def dense_scar_percent(self) -> float:
+        return self.summary()[0]["dense_scar_percent"]
+
+
+def blood_pool(cavity):
+    """The cavity eroded by one voxel, or the cavity itself when the erosion leaves nothing."""
+    core = binary_erosion(cavity, 1)
+    return core if core.any() else cavity
+
+
+def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis: float = FIBROSIS_IIR,
+                    dense: float = DENSE_SCAR_IIR, la_cavity=None) -> Fibrosis:
+    """IIR, classes and burden of ``wall`` in ``image`` (module docstring).
+
+    Args:
+        image: (z, y, x) LGE intensities (numpy, or torch; moved to the masks' device).
+        wall, cavity: (z, y, x) masks; cavity voxels that are also wall count as wall.
+        spacing, affine: the grid, which orients the sectors; see :func:`c2w_fast.regions.atrial_masks`.
+        fibrosis, dense: IIR thresholds, 0 < fibrosis <= dense.
+        la_cavity: the LA cavity whose centroid centres the sectors; default ``cavity``.
+    """
+    if not 0 < fibrosis <= dense:
+        raise ValueError(f"thresholds must satisfy 0 < fibrosis <= dense, got fibrosis={fibrosis}, dense={dense}")
+    masks = atrial_masks(wall, cavity, spacing, affine=affine, la_cavity=la_cavity)
+    w = masks.wall
+    values = torch.as_tensor(image if isinstance(image, torch.Tensor) else np.asarray(image, np.float32))
+    if tuple(values.shape) != tuple(w.shape):
+        raise ValueError(f"image must be (z, y, x) of the masks' shape {tuple(w.shape)}, got {tuple(values.shape)}")
+    values = values.to(w.device).float()
+    mean = float(values[blood_pool(masks.cavity)].double().mean())
+    if not mean > 0:
+        raise ValueError(f"the blood-pool mean intensity must be positive, got {mean}")
+    iir = torch.where(w, values / mean, torch.zeros((), device=w.device))
+    labels = torch.zeros(w.shape, dtype=torch.uint8, device=w.device)
+    labels[w] = HEALTHY
+    labels[w & (iir >= fibrosis)] = FIBROSIS
+    labels[w & (iir >= dense)] = DENSE_SCAR
+    return Fibrosis(masks.out(iir), masks.out(labels), masks.out(masks.sectors()), mean)
+
+
+def main(argv=None) -> int:
+    parser = mask_parser("python -m c2w_fast.fibrosis", __doc__)
+    parser.add_argument("--image", required=True, type=Path, help="LGE-MRI image the masks were drawn on")
+    parser.add_argument("--out", required=True, type=Path, help="label map to write: 1 wall, 2 fibrosis, 3 dense scar")
+    parser.add_argument("--csv", type=Path, help="summary CSV (whole wall and sectors)")
+    parser.add_argument("--iir-map", type=Path, help="also write the image-intensity ratio of the wall voxels")
+    parser.add_argument("--fibrosis", type=float, default=FIBROSIS_IIR, help="IIR threshold of fibrosis (1.2)")
+    parser.add_argument("--dense", type=float, default=DENSE_SCAR_IIR, help="IIR threshold of dense scar (1.32)")
+    args = parser.parse_args(argv)
+    try:
+        masks, on_device = masks_from_arguments(args)
+        image = read_volume(args.image)
+        if image.shape != masks.grid.shape:
+            raise DataError(args.image, f"image shape {image.shape} differs from the masks' {masks.grid.shape}")
+        values = torch.from_numpy(image.array.astype(np.float32))
+        result = fibrosis_burden(values, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
+                                 dense=args.dense)
+        write_volume(args.out, result.labels.cpu().numpy(), like=masks.grid)
+        if args.iir_map:
+            write_volume(args.iir_map, result.iir.cpu().numpy(), like=masks.grid)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"blood-pool mean intensity {result.blood_pool_mean:.4g}")
+    return report(result.summary(), args.csv, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis "
+                  f"{row['fibrosis_percent']:5.1f} %  dense scar {row['dense_scar_percent']:5.1f} %  "
+                  f"mean IIR {row['mean_iir']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

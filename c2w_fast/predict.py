@@ -1,0 +1,382 @@
+"""python -m c2w_fast.predict: segment LGE-MRI volumes with a trained C2W-Tune or MBAS-cascade run.
+
+    python -m c2w_fast.predict --model runs/c2w_wall --in scans/ --out preds/
+    python -m c2w_fast.predict --model runs/mbas_stage2 --in MBAS_001.nii.gz --out preds/ --overlap 0
+
+**What --model names.** A training run folder (``RUN_DIR``, its ``--fold`` checkpoint,
+default ``final``) or a checkpoint file. The run's stage decides the pipeline, and the
+runs it depends on are the ones its config records — nothing else to write:
+
+=============  ================================================================  ==============
+stage          pipeline                                                          labels written
+=============  ================================================================  ==============
+``wall``       C2W-Tune: localiser (``roi.localizer``) → ROI around its centre   1 wall, 3 LA
+               of mass → cavity model (``run.init_from``, the run the wall
+               stage was fine-tuned from) and wall model → pasted back; the wall
+               wins where both claim a voxel (``--no-cavity``: the wall alone)
+``cascade2``   MBAS: stage 1 (``cascade.stage1``) at its low resolution →        1 wall, 2 RA,
+               largest component → dilation r=2 → stage 2 inside that region     3 LA
+               → largest component per class
+``cavity``,    one stage (with its localiser ROI where it has one)               3 LA (cavity,
+``localizer``                                                                    localizer),
+``scratch``,                                                                     1 wall (scratch),
+``cascade1``                                                                     1 atria (cascade1)
+=============  ================================================================  ==============
+
+A recorded run is looked for where the config says (absolute, or relative to the working
+directory), then next to the run folder under the same name — so a folder of runs
+trained together (``runs/demo/{localizer,cavity,wall}``) can be moved as a whole. Helper
+stages use the same fold as the named run when they have it, else ``final``.
+
+**Inputs.** ``--in`` is a NIfTI/NRRD file, a dataset folder in a known layout (LASC 2018,
+MBAS, nnU-Net; labels not needed) or a folder of image files (label-like names such as
+``*_gt.nii.gz`` are skipped; an nnU-Net channel suffix ``_0000`` is dropped from the id).
+Volumes are processed in their file's voxel order, as training read them; each stage
+resamples to the grid it was trained on and back.
+
+**Outputs.** ``OUT/<case>.nii.gz`` (``.nrrd`` for NRRD input) with the input's shape,
+spacing, origin and direction (a NIfTI output keeps the input's qform/sform exactly);
+``--probabilities DIR``: ``DIR/<case>_<class>.nii.gz`` float32 softmax per foreground
+class; ``--thickness DIR``: ``DIR/<case>.nii.gz`` wall thickness in mm
+(:mod:`c2w_fast.thickness`) and ``DIR/<case>.csv`` its summary, when the pipeline
+predicts a wall and a cavity. A case that fails (unreadable, not 3D, out of memory, not
+writable) is reported and the others are still written. Cases are read one ahead and
+written behind in I/O threads while the current one runs (``--timings`` runs them one step
+after the other to time each phase).
+
+Exit status: 0 when every case was written, 1 when some failed, 2 for bad arguments or an
+unusable model.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_volume
+from c2w_fast.data.layouts import CANONICAL_LABELS, find_images
+from c2w_fast.data.preprocess import TARGET_CLASSES
+from c2w_fast.errors import DataError
+from c2w_fast.evaluate import case_id as label_file_id
+from c2w_fast.infer import (NO_TIMER, InferenceError, InferenceOptions, PhaseTimer, Predictor, StageLoader,
+                            check_precision, locate_stage, resolve_device)
+from c2w_fast.regions import write_rows
+from c2w_fast.training.checkpoint import CheckpointError
+
+_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
+
+
+class ModelError(ValueError):
+    """``--model`` does not name a usable pipeline."""
+
+
+@dataclass
+class Stage:
+    """One network of a pipeline and the canonical code written for each of its classes."""
+
+    name: str
+    predictor: Predictor
+    codes: dict[int, int]  # class index -> canonical code (1 wall, 2 RA, 3 LA)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.predictor.config.class_names
+
+
+def canonical_codes(target: str) -> dict[int, int]:
+    """Class index → canonical code of a training target (the first code of each class)."""
+    return {index: codes[0] for index, codes in enumerate(TARGET_CLASSES[target].values(), start=1)}
+
+
+@dataclass
+class CasePrediction:
+    """A pipeline's output for one case: canonical label map (uint8, z/y/x) and, when asked
+    for, the softmax probability (float32) of every foreground class by class name."""
+
+    labels: np.ndarray
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Pipeline:
+    """The stages whose outputs make the written label map, applied in order (later ones win)."""
+
+    stages: list[Stage]
+    device: torch.device
+    timer: PhaseTimer = NO_TIMER
+
+    @property
+    def description(self) -> str:
+        return " + ".join(f"{s.name} → {', '.join(f'{n}={c}' for n, c in zip(s.class_names, s.codes.values()))}"
+                          for s in self.stages)
+
+    def predict(self, image: np.ndarray, spacing, *, probabilities: bool = False) -> CasePrediction:
+        """Canonical labels of ``image`` (z, y, x) with ``spacing`` (mm), in its grid."""
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise ValueError(f"image must be 3D (z, y, x), got shape {image.shape}")
+        with self.timer.phase("preprocess"):
+            x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float()  # one tensor: helpers reuse
+        labels = torch.zeros(image.shape, dtype=torch.uint8, device=self.device)
+        probs = {}
+        for stage in self.stages:
+            result = stage.predictor.run(x, spacing, probabilities=probabilities)
+            with self.timer.phase("postprocess"):
+                for index, code in stage.codes.items():
+                    labels[result.labels == index] = code
+                if probabilities:
+                    for index, name in enumerate(stage.class_names, start=1):
+                        probs[name] = result.probabilities[index].cpu().numpy()
+        with self.timer.phase("postprocess"):
+            return CasePrediction(labels.cpu().numpy(), probs)
+
+
+def load_pipeline(model, *, fold: str | None = None, device="cpu", options: InferenceOptions = InferenceOptions(),
+                  timer: PhaseTimer = NO_TIMER, cavity: bool = True) -> Pipeline:
+    """The pipeline ``model`` (run folder or checkpoint) names; see the module docstring.
+
+    Raises :class:`ModelError` naming the folder or file when it holds no usable stage.
+    """
+    loader = StageLoader(device, options, timer)
+    if fold and Path(model).is_dir() and not (Path(model) / fold / "checkpoint_best.pt").is_file():
+        trained = sorted(p.parent.name for p in Path(model).glob("*/checkpoint_best.pt")) or ["none"]
+        raise ModelError(f"{model}: no {fold}/checkpoint_best.pt; trained folds: {', '.join(trained)}")
+    try:
+        named = loader.load(model, fold)
+        config = named.config
+        stages = [Stage(config.run.stage, named, canonical_codes(config.data.target))]
+        if config.run.stage == "wall" and cavity:
+            if not config.run.init_from:
+                raise ModelError(f"{model}: the wall run records no cavity run (run.init_from); "
+                                 f"predict the wall alone with --no-cavity")
+            path = locate_stage(config.run.init_from, "run.init_from", named.pipeline.run_dir)
+            cavity_stage = loader.load(path, named.pipeline.fold)
+            if cavity_stage.config.data.target != "la_cavity":
+                raise ModelError(f"{path}: run.init_from of {model} is a {cavity_stage.config.data.target!r} stage, "
+                                 f"not an LA-cavity one; use --no-cavity")
+            stages.insert(0, Stage("cavity", cavity_stage, canonical_codes("la_cavity")))
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise ModelError(str(exc)) from None
+    return Pipeline(stages, loader.device, timer)
+
+
+def image_id(path: Path) -> str:
+    """Case id of an image file: its name without extension and without a ``_0000`` channel suffix."""
+    name = path.name
+    for extension in (*NIFTI_SUFFIXES, *NRRD_SUFFIXES):
+        if name.lower().endswith(extension):
+            name = name[: -len(extension)]
+            break
+    return _CHANNEL_SUFFIX.sub("", name) or name
+
+
+def find_inputs(path) -> list[tuple[str, Path]]:
+    """``(case id, image file)`` for ``--in``: one file, a dataset folder, or a folder of images."""
+    path = Path(path)
+    if path.is_file():
+        image_format(path)
+        return [(image_id(path), path)]
+    if not path.is_dir():
+        raise DataError(path, "no such file or folder")
+    try:
+        found = find_images(path)
+    except DataError:  # not a dataset layout: the image files in the folder itself
+        extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
+        found = sorted((image_id(p), p) for p in path.iterdir()
+                       if p.is_file() and p.name.lower().endswith(extensions) and not label_file_id(p)[1])
+    if not found:
+        raise DataError(path, "no NIfTI/NRRD images found (.nii, .nii.gz, .nrrd, .nhdr)")
+    ids = [i for i, _ in found]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DataError(path, f"several images give the case ids {repeated}; keep one file per case")
+    return found
+
+
+def output_path(folder: Path, case: str, image_path: Path, suffix: str = "") -> Path:
+    """``folder/<case><suffix>`` with ``.nrrd`` for an NRRD input, else ``.nii.gz``."""
+    return Path(folder) / f"{case}{suffix}{'.nrrd' if image_format(image_path) == 'nrrd' else '.nii.gz'}"
+
+
+@dataclass
+class CaseOutputs:
+    """Everything written for one case: volumes (path → array, on the input's grid) and CSV rows."""
+
+    volume: Volume
+    arrays: dict[Path, np.ndarray]
+    tables: dict[Path, list[dict]] = field(default_factory=dict)
+
+    def write(self) -> None:
+        for path, array in self.arrays.items():
+            write_volume(path, array, like=self.volume)
+        for path, rows in self.tables.items():
+            write_rows(path, rows)
+
+
+def case_outputs(volume: Volume, case: str, prediction: CasePrediction, out: Path, *,
+                 probabilities_dir: Path | None = None, thickness_dir: Path | None = None,
+                 device="cpu") -> CaseOutputs:
+    """The label map, probability maps and (computed on ``device``) thickness map and summary of a case."""
+    outputs = CaseOutputs(volume, {output_path(out, case, volume.path): prediction.labels})
+    for name, probability in prediction.probabilities.items():
+        outputs.arrays[output_path(probabilities_dir, case, volume.path, f"_{name}")] = probability
+    if thickness_dir is not None:
+        from c2w_fast.thickness import wall_thickness
+
+        labels = torch.from_numpy(prediction.labels).to(device)
+        wall = labels == CANONICAL_LABELS["wall"]
+        cavity = (labels == CANONICAL_LABELS["RA"]) | (labels == CANONICAL_LABELS["LA"])
+        if wall.any() and cavity.any():
+            result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=labels == CANONICAL_LABELS["LA"])
+            outputs.arrays[output_path(thickness_dir, case, volume.path)] = result.thickness.cpu().numpy()
+            outputs.tables[Path(thickness_dir) / f"{case}.csv"] = [{"case": case, **row} for row in result.summary()]
+    return outputs
+
+
+def predict_file(pipeline: Pipeline, case: str, image_path: Path, out: Path, *, probabilities_dir: Path | None = None,
+                 thickness_dir: Path | None = None) -> Path:
+    """Read, predict and write one case, one step after the other (each in its timer phase);
+    returns the label map's path."""
+    with pipeline.timer.phase("read"):
+        volume = read_volume(image_path)
+    prediction = pipeline.predict(volume.array, volume.spacing, probabilities=probabilities_dir is not None)
+    with pipeline.timer.phase("postprocess"):
+        outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
+                               thickness_dir=thickness_dir, device=pipeline.device)
+    with pipeline.timer.phase("write"):
+        outputs.write()
+    return output_path(out, case, image_path)
+
+
+def _problem(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+
+
+CASE_ERRORS = (DataError, ValueError, InferenceError, RuntimeError, OSError)
+
+
+def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, *,
+                  probabilities_dir: Path | None = None, thickness_dir: Path | None = None) -> dict[str, str]:
+    """Predict every ``(case id, image file)``; returns ``{case: problem}`` for those that failed.
+
+    Files are read one case ahead and written behind in two I/O threads while the current
+    case runs on the device (compressed NIfTI reading and writing take about as long as the
+    networks on a GPU); at most two cases wait to be written. A failing case is reported
+    and the others go on.
+    """
+    failed: dict[str, str] = {}
+    pending: list[tuple[str, Future]] = []
+
+    def settle(keep: int) -> None:
+        while len(pending) > keep:
+            case, future = pending.pop(0)
+            try:
+                future.result()
+            except CASE_ERRORS as exc:
+                failed[case] = _problem(exc)
+                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="c2w-io") as io:
+        upcoming = io.submit(read_volume, cases[0][1]) if cases else None
+        for i, (case, path) in enumerate(tqdm(cases, desc="predict", unit="case", disable=None)):
+            reading, upcoming = upcoming, io.submit(read_volume, cases[i + 1][1]) if i + 1 < len(cases) else None
+            try:
+                volume = reading.result()
+                prediction = pipeline.predict(volume.array, volume.spacing, probabilities=probabilities_dir is not None)
+                outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
+                                       thickness_dir=thickness_dir, device=pipeline.device)
+            except CASE_ERRORS as exc:
+                failed[case] = _problem(exc)
+                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+                continue
+            pending.append((case, io.submit(outputs.write)))
+            settle(keep=2)
+        settle(keep=0)
+    return failed
+
+
+def parser() -> argparse.ArgumentParser:
+    paragraphs = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="python -m c2w_fast.predict", description=paragraphs[0].split(": ", 1)[1],
+                                epilog="\n\n".join(paragraphs[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="training run folder or checkpoint file")
+    p.add_argument("--in", dest="inputs", required=True, type=Path, help="image file, dataset folder or image folder")
+    p.add_argument("--out", required=True, type=Path, help="folder for the label maps (created)")
+    p.add_argument("--fold", help="fold folder of the run to use (e.g. fold_0); default final")
+    p.add_argument("--no-cavity", action="store_true", help="C2W wall run: predict the wall only, without the cavity")
+    p.add_argument("--overlap", type=float,
+                   help="sliding-window overlap in [0, 1): 0.5 nnU-Net's default, 0 the fast mode (stride 1.0); "
+                        "default: each stage's eval.step")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="autocast of the networks; default bf16 on a GPU (runs trained with run.amp), fp32 on a CPU")
+    p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (halved on GPU out-of-memory)")
+    p.add_argument("--mirror", nargs="*", type=int, metavar="AXIS", default=None,
+                   help="mirroring test-time augmentation over these axes (0 z, 1 y, 2 x; no value: all three)")
+    p.add_argument("--cuda-graph", action="store_true", help="capture each network's forward as a CUDA graph")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--probabilities", type=Path, metavar="DIR", help="also write softmax maps per class to DIR")
+    p.add_argument("--thickness", type=Path, metavar="DIR", help="also write wall-thickness maps and summaries to DIR")
+    p.add_argument("--timings", action="store_true", help="print the time spent per phase (read, preprocess, "
+                                                          "network, stitch, postprocess, write)")
+    return p
+
+
+def _options(args) -> InferenceOptions:
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise ModelError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.batch_size < 1:
+        raise ModelError(f"--batch-size must be >= 1, got {args.batch_size}")
+    mirror = () if args.mirror is None else tuple(args.mirror or (0, 1, 2))
+    if any(a not in (0, 1, 2) for a in mirror):
+        raise ModelError(f"--mirror axes must be among 0, 1, 2 (z, y, x), got {list(mirror)}")
+    return InferenceOptions(step=None if args.overlap is None else 1 - args.overlap,
+                            precision=args.precision and check_precision(args.precision),
+                            batch_size=args.batch_size, mirror_axes=mirror, cuda_graph=args.cuda_graph)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    timer = PhaseTimer(enabled=args.timings)
+    try:
+        device = resolve_device(args.device)
+        cases = find_inputs(args.inputs)
+        pipeline = load_pipeline(args.model, fold=args.fold, device=device, options=_options(args), timer=timer,
+                                 cavity=not args.no_cavity)
+    except (ModelError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every window has the same shape
+    print(f"{len(cases)} case(s), {pipeline.description}, on {device}", file=sys.stderr)
+    failed = {}
+    if args.timings:  # one step after the other, so that every phase is timed alone
+        for case, path in tqdm(cases, desc="predict", unit="case", disable=None):
+            try:
+                predict_file(pipeline, case, path, args.out, probabilities_dir=args.probabilities,
+                             thickness_dir=args.thickness)
+            except CASE_ERRORS as exc:
+                failed[case] = _problem(exc)
+                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+    else:
+        failed = predict_cases(pipeline, cases, args.out, probabilities_dir=args.probabilities,
+                               thickness_dir=args.thickness)
+    print(f"wrote {len(cases) - len(failed)} of {len(cases)} case(s) to {args.out}", file=sys.stderr)
+    if args.timings:
+        total = sum(timer.totals.values())
+        for name, seconds in timer.totals.items():
+            print(f"  {name:12s} {seconds:8.3f} s  {100 * seconds / max(total, 1e-12):5.1f} %", file=sys.stderr)
+    for case, problem in failed.items():
+        print(f"  failed {case}: {problem}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Atrial wall regions for clinical summaries: wall/cavity masks from label files and six sectors around the LA.
+
+**Sectors.** Each wall voxel goes to the sector of the patient direction in which it lies
+from the LA centroid (the mean position of the LA-cavity voxels): with ``w`` the voxel's
+world offset from the centroid in RAS+ mm (through the image's affine, so the file's
+orientation does not matter), the sector is the largest of ``|w_R|, |w_A|, |w_S|`` with
+its sign — ``right``/``left`` (for the LA: septal/lateral), ``anterior``/``posterior``,
+``superior``/``inferior`` (roof/floor). Sector codes are 1..6 in :data:`SECTORS` order.
+
+**Masks from files** (the CLIs of :mod:`c2w_fast.thickness` and :mod:`c2w_fast.fibrosis`):
+the wall is the voxels of ``--wall`` with one of ``--wall-label`` (default: nonzero), the
+cavity those of ``--cavity`` with one of ``--cavity-label`` (default: nonzero) that are not
+wall. When both options name the same file the defaults are the canonical codes: wall 1,
+cavity 2 and 3. The LA for the centroid: the cavity voxels labelled 3 when the cavity
+holds several labels, 3 among them; else the whole cavity.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from c2w_fast.data.io import Volume, affine_from_spacing, read_volume
+from c2w_fast.data.layouts import CANONICAL_LABELS
+from c2w_fast.errors import DataError
+from c2w_fast.ops._volume import check_mask
+
+SECTORS = ("right", "left", "anterior", "posterior", "superior", "inferior")
+
+
+@dataclass
+class AtrialMasks:
+    """Checked wall, cavity (minus the wall) and LA masks as torch tensors on one device."""
+
+    wall: torch.Tensor
+    cavity: torch.Tensor
+    la_cavity: torch.Tensor
+    affine: np.ndarray  # (z, y, x) index -> RAS mm
+    numpy: bool         # the caller passed numpy arrays: results go back as numpy
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def sectors(self) -> torch.Tensor:
+        return wall_sectors(self.wall, la_centroid(self.la_cavity), self.affine)
+
+    def out(self, tensor: torch.Tensor):
+        """A result in the caller's kind."""
+        return tensor.cpu().numpy() if self.numpy else tensor
+
+
+def atrial_masks(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -> AtrialMasks:
+    """Validate (z, y, x) masks of one shape, take cavity voxels that are also wall as wall, and
+    the grid from ``affine`` or ``spacing`` (mm; then z → S, y → A, x → R); ``la_cavity``
+    defaults to the cavity. A ValueError names an empty or misshapen mask."""
+    wall_mask, cavity_mask = check_mask(wall, "wall", (3,)), check_mask(cavity, "cavity", (3,))
+    if tuple(wall_mask.shape) != tuple(cavity_mask.shape):
+        raise ValueError(f"wall and cavity must have the same shape, got {tuple(wall_mask.shape)} and "
+                         f"{tuple(cavity_mask.shape)}")
+    if affine is None:
+        if spacing is None:
+            raise ValueError("need the spacing (z, y, x) in mm or the affine of the masks' grid")
+        affine = affine_from_spacing(spacing)
+    w = torch.as_tensor(wall_mask)
+    c = torch.as_tensor(cavity_mask).to(w.device) & ~w
+    if not w.any():
+        raise ValueError("the wall mask is empty")
+    if not c.any():
+        raise ValueError("the cavity mask is empty (outside the wall)")
+    la = c if la_cavity is None else torch.as_tensor(check_mask(la_cavity, "la_cavity", (3,))).to(w.device)
+    return AtrialMasks(w, c, la, np.asarray(affine, float), isinstance(wall_mask, np.ndarray))
+
+
+def la_centroid(la_cavity) -> np.ndarray:
+    """(z, y, x) voxel position of the centroid of a non-empty LA-cavity mask."""
+    points = torch.nonzero(torch.as_tensor(la_cavity)).double()
+    if len(points) == 0:
+        raise ValueError("the LA cavity is empty: no centroid to place the sectors around")
+    return points.mean(0).cpu().numpy()
+
+
+def wall_sectors(wall, centroid, affine) -> torch.Tensor:
+    """Sector code (1..6, :data:`SECTORS`; 0 outside the wall) of every voxel of ``wall`` (z, y, x)."""
+    wall = torch.as_tensor(wall)
+    points = torch.nonzero(wall)
+    offsets = (points.double() - torch.as_tensor(centroid, dtype=torch.float64, device=points.device))
+    world = offsets @ torch.as_tensor(np.asarray(affine, float)[:3, :3].T, device=points.device)  # RAS mm
+    axis = world.abs().argmax(1)
+    negative = world.gather(1, axis[:, None])[:, 0] < 0
+    sectors = torch.zeros(wall.shape, dtype=torch.uint8, device=wall.device)
+    sectors[tuple(points.T)] = (1 + 2 * axis + negative.long()).to(torch.uint8)
+    return sectors
+
+
+def region_masks(wall, sectors) -> list[tuple[str, torch.Tensor]]:
+    """``("wall", wall)`` then ``(sector name, its voxels)`` for every sector."""
+    return [("wall", torch.as_tensor(wall))] + [(name, sectors == code) for code, name in enumerate(SECTORS, start=1)]
+
+
+def write_rows(path, rows: list[dict]) -> Path:
+    """Write summary rows (dicts with the same keys) to CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def report(rows: list[dict], csv_path, describe) -> int:
+    """A CLI's end: ``rows`` to ``csv_path`` (when given), ``describe(row)`` printed per row; exit status 0."""
+    if csv_path:
+        write_rows(csv_path, rows)
+    for row in rows:
+        print(describe(row))
+    return 0
+
+
+# --- masks from label files ---------------------------------------------------------------------
+
+@dataclass
+class WallMasks:
+    """Boolean (z, y, x) masks read from label files, on one grid, and that grid's volume."""
+
+    wall: np.ndarray
+    cavity: np.ndarray
+    la_cavity: np.ndarray
+    grid: Volume
+
+
+def parse_values(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``"2,3"`` → (2, 3); None stays None (= nonzero)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers such as 2,3, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{option} must name at least one label value, got {text!r}")
+    return values
+
+
+def _select(volume: Volume, values) -> np.ndarray:
+    return volume.array != 0 if values is None else np.isin(volume.array, values)
+
+
+def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None) -> WallMasks:
+    """Wall, cavity and LA masks from label files (module docstring); DataError for a bad file or grid."""
+    wall_volume = read_volume(wall_path)
+    same = Path(cavity_path).resolve() == Path(wall_path).resolve()
+    cavity_volume = wall_volume if same else read_volume(cavity_path)
+    if same:
+        wall_values = wall_values or (CANONICAL_LABELS["wall"],)
+        cavity_values = cavity_values or (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"])
+    if cavity_volume.shape != wall_volume.shape or not np.allclose(cavity_volume.affine, wall_volume.affine,
+                                                                   rtol=0, atol=1e-2):
+        raise DataError(cavity_path, f"cavity grid {cavity_volume.shape} / {cavity_volume.spacing} mm differs from "
+                                     f"the wall's {wall_volume.shape} / {wall_volume.spacing} mm ({wall_path})")
+    wall = _select(wall_volume, wall_values)
+    cavity = _select(cavity_volume, cavity_values) & ~wall
+    if not wall.any():
+        raise DataError(wall_path, f"no wall voxels (values {wall_values or 'nonzero'})")
+    if not cavity.any():
+        raise DataError(cavity_path, f"no cavity voxels outside the wall (values {cavity_values or 'nonzero'})")
+    present = np.unique(cavity_volume.array[cavity])
+    la_code = CANONICAL_LABELS["LA"]
+    la_cavity = cavity & (cavity_volume.array == la_code) if len(present) > 1 and la_code in present else cavity
+    return WallMasks(wall, cavity, la_cavity, wall_volume)
+
+
+def mask_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A CLI's parser (description: ``doc``'s first paragraph, epilog: the rest after the usage)
+    with the mask options ``--wall``, ``--cavity``, ``--wall-label``, ``--cavity-label``, ``--device``."""
+    paragraphs = doc.split("\n\n")
+    parser = argparse.ArgumentParser(prog=prog, description=paragraphs[0], epilog="\n\n".join(paragraphs[2:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wall", required=True, type=Path, help="label file holding the wall")
+    parser.add_argument("--cavity", required=True, type=Path, help="label file holding the cavity (may be --wall)")
+    parser.add_argument("--wall-label", help="wall values in --wall, e.g. 1 (default: nonzero; 1 if one file)")
+    parser.add_argument("--cavity-label",
+                        help="cavity values in --cavity, e.g. 2,3 (default: nonzero; 2,3 if one file)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the computation runs (auto: a GPU when there is one)")
+    return parser
+
+
+def masks_from_arguments(args) -> tuple[WallMasks, dict[str, torch.Tensor]]:
+    """The masks the options name, and ``wall``, ``cavity``, ``la_cavity`` as tensors on ``--device``."""
+    from c2w_fast.infer import resolve_device
+
+    device = resolve_device(args.device)
+    masks = read_wall_masks(args.wall, args.cavity, parse_values(args.wall_label, "--wall-label"),
+                            parse_values(args.cavity_label, "--cavity-label"))
+    return masks, {name: torch.from_numpy(getattr(masks, name)).to(device) for name in ("wall", "cavity", "la_cavity")}

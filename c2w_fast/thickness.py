@@ -1,0 +1,128 @@
+"""Atrial wall thickness (mm) per wall voxel from a wall and a cavity mask, with regional summaries.
+
+    python -m c2w_fast.thickness --wall pred.nii.gz --cavity pred.nii.gz --out thickness.nii.gz --csv summary.csv
+
+**Definition.** The surfaces of a segmentation lie on voxel faces (as in the surfel
+metrics): the *endocardial* surface is the set of faces between a wall voxel and a
+face-adjacent cavity voxel, the *epicardial* surface the faces between a wall voxel and a
+face-adjacent voxel that is neither wall nor cavity (faces on the array border belong to
+neither). The thickness at a wall voxel ``v`` is ``d(v, endo) + d(v, epi)``, with ``d`` the
+Euclidean distance (mm, anisotropic spacing) from the centre of ``v`` to the nearest face
+centre of that surface. Through a flat wall ``n`` voxels thick along a grid axis of step
+``h`` this is exactly ``n · h``, the wall's extent in the mask; no surface → ``inf``.
+
+**Computation.** Face centres are points of the grid refined by two (voxel centres at
+even indices); the distances are two exact EDTs (:func:`c2w_fast.ops.distance_transform`,
+on the masks' device: the GPU kernels for CUDA tensors, the C++ ones on the CPU) on that
+refined grid, restricted to the wall's bounding box plus one voxel, which holds every
+face that can be nearest.
+
+**Accuracy.** A mask quantises the wall to whole voxels: a wall of design thickness
+``t`` is ``floor(t/h)`` or ``ceil(t/h)`` voxels across depending on where it falls on the
+grid, so no estimate from the mask can be within less than about one voxel step
+everywhere, and at creases the nearest face may belong to another part of the surface.
+The tested guarantee (``tests/test_thickness.py``, phantoms of known design thickness,
+isotropic and 2.5 mm-slice grids): for 95 % of the wall voxels the error is at most half
+a voxel's diagonal, ``0.5 · sqrt(h_z² + h_y² + h_x²)``, and the mean thickness of the wall
+and of every sector is within half a diagonal of the design mean.
+
+**Summary.** Mean, median and 95th percentile (mm) of the finite thickness values over
+the whole wall and over each sector of :mod:`c2w_fast.regions` (six directions around
+the LA centroid), as CSV rows ``region, voxels, mean_mm, median_mm, p95_mm``.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from c2w_fast.data.io import write_volume
+from c2w_fast.errors import DataError
+from c2w_fast.ops import bounding_box, distance_transform
+from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report
+
+
+def face_distance(wall: torch.Tensor, other: torch.Tensor, spacing) -> torch.Tensor:
+    """Distance (mm, float32) from each voxel centre to the nearest centre of a face between a
+    ``wall`` voxel and a face-adjacent ``other`` voxel; ``inf`` everywhere when there is none."""
+    refined = tuple(2 * n - 1 for n in wall.shape)
+    faces = torch.zeros(refined, dtype=torch.bool, device=wall.device)
+    for axis in range(3):
+        n = wall.shape[axis]
+        if n < 2:
+            continue
+        lower = (wall.narrow(axis, 0, n - 1) & other.narrow(axis, 1, n - 1)) | \
+                (other.narrow(axis, 0, n - 1) & wall.narrow(axis, 1, n - 1))
+        index = [slice(0, None, 2)] * 3
+        index[axis] = slice(1, None, 2)  # face centres between voxels i and i + 1 along this axis
+        faces[tuple(index)] = lower
+    distance = distance_transform(~faces, tuple(h / 2 for h in spacing))
+    return distance[::2, ::2, ::2]
+
+
+@dataclass
+class Thickness:
+    """Per-voxel wall thickness and its sectors, of the masks' kind (numpy, or torch on their device)."""
+
+    thickness: np.ndarray | torch.Tensor  # float32 (z, y, x) mm at wall voxels, 0 elsewhere
+    sectors: np.ndarray | torch.Tensor    # uint8 sector codes (c2w_fast.regions.SECTORS), 0 outside the wall
+
+    def summary(self) -> list[dict]:
+        """Rows ``region, voxels, mean_mm, median_mm, p95_mm`` for the wall and each sector (finite values)."""
+        thickness = torch.as_tensor(self.thickness)
+        wall = thickness > 0
+        rows = []
+        for name, mask in region_masks(wall, torch.as_tensor(self.sectors)):
+            values = thickness[mask & torch.isfinite(thickness)].double().cpu().numpy()
+            stats = ([float(values.mean()), float(np.median(values)), float(np.percentile(values, 95))]
+                     if len(values) else [float("nan")] * 3)
+            rows.append({"region": name, "voxels": int(mask.sum()), **dict(zip(("mean_mm", "median_mm", "p95_mm"),
+                                                                               stats))})
+        return rows
+
+
+def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -> Thickness:
+    """Thickness (mm) at every wall voxel and the wall's sectors (module docstring).
+
+    Args:
+        wall, cavity: (z, y, x) masks (numpy, or torch on the CPU or a GPU); cavity voxels
+            that are also wall count as wall.
+        spacing: voxel size (z, y, x) in mm; or give ``affine`` ((z, y, x) index → RAS mm),
+            which also orients the sectors (with spacing alone: z → S, y → A, x → R).
+        la_cavity: the LA cavity whose centroid centres the sectors; default ``cavity``.
+
+    Returns:
+        :class:`Thickness` of the masks' kind.
+    """
+    masks = atrial_masks(wall, cavity, spacing, affine=affine, la_cavity=la_cavity)
+    w = masks.wall
+    box = bounding_box(w, margin=1)
+    wall_box, cavity_box = w[box], masks.cavity[box]
+    outside_box = ~(wall_box | cavity_box)
+    total = face_distance(wall_box, cavity_box, masks.spacing) + face_distance(wall_box, outside_box, masks.spacing)
+    thickness = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+    thickness[box] = torch.where(wall_box, total, torch.zeros((), device=w.device))
+    return Thickness(masks.out(thickness), masks.out(masks.sectors()))
+
+
+def main(argv=None) -> int:
+    parser = mask_parser("python -m c2w_fast.thickness", __doc__)
+    parser.add_argument("--out", required=True, type=Path, help="thickness map to write (NIfTI or NRRD), mm")
+    parser.add_argument("--csv", type=Path, help="summary CSV (whole wall and sectors)")
+    args = parser.parse_args(argv)
+    try:
+        masks, on_device = masks_from_arguments(args)
+        result = wall_thickness(**on_device, affine=masks.grid.affine)
+        write_volume(args.out, result.thickness.cpu().numpy(), like=masks.grid)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return report(result.summary(), args.csv, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  mean "
+                  f"{row['mean_mm']:.2f}  median {row['median_mm']:.2f}  p95 {row['p95_mm']:.2f} mm")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

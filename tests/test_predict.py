@@ -1,0 +1,309 @@
+"""python -m c2w_fast.predict on tiny trained runs: the C2W and MBAS pipelines, geometry of any
+orientation, resampling to the training grid, probability and thickness maps, bad input."""
+import shutil
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from c2w_fast import predict, train
+from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
+from c2w_fast.data.phantom import make_phantom
+from c2w_fast.infer import InferenceOptions, Predictor, StageLoader, locate_stage
+from c2w_fast.ops import ball
+from c2w_fast.training import checkpoint
+from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, write_phantoms
+
+LOCALIZER = ["model.overrides.features=[4,8]", "model.overrides.strides=[1,2]", "model.overrides.kernels=[3,3]",
+             "model.overrides.blocks_per_stage=[1,1]", "model.overrides.decoder_convs=[1]",
+             "data.spacing=[4.0,4.0,4.0]", "train.patch_size=[8,16,16]"]
+CASCADE = ["model.overrides.features=[4,8,8]", "model.overrides.strides=[1,[1,2,2],2]",
+           "model.overrides.kernels=[[1,3,3],3,3]", "model.overrides.blocks_per_stage=[1,1,1]",
+           "model.overrides.decoder_convs=[1,1]", "train.iterations_per_epoch=2", "train.val_patches=4"]
+
+
+def _train(preset, data, out, items, *extra):
+    args = ["--config", str(CONFIGS / preset), "--data", str(data), "--out", str(out), "--fold", "final",
+            "--epochs", "1", *extra] + set_args(SPLITS + items)
+    assert train.main(args) == 0
+
+
+@pytest.fixture(scope="module")
+def c2w(tmp_path_factory):
+    """LASC phantoms and the C2W runs trained on them for one epoch: localiser, cavity, wall."""
+    root = tmp_path_factory.mktemp("c2w")
+    data = write_phantoms(root / "lasc")
+    roi = ["roi.center=\"localizer\"", f"roi.localizer=\"{root / 'runs' / 'localizer'}\""]
+    _train("c2w_localizer.toml", data, root / "runs" / "localizer", LOCALIZER)
+    _train("c2w_cavity.toml", data, root / "runs" / "cavity", RESNEXT + roi)
+    _train("c2w_wall.toml", data, root / "runs" / "wall", RESNEXT + roi, "--init-from", str(root / "runs" / "cavity"))
+    return data, root / "runs"
+
+
+@pytest.fixture(scope="module")
+def mbas(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mbas")
+    data = write_phantoms(root / "mbas", n=5, layout="mbas")
+    _train("mbas_stage1.toml", data, root / "stage1",
+           CASCADE + ["data.spacing=[4.0,3.0,3.0]", "train.patch_size=[8,16,16]"])
+    _train("mbas_stage2.toml", data, root / "stage2", CASCADE + ["train.patch_size=[8,24,24]",
+                                                                 f"cascade.stage1=\"{root / 'stage1'}\""])
+    return data, root
+
+
+def test_c2w_wall_run_predicts_cavity_and_wall_as_its_two_stages(c2w, tmp_path):
+    data, runs = c2w
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(data), "--out", str(tmp_path / "out")]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == [f"phantom{i:03d}.nrrd" for i in range(6)]
+    wall, cavity = Predictor.load(runs / "wall"), Predictor.load(runs / "cavity")
+    for name in written[:3]:
+        image = read_volume(data / name[:-5] / "lgemri.nrrd")
+        out = read_volume(tmp_path / "out" / name)
+        assert out.shape == image.shape and np.array_equal(out.affine, image.affine) and out.array.dtype == np.uint8
+        expected = np.where(wall.predict(image.array, image.spacing) == 1, 1,
+                            np.where(cavity.predict(image.array, image.spacing) == 1, 3, 0))
+        assert np.array_equal(out.array, expected)
+    assert set(np.unique(out.array)) <= {0, 1, 3} and (out.array == 1).any()
+    logits = cavity.logits(image.array, image.spacing)  # the cavity stage keeps every component
+    assert logits.shape == (2, *image.shape)
+    assert np.array_equal(logits.argmax(0), cavity.predict(image.array, image.spacing))
+
+
+def test_mbas_cascade_stays_inside_the_dilated_stage1_region(mbas, tmp_path):
+    data, runs = mbas
+    assert predict.main(["--model", str(runs / "stage2"), "--in", str(data), "--out", str(tmp_path),
+                         "--overlap", "0", "--batch-size", "3"]) == 0
+    stage1 = Predictor.load(runs / "stage1", options=InferenceOptions(step=1.0))  # --overlap applies to both
+    stage2 = Predictor.load(runs / "stage2", options=InferenceOptions(step=1.0))
+    for case in ("MBAS_001", "MBAS_004"):
+        image = read_volume(data / case / f"{case}.nii.gz")
+        out = read_volume(tmp_path / f"{case}.nii.gz")
+        union = stage1.predict(image.array, image.spacing) > 0
+        labels, count = ndimage.label(union, structure=np.ones((3, 3, 3)))
+        if count:
+            union = labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
+        region = ndimage.binary_dilation(union, structure=ball(2))
+        assert not out.array[~region].any()
+        assert np.array_equal(out.array, stage2.predict(image.array, image.spacing))
+        assert set(np.unique(out.array)) <= {0, 1, 2, 3}
+
+
+def test_probability_and_thickness_maps(c2w, tmp_path):
+    data, runs = c2w
+    case = data / "phantom004" / "lgemri.nrrd"
+    args = ["--model", str(runs / "wall"), "--in", str(case), "--out", str(tmp_path / "out"),
+            "--probabilities", str(tmp_path / "prob"), "--thickness", str(tmp_path / "thick")]
+    assert predict.main(args) == 0
+    labels = read_volume(tmp_path / "out" / "lgemri.nrrd").array
+    wall = read_volume(tmp_path / "prob" / "lgemri_wall.nrrd").array
+    cavity = read_volume(tmp_path / "prob" / "lgemri_LA.nrrd").array
+    assert wall.dtype == np.float32 and 0 <= wall.min() and wall.max() <= 1
+    assert (wall[labels == 1] >= 0.5).all() and (cavity[labels == 3] >= 0.5).all()
+    thickness = read_volume(tmp_path / "thick" / "lgemri.nrrd").array
+    assert np.array_equal(thickness > 0, labels == 1)
+    rows = (tmp_path / "thick" / "lgemri.csv").read_text().splitlines()
+    assert rows[0] == "case,region,voxels,mean_mm,median_mm,p95_mm" and rows[1].startswith("lgemri,wall,")
+
+
+def _oblique_affine(spacing, lps=False):
+    angle = np.deg2rad(17.0)
+    rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    affine = affine_from_spacing(spacing, origin=(12.5, -40.25, 7.0), direction=rotation @ np.diag([1, -1, 1]))
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine if lps else affine
+
+
+def test_oblique_nifti_and_lps_nrrd_keep_their_exact_geometry(c2w, tmp_path):
+    _, runs = c2w
+    phantom = make_phantom(**PHANTOM, seed=11, label_right_atrium=False)
+    image = (phantom.image * 200).astype(np.int16)
+    affine = _oblique_affine(PHANTOM["spacing"])
+    # NIfTI with a qform only (sform code 0), as some scanners write it
+    file_affine = affine @ np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
+    nifti = nib.Nifti1Image(image.transpose(2, 1, 0), None)
+    nifti.set_qform(file_affine, code=1)
+    nifti.set_sform(None, code=0)
+    nib.save(nifti, tmp_path / "oblique.nii.gz")
+    write_volume(tmp_path / "oblique_lps.nrrd", image, _oblique_affine(PHANTOM["spacing"], lps=True))
+    for name in ("oblique.nii.gz", "oblique_lps.nrrd"):
+        assert predict.main(["--model", str(runs / "wall"), "--in", str(tmp_path / name),
+                             "--out", str(tmp_path / "out")]) == 0
+    given, written = nib.load(tmp_path / "oblique.nii.gz").header, nib.load(tmp_path / "out" / "oblique.nii.gz").header
+    assert written["qform_code"] == 1 and written["sform_code"] == 0
+    for key in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "pixdim", "dim"):
+        assert np.array_equal(written[key], given[key]), key
+    given, written = nrrd.read_header(str(tmp_path / "oblique_lps.nrrd")), \
+        nrrd.read_header(str(tmp_path / "out" / "oblique_lps.nrrd"))
+    assert written["space"] == given["space"] == "left-posterior-superior"
+    assert np.array_equal(written["space directions"], given["space directions"])
+    assert np.array_equal(written["space origin"], given["space origin"])
+    assert list(written["sizes"]) == list(given["sizes"])
+    # the voxels are processed in file order whatever the orientation: the same labels
+    assert np.array_equal(read_volume(tmp_path / "out" / "oblique.nii.gz").array,
+                          read_volume(tmp_path / "out" / "oblique_lps.nrrd").array)
+
+
+class RecordsInput(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.inputs = inner, []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        return self.inner(x)
+
+
+def test_a_case_on_another_grid_is_resampled_to_the_training_grid_and_back(c2w):
+    """The cavity stage was trained at 2 mm: the same phantom given at 1 mm (each voxel repeated
+    twice per axis) reaches the network exactly as the 2 mm case, and comes back at 1 mm."""
+    data, runs = c2w
+    predictor = StageLoader().load(runs / "cavity")
+    assert predictor.pipeline.spacing == (2.0, 2.0, 2.0)  # recorded in the checkpoint
+    predictor.model = RecordsInput(predictor.model)
+    coarse = read_volume(data / "phantom001" / "lgemri.nrrd").array.astype(np.float32)
+    fine = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    coarse_labels = predictor.predict(coarse, (2.0, 2.0, 2.0))
+    fine_labels = predictor.predict(fine, (1.0, 1.0, 1.0))
+    first, second = predictor.model.inputs
+    torch.testing.assert_close(second, first, atol=1e-5, rtol=0)
+    assert fine_labels.shape == fine.shape
+    upsampled = coarse_labels.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    assert (fine_labels == upsampled).mean() > 0.97
+    assert predictor.pipeline.stage_grid((20, 40, 40), (2.0015, 2.0, 1.999)) == ((20, 40, 40), (2.0015, 2.0, 1.999))
+
+
+def test_bad_model_folders_are_named(c2w, tmp_path, capsys):
+    data, runs = c2w
+    case = str(data / "phantom000" / "lgemri.nrrd")
+    (tmp_path / "empty").mkdir()
+    assert predict.main(["--model", str(tmp_path / "empty"), "--in", case, "--out", str(tmp_path / "o")]) == 2
+    assert "no final/checkpoint_best.pt" in capsys.readouterr().err
+    (tmp_path / "junk" / "final").mkdir(parents=True)
+    (tmp_path / "junk" / "final" / "checkpoint_best.pt").write_bytes(b"not a checkpoint")
+    assert predict.main(["--model", str(tmp_path / "junk"), "--in", case, "--out", str(tmp_path / "o")]) == 2
+    assert "checkpoint_best.pt: not a readable checkpoint" in capsys.readouterr().err
+    payload = checkpoint.load(runs / "cavity" / "final" / "checkpoint_best.pt")
+    (tmp_path / "noconfig" / "final").mkdir(parents=True)
+    checkpoint.save(tmp_path / "noconfig" / "final" / "checkpoint_best.pt",
+                    {k: v for k, v in payload.items() if k not in ("config", "format")})
+    assert predict.main(["--model", str(tmp_path / "noconfig"), "--in", case, "--out", str(tmp_path / "o")]) == 2
+    assert "incomplete c2w_fast checkpoint, no config in it" in capsys.readouterr().err
+    assert predict.main(["--model", str(runs / "wall"), "--fold", "fold_0", "--in", case,
+                         "--out", str(tmp_path / "o")]) == 2
+    assert "no fold_0/checkpoint_best.pt; trained folds: final" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_wall_run_whose_cavity_run_is_gone(c2w, tmp_path, capsys):
+    data, runs = c2w
+    payload = checkpoint.load(runs / "wall" / "final" / "checkpoint_best.pt")
+    payload["config"]["run"]["init_from"] = str(tmp_path / "elsewhere" / "c2w_cavity")
+    (tmp_path / "wall" / "final").mkdir(parents=True)
+    checkpoint.save(tmp_path / "wall" / "final" / "checkpoint_best.pt",
+                    {k: v for k, v in payload.items() if k != "format"})
+    case = str(data / "phantom000" / "lgemri.nrrd")
+    args = ["--model", str(tmp_path / "wall"), "--in", case, "--out", str(tmp_path / "o")]
+    assert predict.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"run.init_from = '{tmp_path / 'elsewhere' / 'c2w_cavity'}'" in err and "no such run folder" in err
+    assert predict.main(args + ["--no-cavity"]) == 0
+    assert set(np.unique(read_volume(tmp_path / "o" / "lgemri.nrrd").array)) <= {0, 1}
+
+
+def test_recorded_runs_are_found_as_written_or_next_to_the_run(tmp_path):
+    (tmp_path / "moved" / "localizer").mkdir(parents=True)
+    (tmp_path / "moved" / "wall").mkdir()
+    assert locate_stage(str(tmp_path / "moved" / "wall"), "key", None) == tmp_path / "moved" / "wall"
+    found = locate_stage("runs/demo/localizer", "roi.localizer", tmp_path / "moved" / "wall")
+    assert found == tmp_path / "moved" / "localizer"
+    with pytest.raises(FileNotFoundError, match="roi.localizer = 'runs/demo/gone'.*no such run folder"):
+        locate_stage("runs/demo/gone", "roi.localizer", tmp_path / "moved" / "wall")
+
+
+def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, capsys):
+    data, runs = c2w
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    good = read_volume(data / "phantom002" / "lgemri.nrrd")
+    write_volume(folder / "good.nii.gz", good.array, like=good)
+    write_volume(folder / "tiny.nii.gz", good.array[7:13, 15:25, 14:26], good.affine)  # smaller than every patch
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.int16), np.eye(4)), folder / "fourd.nii.gz")
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (folder / "broken_gt.nii.gz").write_bytes(b"skipped: a label file name")
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(folder), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "wrote 2 of 4 case(s)" in err
+    assert "failed fourd: " in err and "expected a 3D image" in err
+    assert "failed broken: " in err and "cannot read NIFTI file" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "tiny.nii.gz"]
+    assert read_volume(tmp_path / "out" / "tiny.nii.gz").shape == (6, 10, 12)
+
+
+def test_an_output_folder_that_cannot_be_written_fails_every_case(c2w, tmp_path, capsys):
+    data, runs = c2w
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    args = ["--model", str(runs / "wall"), "--in", str(data), "--out", str(tmp_path / "taken" / "preds")]
+    assert predict.main(args) == 1
+    err = capsys.readouterr().err
+    assert "wrote 0 of 6 case(s)" in err and err.count("failed phantom") == 6
+
+
+def test_inputs_and_options_are_checked(c2w, tmp_path, capsys):
+    data, runs = c2w
+    base = ["--model", str(runs / "wall"), "--out", str(tmp_path / "o")]
+    assert predict.main(base + ["--in", str(tmp_path / "nothing")]) == 2
+    assert "nothing: no such file or folder" in capsys.readouterr().err
+    case = str(data / "phantom000" / "lgemri.nrrd")
+    assert predict.main(base + ["--in", case, "--overlap", "1"]) == 2
+    assert "--overlap must be in [0, 1), got 1.0" in capsys.readouterr().err
+    assert predict.main(base + ["--in", case, "--mirror", "3"]) == 2
+    assert "--mirror axes must be among 0, 1, 2 (z, y, x), got [3]" in capsys.readouterr().err
+    pipeline = predict.load_pipeline(runs / "wall")
+    with pytest.raises(ValueError, match=r"image must be 3D \(z, y, x\), got shape \(40, 40\)"):
+        pipeline.predict(np.zeros((40, 40)), (2.0, 2.0))
+    options = predict._options(predict.parser().parse_args(base + ["--in", case, "--overlap", "0", "--mirror"]))
+    assert options.step == 1.0 and options.mirror_axes == (0, 1, 2)
+
+
+def test_inputs_from_a_file_a_dataset_or_a_folder_of_images(c2w, tmp_path):
+    data, _ = c2w
+    assert [i for i, _ in predict.find_inputs(data)] == [f"phantom{i:03d}" for i in range(6)]
+    for name in ("a.nii.gz", "a_gt.nii.gz", "b_0000.nrrd", "notes.txt"):
+        (tmp_path / name).touch()
+    assert predict.find_inputs(tmp_path) == [("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b_0000.nrrd")]
+    assert predict.find_inputs(tmp_path / "b_0000.nrrd") == [("b", tmp_path / "b_0000.nrrd")]
+    (tmp_path / "a.nrrd").touch()
+    with pytest.raises(predict.DataError, match=r"several images give the case ids \['a'\]"):
+        predict.find_inputs(tmp_path)
+
+
+def test_a_moved_folder_of_runs_still_predicts(c2w, tmp_path):
+    """Runs trained together and copied elsewhere find each other by name (the recorded paths
+    of the copy point at folders renamed away)."""
+    data, runs = c2w
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    hidden = runs.with_name("runs_hidden")
+    runs.rename(hidden)
+    try:
+        case = str(data / "phantom003" / "lgemri.nrrd")
+        assert predict.main(["--model", str(copy / "wall"), "--in", case, "--out", str(tmp_path / "o")]) == 0
+    finally:
+        hidden.rename(runs)
+    assert read_volume(tmp_path / "o" / "lgemri.nrrd").shape == PHANTOM["shape"]
+
+
+@pytest.mark.cuda
+def test_the_gpu_pipeline_predicts_what_the_cpu_pipeline_does(mbas, c2w):
+    """Everything on the GPU (stitching, resampling, largest components, dilation, ROI) at fp32
+    gives the CPU's labels up to voxels where the two convolution libraries round apart."""
+    for data, model, image_path in ((mbas[0], mbas[1] / "stage2", mbas[0] / "MBAS_002" / "MBAS_002.nii.gz"),
+                                    (c2w[0], c2w[1] / "wall", c2w[0] / "phantom001" / "lgemri.nrrd")):
+        image = read_volume(image_path)
+        options = InferenceOptions(precision="fp32", batch_size=3)
+        cpu = predict.load_pipeline(model, options=options).predict(image.array, image.spacing)
+        gpu = predict.load_pipeline(model, device="cuda", options=options).predict(image.array, image.spacing)
+        assert (cpu.labels == gpu.labels).mean() >= 0.999

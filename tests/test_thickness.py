@@ -1,0 +1,162 @@
+"""Wall thickness: phantoms of known design thickness, an exact slab, a brute-force reference of the
+face distances, the sectors, bad input and the CLI."""
+import csv
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from c2w_fast import thickness as thickness_cli
+from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
+from c2w_fast.data.phantom import make_phantom
+from c2w_fast.regions import SECTORS, wall_sectors
+from c2w_fast.thickness import wall_thickness
+
+
+@pytest.mark.parametrize("shape, spacing", [((40, 96, 96), (1.25, 1.25, 1.25)), ((48, 128, 128), (0.625,) * 3),
+                                            ((24, 96, 96), (2.5, 1.25, 1.25))])
+def test_phantom_thickness_is_within_half_a_voxel_diagonal(shape, spacing, rng):
+    """For 95 % of the wall voxels |estimate - design| <= half a voxel diagonal, and the mean over the
+    wall and over every sector is within that bound of the design mean (see the module docstring
+    for why the maximum cannot be bounded by less than about a voxel)."""
+    phantom = make_phantom(shape, spacing, seed=int(rng.integers(1000)), label_right_atrium=False, with_thickness=True)
+    wall, cavity = phantom.labels == 1, phantom.labels == 3
+    result = wall_thickness(wall, cavity, spacing)
+    bound = 0.5 * float(np.linalg.norm(spacing))
+    design = phantom.thickness_mm
+    error = np.abs(result.thickness[wall] - design[wall])
+    assert np.percentile(error, 95) <= bound
+    rows = result.summary()
+    assert rows[0]["region"] == "wall" and rows[0]["voxels"] == wall.sum()
+    assert abs(rows[0]["mean_mm"] - design[wall].mean()) <= bound
+    for code, row in enumerate(rows[1:], start=1):
+        assert row["region"] == SECTORS[code - 1]
+        in_sector = result.sectors == code
+        if in_sector.any():
+            assert abs(row["mean_mm"] - design[in_sector].mean()) <= bound
+    assert (result.thickness[~wall] == 0).all()
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_flat_wall_is_its_voxel_count_times_the_step(axis, rng):
+    """Cavity, then n wall voxels, then outside along one axis: the faces sit half a step before the
+    first and after the last wall voxel, so every wall voxel measures exactly n · h."""
+    spacing = (2.5, 0.7, 0.9)
+    n = int(rng.integers(1, 5))
+    shape = [6, 7, 8]
+    shape[axis] = 3 + n + 2
+    position = np.indices(shape)[axis]
+    cavity, wall = position < 3, (position >= 3) & (position < 3 + n)
+    result = wall_thickness(wall, cavity, spacing)
+    np.testing.assert_allclose(result.thickness[wall], n * spacing[axis], rtol=1e-6)
+
+
+def brute_force_thickness(wall, cavity, spacing):
+    """Every face centre listed, every distance computed, in float64."""
+    spacing = np.asarray(spacing, float)
+    outside = ~(wall | cavity)
+    faces = {"endo": [], "epi": []}
+    for axis in range(3):
+        for index in zip(*np.nonzero(wall)):
+            for side in (-1, 1):
+                other = list(index)
+                other[axis] += side
+                if not 0 <= other[axis] < wall.shape[axis]:
+                    continue
+                centre = (np.asarray(index) + np.asarray(other)) / 2 * spacing
+                if cavity[tuple(other)]:
+                    faces["endo"].append(centre)
+                elif outside[tuple(other)]:
+                    faces["epi"].append(centre)
+    out = np.zeros(wall.shape)
+    for index in zip(*np.nonzero(wall)):
+        point = np.asarray(index) * spacing
+        out[index] = sum(np.min(np.linalg.norm(np.asarray(faces[k]) - point, axis=1)) if faces[k] else np.inf
+                         for k in ("endo", "epi"))
+    return out
+
+
+def test_matches_a_brute_force_reference_on_random_masks(rng):
+    for _ in range(3):
+        shape = tuple(int(n) for n in rng.integers(3, 9, size=3))
+        labels = rng.choice(3, size=shape, p=[0.4, 0.3, 0.3])  # 0 outside, 1 wall, 2 cavity
+        spacing = tuple(float(s) for s in rng.uniform(0.5, 2.5, size=3))
+        wall, cavity = labels == 1, labels == 2
+        result = wall_thickness(wall, cavity, spacing)
+        np.testing.assert_allclose(result.thickness, brute_force_thickness(wall, cavity, spacing), rtol=1e-6)
+
+
+def test_sectors_follow_the_dominant_patient_direction(rng):
+    angle = 0.4
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, -1]])
+    affine = affine_from_spacing((2.0, 1.0, 0.5), origin=(3, 4, 5), direction=direction)
+    wall = rng.random((9, 10, 11)) < 0.3
+    centroid = np.array([4.2, 5.1, 4.9])
+    sectors = wall_sectors(torch.from_numpy(wall), centroid, affine).numpy()
+    for index in itertools.islice(zip(*np.nonzero(wall)), 200):
+        world = affine[:3, :3] @ (np.asarray(index) - centroid)
+        axis = int(np.argmax(np.abs(world)))
+        expected = ("right", "left", "anterior", "posterior", "superior", "inferior")[2 * axis + (world[axis] < 0)]
+        assert SECTORS[sectors[index] - 1] == expected
+    assert (sectors[~wall] == 0).all()
+
+
+def test_tensors_in_tensors_out_and_bad_input():
+    phantom = make_phantom((20, 48, 48), (2.0, 2.0, 2.0), seed=3, label_right_atrium=False)
+    wall, cavity = phantom.labels == 1, phantom.labels == 3
+    result = wall_thickness(torch.from_numpy(wall), torch.from_numpy(cavity), (2.0, 2.0, 2.0))
+    assert isinstance(result.thickness, torch.Tensor) and result.thickness.dtype == torch.float32
+    np.testing.assert_array_equal(result.thickness.numpy(), wall_thickness(wall, cavity, (2.0, 2.0, 2.0)).thickness)
+    with pytest.raises(ValueError, match="the cavity mask is empty"):
+        wall_thickness(wall, np.zeros_like(cavity), (2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="the wall mask is empty"):
+        wall_thickness(np.zeros_like(wall), cavity, (2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match=r"wall must be 3D \(z, y, x\), got shape \(48, 48\)"):
+        wall_thickness(wall[0], cavity[0], (2.0, 2.0))
+    with pytest.raises(ValueError, match="wall and cavity must have the same shape"):
+        wall_thickness(wall, cavity[1:], (2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match=r"need the spacing \(z, y, x\) in mm or the affine"):
+        wall_thickness(wall, cavity)
+
+
+def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
+    spacing = (2.0, 1.5, 1.5)
+    phantom = make_phantom((24, 64, 64), spacing, seed=5)
+    affine = affine_from_spacing(spacing, origin=(1, 2, 3))
+    write_volume(tmp_path / "labels.nii.gz", phantom.labels, affine)
+    args = ["--wall", str(tmp_path / "labels.nii.gz"), "--cavity", str(tmp_path / "labels.nii.gz"),
+            "--out", str(tmp_path / "t.nii.gz"), "--csv", str(tmp_path / "t.csv")]
+    assert thickness_cli.main(args) == 0
+    expected = wall_thickness(phantom.labels == 1, phantom.labels >= 2, affine=affine,
+                              la_cavity=phantom.labels == 3)
+    written = read_volume(tmp_path / "t.nii.gz")
+    np.testing.assert_array_equal(written.array, expected.thickness)
+    assert np.array_equal(written.affine, affine)
+    with open(tmp_path / "t.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["region"] for r in rows] == ["wall", *SECTORS]
+    assert float(rows[0]["mean_mm"]) == pytest.approx(expected.summary()[0]["mean_mm"])
+    assert "wall " in capsys.readouterr().out
+    # LASC style: a 0/255 cavity file and a separate wall file
+    write_volume(tmp_path / "laendo.nrrd", (phantom.labels == 3) * np.uint8(255), affine)
+    write_volume(tmp_path / "lawall.nrrd", (phantom.labels == 1).astype(np.uint8), affine)
+    assert thickness_cli.main(["--wall", str(tmp_path / "lawall.nrrd"), "--cavity", str(tmp_path / "laendo.nrrd"),
+                               "--out", str(tmp_path / "t2.nrrd")]) == 0
+    # bad input
+    assert thickness_cli.main(args[:4] + ["--wall-label", "7", "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "no wall voxels (values (7,))" in capsys.readouterr().err
+    write_volume(tmp_path / "other.nii.gz", phantom.labels[1:], affine)
+    assert thickness_cli.main(["--wall", str(tmp_path / "labels.nii.gz"), "--cavity", str(tmp_path / "other.nii.gz"),
+                               "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "other.nii.gz: cavity grid (23, 64, 64)" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_gpu_thickness_equals_the_cpu_at_full_size():
+    phantom = make_phantom((44, 640, 640), (2.5, 0.625, 0.625), seed=2)
+    wall, cavity = phantom.labels == 1, phantom.labels >= 2
+    cpu = wall_thickness(wall, cavity, (2.5, 0.625, 0.625))
+    gpu = wall_thickness(torch.from_numpy(wall).cuda(), torch.from_numpy(cavity).cuda(), (2.5, 0.625, 0.625))
+    np.testing.assert_allclose(gpu.thickness.cpu().numpy(), cpu.thickness, rtol=1e-6)
+    np.testing.assert_array_equal(gpu.sectors.cpu().numpy(), cpu.sectors)
