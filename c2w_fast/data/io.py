@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from c2w_fast.errors import DataError
+from c2w_fast.ops import _volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -75,14 +76,13 @@ def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.n
 
 
 def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
-    """``spacing`` as three positive finite floats (z, y, x) in mm, or a clear ValueError."""
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must have 3 positive values (z, y, x) in mm, got {spacing!r}") from None
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{name} must have 3 positive values (z, y, x) in mm, got {spacing!r}")
-    return values
+    """``spacing`` as three positive finite floats (z, y, x) in mm, or a clear ValueError.
+
+    Unlike the ops (where ``None`` means 1 mm), a file's geometry needs a real spacing.
+    """
+    if spacing is None:
+        raise ValueError(f"{name} must have 3 positive values (z, y, x) in mm, got None")
+    return _volume.check_spacing(spacing, 3, name)
 
 
 def image_format(path) -> str:
