@@ -217,10 +217,13 @@ def test_recorded_runs_are_found_as_written_or_next_to_the_run(tmp_path):
     (tmp_path / "moved" / "localizer").mkdir(parents=True)
     (tmp_path / "moved" / "wall").mkdir()
     assert locate_stage(str(tmp_path / "moved" / "wall"), "key", None) == tmp_path / "moved" / "wall"
-    found = locate_stage("runs/demo/localizer", "roi.localizer", tmp_path / "moved" / "wall")
+    # recorded where the runs were trained (a folder that no longer exists), found beside the moved run
+    recorded = str(tmp_path / "trained_here" / "localizer")
+    found = locate_stage(recorded, "roi.localizer", tmp_path / "moved" / "wall")
     assert found == tmp_path / "moved" / "localizer"
-    with pytest.raises(FileNotFoundError, match="roi.localizer = 'runs/demo/gone'.*no such run folder"):
-        locate_stage("runs/demo/gone", "roi.localizer", tmp_path / "moved" / "wall")
+    gone = str(tmp_path / "trained_here" / "gone")
+    with pytest.raises(FileNotFoundError, match=r"roi.localizer = '.*trained_here/gone'.*no such run folder"):
+        locate_stage(gone, "roi.localizer", tmp_path / "moved" / "wall")
 
 
 def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, capsys):
