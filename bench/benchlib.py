@@ -30,6 +30,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "torch": torch.__version__,
+        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],  # other work on the machine
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
