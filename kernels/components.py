@@ -119,9 +119,12 @@ def _merge_kernel(mask_ptr, parent_ptr, box_ptr, nz, ny, nx, RANK: tl.constexpr,
         fg = inside & (tl.load(mask_ptr + here, mask=inside, other=0) != 0)
         left = fg & (x - 1 >= x0) & (tl.load(mask_ptr + here - 1, mask=fg & (x - 1 >= x0), other=0) != 0)
         for r in tl.static_range(4):
-            dz: tl.constexpr = r // 3 - 1  # r = 0, 1, 2, 3: (-1, -1), (-1, 0), (-1, 1), (0, -1)
-            dy: tl.constexpr = r % 3 - 1
-            full: tl.constexpr = dz * dz + dy * dy + 1 <= RANK
+            # r = 0, 1, 2, 3: (-1, -1), (-1, 0), (-1, 1), (0, -1). Derived from the unrolled index, these
+            # are compile-time values; a `tl.constexpr` annotation would be a reassignment per iteration,
+            # which the GPU compiler refuses (the interpreter does not check it).
+            dz = r // 3 - 1
+            dy = r % 3 - 1
+            full = dz * dz + dy * dy + 1 <= RANK
             if dz * dz + dy * dy <= RANK:
                 near = fg & (z + dz >= z0) & (y + dy >= y0) & (y + dy <= y1)
                 row = here + (dz * ny + dy) * nx
