@@ -1,11 +1,19 @@
-"""Compile every Triton kernel of the fused block and the losses to a cubin for sm_80/86/89/90, without a GPU.
+"""Compile Triton kernels to cubins for sm_80/86/89/90, without a GPU.
 
-Run as a script (``python tests/compile_kernels.py``) in a process where ``TRITON_INTERPRET`` is
-not set (the interpreter replaces ``triton.jit`` functions); prints one JSON object mapping
-``"<variant>@sm_<arch>"`` to ``"ok"`` or the compiler's error. Each (kernel variant,
-architecture) pair is one compile; variants are spread over the four architectures so that every
-architecture and every kernel is compiled at least once, and the main conv forward on all four.
+Run as a script in a process where ``TRITON_INTERPRET`` is not set (the interpreter replaces
+``triton.jit`` functions); prints one JSON object mapping ``"<variant>@sm_<arch>"`` to ``"ok"``
+or the compiler's error.
+
+* ``python tests/compile_kernels.py``: the fused block's and the losses' kernels, in the
+  variants listed below (their GPU tiles differ from the interpreter's, so they are listed by
+  hand). Variants are spread over the four architectures so that every architecture and every
+  kernel is compiled at least once, and the main conv forward on all four.
+* ``python tests/compile_kernels.py --launches FILE``: the specialisations recorded from
+  interpreted launches by ``tests/triton_launches.py`` (kernels whose tiles are the same on a
+  GPU): each specialisation on one architecture in turn, and each kernel's first
+  specialisation on all four.
 """
+import importlib
 import json
 import sys
 
@@ -100,10 +108,31 @@ def _compile(kernel, types, constants, warps, arch):
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=3))
 
 
+def _recorded_variants(path: str) -> dict[str, list]:
+    """Compile jobs of the launches recorded in ``path``, keyed by kernel name and specialisation."""
+    variants = {}
+    for i, launch in enumerate(json.loads(open(path).read())):
+        kernel = getattr(importlib.import_module(launch["module"]), launch["name"])
+        while not isinstance(kernel, triton.runtime.jit.JITFunction):  # autotune / heuristics wrappers
+            kernel = kernel.fn
+        constants = {k: tl.dtype(v["dtype"]) if isinstance(v, dict) else v for k, v in launch["constants"].items()}
+        name = f"{launch['module'].rsplit('.', 1)[-1]}.{launch['name']}#{i}"
+        variants[name] = [(kernel, launch["types"], constants, launch["options"].get("num_warps", 4))]
+    return variants
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--launches":
+        variants_by_name = _recorded_variants(sys.argv[2])
+        # each specialisation on one architecture in turn, each kernel's first one on all four
+        pairs = [(name, ARCHS[i % len(ARCHS)]) for i, name in enumerate(variants_by_name)]
+        firsts = {name.split("#")[0]: name for name in reversed(list(variants_by_name))}
+        pairs += [(name, arch) for name in firsts.values() for arch in ARCHS if (name, arch) not in pairs]
+    else:
+        variants_by_name, pairs = VARIANTS, PAIRS
     results = {}
-    for name, arch in PAIRS:
-        variants = VARIANTS[name]
+    for name, arch in pairs:
+        variants = variants_by_name[name]
         try:
             for kernel, types, constants, warps in variants if isinstance(variants, list) else [variants]:
                 compiled = _compile(kernel, types, constants, warps, arch)
