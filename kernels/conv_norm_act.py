@@ -25,12 +25,13 @@ weights of other groups are masked to zero.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from c2w_fast.kernels import interpreting
 
 STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
 MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
@@ -398,11 +399,6 @@ def _weight_grad_kernel(x_ptr, g_ptr, part_ptr, n_samples,
 # --------------------------------------------------------------------------------------------
 # Launch configuration
 # --------------------------------------------------------------------------------------------
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 @dataclass(frozen=True)
 class ChannelTiling:
     """How the computed channels are blocked and which gathered channels each block reads.

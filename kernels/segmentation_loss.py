@@ -16,12 +16,13 @@ and writes dL/dlogits in the logits' dtype and layout.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from c2w_fast.kernels import interpreting
 
 TERM_FOCAL = 0  # MONAI's sigmoid focal loss, per channel
 TERM_CE = 1  # softmax cross-entropy over all channels
@@ -255,10 +256,6 @@ class LossSpec:
     lambda_term: float
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _spatial_view(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """(B, C, D, H, W) and strides (batch, channel, voxel) of its flattened voxels, copying only odd layouts."""
     if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last_3d)):
@@ -273,11 +270,11 @@ def _block_sizes(channels: int) -> tuple[int, int]:
     (three per sample, see ``_programs_per_sample``).
     """
     block_c = triton.next_power_of_2(channels)
-    return block_c, 32 if _interpreting() else max(2048 // block_c, 64)
+    return block_c, 32 if interpreting() else max(2048 // block_c, 64)
 
 
 def _programs_per_sample(batch: int, voxels: int, block_n: int, device: torch.device) -> int:
-    target = 3 * batch if _interpreting() else 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    target = 3 * batch if interpreting() else 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(triton.cdiv(voxels, block_n), triton.cdiv(target, batch)))
 
 
@@ -327,7 +324,7 @@ def loss_forward(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     term_channels = channels - spec.term_first_class if spec.term == TERM_FOCAL else 1
     block_b = triton.next_power_of_2(batch)
     # the interpreter adds two rows at a time, so that small tests run the loop more than once
-    block_p = 2 if _interpreting() else min(triton.next_power_of_2(programs), max(4096 // (block_b * block_c), 1))
+    block_p = 2 if interpreting() else min(triton.next_power_of_2(programs), max(4096 // (block_b * block_c), 1))
     _loss_finalize_kernel[(1,)](part, out, coef, batch, programs, channels, float(spec.smooth_nr),
                                 float(spec.smooth_dr), float(spec.lambda_dice), float(spec.lambda_term),
                                 term_channels, DICE_FIRST_CLASS=spec.dice_first_class, BATCH_DICE=spec.batch_dice,

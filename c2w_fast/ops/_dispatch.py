@@ -17,10 +17,11 @@ what is missing; it never falls back silently.
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
+
+from c2w_fast.kernels import interpreting
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 BACKEND_CHOICES = ("auto", *BACKENDS)
@@ -36,7 +37,7 @@ class BackendFallbackWarning(RuntimeWarning):
 
 def triton_interpreter_enabled() -> bool:
     """True when Triton kernels run on the CPU through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return interpreting()
 
 
 def _cpu_extension_problem(device_type: str) -> str | None:
