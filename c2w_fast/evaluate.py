@@ -42,7 +42,7 @@ import numpy as np
 
 from c2w_fast import metrics
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
-from c2w_fast.data.layouts import CANONICAL_LABELS, detect_layout, discover_cases, load_case
+from c2w_fast.data.layouts import CANONICAL_LABELS, detect_layout, discover_cases, load_labels
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
@@ -100,10 +100,7 @@ class GroundTruth:
 
     def load(self, identifier: str) -> tuple[np.ndarray, tuple[float, ...]]:
         if identifier in self.cases:
-            data = load_case(self.cases[identifier])
-            if data.labels is None:
-                raise DataError(data.case.image_path, "no label file for this case")
-            return data.labels, data.image.spacing
+            return load_labels(self.cases[identifier])
         volume = read_volume(self.files[identifier])
         return volume.array, volume.spacing
 

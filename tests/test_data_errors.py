@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
-from c2w_fast.data.layouts import discover_cases, load_case
+from c2w_fast.data.layouts import discover_cases, load_case, load_labels
 from c2w_fast.data.phantom import write_dataset
 from c2w_fast.errors import DataError
 
@@ -108,3 +108,17 @@ def test_missing_or_empty_dataset(tmp_path):
         discover_cases(tmp_path, "mbas")
     with pytest.raises(DataError, match="file not found"):
         read_volume(tmp_path / "missing.nii.gz")
+
+
+def test_labels_load_without_the_image_and_are_checked_against_each_other(tmp_path):
+    write_dataset(tmp_path, "lasc", 1, progress=False, **SMALL)
+    case = discover_cases(tmp_path)[0]
+    expected = load_case(case).labels
+    case.image_path.unlink()  # evaluation needs no image
+    labels, spacing = load_labels(case)
+    np.testing.assert_array_equal(labels, expected)
+    assert spacing == pytest.approx(SMALL["spacing"])
+    wall = tmp_path / "phantom000" / "lawall.nrrd"
+    write_volume(wall, read_volume(wall).array, affine_from_spacing((2.5, 3.0, 2.0)))
+    with pytest.raises(DataError, match=r"lawall.nrrd: label spacing .* differs from label spacing .*\(laendo.nrrd\)"):
+        load_labels(case)

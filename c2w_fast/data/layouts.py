@@ -118,22 +118,47 @@ def load_case(case: Case) -> CaseData:
     (spacing within 0.1 %, origin and direction within 0.01 mm); label values are the
     layout's (LASC 0/1 or 0/255, MBAS 0-3, nnU-Net those of ``dataset.json``).
     """
-    assume = LASC_SPACING if case.layout == "lasc" else None
-    image = read_volume(case.image_path, assume_spacing=assume)
+    image = read_volume(case.image_path, assume_spacing=_assumed_spacing(case))
     _check_finite(image)
     if not case.label_paths:
         return CaseData(case, image, None)
-    volumes = {role: read_volume(path, assume_spacing=assume) for role, path in case.label_paths.items()}
+    return CaseData(case, image, _canonical_labels(case, _label_volumes(case, grid=image)))
+
+
+def load_labels(case: Case) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The case's canonical label map and its spacing (mm), without reading the image.
+
+    For evaluation, which needs no image: the label files are checked against each other
+    (same grid) and for the layout's values, as in :func:`load_case`.
+    """
+    if not case.label_paths:
+        raise DataError(case.image_path, f"no label file for case {case.id!r}")
+    volumes = _label_volumes(case, grid=None)
+    return _canonical_labels(case, volumes), next(iter(volumes.values())).spacing
+
+
+def _assumed_spacing(case: Case):
+    return LASC_SPACING if case.layout == "lasc" else None
+
+
+def _label_volumes(case: Case, grid: Volume | None) -> dict[str, Volume]:
+    """The case's label files, each on ``grid`` (default: the first label file's) with allowed values."""
+    volumes = {role: read_volume(path, assume_spacing=_assumed_spacing(case)) for role, path in case.label_paths.items()}
+    reference, what = (grid, "image") if grid is not None else (next(iter(volumes.values())), "label")
     for role, volume in volumes.items():
-        _check_same_grid(image, volume)
+        _check_same_grid(reference, volume, what)
         _check_values(volume, _allowed_values(case, role))
+    return volumes
+
+
+def _canonical_labels(case: Case, volumes: dict[str, Volume]) -> np.ndarray:
     if case.layout == "lasc":
         labels = np.where(volumes["cavity"].array > 0, CANONICAL_LABELS["LA"], 0).astype(np.uint8)
         if "wall" in volumes:
             labels[volumes["wall"].array > 0] = CANONICAL_LABELS["wall"]
     else:
         labels = volumes["labels"].array.astype(np.uint8, copy=False)
-    return CaseData(case, image, np.ascontiguousarray(labels))
+    return np.ascontiguousarray(labels)
 
 
 def _required_roles(layout: str) -> tuple[str, ...]:
@@ -191,16 +216,17 @@ def _check_finite(image: Volume) -> None:
             raise DataError(image.path, f"image has {bad} NaN/inf voxels")
 
 
-def _check_same_grid(image: Volume, label: Volume) -> None:
-    if label.shape != image.shape:
-        raise DataError(label.path, f"label shape {label.shape} differs from image shape {image.shape} "
-                                    f"({image.path.name})")
-    if not np.allclose(label.spacing, image.spacing, rtol=SPACING_RTOL, atol=0):
-        raise DataError(label.path, f"label spacing {_mm(label.spacing)} differs from image spacing "
-                                    f"{_mm(image.spacing)} ({image.path.name})")
-    if not np.allclose(label.affine, image.affine, rtol=0, atol=1e-2):
-        raise DataError(label.path, f"label origin/direction differ from the image's ({image.path.name}): "
-                                    f"origin {_mm(label.origin)} vs {_mm(image.origin)}")
+def _check_same_grid(reference: Volume, label: Volume, what: str) -> None:
+    """``label`` on the grid of ``reference``, which is the case's ``what`` ("image" or "label")."""
+    if label.shape != reference.shape:
+        raise DataError(label.path, f"label shape {label.shape} differs from {what} shape {reference.shape} "
+                                    f"({reference.path.name})")
+    if not np.allclose(label.spacing, reference.spacing, rtol=SPACING_RTOL, atol=0):
+        raise DataError(label.path, f"label spacing {_mm(label.spacing)} differs from {what} spacing "
+                                    f"{_mm(reference.spacing)} ({reference.path.name})")
+    if not np.allclose(label.affine, reference.affine, rtol=0, atol=1e-2):
+        raise DataError(label.path, f"label origin/direction differ from the {what}'s ({reference.path.name}): "
+                                    f"origin {_mm(label.origin)} vs {_mm(reference.origin)}")
 
 
 def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
