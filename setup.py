@@ -49,7 +49,8 @@ setup(
         "cuda13": ["cupy-cuda13x>=13"],
         "test": ["pytest>=7.4", "pytest-xdist>=3.3", "monai>=1.3",
                  # metric/morphology peers the tests compare against
-                 "surface-distance==0.1", "medpy>=0.5", "edt>=2.4", "connected-components-3d>=3.12"],
+                 "surface-distance==0.1", "medpy>=0.5", "edt>=2.4", "connected-components-3d>=3.12",
+                 "scikit-image>=0.21"],  # the benchmarks' CPU smoke runs (MONAI's largest component)
         "bench": ["monai>=1.3", "scikit-image>=0.21"],  # bench/run_inference.py's MONAI pipeline
     },
     zip_safe=False,

@@ -16,17 +16,36 @@ the GPU. Targets (issue 7): fused ≤ 0.5 × compile, peak ≤ 20 GB (RTX 4090),
 within 10 % of the pre-loaded batch. JSON to ``bench/results/train_step_<gpu>.json``.
 
 Usage: python bench/run_train_step.py [--steps 20] [--loader-cases 8] [--skip-compile]
+       python bench/run_train_step.py --cpu-smoke   # a tiny network and ROI on the CPU through the Triton
+                                                    # interpreter: checks the script; not a result, not saved
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--loader-cases", type=int, default=8, help="phantom cases (88x640x640) for the loader test")
+    parser.add_argument("--workers", type=int, default=6)
+    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run through the Triton interpreter")
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args()
+if ARGS.cpu_smoke:
+    os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
@@ -37,6 +56,14 @@ from c2w_fast.training.loop import Trainer, make_loss  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 BATCH, ROI = 4, (44, 256, 256)
+SMOKE_BATCH, SMOKE_ROI, SMOKE_PHANTOM = 1, (4, 16, 16), ((24, 64, 64), (1.25, 1.25, 1.25))
+DEVICE = torch.device("cpu" if ARGS.cpu_smoke else "cuda")
+WARMUP = 0 if ARGS.cpu_smoke else 2  # steps before the timed ones
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _set_backend(model: torch.nn.Module, backend: str) -> None:
@@ -52,31 +79,32 @@ def _loss_with_backend(config, backend: str):
 
 
 def time_steps(model, loss_fn, batches, steps: int) -> dict:
-    """Median step time (ms) and peak memory (GiB) over ``steps`` steps after two warm-ups."""
+    """Median step time (ms) and peak memory (GiB) over ``steps`` steps after WARMUP untimed ones."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4)
     times = []
-    torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 2):
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + WARMUP):
         image, target = next(batches)
-        torch.cuda.synchronize()
+        _sync()
         start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=DEVICE.type == "cuda"):
             out = model(image)
         loss = loss_fn(out, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        torch.cuda.synchronize()
-        if i >= 2:
+        _sync()
+        if i >= WARMUP:
             times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "steps": steps}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.type == "cuda" else math.nan
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_gib": peak, "steps": steps}
 
 
-def network_rows(config, steps: int, skip_compile: bool) -> list[dict]:
+def network_rows(config, batch: int, roi, steps: int, skip_compile: bool) -> list[dict]:
     torch.manual_seed(0)
-    image = torch.randn(BATCH, 1, *ROI, device="cuda")
-    target = (torch.rand(BATCH, *ROI, device="cuda") > 0.9).long()
+    image = torch.randn(batch, 1, *roi, device=DEVICE)
+    target = (torch.rand(batch, *roi, device=DEVICE) > 0.9).long()
 
     def same_batch():
         while True:
@@ -84,11 +112,12 @@ def network_rows(config, steps: int, skip_compile: bool) -> list[dict]:
 
     rows = []
     state = None
-    builds = [("fused", "auto", False), ("eager", "reference", False)]
+    fused = "triton" if DEVICE.type == "cpu" else "auto"  # on the CPU only the interpreter runs the kernels
+    builds = [("fused", fused, False), ("eager", "reference", False)]
     if not skip_compile:
         builds.append(("compile", "reference", True))
     for name, backend, compiled in builds:
-        model = checkpoint.build_from_config(config).cuda()
+        model = checkpoint.build_from_config(config).to(DEVICE)
         if state is None:
             state = model.state_dict()
         model.load_state_dict(state)
@@ -100,65 +129,74 @@ def network_rows(config, steps: int, skip_compile: bool) -> list[dict]:
             result = {"median_ms": float("nan"), "peak_gib": float("nan"), "error": "out of memory"}
         rows.append({"build": name, **result})
         del model, runnable
-        torch.cuda.empty_cache()
+        if DEVICE.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
-def loader_rows(config, steps: int, cases: int, workers: int) -> list[dict]:
+def loader_rows(config, steps: int, cases: int, workers: int, phantom=(None, None)) -> list[dict]:
     """The same training step fed by the real loader vs by one batch kept on the GPU."""
     from c2w_fast.data.layouts import discover_cases
     from c2w_fast.data.loader import DevicePrefetcher, batches
     from c2w_fast.data.phantom import write_dataset
 
     folder = Path(tempfile.mkdtemp(prefix="c2w_bench_"))
-    write_dataset(folder / "lasc", "lasc", cases, progress=False)
+    write_dataset(folder / "lasc", "lasc", cases, shape=phantom[0], spacing=phantom[1], progress=False)
     config.data.root = str(folder / "lasc")
     config.roi.center = "ground_truth"   # no localiser run needed: the ROI around the true cavity
     config.train.num_workers = workers
     found = discover_cases(config.data.root)
-    trainer = Trainer(config, folder / "run", found, [], device=torch.device("cuda"))
+    trainer = Trainer(config, folder / "run", found, [], device=DEVICE)
     trainer.prepare()
     ipe = trainer.source.iterations_per_epoch
     stream = DevicePrefetcher(batches(trainer.source, 0, (steps + 4) * ipe, num_workers=workers, prefetch=4,
-                                      pin_memory=True), torch.device("cuda"))
+                                      pin_memory=DEVICE.type == "cuda"), DEVICE)
     rows = []
     for name, feed in (("real loader", lambda: next(stream)), ("pre-loaded batch", None)):
         fixed = next(stream) if feed is None else None
         times = []
-        for i in range(steps + 2):
-            torch.cuda.synchronize()
+        for i in range(steps + WARMUP):
+            _sync()
             start = time.perf_counter()  # includes any wait for the loader
             batch = feed() if feed is not None else fixed
             trainer.train_step(trainer.model, batch, 1e-4)
-            torch.cuda.synchronize()
-            if i >= 2:
+            _sync()
+            if i >= WARMUP:
                 times.append((time.perf_counter() - start) * 1e3)
         rows.append({"build": name, "median_ms": statistics.median(times), "min_ms": min(times), "steps": steps})
     rows.append({"build": "real / pre-loaded", "median_ms": rows[0]["median_ms"] / rows[1]["median_ms"]})
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--loader-cases", type=int, default=8, help="phantom cases (88x640x640) for the loader test")
-    parser.add_argument("--workers", type=int, default=6)
-    parser.add_argument("--skip-compile", action="store_true")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+def main() -> int:
+    args = ARGS
+    if args.cpu_smoke:
+        from c2w_fast.demo import TINY_RESNEXT
+
+        overrides = [*TINY_RESNEXT, "roi.size=[%d,%d,%d]" % SMOKE_ROI]
+        batch, roi, steps, cases, workers, phantom = SMOKE_BATCH, SMOKE_ROI, 1, 2, 0, SMOKE_PHANTOM
+    elif not torch.cuda.is_available():
         print("run_train_step.py measures GPU training steps (bf16, 44x256x256, batch 4) and needs a CUDA GPU; "
-              "none is visible to torch here. Nothing was measured.", file=sys.stderr)
+              "none is visible to torch here. Nothing was measured (--cpu-smoke checks the script).",
+              file=sys.stderr)
         return 2
-    config = cfg.load(CONFIGS / "c2w_cavity.toml", ["roi.center=\"ground_truth\""])
-    rows = network_rows(config, args.steps, args.skip_compile)
+    else:
+        overrides, batch, roi, steps, cases, workers, phantom = [], BATCH, ROI, args.steps, args.loader_cases, \
+            args.workers, (None, None)
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", ["roi.center=\"ground_truth\"", *overrides,
+                                                     f"train.batch_size={batch}"])
+    rows = network_rows(config, batch, roi, steps, args.skip_compile or args.cpu_smoke)
     by = {r["build"]: r for r in rows}
     if "compile" in by:
         rows.append({"build": "fused / compile", "median_ms": by["fused"]["median_ms"] / by["compile"]["median_ms"]})
     rows.append({"build": "fused / eager", "median_ms": by["fused"]["median_ms"] / by["eager"]["median_ms"],
                  "peak_gib": by["fused"]["peak_gib"] / by["eager"]["peak_gib"]})
-    rows += loader_rows(config, args.steps, args.loader_cases, args.workers)
+    rows += loader_rows(config, steps, cases, workers, phantom)
     printed = benchlib.table(rows, ["build", "median_ms", "min_ms", "peak_gib", "steps"])
     print(printed)
+    if args.cpu_smoke:
+        print("CPU smoke run: the script works; these numbers are not results and nothing was saved.")
+        return 0
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     path = benchlib.save(f"train_step_{gpu}", {
         "config": {"batch": BATCH, "roi": ROI, "dtype": "bf16", "model": "c2w_resnext", "loss": "dice_focal"},

@@ -1,0 +1,33 @@
+"""The GPU benchmark scripts run end to end in their CPU smoke mode (tiny shapes, Triton interpreter).
+
+A GPU session is short and starts bare: a benchmark that breaks there costs the whole call.
+These runs check every code path of the scripts that does not need a GPU (argument parsing,
+model and loss builds, the peers, the loader, the tables) and that a smoke run saves nothing.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, expected", [
+    ("run_kernels.py", ["== conv ==", "== memory ==", "== loss ==", "MONAI DiceFocalLoss"]),
+    ("run_train_step.py", ["fused / eager", "real / pre-loaded"]),
+    ("run_inference.py", ["MONAI fp32", "ours fp32, folder"]),
+])
+def test_gpu_benchmark_runs_in_cpu_smoke_mode_and_saves_nothing(script, expected):
+    results = BENCH / "results"
+    before = {p: p.stat().st_mtime_ns for p in results.glob("*")}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / script), "--cpu-smoke"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for text in expected:
+        assert text in done.stdout
+    assert "smoke run" in done.stdout.lower()  # says that its numbers are not results
+    assert {p: p.stat().st_mtime_ns for p in results.glob("*")} == before
