@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in as few calls as a 30-minute device budget allows:
+# Everything that needs a GPU, in as few calls as a 30-minute device budget allows. One call
+# runs one or more stages, each under its own time limit in seconds (STAGE=SECONDS; defaults below):
 #   bash bench/gpu_session.sh tests       # pytest -m cuda (every GPU op vs the CPU backend, full size)
 #   bash bench/gpu_session.sh kernels     # bench/run_kernels.py (fused block, losses)
 #   bash bench/gpu_session.sh metrics     # bench/run_metrics.py --device cuda (vs MONAI, cuCIM)
 #   bash bench/gpu_session.sh train       # bench/run_train_step.py (fused vs eager / torch.compile, memory, loader)
 #   bash bench/gpu_session.sh inference   # bench/run_inference.py (vs MONAI sliding_window_inference)
+#   bash bench/gpu_session.sh tests=240 metrics=300   # two stages in one call, 9 minutes at most
+# A stage that runs out of time is stopped, says so in its log, and the next one starts.
 # Wheels from bench/fetch_gpu_wheels.sh are installed from .whl/ when present. Logs and the
 # results JSON/PNG are copied to $OUT (the device tool's output folder) or bench/results.
 set -uo pipefail
@@ -21,20 +24,30 @@ python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
-run() {  # run NAME COMMAND...: log to $OUT/NAME.log, keep going on failure
-  local name=$1; shift
-  echo "== $name: $*"
-  "$@" 2>&1 | tee "$OUT/$name.log"
-}
-
-case "${1:-}" in
-  tests) run cuda_tests python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs ;;
-  kernels) run kernels python3 bench/run_kernels.py ;;
-  metrics) run metrics python3 bench/run_metrics.py --device cuda ;;
-  train) run train_step python3 bench/run_train_step.py ;;
-  inference) run inference python3 bench/run_inference.py ;;
-  *) echo "usage: bash bench/gpu_session.sh tests|kernels|metrics|train|inference" >&2; exit 2 ;;
-esac
+declare -A LIMIT=([tests]=420 [kernels]=540 [metrics]=300 [train]=540 [inference]=540)
+declare -A COMMAND=(
+  [tests]="python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs -n 4"
+  [kernels]="python3 bench/run_kernels.py"
+  [metrics]="python3 bench/run_metrics.py --device cuda"
+  [train]="python3 bench/run_train_step.py"
+  [inference]="python3 bench/run_inference.py"
+)
+[ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh STAGE[=SECONDS] ... (stages: ${!COMMAND[*]})" >&2; exit 2; }
+for stage in "$@"; do
+  name=${stage%%=*}
+  [ -n "${COMMAND[$name]:-}" ] || { echo "unknown stage '$name' (stages: ${!COMMAND[*]})" >&2; exit 2; }
+done
+for stage in "$@"; do
+  name=${stage%%=*}
+  seconds=${LIMIT[$name]}
+  [ "$stage" = "$name" ] || seconds=${stage#*=}
+  echo "== $name (at most ${seconds} s): ${COMMAND[$name]}"
+  # shellcheck disable=SC2086 - the command is a word list
+  timeout --signal=INT --kill-after=20 "$seconds" ${COMMAND[$name]} 2>&1 | tee "$OUT/$name.log"
+  code=${PIPESTATUS[0]}
+  [ "$code" -ne 124 ] || echo "== $name stopped after its ${seconds} s limit" | tee -a "$OUT/$name.log"
+  echo "== $name exit status $code" | tee -a "$OUT/$name.log"
+done
 # New result files of this run travel back next to the logs.
 find bench/results -newer "$OUT/gpu.txt" -type f \( -name '*.json' -o -name '*.png' \) -exec cp {} "$OUT/" \; 2>/dev/null
 exit 0
