@@ -6,6 +6,7 @@
 #   bash bench/gpu_session.sh metrics     # bench/run_metrics.py --device cuda (vs MONAI, cuCIM)
 #   bash bench/gpu_session.sh train       # bench/run_train_step.py (fused vs eager / torch.compile, memory, loader)
 #   bash bench/gpu_session.sh inference   # bench/run_inference.py (vs MONAI sliding_window_inference)
+#   bash bench/gpu_session.sh reproduce   # bench/reproduce_c2w.py (full-size C2W vs scratch; reruns continue it)
 #   bash bench/gpu_session.sh tests=240 metrics=300   # two stages in one call, 9 minutes at most
 # A stage that runs out of time is stopped, says so in its log, and the next one starts.
 # Wheels from bench/fetch_gpu_wheels.sh are installed from .whl/ when present. Logs and the
@@ -24,13 +25,14 @@ python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
-declare -A LIMIT=([tests]=420 [kernels]=540 [metrics]=300 [train]=540 [inference]=540)
+declare -A LIMIT=([tests]=420 [kernels]=540 [metrics]=300 [train]=540 [inference]=540 [reproduce]=540)
 declare -A COMMAND=(
   [tests]="python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs -n 4"
   [kernels]="python3 bench/run_kernels.py"
   [metrics]="python3 bench/run_metrics.py --device cuda"
   [train]="python3 bench/run_train_step.py"
   [inference]="python3 bench/run_inference.py"
+  [reproduce]="python3 bench/reproduce_c2w.py"
 )
 [ $# -gt 0 ] || { echo "usage: bash bench/gpu_session.sh STAGE[=SECONDS] ... (stages: ${!COMMAND[*]})" >&2; exit 2; }
 for stage in "$@"; do

@@ -46,15 +46,31 @@ TINY_LOCALIZER = [
 ]
 
 
-def train_stage(preset: str, data: Path, out: Path, epochs: int, overrides: list[str]) -> None:
-    """``python -m c2w_fast.train --config configs/<preset> ... --fold final`` with ``--set`` overrides."""
-    args = ["--config", str(CONFIGS / preset), "--data", str(data), "--out", str(out), "--fold", "final",
-            "--epochs", str(epochs)]
-    for item in overrides:
-        args += ["--set", item]
+STAGE_DONE = "stage_complete"  # marker in a stage's run folder once its training has finished
+
+
+def train_stage(preset: str, data: Path, out: Path, epochs: int, overrides: list[str], *,
+                resumable: bool = False) -> None:
+    """``python -m c2w_fast.train --config configs/<preset> ... --fold final`` with ``--set`` overrides.
+
+    ``resumable``: a stage whose run folder says it finished is skipped, and one that was
+    killed (a ``checkpoint_latest.pt`` but no marker) continues with ``--resume``.
+    """
+    if resumable and (out / STAGE_DONE).is_file():
+        print(f"  {preset}: finished earlier in {out}", flush=True)
+        return
+    if resumable and (out / "final" / "checkpoint_latest.pt").is_file():
+        args = ["--resume", "--out", str(out), "--fold", "final"]
+    else:
+        args = ["--config", str(CONFIGS / preset), "--data", str(data), "--out", str(out), "--fold", "final",
+                "--epochs", str(epochs)]
+        for item in overrides:
+            args += ["--set", item]
     began = time.perf_counter()
     if train.main(args) != 0:
         raise SystemExit(f"training {preset} failed")
+    if resumable:
+        (out / STAGE_DONE).touch()
     print(f"  {preset}: {time.perf_counter() - began:.0f} s", flush=True)
 
 
@@ -72,16 +88,20 @@ def short_run_schedule(epochs: int) -> list[str]:
 
 
 def c2w_pipeline(data: Path, runs: Path, epochs: int, *, common: list[str], resnext: list[str],
-                 localizer: list[str], wall_schedule: list[str], device: str = "cpu") -> dict[str, list[dict]]:
+                 localizer: list[str], wall_schedule: list[str], device: str = "cpu",
+                 resumable: bool = False) -> dict[str, list[dict]]:
     """Localiser → cavity → wall (from the cavity run) and the scratch baseline, then the test
-    cases predicted by both wall models; returns their per-case metrics by method name."""
+    cases predicted by both wall models; returns their per-case metrics by method name.
+    ``resumable``: rerunning continues where a killed run stopped (:func:`train_stage`)."""
     roi = [f"roi.localizer=\"{runs / 'localizer'}\""]
     warmup = [f"schedule.warmup_epochs={max(1, epochs // 10)}"]
-    train_stage("c2w_localizer.toml", data, runs / "localizer", max(1, epochs // 2), common + localizer + warmup)
-    train_stage("c2w_cavity.toml", data, runs / "cavity", epochs, common + resnext + roi + warmup)
-    train_stage("c2w_wall.toml", data, runs / "wall", epochs,
-                common + resnext + roi + [f"run.init_from=\"{runs / 'cavity'}\""] + wall_schedule)
-    train_stage("c2w_scratch.toml", data, runs / "scratch", epochs, common + resnext + roi + warmup)
+    stages = [("c2w_localizer.toml", "localizer", max(1, epochs // 2), common + localizer + warmup),
+              ("c2w_cavity.toml", "cavity", epochs, common + resnext + roi + warmup),
+              ("c2w_wall.toml", "wall", epochs,
+               common + resnext + roi + [f"run.init_from=\"{runs / 'cavity'}\""] + wall_schedule),
+              ("c2w_scratch.toml", "scratch", epochs, common + resnext + roi + warmup)]
+    for preset, name, stage_epochs, overrides in stages:
+        train_stage(preset, data, runs / name, stage_epochs, overrides, resumable=resumable)
     cases = {c.id: c for c in discover_cases(data)}
     test = [cases[i] for i in load_splits(runs / "wall" / "splits.json").test]
     return {name: evaluate_cases(Predictor.load(runs / run, "final", device), test, desc=name)

@@ -189,3 +189,21 @@ def test_wall_stage_with_the_cavity_distance_channel(lasc, tmp_path):
     assert model.in_channels == 2 and config.data.sdf_channel
     test = _rows(tmp_path / "wall" / "final" / "test_metrics.csv")
     assert all(math.isfinite(float(r["dice"])) for r in test)
+
+
+def test_a_resumable_pipeline_stage_skips_when_finished_and_resumes_when_killed(lasc, tmp_path, monkeypatch):
+    """bench/reproduce_c2w.py reruns continue: finished stages are skipped, a killed one resumes."""
+    from c2w_fast import demo
+
+    calls = []
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda args: calls.append(args) or real_main(args))
+    out = tmp_path / "cavity"
+    demo.train_stage("c2w_cavity.toml", lasc, out, 1, TINY, resumable=True)
+    assert calls[-1][0] == "--config" and (out / demo.STAGE_DONE).is_file()
+    demo.train_stage("c2w_cavity.toml", lasc, out, 1, TINY, resumable=True)
+    assert len(calls) == 1  # finished: not trained again
+    (out / demo.STAGE_DONE).unlink()  # as if killed after its last checkpoint
+    demo.train_stage("c2w_cavity.toml", lasc, out, 1, TINY, resumable=True)
+    assert calls[-1] == ["--resume", "--out", str(out), "--fold", "final"] and (out / demo.STAGE_DONE).is_file()
+    assert len(_rows(out / "final" / "metrics.csv")) == 1  # the resumed run had nothing left to train
