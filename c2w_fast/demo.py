@@ -82,7 +82,8 @@ def short_run_schedule(epochs: int) -> list[str]:
     with peaks 1e-3/3e-4 vs 0.81 without decay, 30 epochs). This keeps the steps and the
     cosine restarts, starting B and C at e/10 and e/4, with every peak at 1e-3.
     """
-    steps = f"[{max(1, epochs // 10)},{max(1, epochs // 4)}]"
+    step_b = max(1, epochs // 10)
+    steps = f"[{step_b},{max(step_b + 1, epochs // 4)}]"  # strictly increasing, also for a few epochs
     return [f"unfreeze.steps={steps}", f"schedule.restarts={steps}", "schedule.restart_lr=[1e-3,1e-3]",
             "schedule.warmup_epochs=1", f"train.early_stopping_from={max(1, epochs // 4)}"]
 

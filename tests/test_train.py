@@ -207,3 +207,14 @@ def test_a_resumable_pipeline_stage_skips_when_finished_and_resumes_when_killed(
     demo.train_stage("c2w_cavity.toml", lasc, out, 1, TINY, resumable=True)
     assert calls[-1] == ["--resume", "--out", str(out), "--fold", "final"] and (out / demo.STAGE_DONE).is_file()
     assert len(_rows(out / "final" / "metrics.csv")) == 1  # the resumed run had nothing left to train
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7, 30, 1000])
+def test_the_short_run_schedule_is_valid_for_any_number_of_epochs(epochs):
+    """The demo's wall schedule (`--epochs N`) gives increasing unfreezing steps that the config accepts."""
+    from c2w_fast import demo
+
+    items = demo.short_run_schedule(epochs)
+    config = cfg.load(CONFIGS / "c2w_wall.toml", TINY + items + [f"train.epochs={epochs}"])
+    steps = list(config.unfreeze.steps)
+    assert steps == sorted(set(steps)) and steps[0] >= 1 and list(config.schedule.restarts) == steps
