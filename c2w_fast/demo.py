@@ -115,6 +115,10 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=16, help=f"number of phantom cases ({N_TEST} are held out)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the cavity, wall and scratch stages")
     args = parser.parse_args(argv)
+    if args.n < N_TEST + 3:  # two folds and a final split of >= 1 training and 2 validation cases
+        parser.error(f"--n must be at least {N_TEST + 3}: {N_TEST} phantoms are held out for the test")
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
     # One thread: the small convolutions gain little from a second one, and on a shared
     # machine OpenMP threads waiting for a busy core slow them down many times over.
     torch.set_num_threads(1)

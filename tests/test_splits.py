@@ -54,8 +54,13 @@ def test_round_trip_and_validation(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="n_folds"):
+    with pytest.raises(ValueError, match=r"n_folds must be in 2\.\.3 \(the development patients left after 1 "
+                                         r"test patients of 4\), got 5"):
         make_splits(IDS[:4], n_test=1, n_folds=5)
+    with pytest.raises(ValueError, match="5 patients with 4 held out for the test leave 1 development patient"):
+        make_splits(IDS[:5], n_test=4, n_folds=2)
+    with pytest.raises(ValueError, match="final_val=2 takes all 2 development patients for validation"):
+        make_splits(IDS[:6], n_test=4, n_folds=2, final_val=2)
     with pytest.raises(ValueError, match="n_test"):
         make_splits(IDS, n_test=1.5)
     with pytest.raises(ValueError, match="duplicates"):

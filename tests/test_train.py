@@ -218,3 +218,13 @@ def test_the_short_run_schedule_is_valid_for_any_number_of_epochs(epochs):
     config = cfg.load(CONFIGS / "c2w_wall.toml", TINY + items + [f"train.epochs={epochs}"])
     steps = list(config.unfreeze.steps)
     assert steps == sorted(set(steps)) and steps[0] >= 1 and list(config.schedule.restarts) == steps
+
+
+@pytest.mark.parametrize("argv, message", [(["--n", "6"], "--n must be at least 7"),
+                                           (["--epochs", "0"], "--epochs must be at least 1")])
+def test_demo_refuses_sizes_it_cannot_split_before_writing_anything(argv, message, tmp_path, capsys):
+    from c2w_fast import demo
+
+    with pytest.raises(SystemExit):
+        demo.main(argv + ["--out", str(tmp_path / "demo")])
+    assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()

@@ -59,12 +59,19 @@ def make_splits(case_ids: Sequence[str], *, n_test: int | float = 0.2, n_folds: 
         raise ValueError("case_ids contain duplicates")
     groups = {i: (groups or {}).get(i, i) for i in ids}
     patients = sorted(set(groups.values()))
-    if n_folds < 2 or n_folds > len(patients) - _count(n_test, len(patients), "n_test"):
-        raise ValueError(f"n_folds must be in 2..number of development patients, got {n_folds} "
-                         f"for {len(patients)} patients")
+    test_count = _count(n_test, len(patients), "n_test")
+    n_dev = len(patients) - test_count
+    if n_dev < 2:
+        raise ValueError(f"{len(patients)} patients with {test_count} held out for the test leave {n_dev} "
+                         f"development patient(s); cross-validation needs at least 2")
+    if not 2 <= n_folds <= n_dev:
+        raise ValueError(f"n_folds must be in 2..{n_dev} (the development patients left after {test_count} "
+                         f"test patients of {len(patients)}), got {n_folds}")
+    if _count(final_val, n_dev, "final_val") >= n_dev:
+        raise ValueError(f"final_val={final_val!r} takes all {n_dev} development patients for validation, "
+                         f"leaving none to train the final model on")
     rng = np.random.default_rng(seed)
     order = [patients[i] for i in rng.permutation(len(patients))]
-    test_count = _count(n_test, len(patients), "n_test")
     test_patients, dev_patients = order[:test_count], order[test_count:]
 
     def cases_of(selected) -> tuple[str, ...]:
