@@ -67,7 +67,8 @@ def make_splits(case_ids: Sequence[str], *, n_test: int | float = 0.2, n_folds: 
     if not 2 <= n_folds <= n_dev:
         raise ValueError(f"n_folds must be in 2..{n_dev} (the development patients left after {test_count} "
                          f"test patients of {len(patients)}), got {n_folds}")
-    if _count(final_val, n_dev, "final_val") >= n_dev:
+    final_count = _count(final_val, n_dev, "final_val")
+    if final_count >= n_dev:
         raise ValueError(f"final_val={final_val!r} takes all {n_dev} development patients for validation, "
                          f"leaving none to train the final model on")
     rng = np.random.default_rng(seed)
@@ -82,7 +83,6 @@ def make_splits(case_ids: Sequence[str], *, n_test: int | float = 0.2, n_folds: 
     for k in range(n_folds):
         val = set(dev_patients[k::n_folds])
         folds.append(Fold(cases_of(p for p in dev_patients if p not in val), cases_of(val)))
-    final_count = _count(final_val, len(dev_patients), "final_val")
     final_order = [dev_patients[i] for i in rng.permutation(len(dev_patients))]
     final = Fold(cases_of(final_order[final_count:]), cases_of(final_order[:final_count]))
     return Splits(cases_of(test_patients), tuple(folds), final, seed)
