@@ -24,11 +24,11 @@ Results: bench/results/kernels_<gpu>.json (with the GPU name and the date).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import re
 import sys
+from unittest import mock
 
 STAGES = [(64, (44, 128, 128), 16), (128, (22, 64, 64), 32), (256, (11, 32, 32), 32), (512, (11, 16, 16), 32)]
 LOSS_SHAPES = [(4, 2, 44, 256, 256), (2, 4, 20, 256, 256)]
@@ -153,16 +153,10 @@ def ours_step(batch, channels, size, groups, template: nn.Module):
     return block_step(fused, x, grad)
 
 
-@contextlib.contextmanager
 def per_sample_backward():
-    """Run the fused backward sample by sample whatever the sample size (its transient buffer holds
-    one sample), to weigh that policy's memory against its extra launches in the same run."""
-    saved = conv_kernels.BACKWARD_CHUNK_BYTES
-    conv_kernels.BACKWARD_CHUNK_BYTES = 0
-    try:
-        yield
-    finally:
-        conv_kernels.BACKWARD_CHUNK_BYTES = saved
+    """Context in which the fused backward runs sample by sample whatever the sample size (its transient
+    buffer holds one sample), to weigh that policy's memory against its extra launches in the same run."""
+    return mock.patch.object(conv_kernels, "BACKWARD_CHUNK_BYTES", 0)
 
 
 def conv_rows(bandwidth: float) -> list[dict]:
