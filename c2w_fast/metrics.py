@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_cupy
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._volume import check_pair, check_spacing, union_box
 from c2w_fast.ops.surface import (
     SurfaceDistances,
@@ -133,7 +133,7 @@ def _evaluate_batch_triton(pred, gt, spacing, tolerance_mm, convention, percenti
 
 
 EVALUATE_BATCH = Op("evaluate", {"reference": _evaluate_each, "triton": _evaluate_batch_triton},
-                    preferred={"cuda": ("cuda", "triton")})
+                    preferred=COMPILED_FIRST)
 
 
 def _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:

@@ -19,12 +19,16 @@ from __future__ import annotations
 import importlib
 import warnings
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable, Mapping
 
 from c2w_fast.kernels import interpreting
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 BACKEND_CHOICES = ("auto", *BACKENDS)
+# The volume ops' ``auto`` order (metrics, distances, components, morphology): the C++ backend
+# for CPU inputs; for CUDA inputs the CUDA C kernels where the op has them, else Triton.
+COMPILED_FIRST = MappingProxyType({"cpu": ("cpu",), "cuda": ("cuda", "triton")})
 
 
 class BackendUnavailableError(RuntimeError):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from c2w_fast.ops._arrays import as_mask, as_tensor, device_type
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 
 Extent = list[tuple[int, int]]  # (first, last + 1) per axis
 
@@ -66,7 +66,7 @@ def _cuda(mask) -> Extent | None:
 BOUNDING_BOX = Op(
     "bounding_box",
     {"reference": _reference, "cpu": _cpu, "triton": _triton, "cuda": _cuda},
-    preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")},
+    preferred=COMPILED_FIRST,
 )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._volume import box_3d, check_mask, host_uint8_3d, like
 from c2w_fast.ops.bounding_box import bounding_box
@@ -98,15 +98,15 @@ def _remove_small_cpu(mask, min_voxels, connectivity):
 LABEL = Op("label_components", {"reference": _label, "cpu": _label_cpu,
                                        "triton": lazy("c2w_fast.ops._gpu_components", "label_triton"),
                                        "cuda": lazy("c2w_fast.ops._gpu_components", "label_cuda")},
-           preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+           preferred=COMPILED_FIRST)
 KEEP_LARGEST = Op("keep_largest_component", {"reference": _keep_largest, "cpu": _keep_largest_cpu,
                                             "triton": lazy("c2w_fast.ops._gpu_components", "keep_largest_triton"),
                                             "cuda": lazy("c2w_fast.ops._gpu_components", "keep_largest_cuda")},
-                  preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+                  preferred=COMPILED_FIRST)
 REMOVE_SMALL = Op("remove_small_components", {"reference": _remove_small, "cpu": _remove_small_cpu,
                                               "triton": lazy("c2w_fast.ops._gpu_components", "remove_small_triton"),
                                               "cuda": lazy("c2w_fast.ops._gpu_components", "remove_small_cuda")},
-                  preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+                  preferred=COMPILED_FIRST)
 
 
 def label_components(mask, connectivity: int = 26, *, backend: str = "auto"):

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._volume import check_mask, check_spacing, embed, host_uint8_3d, like, spacing_3d
 from c2w_fast.ops.bounding_box import bounding_box
@@ -81,10 +81,10 @@ def _signed_cpu(mask, spacing):
 
 DISTANCE_TRANSFORM = Op("distance_transform", {"reference": _distance_reference, "cpu": _distance_cpu,
                          "triton": lazy("c2w_fast.ops._gpu_distance", "distance_triton")},
-                        preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+                        preferred=COMPILED_FIRST)
 SIGNED_DISTANCE = Op("signed_distance", {"reference": _signed_reference, "cpu": _signed_cpu,
                       "triton": lazy("c2w_fast.ops._gpu_distance", "signed_triton")},
-                     preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+                     preferred=COMPILED_FIRST)
 
 
 def distance_transform(mask, spacing=None, *, backend: str = "auto"):

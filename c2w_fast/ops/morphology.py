@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._volume import box_3d, check_mask, check_spacing, host_uint8_3d, like
 from c2w_fast.ops.bounding_box import bounding_box
@@ -86,10 +86,10 @@ def _erosion_cpu(mask, radius, spacing):
 
 DILATION = Op("binary_dilation", {"reference": _dilation_reference, "cpu": _dilation_cpu,
                                  "triton": lazy("c2w_fast.ops._gpu_morphology", "dilation_triton")},
-              preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+              preferred=COMPILED_FIRST)
 EROSION = Op("binary_erosion", {"reference": _erosion_reference, "cpu": _erosion_cpu,
                                "triton": lazy("c2w_fast.ops._gpu_morphology", "erosion_triton")},
-             preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+             preferred=COMPILED_FIRST)
 
 
 def binary_dilation(mask, radius: float, *, spacing=None, backend: str = "auto"):

@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from c2w_fast.ops._arrays import as_numpy, device_type
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._surfels import neighbour_codes, surfel_area_table
 from c2w_fast.ops._volume import check_pair, check_spacing, host_uint8_3d, like, spacing_3d, union_box
@@ -188,10 +188,10 @@ def _summary_cpu(pred, gt, spacing, convention, tolerance_mm, percentile, percen
 
 SURFACE_DISTANCES = Op("surface_distances", {"reference": _distances_reference, "cpu": _distances_cpu,
                                             "triton": lazy("c2w_fast.ops._gpu_surface", "distances_triton")},
-                       preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+                       preferred=COMPILED_FIRST)
 SURFACE_SUMMARY = Op("surface_summary", {"reference": _summary_reference, "cpu": _summary_cpu,
                                         "triton": lazy("c2w_fast.ops._gpu_surface", "summary_triton")},
-                     preferred={"cpu": ("cpu",), "cuda": ("cuda", "triton")})
+                     preferred=COMPILED_FIRST)
 
 
 def _empty_summary(pred_empty: bool, gt_empty: bool, convention: str) -> SurfaceSummary:
