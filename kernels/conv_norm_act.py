@@ -10,12 +10,14 @@ epilogue, per-(sample, channel) partial moments (mean and centred sum of squares
 STAT_ROWS voxels, fp32); ``_combine_partials_kernel`` (one or two launches) merges them exactly;
 ``_normalize_kernel`` applies normalise + affine (+ residual) + LeakyReLU in place.
 
-Backward (five or six launches, per sample when samples are large; nothing but x, the weight
-and the (mean, rstd) pairs kept from the forward): ``_conv_kernel`` recomputes the pre-norm output and, in its epilogue, the partial
-sums of dL/dz and dL/dz * y_hat; ``_combine_partials_kernel`` sums them;
+Backward (nothing but x, the weight and the (mean, rstd) pairs kept from the forward; five or
+six launches per piece, a piece being some whole conv groups of some samples, see
+``backward_pieces``): ``_conv_kernel`` recomputes the piece's pre-norm output and, in its
+epilogue, the partial sums of dL/dz and dL/dz * y_hat; ``_combine_partials_kernel`` sums them;
 ``_normalize_backward_kernel`` turns the pre-norm buffer in place into dL/d(conv output)
 (and writes the residual gradient); ``_conv_kernel`` in transposed mode gives the input
-gradient and ``_weight_grad_kernel`` per-split weight-gradient partials.
+gradient and ``_weight_grad_kernel`` per-split weight-gradient partials. The kernels take
+voxel-row strides, so a piece reads and writes channel slices of the full tensors in place.
 
 Grouped convolutions with few channels per group (4-16) are packed block-diagonally: one
 program computes BLOCK_N >= 16 output channels spanning several groups against the input
@@ -36,7 +38,7 @@ from c2w_fast.kernels import interpreting
 STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
 MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
 MAX_CHANNEL_BLOCK = 32
-BACKWARD_CHUNK_BYTES = 32 * 2**20  # larger samples run the backward one sample at a time
+BACKWARD_BUFFER_SHARE = 4  # the backward's transient buffer holds at most this fraction (1/n) of the block output
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,6 +118,12 @@ def _store_partials(part_ptr, b, pid_v, n_vox, C, n, n_ok, first, second,
     tl.store(part_ptr + offs + C, second, mask=ok)
 
 
+@triton.jit
+def _tile_offsets(b, v, c, n_vox, row_stride):
+    """Offsets of the tile's elements in a (B, V, channels) tensor whose voxel rows are ``row_stride`` apart."""
+    return b.to(tl.int64) * n_vox * row_stride + v[:, None] * row_stride + c[None, :]
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
@@ -128,14 +136,19 @@ EPILOGUE_GRAD_SUMS = 2  # write the pre-norm output and partial (sum dz, sum dz 
 def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
                  grad_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr,
                  SRC_D, SRC_H, SRC_W, DST_D, DST_H, DST_W,
-                 SRC_C, DST_C, CG_SRC, CG_DST, negative_slope,
+                 SRC_C, DST_C, CG_SRC, CG_DST, SRC_STRIDE, DST_STRIDE, AUX_STRIDE, TABLE_C, negative_slope,
                  KZ: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
                  SZ: tl.constexpr, SY: tl.constexpr, SX: tl.constexpr,
                  TRANSPOSED: tl.constexpr, EPILOGUE: tl.constexpr,
                  HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, EVEN_K: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, STAT_ROWS: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
-    """One [BLOCK_V voxels, BLOCK_N channels] tile of a grouped 3D convolution of sample program_id(2)."""
+    """One [BLOCK_V voxels, BLOCK_N channels] tile of a grouped 3D convolution of sample program_id(2).
+
+    Activations are (B, V, channels) with a voxel-row stride of their own (SRC_STRIDE,
+    DST_STRIDE; AUX_STRIDE for grad and residual), so that the backward can run on a slice of
+    the channels; ``stats`` is a (B, 2, TABLE_C) table read from channel 0 of its pointer.
+    """
     pid_v = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = tl.program_id(2)
@@ -151,7 +164,7 @@ def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
     n_last = tl.minimum(pid_n * BLOCK_N + BLOCK_N, DST_C) - 1
     k_lo = (pid_n * BLOCK_N // CG_DST) * CG_SRC
     k_hi = (n_last // CG_DST + 1) * CG_SRC
-    src = src_ptr + b.to(tl.int64) * SRC_D * SRC_H * SRC_W * SRC_C
+    src = src_ptr + b.to(tl.int64) * SRC_D * SRC_H * SRC_W * SRC_STRIDE
 
     acc = tl.zeros((BLOCK_V, BLOCK_N), dtype=tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
@@ -170,7 +183,7 @@ def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
             sz, ok_z = _source_index(cz, dz, SZ, KZ // 2, SRC_D, TRANSPOSED)
             sy, ok_y = _source_index(cy, dy, SY, KY // 2, SRC_H, TRANSPOSED)
             sx, ok_x = _source_index(cx, dx, SX, KX // 2, SRC_W, TRANSPOSED)
-            row = ((sz * SRC_H + sy) * SRC_W + sx) * SRC_C
+            row = ((sz * SRC_H + sy) * SRC_W + sx) * SRC_STRIDE
             row_ok = v_ok & ok_z & ok_y & ok_x
             if EVEN_K:
                 a_ok = row_ok[:, None]
@@ -181,7 +194,7 @@ def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
             acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
 
     tile_ok = v_ok[:, None] & n_ok[None, :]
-    dst_offs = b.to(tl.int64) * n_vox * DST_C + v[:, None] * DST_C + n[None, :]
+    dst_offs = _tile_offsets(b, v, n, n_vox, DST_STRIDE)
     stored = acc.to(dst_ptr.dtype.element_ty)
     tl.store(dst_ptr + dst_offs, stored, mask=tile_ok)
     # The statistics see exactly the stored (rounded) values the other passes read back, so the
@@ -197,16 +210,17 @@ def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
         m2 = _row_sums(dev * dev, BLOCK_V, BLOCK_N, STAT_ROWS)
         _store_partials(part_ptr, b, pid_v, n_vox, DST_C, n, n_ok, mean, m2, BLOCK_V, STAT_ROWS)
     if EPILOGUE == 2:  # partial sums of dL/dz and dL/dz * y_hat for the norm backward
-        stats = stats_ptr + b * 2 * DST_C + n
+        stats = stats_ptr + b * 2 * TABLE_C + n
         mean = tl.load(stats, mask=n_ok, other=0.0)
-        rstd = tl.load(stats + DST_C, mask=n_ok, other=0.0)
+        rstd = tl.load(stats + TABLE_C, mask=n_ok, other=0.0)
         gamma = tl.load(gamma_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
         beta = tl.load(beta_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
         y_hat = (acc - mean[None, :]) * rstd[None, :]
-        g = tl.load(grad_ptr + dst_offs, mask=tile_ok, other=0.0).to(tl.float32)
+        aux_offs = _tile_offsets(b, v, n, n_vox, AUX_STRIDE)
+        g = tl.load(grad_ptr + aux_offs, mask=tile_ok, other=0.0).to(tl.float32)
         res = 0.0
         if HAS_RESIDUAL:
-            res = tl.load(res_ptr + dst_offs, mask=tile_ok, other=0.0).to(tl.float32)
+            res = tl.load(res_ptr + aux_offs, mask=tile_ok, other=0.0).to(tl.float32)
         dz = tl.where(tile_ok, _activation_grad(y_hat, g, res, gamma, beta, negative_slope,
                                                 HAS_RESIDUAL, ACTIVATION), 0.0)
         _store_partials(part_ptr, b, pid_v, n_vox, DST_C, n, n_ok,
@@ -215,7 +229,7 @@ def _conv_kernel(src_ptr, w_ptr, dst_ptr, part_ptr,
 
 
 @triton.jit
-def _combine_partials_kernel(part_ptr, out_ptr, n_vox, n_rows, row_voxels, rows_per_program, C, eps,
+def _combine_partials_kernel(part_ptr, out_ptr, n_vox, n_rows, row_voxels, rows_per_program, C, TABLE_C, eps,
                              MOMENTS: tl.constexpr, FINAL: tl.constexpr,
                              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Merge rows [g * rows_per_program, ...) of sample program_id(2) of part (B, n_rows, 2, C), g = program_id(0).
@@ -223,8 +237,8 @@ def _combine_partials_kernel(part_ptr, out_ptr, n_vox, n_rows, row_voxels, rows_
     Row r covers min(row_voxels, n_vox - r * row_voxels) voxels. MOMENTS: rows hold (mean,
     centred sum of squares) and merge exactly (pooled mean, then sum of M2 + n (mean_r - mean)^2);
     otherwise rows hold two plain sums. Not FINAL: writes the merged row g of out (B, groups, 2, C),
-    so a second launch merges the groups. FINAL (one group): writes out (B, 2, C) = (mean, rstd)
-    with InstanceNorm's biased variance, or the two totals.
+    so a second launch merges the groups. FINAL (one group): writes channels [0, C) of the table
+    out (B, 2, TABLE_C) = (mean, rstd) with InstanceNorm's biased variance, or the two totals.
     """
     g = tl.program_id(0)
     b = tl.program_id(2)
@@ -261,22 +275,24 @@ def _combine_partials_kernel(part_ptr, out_ptr, n_vox, n_rows, row_voxels, rows_
         if FINAL:
             second = 1.0 / tl.sqrt(second / group_voxels + eps)
     if FINAL:
-        out = out_ptr + b * 2 * C + c
+        out = out_ptr + b * 2 * TABLE_C + c
+        tl.store(out, first, mask=c_ok)
+        tl.store(out + TABLE_C, second, mask=c_ok)
     else:
         out = out_ptr + (b.to(tl.int64) * tl.num_programs(0) + g) * 2 * C + c
-    tl.store(out, first, mask=c_ok)
-    tl.store(out + C, second, mask=c_ok)
+        tl.store(out, first, mask=c_ok)
+        tl.store(out + C, second, mask=c_ok)
 
 
 @triton.jit
 def _pointwise_tile(n_vox, C, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
-    """This program's [BLOCK_V, BLOCK_C] tile of a (B, V, C) tensor: sample, channels, masks and offsets."""
+    """This program's [BLOCK_V, BLOCK_C] tile of (B, V, C) tensors: sample, voxels, channels and masks."""
     b = tl.program_id(2)
     v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     ok = (v[:, None] < n_vox) & c_ok[None, :]
-    return b, c, c_ok, ok, b.to(tl.int64) * n_vox * C + v[:, None] * C + c[None, :]
+    return b, v, c, c_ok, ok
 
 
 @triton.jit
@@ -284,7 +300,8 @@ def _normalize_kernel(y_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, n_vox, C, 
                       HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
                       BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
     """In place on the (B, V, C) pre-norm output: y = LeakyReLU((y - mean) * rstd * gamma + beta [+ res])."""
-    b, c, c_ok, ok, offs = _pointwise_tile(n_vox, C, BLOCK_V, BLOCK_C)
+    b, v, c, c_ok, ok = _pointwise_tile(n_vox, C, BLOCK_V, BLOCK_C)
+    offs = _tile_offsets(b, v, c, n_vox, C)
     stats = stats_ptr + b * 2 * C + c
     scale = tl.load(stats + C, mask=c_ok, other=0.0) * tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - tl.load(stats, mask=c_ok, other=0.0) * scale
@@ -298,37 +315,40 @@ def _normalize_kernel(y_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, n_vox, C, 
 
 @triton.jit
 def _normalize_backward_kernel(buf_ptr, grad_ptr, res_ptr, dres_ptr, stats_ptr, sums_ptr, gamma_ptr, beta_ptr,
-                               n_vox, C, negative_slope,
+                               n_vox, C, AUX_STRIDE, TABLE_C, negative_slope,
                                HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, WRITE_DRES: tl.constexpr,
                                BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
     """In place on the (B, V, C) pre-norm output: dL/dy_raw = gamma * rstd * (dz - mean(dz) - y_hat * mean(dz * y_hat)).
 
-    Also writes dL/dz (the residual's gradient) to ``dres_ptr`` when WRITE_DRES.
+    Also writes dL/dz (the residual's gradient) to ``dres_ptr`` when WRITE_DRES. grad, residual
+    and dres have voxel rows AUX_STRIDE apart; stats and sums are (B, 2, TABLE_C) tables.
     """
-    b, c, c_ok, ok, offs = _pointwise_tile(n_vox, C, BLOCK_V, BLOCK_C)
-    stats = stats_ptr + b * 2 * C + c
+    b, v, c, c_ok, ok = _pointwise_tile(n_vox, C, BLOCK_V, BLOCK_C)
+    offs = _tile_offsets(b, v, c, n_vox, C)
+    aux_offs = _tile_offsets(b, v, c, n_vox, AUX_STRIDE)
+    stats = stats_ptr + b * 2 * TABLE_C + c
     mean = tl.load(stats, mask=c_ok, other=0.0)
-    rstd = tl.load(stats + C, mask=c_ok, other=0.0)
-    sums = sums_ptr + b * 2 * C + c
+    rstd = tl.load(stats + TABLE_C, mask=c_ok, other=0.0)
+    sums = sums_ptr + b * 2 * TABLE_C + c
     mean_dz = tl.load(sums, mask=c_ok, other=0.0) / n_vox
-    mean_dz_y = tl.load(sums + C, mask=c_ok, other=0.0) / n_vox
+    mean_dz_y = tl.load(sums + TABLE_C, mask=c_ok, other=0.0) / n_vox
     gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     y_hat = (tl.load(buf_ptr + offs, mask=ok, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
-    g = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(grad_ptr + aux_offs, mask=ok, other=0.0).to(tl.float32)
     res = 0.0
     if HAS_RESIDUAL:
-        res = tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        res = tl.load(res_ptr + aux_offs, mask=ok, other=0.0).to(tl.float32)
     dz = _activation_grad(y_hat, g, res, gamma, beta, negative_slope, HAS_RESIDUAL, ACTIVATION)
     if WRITE_DRES:
-        tl.store(dres_ptr + offs, dz.to(dres_ptr.dtype.element_ty), mask=ok)
+        tl.store(dres_ptr + aux_offs, dz.to(dres_ptr.dtype.element_ty), mask=ok)
     grad_raw = (gamma * rstd)[None, :] * (dz - mean_dz[None, :] - y_hat * mean_dz_y[None, :])
     tl.store(buf_ptr + offs, grad_raw.to(buf_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _weight_grad_kernel(x_ptr, g_ptr, part_ptr, n_samples,
-                        D, H, W, OD, OH, OW, C_IN, C_OUT, CG_IN, CG_OUT, K_CHUNKS,
+                        D, H, W, OD, OH, OW, C_IN, C_OUT, CG_IN, CG_OUT, X_STRIDE, K_CHUNKS,
                         KZ: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
                         SZ: tl.constexpr, SY: tl.constexpr, SX: tl.constexpr,
                         EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -337,6 +357,7 @@ def _weight_grad_kernel(x_ptr, g_ptr, part_ptr, n_samples,
 
     dW[co, ci, tap] = sum over (b, v) of G[b, v, co] * x[b, v * S + tap - P, ci], over the voxel
     tiles j = split, split + n_splits, ... of all samples; written to part (splits, Cout, Cin/groups, kz, ky, kx).
+    G is (B, V', C_OUT) contiguous; x's voxel rows are X_STRIDE apart (a channel slice in the backward).
     """
     dz = tl.program_id(0) // KY
     dy = tl.program_id(0) % KY
@@ -370,7 +391,7 @@ def _weight_grad_kernel(x_ptr, g_ptr, part_ptr, n_samples,
                     mask=v_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)
         iz, ok_z = _source_index(oz, dz, SZ, KZ // 2, D, False)
         iy, ok_y = _source_index(oy, dy, SY, KY // 2, H, False)
-        x = x_ptr + b.to(tl.int64) * D * H * W * C_IN
+        x = x_ptr + b.to(tl.int64) * D * H * W * X_STRIDE
         for dx in tl.static_range(KX):
             ix, ok_x = _source_index(ox, dx, SX, KX // 2, W, False)
             row_ok = v_ok & ok_z & ok_y & ok_x
@@ -378,7 +399,7 @@ def _weight_grad_kernel(x_ptr, g_ptr, part_ptr, n_samples,
                 a_ok = row_ok[:, None]
             else:
                 a_ok = row_ok[:, None] & k_ok[None, :]
-            a = tl.load(x + ((iz * H + iy) * W + ix)[:, None] * C_IN + k[None, :], mask=a_ok, other=0.0)
+            a = tl.load(x + ((iz * H + iy) * W + ix)[:, None] * X_STRIDE + k[None, :], mask=a_ok, other=0.0)
             a = tl.trans(a.to(DOT_DTYPE))
             if dx == 0:
                 acc0 = tl.dot(a, g, acc0, input_precision=DOT_PRECISION)
@@ -548,10 +569,45 @@ def conv_geometry(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int,
     return geometry
 
 
+def _row_stride(t: torch.Tensor) -> int:
+    """Distance between voxel rows of a contiguous (B, D, H, W, C) tensor or of a :func:`_channel_slice` of one."""
+    if t.is_contiguous():
+        return t.shape[-1]
+    _, d, h, w, c = t.shape
+    r = t.stride(3)
+    if t.stride() != (d * h * w * r, h * w * r, w * r, r, 1) or r < c:
+        raise ValueError(f"expected a contiguous (B, D, H, W, C) tensor or a channel slice of one, "
+                         f"got shape {tuple(t.shape)} and strides {t.stride()}")
+    return r
+
+
+def _channel_slice(t: torch.Tensor | None, samples: slice, channels: slice) -> torch.Tensor | None:
+    """View of samples x channels of a contiguous (B, D, H, W, C) tensor, with every stride spelled out
+    (a contiguous tensor may carry any stride on an axis of size 1)."""
+    if t is None:
+        return None
+    if not t.is_contiguous():
+        raise ValueError(f"expected a contiguous (B, D, H, W, C) tensor, got strides {t.stride()}")
+    _, d, h, w, c = t.shape
+    size = (samples.stop - samples.start, d, h, w, channels.stop - channels.start)
+    offset = t.storage_offset() + samples.start * d * h * w * c + channels.start
+    return t.as_strided(size, (d * h * w * c, h * w * c, w * c, c, 1), offset)
+
+
+def _table_stride(table: torch.Tensor) -> int:
+    """Channel stride of a (B, 2, C) statistics table or a channel slice of one."""
+    if table.stride(2) != 1 or table.stride(0) != 2 * table.stride(1):
+        raise ValueError(f"expected a (B, 2, C) table or a channel slice of one, got strides {table.stride()}")
+    return table.stride(1)
+
+
 def _conv(src, weight, dst, part, geometry: ConvGeometry, *, transposed: bool, epilogue: int,
           grad=None, residual=None, stats=None, gamma=None, beta=None, negative_slope: float = 0.0,
           activation: bool = False) -> None:
-    """Run ``_conv_kernel`` over all of ``dst``: the forward conv, its recompute, or the input gradient."""
+    """Run ``_conv_kernel`` over all of ``dst``: the forward conv, its recompute, or the input gradient.
+
+    ``src``, ``dst``, ``grad`` and ``residual`` may be channel slices of larger channels-last tensors.
+    """
     if transposed:
         src_size, dst_size = geometry.out_size, geometry.in_size
         src_c, dst_c, cg_src, cg_dst = geometry.c_out, geometry.c_in, geometry.cg_out, geometry.cg_in
@@ -560,13 +616,18 @@ def _conv(src, weight, dst, part, geometry: ConvGeometry, *, transposed: bool, e
         src_c, dst_c, cg_src, cg_dst = geometry.c_in, geometry.c_out, geometry.cg_in, geometry.cg_out
     tiling = channel_tiling(dst_c, cg_dst, cg_src)
     n_vox = dst_size[0] * dst_size[1] * dst_size[2]
+    aux_stride = dst_c if grad is None else _row_stride(grad)
+    if residual is not None and _row_stride(residual) != aux_stride:
+        raise ValueError("conv_norm_act: grad and residual must share one layout")
+    table_c = dst_c if stats is None else _table_stride(stats)
     dummy = dst
     grid = lambda meta: (triton.cdiv(n_vox, meta["BLOCK_V"]), triton.cdiv(dst_c, tiling.block_n), geometry.batch)  # noqa: E731
     _launch(_tuned_conv(src.device.index) if not interpreting() else None, _conv_kernel, grid,
             src, weight, dst, dummy if part is None else part,
             dummy if grad is None else grad, dummy if residual is None else residual,
             dummy if stats is None else stats, dummy if gamma is None else gamma, dummy if beta is None else beta,
-            *src_size, *dst_size, src_c, dst_c, cg_src, cg_dst, negative_slope,
+            *src_size, *dst_size, src_c, dst_c, cg_src, cg_dst, _row_stride(src), _row_stride(dst), aux_stride,
+            table_c, negative_slope,
             **geometry.constexprs(), TRANSPOSED=transposed, EPILOGUE=epilogue,
             HAS_RESIDUAL=residual is not None, ACTIVATION=activation, EVEN_K=tiling.even_k,
             DOT_DTYPE=_dot_dtype(src.dtype), DOT_PRECISION=_dot_precision(src.dtype), STAT_ROWS=_stat_rows(),
@@ -578,8 +639,9 @@ def _partials(geometry: ConvGeometry, device) -> torch.Tensor:
     return torch.empty((geometry.batch, rows, 2, geometry.c_out), dtype=torch.float32, device=device)
 
 
-def _combine(part: torch.Tensor, geometry: ConvGeometry, *, moments: bool, eps: float = 0.0) -> torch.Tensor:
-    """(B, 2, Cout) fp32 from the conv epilogue's partial rows: (mean, rstd) or the two sums.
+def _combine(part: torch.Tensor, geometry: ConvGeometry, out: torch.Tensor, *, moments: bool, eps: float = 0.0) -> None:
+    """Fill the (B, 2, Cout) fp32 table ``out`` (or channel slice of one) from the conv epilogue's partial rows:
+    (mean, rstd) or the two sums.
 
     Two launches when a sample has many rows, so that the first spreads over the GPU
     (B x groups x channel blocks programs) and the second merges a few rows per channel.
@@ -593,12 +655,10 @@ def _combine(part: torch.Tensor, geometry: ConvGeometry, *, moments: bool, eps: 
         groups = triton.cdiv(rows, per_group)
         merged = torch.empty((batch, groups, 2, channels), dtype=torch.float32, device=part.device)
         _combine_partials_kernel[(groups, triton.cdiv(channels, block_c), batch)](
-            part, merged, n_vox, rows, row_voxels, per_group, channels, eps, FINAL=False, **meta)
+            part, merged, n_vox, rows, row_voxels, per_group, channels, channels, eps, FINAL=False, **meta)
         part, rows, row_voxels = merged, groups, row_voxels * per_group
-    out = torch.empty((batch, 2, channels), dtype=torch.float32, device=part.device)
     _combine_partials_kernel[(1, triton.cdiv(channels, block_c), batch)](
-        part, out, n_vox, rows, row_voxels, rows, channels, eps, FINAL=True, **meta)
-    return out
+        part, out, n_vox, rows, row_voxels, rows, channels, _table_stride(out), eps, FINAL=True, **meta)
 
 
 def _pointwise_grid(geometry: ConvGeometry) -> tuple[tuple[int, int, int], dict]:
@@ -625,7 +685,8 @@ def conv_norm_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor
     y = torch.empty((geometry.batch, *geometry.out_size, geometry.c_out), dtype=x.dtype, device=x.device)
     part = _partials(geometry, x.device)
     _conv(x, weight, y, part, geometry, transposed=False, epilogue=EPILOGUE_MOMENTS)
-    stats = _combine(part, geometry, moments=True, eps=eps)
+    stats = torch.empty((geometry.batch, 2, geometry.c_out), dtype=torch.float32, device=x.device)
+    _combine(part, geometry, stats, moments=True, eps=eps)
     grid, meta = _pointwise_grid(geometry)
     _normalize_kernel[grid](y, y if residual is None else residual, stats, gamma, beta, geometry.out_voxels,
                             geometry.c_out, negative_slope, HAS_RESIDUAL=residual is not None,
@@ -633,8 +694,10 @@ def conv_norm_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor
     return y, stats
 
 
-def _weight_grad(x: torch.Tensor, grad_raw: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
-    """fp32 gradient of the weight from x (B, D, H, W, Cin) and dL/d(conv output) (B, OD, OH, OW, Cout)."""
+def _weight_grad(x: torch.Tensor, grad_raw: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry,
+                 out: torch.Tensor, accumulate: bool) -> None:
+    """Write (or add) into the fp32 ``out`` the weight gradient from x (B, D, H, W, Cin), possibly a channel
+    slice, and dL/d(conv output) (B, OD, OH, OW, Cout) contiguous."""
     tiling = channel_tiling(geometry.c_out, geometry.cg_out, geometry.cg_in)
     kz, ky, _ = geometry.kernel
     programs = kz * ky * triton.cdiv(geometry.c_out, tiling.block_n) * tiling.k_chunks
@@ -648,10 +711,42 @@ def _weight_grad(x: torch.Tensor, grad_raw: torch.Tensor, weight: torch.Tensor, 
     grid = lambda meta: (kz * ky, programs // (kz * ky), splits)  # noqa: E731
     _launch(None if interpreting() else _tuned_weight_grad(x.device.index), _weight_grad_kernel, grid,
             x, grad_raw, part, geometry.batch, *geometry.in_size, *geometry.out_size, geometry.c_in, geometry.c_out,
-            geometry.cg_in, geometry.cg_out, tiling.k_chunks, **geometry.constexprs(), EVEN_K=tiling.even_k,
-            DOT_DTYPE=_dot_dtype(x.dtype), DOT_PRECISION=_dot_precision(x.dtype),
+            geometry.cg_in, geometry.cg_out, _row_stride(x), tiling.k_chunks, **geometry.constexprs(),
+            EVEN_K=tiling.even_k, DOT_DTYPE=_dot_dtype(x.dtype), DOT_PRECISION=_dot_precision(x.dtype),
             BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k)
-    return part.sum(0)
+    if accumulate:
+        out += part.sum(0)
+    else:
+        torch.sum(part, 0, out=out)
+
+
+@dataclass(frozen=True)
+class BackwardPieces:
+    """How the backward splits a block: ``samples`` per piece and ``groups`` (conv groups) per piece."""
+
+    samples: int
+    groups: int
+
+    def pieces(self, batch: int, groups: int):
+        """(sample slice, group range) of every piece, in order."""
+        for s0 in range(0, batch, self.samples):
+            for g0 in range(0, groups, self.groups):
+                yield slice(s0, min(s0 + self.samples, batch)), (g0, min(g0 + self.groups, groups))
+
+
+def backward_pieces(geometry: ConvGeometry, share: int) -> BackwardPieces:
+    """Pieces whose transient buffer holds at most 1/``share`` of the block's output, split by groups first.
+
+    Conv groups are independent, so a piece can take whole groups (keeping at least 16 output
+    channels, one tensor-core block); samples are independent through the instance norm, so it
+    can take fewer samples. Channel pieces come first because they keep every sample's voxels
+    in one launch. A dense conv of one sample cannot be split (its buffer is the whole output).
+    """
+    channel_pieces = max(1, min(share, geometry.groups, geometry.c_out // 16))
+    groups_per_piece = triton.cdiv(geometry.groups, channel_pieces)
+    channel_pieces = triton.cdiv(geometry.groups, groups_per_piece)
+    sample_pieces = min(triton.cdiv(share, channel_pieces), geometry.batch)
+    return BackwardPieces(samples=triton.cdiv(geometry.batch, sample_pieces), groups=groups_per_piece)
 
 
 def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
@@ -666,51 +761,55 @@ def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         (grad_x or None, grad_weight fp32 or None, grad_gamma fp32, grad_beta fp32, grad_residual or None);
         grad_x and grad_residual in x's dtype, channels-last; each optional one only when asked for.
 
-    The instance norm couples voxels only within a sample, so when one sample's output exceeds
-    ``BACKWARD_CHUNK_BYTES`` the backward runs sample by sample and its transient buffer (the
-    recomputed conv output, turned into its gradient) holds one sample instead of the batch.
+    The only activation-sized transient is the buffer holding the recomputed conv output (turned in
+    place into its gradient). The backward runs in pieces of whole conv groups and samples (see
+    :func:`backward_pieces`) so that this buffer holds at most 1/``BACKWARD_BUFFER_SHARE`` of the output.
     """
     geometry = conv_geometry(x, weight, stride, groups)
-    batch = geometry.batch
-    sample_bytes = geometry.out_voxels * geometry.c_out * x.element_size()
-    chunk = 1 if sample_bytes > BACKWARD_CHUNK_BYTES else batch
+    batch, cg_in, cg_out = geometry.batch, geometry.cg_in, geometry.cg_out
+    plan = backward_pieces(geometry, BACKWARD_BUFFER_SHARE)
     grad_x = (torch.empty((batch, *geometry.in_size, geometry.c_in), dtype=x.dtype, device=x.device)
               if need_input_grad else None)
     write_dres = need_residual_grad and activation
     dres = torch.empty_like(grad_y, dtype=x.dtype) if write_dres else None
     if need_residual_grad and not activation:
         dres = grad_y.to(x.dtype)  # no activation: the residual's gradient is the output's
-    buf = torch.empty((chunk, *geometry.out_size, geometry.c_out), dtype=x.dtype, device=x.device)
-    grad_weight, sums = None, []
-    for b0 in range(0, batch, chunk):
-        part = slice(b0, b0 + chunk)
-        pick = lambda t: None if t is None else t[part]  # noqa: E731 - contiguous per-sample views
-        chunk_sums, chunk_weight = _backward_chunk(
-            buf, grad_y[part], x[part], weight, gamma, beta, pick(residual if activation else None), stats[part],
-            pick(grad_x), pick(dres if write_dres else None), stride, groups, negative_slope, activation,
-            need_weight_grad)
-        sums.append(chunk_sums)
-        if need_weight_grad:
-            grad_weight = chunk_weight if grad_weight is None else grad_weight + chunk_weight
-    sums = torch.cat(sums) if len(sums) > 1 else sums[0]
+    residual = residual if activation else None
+    buf = torch.empty(plan.samples * geometry.out_voxels * plan.groups * cg_out, dtype=x.dtype, device=x.device)
+    sums = torch.empty((batch, 2, geometry.c_out), dtype=torch.float32, device=x.device)  # sum dz, sum dz * y_hat
+    grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=x.device) if need_weight_grad else None
+    for samples, (g0, g1) in plan.pieces(batch, groups):
+        ci, co = slice(g0 * cg_in, g1 * cg_in), slice(g0 * cg_out, g1 * cg_out)
+        n_samples = samples.stop - samples.start
+        piece_buf = buf[:n_samples * geometry.out_voxels * (co.stop - co.start)].view(
+            n_samples, *geometry.out_size, co.stop - co.start)
+        _backward_piece(piece_buf, _channel_slice(grad_y, samples, co), _channel_slice(x, samples, ci), weight[co],
+                        gamma[co], beta[co], _channel_slice(residual, samples, co), stats[samples, :, co],
+                        sums[samples, :, co], _channel_slice(grad_x, samples, ci),
+                        _channel_slice(dres if write_dres else None, samples, co),
+                        None if grad_weight is None else grad_weight[co],
+                        samples.start > 0, stride, g1 - g0, negative_slope, activation)
     return grad_x, grad_weight, sums[:, 1].sum(0), sums[:, 0].sum(0), dres
 
 
-def _backward_chunk(buf, grad_y, x, weight, gamma, beta, residual, stats, grad_x, dres, stride, groups,
-                    negative_slope, activation, need_weight_grad):
-    """Backward of the samples in ``x``: fills grad_x and dres (when given); returns (sums (B, 2, Cout), dW)."""
+def _backward_piece(buf, grad_y, x, weight, gamma, beta, residual, stats, sums, grad_x, dres, grad_weight,
+                    accumulate_weight, stride, groups, negative_slope, activation):
+    """Backward of one piece (channel slices of x, grad_y, ... and their stats): fills sums and, when
+    given, grad_x, dres and grad_weight (added to it when ``accumulate_weight``)."""
     geometry = conv_geometry(x, weight, stride, groups)
     part = _partials(geometry, x.device)
     _conv(x, weight, buf, part, geometry, transposed=False, epilogue=EPILOGUE_GRAD_SUMS, grad=grad_y,
           residual=residual, stats=stats, gamma=gamma, beta=beta, negative_slope=negative_slope,
           activation=activation)
-    sums = _combine(part, geometry, moments=False)  # (B, 2, Cout): sum dz, sum dz * y_hat
+    _combine(part, geometry, sums, moments=False)
     del part
     grid, meta = _pointwise_grid(geometry)
     _normalize_backward_kernel[grid](buf, grad_y, buf if residual is None else residual, buf if dres is None else dres,
-                                     stats, sums, gamma, beta, geometry.out_voxels, geometry.c_out, negative_slope,
+                                     stats, sums, gamma, beta, geometry.out_voxels, geometry.c_out,
+                                     _row_stride(grad_y), _table_stride(stats), negative_slope,
                                      HAS_RESIDUAL=residual is not None, ACTIVATION=activation,
                                      WRITE_DRES=dres is not None, **meta)
     if grad_x is not None:
         _conv(buf, weight, grad_x, None, geometry, transposed=True, epilogue=EPILOGUE_STORE)
-    return sums, _weight_grad(x, buf, weight, geometry) if need_weight_grad else None
+    if grad_weight is not None:
+        _weight_grad(x, buf, weight, geometry, grad_weight, accumulate_weight)

@@ -127,16 +127,48 @@ def test_frozen_weight_gets_no_gradient_and_the_others_are_unchanged(rng):
 
 
 @needs_triton
-def test_sample_by_sample_backward_equals_the_batched_one(rng, monkeypatch):
+@pytest.mark.parametrize("c_in, stride, residual, activation", [
+    (32, (1, 1, 1), True, True), (32, (1, 1, 1), True, False), (16, (1, 2, 2), False, True)])
+def test_backward_in_pieces_equals_the_whole_batch_backward(rng, monkeypatch, c_in, stride, residual, activation):
+    """Pieces of 2 of 4 groups x 2 of 3 samples (an uneven last piece) give the one-piece backward's results."""
     from c2w_fast.kernels import conv_norm_act as kernels
 
-    case = make_case(rng, 3, 8, 8, 2, (2, 3, 5), (1, 3, 3), (1, 1, 1), torch.float32, True)
-    options = dict(dtype=torch.float32, stride=(1, 1, 1), groups=2, activation=True)
-    batched = run(case, "triton", **options)
-    monkeypatch.setattr(kernels, "BACKWARD_CHUNK_BYTES", 0)  # every sample is "large"
-    chunked = run(case, "triton", **options)
-    for key in batched:
-        torch.testing.assert_close(chunked[key], batched[key], rtol=1e-6, atol=1e-6)
+    case = make_case(rng, 3, c_in, 32, 4, (2, 3, 5), (1, 3, 3), stride, torch.float32, residual)
+    options = dict(dtype=torch.float32, stride=stride, groups=4, activation=activation)
+    monkeypatch.setattr(kernels, "BACKWARD_BUFFER_SHARE", 1)
+    whole = run(case, "triton", **options)
+    monkeypatch.setattr(kernels, "BACKWARD_BUFFER_SHARE", 4)
+    pieces = run(case, "triton", **options)
+    ref = run(case, "reference", round_conv_output=conv_output_rounding(torch.float32), **options)
+    for key in whole:
+        torch.testing.assert_close(pieces[key], whole[key], rtol=1e-6, atol=1e-6)
+        assert TOLERANCES[torch.float32].violations(pieces[key], ref[key]) == 0, key
+
+
+def _geometry(batch, c_out, groups, size=(4, 8, 8)):
+    from c2w_fast.kernels.conv_norm_act import ConvGeometry
+
+    return ConvGeometry(batch, size, size, c_out, c_out, groups, (3, 3, 3), (1, 1, 1))
+
+
+@needs_triton
+@pytest.mark.parametrize("batch, c_out, groups, share, expected", [
+    (2, 64, 16, 4, (2, 4)),    # seed stage 1: four pieces of 16 channels, both samples each
+    (2, 512, 32, 4, (2, 8)),   # seed stage 4: four pieces of 8 groups
+    (4, 64, 16, 1, (4, 16)),   # share 1: one piece
+    (4, 32, 8, 4, (2, 4)),     # 16-channel minimum: two channel pieces, then two sample pieces
+    (3, 32, 1, 4, (1, 1)),     # dense conv: samples only
+    (1, 32, 1, 4, (1, 1)),     # dense, one sample: cannot be split
+])
+def test_backward_pieces_keep_the_buffer_within_its_share(batch, c_out, groups, share, expected):
+    from c2w_fast.kernels.conv_norm_act import backward_pieces
+
+    plan = backward_pieces(_geometry(batch, c_out, groups), share)
+    assert (plan.samples, plan.groups) == expected
+    pieces = list(plan.pieces(batch, groups))
+    covered = sorted((s, g) for samples, (g0, g1) in pieces for s in range(samples.start, samples.stop)
+                     for g in range(g0, g1))
+    assert covered == [(s, g) for s in range(batch) for g in range(groups)]  # each (sample, group) once
 
 
 @needs_triton
