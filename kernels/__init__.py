@@ -15,3 +15,16 @@ def interpreting() -> bool:
     first use of a Triton backend.
     """
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Host-side integer helpers for launch grids and tiles. ``triton.cdiv`` and
+# ``triton.next_power_of_2`` are constexpr functions since Triton 3.4, and each host call
+# costs microseconds of argument unwrapping: a fused block's backward computes dozens.
+def cdiv(a: int, b: int) -> int:
+    """Ceiling of a / b for positive ints."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(n - 1, 0).bit_length()

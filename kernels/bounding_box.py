@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from c2w_fast.kernels import _nvrtc
+from c2w_fast.kernels import _nvrtc, cdiv
 
 _BIG = 2**31 - 1
 
@@ -52,7 +52,7 @@ def bounding_box_triton(mask: torch.Tensor, block: int = 1024) -> tuple[int, ...
     box = _new_box(mask.device)
     n = mask.numel()
     if n:
-        _bounding_box_kernel[(triton.cdiv(n, block),)](mask, box, n, mask.shape[1], mask.shape[2],
+        _bounding_box_kernel[(cdiv(n, block),)](mask, box, n, mask.shape[1], mask.shape[2],
                                                        BLOCK=block, BIG=_BIG)
     return _half_open(box)
 
@@ -64,7 +64,7 @@ def bounding_box_cuda(mask: torch.Tensor) -> tuple[int, ...]:
     n = mask.numel()
     if n:
         threads = 256
-        blocks = min(triton.cdiv(n, threads * 8), 65535)
+        blocks = min(cdiv(n, threads * 8), 65535)
         _nvrtc.launch("bounding_box.cu", "bounding_box", (blocks,), (threads,),
                       (mask, np.int64(n), np.int32(mask.shape[1]), np.int32(mask.shape[2]), box), mask.device)
     return _half_open(box)

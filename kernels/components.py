@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from c2w_fast.kernels import _nvrtc
+from c2w_fast.kernels import _nvrtc, cdiv
 from c2w_fast.kernels.edt import running_extreme
 
 CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
@@ -177,9 +177,9 @@ def component_roots(masks: torch.Tensor, boxes: torch.Tensor, connectivity: int,
     parent = torch.empty(masks.shape, dtype=torch.int32, device=masks.device)
     if masks.numel() == 0:
         return parent
-    _runs_kernel[(triton.cdiv(nz * ny, block_r), items)](masks, parent, boxes, nz, ny, nx,
+    _runs_kernel[(cdiv(nz * ny, block_r), items)](masks, parent, boxes, nz, ny, nx,
                                                          BLOCK_R=block_r, CHUNK=chunk_x)
-    tiles = (triton.cdiv(nz * ny, merge_rows) * triton.cdiv(nx, block_x), items)
+    tiles = (cdiv(nz * ny, merge_rows) * cdiv(nx, block_x), items)
     _merge_kernel[tiles](masks, parent, boxes, nz, ny, nx, RANK=CONNECTIVITY_RANK[connectivity],
                          BLOCK_R=merge_rows, BLOCK_X=block_x)
     _flatten_kernel[tiles](masks, parent, boxes, nz, ny, nx, BLOCK_R=merge_rows, BLOCK_X=block_x)
@@ -195,9 +195,9 @@ def component_roots_cuda(masks: torch.Tensor, boxes: torch.Tensor, connectivity:
         return parent
     rows_per_block, threads = 8, 128
     sizes = (np.int32(nz), np.int32(ny), np.int32(nx))
-    _nvrtc.launch("components.cu", "component_runs", (triton.cdiv(nz * ny, rows_per_block), items),
+    _nvrtc.launch("components.cu", "component_runs", (cdiv(nz * ny, rows_per_block), items),
                   (32, rows_per_block), (masks, parent, boxes, *sizes), masks.device)
-    voxels = (nz * ny * triton.cdiv(nx, threads), items)
+    voxels = (nz * ny * cdiv(nx, threads), items)
     _nvrtc.launch("components.cu", "component_merge", voxels, (threads,),
                   (masks, parent, boxes, *sizes, np.int32(CONNECTIVITY_RANK[connectivity])), masks.device)
     _nvrtc.launch("components.cu", "component_flatten", voxels, (threads,), (masks, parent, boxes, *sizes),

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from c2w_fast.kernels import interpreting
+from c2w_fast.kernels import cdiv, interpreting, next_power_of_2
 
 STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
 MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
@@ -435,22 +435,23 @@ class ChannelTiling:
     even_k: bool
 
 
+@functools.cache
 def channel_tiling(c_dst: int, cg_dst: int, cg_src: int) -> ChannelTiling:
     """Tiling of ``c_dst`` computed channels in groups of ``cg_dst``, each reading ``cg_src`` gathered channels.
 
     Blocks are 16 or 32 channels: 16 is the smallest tensor-core dot, and at 64 the weight-gradient
     accumulators and the conv tiles no longer fit in registers (ptxas spills).
     """
-    block_n = min(max(16, triton.next_power_of_2(cg_dst)), MAX_CHANNEL_BLOCK)
+    block_n = min(max(16, next_power_of_2(cg_dst)), MAX_CHANNEL_BLOCK)
     windows = []
     for n0 in range(0, c_dst, block_n):
         lo = (n0 // cg_dst) * cg_src
         hi = ((min(n0 + block_n, c_dst) - 1) // cg_dst + 1) * cg_src
         windows.append((lo, hi))
     widest = max(hi - lo for lo, hi in windows)
-    block_k = min(max(16, triton.next_power_of_2(widest)), MAX_CHANNEL_BLOCK)
+    block_k = min(max(16, next_power_of_2(widest)), MAX_CHANNEL_BLOCK)
     even = all(lo % block_k == 0 and (hi - lo) % block_k == 0 for lo, hi in windows)
-    return ChannelTiling(block_n, block_k, triton.cdiv(widest, block_k), even)
+    return ChannelTiling(block_n, block_k, cdiv(widest, block_k), even)
 
 
 # Autotune candidates on a GPU: (BLOCK_V, num_warps, num_stages). Three or more stages prefetch
@@ -621,7 +622,7 @@ def _conv(src, weight, dst, part, geometry: ConvGeometry, *, transposed: bool, e
         raise ValueError("conv_norm_act: grad and residual must share one layout")
     table_c = dst_c if stats is None else _table_stride(stats)
     dummy = dst
-    grid = lambda meta: (triton.cdiv(n_vox, meta["BLOCK_V"]), triton.cdiv(dst_c, tiling.block_n), geometry.batch)  # noqa: E731
+    grid = lambda meta: (cdiv(n_vox, meta["BLOCK_V"]), cdiv(dst_c, tiling.block_n), geometry.batch)  # noqa: E731
     _launch(_tuned_conv(src.device.index) if not interpreting() else None, _conv_kernel, grid,
             src, weight, dst, dummy if part is None else part,
             dummy if grad is None else grad, dummy if residual is None else residual,
@@ -635,7 +636,7 @@ def _conv(src, weight, dst, part, geometry: ConvGeometry, *, transposed: bool, e
 
 
 def _partials(geometry: ConvGeometry, device) -> torch.Tensor:
-    rows = triton.cdiv(geometry.out_voxels, _stat_rows())
+    rows = cdiv(geometry.out_voxels, _stat_rows())
     return torch.empty((geometry.batch, rows, 2, geometry.c_out), dtype=torch.float32, device=device)
 
 
@@ -647,25 +648,25 @@ def _combine(part: torch.Tensor, geometry: ConvGeometry, out: torch.Tensor, *, m
     (B x groups x channel blocks programs) and the second merges a few rows per channel.
     """
     batch, channels, n_vox = geometry.batch, geometry.c_out, geometry.out_voxels
-    block_c = min(triton.next_power_of_2(channels), 32)
+    block_c = min(next_power_of_2(channels), 32)
     rows, row_voxels = part.shape[1], _stat_rows()
     meta = dict(MOMENTS=moments, BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
     per_group = _rows_per_group()
     if rows > per_group:
-        groups = triton.cdiv(rows, per_group)
+        groups = cdiv(rows, per_group)
         merged = torch.empty((batch, groups, 2, channels), dtype=torch.float32, device=part.device)
-        _combine_partials_kernel[(groups, triton.cdiv(channels, block_c), batch)](
+        _combine_partials_kernel[(groups, cdiv(channels, block_c), batch)](
             part, merged, n_vox, rows, row_voxels, per_group, channels, channels, eps, FINAL=False, **meta)
         part, rows, row_voxels = merged, groups, row_voxels * per_group
-    _combine_partials_kernel[(1, triton.cdiv(channels, block_c), batch)](
+    _combine_partials_kernel[(1, cdiv(channels, block_c), batch)](
         part, out, n_vox, rows, row_voxels, rows, channels, _table_stride(out), eps, FINAL=True, **meta)
 
 
 def _pointwise_grid(geometry: ConvGeometry) -> tuple[tuple[int, int, int], dict]:
     """Grid and tile of the normalisation kernels: 2048-element tiles, 16 elements per thread."""
-    block_c = min(triton.next_power_of_2(geometry.c_out), 32)
+    block_c = min(next_power_of_2(geometry.c_out), 32)
     block_v = 2048 // block_c
-    grid = (triton.cdiv(geometry.out_voxels, block_v), triton.cdiv(geometry.c_out, block_c), geometry.batch)
+    grid = (cdiv(geometry.out_voxels, block_v), cdiv(geometry.c_out, block_c), geometry.batch)
     return grid, dict(BLOCK_V=block_v, BLOCK_C=block_c, num_warps=4)
 
 
@@ -700,13 +701,13 @@ def _weight_grad(x: torch.Tensor, grad_raw: torch.Tensor, weight: torch.Tensor, 
     slice, and dL/d(conv output) (B, OD, OH, OW, Cout) contiguous."""
     tiling = channel_tiling(geometry.c_out, geometry.cg_out, geometry.cg_in)
     kz, ky, _ = geometry.kernel
-    programs = kz * ky * triton.cdiv(geometry.c_out, tiling.block_n) * tiling.k_chunks
+    programs = kz * ky * cdiv(geometry.c_out, tiling.block_n) * tiling.k_chunks
     if interpreting():
         target = programs * 2
     else:
         target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
-    tiles = geometry.batch * triton.cdiv(geometry.out_voxels, _INTERPRETER_BLOCK_V if interpreting() else 32)
-    splits = max(1, min(triton.cdiv(target, programs), tiles))
+    tiles = geometry.batch * cdiv(geometry.out_voxels, _INTERPRETER_BLOCK_V if interpreting() else 32)
+    splits = max(1, min(cdiv(target, programs), tiles))
     part = torch.empty((splits, *weight.shape), dtype=torch.float32, device=x.device)
     grid = lambda meta: (kz * ky, programs // (kz * ky), splits)  # noqa: E731
     _launch(None if interpreting() else _tuned_weight_grad(x.device.index), _weight_grad_kernel, grid,
@@ -743,10 +744,10 @@ def backward_pieces(geometry: ConvGeometry, share: int) -> BackwardPieces:
     in one launch. A dense conv of one sample cannot be split (its buffer is the whole output).
     """
     channel_pieces = max(1, min(share, geometry.groups, geometry.c_out // 16))
-    groups_per_piece = triton.cdiv(geometry.groups, channel_pieces)
-    channel_pieces = triton.cdiv(geometry.groups, groups_per_piece)
-    sample_pieces = min(triton.cdiv(share, channel_pieces), geometry.batch)
-    return BackwardPieces(samples=triton.cdiv(geometry.batch, sample_pieces), groups=groups_per_piece)
+    groups_per_piece = cdiv(geometry.groups, channel_pieces)
+    channel_pieces = cdiv(geometry.groups, groups_per_piece)
+    sample_pieces = min(cdiv(share, channel_pieces), geometry.batch)
+    return BackwardPieces(samples=cdiv(geometry.batch, sample_pieces), groups=groups_per_piece)
 
 
 def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,

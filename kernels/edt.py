@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from c2w_fast.kernels import cdiv
+
 SITE_ZERO, SITE_NONZERO, SITE_SURFACE = 0, 1, 2
 SEARCH_LENGTH = 64  # "auto": axes up to this long are searched, longer ones take the envelope
 
@@ -268,7 +270,7 @@ def squared_distance_to_sites(sites: torch.Tensor, boxes: torch.Tensor, spacing,
     first = torch.empty(sites.shape, dtype=torch.float32, device=sites.device)
     if first.numel() == 0:
         return first
-    _pass_x_kernel[(triton.cdiv(nz * ny, block_r), items)](
+    _pass_x_kernel[(cdiv(nz * ny, block_r), items)](
         sites, first, boxes, nz, ny, nx, sx * sx, PAIRED=paired, BOX_DIV=box_div, SITE=site, FULL=full,
         BLOCK_R=block_r, BLOCK_X=chunk_x)
     passes = [(2, ny, nz, sy)] + ([(1, nz, ny, sz)] if nz > 1 else [])
@@ -279,14 +281,14 @@ def squared_distance_to_sites(sites: torch.Tensor, boxes: torch.Tensor, spacing,
         restricted = last and queries is not None
         envelope = not restricted and (method == "envelope" or (method == "auto" and length > SEARCH_LENGTH))
         if envelope:
-            grid = (planes * triton.cdiv(nx, envelope_x), items)
+            grid = (planes * cdiv(nx, envelope_x), items)
             vertex = torch.empty((items, grid[0], length + 1, envelope_x), dtype=torch.int32, device=sites.device)
             bound = torch.empty(vertex.shape, dtype=torch.float64, device=sites.device)
             step2 = torch.tensor([step * step], dtype=torch.float64, device=sites.device)
             _envelope_kernel[grid](current, following, boxes, vertex, bound, nz, ny, nx, step2, AXIS=axis,
                                    BOX_DIV=box_div, BLOCK_X=envelope_x, num_warps=max(1, envelope_x // 32))
         else:
-            grid = (planes * triton.cdiv(length, block_a) * triton.cdiv(nx, block_x), items)
+            grid = (planes * cdiv(length, block_a) * cdiv(nx, block_x), items)
             _search_kernel[grid](
                 current, following, boxes, queries if restricted else sites,
                 nz, ny, nx, step * step, AXIS=axis, BOX_DIV=box_div, QUERY=restricted, FULL=full,

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from c2w_fast.kernels import cdiv
+
 
 @triton.jit
 def _tile(box_ptr, ny, nx, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
@@ -102,7 +104,7 @@ def dilate_or_erode(mask: torch.Tensor, box: torch.Tensor, halfwidth: np.ndarray
     if mask.numel() == 0:
         return out
     reach = torch.empty(mask.shape, dtype=torch.int16, device=mask.device)
-    grid = (nz * triton.cdiv(ny, block_y) * triton.cdiv(nx, block_x),)
+    grid = (nz * cdiv(ny, block_y) * cdiv(nx, block_x),)
     _reach_kernel[grid](mask, reach, box, nz, ny, nx, cap, ERODE=erode, BLOCK_Y=block_y, BLOCK_X=block_x)
     ez, ey = halfwidth.shape[0] // 2, halfwidth.shape[1] // 2
     table = torch.from_numpy(np.ascontiguousarray(halfwidth, dtype=np.int32)).to(mask.device)

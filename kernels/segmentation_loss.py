@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from c2w_fast.kernels import interpreting
+from c2w_fast.kernels import cdiv, interpreting, next_power_of_2
 
 TERM_FOCAL = 0  # MONAI's sigmoid focal loss, per channel
 TERM_CE = 1  # softmax cross-entropy over all channels
@@ -269,13 +269,13 @@ def _block_sizes(channels: int) -> tuple[int, int]:
     The interpreter uses 32-voxel tiles so that small test volumes span several tiles and programs
     (three per sample, see ``_programs_per_sample``).
     """
-    block_c = triton.next_power_of_2(channels)
+    block_c = next_power_of_2(channels)
     return block_c, 32 if interpreting() else max(2048 // block_c, 64)
 
 
 def _programs_per_sample(batch: int, voxels: int, block_n: int, device: torch.device) -> int:
     target = 3 * batch if interpreting() else 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(voxels, block_n), triton.cdiv(target, batch)))
+    return max(1, min(cdiv(voxels, block_n), cdiv(target, batch)))
 
 
 def _launch_args(logits, target, mask):
@@ -322,9 +322,9 @@ def loss_forward(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     out = torch.empty(2, dtype=torch.float32, device=logits.device)
     coef = torch.empty((batch, 2, channels), dtype=torch.float32, device=logits.device)
     term_channels = channels - spec.term_first_class if spec.term == TERM_FOCAL else 1
-    block_b = triton.next_power_of_2(batch)
+    block_b = next_power_of_2(batch)
     # the interpreter adds two rows at a time, so that small tests run the loop more than once
-    block_p = 2 if interpreting() else min(triton.next_power_of_2(programs), max(4096 // (block_b * block_c), 1))
+    block_p = 2 if interpreting() else min(next_power_of_2(programs), max(4096 // (block_b * block_c), 1))
     _loss_finalize_kernel[(1,)](part, out, coef, batch, programs, channels, float(spec.smooth_nr),
                                 float(spec.smooth_dr), float(spec.lambda_dice), float(spec.lambda_term),
                                 term_channels, DICE_FIRST_CLASS=spec.dice_first_class, BATCH_DICE=spec.batch_dice,

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from c2w_fast.kernels import cdiv
 from c2w_fast.kernels.edt import is_site
 
 SURFEL, BOUNDARY = 0, 1
@@ -134,7 +135,7 @@ def _histogram_kernel(f_ptr, code_ptr, table_ptr, box_ptr, prefix_ptr, hist_ptr,
 
 def _grid(shape, block_y: int, block_x: int) -> tuple[int, int]:
     items, nz, ny, nx = shape
-    return nz * triton.cdiv(ny, block_y) * triton.cdiv(nx, block_x), items
+    return nz * cdiv(ny, block_y) * cdiv(nx, block_x), items
 
 
 def _check(tensor: torch.Tensor, name: str, dtype: torch.dtype) -> None:

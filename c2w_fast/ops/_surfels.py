@@ -24,7 +24,6 @@ square's cut points are joined by the same rule and a segment's length is
 """
 from __future__ import annotations
 
-import itertools
 from functools import lru_cache
 
 import numpy as np
