@@ -138,18 +138,20 @@ def _loss_finalize_kernel(part_ptr, out_ptr, coef_ptr, B, P, C, smooth_nr, smoot
 
     Writes out = (loss, term_scale) and coef (B, 2, C) = (a, b) with dL_dice/dp = m * (a * t + b).
     Dice entries of samples (batch: of a batch) with no voxel in the mask are left out of the mean.
-    The rows are added BLOCK_P at a time in a fixed order (deterministic).
+    The rows are added BLOCK_P at a time in a fixed order (deterministic), into [BLOCK_B, BLOCK_P(, BLOCK_C)]
+    accumulators reduced once after the loop (Triton 3.6's thread-locality pass fails on a
+    reduction inside the loop here).
     """
     b = tl.arange(0, BLOCK_B)
     c = tl.arange(0, BLOCK_C)
     b_ok = b < B
     ok = b_ok[:, None] & (c < C)[None, :]
-    sum_pt = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
-    sum_p = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
-    sum_t = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
-    term = tl.zeros((BLOCK_B,), dtype=tl.float32)
-    count = tl.zeros((BLOCK_B,), dtype=tl.float32)
-    bad = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    acc_pt = tl.zeros((BLOCK_B, BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc_p = tl.zeros((BLOCK_B, BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc_t = tl.zeros((BLOCK_B, BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc_term = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
+    acc_count = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
+    acc_bad = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
     width = 3 * C + 3
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
@@ -157,12 +159,18 @@ def _loss_finalize_kernel(part_ptr, out_ptr, coef_ptr, B, P, C, smooth_nr, smoot
         row_ok = b_ok[:, None] & (p < P)[None, :]
         cells = row[:, :, None] + c[None, None, :]
         cells_ok = row_ok[:, :, None] & (c < C)[None, None, :]
-        sum_pt += tl.sum(tl.load(cells, mask=cells_ok, other=0.0), axis=1)
-        sum_p += tl.sum(tl.load(cells + C, mask=cells_ok, other=0.0), axis=1)
-        sum_t += tl.sum(tl.load(cells + 2 * C, mask=cells_ok, other=0.0), axis=1)
-        term += tl.sum(tl.load(row + 3 * C, mask=row_ok, other=0.0), axis=1)
-        count += tl.sum(tl.load(row + 3 * C + 1, mask=row_ok, other=0.0), axis=1)
-        bad += tl.sum(tl.load(row + 3 * C + 2, mask=row_ok, other=0.0), axis=1)
+        acc_pt += tl.load(cells, mask=cells_ok, other=0.0)
+        acc_p += tl.load(cells + C, mask=cells_ok, other=0.0)
+        acc_t += tl.load(cells + 2 * C, mask=cells_ok, other=0.0)
+        acc_term += tl.load(row + 3 * C, mask=row_ok, other=0.0)
+        acc_count += tl.load(row + 3 * C + 1, mask=row_ok, other=0.0)
+        acc_bad += tl.load(row + 3 * C + 2, mask=row_ok, other=0.0)
+    sum_pt = tl.sum(acc_pt, axis=1)
+    sum_p = tl.sum(acc_p, axis=1)
+    sum_t = tl.sum(acc_t, axis=1)
+    term = tl.sum(acc_term, axis=1)
+    count = tl.sum(acc_count, axis=1)
+    bad = tl.sum(acc_bad, axis=1)
     total = tl.sum(count, axis=0)
     any_inside = (count * 0.0 + total) > 0  # [BLOCK_B]; the whole batch has a voxel in the mask
     class_ok = (c >= DICE_FIRST_CLASS) & (c < C)
