@@ -10,14 +10,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.c2w_fast-installed
 PYTEST_ARGS ?=
+# The oldest Triton the kernels support (torch 2.11's); the tests also compile every kernel with it.
+TRITON_OLDEST ?= triton==3.6.0
+OLDEST_DIR := $(VENV)/triton-oldest
+OLDEST_STAMP := $(VENV)/.triton-oldest-installed
 
 .PHONY: demo test install clean
 
 demo: $(STAMP)
 	$(PY) -m c2w_fast.demo
 
-test: $(STAMP)
-	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+test: $(STAMP) $(OLDEST_STAMP)
+	C2W_TRITON_OLDEST=$(OLDEST_DIR) $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 
 install: $(STAMP)
 
@@ -26,6 +30,10 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e ".[test]"
+	touch $@
+
+$(OLDEST_STAMP): $(STAMP)
+	$(PIP) install -q --no-deps --upgrade --target $(OLDEST_DIR) "$(TRITON_OLDEST)"
 	touch $@
 
 clean:

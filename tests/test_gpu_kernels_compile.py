@@ -8,7 +8,6 @@ specialisations to cubins in a process without the interpreter (``tests/compile_
 specialisations are the ones a GPU runs.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from c2w_fast.ops import (
 )
 from c2w_fast.ops._dispatch import triton_interpreter_enabled
 
+from triton_installs import INSTALLS, compile_env
 from triton_launches import record_launches
 
 SCRIPT = Path(__file__).with_name("compile_kernels.py")
@@ -67,13 +67,14 @@ def exercise_every_kernel(rng) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not triton_interpreter_enabled(), reason="records interpreted launches; on a GPU the kernels run")
-def test_every_recorded_gpu_metric_kernel_compiles_for_sm80_86_89_90(tmp_path, rng):
+@pytest.mark.parametrize("install", INSTALLS)
+def test_every_recorded_gpu_metric_kernel_compiles_for_sm80_86_89_90(tmp_path, rng, install):
+    env = compile_env(install)
     with record_launches(KERNEL_MODULES) as launches:
         exercise_every_kernel(rng)
     assert {launch["name"] for launch in launches} == KERNELS
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(launches))
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     run = subprocess.run([sys.executable, str(SCRIPT), "--launches", str(path)], capture_output=True, text=True,
                          env=env, timeout=900)
     assert run.stdout.strip(), f"the compile script printed nothing:\n{run.stderr[-3000:]}"

@@ -1,4 +1,5 @@
-"""Every Triton kernel of the fused block and the losses compiles to a cubin for sm_80/86/89/90, without a GPU.
+"""Every Triton kernel of the fused block and the losses compiles to a cubin for sm_80/86/89/90, without a GPU,
+with the installed Triton and with the oldest supported one (``tests/triton_installs.py``).
 
 The interpreter tests check the kernels' arithmetic; this checks that the same kernels are valid
 for the real compiler (dot shapes, layouts, reshapes, dtypes) on each target architecture. The
@@ -6,20 +7,22 @@ compiles run in a subprocess because the interpreter, which conftest enables wit
 replaces ``triton.jit`` functions in this one.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from triton_installs import INSTALLS, compile_env
+
 SCRIPT = Path(__file__).with_name("compile_kernels.py")
 
 
 @pytest.mark.slow
-def test_every_kernel_compiles_for_sm80_86_89_90():
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600)
+@pytest.mark.parametrize("install", INSTALLS)
+def test_every_kernel_compiles_for_sm80_86_89_90(install):
+    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=compile_env(install),
+                         timeout=600)
     assert run.stdout.strip(), f"the compile script printed nothing:\n{run.stderr[-3000:]}"
     results = json.loads(run.stdout.strip().splitlines()[-1])
     archs = {key.split("@")[1] for key in results}
