@@ -1,4 +1,5 @@
-"""Every CUDA C kernel compiles with nvcc for Ampere, Ada and Hopper (no GPU needed)."""
+"""Every CUDA C kernel compiles with nvcc for Ampere, Ada and Hopper, and with NVRTC where CuPy is installed
+(no GPU needed for either)."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,3 +24,32 @@ def test_cuda_source_compiles_without_warnings(source, arch, tmp_path):
                "-o", str(tmp_path / "kernel.cubin"), str(source)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _nvrtc():
+    """CuPy's NVRTC binding (no GPU or driver needed to compile), or a skip."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as error:  # cupy absent, or its NVRTC library missing
+        pytest.skip(f"CuPy's NVRTC is unavailable: {error}")
+    return nvrtc
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_cuda_source_compiles_with_nvrtc_as_at_run_time(source, arch):
+    """The run-time path: NVRTC with the launcher's options and no host headers (nvcc has them)."""
+    from c2w_fast.kernels._nvrtc import NVRTC_OPTIONS
+
+    nvrtc = _nvrtc()
+    program = nvrtc.createProgram(source.read_text(), source.name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(program, [*NVRTC_OPTIONS, f"--gpu-architecture={arch}"])
+        except Exception as error:
+            pytest.fail(f"{error}\n{nvrtc.getProgramLog(program)}")
+        assert nvrtc.getProgramLog(program).strip() == "", "NVRTC warned"
+        assert b".entry" in nvrtc.getPTX(program), "no kernel in the PTX"
+    finally:
+        nvrtc.destroyProgram(program)
