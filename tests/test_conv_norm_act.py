@@ -145,6 +145,32 @@ def test_backward_in_pieces_equals_the_whole_batch_backward(rng, monkeypatch, c_
         assert TOLERANCES[torch.float32].violations(pieces[key], ref[key]) == 0, key
 
 
+@needs_triton
+def test_backward_allocates_no_activation_sized_buffer_beyond_a_quarter_of_the_output(rng):
+    """The memory design of the backward: besides its results, every allocation is at most 1/4 of the output."""
+    from unittest import mock
+
+    from c2w_fast.kernels import conv_norm_act as kernels
+
+    case = make_case(rng, 2, 64, 64, 16, (2, 4, 6), (1, 3, 3), (1, 1, 1), torch.float32, False)
+    x, weight, gamma, beta = (case[k].to(DEVICE).requires_grad_() for k in ("x", "weight", "norm_weight", "norm_bias"))
+    y = conv_norm_act(x, weight, gamma, beta, groups=16, backend="triton")
+    sizes = []
+    real_empty = torch.empty
+
+    def recording_empty(*shape, **kwargs):
+        out = real_empty(*shape, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    with mock.patch.object(kernels.torch, "empty", recording_empty):
+        torch.autograd.grad(y, [x, weight, gamma, beta], case["grad"].to(DEVICE))
+    output = y.numel()
+    for result in (x.numel(), weight.numel()):  # grad_x and grad_weight
+        sizes.remove(result)
+    assert max(sizes) * 4 <= output, sizes
+
+
 def _geometry(batch, c_out, groups, size=(4, 8, 8)):
     from c2w_fast.kernels.conv_norm_act import ConvGeometry
 
