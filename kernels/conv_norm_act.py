@@ -38,7 +38,7 @@ from c2w_fast.kernels import cdiv, interpreting, next_power_of_2
 STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
 MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
 MAX_CHANNEL_BLOCK = 32
-BACKWARD_BUFFER_SHARE = 4  # the backward's transient buffer holds at most this fraction (1/n) of the block output
+BACKWARD_BUFFER_SHARE = 4  # the backward's transient buffer holds at most 1/4 of the block output (groups and samples allowing)
 
 
 # --------------------------------------------------------------------------------------------
