@@ -8,9 +8,6 @@ specialisations to cubins in a process without the interpreter (``tests/compile_
 specialisations are the ones a GPU runs.
 """
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,10 +25,9 @@ from c2w_fast.ops import (
 )
 from c2w_fast.ops._dispatch import triton_interpreter_enabled
 
-from triton_installs import INSTALLS, compile_env
+from triton_installs import INSTALLS, assert_every_variant_compiles, compile_env
 from triton_launches import record_launches
 
-SCRIPT = Path(__file__).with_name("compile_kernels.py")
 KERNEL_MODULES = tuple(f"c2w_fast.kernels.{name}" for name in ("edt", "surface", "components", "morphology",
                                                                  "bounding_box"))
 KERNELS = {  # every kernel of those modules: the exercise below must launch each one
@@ -69,16 +65,10 @@ def exercise_every_kernel(rng) -> None:
 @pytest.mark.skipif(not triton_interpreter_enabled(), reason="records interpreted launches; on a GPU the kernels run")
 @pytest.mark.parametrize("install", INSTALLS)
 def test_every_recorded_gpu_metric_kernel_compiles_for_sm80_86_89_90(tmp_path, rng, install):
-    env = compile_env(install)
+    env = compile_env(install)  # skips before the recording when that Triton is not installed
     with record_launches(KERNEL_MODULES) as launches:
         exercise_every_kernel(rng)
     assert {launch["name"] for launch in launches} == KERNELS
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(launches))
-    run = subprocess.run([sys.executable, str(SCRIPT), "--launches", str(path)], capture_output=True, text=True,
-                         env=env, timeout=900)
-    assert run.stdout.strip(), f"the compile script printed nothing:\n{run.stderr[-3000:]}"
-    results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert {key.split("@")[1] for key in results} == {"sm_80", "sm_86", "sm_89", "sm_90"}
-    failures = {key: value for key, value in results.items() if value != "ok"}
-    assert not failures, json.dumps(failures, indent=1)[:6000]
+    assert_every_variant_compiles(env, "--launches", str(path), timeout=900)
