@@ -38,7 +38,7 @@ from c2w_fast.kernels import cdiv, interpreting, next_power_of_2
 STAT_ROWS_GPU = 64  # voxels per partial-statistics row on a GPU; every BLOCK_V is a multiple
 MAX_SAMPLE_ELEMENTS = 2**31 - 1  # offsets inside one sample are int32
 MAX_CHANNEL_BLOCK = 32
-BACKWARD_BUFFER_SHARE = 4  # the backward's transient buffer holds at most 1/4 of the block output (groups and samples allowing)
+BACKWARD_BUFFER_SHARE = 4  # the backward's transient buffer: at most 1/4 of the block output (groups, samples allowing)
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,16 +723,19 @@ def _weight_grad(x: torch.Tensor, grad_raw: torch.Tensor, weight: torch.Tensor, 
 
 @dataclass(frozen=True)
 class BackwardPieces:
-    """How the backward splits a block: ``samples`` per piece and ``groups`` (conv groups) per piece."""
+    """How the backward splits a block of ``batch`` samples and ``total_groups`` conv groups:
+    ``samples`` and ``groups`` per piece (the last ones may hold fewer)."""
 
+    batch: int
+    total_groups: int
     samples: int
     groups: int
 
-    def pieces(self, batch: int, groups: int):
+    def pieces(self):
         """(sample slice, group range) of every piece, in order."""
-        for s0 in range(0, batch, self.samples):
-            for g0 in range(0, groups, self.groups):
-                yield slice(s0, min(s0 + self.samples, batch)), (g0, min(g0 + self.groups, groups))
+        for s0 in range(0, self.batch, self.samples):
+            for g0 in range(0, self.total_groups, self.groups):
+                yield slice(s0, min(s0 + self.samples, self.batch)), (g0, min(g0 + self.groups, self.total_groups))
 
 
 def backward_pieces(geometry: ConvGeometry, share: int) -> BackwardPieces:
@@ -747,7 +750,8 @@ def backward_pieces(geometry: ConvGeometry, share: int) -> BackwardPieces:
     groups_per_piece = cdiv(geometry.groups, channel_pieces)
     channel_pieces = cdiv(geometry.groups, groups_per_piece)
     sample_pieces = min(cdiv(share, channel_pieces), geometry.batch)
-    return BackwardPieces(samples=cdiv(geometry.batch, sample_pieces), groups=groups_per_piece)
+    return BackwardPieces(geometry.batch, geometry.groups, samples=cdiv(geometry.batch, sample_pieces),
+                          groups=groups_per_piece)
 
 
 def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
@@ -779,7 +783,7 @@ def conv_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     buf = torch.empty(plan.samples * geometry.out_voxels * plan.groups * cg_out, dtype=x.dtype, device=x.device)
     sums = torch.empty((batch, 2, geometry.c_out), dtype=torch.float32, device=x.device)  # sum dz, sum dz * y_hat
     grad_weight = torch.empty(weight.shape, dtype=torch.float32, device=x.device) if need_weight_grad else None
-    for samples, (g0, g1) in plan.pieces(batch, groups):
+    for samples, (g0, g1) in plan.pieces():
         ci, co = slice(g0 * cg_in, g1 * cg_in), slice(g0 * cg_out, g1 * cg_out)
         n_samples = samples.stop - samples.start
         piece_buf = buf[:n_samples * geometry.out_voxels * (co.stop - co.start)].view(

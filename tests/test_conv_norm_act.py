@@ -191,7 +191,7 @@ def test_backward_pieces_keep_the_buffer_within_its_share(batch, c_out, groups, 
 
     plan = backward_pieces(_geometry(batch, c_out, groups), share)
     assert (plan.samples, plan.groups) == expected
-    pieces = list(plan.pieces(batch, groups))
+    pieces = list(plan.pieces())
     covered = sorted((s, g) for samples, (g0, g1) in pieces for s in range(samples.start, samples.stop)
                      for g in range(g0, g1))
     assert covered == [(s, g) for s in range(batch) for g in range(groups)]  # each (sample, group) once
