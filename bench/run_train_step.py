@@ -140,30 +140,31 @@ def loader_rows(config, steps: int, cases: int, workers: int, phantom=(None, Non
     from c2w_fast.data.loader import DevicePrefetcher, batches
     from c2w_fast.data.phantom import write_dataset
 
-    folder = Path(tempfile.mkdtemp(prefix="c2w_bench_"))
-    write_dataset(folder / "lasc", "lasc", cases, shape=phantom[0], spacing=phantom[1], progress=False)
-    config.data.root = str(folder / "lasc")
-    config.roi.center = "ground_truth"   # no localiser run needed: the ROI around the true cavity
-    config.train.num_workers = workers
-    found = discover_cases(config.data.root)
-    trainer = Trainer(config, folder / "run", found, [], device=DEVICE)
-    trainer.prepare()
-    ipe = trainer.source.iterations_per_epoch
-    stream = DevicePrefetcher(batches(trainer.source, 0, (steps + 4) * ipe, num_workers=workers, prefetch=4,
-                                      pin_memory=DEVICE.type == "cuda"), DEVICE)
-    rows = []
-    for name, feed in (("real loader", lambda: next(stream)), ("pre-loaded batch", None)):
-        fixed = next(stream) if feed is None else None
-        times = []
-        for i in range(steps + WARMUP):
-            _sync()
-            start = time.perf_counter()  # includes any wait for the loader
-            batch = feed() if feed is not None else fixed
-            trainer.train_step(trainer.model, batch, 1e-4)
-            _sync()
-            if i >= WARMUP:
-                times.append((time.perf_counter() - start) * 1e3)
-        rows.append({"build": name, "median_ms": statistics.median(times), "min_ms": min(times), "steps": steps})
+    with tempfile.TemporaryDirectory(prefix="c2w_bench_") as tmp:  # phantoms are large at full size
+        folder = Path(tmp)
+        write_dataset(folder / "lasc", "lasc", cases, shape=phantom[0], spacing=phantom[1], progress=False)
+        config.data.root = str(folder / "lasc")
+        config.roi.center = "ground_truth"   # no localiser run needed: the ROI around the true cavity
+        config.train.num_workers = workers
+        found = discover_cases(config.data.root)
+        trainer = Trainer(config, folder / "run", found, [], device=DEVICE)
+        trainer.prepare()
+        ipe = trainer.source.iterations_per_epoch
+        stream = DevicePrefetcher(batches(trainer.source, 0, (steps + 4) * ipe, num_workers=workers, prefetch=4,
+                                          pin_memory=DEVICE.type == "cuda"), DEVICE)
+        rows = []
+        for name, feed in (("real loader", lambda: next(stream)), ("pre-loaded batch", None)):
+            fixed = next(stream) if feed is None else None
+            times = []
+            for i in range(steps + WARMUP):
+                _sync()
+                start = time.perf_counter()  # includes any wait for the loader
+                batch = feed() if feed is not None else fixed
+                trainer.train_step(trainer.model, batch, 1e-4)
+                _sync()
+                if i >= WARMUP:
+                    times.append((time.perf_counter() - start) * 1e3)
+            rows.append({"build": name, "median_ms": statistics.median(times), "min_ms": min(times), "steps": steps})
     rows.append({"build": "real / pre-loaded", "median_ms": rows[0]["median_ms"] / rows[1]["median_ms"]})
     return rows
 
