@@ -59,15 +59,17 @@ class _SegmentationLoss(nn.Module):
     def forward(self, outputs, target, mask=None):
         if isinstance(outputs, torch.Tensor):
             return self.single(outputs, target, mask)
+        if not outputs:
+            raise ValueError("the loss needs at least one output, got an empty list")
         weights = self.weights or deep_supervision_weights(len(outputs))
         if len(weights) != len(outputs):
             raise ValueError(f"got {len(outputs)} outputs but {len(weights)} deep-supervision weights")
-        total = 0.0
-        for logits, weight in zip(outputs, weights):
-            if weight:
-                size = logits.shape[2:]
-                total = total + weight * self.single(logits, _resize_labels(target, size), _resize_labels(mask, size))
-        return total
+        if min(weights) < 0 or max(weights) <= 0:
+            raise ValueError(f"deep-supervision weights must be >= 0 with at least one > 0, got {weights}")
+        terms = [weight * self.single(logits, _resize_labels(target, logits.shape[2:]),
+                                      _resize_labels(mask, logits.shape[2:]))
+                 for logits, weight in zip(outputs, weights) if weight]
+        return sum(terms[1:], terms[0])
 
 
 def _resize_labels(labels, size):

@@ -196,7 +196,11 @@ def _loss_finalize_kernel(part_ptr, out_ptr, coef_ptr, B, P, C, smooth_nr, smoot
     tl.store(coef + C, coef_b, mask=ok)
     term_scale = tl.where(total > 0, lambda_term / (tl.maximum(total, 1.0) * term_channels), 0.0)
     loss = lambda_dice * dice + tl.sum(term, axis=0) * term_scale
-    loss = tl.where(tl.sum(bad, axis=0) > 0, float("nan"), loss)
+    # labels outside [0, C) make the loss and, through the term scale, every gradient NaN, so that
+    # gradient checks (GradScaler, clipping with error_if_nonfinite) stop the step too
+    any_bad = tl.sum(bad, axis=0) > 0
+    loss = tl.where(any_bad, float("nan"), loss)
+    term_scale = tl.where(any_bad, float("nan"), term_scale)
     tl.store(out_ptr, loss)
     tl.store(out_ptr + 1, term_scale)
 

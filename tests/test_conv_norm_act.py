@@ -243,6 +243,38 @@ def test_bad_arguments_raise_clear_errors(change, message):
                       **kwargs, backend="reference")
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(weight=torch.randn(8, 2, 3, 3, 3, dtype=torch.float16)), "but weight torch.float16"),
+    (dict(residual=torch.randn(1, 8, 3, 4, 5, dtype=torch.float64)), "but residual torch.float64"),
+    (dict(norm_bias=torch.zeros(8, dtype=torch.float64)), "but norm_bias torch.float64"),
+])
+def test_mixed_dtypes_outside_autocast_raise_on_every_backend(change, message):
+    x, weight, norm_weight, norm_bias = _base_args()
+    kwargs = {"weight": weight, "norm_weight": norm_weight, "norm_bias": norm_bias, **change}
+    for backend in ("reference", "auto"):
+        with pytest.raises(ValueError, match=message):
+            conv_norm_act(x, kwargs["weight"], kwargs["norm_weight"], kwargs["norm_bias"],
+                          residual=kwargs.get("residual"), groups=2, backend=backend)
+
+
+def test_reference_takes_float32_norm_parameters_with_a_bf16_input():
+    x, weight, norm_weight, norm_bias = _base_args()
+    y = conv_norm_act(x.bfloat16(), weight.bfloat16(), norm_weight, norm_bias, groups=2, backend="reference")
+    expected = reference_conv_norm_act(x.bfloat16().double(), weight.bfloat16().double(), norm_weight.double(),
+                                       norm_bias.double(), groups=2)
+    assert y.dtype == torch.bfloat16
+    assert TOLERANCES[torch.bfloat16].violations(y, expected) == 0
+
+
+@needs_triton
+def test_triton_backward_refuses_double_backward(rng):
+    case = make_case(rng, 1, 4, 4, 1, (2, 3, 4), (3, 3, 3), (1, 1, 1), torch.float32, False)
+    x = case["x"].to(DEVICE).requires_grad_()
+    y = conv_norm_act(x, *(case[k].to(DEVICE) for k in ("weight", "norm_weight", "norm_bias")), backend="triton")
+    with pytest.raises(RuntimeError, match="first-order only"):
+        torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+
+
 def test_float64_runs_the_reference_under_auto_and_is_refused_by_triton():
     x, weight, norm_weight, norm_bias = (t.double() for t in _base_args())
     y = conv_norm_act(x, weight, norm_weight, norm_bias, groups=2)  # auto: reference, no fallback warning

@@ -150,6 +150,17 @@ def test_all_zero_mask_gives_zero_loss_and_zero_gradient(backend, term, rng):
     assert loss.item() == 0.0 and not grad.any()
 
 
+@pytest.mark.parametrize("batch_dice", [False, True])
+@pytest.mark.parametrize("term", LOSSES)
+def test_reference_gradient_is_finite_without_smoothing_when_a_sample_has_no_region(term, batch_dice, rng):
+    """smooth_dr = 0 makes the dropped entries 0/0; that must not leak NaN into the gradient."""
+    logits, labels, region = make_inputs(rng, mask="first_empty")
+    loss, grad = value_and_grad(LOSSES[term], logits, labels, region, "reference", smooth_nr=0.0, smooth_dr=0.0,
+                                batch_dice=batch_dice)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert not grad[0].any() and grad[1].any()
+
+
 @pytest.mark.parametrize("term", LOSSES)
 def test_reference_sample_with_empty_mask_drops_out(term, rng):
     """Per-sample Dice: a sample with no voxel in the mask changes neither the loss nor the others' gradient."""
@@ -186,8 +197,21 @@ def test_reference_rejects_labels_out_of_range(rng):
 def test_triton_labels_out_of_range_make_the_loss_nan(rng):
     logits, labels, region = make_inputs(rng)
     labels[1, 2, 3, 4] = -1
-    loss = dice_focal_loss(logits.float().to(DEVICE), labels.to(DEVICE), region.to(DEVICE), backend="triton")
-    assert torch.isnan(loss)
+    z = logits.float().to(DEVICE).requires_grad_()
+    loss = dice_focal_loss(z, labels.to(DEVICE), region.to(DEVICE), backend="triton")
+    loss.backward()
+    assert torch.isnan(loss) and torch.isnan(z.grad).all()  # so GradScaler and clipping guards stop the step
+
+
+@needs_triton
+def test_triton_backward_refuses_double_backward(rng):
+    logits, labels, _ = make_inputs(rng, mask=None)
+    z = logits.float().to(DEVICE).requires_grad_()
+    loss = dice_ce_loss(z, labels.to(DEVICE), backend="triton")
+    with pytest.raises(RuntimeError, match="first-order only"):
+        torch.autograd.grad(loss, z, create_graph=True)
+    (grad,) = torch.autograd.grad(loss, z)  # the graph is still there for the first-order gradient
+    assert torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -223,6 +247,18 @@ def test_deep_supervision_module_sums_weighted_outputs_with_resized_targets_and_
                 + 0.25 * dice_ce_loss(low.double(), low_labels, low_region, backend="reference"))
     assert VALUE_TOLERANCES[torch.float32].violations(total.cpu(), expected) == 0
     assert DiceFocalLoss(backend="triton")(outputs[0], labels.to(DEVICE)).shape == ()
+
+
+@pytest.mark.parametrize("outputs, weights, message", [
+    (0, None, "at least one output"),
+    (2, [0.0, 0.0], "at least one > 0"),
+    (2, [1.0, -0.5], "must be >= 0"),
+    (2, [1.0], "2 outputs but 1"),
+])
+def test_deep_supervision_module_rejects_empty_outputs_and_bad_weights(outputs, weights, message):
+    logits = [torch.randn(1, 2, 2, 3, 4)] * outputs
+    with pytest.raises(ValueError, match=message):
+        DiceCELoss(weights=weights)(logits, torch.zeros(1, 2, 3, 4, dtype=torch.long))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,11 +16,14 @@ what is missing; it never falls back silently.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
+
+import torch
 
 from c2w_fast.kernels import interpreting
 
@@ -139,3 +142,19 @@ class Op:
                           f"({'; '.join(problems)}); using the reference implementation",
                           BackendFallbackWarning, stacklevel=3)
         return self.implementations["reference"]
+
+
+def first_order_backward(backward: Callable) -> Callable:
+    """Decorates the ``backward`` of a fused op's autograd Function, which has no double backward.
+
+    Autograd runs a backward with grad mode on only for ``create_graph=True``; the decorated
+    backward then raises instead of returning a gradient without a graph, which would silently
+    drop every second-order term (gradient penalties, Hessian-vector products).
+    """
+    @functools.wraps(backward)
+    def first_order(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the triton backend's backward is first-order only (create_graph=True asks for "
+                               "a double backward); use backend='reference' for higher-order gradients")
+        return backward(ctx, *grads)
+    return first_order

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import Op, first_order_backward
 from c2w_fast.ops._tolerance import Tolerance
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -59,7 +59,9 @@ def reference_conv_norm_act(x, weight, norm_weight, norm_bias, stride=1, groups=
     y = F.conv3d(x, weight, None, _triple(stride, "stride"), padding, 1, groups)
     if round_conv_output is not None:
         y = y + (round_conv_output(y.detach()) - y.detach())
-    y = F.instance_norm(y, weight=norm_weight, bias=norm_bias, eps=eps)
+    norm_dtype = torch.promote_types(y.dtype, norm_weight.dtype)  # float32 parameters normalise a bf16 y in fp32
+    y = F.instance_norm(y.to(norm_dtype), weight=norm_weight.to(norm_dtype), bias=norm_bias.to(norm_dtype),
+                        eps=eps).to(y.dtype)
     if residual is not None:
         y = y + residual
     return F.leaky_relu(y, negative_slope) if activation else y
@@ -76,7 +78,10 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 class _FusedConvNormAct(torch.autograd.Function):
-    """Autograd of the triton backend: saves x, the weight, the affine and (mean, rstd); recomputes the conv."""
+    """Autograd of the triton backend: saves x, the weight, the affine and (mean, rstd); recomputes the conv.
+
+    The backward is first-order only: ``create_graph=True`` raises instead of dropping second-order terms.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, norm_weight, norm_bias, residual, stride, groups, eps, negative_slope, activation):
@@ -93,6 +98,7 @@ class _FusedConvNormAct(torch.autograd.Function):
         return y.permute(0, 4, 1, 2, 3)
 
     @staticmethod
+    @first_order_backward
     def backward(ctx, grad_y):
         from c2w_fast.kernels.conv_norm_act import conv_norm_backward
 
@@ -152,6 +158,20 @@ def _validate(x, weight, norm_weight, norm_bias, stride, groups, residual) -> No
     devices = {t.device for t in (x, weight, norm_weight, norm_bias, residual) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"x, weight, norm parameters and residual must be on one device, got {sorted(map(str, devices))}")
+    if _autocast_dtype(x.device.type) is None:
+        _check_dtypes(x, weight, norm_weight, norm_bias, residual)
+
+
+def _check_dtypes(x, weight, norm_weight, norm_bias, residual) -> None:
+    """Outside autocast: weight and residual in x's dtype; the norm parameters in x's dtype or float32."""
+    mismatched = [f"{name} {t.dtype}" for name, t in (("weight", weight), ("residual", residual))
+                  if t is not None and t.dtype != x.dtype]
+    mismatched += [f"{name} {t.dtype}" for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias))
+                   if t.dtype not in (x.dtype, torch.float32)]
+    if mismatched:
+        raise ValueError(f"x is {x.dtype} but {', '.join(mismatched)}: outside autocast the weight and residual "
+                         "must have x's dtype and the norm parameters x's dtype or float32; cast the module "
+                         "(module.to(dtype)) or run under torch.autocast")
 
 
 def conv_norm_act(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor, *,

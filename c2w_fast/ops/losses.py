@@ -22,7 +22,9 @@ With ``mask=None`` (or an all-one mask) and the defaults these equal MONAI 1.6
 ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` / ``DiceCELoss(to_onehot_y=True, softmax=True)``
 in value and gradient. An all-zero mask gives a loss of exactly 0 and a zero gradient.
 Integer labels outside [0, C) raise a ``ValueError`` in the reference and make the triton
-backend's loss NaN (checked on the device, without a host sync).
+backend's loss and gradient NaN (checked on the device, without a host sync). A (B, C, D, H, W)
+target is read as given (one-hot or soft labels in [0, 1]); its values are not checked, as in MONAI.
+The triton backend's backward is first-order: ``create_graph=True`` raises a ``RuntimeError``.
 
 Backends: ``reference`` (plain torch, float64-capable) and ``triton`` (one fused forward
 kernel, a one-program finalisation, one fused backward kernel; see
@@ -34,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import Op, first_order_backward
 from c2w_fast.ops._tolerance import Tolerance
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -72,11 +74,13 @@ def _soft_dice(probs, onehot, mask, include_background, batch_dice, smooth_nr, s
     axes = [0, *range(2, probs.ndim)] if batch_dice else list(range(2, probs.ndim))
     intersection = (probs * onehot).sum(axes)
     denominator = probs.sum(axes) + onehot.sum(axes) + smooth_dr
-    dice = 1 - (2 * intersection + smooth_nr) / denominator
     if mask is None:
-        return dice.mean()
+        return (1 - (2 * intersection + smooth_nr) / denominator).mean()
     inside = mask.flatten(1).sum(1) > 0  # samples with a region
-    valid = (inside.any() if batch_dice else inside[:, None]).expand_as(dice)
+    valid = (inside.any() if batch_dice else inside[:, None]).expand_as(denominator)
+    # entries without a region drop out; their denominator is replaced before dividing so that
+    # a 0/0 (smooth_dr = 0) cannot put NaN into the gradient through the discarded branch
+    dice = 1 - (2 * intersection + smooth_nr) / torch.where(valid, denominator, torch.ones_like(denominator))
     return torch.where(valid, dice, torch.zeros_like(dice)).sum() / valid.sum().clamp_min(1)
 
 
@@ -132,6 +136,7 @@ class _FusedSegmentationLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @first_order_backward
     def backward(ctx, grad_loss):
         from c2w_fast.kernels.segmentation_loss import loss_backward
 
