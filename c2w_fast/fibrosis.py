@@ -25,7 +25,8 @@ import torch
 from c2w_fast.data.io import read_volume, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import binary_erosion
-from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report
+from c2w_fast.regions import (atrial_masks, check_same_grid, mask_parser, masks_from_arguments, region_masks, report,
+                              write_rows)
 
 FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
 HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3
@@ -109,19 +110,20 @@ def main(argv=None) -> int:
     try:
         masks, on_device = masks_from_arguments(args)
         image = read_volume(args.image)
-        if image.shape != masks.grid.shape:
-            raise DataError(args.image, f"image shape {image.shape} differs from the masks' {masks.grid.shape}")
+        check_same_grid(image, masks.grid, "image", "wall")
         values = torch.from_numpy(image.array.astype(np.float32))
         result = fibrosis_burden(values, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
                                  dense=args.dense)
         write_volume(args.out, result.labels.cpu().numpy(), like=masks.grid)
         if args.iir_map:
             write_volume(args.iir_map, result.iir.cpu().numpy(), like=masks.grid)
-    except (DataError, ValueError) as exc:
+        if args.csv:
+            write_rows(args.csv, result.summary())
+    except (DataError, ValueError, OSError) as exc:  # OSError: an output that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"blood-pool mean intensity {result.blood_pool_mean:.4g}")
-    return report(result.summary(), args.csv, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis "
+    return report(result.summary(), lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis "
                   f"{row['fibrosis_percent']:5.1f} %  dense scar {row['dense_scar_percent']:5.1f} %  "
                   f"mean IIR {row['mean_iir']:.2f}")
 

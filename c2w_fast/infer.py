@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from c2w_fast.data.io import check_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
 from c2w_fast.ops._arrays import as_tensor
@@ -398,7 +399,7 @@ def locate_stage(recorded: str, key: str, run_dir: Path | None) -> Path:
         if sibling.exists():
             return sibling
         tried.append(str(sibling))
-    where = f" (recorded in {run_dir / 'config.toml'})" if run_dir is not None else ""
+    where = f" (in the config saved with {run_dir})" if run_dir is not None else ""
     raise FileNotFoundError(f"{key} = {recorded!r}{where}: no such run folder or checkpoint; looked for "
                             f"{' and '.join(tried)}")
 
@@ -423,11 +424,17 @@ class StageLoader:
     loaded and run once per case.
     """
 
-    def __init__(self, device="cpu", options: InferenceOptions = InferenceOptions(), timer: PhaseTimer = NO_TIMER):
+    def __init__(self, device="cpu", options: InferenceOptions = InferenceOptions(), timer: PhaseTimer = NO_TIMER,
+                 runs: dict[str, Path] | None = None):
         self.device = torch.device(device)
         self.options = options
         self.timer = timer
+        self.runs = dict(runs or {})  # config key -> run folder or checkpoint, in place of the recorded one
         self._stages: dict[Path, Predictor] = {}
+
+    def locate(self, key: str, recorded: str, run_dir: Path | None) -> Path:
+        """The run a helper key names: the one given in ``runs``, else :func:`locate_stage`."""
+        return self.runs[key] if key in self.runs else locate_stage(recorded, key, run_dir)
 
     def load(self, path, fold: str | None = None) -> "Predictor":
         from c2w_fast.training.checkpoint import load_stage
@@ -465,7 +472,18 @@ class StagePipeline:
         return self.loader.timer
 
     def helper(self, key: str, recorded: str) -> "Predictor":
-        return self.loader.load(locate_stage(recorded, key, self.run_dir), self.fold)
+        return self.loader.load(self.loader.locate(key, recorded, self.run_dir), self.fold)
+
+    def load_helpers(self) -> None:
+        """Load every helper stage the config uses, and theirs, so that a missing run is an error
+        before the first case rather than in each one."""
+        c = self.config
+        used = {"data.sdf_from": (c.data.sdf_channel, c.data.sdf_from),
+                "roi.localizer": (bool(c.roi.size) and c.roi.center != "ground_truth", c.roi.localizer),
+                "cascade.stage1": (c.loss.region_mask and c.cascade.mask_source != "ground_truth", c.cascade.stage1)}
+        for key, (needed, recorded) in used.items():
+            if needed:
+                self.helper(key, recorded).pipeline.load_helpers()
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -484,7 +502,15 @@ class StagePipeline:
         return resampled_shape(shape, spacing, target), target
 
     def _image(self, image) -> torch.Tensor:
-        return as_tensor(image).to(self.device).float()
+        """``image`` as a float32 tensor on the device; a clear error for a non-3D or non-finite image."""
+        x = as_tensor(image)
+        if x.ndim != 3:
+            raise ValueError(f"image must be 3D (z, y, x), got shape {tuple(x.shape)}")
+        x = x.to(self.device).float()
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"image has {bad} NaN/inf voxels; a network would turn them into an empty prediction")
+        return x
 
     def input_channels(self, image, spacing, labels=None):
         """(C, D, H, W) float32 network input in the stage grid: z-scored image (+ signed-distance channel)."""
@@ -603,16 +629,17 @@ class Predictor:
         ``spacing`` (mm); ``labels`` are needed only by the oracle settings. The last case's
         result is reused when the same image object is asked for again."""
         last = self._last
-        if last is not None and last[0] is image and last[1] == tuple(spacing) and last[2] is labels \
+        spacing = check_spacing(spacing)
+        if last is not None and last[0] is image and last[1] == spacing and last[2] is labels \
                 and (last[3] or not probabilities):
             return last[4]
         x = self.pipeline._image(image)
-        logits = self._logits(x, tuple(spacing), labels)
+        logits = self._logits(x, spacing, labels)
         with self.loader.timer.phase("postprocess"):
             out = logits.argmax(0).to(torch.uint8)
             probs = torch.softmax(logits, 0) if probabilities else None
             del logits
-            region = self.pipeline.region(x, tuple(spacing), labels)
+            region = self.pipeline.region(x, spacing, labels)
             if region is not None:
                 out[~region] = 0
                 if probs is not None:
@@ -621,12 +648,12 @@ class Predictor:
             if self.config.eval.keep_largest:
                 out = keep_largest_per_class(out, self.config.num_classes)
         result = StagePrediction(out, probs)
-        self._last = (image, tuple(spacing), labels, probabilities, result)
+        self._last = (image, spacing, labels, probabilities, result)
         return result
 
     def logits(self, image, spacing, labels=None):
         """(K, D, H, W) float32 logits in the native grid of ``image`` (z, y, x) with ``spacing`` (mm)."""
-        out = self._logits(self.pipeline._image(image), tuple(spacing), labels)
+        out = self._logits(self.pipeline._image(image), check_spacing(spacing), labels)
         return out.cpu().numpy() if isinstance(image, np.ndarray) else out
 
     def predict(self, image, spacing, labels=None):

@@ -25,8 +25,10 @@ stage          pipeline                                                         
 
 A recorded run is looked for where the config says (absolute, or relative to the working
 directory), then next to the run folder under the same name — so a folder of runs
-trained together (``runs/demo/{localizer,cavity,wall}``) can be moved as a whole. Helper
-stages use the same fold as the named run when they have it, else ``final``.
+trained together (``runs/demo/{localizer,cavity,wall}``) can be moved as a whole;
+``--use KEY=PATH`` (``run.init_from``, ``roi.localizer``, ``cascade.stage1``,
+``data.sdf_from``) points one elsewhere. Every helper run is loaded before the first case.
+Helper stages use the same fold as the named run when they have it, else ``final``.
 
 **Inputs.** ``--in`` is a NIfTI/NRRD file, a dataset folder in a known layout (LASC 2018,
 MBAS, nnU-Net; labels not needed) or a folder of image files (label-like names such as
@@ -39,7 +41,8 @@ spacing, origin and direction (a NIfTI output keeps the input's qform/sform exac
 ``--probabilities DIR``: ``DIR/<case>_<class>.nii.gz`` float32 softmax per foreground
 class; ``--thickness DIR``: ``DIR/<case>.nii.gz`` wall thickness in mm
 (:mod:`c2w_fast.thickness`) and ``DIR/<case>.csv`` its summary, when the pipeline
-predicts a wall and a cavity. A case that fails (unreadable, not 3D, out of memory, not
+predicts a wall and a cavity (a case with no wall or no cavity gets its label map and a
+note instead). A case that fails (unreadable, not 3D, NaN voxels, out of memory, not
 writable) is reported and the others are still written. Cases are read one ahead and
 written behind in I/O threads while the current one runs (``--timings`` runs them one step
 after the other to time each phase).
@@ -65,8 +68,8 @@ from c2w_fast.data.layouts import CANONICAL_LABELS, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError
 from c2w_fast.evaluate import case_id as label_file_id
-from c2w_fast.infer import (NO_TIMER, InferenceError, InferenceOptions, PhaseTimer, Predictor, StageLoader,
-                            check_precision, locate_stage, resolve_device)
+from c2w_fast.infer import (NO_TIMER, InferenceOptions, PhaseTimer, Predictor, StageLoader,
+                            check_precision, resolve_device)
 from c2w_fast.regions import write_rows
 from c2w_fast.training.checkpoint import CheckpointError
 
@@ -113,6 +116,11 @@ class Pipeline:
     timer: PhaseTimer = NO_TIMER
 
     @property
+    def predicts_wall_and_cavity(self) -> bool:
+        codes = {code for stage in self.stages for code in stage.codes.values()}
+        return CANONICAL_LABELS["wall"] in codes and CANONICAL_LABELS["LA"] in codes
+
+    @property
     def description(self) -> str:
         return " + ".join(f"{s.name} → {', '.join(f'{n}={c}' for n, c in zip(s.class_names, s.codes.values()))}"
                           for s in self.stages)
@@ -139,12 +147,14 @@ class Pipeline:
 
 
 def load_pipeline(model, *, fold: str | None = None, device="cpu", options: InferenceOptions = InferenceOptions(),
-                  timer: PhaseTimer = NO_TIMER, cavity: bool = True) -> Pipeline:
-    """The pipeline ``model`` (run folder or checkpoint) names; see the module docstring.
+                  timer: PhaseTimer = NO_TIMER, cavity: bool = True, runs: dict[str, Path] | None = None) -> Pipeline:
+    """The pipeline ``model`` (run folder or checkpoint) names, with every helper stage loaded;
+    see the module docstring. ``runs`` maps a config key (``run.init_from``, ``roi.localizer``,
+    ``cascade.stage1``, ``data.sdf_from``) to the run to use in place of the recorded one.
 
     Raises :class:`ModelError` naming the folder or file when it holds no usable stage.
     """
-    loader = StageLoader(device, options, timer)
+    loader = StageLoader(device, options, timer, runs)
     if fold and Path(model).is_dir() and not (Path(model) / fold / "checkpoint_best.pt").is_file():
         trained = sorted(p.parent.name for p in Path(model).glob("*/checkpoint_best.pt")) or ["none"]
         raise ModelError(f"{model}: no {fold}/checkpoint_best.pt; trained folds: {', '.join(trained)}")
@@ -153,16 +163,20 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
         config = named.config
         stages = [Stage(config.run.stage, named, canonical_codes(config.data.target))]
         if config.run.stage == "wall" and cavity:
-            if not config.run.init_from:
+            if not config.run.init_from and "run.init_from" not in loader.runs:
                 raise ModelError(f"{model}: the wall run records no cavity run (run.init_from); "
                                  f"predict the wall alone with --no-cavity")
-            path = locate_stage(config.run.init_from, "run.init_from", named.pipeline.run_dir)
+            path = loader.locate("run.init_from", config.run.init_from, named.pipeline.run_dir)
             cavity_stage = loader.load(path, named.pipeline.fold)
             if cavity_stage.config.data.target != "la_cavity":
                 raise ModelError(f"{path}: run.init_from of {model} is a {cavity_stage.config.data.target!r} stage, "
                                  f"not an LA-cavity one; use --no-cavity")
             stages.insert(0, Stage("cavity", cavity_stage, canonical_codes("la_cavity")))
-    except (FileNotFoundError, CheckpointError) as exc:
+        for stage in stages:
+            stage.predictor.pipeline.load_helpers()
+    except FileNotFoundError as exc:
+        raise ModelError(f"{exc}; --use KEY=PATH points a recorded run elsewhere") from None
+    except CheckpointError as exc:
         raise ModelError(str(exc)) from None
     return Pipeline(stages, loader.device, timer)
 
@@ -190,7 +204,8 @@ def find_inputs(path) -> list[tuple[str, Path]]:
     except DataError:  # not a dataset layout: the image files in the folder itself
         extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
         found = sorted((image_id(p), p) for p in path.iterdir()
-                       if p.is_file() and p.name.lower().endswith(extensions) and not label_file_id(p)[1])
+                       if (p.is_file() or p.is_symlink())  # a broken link fails as its case, not silently
+                       and p.name.lower().endswith(extensions) and not label_file_id(p)[1])
     if not found:
         raise DataError(path, "no NIfTI/NRRD images found (.nii, .nii.gz, .nrrd, .nhdr)")
     ids = [i for i, _ in found]
@@ -233,8 +248,13 @@ def case_outputs(volume: Volume, case: str, prediction: CasePrediction, out: Pat
         labels = torch.from_numpy(prediction.labels).to(device)
         wall = labels == CANONICAL_LABELS["wall"]
         cavity = (labels == CANONICAL_LABELS["RA"]) | (labels == CANONICAL_LABELS["LA"])
-        if wall.any() and cavity.any():
-            result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=labels == CANONICAL_LABELS["LA"])
+        la = labels == CANONICAL_LABELS["LA"]
+        missing = [name for name, mask in (("wall", wall), ("cavity", cavity), ("LA", la)) if not mask.any()]
+        if missing:  # the label map is still written
+            tqdm.write(f"note: {case}: no thickness map, the prediction has no {' and no '.join(missing)}",
+                       file=sys.stderr)
+        else:
+            result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=la)
             outputs.arrays[output_path(thickness_dir, case, volume.path)] = result.thickness.cpu().numpy()
             outputs.tables[Path(thickness_dir) / f"{case}.csv"] = [{"case": case, **row} for row in result.summary()]
     return outputs
@@ -259,7 +279,7 @@ def _problem(exc: Exception) -> str:
     return str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
 
 
-CASE_ERRORS = (DataError, ValueError, InferenceError, RuntimeError, OSError)
+CASE_ERRORS = (Exception,)  # whatever goes wrong with one case, the others are still predicted
 
 
 def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, *,
@@ -311,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="inputs", required=True, type=Path, help="image file, dataset folder or image folder")
     p.add_argument("--out", required=True, type=Path, help="folder for the label maps (created)")
     p.add_argument("--fold", help="fold folder of the run to use (e.g. fold_0); default final")
+    p.add_argument("--use", action="append", default=[], metavar="KEY=PATH",
+                   help="use this run folder or checkpoint for a helper stage instead of the one its config "
+                        "records (KEY: run.init_from, roi.localizer, cascade.stage1, data.sdf_from); repeatable")
     p.add_argument("--no-cavity", action="store_true", help="C2W wall run: predict the wall only, without the cavity")
     p.add_argument("--overlap", type=float,
                    help="sliding-window overlap in [0, 1): 0.5 nnU-Net's default, 0 the fast mode (stride 1.0); "
@@ -342,6 +365,34 @@ def _options(args) -> InferenceOptions:
                             batch_size=args.batch_size, mirror_axes=mirror, cuda_graph=args.cuda_graph)
 
 
+HELPER_KEYS = ("run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
+
+
+def _helper_runs(pairs: list[str]) -> dict[str, Path]:
+    runs = {}
+    for pair in pairs:
+        key, _, path = pair.partition("=")
+        if key not in HELPER_KEYS or not path:
+            raise ModelError(f"--use takes KEY=PATH with KEY one of {', '.join(HELPER_KEYS)}, got {pair!r}")
+        runs[key] = Path(path)
+    return runs
+
+
+def _output_folders(args) -> None:
+    """Create the output folders before any case runs; refuse a thickness folder that would
+    overwrite the label maps (both are named ``<case>.nii.gz``)."""
+    if args.thickness is not None and args.thickness.resolve() == args.out.resolve():
+        raise ModelError(f"--thickness {args.thickness} is the --out folder; thickness maps would overwrite "
+                         "the label maps (both are <case>.nii.gz): give it a folder of its own")
+    for option, folder in (("--out", args.out), ("--probabilities", args.probabilities),
+                           ("--thickness", args.thickness)):
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ModelError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     timer = PhaseTimer(enabled=args.timings)
@@ -349,10 +400,14 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         cases = find_inputs(args.inputs)
         pipeline = load_pipeline(args.model, fold=args.fold, device=device, options=_options(args), timer=timer,
-                                 cavity=not args.no_cavity)
+                                 cavity=not args.no_cavity, runs=_helper_runs(args.use))
+        _output_folders(args)
     except (ModelError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.thickness is not None and not pipeline.predicts_wall_and_cavity:
+        print("note: --thickness needs a wall and a cavity; this pipeline predicts "
+              f"{pipeline.description}, so no thickness maps are written", file=sys.stderr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every window has the same shape
     print(f"{len(cases)} case(s), {pipeline.description}, on {device}", file=sys.stderr)

@@ -113,10 +113,8 @@ def write_rows(path, rows: list[dict]) -> Path:
     return path
 
 
-def report(rows: list[dict], csv_path, describe) -> int:
-    """A CLI's end: ``rows`` to ``csv_path`` (when given), ``describe(row)`` printed per row; exit status 0."""
-    if csv_path:
-        write_rows(csv_path, rows)
+def report(rows: list[dict], describe) -> int:
+    """A CLI's end: ``describe(row)`` printed per row; exit status 0."""
     for row in rows:
         print(describe(row))
     return 0
@@ -151,6 +149,17 @@ def _select(volume: Volume, values) -> np.ndarray:
     return volume.array != 0 if values is None else np.isin(volume.array, values)
 
 
+def check_same_grid(volume: Volume, reference: Volume, name: str, reference_name: str) -> None:
+    """A DataError naming ``volume``'s file unless it lies on ``reference``'s grid (shape, and the
+    affine within 0.01 mm): same shape alone is not enough, a flipped or shifted file would be misread."""
+    if volume.shape != reference.shape or not np.allclose(volume.affine, reference.affine, rtol=0, atol=1e-2):
+        raise DataError(volume.path, f"{name} grid (shape {volume.shape}, spacing {volume.spacing} mm, origin "
+                                     f"{volume.origin}, direction {volume.direction.round(4).tolist()}) differs from "
+                                     f"the {reference_name}'s (shape {reference.shape}, spacing {reference.spacing} "
+                                     f"mm, origin {reference.origin}, direction "
+                                     f"{reference.direction.round(4).tolist()}; {reference.path})")
+
+
 def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None) -> WallMasks:
     """Wall, cavity and LA masks from label files (module docstring); DataError for a bad file or grid."""
     wall_volume = read_volume(wall_path)
@@ -159,10 +168,7 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     if same:
         wall_values = wall_values or (CANONICAL_LABELS["wall"],)
         cavity_values = cavity_values or (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"])
-    if cavity_volume.shape != wall_volume.shape or not np.allclose(cavity_volume.affine, wall_volume.affine,
-                                                                   rtol=0, atol=1e-2):
-        raise DataError(cavity_path, f"cavity grid {cavity_volume.shape} / {cavity_volume.spacing} mm differs from "
-                                     f"the wall's {wall_volume.shape} / {wall_volume.spacing} mm ({wall_path})")
+    check_same_grid(cavity_volume, wall_volume, "cavity", "wall")
     wall = _select(wall_volume, wall_values)
     cavity = _select(cavity_volume, cavity_values) & ~wall
     if not wall.any():

@@ -42,7 +42,7 @@ import torch
 from c2w_fast.data.io import write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import bounding_box, distance_transform
-from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report
+from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report, write_rows
 
 
 def face_distance(wall: torch.Tensor, other: torch.Tensor, spacing) -> torch.Tensor:
@@ -117,10 +117,12 @@ def main(argv=None) -> int:
         masks, on_device = masks_from_arguments(args)
         result = wall_thickness(**on_device, affine=masks.grid.affine)
         write_volume(args.out, result.thickness.cpu().numpy(), like=masks.grid)
-    except (DataError, ValueError) as exc:
+        if args.csv:
+            write_rows(args.csv, result.summary())
+    except (DataError, ValueError, OSError) as exc:  # OSError: an output that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return report(result.summary(), args.csv, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  mean "
+    return report(result.summary(), lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  mean "
                   f"{row['mean_mm']:.2f}  median {row['median_mm']:.2f}  p95 {row['p95_mm']:.2f} mm")
 
 

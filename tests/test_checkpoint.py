@@ -68,3 +68,13 @@ def test_unreadable_and_foreign_files(tmp_path):
         checkpoint.load(tmp_path / "other.pt")
     with pytest.raises(checkpoint.CheckpointError, match="missing.pt: checkpoint not found"):
         checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_weights_that_disagree_with_the_recorded_architecture_are_a_clear_error(tmp_path):
+    model, path = _save(tmp_path, _config())
+    payload = checkpoint.load(path)
+    name = next(iter(payload["model"]))
+    del payload["model"][name]
+    checkpoint.save(path, payload)
+    with pytest.raises(checkpoint.CheckpointError, match=f"cavity.pt: its weights do not fit .*{name}"):
+        checkpoint.load_model(path)

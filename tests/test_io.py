@@ -65,7 +65,13 @@ def test_nrrd_lps_space_is_converted_to_ras(tmp_path):
 
 def test_nrrd_with_only_spacings_and_with_none(tmp_path):
     nrrd.write(str(tmp_path / "s.nrrd"), np.zeros((2, 3, 4), np.uint8), {"spacings": [0.6, 0.7, 2.0]})
-    assert read_volume(tmp_path / "s.nrrd").spacing == pytest.approx((2.0, 0.7, 0.6))
+    volume = read_volume(tmp_path / "s.nrrd")
+    assert volume.spacing == pytest.approx((2.0, 0.7, 0.6))
+    # as ITK reads it: file axes i, j, k along L, P, S; written back, the directions are the identity in LPS
+    np.testing.assert_allclose(volume.direction, [[0, 0, -1], [0, -1, 0], [1, 0, 0]])
+    _, header = nrrd.read(str(write_volume(tmp_path / "out.nrrd", volume.array, like=volume)))
+    assert header["space"] == "left-posterior-superior"
+    np.testing.assert_allclose(header["space directions"], np.diag([0.6, 0.7, 2.0]))
     nrrd.write(str(tmp_path / "n.nrrd"), np.zeros((2, 3, 4), np.uint8))
     with pytest.raises(DataError, match="spacing unknown"):
         read_volume(tmp_path / "n.nrrd")
@@ -89,3 +95,36 @@ def test_write_checks_its_arguments(tmp_path):
         write_volume(tmp_path / "x.png", np.zeros((2, 2, 2)), np.eye(4))
     with pytest.raises(ValueError, match=r"spacing must have 3 positive values \(z, y, x\) in mm, got \(0.625, 0.625\)"):
         affine_from_spacing((0.625, 0.625))
+
+
+def test_big_endian_files_come_back_in_native_byte_order(tmp_path, rng):
+    array = rng.integers(-500, 500, (4, 3, 2)).astype(">i2")  # file order (x, y, z)
+    header = nib.Nifti1Header(endianness=">")
+    nib.save(nib.Nifti1Image(array, np.eye(4), header=header), str(tmp_path / "be.nii.gz"))
+    nrrd.write(str(tmp_path / "be.nrrd"), array, {"spacings": [1.0, 1.0, 1.0], "endian": "big"})
+    for name in ("be.nii.gz", "be.nrrd"):
+        volume = read_volume(tmp_path / name)
+        assert volume.array.dtype.isnative
+        np.testing.assert_array_equal(volume.array, array.transpose(2, 1, 0))
+
+
+def test_rgb_voxels_and_a_zero_voxel_size_are_refused(tmp_path):
+    rgb = np.zeros((4, 3, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
+    with pytest.raises(DataError, match="rgb.nii.gz: voxels of type .* are not a scalar image"):
+        read_volume(tmp_path / "rgb.nii.gz")
+    flat = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)
+    flat.header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=2)  # a z column of zeros
+    nib.save(flat, str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(DataError, match="flat.nii.gz: the header's geometry is unusable"):
+        read_volume(tmp_path / "flat.nii.gz")
+
+
+@pytest.mark.parametrize("unit, factor", [("meter", 1000.0), ("micron", 1e-3), ("mm", 1.0), ("unknown", 1.0)])
+def test_nifti_spatial_units_are_converted_to_mm(tmp_path, unit, factor):
+    image = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), np.diag([0.5, 0.7, 2.5, 1.0]))
+    image.header.set_xyzt_units(xyz=unit)
+    nib.save(image, str(tmp_path / "u.nii.gz"))
+    volume = read_volume(tmp_path / "u.nii.gz")
+    np.testing.assert_allclose(volume.spacing, np.array([2.5, 0.7, 0.5]) * factor)
+    assert read_header(tmp_path / "u.nii.gz")[1] == pytest.approx(volume.spacing)

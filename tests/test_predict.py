@@ -209,8 +209,30 @@ def test_a_wall_run_whose_cavity_run_is_gone(c2w, tmp_path, capsys):
     assert predict.main(args) == 2
     err = capsys.readouterr().err
     assert f"run.init_from = '{tmp_path / 'elsewhere' / 'c2w_cavity'}'" in err and "no such run folder" in err
+    assert "--use KEY=PATH" in err
     assert predict.main(args + ["--no-cavity"]) == 0
     assert set(np.unique(read_volume(tmp_path / "o" / "lgemri.nrrd").array)) <= {0, 1}
+    assert predict.main(args + ["--use", f"run.init_from={runs / 'cavity'}", "--out", str(tmp_path / "o2")]) == 0
+    assert set(np.unique(read_volume(tmp_path / "o2" / "lgemri.nrrd").array)) <= {0, 1, 3}
+    assert predict.main(args + ["--use", "roi.nothing=x"]) == 2
+    assert "--use takes KEY=PATH with KEY one of run.init_from" in capsys.readouterr().err
+
+
+def test_a_missing_localizer_run_is_an_error_before_any_case(c2w, tmp_path, capsys):
+    data, runs = c2w
+    payload = checkpoint.load(runs / "cavity" / "final" / "checkpoint_best.pt")
+    payload["config"]["roi"]["localizer"] = str(tmp_path / "gone" / "loc")
+    (tmp_path / "cavity" / "final").mkdir(parents=True)
+    checkpoint.save(tmp_path / "cavity" / "final" / "checkpoint_best.pt",
+                    {k: v for k, v in payload.items() if k != "format"})
+    args = ["--model", str(tmp_path / "cavity"), "--in", str(data), "--out", str(tmp_path / "o")]
+    assert predict.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"roi.localizer = '{tmp_path / 'gone' / 'loc'}'" in err and "failed" not in err
+    assert not (tmp_path / "o").exists()
+    case = str(data / "phantom001" / "lgemri.nrrd")
+    assert predict.main(args[:2] + ["--in", case, "--out", str(tmp_path / "o"),
+                                    "--use", f"roi.localizer={runs / 'localizer'}"]) == 0
 
 
 def test_recorded_runs_are_found_as_written_or_next_to_the_run(tmp_path):
@@ -236,22 +258,43 @@ def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, ca
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.int16), np.eye(4)), folder / "fourd.nii.gz")
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     (folder / "broken_gt.nii.gz").write_bytes(b"skipped: a label file name")
+    rgb = np.zeros((4, 3, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), folder / "colour.nii.gz")
+    with_nan = good.array.astype(np.float32)
+    with_nan[0, 0, 0] = np.nan
+    write_volume(folder / "nan.nii.gz", with_nan, like=good)
+    (folder / "dangling.nii.gz").symlink_to(tmp_path / "deleted.nii.gz")
     assert predict.main(["--model", str(runs / "wall"), "--in", str(folder), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "wrote 2 of 4 case(s)" in err
+    assert "wrote 2 of 7 case(s)" in err
     assert "failed fourd: " in err and "expected a 3D image" in err
     assert "failed broken: " in err and "cannot read NIFTI file" in err
+    assert "failed colour: " in err and "not a scalar image" in err
+    assert "failed nan: " in err and "image has 1 NaN/inf voxels" in err
+    assert "failed dangling: " in err and "file not found" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "tiny.nii.gz"]
     assert read_volume(tmp_path / "out" / "tiny.nii.gz").shape == (6, 10, 12)
 
 
-def test_an_output_folder_that_cannot_be_written_fails_every_case(c2w, tmp_path, capsys):
+def test_output_folders_are_checked_before_any_case_runs(c2w, tmp_path, capsys):
     data, runs = c2w
     (tmp_path / "taken").write_text("a file where the output folder should go")
-    args = ["--model", str(runs / "wall"), "--in", str(data), "--out", str(tmp_path / "taken" / "preds")]
-    assert predict.main(args) == 1
-    err = capsys.readouterr().err
-    assert "wrote 0 of 6 case(s)" in err and err.count("failed phantom") == 6
+    base = ["--model", str(runs / "wall"), "--in", str(data)]
+    assert predict.main(base + ["--out", str(tmp_path / "taken" / "preds")]) == 2
+    assert f"--out {tmp_path / 'taken' / 'preds'}: cannot create the folder" in capsys.readouterr().err
+    assert predict.main(base + ["--out", str(tmp_path / "o"), "--thickness", str(tmp_path / "o")]) == 2
+    assert "thickness maps would overwrite the label maps" in capsys.readouterr().err
+
+
+def test_a_prediction_without_a_cavity_keeps_its_label_map_and_notes_the_missing_thickness(tmp_path, capsys):
+    labels = np.zeros((6, 8, 8), np.uint8)
+    labels[2:4, 2:6, 2:6] = 1  # wall
+    labels[2:4, 3:5, 3:5] = 2  # RA, but no LA
+    volume = read_volume(write_volume(tmp_path / "case.nii.gz", labels, affine_from_spacing((2.0, 1.0, 1.0))))
+    outputs = predict.case_outputs(volume, "case", predict.CasePrediction(labels), tmp_path / "out",
+                                   thickness_dir=tmp_path / "thickness")
+    assert list(outputs.arrays) == [tmp_path / "out" / "case.nii.gz"] and not outputs.tables
+    assert "note: case: no thickness map, the prediction has no LA" in capsys.readouterr().err
 
 
 def test_inputs_and_options_are_checked(c2w, tmp_path, capsys):

@@ -28,6 +28,8 @@ NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # (z, y, x) index <-> file (i, j, k) = (x, y, z) index: reverse the three axes.
 _REVERSE_AXES = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# NIfTI's spatial unit code; "unknown" is read as mm, as every viewer does
+_NIFTI_UNITS_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
 _NRRD_SPACES_TO_RAS = {
     "right-anterior-superior": np.eye(4), "RAS": np.eye(4),
     "left-posterior-superior": _LPS_TO_RAS, "LPS": _LPS_TO_RAS,
@@ -118,7 +120,19 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
         raise DataError(path, f"cannot read {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
     if array.ndim != 3:
         raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape}")
-    return Volume(np.ascontiguousarray(array), affine, path, header)
+    if array.dtype.kind not in "biuf":
+        raise DataError(path, f"voxels of type {array.dtype} (e.g. RGB) are not a scalar image; expected "
+                              "integer, float or boolean voxels")
+    _check_geometry(path, affine)
+    # big-endian files come back in native byte order, which torch and the extensions need
+    return Volume(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")), affine, path, header)
+
+
+def _check_geometry(path: Path, affine: np.ndarray) -> None:
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not (np.all(np.isfinite(affine)) and np.all(spacing > 0)):
+        raise DataError(path, f"the header's geometry is unusable (voxel size {tuple(spacing.round(6))[::-1]} mm, "
+                              f"x/y/z); every axis needs a finite size > 0")
 
 
 def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[float, float, float]]:
@@ -130,9 +144,9 @@ def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[fl
     try:
         if fmt == "nifti":
             import nibabel as nib
-            header = nib.load(str(path)).header
-            shape = _squeeze_trailing(tuple(int(s) for s in header.get_data_shape()))[::-1]
-            spacing = tuple(float(s) for s in header.get_zooms()[:3])[::-1]
+            image = nib.load(str(path))
+            shape = _squeeze_trailing(tuple(int(s) for s in image.header.get_data_shape()))[::-1]
+            spacing = tuple(float(s) for s in np.linalg.norm(_nifti_affine(image)[:3, :3], axis=0))
         else:
             import nrrd
             header = nrrd.read_header(str(path))
@@ -190,7 +204,13 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     array = array.reshape(_squeeze_trailing(array.shape))
     if array.ndim != 3:
         raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape} in file order")
-    return array.transpose(2, 1, 0), image.affine @ _REVERSE_AXES, image.header
+    return array.transpose(2, 1, 0), _nifti_affine(image), image.header
+
+
+def _nifti_affine(image) -> np.ndarray:
+    """(z, y, x)-index RAS affine in mm of a nibabel image (its header's spatial unit applied)."""
+    to_mm = _NIFTI_UNITS_TO_MM.get(image.header.get_xyzt_units()[0], 1.0)
+    return np.diag([to_mm, to_mm, to_mm, 1.0]) @ image.affine @ _REVERSE_AXES
 
 
 def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, like_header=None) -> None:
@@ -230,10 +250,15 @@ def _nrrd_affine(header: dict, path: Path, assume_spacing) -> np.ndarray:
         affine[:3, 3] = origin
         affine = _NRRD_SPACES_TO_RAS[space] @ affine
         return affine @ _REVERSE_AXES
-    if "spacings" in header and np.all(np.isfinite(np.asarray(header["spacings"], dtype=float))):
-        return affine_from_spacing(tuple(float(s) for s in header["spacings"])[::-1])
+    # Without directions, ITK and Slicer place file axes i, j, k along L, P, S; so do we.
+    if "spacings" in header:
+        spacings = np.asarray(header["spacings"], dtype=float)
+        if not np.all(np.isfinite(spacings)):
+            raise DataError(path, f"NRRD 'spacings' {list(spacings)} are not all finite and there are no "
+                                  "'space directions'; spacing unknown")
+        return _LPS_TO_RAS @ affine_from_spacing(tuple(spacings)[::-1])
     if assume_spacing is not None:
-        return affine_from_spacing(assume_spacing)
+        return _LPS_TO_RAS @ affine_from_spacing(assume_spacing)
     raise DataError(path, "NRRD header has neither 'space directions' nor 'spacings'; spacing unknown")
 
 

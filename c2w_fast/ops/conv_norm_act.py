@@ -115,10 +115,13 @@ class _FusedConvNormAct(torch.autograd.Function):
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None (also for devices without autocast, e.g. meta)."""
     try:
         enabled = torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 knows only the CUDA autocast here
         return torch.get_autocast_gpu_dtype() if device_type == "cuda" and torch.is_autocast_enabled() else None
+    except RuntimeError:  # a device type autocast does not know
+        return None
     return torch.get_autocast_dtype(device_type) if enabled else None
 
 

@@ -77,9 +77,19 @@ def load_stage(path) -> tuple[UNet, Config, tuple[float, float, float] | None]:
     config = from_dict(payload["config"], source=str(path))
     model = build_from_config(config)
     check_architecture(model, payload["architecture"], path)
-    model.load_state_dict(payload["model"])
+    load_weights(model, payload["model"], path)
     spacing = payload.get("spacing")
     return model, config, None if spacing is None else tuple(float(s) for s in spacing)
+
+
+def load_weights(model: UNet, state: dict, path) -> None:
+    """``model.load_state_dict(state)``, with a CheckpointError naming ``path`` when the weights do
+    not fit (a damaged or hand-edited checkpoint whose weights disagree with its recorded architecture)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        details = str(exc).replace("\n", " ").replace("\t", "")
+        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({details})") from None
 
 
 def _differences(ours: dict, theirs: dict) -> list[str]:

@@ -73,7 +73,7 @@ class Trainer:
             latest = self.folder / "checkpoint_latest.pt"
             saved = checkpoint.load(latest)
             checkpoint.check_architecture(self.model, saved["architecture"], latest)
-            self.model.load_state_dict(saved["model"])
+            checkpoint.load_weights(self.model, saved["model"], latest)
             self.state = saved["trainer"]
         elif config.run.init_from:
             path = resolve_checkpoint(config.run.init_from, self.folder.name)
