@@ -268,6 +268,8 @@ def load(path, overrides: list[str] = ()) -> Config:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file
+        raise ConfigError(f"{path}: cannot read the config file ({getattr(exc, 'strerror', None) or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     for item in overrides:
@@ -318,13 +320,47 @@ def _range(values, where: str, low: float = -math.inf) -> None:
         raise ConfigError(f"{where} must be [min, max] with {low} <= min <= max, got {values}")
 
 
+# Numeric bounds: key -> (lowest, highest, whether the lowest is excluded); None = unbounded.
+BOUNDS = {
+    "data.sdf_scale_mm": (0, None, True),
+    "optim.lr": (0, None, True), "optim.weight_decay": (0, None, False), "optim.momentum": (0, 1, False),
+    "optim.grad_clip": (0, None, False),
+    "schedule.warmup_epochs": (0, None, False), "schedule.min_lr": (0, None, False),
+    "schedule.poly_exponent": (0, None, True),
+    "loss.gamma": (0, None, False), "loss.smooth": (0, None, False),
+    "unfreeze.shallow_stages": (0, None, False),
+    "train.iterations_per_epoch": (0, None, False), "train.early_stopping": (0, None, False),
+    "train.early_stopping_from": (0, None, False), "train.val_patches": (1, None, False),
+    "train.num_workers": (0, None, False), "train.prefetch": (1, None, False),
+    "cascade.dilation_radius": (0, None, False),
+    "eval.tolerance_mm": (0, None, True), "eval.step": (0, 1, True),
+}
+
+
+def _check_bounds(config: Config) -> None:
+    for key, (low, high, low_open) in BOUNDS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        above = value > low if low_open else value >= low
+        if not (math.isfinite(value) and above and (high is None or value <= high)):
+            interval = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+            raise ConfigError(f"{key} must be in {interval}, got {value}")
+    optim, schedule = config.optim, config.schedule
+    if not all(0 <= b < 1 for b in optim.betas):
+        raise ConfigError(f"optim.betas must be two values in [0, 1), got {optim.betas}")
+    if any(not (math.isfinite(v) and v > 0) for v in schedule.restart_lr):
+        raise ConfigError(f"schedule.restart_lr must be positive learning rates, got {schedule.restart_lr}")
+
+
 def check(config: Config) -> None:
     """Cross-field checks of values whose types are already right; a ConfigError on the first problem."""
+    from c2w_fast.data.layouts import LAYOUTS
     from c2w_fast.models import ARCHITECTURES, INITS, build_spec
 
     run, data, train, aug = config.run, config.data, config.train, config.augment
     _choice(run.stage, STAGES, "run.stage")
     _choice(run.device, ("auto", "cpu", "cuda"), "run.device")
+    _choice(data.layout, ("auto", *LAYOUTS), "data.layout")
     _choice(data.target, tuple(TARGET_CLASSES), "data.target")
     _positive_triple(data.spacing, "data.spacing")
     _positive_triple(config.roi.size, "roi.size")
@@ -350,8 +386,9 @@ def check(config: Config) -> None:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
     if not train.patch_size and not config.roi.size:
         raise ConfigError("train.patch_size is needed when there is no ROI (roi.size = [])")
-    if config.optim.lr <= 0 or len(config.optim.betas) != 2:
-        raise ConfigError(f"optim.lr must be > 0 and optim.betas 2 values, got {config.optim.lr}, {config.optim.betas}")
+    if len(config.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must be 2 values, got {config.optim.betas}")
+    _check_bounds(config)
     if len(config.schedule.restarts) != len(config.schedule.restart_lr):
         raise ConfigError(f"schedule.restarts and schedule.restart_lr need one LR per restart, got "
                           f"{config.schedule.restarts} and {config.schedule.restart_lr}")
@@ -389,6 +426,18 @@ def check(config: Config) -> None:
                           "(the stage-1 run folder)")
     if data.sdf_channel and not data.sdf_from:
         raise ConfigError("data.sdf_channel needs data.sdf_from (the cavity run whose prediction gives the distance)")
+
+
+# Keys ``--resume`` may change (``--epochs``, ``--device``); every other value is the run's own.
+RESUMABLE_KEYS = ("train.epochs", "run.device")
+
+
+def differences(old: Config, new: Config, ignore=()) -> list[str]:
+    """``section.key: old -> new`` for every value that differs, leaving out the keys in ``ignore``."""
+    a, b = old.to_dict(), new.to_dict()
+    return [f"{section}.{key}: {a[section][key]!r} -> {b[section][key]!r}"
+            for section in a for key in a[section]
+            if f"{section}.{key}" not in ignore and a[section][key] != b[section][key]]
 
 
 # --- writing -------------------------------------------------------------------------

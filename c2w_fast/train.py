@@ -31,7 +31,8 @@ from c2w_fast import config as cfg
 from c2w_fast.errors import DataError
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
-from c2w_fast.training.run import RunError, cases_and_splits, check_helpers, fold_names, train_fold, write_config
+from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, fold_names, plan_folds, train_fold,
+                                   write_config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,28 +68,53 @@ def _config(args) -> cfg.Config:
         return cfg.load(args.out / "config.toml", overrides)
     if args.config is None:
         raise cfg.ConfigError("--config is required (or --resume to continue a run)")
-    return cfg.load(args.config, overrides)
+    return absolute_paths(cfg.load(args.config, overrides))
+
+
+PATH_KEYS = ("data.root", "run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
+
+
+def absolute_paths(config: cfg.Config) -> cfg.Config:
+    """Relative paths of the config made absolute (from the working directory, as this run reads
+    them), so that ``--resume`` and ``predict`` work from any directory."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value and not Path(value).is_absolute():
+            setattr(getattr(config, section), name, str(Path(value).resolve()))
+    return config
+
+
+def _describe(name: str, result: dict) -> str:
+    best = (f"best epoch {result['best_epoch']}" if result["best_epoch"] >= 0
+            else "no validation cases, so checkpoint_best.pt is the last epoch")
+    return f"{name}: {result['epochs']} epochs, {best}, checkpoints in {result['folder']}"
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.out.exists() and not args.out.is_dir():
+            raise RunError(f"--out {args.out} is a file; it must be a run folder (created when missing)")
         config = _config(args)
         processes, device = distributed.setup(config.run.device)
         try:
             cases, splits = cases_and_splits(config, args.out, processes)
             names = fold_names(args.fold, len(splits.folds))
             check_helpers(config, names)
-            if processes.is_main and not args.resume:
-                write_config(config, args.out)
-            for name in names:
-                if args.resume and not (args.out / name / "checkpoint_latest.pt").is_file():
-                    raise RunError(f"{args.out / name}: nothing to resume (no checkpoint_latest.pt)")
+            plan = plan_folds(config, args.out, names, splits, resume=args.resume)
+            if processes.is_main:
+                write_config(config, args.out)  # on --resume with the new --epochs / --device
+            for name, todo in plan.items():
+                if processes.is_main and args.resume and todo != "resume":
+                    print(f"{name}: " + ("finished earlier, skipped" if todo == "finished"
+                                         else "not started yet, trained from the beginning"))
+                if todo == "finished":
+                    continue
                 result = train_fold(config, args.out, name, cases, splits, device=device, processes=processes,
-                                    resume=args.resume)
+                                    resume=todo == "resume")
                 if processes.is_main:
-                    print(f"{name}: {result['epochs']} epochs, best epoch {result['best_epoch']}, "
-                          f"checkpoints in {args.out / name}")
+                    print(_describe(name, result))
         finally:
             distributed.teardown()
     except (cfg.ConfigError, DataError, RunError, CheckpointError, FileNotFoundError) as exc:

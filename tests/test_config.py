@@ -72,6 +72,15 @@ def _load(tmp_path, text, overrides=()):
     ("[train]\nsampling = \"classes\"\nclass_weights = {RA = 1.0}\n",
      r"train.class_weights must give non-negative weights to classes of target 'la_cavity' \(LA\)"),
     ("[train]\nepochs = \n", r"not valid TOML"),
+    ("[eval]\nstep = 0\n", r"eval.step must be in \(0, 1\], got 0.0"),
+    ("[train]\niterations_per_epoch = -2\n", r"train.iterations_per_epoch must be in \[0, inf\)"),
+    ("[optim]\nweight_decay = -1\n", r"optim.weight_decay must be in \[0, inf\)"),
+    ("[optim]\nlr = nan\n", r"optim.lr must be in \(0, inf\), got nan"),
+    ("[optim]\nbetas = [1.5, 0.9]\n", r"optim.betas must be two values in \[0, 1\)"),
+    ("[schedule]\nmin_lr = -1\n", r"schedule.min_lr must be in \[0, inf\)"),
+    ("[train]\nnum_workers = -1\n", r"train.num_workers must be in \[0, inf\)"),
+    ("[train]\nval_patches = 0\n", r"train.val_patches must be in \[1, inf\)"),
+    ("[data]\nlayout = \"foo\"\n", r"data.layout must be one of auto, lasc, mbas, nnunet"),
 ])
 def test_bad_configs_fail_with_the_key_named(tmp_path, text, message):
     with pytest.raises(cfg.ConfigError, match=message):
@@ -87,3 +96,8 @@ def test_set_overrides_parse_toml_values_and_bare_words(tmp_path):
     assert config.train.class_weights == {"LA": 1.0}
     with pytest.raises(cfg.ConfigError, match="expects section.key=value"):
         _load(tmp_path, "", ["epochs=3"])
+
+
+def test_a_folder_given_as_config_is_a_clear_error(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="cannot read the config file"):
+        cfg.load(tmp_path)

@@ -228,3 +228,39 @@ def test_demo_refuses_sizes_it_cannot_split_before_writing_anything(argv, messag
     with pytest.raises(SystemExit):
         demo.main(argv + ["--out", str(tmp_path / "demo")])
     assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+def test_a_run_folder_holds_one_run(lasc, tmp_path, capsys):
+    """A new run never mixes with an earlier one in the same folder; the split settings are recorded."""
+    (tmp_path / "afile").write_text("")
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "afile") == 2
+    assert "is a file; it must be a run folder" in capsys.readouterr().err
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="5") == 2  # leaves splits.json behind
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", items=["data.n_test=1"]) == 2
+    assert "splits.json was made with n_test 2 (config: 1)" in capsys.readouterr().err
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 0
+    assert "no validation cases" not in capsys.readouterr().out
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 2
+    assert "final already trained here; continue with --resume" in capsys.readouterr().err
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", epochs=1, items=["optim.lr=5e-4"]) == 2
+    assert "already holds a run with another config (optim.lr: 0.001 -> 0.0005)" in capsys.readouterr().err
+
+
+def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.chdir(lasc.parent)
+    args = ["--config", str(CONFIGS / "c2w_cavity.toml"), "--data", lasc.name, "--out", str(out), "--fold", "all",
+            "--epochs", "1"] + set_args(TINY)
+    assert train.main(args[:7] + ["0"] + args[8:]) == 0  # as if killed after fold 0
+    saved = cfg.load(out / "config.toml")
+    assert saved.data.root == str(lasc)  # relative --data recorded as an absolute path
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--resume", "--out", str(out), "--fold", "all", "--epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "fold_0: 2 epochs" in printed and "fold_1: not started yet" in printed and "fold_1: 2 epochs" in printed
+    assert cfg.load(out / "config.toml").train.epochs == 2  # --epochs of a resume is the run's from now on
+    assert train.main(["--resume", "--out", str(out), "--fold", "all"]) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    (out / "config.toml").write_text((out / "config.toml").read_text().replace("lr = 0.001", "lr = 0.002"))
+    assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "3"]) == 2
+    assert "differs from the config this checkpoint was trained with (optim.lr" in capsys.readouterr().err

@@ -7,7 +7,7 @@ train/validation split of all development cases for the final retrain (C2W: 100/
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,6 +28,7 @@ class Splits:
     folds: tuple[Fold, ...]
     final: Fold
     seed: int
+    settings: dict | None = field(default=None, compare=False)  # what made them, as recorded in the file
 
     @property
     def development(self) -> tuple[str, ...]:
@@ -88,10 +89,12 @@ def make_splits(case_ids: Sequence[str], *, n_test: int | float = 0.2, n_folds: 
     return Splits(cases_of(test_patients), tuple(folds), final, seed)
 
 
-def save_splits(splits: Splits, path) -> Path:
-    """Write ``splits`` to ``path`` as JSON (written to a temporary file, then renamed)."""
+def save_splits(splits: Splits, path, settings: dict | None = None) -> Path:
+    """Write ``splits`` to ``path`` as JSON (written to a temporary file, then renamed), with the
+    ``settings`` that made them when given, so that a later run can tell whether they still apply."""
     path = Path(path)
     payload = {
+        **({"settings": settings} if settings is not None else {}),
         "seed": splits.seed,
         "test": list(splits.test),
         "folds": [{"train": list(f.train), "val": list(f.val)} for f in splits.folds],
@@ -112,7 +115,8 @@ def load_splits(path, case_ids: Sequence[str] | None = None) -> Splits:
         payload = json.loads(path.read_text())
         folds = tuple(Fold(tuple(f["train"]), tuple(f["val"])) for f in payload["folds"])
         splits = Splits(tuple(payload["test"]), folds,
-                        Fold(tuple(payload["final"]["train"]), tuple(payload["final"]["val"])), int(payload["seed"]))
+                        Fold(tuple(payload["final"]["train"]), tuple(payload["final"]["val"])), int(payload["seed"]),
+                        payload.get("settings"))
     except FileNotFoundError:
         raise DataError(path, "splits file not found") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:

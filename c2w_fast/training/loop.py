@@ -16,6 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from c2w_fast import config as cfg
 from c2w_fast import nn as c2w_nn
 from c2w_fast.config import Config
 from c2w_fast.data.augment import augment_batch
@@ -72,6 +73,12 @@ class Trainer:
         if resume:
             latest = self.folder / "checkpoint_latest.pt"
             saved = checkpoint.load(latest)
+            changed = cfg.differences(cfg.from_dict(saved["config"], source=str(latest)), config,
+                                      ignore=cfg.RESUMABLE_KEYS)
+            if changed:
+                raise checkpoint.CheckpointError(
+                    f"{latest}: the run's config.toml differs from the config this checkpoint was trained with "
+                    f"({'; '.join(changed[:5])}); --resume only continues the same run")
             checkpoint.check_architecture(self.model, saved["architecture"], latest)
             checkpoint.load_weights(self.model, saved["model"], latest)
             self.state = saved["trainer"]

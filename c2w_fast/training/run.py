@@ -67,22 +67,79 @@ def check_helpers(config: cfg.Config, folds: list[str]) -> None:
                     raise RunError(f"{key}: {exc}") from None
 
 
+def split_settings(config: cfg.Config) -> dict:
+    """The config values that decide the splits, recorded in ``splits.json``."""
+    data = config.data
+    return {"n_test": data.n_test, "n_folds": data.n_folds, "final_val": data.final_val, "split_seed": data.split_seed}
+
+
 def cases_and_splits(config: cfg.Config, run_dir: Path, processes: Processes) -> tuple[dict[str, Case], Splits]:
-    """The dataset's cases by id and the run's splits (made and saved on first use, else checked)."""
+    """The dataset's cases by id and the run's splits (made and saved on first use, else checked:
+    splits made by an earlier run with other settings, or of other cases, are an error)."""
     if not config.data.root:
         raise RunError("no dataset: pass --data DIR (or set data.root)")
     cases = {c.id: c for c in discover_cases(config.data.root, config.data.layout)}
     path = run_dir / "splits.json"
+    settings = split_settings(config)
     if not path.is_file() and processes.is_main:
-        data = config.data
         try:
-            splits = make_splits(sorted(cases), n_test=data.n_test, n_folds=data.n_folds, final_val=data.final_val,
-                                 seed=data.split_seed)
+            splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
+                                 final_val=settings["final_val"], seed=settings["split_seed"])
         except ValueError as exc:
             raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc})") from None
-        save_splits(splits, path)
+        save_splits(splits, path, settings)
     barrier(processes)
-    return cases, load_splits(path, list(cases))
+    splits = load_splits(path, list(cases))
+    if splits.settings is not None:  # made by a run, not by hand: it must still be this config's split
+        changed = [f"{key} {value} (config: {settings[key]})" for key, value in splits.settings.items()
+                   if settings.get(key) != value]
+        missing = sorted(set(cases) - set(splits.development) - set(splits.test))
+        if changed or missing:
+            why = f"made with {', '.join(changed)}" if changed else f"without the cases {missing[:5]}"
+            raise RunError(f"{path} was {why}; one run folder holds one split: use another --out, "
+                           "or delete splits.json to split anew")
+    return cases, splits
+
+
+def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Splits, *,
+               resume: bool) -> dict[str, str]:
+    """What to do with each fold to train: ``"new"``, ``"resume"`` or ``"finished"``, checked before any work.
+
+    A new run refuses a run folder whose ``config.toml`` holds another config and fold
+    folders that already hold checkpoints (their ``checkpoint_best.pt`` would outlive the new
+    run). ``--resume`` continues the folds that have a checkpoint, leaves those already
+    finished and evaluated, and starts those never begun.
+    """
+    if not resume:
+        saved = run_dir / "config.toml"
+        if saved.is_file():
+            changed = cfg.differences(cfg.load(saved), config, ignore=("run.device",))
+            if changed:
+                raise RunError(f"{run_dir} already holds a run with another config ({'; '.join(changed[:5])}); "
+                               "use another --out")
+        taken = [name for name in names if any((run_dir / name).glob("checkpoint_*.pt"))]
+        if taken:
+            raise RunError(f"{run_dir}: {', '.join(taken)} already trained here; continue with --resume, or use "
+                           "another --out (or delete those folders)")
+        return {name: "new" for name in names}
+    latest = {name: run_dir / name / "checkpoint_latest.pt" for name in names}
+    if not any(path.is_file() for path in latest.values()):
+        raise RunError(f"{run_dir}: nothing to resume (no checkpoint_latest.pt in {', '.join(names)})")
+    return {name: "new" if not path.is_file() else "finished" if _finished(config, path, splits) else "resume"
+            for name, path in latest.items()}
+
+
+def _finished(config: cfg.Config, latest: Path, splits: Splits) -> bool:
+    """Trained to its end (or stopped early) and evaluated: a resume has nothing left to do."""
+    from c2w_fast.training import checkpoint
+
+    folder = latest.parent
+    state = checkpoint.load(latest)["trainer"]
+    trained = state["stopped"] or state["epoch"] >= config.train.epochs
+    split = fold_split(splits, folder.name)
+    validated = not split.val or (folder / "val_metrics.csv").is_file()
+    tested = folder.name != "final" or not splits.test or (folder / "test_metrics.csv").is_file()
+    return trained and validated and tested
 
 
 def write_config(config: cfg.Config, run_dir: Path) -> None:
@@ -101,7 +158,7 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
     trainer = Trainer(config, folder, [cases[i] for i in split.train], [cases[i] for i in split.val],
                       device=device, processes=processes, resume=resume)
     state = trainer.fit()
-    result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"]}
+    result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"], "folder": folder}
     if not processes.is_main:
         return result
     best = Predictor.load(folder / "checkpoint_best.pt", device=device)
