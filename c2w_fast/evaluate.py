@@ -121,6 +121,8 @@ def parse_labels(text: str) -> dict[str, int]:
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
             raise ValueError(f"--labels must look like wall=1,RA=2,LA=3, got {text!r}")
+        if name.strip() in labels:
+            raise ValueError(f"--labels names {name.strip()!r} twice: {text!r}")
         labels[name.strip()] = int(value)
     if not labels:
         raise ValueError(f"--labels names no label: {text!r}")
@@ -188,6 +190,8 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int], out: Path, *, work
     predictions, problems = find_label_files(pred_dir)
     problems = {i: f"prediction {p}" for i, p in problems.items()}
     gt = find_ground_truth(gt_dir)
+    if not predictions and not problems and not gt.ids and not gt.problems:
+        raise DataError(pred_dir, f"no label maps here nor in {gt_dir}; nothing to evaluate")
     problems.update({i: f"ground truth {p}" for i, p in gt.problems.items()})
     for identifier in sorted(gt.ids - set(predictions) - set(problems)):
         problems[identifier] = "missing prediction"
@@ -237,7 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=1.0, help="Surface Dice tolerance in mm (default 1.0)")
     parser.add_argument("--convention", choices=CONVENTIONS, default="surfel")
     parser.add_argument("--percentile-rule", choices=PERCENTILE_RULES, default="max")
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    parser.add_argument("--backend", choices=[b for b in BACKEND_CHOICES if b != "cuda"], default="auto",
+                        help="auto: the C++ backend for files (read on the CPU); triton runs on a GPU")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="cases evaluated at once")
     parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -251,15 +256,26 @@ def main(argv=None) -> int:
             parser.error(f"--{name} {getattr(args, name)} is not a folder")
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         parser.error(f"--tolerance must be a finite number >= 0 (mm), got {args.tolerance}")
+    if args.out.is_dir() or not _writable_file(args.out):
+        parser.error(f"--out {args.out} cannot be written as a CSV file (a folder, or a folder that cannot be made)")
     try:
         rows, problems = run(args.pred, args.gt, labels, args.out, workers=args.workers, progress=not args.quiet,
                              tolerance_mm=args.tolerance, convention=args.convention,
                              percentile_rule=args.percentile_rule, backend=args.backend)
-    except DataError as exc:  # the ground-truth dataset itself is unreadable
+    except DataError as exc:  # the ground-truth dataset itself is unreadable, or nothing to evaluate
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(_summary_line(rows, problems, labels, args.out))
     return 1 if problems else 0
+
+
+def _writable_file(path: Path) -> bool:
+    """Whether ``path``'s folder exists or can be made and takes files, checked before any case is evaluated."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path.parent, os.W_OK)
 
 
 if __name__ == "__main__":

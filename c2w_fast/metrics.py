@@ -197,6 +197,8 @@ def evaluate_batch(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convent
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
     if device_type(pred) != device_type(gt):
         raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
+    if isinstance(pred, torch.Tensor) != isinstance(gt, torch.Tensor):  # numpy and a CPU tensor: both torch
+        pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
     spacing = check_spacing(spacing, pred.ndim - 1)
     if pred.shape[0] == 0:
         return []
@@ -222,8 +224,11 @@ def _label_values(labels) -> dict[str, tuple[int, ...]]:
 
 
 def _is_in(label_map, values):
-    if isinstance(label_map, torch.Tensor):
-        return torch.isin(label_map, torch.tensor(values, device=label_map.device, dtype=label_map.dtype))
+    if isinstance(label_map, torch.Tensor):  # comparisons, unlike torch.isin, take every integer dtype and value
+        mask = label_map == values[0]
+        for value in values[1:]:
+            mask |= label_map == value
+        return mask
     return np.isin(label_map, values)
 
 
@@ -255,8 +260,12 @@ def evaluate_labels(pred, gt, labels, spacing=None, *, tolerance_mm: float = 1.0
         ``{name: Metrics}`` in the order of ``labels``.
     """
     pred, gt = _check_label_map(pred, "pred"), _check_label_map(gt, "gt")
+    if isinstance(pred, torch.Tensor) != isinstance(gt, torch.Tensor):  # numpy and a tensor: both torch
+        pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
     if tuple(pred.shape) != tuple(gt.shape):
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    if pred.ndim not in (2, 3):
+        raise ValueError(f"pred and gt must be 2D (y, x) or 3D (z, y, x) label maps, got shape {tuple(pred.shape)}")
     named = _label_values(labels)
 
     def masks(label_map):

@@ -114,6 +114,13 @@ def test_runs_as_a_module_and_rejects_bad_arguments(mbas, tmp_path):
     assert result.returncode == 2 and "is not a folder" in result.stderr
     with pytest.raises(SystemExit):
         main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", "x.csv", "--labels", "wall"])
+    with pytest.raises(SystemExit):
+        main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", "x.csv", "--labels", "wall=1,wall=2"])
+    with pytest.raises(SystemExit):  # --out is a folder: refused before any case is evaluated
+        main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", str(tmp_path)])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(["--pred", str(tmp_path / "a"), "--gt", str(tmp_path / "b"), "--out", str(tmp_path / "x.csv")]) == 2
 
 
 def test_lasc_dataset_is_read_through_its_layout(tmp_path):

@@ -135,3 +135,14 @@ def test_evaluate_batch_checks_its_arguments():
         metrics.evaluate_batch(np.zeros((2, 4, 5)), np.zeros((2, 4, 5)), tolerance_mm=-1)
     with pytest.raises(ValueError, match="percentile_rule must be one of"):
         metrics.evaluate_batch(np.zeros((2, 4, 5)), np.zeros((2, 4, 5)), percentile_rule="mean")
+
+
+@pytest.mark.parametrize("step", [0.3, 0.7, 1.2])
+def test_a_distance_equal_to_the_tolerance_counts_as_within(step):
+    gt = np.zeros((6, 6, 6), bool)
+    gt[2:4, 2:4, 2:4] = True
+    pred = np.roll(gt, 1, axis=2)
+    for convention in ("surfel", "voxel"):
+        ours = surface_summary(on_device(pred), on_device(gt), (step,) * 3, convention=convention,
+                               tolerance_mm=step, backend="triton")
+        assert ours.surface_dice == 1.0, (convention, ours)

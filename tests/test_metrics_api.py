@@ -135,6 +135,28 @@ def test_bad_input_is_named():
         metrics.evaluate_labels(mask.astype(float), mask.astype(float), [1])
     with pytest.raises(ValueError, match="label 'wall' must map to an int"):
         metrics.evaluate_labels(mask.astype(np.uint8), mask.astype(np.uint8), {"wall": 1.5})
+    with pytest.raises(ValueError, match="2D .* or 3D .* label maps, got shape \\(600,\\)"):
+        metrics.evaluate_labels(np.ones(600, np.uint8), np.ones(600, np.uint8), [1])
+    with pytest.raises(ValueError, match="spacing must have 3 positive values"):
+        metrics.evaluate(mask, mask, "125")
+    with pytest.raises(ValueError, match=r"outside \[1e-06, 1e\+06\] mm"):
+        metrics.evaluate(mask, mask, (2e19, 1.0, 1.0))
+    with pytest.raises(ValueError, match="tolerance_mm and percentile must be numbers, got None"):
+        metrics.surface_dice(mask, mask, tolerance_mm=None)
+
+
+def test_mixed_kinds_and_every_integer_label_dtype(rng):
+    shape, spacing = (5, 9, 8), anisotropic_spacing(rng)
+    gt = (rng.integers(0, 3, shape) * blobs(rng, shape, 0.5)).astype(np.uint8)
+    pred = np.where(perturbed(rng, gt > 0), gt, 0).astype(np.uint8)
+    expected = metrics.evaluate(pred == 1, gt == 1, spacing)
+    assert metrics.evaluate(pred == 1, torch.from_numpy(gt == 1), spacing) == expected  # numpy with torch
+    assert metrics.evaluate_batch((pred == 1)[None], torch.from_numpy(gt == 1)[None], spacing)[0] == expected
+    for dtype in (torch.uint8, torch.int16, torch.uint16, torch.int64):
+        out = metrics.evaluate_labels(torch.from_numpy(pred).to(dtype), gt, {"one": 1, "absent": 300}, spacing)
+        assert out["one"] == expected and math.isnan(out["absent"].dice)
+    as_bool = metrics.evaluate_labels(torch.from_numpy(pred == 1), torch.from_numpy(gt == 1), [1], spacing)
+    assert as_bool["1"] == expected
 
 
 def test_evaluate_makes_no_full_volume_temporaries():

@@ -69,3 +69,27 @@ def test_bad_arguments_are_named():
         binary_dilation(np.ones((2, 2)), -1)
     with pytest.raises(ValueError, match=r"spacing must have 2 positive values \(y, x\) in mm"):
         binary_erosion(np.ones((2, 2)), 1, spacing=(1, 1, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_ball_larger_than_the_array_acts_as_the_whole_ball(backend, rng):
+    """The element is clipped to the array; dilation and erosion equal scipy's with the full ball."""
+    mask = blobs(rng, (5, 7, 9), 0.2)
+    full = ball(6.0, (0.9, 0.5, 0.7))  # 13 x 25 x 17 offsets: larger than the array along z and y
+    assert ball(6.0, (0.9, 0.5, 0.7), within=mask.shape).shape == (11, 15, 17)
+    for radius in (6.0, 1e6):
+        dilated = binary_dilation(mask, radius, spacing=(0.9, 0.5, 0.7), backend=backend)
+        eroded = binary_erosion(~mask, radius, spacing=(0.9, 0.5, 0.7), backend=backend)
+        if radius == 6.0:
+            np.testing.assert_array_equal(dilated, ndimage.binary_dilation(mask, structure=full))
+            np.testing.assert_array_equal(eroded, ndimage.binary_erosion(~mask, structure=full))
+        else:  # a kilometre: everything within reach, nothing survives erosion
+            assert dilated.all() and not eroded.any()
+
+
+def test_ball_keeps_offsets_on_the_sphere_and_refuses_bad_radii():
+    assert ball(1.17, (0.39,) * 3).shape == (7, 7, 7)  # 1.17 / 0.39 = 2.9999999999999996 in float64
+    assert ball(1.17, (0.39,) * 3)[3, 3, 6]
+    for radius in (-1, float("nan")):
+        with pytest.raises(ValueError, match="radius must be a non-negative number"):
+            ball(radius)

@@ -74,3 +74,17 @@ def test_summary_arguments_are_checked():
     mask = np.ones((3, 3, 3), bool)
     with pytest.raises(ValueError, match=r"percentile must be in \[0, 100\]"):
         surface_summary(mask, mask, percentile=101)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("step", [0.3, 0.6, 0.7, 1.1, 1.2, 2.2, 3.3])
+def test_a_distance_equal_to_the_tolerance_counts_as_within(backend, step):
+    """Squared distances in float32 put 0.3 mm a hair above 0.3 mm; the comparison must not."""
+    gt = np.zeros((6, 6, 6), bool)
+    gt[2:4, 2:4, 2:4] = True
+    pred = np.roll(gt, 1, axis=2)
+    for convention in ("surfel", "voxel"):
+        ours = surface_summary(pred, gt, (step,) * 3, convention=convention, tolerance_mm=step, backend=backend)
+        reference = surface_summary(pred, gt, (step,) * 3, convention=convention, tolerance_mm=step,
+                                    backend="reference")
+        assert ours.surface_dice == reference.surface_dice == 1.0, (convention, ours)

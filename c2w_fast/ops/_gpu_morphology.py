@@ -18,7 +18,7 @@ from c2w_fast.ops.morphology import _row_halfwidths, ball
 def _morphology_triton(mask, radius, spacing, erode: bool):
     tensor = as_tensor(mask)
     items = as_items(tensor, tensor.ndim)
-    element = ball(radius, spacing, tensor.ndim)
+    element = ball(radius, spacing, tensor.ndim, within=tensor.shape)
     box = bounding_boxes(items)
     if not erode:
         half = (0,) * (3 - element.ndim) + tuple(n // 2 for n in element.shape)

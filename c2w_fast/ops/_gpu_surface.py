@@ -28,7 +28,7 @@ from c2w_fast.kernels import surface as surface_kernels
 from c2w_fast.ops._arrays import as_tensor
 from c2w_fast.ops._gpu_volume import as_items, bounding_boxes, to_kind
 from c2w_fast.ops._surfels import surfel_area_table
-from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary
+from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary, widened_tolerance
 
 # radix-selection rounds over the 31 value bits of a non-negative float32: (shift, known, bins)
 _ROUNDS = ((20, 31, 2048), (9, 20, 2048), (0, 9, 512))
@@ -122,7 +122,8 @@ def summaries(fields: SurfaceFields, *, convention: str, tolerance_mm: float, pe
     """float64 (pairs, 4): hd, hd_percentile, assd, surface_dice of each pair (both surfaces
     non-empty; otherwise the values are meaningless and the caller applies the empty rules)."""
     moments = surface_kernels.surface_moments(fields.squared, fields.codes, fields.weights, fields.boxes,
-                                              tolerance=tolerance_mm, full=fields.full, box_div=2)
+                                              tolerance=widened_tolerance(tolerance_mm), full=fields.full,
+                                              box_div=2)
     pairs = moments.reshape(-1, 2, 4)
     total = pairs[..., 0].sum(dim=1)
     hd = pairs[..., 3].amax(dim=1)

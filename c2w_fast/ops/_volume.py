@@ -33,20 +33,33 @@ def check_pair(pred, gt):
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
     if device_type(pred) != device_type(gt):
         raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
+    if isinstance(pred, torch.Tensor) != isinstance(gt, torch.Tensor):  # numpy and a CPU tensor: both torch
+        pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
     return pred, gt
 
 
+# Voxel sizes (mm) the float32 distance kernels represent without overflow or underflow.
+SPACING_RANGE = (1e-6, 1e6)
+
+
 def check_spacing(spacing, ndim: int, name: str = "spacing") -> tuple[float, ...]:
-    """``spacing`` as ``ndim`` positive finite floats in mm (``None`` means 1 mm on every axis)."""
+    """``spacing`` as ``ndim`` positive finite floats in mm (``None`` means 1 mm on every axis),
+    each within ``SPACING_RANGE`` (a nanometre to a kilometre)."""
     if spacing is None:
         return (1.0,) * ndim
     axes = "(z, y, x)" if ndim == 3 else "(y, x)"
+    problem = f"{name} must have {ndim} positive values {axes} in mm, got {spacing!r}"
+    if isinstance(spacing, (str, bytes)):
+        raise ValueError(problem)
     try:
         values = tuple(float(s) for s in (spacing.tolist() if hasattr(spacing, "tolist") else spacing))
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must have {ndim} positive values {axes} in mm, got {spacing!r}") from None
+        raise ValueError(problem) from None
     if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{name} must have {ndim} positive values {axes} in mm, got {spacing!r}")
+        raise ValueError(problem)
+    low, high = SPACING_RANGE
+    if not all(low <= v <= high for v in values):
+        raise ValueError(f"{name} {values} mm is outside [{low:g}, {high:g}] mm; is the unit right?")
     return values
 
 

@@ -24,12 +24,22 @@ from c2w_fast.ops._volume import box_3d, check_mask, check_spacing, host_uint8_3
 from c2w_fast.ops.bounding_box import bounding_box
 
 
-def ball(radius: float, spacing=None, ndim: int = 3) -> np.ndarray:
-    """The structuring element: bool array of odd sizes ``2 * floor(radius / s_i) + 1``,
-    true at offsets ``o`` from the centre with ``sum_i (o_i * s_i)^2 <= radius^2`` (float64)."""
+def ball(radius: float, spacing=None, ndim: int = 3, *, within=None) -> np.ndarray:
+    """The structuring element: bool array of odd sizes ``2 * h_i + 1``, true at offsets ``o``
+    from the centre with ``sum_i (o_i * s_i)^2 <= radius^2`` (float64), ``h_i`` the largest
+    offset on axis ``i`` alone that is in.
+
+    ``within``: the shape of the array it will be applied to; offsets beyond ``within[i]`` are
+    left out, which changes neither a dilation nor an erosion of that array (such an offset
+    leaves it from every voxel, and the axis offset ``within[i]`` that stays has the same
+    effect), so a huge radius costs no more than the array.
+    """
     spacing = np.asarray(check_spacing(spacing, ndim), dtype=np.float64)
-    radius = float(radius)
-    half = np.floor(radius / spacing).astype(int)
+    radius = _check_radius(radius)
+    half = np.floor(radius / spacing).astype(np.int64)
+    half += ((half + 1) * spacing) ** 2 <= radius * radius  # the division may round an on-sphere offset down
+    if within is not None:
+        half = np.minimum(half, np.asarray(within, dtype=np.int64))
     grids = np.meshgrid(*[np.arange(-h, h + 1, dtype=np.float64) for h in half], indexing="ij")
     squared = sum((g * s) ** 2 for g, s in zip(grids, spacing))
     return squared <= radius * radius
@@ -47,12 +57,12 @@ def _check_radius(radius) -> float:
 
 def _dilation_reference(mask, radius, spacing):
     array = as_numpy(mask)
-    return like(ndimage.binary_dilation(array, structure=ball(radius, spacing, array.ndim)), mask)
+    return like(ndimage.binary_dilation(array, structure=ball(radius, spacing, array.ndim, within=array.shape)), mask)
 
 
 def _erosion_reference(mask, radius, spacing):
     array = as_numpy(mask)
-    return like(ndimage.binary_erosion(array, structure=ball(radius, spacing, array.ndim)), mask)
+    return like(ndimage.binary_erosion(array, structure=ball(radius, spacing, array.ndim, within=array.shape)), mask)
 
 
 def _row_halfwidths(element: np.ndarray) -> np.ndarray:
@@ -66,7 +76,7 @@ def _row_halfwidths(element: np.ndarray) -> np.ndarray:
 def _morphology_cpu(mask, radius, spacing, erode: bool):
     from c2w_fast import _cpu
 
-    element = ball(radius, spacing, mask.ndim)
+    element = ball(radius, spacing, mask.ndim, within=mask.shape)
     # dilation reaches the element's half extent beyond the mask; erosion stays inside it
     box = bounding_box(mask, margin=0 if erode else tuple(n // 2 for n in element.shape), backend="cpu")
     out = np.zeros(tuple(mask.shape), np.uint8)

@@ -179,11 +179,24 @@ def _distances_cpu(pred, gt, spacing, convention) -> SurfaceDistances:
     return SurfaceDistances(*(like(a, pred) for a in arrays), convention=convention)
 
 
+# The fast backends hold squared distances in float32, so a distance equal to the tolerance
+# (one 0.3 mm step at a 0.3 mm tolerance) can come out a few float32 ulps above it; they compare
+# against the tolerance widened by this relative slack (~5e-7), far below the gaps between
+# distinct grid distances, so that such a distance counts as within, as it does in float64.
+FLOAT32_DISTANCE_SLACK = 2.0**-21
+
+
+def widened_tolerance(tolerance_mm: float) -> float:
+    """The tolerance a float32-distance backend compares against (see ``FLOAT32_DISTANCE_SLACK``)."""
+    return tolerance_mm * (1.0 + FLOAT32_DISTANCE_SLACK)
+
+
 def _summary_cpu(pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule) -> SurfaceSummary:
     from c2w_fast import _cpu
 
-    return SurfaceSummary(*_cpu.surface_summary(*_cpu_arguments(pred, gt, spacing, convention), tolerance_mm,
-                                                percentile / 100.0, percentile_rule == "pooled"))
+    return SurfaceSummary(*_cpu.surface_summary(*_cpu_arguments(pred, gt, spacing, convention),
+                                                widened_tolerance(tolerance_mm), percentile / 100.0,
+                                                percentile_rule == "pooled"))
 
 
 SURFACE_DISTANCES = Op("surface_distances", {"reference": _distances_reference, "cpu": _distances_cpu,
@@ -205,10 +218,13 @@ def check_summary_options(tolerance_mm, percentile, percentile_rule: str) -> tup
     """``(tolerance_mm, percentile)`` as floats, after checking them and ``percentile_rule``."""
     if percentile_rule not in PERCENTILE_RULES:
         raise ValueError(f"percentile_rule must be one of {PERCENTILE_RULES}, got {percentile_rule!r}")
-    tolerance_mm = float(tolerance_mm)
+    given = tolerance_mm, percentile
+    try:
+        tolerance_mm, percentile = float(tolerance_mm), float(percentile)
+    except (TypeError, ValueError):
+        raise ValueError(f"tolerance_mm and percentile must be numbers, got {given[0]!r} and {given[1]!r}") from None
     if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise ValueError(f"tolerance_mm must be a finite number >= 0 (mm), got {tolerance_mm!r}")
-    percentile = float(percentile)
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
     return tolerance_mm, percentile
