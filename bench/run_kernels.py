@@ -151,7 +151,7 @@ def ours_step(batch, channels, size, groups, template: nn.Module):
     fused = FusedConvNormAct(channels, channels, 3, 1, groups, backend="triton").to(DEVICE)
     fused.load_state_dict(template.state_dict())
     x, grad = block_inputs(batch, channels, size, torch.bfloat16, channels_last=True)
-    return block_step(fused, x, grad)
+    return block_step(fused, x, grad, autocast=True)  # fp32 parameters, bf16 compute: as in training
 
 
 def unsplit_backward():

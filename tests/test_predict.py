@@ -1,6 +1,7 @@
 """python -m c2w_fast.predict on tiny trained runs: the C2W and MBAS pipelines, geometry of any
 orientation, resampling to the training grid, probability and thickness maps, bad input."""
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import nrrd
@@ -197,13 +198,17 @@ def test_bad_model_folders_are_named(c2w, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _copy_recording(run: Path, copy: Path, section: str, key: str, value: str) -> None:
+    """``run``'s final checkpoint saved under ``copy`` with one recorded config value changed."""
+    payload = checkpoint.load(run / "final" / "checkpoint_best.pt")
+    payload["config"][section][key] = value
+    (copy / "final").mkdir(parents=True)
+    checkpoint.save(copy / "final" / "checkpoint_best.pt", {k: v for k, v in payload.items() if k != "format"})
+
+
 def test_a_wall_run_whose_cavity_run_is_gone(c2w, tmp_path, capsys):
     data, runs = c2w
-    payload = checkpoint.load(runs / "wall" / "final" / "checkpoint_best.pt")
-    payload["config"]["run"]["init_from"] = str(tmp_path / "elsewhere" / "c2w_cavity")
-    (tmp_path / "wall" / "final").mkdir(parents=True)
-    checkpoint.save(tmp_path / "wall" / "final" / "checkpoint_best.pt",
-                    {k: v for k, v in payload.items() if k != "format"})
+    _copy_recording(runs / "wall", tmp_path / "wall", "run", "init_from", str(tmp_path / "elsewhere" / "c2w_cavity"))
     case = str(data / "phantom000" / "lgemri.nrrd")
     args = ["--model", str(tmp_path / "wall"), "--in", case, "--out", str(tmp_path / "o")]
     assert predict.main(args) == 2
@@ -220,11 +225,7 @@ def test_a_wall_run_whose_cavity_run_is_gone(c2w, tmp_path, capsys):
 
 def test_a_missing_localizer_run_is_an_error_before_any_case(c2w, tmp_path, capsys):
     data, runs = c2w
-    payload = checkpoint.load(runs / "cavity" / "final" / "checkpoint_best.pt")
-    payload["config"]["roi"]["localizer"] = str(tmp_path / "gone" / "loc")
-    (tmp_path / "cavity" / "final").mkdir(parents=True)
-    checkpoint.save(tmp_path / "cavity" / "final" / "checkpoint_best.pt",
-                    {k: v for k, v in payload.items() if k != "format"})
+    _copy_recording(runs / "cavity", tmp_path / "cavity", "roi", "localizer", str(tmp_path / "gone" / "loc"))
     args = ["--model", str(tmp_path / "cavity"), "--in", str(data), "--out", str(tmp_path / "o")]
     assert predict.main(args) == 2
     err = capsys.readouterr().err

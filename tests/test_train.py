@@ -264,3 +264,11 @@ def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys
     (out / "config.toml").write_text((out / "config.toml").read_text().replace("lr = 0.001", "lr = 0.002"))
     assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "3"]) == 2
     assert "differs from the config this checkpoint was trained with (optim.lr" in capsys.readouterr().err
+
+
+def test_a_helper_run_of_the_wrong_kind_is_refused_before_training(lasc, tmp_path, capsys):
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    localizer = ["roi.center=\"localizer\"", f"roi.localizer=\"{tmp_path / 'cavity'}\""]
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "other", epochs=1, items=localizer) == 2
+    assert "needs one with run.stage = 'localizer'" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "final").exists()

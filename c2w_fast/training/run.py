@@ -62,9 +62,33 @@ def check_helpers(config: cfg.Config, folds: list[str]) -> None:
         for fold in folds:
             if path:
                 try:
-                    resolve_checkpoint(path, fold)
+                    found = resolve_checkpoint(path, fold)
                 except FileNotFoundError as exc:
                     raise RunError(f"{key}: {exc}") from None
+                _check_helper_kind(config, key, found)
+
+
+# What a helper run must have been trained for: key -> (config field of the helper, required value).
+HELPER_KINDS = {"roi.localizer": ("run.stage", "localizer"), "cascade.stage1": ("run.stage", "cascade1"),
+                "data.sdf_from": ("data.target", "la_cavity")}
+
+
+def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> None:
+    """A RunError when a helper run was trained for something else (a cavity run given as the localiser)."""
+    from c2w_fast.training import checkpoint
+
+    if key == "run.init_from":  # any run may initialise another; the wall stage needs a cavity run
+        if config.run.stage != "wall":
+            return
+        field, wanted = "data.target", "la_cavity"
+    else:
+        field, wanted = HELPER_KINDS[key]
+    section, name = field.split(".")
+    helper = cfg.from_dict(checkpoint.load(checkpoint_path)["config"], source=str(checkpoint_path))
+    found = getattr(getattr(helper, section), name)
+    if found != wanted:
+        raise RunError(f"{key}: {checkpoint_path} is a run with {field} = {found!r}; {key} needs one with "
+                       f"{field} = {wanted!r}")
 
 
 def split_settings(config: cfg.Config) -> dict:
