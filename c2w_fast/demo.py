@@ -54,8 +54,11 @@ def train_stage(preset: str, data: Path, out: Path, epochs: int, overrides: list
     """``python -m c2w_fast.train --config configs/<preset> ... --fold final`` with ``--set`` overrides.
 
     ``resumable``: a stage whose run folder says it finished is skipped, and one that was
-    killed (a ``checkpoint_latest.pt`` but no marker) continues with ``--resume``.
+    killed (a ``checkpoint_latest.pt`` but no marker) continues with ``--resume``. Otherwise
+    an earlier run of the stage in ``out`` is removed first: the demo's run folders are its own.
     """
+    if not resumable and (out / "config.toml").is_file():
+        shutil.rmtree(out)
     if resumable and (out / STAGE_DONE).is_file():
         print(f"  {preset}: finished earlier in {out}", flush=True)
         return

@@ -122,3 +122,43 @@ def test_labels_load_without_the_image_and_are_checked_against_each_other(tmp_pa
     write_volume(wall, read_volume(wall).array, affine_from_spacing((2.5, 3.0, 2.0)))
     with pytest.raises(DataError, match=r"lawall.nrrd: label spacing .* differs from label spacing .*\(laendo.nrrd\)"):
         load_labels(case)
+
+
+def test_a_case_without_its_image_and_mixed_layouts_are_errors(tmp_path):
+    write_dataset(tmp_path / "mbas", "mbas", 2, progress=False, **SMALL)
+    (tmp_path / "mbas" / "MBAS_002" / "MBAS_002.nii.gz").unlink()
+    with pytest.raises(DataError, match="MBAS_002_gt.nii.gz: label file without its image MBAS_002.nii.gz"):
+        discover_cases(tmp_path / "mbas")
+    write_dataset(tmp_path / "lasc", "lasc", 2, progress=False, **SMALL)
+    (tmp_path / "lasc" / "phantom001" / "lgemri.nrrd").unlink()
+    with pytest.raises(DataError, match="laendo.nrrd: label file without its image lgemri.nrrd"):
+        discover_cases(tmp_path / "lasc")
+    write_dataset(tmp_path / "mixed" / "a", "mbas", 1, progress=False, **SMALL)
+    write_dataset(tmp_path / "mixed" / "b", "lasc", 1, progress=False, **SMALL)
+    with pytest.raises(DataError, match=r"holds cases of several layouts \(lasc, mbas\)"):
+        discover_cases(tmp_path / "mixed")
+    assert len(discover_cases(tmp_path / "mixed", "mbas")) == 1
+
+
+def test_nnunet_dataset_json_forms(tmp_path):
+    import json
+    write_dataset(tmp_path, "nnunet", 2, progress=False, **SMALL)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    for labels in ({"0": "background", "1": "wall", "2": "RA", "3": "LA"},  # nnU-Net v1
+                   {"background": 0, "wall": 1, "atria": [2, 3]}):          # v2 with a region
+        (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+        assert load_case(discover_cases(tmp_path)[0]).labels.max() <= 3
+    for bad, message in (({k: v for k, v in meta.items() if k != "labels"}, "needs a 'labels' table"),
+                         ({**meta, "labels": {"wall": "one"}}, "'wall': 'one' is not a label value"),
+                         ([1, 2], "must hold a JSON object")):
+        (tmp_path / "dataset.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=f"dataset.json: .*{message}"):
+            load_case(discover_cases(tmp_path)[0])
+
+
+def test_a_lasc_wall_without_its_cavity_is_named(tmp_path):
+    write_dataset(tmp_path, "lasc", 1, progress=False, **SMALL)
+    (tmp_path / "phantom000" / "laendo.nrrd").unlink()
+    case = discover_cases(tmp_path, require_labels=False)[0]
+    with pytest.raises(DataError, match="laendo.nrrd: cavity label file missing for case 'phantom000'"):
+        load_labels(case)

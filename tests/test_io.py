@@ -128,3 +128,15 @@ def test_nifti_spatial_units_are_converted_to_mm(tmp_path, unit, factor):
     volume = read_volume(tmp_path / "u.nii.gz")
     np.testing.assert_allclose(volume.spacing, np.array([2.5, 0.7, 0.5]) * factor)
     assert read_header(tmp_path / "u.nii.gz")[1] == pytest.approx(volume.spacing)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_types_no_reader_takes_are_stored_as_ones_they_do(tmp_path, suffix):
+    for dtype, stored in ((np.int64, np.int32), (np.uint64, np.int32), (np.float16, np.float32), (bool, np.uint8)):
+        array = np.arange(24).reshape(2, 3, 4).astype(dtype)
+        volume = read_volume(write_volume(tmp_path / f"a{suffix}", array, np.eye(4)))
+        assert volume.array.dtype == stored and np.array_equal(volume.array, array.astype(stored))
+    with pytest.raises(ValueError, match="do not fit the int32"):
+        write_volume(tmp_path / f"big{suffix}", np.full((2, 2, 2), 2**40), np.eye(4))
+    with pytest.raises(ValueError, match="lower-case suffix"):
+        write_volume(tmp_path / f"A{suffix.upper()}", np.zeros((2, 2, 2), np.uint8), np.eye(4))

@@ -85,3 +85,7 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     assert (tmp_path / "MBAS_002" / "MBAS_002_gt.nii.gz").is_file()
     with pytest.raises(SystemExit):
         main(["--layout", "mbas", "--n", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--layout", "mbas", "--n", "1", "--out", str(tmp_path), "--noise", "nan"])
+    with pytest.raises(SystemExit):
+        main(["--layout", "mbas", "--n", "1", "--out", str(tmp_path / "MBAS_001" / "MBAS_001.nii.gz")])

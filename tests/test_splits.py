@@ -46,6 +46,18 @@ def test_round_trip_and_validation(tmp_path):
     path.write_text(json.dumps(payload))
     with pytest.raises(DataError, match="test cases also in development"):
         load_splits(path)
+    payload = json.loads(save_splits(splits, path).read_text())
+    payload["final"]["val"].append(payload["final"]["train"][0])
+    path.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match="final split: cases both in train and val"):
+        load_splits(path)
+    payload = json.loads(save_splits(splits, path).read_text())
+    moved = payload["folds"][0]["val"][0]
+    payload["folds"][1]["val"].append(moved)
+    payload["folds"][1]["train"].remove(moved)
+    path.write_text(json.dumps(payload))
+    with pytest.raises(DataError, match="validated in more than one fold"):
+        load_splits(path)
     path.write_text("{not json")
     with pytest.raises(DataError, match="not a valid splits file"):
         load_splits(path)

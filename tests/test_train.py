@@ -207,6 +207,8 @@ def test_a_resumable_pipeline_stage_skips_when_finished_and_resumes_when_killed(
     demo.train_stage("c2w_cavity.toml", lasc, out, 1, TINY, resumable=True)
     assert calls[-1] == ["--resume", "--out", str(out), "--fold", "final"] and (out / demo.STAGE_DONE).is_file()
     assert len(_rows(out / "final" / "metrics.csv")) == 1  # the resumed run had nothing left to train
+    demo.train_stage("c2w_cavity.toml", lasc, out, 2, TINY)  # the demo rerun: its own folder, trained anew
+    assert calls[-1][0] == "--config" and len(_rows(out / "final" / "metrics.csv")) == 2
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 7, 30, 1000])

@@ -169,7 +169,10 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
     """
     path = Path(path)
     fmt = image_format(path)
-    array = np.asarray(array)
+    suffix = next(s for s in (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)[::-1] if str(path).lower().endswith(s))
+    if not str(path).endswith(suffix):  # nibabel lower-cases it, and the file would not be where we say
+        raise ValueError(f"{path}: write to a lower-case suffix ({suffix})")
+    array = _storable(np.asarray(array), path)
     if array.ndim != 3:
         raise ValueError(f"array must be 3D (z, y, x), got shape {array.shape}")
     header = None
@@ -180,14 +183,30 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
             raise ValueError(f"array shape {array.shape} differs from the reference volume's {like.shape}")
         affine, header = like.affine, like.header
     affine = np.asarray(affine, dtype=float)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "nifti":
         _write_nifti(path, array, affine, header)
     else:
         _write_nrrd(path, array, affine, compress)
     return path
+
+
+def _storable(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` in a type every NIfTI/NRRD reader takes: bool as uint8, float16 as float32,
+    64-bit integers as int32 when their values fit (argmax gives int64 labels)."""
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+        info = np.iinfo(np.int32)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise ValueError(f"{path}: values [{array.min()}, {array.max()}] do not fit the int32 an image file "
+                             "stores; convert the array first")
+        return array.astype(np.int32)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: cannot store voxels of type {array.dtype}; give integers, floats or booleans")
+    return array
 
 
 def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -59,14 +59,17 @@ def detect_layout(root) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "dataset folder not found")
-    if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
-        return "nnunet"
-    if next(root.rglob(LASC_IMAGE), None) is not None:
-        return "lasc"
-    if _mbas_images(root):
-        return "mbas"
-    raise DataError(root, "no dataset layout recognised; expected LASC 2018 (<case>/lgemri.nrrd), "
-                          "MBAS (MBAS_XXX/MBAS_XXX.nii.gz) or nnU-Net raw (dataset.json + imagesTr/)")
+    found = [layout for layout, present in (
+        ("nnunet", lambda: (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()),
+        ("lasc", lambda: next(root.rglob(LASC_IMAGE), None) is not None),
+        ("mbas", lambda: bool(_mbas_images(root)))) if present()]
+    if len(found) > 1:  # one layout's cases would be dropped silently
+        raise DataError(root, f"holds cases of several layouts ({', '.join(found)}); keep one layout per "
+                              "dataset folder, or name it with data.layout")
+    if not found:
+        raise DataError(root, "no dataset layout recognised; expected LASC 2018 (<case>/lgemri.nrrd), "
+                              "MBAS (MBAS_XXX/MBAS_XXX.nii.gz) or nnU-Net raw (dataset.json + imagesTr/)")
+    return found[0]
 
 
 def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -> list[Case]:
@@ -88,6 +91,12 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise DataError(root, f"case ids occur more than once: {duplicates}")
+    orphans = _labels_without_image(root, layout)
+    if orphans:
+        label, image = orphans[0]
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise DataError(label, f"label file without its image {image.name}{more}; a case missing its image "
+                               "would drop out of the dataset silently")
     cases = []
     for case_id, image_path, label_paths in sorted(found):
         present = {role: path for role, path in label_paths.items() if path.is_file()}
@@ -153,6 +162,9 @@ def _label_volumes(case: Case, grid: Volume | None) -> dict[str, Volume]:
 
 def _canonical_labels(case: Case, volumes: dict[str, Volume]) -> np.ndarray:
     if case.layout == "lasc":
+        if "cavity" not in volumes:
+            raise DataError(case.image_path.parent / LASC_CAVITY, f"cavity label file missing for case {case.id!r} "
+                                                                  "(LASC: the wall alone gives no label map)")
         labels = np.where(volumes["cavity"].array > 0, CANONICAL_LABELS["LA"], 0).astype(np.uint8)
         if "wall" in volumes:
             labels[volumes["wall"].array > 0] = CANONICAL_LABELS["wall"]
@@ -168,6 +180,20 @@ def _required_roles(layout: str) -> tuple[str, ...]:
 def _find_lasc(root: Path):
     return [(image.parent.name, image, {"cavity": image.parent / LASC_CAVITY, "wall": image.parent / LASC_WALL})
             for image in root.rglob(LASC_IMAGE)]
+
+
+def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
+    """``(label file, the image it lacks)`` for every label file whose case has no image."""
+    if layout == "lasc":
+        pairs = [(label, label.parent / LASC_IMAGE) for label in root.rglob(LASC_CAVITY)]
+    elif layout == "mbas":
+        pairs = [(label, label.parent / f"{label.parent.name}.nii.gz") for label in root.rglob("*_gt.nii.gz")
+                 if label.name == f"{label.parent.name}_gt.nii.gz"]
+    else:
+        ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+        pairs = [(label, root / "imagesTr" / f"{label.name[: -len(ending)]}_0000{ending}")
+                 for label in (root / "labelsTr").glob(f"*{ending}")]
+    return sorted((label, image) for label, image in pairs if not image.is_file())
 
 
 def _mbas_images(root: Path) -> list[Path]:
@@ -187,6 +213,8 @@ def _read_dataset_json(root: Path) -> dict:
         raise DataError(path, "dataset.json not found") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(path, f"cannot read dataset.json ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(path, f"dataset.json must hold a JSON object, got {type(meta).__name__}")
     channels = meta.get("channel_names", meta.get("modality", {"0": "image"}))
     if len(channels) != 1:
         raise DataError(path, f"c2w_fast reads single-channel datasets; dataset.json lists {len(channels)} channels")
@@ -205,8 +233,28 @@ def _allowed_values(case: Case, role: str) -> tuple[int, ...]:
         return (0, 1, 255)
     if case.layout == "mbas":
         return MBAS_LABEL_VALUES
-    labels = _read_dataset_json(case.image_path.parent.parent).get("labels", {})
-    return tuple(sorted(int(v) for v in labels.values() if isinstance(v, int)))
+    return nnunet_label_values(case.image_path.parent.parent / "dataset.json")
+
+
+def nnunet_label_values(path: Path) -> tuple[int, ...]:
+    """The label values ``dataset.json``'s ``labels`` allow: nnU-Net v2 ``{name: value}`` or
+    ``{name: [values]}`` (regions), or v1 ``{"value": name}``; a DataError naming the file otherwise."""
+    labels = _read_dataset_json(path.parent).get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(path, f"dataset.json needs a 'labels' table such as {{\"background\": 0, \"LA\": 1}}, "
+                              f"got {labels!r}")
+    values = set()
+    for key, value in labels.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            values.add(value)
+        elif isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            values.update(value)
+        elif isinstance(value, str) and key.lstrip("-").isdigit():  # nnU-Net v1: {"1": "wall"}
+            values.add(int(key))
+        else:
+            raise DataError(path, f"dataset.json labels: {key!r}: {value!r} is not a label value (an int, a list "
+                                  "of ints, or a name under a numeric key)")
+    return tuple(sorted(values))
 
 
 def _check_finite(image: Volume) -> None:

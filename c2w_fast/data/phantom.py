@@ -241,6 +241,8 @@ def make_phantom(shape=GEOMETRIES["mbas"][0], spacing=GEOMETRIES["mbas"][1], *, 
     spacing = check_spacing(spacing)
     if not 0 < wall_mm[0] <= wall_mm[1]:
         raise ValueError(f"wall_mm must be (min, max) with 0 < min <= max, got {wall_mm}")
+    if not (np.isfinite(noise) and noise >= 0 and np.isfinite(bias) and bias >= 0):
+        raise ValueError(f"noise and bias must be finite numbers >= 0, got {noise} and {bias}")
     rng = np.random.default_rng(seed)
     grid = _Grid(shape, spacing)
     scale = auto_scale(shape, spacing) if scale is None else float(scale)
@@ -369,6 +371,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.06, help="Rician sigma / blood pool (default 0.06)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (created when missing)")
     try:
         ids = write_dataset(args.out, args.layout, args.n, shape=args.shape, spacing=args.spacing,
                             seed=args.seed, noise=args.noise)

@@ -127,6 +127,12 @@ def load_splits(path, case_ids: Sequence[str] | None = None) -> Splits:
     for k, fold in enumerate(splits.folds):
         if set(fold.train) & set(fold.val) or set(fold.train) | set(fold.val) != development:
             raise DataError(path, f"fold {k} does not partition the development cases")
+    if set(splits.final.train) & set(splits.final.val):
+        raise DataError(path, f"final split: cases both in train and val: "
+                              f"{sorted(set(splits.final.train) & set(splits.final.val))[:5]}")
+    validated = [case for fold in splits.folds for case in fold.val]
+    if len(validated) != len(set(validated)):
+        raise DataError(path, "a case is validated in more than one fold; the folds' val sets must be disjoint")
     if case_ids is not None:
         unknown = (development | set(splits.test)) - set(case_ids)
         if unknown:
