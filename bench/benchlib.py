@@ -67,6 +67,31 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, cu
             "repeats": repeats}
 
 
+def run_until_stopped(measure: Callable[[], object], payload: dict, part: str) -> bool:
+    """Run ``measure`` (which appends its rows as it goes); on Ctrl-C or the SIGINT of
+    ``bench/gpu_session.sh``'s time limit, mark ``payload`` incomplete and return True, so that
+    the caller saves the rows measured so far instead of losing them."""
+    try:
+        measure()
+    except KeyboardInterrupt:
+        payload["incomplete"] = f"stopped during {part} by its time limit (or Ctrl-C); later rows are missing"
+        print(f"\n{payload['incomplete']}", flush=True)
+        return True
+    return False
+
+
+def monai_gpu_problem() -> str | None:
+    """Why MONAI's GPU metrics and transforms would fall back to SciPy on the host here
+    (``None`` when CuPy and cuCIM import): a peer timed on that path is not MONAI on the GPU."""
+    try:
+        import cucim.core.operations.morphology  # noqa: F401 - MONAI's GPU distance transform
+        import cucim.skimage.measure  # noqa: F401 - MONAI's GPU connected components
+        import cupy  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA runtime mismatch at import
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _cuda_sync() -> None:
     import torch
 
@@ -76,7 +101,7 @@ def _cuda_sync() -> None:
 def table(rows: list[dict], columns: list[str]) -> str:
     """A plain-text table of ``rows`` (dicts) with the given ``columns``."""
     cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]

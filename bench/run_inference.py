@@ -109,6 +109,7 @@ def device_for(args) -> torch.device:
         sys.exit("bench/run_inference.py needs a CUDA GPU: no GPU is visible here, so there is nothing to measure.\n"
                  "Run it on a GPU machine, or pass --cpu-smoke to check that the script itself works "
                  "(tiny volumes and networks on the CPU; those numbers are not results).")
+    torch.backends.cudnn.benchmark = True  # every window has one shape: both sides get cuDNN's best algorithm
     return torch.device("cuda")
 
 
@@ -119,10 +120,11 @@ def monai_components() -> str:
     missing = [name for name in ("monai",) if importlib.util.find_spec(name) is None]
     if missing:
         sys.exit("bench/run_inference.py compares against MONAI: pip install -e \".[bench]\" (monai, scikit-image)")
-    if importlib.util.find_spec("cucim") is not None and importlib.util.find_spec("cupy") is not None:
+    problem = benchlib.monai_gpu_problem()
+    if problem is None:
         return "cuCIM (GPU)"
     if importlib.util.find_spec("skimage") is not None:
-        return "scikit-image (CPU)"
+        return f"scikit-image (CPU; cuCIM unusable: {problem})"
     sys.exit("MONAI's KeepLargestConnectedComponent needs cuCIM (GPU) or scikit-image (CPU): "
              "pip install -e \".[bench]\"")
 
@@ -289,8 +291,8 @@ def agreement(labels: np.ndarray, reference: np.ndarray) -> dict:
     return out
 
 
-def end_to_end_rows(args, runs, paths, device, out_root: Path) -> tuple[list[dict], list[tuple[str, dict]]]:
-    rows, bars = [], []
+def end_to_end_rows(args, runs, paths, device, out_root: Path, rows: list[dict],
+                    bars: list[tuple[str, dict]]) -> None:
     precision = "bf16" if device.type == "cuda" else "fp32"
     for kind in args.pipelines:
         model = runs[PIPELINES[kind][-1]]
@@ -317,7 +319,10 @@ def end_to_end_rows(args, runs, paths, device, out_root: Path) -> tuple[list[dic
                 row = {"pipeline": kind, "overlap": overlap, "method": label,
                        **per_volume(build(NO_TIMER), paths, device)}
                 timer = PhaseTimer()
-                build(timer)(paths[1])
+                predict_with_timer = build(timer)
+                predict_with_timer(paths[0])  # warm: CUDA-graph capture and autotuning are one-off costs
+                timer.totals.clear()
+                predict_with_timer(paths[1])
                 row.update({f"{phase}_s": timer.totals.get(phase, 0.0) for phase in PHASES})
                 labels = read_volume(out / paths[1].name).array
                 reference = labels if reference is None else reference
@@ -334,7 +339,6 @@ def end_to_end_rows(args, runs, paths, device, out_root: Path) -> tuple[list[dic
                 row["speedup_vs_monai"] = monai["median_s"] / row["median_s"]
             if overlap == 0.5 and not args.cpu_smoke:
                 best["target"] = f">={TARGET:g}x " + ("met" if best["speedup_vs_monai"] >= TARGET else "NOT met")
-    return rows, bars
 
 
 def folder_row(args, model, kind, overlap, paths, device, out_root, reference, *, cuda_graph, precision) -> dict:
@@ -361,7 +365,7 @@ def folder_row(args, model, kind, overlap, paths, device, out_root, reference, *
     return row
 
 
-def network_rows(args, runs, device) -> list[dict]:
+def network_rows(args, runs, device, rows: list[dict]) -> None:
     """mbas_stage2 over one volume on the device: our engine vs MONAI's, same module and weights."""
     from monai.inferers import sliding_window_inference
 
@@ -373,7 +377,6 @@ def network_rows(args, runs, device) -> list[dict]:
     image = torch.randn(1, *shape, device=device)
     precision = "bf16" if device.type == "cuda" else "fp32"
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    rows = []
     for overlap in args.overlaps:
         calls = []
 
@@ -403,10 +406,13 @@ def network_rows(args, runs, device) -> list[dict]:
         results = {}
         for name, fn in variants.items():
             if device.type == "cuda":
+                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             calls.clear()
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-            results[name] = {**benchlib.time_call(fn, **timing), "peak_gib": peak}
+            held = torch.cuda.memory_allocated() if device.type == "cuda" else 0  # the model, the image
+            results[name] = benchlib.time_call(fn, **timing)
+            results[name]["peak_gib"] = ((torch.cuda.max_memory_allocated() - held) / 2**30
+                                         if device.type == "cuda" else float("nan"))  # what the variant adds
             if name == "MONAI":
                 results[name]["windows"] = sum(calls) // (timing["repeats"] + timing["warmup"])
         reference = ours().float()
@@ -417,7 +423,11 @@ def network_rows(args, runs, device) -> list[dict]:
                          "median_ms": result["median_ms"], "peak_gib": result["peak_gib"],
                          "ratio": results["MONAI"]["median_ms"] / result["median_ms"],
                          "max_abs_logit_diff_vs_ours": 0.0 if name.startswith("ours") else difference})
-    return rows
+            print(benchlib.table([rows[-1]], NETWORK_COLUMNS).splitlines()[-1], flush=True)
+
+
+NETWORK_COLUMNS = ["network", "overlap", "method", "windows", "median_ms", "peak_gib", "ratio",
+                   "max_abs_logit_diff_vs_ours"]
 
 
 def main() -> None:
@@ -431,18 +441,17 @@ def main() -> None:
           f"{args.volumes} volume(s) of {geometry['shape']} @ {geometry['spacing']} mm, pipelines {args.pipelines}, "
           f"overlaps {args.overlaps}, {args.batch_size} windows per batch; MONAI's largest component: {labelling}",
           flush=True)
+    network, rows, bars, payload = [], [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         runs = make_runs(tmp / "runs", args.cpu_smoke)
         paths = make_volumes(tmp / "volumes", args.volumes, geometry)
-        network = network_rows(args, runs, device)
-        print(benchlib.table(network, ["network", "overlap", "method", "windows", "median_ms", "peak_gib", "ratio",
-                                       "max_abs_logit_diff_vs_ours"]), flush=True)
-        rows, bars = end_to_end_rows(args, runs, paths, device, tmp / "out")
+        if not benchlib.run_until_stopped(lambda: network_rows(args, runs, device, network), payload, "network"):
+            benchlib.run_until_stopped(lambda: end_to_end_rows(args, runs, paths, device, tmp / "out", rows, bars),
+                                       payload, "end to end")
     columns = ["pipeline", "overlap", "method", "median_s", "speedup_vs_monai", "peak_gib", *[f"{p}_s" for p in PHASES],
                "agreement", "target"]
-    printed = benchlib.table(network, ["network", "overlap", "method", "windows", "median_ms", "peak_gib", "ratio",
-                                       "max_abs_logit_diff_vs_ours"]) + "\n\n" + benchlib.table(rows, columns)
+    printed = benchlib.table(network, NETWORK_COLUMNS) + "\n\n" + benchlib.table(rows, columns)
     print("\n" + benchlib.table(rows, columns))
     for row in rows:
         if row["agreement"] < AGREEMENT_TOLERANCE:
@@ -454,13 +463,14 @@ def main() -> None:
         print("CPU smoke run: the script works; these numbers are not results and nothing was saved.")
         return
     gpu = torch.cuda.get_device_name().replace(" ", "_")
-    payload = {"geometry": geometry, "volumes": args.volumes, "batch_size": args.batch_size,
+    payload = {**payload, "geometry": geometry, "volumes": args.volumes, "batch_size": args.batch_size,
                "peer_blocks": args.peer_blocks, "monai_largest_component": labelling,
                "agreement_tolerance": AGREEMENT_TOLERANCE, "target": TARGET,
                "network": network, "end_to_end": rows}
     print("saved", benchlib.save(f"inference_{gpu}", payload, printed))
-    print("saved", benchlib.save_bar_chart(f"inference_{gpu}", bars, ylabel="seconds per volume (synchronised pass)",
-                                           title=f"Inference per 44×640×640 volume, ours vs MONAI ({gpu})"))
+    if bars:
+        print("saved", benchlib.save_bar_chart(f"inference_{gpu}", bars, ylabel="seconds per volume (synchronised pass)",
+                                               title=f"Inference per 44×640×640 volume, ours vs MONAI ({gpu})"))
 
 
 if __name__ == "__main__":

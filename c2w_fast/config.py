@@ -36,7 +36,7 @@ class RunConfig:
     init_from: str = ""            # checkpoint or run folder to start from (wall: the cavity run)
     device: str = "auto"           # auto | cpu | cuda
     amp: bool = True               # bf16 autocast on a GPU (ignored on CPU)
-    deterministic: bool = False    # torch.use_deterministic_algorithms
+    deterministic: bool = False    # torch.use_deterministic_algorithms (warn_only: a few CUDA ops have none)
 
 
 @dataclass

@@ -74,13 +74,13 @@ def _pass_x_kernel(src_ptr, out_ptr, box_ptr, nz, ny, nx, step2,
     z, y = rows // ny, rows % ny
     live = (rows < nz * ny) & (z >= z0) & (z <= z1) & (y >= y0) & (y <= y1)
     if (tl.max(live.to(tl.int32), axis=0) > 0) & (x0 <= x1):
-        grid_size = nz.to(tl.int64) * ny * nx
         site_item = item
         if PAIRED:  # paired items measure to their partner's sites
             site_item = item ^ 1
         row_offset = rows.to(tl.int64) * nx
-        src_rows = src_ptr + site_item.to(tl.int64) * grid_size + row_offset
-        out_rows = out_ptr + item.to(tl.int64) * grid_size + row_offset
+        # item first: a size of 1 arrives as a constexpr int on a GPU (Triton specialises it), not a tensor
+        src_rows = src_ptr + site_item.to(tl.int64) * nz * ny * nx + row_offset
+        out_rows = out_ptr + item.to(tl.int64) * nz * ny * nx + row_offset
         chunks = tl.cdiv(x1 - x0 + 1, BLOCK_X)
         # forward: steps back to the last site at or before x (stored, then refined)
         last = tl.full([BLOCK_R], -1, tl.int32)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from gpu import GPU_BACKENDS
 
 from c2w_fast.ops import bounding_box
 
@@ -62,7 +63,7 @@ def test_per_axis_margin_and_bad_arguments():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)  # "cuda" only where CuPy is installed
 def test_gpu_backends_match_cpu_at_full_size(backend):
     gen = torch.Generator(device="cuda").manual_seed(0)
     mask = torch.rand((44, 640, 640), device="cuda", generator=gen) < 1e-5

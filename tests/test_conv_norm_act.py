@@ -13,6 +13,8 @@ from c2w_fast.ops import BackendUnavailableError, conv_norm_act
 from c2w_fast.ops._dispatch import backend_problem, triton_interpreter_enabled
 from c2w_fast.ops.conv_norm_act import TOLERANCES, reference_conv_norm_act
 
+pytestmark = pytest.mark.gpu  # runs its kernels on a GPU when there is one
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(backend_problem("triton", DEVICE) is not None,
                                   reason=f"triton backend unavailable: {backend_problem('triton', DEVICE)}")

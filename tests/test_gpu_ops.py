@@ -25,6 +25,8 @@ from c2w_fast.ops._gpu_volume import EMPTY_BOX, as_items, bounding_boxes, grow_b
 from c2w_fast.kernels.edt import SEARCH_LENGTH
 from c2w_fast.ops.distance_transform import TOLERANCE
 
+pytestmark = pytest.mark.gpu  # runs its kernels on a GPU when there is one
+
 COMPONENT_BACKENDS = GPU_BACKENDS  # triton everywhere, cuda on a GPU with CuPy
 RANK = {6: 1, 18: 2, 26: 3, 4: 1, 8: 2}
 

@@ -16,6 +16,8 @@ from c2w_fast.ops import surface_distances, surface_summary
 from c2w_fast.ops._gpu_surface import SurfaceFields, _select, summaries, surface_fields
 from c2w_fast.ops.surface import TOLERANCE
 
+pytestmark = pytest.mark.gpu  # runs its kernels on a GPU when there is one
+
 
 def close(ours, reference):
     np.testing.assert_allclose(np.asarray(ours, dtype=float), np.asarray(reference, dtype=float), **TOLERANCE)
@@ -146,3 +148,11 @@ def test_a_distance_equal_to_the_tolerance_counts_as_within(step):
         ours = surface_summary(on_device(pred), on_device(gt), (step,) * 3, convention=convention,
                                tolerance_mm=step, backend="triton")
         assert ours.surface_dice == 1.0, (convention, ours)
+
+
+def test_a_chunk_of_tiny_pairs_stays_within_the_launch_grid():
+    """Two items per pair sit on the kernels' grid y axis, which CUDA caps at 65535."""
+    from c2w_fast.ops._gpu_surface import _pairs_per_chunk
+
+    assert 2 * _pairs_per_chunk((32, 32), "surfel") <= 65535
+    assert _pairs_per_chunk((44, 640, 640), "surfel") >= 1

@@ -10,6 +10,8 @@ from c2w_fast.ops import dice_ce_loss, dice_focal_loss
 from c2w_fast.ops._dispatch import backend_problem
 from c2w_fast.ops.losses import GRAD_TOLERANCES, VALUE_TOLERANCES
 
+pytestmark = pytest.mark.gpu  # runs its kernels on a GPU when there is one
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(backend_problem("triton", DEVICE) is not None,
                                   reason=f"triton backend unavailable: {backend_problem('triton', DEVICE)}")

@@ -59,6 +59,8 @@ def describe_launch(fn, args: tuple, kwargs: dict) -> dict:
         value = given.get(name, None if parameter.default is inspect.Parameter.empty else parameter.default)
         if _is_constexpr(parameter) or value is None:
             constants[name] = _constant(value)
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value == 1:
+            constants[name] = 1  # a GPU launch specialises an integer 1 into a constexpr; compile it that way
         else:
             types[name] = _argument_type(name, value)
     options = {k: int(kwargs[k]) for k in LAUNCH_OPTIONS if k in kwargs}

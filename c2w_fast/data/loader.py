@@ -147,7 +147,7 @@ class DevicePrefetcher:
         if self.stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
             for value in self.next.values():
-                if isinstance(value, torch.Tensor):
+                if isinstance(value, torch.Tensor) and value.is_cuda:  # the seeds stay on the CPU
                     value.record_stream(torch.cuda.current_stream(self.device))
         batch, self.next = self.next, self._load()
         return batch

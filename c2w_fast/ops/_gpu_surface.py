@@ -32,6 +32,7 @@ from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary, widened_toler
 
 # radix-selection rounds over the 31 value bits of a non-negative float32: (shift, known, bins)
 _ROUNDS = ((20, 31, 2048), (9, 20, 2048), (0, 9, 512))
+MAX_GRID_Y = 65535  # CUDA's limit on a launch grid's y (and z) dimension, which counts the items
 CHUNK_BYTES = 2 * 2**30  # buffers per chunk of evaluate_rows: a 44x640x640 pair needs ~0.4 GB, so five go at once
 
 
@@ -141,7 +142,7 @@ def _pairs_per_chunk(spatial_shape, convention: str) -> int:
     """Pairs evaluated at once so that one chunk's buffers stay within ``CHUNK_BYTES``."""
     grid = int(np.prod([n + 1 for n in spatial_shape])) if convention == "surfel" else int(np.prod(spatial_shape))
     per_pair = 2 * grid * (1 + 2 * 4) + 4 * int(np.prod(spatial_shape))  # codes, two float32 passes; masks
-    return max(1, CHUNK_BYTES // per_pair)
+    return max(1, min(CHUNK_BYTES // per_pair, MAX_GRID_Y // 2))  # two items a pair on the grid's y axis
 
 
 def evaluate_rows(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ...], *, tolerance_mm: float,

@@ -59,9 +59,13 @@ def reference_conv_norm_act(x, weight, norm_weight, norm_bias, stride=1, groups=
     y = F.conv3d(x, weight, None, _triple(stride, "stride"), padding, 1, groups)
     if round_conv_output is not None:
         y = y + (round_conv_output(y.detach()) - y.detach())
-    norm_dtype = torch.promote_types(y.dtype, norm_weight.dtype)  # float32 parameters normalise a bf16 y in fp32
-    y = F.instance_norm(y.to(norm_dtype), weight=norm_weight.to(norm_dtype), bias=norm_bias.to(norm_dtype),
-                        eps=eps).to(y.dtype)
+    if norm_weight.dtype != y.dtype and _autocast_dtype(y.device.type) is None:
+        # outside autocast PyTorch's CPU kernels refuse fp32 parameters with a bf16 y: normalise in
+        # the wider dtype; under autocast run exactly what nn.InstanceNorm3d would (the benchmark peer)
+        wide = torch.promote_types(y.dtype, norm_weight.dtype)
+        y = F.instance_norm(y.to(wide), weight=norm_weight.to(wide), bias=norm_bias.to(wide), eps=eps).to(y.dtype)
+    else:
+        y = F.instance_norm(y, weight=norm_weight, bias=norm_bias, eps=eps)
     if residual is not None:
         y = y + residual
     return F.leaky_relu(y, negative_slope) if activation else y

@@ -7,6 +7,7 @@ gloo on CPUs (how the tests run two processes).
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -50,7 +51,8 @@ def setup(requested_device: str) -> tuple[Processes, torch.device]:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 validates whole volumes while the others wait in a collective: allow it hours, not minutes
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return Processes(dist.get_rank(), dist.get_world_size(), local), device
 
 

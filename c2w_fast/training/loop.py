@@ -8,6 +8,7 @@ uninterrupted run would have done. Rank 0 validates and writes; the others train
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -239,7 +240,10 @@ class Trainer:
         """
         config, train, state = self.config, self.config.train, self.state
         if config.run.deterministic:
-            torch.use_deterministic_algorithms(True)
+            # cuBLAS needs a fixed workspace for reproducible matmuls (read when cuBLAS starts); ops
+            # with no deterministic CUDA kernel (AvgPool3d's backward) warn instead of stopping the run
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
         if self.source is None:
             self.prepare()
         ipe = self.source.iterations_per_epoch
