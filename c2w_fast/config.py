@@ -118,7 +118,9 @@ class TrainConfig:
     foreground_prob: float = 0.0   # "foreground": chance a patch is centred on the target
     class_weights: dict[str, float] = field(default_factory=dict)  # "classes": centre-class weights
     early_stopping: int = 0        # patience in validations without improvement; 0 = off
-    early_stopping_from: int = 0   # first epoch at which early stopping may stop the run
+    early_stopping_from: int = 0   # first epoch (from 0) at whose end early stopping may stop the run
+    select: str = "best"           # best | last: the epoch whose weights become checkpoint_best.pt, the one
+                                   # evaluation and prediction use (last = nnU-Net's checkpoint_final)
     val_every: int = 1
     val_mode: str = "full"         # full: whole validation cases, Dice + HD95 | patches: pseudo Dice
     val_patches: int = 100         # patches of the "patches" validation (MBAS B.2: 100)
@@ -377,6 +379,7 @@ def check(config: Config) -> None:
     _choice(config.schedule.kind, ("cosine", "poly", "constant"), "schedule.kind")
     _choice(train.sampling, ("center", "random", "foreground", "classes"), "train.sampling")
     _choice(train.val_mode, ("full", "patches"), "train.val_mode")
+    _choice(train.select, ("best", "last"), "train.select")
     _choice(config.cascade.mask_source, ("stage1", "ground_truth"), "cascade.mask_source")
     if data.n_folds < 2 or data.n_test < 0 or data.final_val < 0:
         raise ConfigError(f"need data.n_folds >= 2, data.n_test >= 0 and data.final_val >= 0, got "

@@ -39,10 +39,11 @@ def test_mbas_presets_carry_tables_27_and_28():
         a = c.augment
         assert (a.elastic_prob, a.rotation_prob, a.rotation_deg, a.scaling_prob, a.scaling_range) == \
             (0.0, 0.2, [-180.0, 180.0], 0.2, [0.7, 1.4])
-        assert (a.noise_prob, a.noise_variance, a.blur_prob, a.blur_sigma) == (0.1, [0.0, 0.1], 0.2, [0.5, 1.0])
+        assert (a.noise_prob, a.noise_variance, a.blur_prob, a.blur_sigma) == (0.1, [0.0, 0.1], 0.1, [0.5, 1.0])
         assert (a.brightness_prob, a.brightness_range, a.contrast_prob, a.contrast_range) == \
             (0.15, [0.75, 1.25], 0.15, [0.75, 1.25])
-        assert (a.lowres_prob, a.lowres_scale, a.gamma_prob, a.inverse_gamma_prob) == (0.25, [0.5, 1.0], 0.1, 0.3)
+        assert (a.lowres_prob, a.lowres_scale, a.gamma_prob, a.inverse_gamma_prob) == (0.125, [0.5, 1.0], 0.1, 0.3)
+    assert s1.train.select == s2.train.select == "last"  # B.2 / Table 17: the final checkpoint is reported
     assert s1.data.spacing == [2.5, 0.9737, 0.9737] and s1.train.patch_size == [28, 256, 224]
     assert (s1.train.sampling, s1.train.foreground_prob, s1.loss.batch_dice) == ("foreground", 0.25, False)
     assert s1.cascade.keep_largest and s1.cascade.dilation_radius == 2

@@ -160,6 +160,22 @@ def test_early_stopping_stops_when_validation_stops_improving(lasc, tmp_path):
     assert len(rows) == 2  # best at the first validation, no better at the second: stop
 
 
+def test_early_stopping_waits_for_step_c_and_each_step_gets_its_patience(lasc, tmp_path):
+    """C2W: early stopping during step C. Nothing improves, patience 1: the run stops at the end of
+    step C's first epoch (epoch 4), not in step B, although step B never improved either."""
+    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1", "train.early_stopping_from=4",
+             "unfreeze.enabled=true", "unfreeze.steps=[2,4]"]
+    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=8, items=items) == 0
+    phases = [r["phase"] for r in _rows(tmp_path / "final" / "metrics.csv")]
+    assert phases == ["A", "A", "B", "B", "C"]
+
+
+def test_select_last_makes_the_last_epoch_the_checkpoint_used_downstream(lasc, tmp_path):
+    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=2, items=["train.select=\"last\""]) == 0
+    best = checkpoint.load(tmp_path / "final" / "checkpoint_best.pt")
+    assert best["epoch"] == 2
+
+
 def test_mbas_cascade_stage1_then_masked_stage2(tmp_path):
     data = write_phantoms(tmp_path / "mbas", n=6, layout="mbas")
     small = ["model.overrides.features=[4,8,8]", "model.overrides.strides=[1,[1,2,2],2]",

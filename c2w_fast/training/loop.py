@@ -260,6 +260,8 @@ class Trainer:
             if step != step_name:
                 unfreeze.apply(self.model, step, config.unfreeze.shallow_stages)
                 step_name, net = step, self._wrapped()
+            if epoch > 0 and unfreeze.phase(config, epoch - 1) != step:
+                state["bad"] = 0  # each unfreezing step starts with the full early-stopping patience
             began = time.perf_counter()
             total = torch.zeros((), device=self.device)
             for it in tqdm(range(ipe), desc=f"epoch {epoch}", unit="it", disable=None, leave=False):
@@ -273,9 +275,10 @@ class Trainer:
                     row.update(self.validate())
                 state["history"].append(row)
                 state["epoch"] = epoch + 1
-                if "val_dice" in row and self._score(row):
+                improved = "val_dice" in row and self._score(row)
+                if (improved and train.select == "best") or train.select == "last":
                     checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())
-                stop = bool(train.early_stopping) and epoch + 1 >= train.early_stopping_from \
+                stop = bool(train.early_stopping) and epoch >= train.early_stopping_from \
                     and state["bad"] >= train.early_stopping
                 state["stopped"] = stop
                 checkpoint.save(self.folder / "checkpoint_latest.pt", self._payload())

@@ -18,7 +18,7 @@ import torch
 from c2w_fast import config as cfg
 from c2w_fast.data.layouts import Case, discover_cases
 from c2w_fast.data.splits import Splits, load_splits, make_splits, save_splits
-from c2w_fast.infer import Predictor, resolve_checkpoint
+from c2w_fast.infer import Predictor, keep_largest_per_class, resolve_checkpoint
 from c2w_fast.training import runlog
 from c2w_fast.training.distributed import Processes, barrier
 from c2w_fast.training.evaluation import class_metrics, evaluate_cases, table1
@@ -190,6 +190,8 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
     rows = []
     for volume in trainer.val_volumes:
         _, labels = trainer.predict_volume(volume)
+        if config.eval.keep_largest:  # the post-processing prediction applies, as the test set gets it
+            labels = keep_largest_per_class(labels, config.num_classes)
         rows += [{"case": volume.id, **r} for r in class_metrics(labels, volume.target, volume.spacing,
                                                                  config.class_names, config.eval.tolerance_mm)]
     if rows:
