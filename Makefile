@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create .venv on first use.
-# TORCH_SPEC pins the torch build installed *before* the package, so pip never pulls a
-# multi-GB CUDA build on a CPU machine. On a machine without a local CPU wheel use e.g.
+# TORCH_SPEC pins the torch build installed *before* the package. PyPI's Linux torch is the
+# multi-GB CUDA build: on a CPU machine without a local CPU wheel use
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 PYTHON ?= python3
 VENV ?= .venv

@@ -38,8 +38,8 @@ resamples to the grid it was trained on and back.
 
 **Outputs.** ``OUT/<case>.nii.gz`` (``.nrrd`` for NRRD input) with the input's shape,
 spacing, origin and direction (a NIfTI output keeps the input's qform/sform exactly);
-``--probabilities DIR``: ``DIR/<case>_<class>.nii.gz`` float32 softmax per foreground
-class; ``--thickness DIR``: ``DIR/<case>.nii.gz`` wall thickness in mm
+``--probabilities DIR``: ``DIR/<case>_<class>.nii.gz`` (``.nrrd`` for NRRD input) float32
+softmax per foreground class; ``--thickness DIR``: ``DIR/<case>.nii.gz`` (or ``.nrrd``) wall thickness in mm
 (:mod:`c2w_fast.thickness`) and ``DIR/<case>.csv`` its summary, when the pipeline
 predicts a wall and a cavity (a case with no wall or no cavity gets its label map and a
 note instead). A case that fails (unreadable, not 3D, NaN voxels, out of memory, not

@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     parser.add_argument("--summary", metavar="NAME", required=True, choices=sorted(ARCHITECTURES),
                         help=f"one of {', '.join(sorted(ARCHITECTURES))}")
     parser.add_argument("--input", type=int, nargs=5, metavar=("B", "C", "D", "H", "W"), default=None,
-                        help="input shape (default: 1 1 44 256 256, MBAS stages use their patch size)")
+                        help="input shape (default: 4 1 44 256 256, the C2W batch and ROI; MBAS stages use "
+                             "batch 2 and their patch size)")
     parser.add_argument("--classes", type=int, default=2, help="output classes incl. background (default 2)")
     args = parser.parse_args(argv)
     default = {"mbas_stage1": (2, 1, 28, 256, 224), "mbas_stage2": (2, 1, 20, 256, 256)}
