@@ -10,7 +10,8 @@ same axis order (``None`` = 1 mm). Distances are in mm.
 
 Definitions (``c2w_fast.ops.surface`` has the full text):
 
-* ``dice`` = ``2 |P ∩ G| / (|P| + |G|)`` over voxels.
+* ``dice`` = ``2 |P ∩ G| / (|P| + |G|)`` over voxels; ``overlap`` = ``|P ∩ G| / |G|`` (the
+  MBAS paper's eq. 3: how much of the ground truth a high-recall stage-1 region covers).
 * ``convention="surfel"`` (default) reproduces DeepMind ``surface-distance``: the surface
   is made of voxel-corner surface elements weighted by their marching-cubes area, distances
   run from each element's corner to the nearest surface corner of the other mask,
@@ -63,8 +64,8 @@ from c2w_fast.ops.surface import (
     surface_summary,
 )
 
-__all__ = ["Metrics", "SurfaceDistances", "evaluate", "evaluate_batch", "evaluate_labels", "dice", "hd", "hd95",
-           "assd", "surface_dice", "surface_distances"]
+__all__ = ["Metrics", "SurfaceDistances", "evaluate", "evaluate_batch", "evaluate_labels", "dice", "overlap", "hd",
+           "hd95", "assd", "surface_dice", "surface_distances"]
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,14 @@ def dice(pred, gt, *, convention: str = "surfel", backend: str = "auto") -> floa
     pred, gt = check_pair(pred, gt)
     check_convention(convention)
     return _dice_from_counts(_count(pred), _count(gt), _count(pred & gt), convention)
+
+
+def overlap(pred, gt) -> float:
+    """Overlap ``|P ∩ G| / |G|`` (MBAS eq. 3), the fraction of the ground truth ``pred`` covers;
+    nan when gt is empty. Numpy, torch or cupy masks of one shape."""
+    pred, gt = check_pair(pred, gt)
+    n_gt = _count(gt)
+    return _count(pred & gt) / n_gt if n_gt else math.nan
 
 
 def hd(pred, gt, spacing=None, *, convention: str = "surfel", backend: str = "auto") -> float:

@@ -145,6 +145,16 @@ def test_bad_input_is_named():
         metrics.surface_dice(mask, mask, tolerance_mm=None)
 
 
+def test_overlap_is_the_covered_fraction_of_the_ground_truth():
+    gt = np.zeros((4, 5, 6), bool)
+    gt[1:3, 1:4, 1:5] = True                     # 24 voxels
+    pred = np.zeros_like(gt)
+    pred[1:3, 1:4, 1:3] = True                   # covers 12 of them
+    pred[0] = True                               # and 30 outside, which overlap does not count
+    assert metrics.overlap(pred, gt) == 0.5 == metrics.overlap(torch.from_numpy(pred), gt)
+    assert math.isnan(metrics.overlap(pred, np.zeros_like(gt)))
+
+
 def test_mixed_kinds_and_every_integer_label_dtype(rng):
     shape, spacing = (5, 9, 8), anisotropic_spacing(rng)
     gt = (rng.integers(0, 3, shape) * blobs(rng, shape, 0.5)).astype(np.uint8)

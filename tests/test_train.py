@@ -185,6 +185,10 @@ def test_mbas_cascade_stage1_then_masked_stage2(tmp_path):
     args = ["--data", str(data), "--fold", "final", "--epochs", "2"]
     assert train.main(["--config", str(CONFIGS / "mbas_stage1.toml"), "--out", str(tmp_path / "s1"), *args]
                       + set_args(SPLITS + stage1)) == 0
+    region = [r for r in _rows(tmp_path / "s1" / "final" / "test_metrics.csv") if r["class"] == "stage-2 region"]
+    atria = [r for r in _rows(tmp_path / "s1" / "final" / "test_metrics.csv") if r["class"] == "atria"]
+    assert len(region) == len(atria) == 2  # the dilated largest component covers at least what the union did
+    assert all(float(r["overlap"]) >= float(a["overlap"]) for r, a in zip(region, atria))
     stage2 = small + ["train.patch_size=[8,24,24]", f"cascade.stage1=\"{tmp_path / 's1'}\""]
     assert train.main(["--config", str(CONFIGS / "mbas_stage2.toml"), "--out", str(tmp_path / "s2"), *args]
                       + set_args(SPLITS + stage2)) == 0

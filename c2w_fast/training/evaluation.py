@@ -1,31 +1,54 @@
 """Evaluation of predictions against ground truth, per case and class, and the C2W paper's Table 1.
 
 Metrics come from :func:`c2w_fast.metrics.evaluate` on binary masks of one class in the
-native grid: Dice, Surface Dice at ``eval.tolerance_mm`` (1 mm), HD95 and ASSD (mm).
+native grid: Dice, Surface Dice at ``eval.tolerance_mm`` (1 mm), HD95 and ASSD (mm), and the
+overlap ``|P ∩ G| / |G|``. A ``cascade1`` stage also scores the region it hands to stage 2
+(largest component + dilation of its atrial union) as class ``"stage-2 region"``, as the
+MBAS paper's stage-1 tables do.
 The table prints mean ± sample standard deviation over cases; non-finite distances
 (an empty prediction or ground truth) are left out of the mean and counted.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from c2w_fast.data.layouts import Case, load_case
 from c2w_fast.data.preprocess import target_labels
 
 TABLE_COLUMNS = (("dice", "Dice ↑"), ("surface_dice", "Surface Dice ↑"), ("hd95", "HD95 (mm) ↓"),
-                 ("assd", "ASSD (mm) ↓"))
+                 ("assd", "ASSD (mm) ↓"))  # the C2W paper's Table 1; rows also hold "overlap"
 
 
-def class_metrics(prediction: np.ndarray, truth: np.ndarray, spacing, class_names, tolerance_mm: float) -> list[dict]:
-    """One row per foreground class: dice, surface_dice, hd95, assd (class index c = position + 1)."""
-    from c2w_fast.metrics import evaluate
+REGION_CLASS = "stage-2 region"
 
-    rows = []
-    for c, name in enumerate(class_names, start=1):
-        result = evaluate(prediction == c, truth == c, spacing, tolerance_mm=tolerance_mm)
-        rows.append({"class": name, **{key: float(getattr(result, key)) for key, _ in TABLE_COLUMNS}})
+
+def _row(name: str, pred, truth, spacing, tolerance_mm: float) -> dict:
+    from c2w_fast.metrics import evaluate, overlap
+
+    result = evaluate(pred, truth, spacing, tolerance_mm=tolerance_mm)
+    return {"class": name, **{key: float(getattr(result, key)) for key, _ in TABLE_COLUMNS},
+            "overlap": overlap(pred, truth)}
+
+
+def class_metrics(prediction: np.ndarray, truth: np.ndarray, spacing, class_names, tolerance_mm: float,
+                  cascade=None) -> list[dict]:
+    """One row per foreground class (class index c = position + 1): dice, surface_dice, hd95, assd,
+    overlap; with ``cascade`` (a cascade1 stage's ``config.cascade``) also the stage-2 region's row."""
+    rows = [_row(name, prediction == c, truth == c, spacing, tolerance_mm)
+            for c, name in enumerate(class_names, start=1)]
+    if cascade is not None:
+        from c2w_fast.infer import cascade_region
+
+        region = cascade_region(torch.from_numpy(np.ascontiguousarray(prediction > 0)), cascade).numpy()
+        rows.append(_row(REGION_CLASS, region, truth > 0, spacing, tolerance_mm))
     return rows
+
+
+def stage1_cascade(config):
+    """``config.cascade`` for a cascade1 stage (whose output gates stage 2), else None."""
+    return config.cascade if config.run.stage == "cascade1" else None
 
 
 def evaluate_cases(predictor, cases: list[Case], *, desc: str = "test") -> list[dict]:
@@ -37,7 +60,8 @@ def evaluate_cases(predictor, cases: list[Case], *, desc: str = "test") -> list[
         spacing = data.image.spacing
         prediction = predictor.predict(data.image.array, spacing, data.labels)
         truth = target_labels(data.labels, config.data.target)
-        for row in class_metrics(prediction, truth, spacing, config.class_names, config.eval.tolerance_mm):
+        for row in class_metrics(prediction, truth, spacing, config.class_names, config.eval.tolerance_mm,
+                                 stage1_cascade(config)):
             rows.append({"case": case.id, **row})
     return rows
 

@@ -21,7 +21,7 @@ from c2w_fast.data.splits import Splits, load_splits, make_splits, save_splits
 from c2w_fast.infer import Predictor, keep_largest_per_class, resolve_checkpoint
 from c2w_fast.training import runlog
 from c2w_fast.training.distributed import Processes, barrier
-from c2w_fast.training.evaluation import class_metrics, evaluate_cases, table1
+from c2w_fast.training.evaluation import REGION_CLASS, class_metrics, evaluate_cases, stage1_cascade, table1
 from c2w_fast.training.loop import Trainer
 
 
@@ -193,7 +193,8 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
         if config.eval.keep_largest:  # the post-processing prediction applies, as the test set gets it
             labels = keep_largest_per_class(labels, config.num_classes)
         rows += [{"case": volume.id, **r} for r in class_metrics(labels, volume.target, volume.spacing,
-                                                                 config.class_names, config.eval.tolerance_mm)]
+                                                                 config.class_names, config.eval.tolerance_mm,
+                                                                 stage1_cascade(config))]
     if rows:
         runlog.write_csv(folder / "val_metrics.csv", rows)
         result["val"] = rows
@@ -201,7 +202,7 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
         test = evaluate_cases(best, [cases[i] for i in splits.test])
         runlog.write_csv(folder / "test_metrics.csv", test)
         result["test"] = test
-        for class_name in config.class_names:
+        for class_name in (*config.class_names, *([REGION_CLASS] if stage1_cascade(config) else [])):
             print(f"\nHeld-out test set ({len(splits.test)} cases), {config.run.stage} stage, class {class_name}:")
             print(table1({config.run.stage: test}, class_name))
     return result
