@@ -431,6 +431,20 @@ def check(config: Config) -> None:
         raise ConfigError("data.sdf_channel needs data.sdf_from (the cavity run whose prediction gives the distance)")
 
 
+PATH_KEYS = ("data.root", "run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
+
+
+def absolute_paths(config: Config) -> Config:
+    """Relative paths of the config made absolute (from the working directory, as a run reads
+    them), so that ``--resume`` and ``predict`` work from any directory."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value and not Path(value).is_absolute():
+            setattr(getattr(config, section), name, str(Path(value).resolve()))
+    return config
+
+
 # Keys ``--resume`` may change (``--epochs``, ``--device``); every other value is the run's own.
 RESUMABLE_KEYS = ("train.epochs", "run.device")
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from c2w_fast import metrics
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
-from c2w_fast.data.layouts import CANONICAL_LABELS, detect_layout, discover_cases, load_labels
+from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, load_labels
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
@@ -108,7 +108,7 @@ class GroundTruth:
 def find_ground_truth(root: Path) -> GroundTruth:
     try:
         layout = detect_layout(root)
-    except DataError:
+    except NoLayoutError:  # a plain folder of label files (a mixed or broken dataset is reported as such)
         files, problems = find_label_files(root)
         return GroundTruth(files=files, problems=problems)
     return GroundTruth(cases={case.id: case for case in discover_cases(root, layout, require_labels=False)})

@@ -395,10 +395,12 @@ def locate_stage(recorded: str, key: str, run_dir: Path | None) -> Path:
         return path
     tried = [str(path)]
     if run_dir is not None:
-        sibling = Path(run_dir).parent / path.name
-        if sibling.exists():
-            return sibling
-        tried.append(str(sibling))
+        # a run folder, or a checkpoint inside one (RUN/fold/checkpoint_best.pt), beside the moved run
+        for tail in range(1, min(3, len(path.parts) - 1) + 1):
+            sibling = Path(run_dir).parent.joinpath(*path.parts[-tail:])
+            if sibling.exists():
+                return sibling
+            tried.append(str(sibling))
     where = f" (in the config saved with {run_dir})" if run_dir is not None else ""
     raise FileNotFoundError(f"{key} = {recorded!r}{where}: no such run folder or checkpoint; looked for "
                             f"{' and '.join(tried)}")
@@ -430,10 +432,12 @@ class StageLoader:
         self.options = options
         self.timer = timer
         self.runs = dict(runs or {})  # config key -> run folder or checkpoint, in place of the recorded one
+        self.used: set[str] = set()   # the helper keys looked up so far
         self._stages: dict[Path, Predictor] = {}
 
     def locate(self, key: str, recorded: str, run_dir: Path | None) -> Path:
         """The run a helper key names: the one given in ``runs``, else :func:`locate_stage`."""
+        self.used.add(key)
         return self.runs[key] if key in self.runs else locate_stage(recorded, key, run_dir)
 
     def load(self, path, fold: str | None = None) -> "Predictor":

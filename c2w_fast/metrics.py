@@ -225,9 +225,12 @@ def _label_values(labels) -> dict[str, tuple[int, ...]]:
 
 
 def _is_in(label_map, values):
-    if isinstance(label_map, torch.Tensor):  # comparisons, unlike torch.isin, take every integer dtype and value
-        mask = label_map == values[0]
-        for value in values[1:]:
+    if isinstance(label_map, torch.Tensor):  # comparisons, unlike torch.isin, take every integer dtype
+        if label_map.dtype != torch.bool:  # a value the dtype cannot hold matches nothing (== would wrap it)
+            info = torch.iinfo(label_map.dtype)
+            values = [v for v in values if info.min <= v <= info.max]
+        mask = torch.zeros_like(label_map, dtype=torch.bool)
+        for value in values:
             mask |= label_map == value
         return mask
     return np.isin(label_map, values)

@@ -64,7 +64,7 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_volume
-from c2w_fast.data.layouts import CANONICAL_LABELS, find_images
+from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError
 from c2w_fast.evaluate import case_id as label_file_id
@@ -155,11 +155,16 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
     Raises :class:`ModelError` naming the folder or file when it holds no usable stage.
     """
     loader = StageLoader(device, options, timer, runs)
+    if fold and fold.isdigit():  # --fold 1 as train takes it
+        fold = f"fold_{fold}"
     if fold and Path(model).is_dir() and not (Path(model) / fold / "checkpoint_best.pt").is_file():
         trained = sorted(p.parent.name for p in Path(model).glob("*/checkpoint_best.pt")) or ["none"]
         raise ModelError(f"{model}: no {fold}/checkpoint_best.pt; trained folds: {', '.join(trained)}")
     try:
         named = loader.load(model, fold)
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise ModelError(str(exc)) from None
+    try:  # the helper runs the config records
         config = named.config
         stages = [Stage(config.run.stage, named, canonical_codes(config.data.target))]
         if config.run.stage == "wall" and cavity:
@@ -174,6 +179,10 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
             stages.insert(0, Stage("cavity", cavity_stage, canonical_codes("la_cavity")))
         for stage in stages:
             stage.predictor.pipeline.load_helpers()
+        unused = sorted(set(loader.runs) - loader.used)
+        if unused:
+            raise ModelError(f"--use {', '.join(unused)}: the {config.run.stage} pipeline of {model} uses no such "
+                             "helper run")
     except FileNotFoundError as exc:
         raise ModelError(f"{exc}; --use KEY=PATH points a recorded run elsewhere") from None
     except CheckpointError as exc:
@@ -201,7 +210,7 @@ def find_inputs(path) -> list[tuple[str, Path]]:
         raise DataError(path, "no such file or folder")
     try:
         found = find_images(path)
-    except DataError:  # not a dataset layout: the image files in the folder itself
+    except NoLayoutError:  # not a dataset layout: the image files in the folder itself
         extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
         found = sorted((image_id(p), p) for p in path.iterdir()
                        if (p.is_file() or p.is_symlink())  # a broken link fails as its case, not silently
@@ -330,7 +339,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="training run folder or checkpoint file")
     p.add_argument("--in", dest="inputs", required=True, type=Path, help="image file, dataset folder or image folder")
     p.add_argument("--out", required=True, type=Path, help="folder for the label maps (created)")
-    p.add_argument("--fold", help="fold folder of the run to use (e.g. fold_0); default final")
+    p.add_argument("--fold", help="fold of the run to use (0 or fold_0, ...; default final)")
     p.add_argument("--use", action="append", default=[], metavar="KEY=PATH",
                    help="use this run folder or checkpoint for a helper stage instead of the one its config "
                         "records (KEY: run.init_from, roi.localizer, cascade.stage1, data.sdf_from); repeatable")
@@ -384,6 +393,9 @@ def _output_folders(args) -> None:
     if args.thickness is not None and args.thickness.resolve() == args.out.resolve():
         raise ModelError(f"--thickness {args.thickness} is the --out folder; thickness maps would overwrite "
                          "the label maps (both are <case>.nii.gz): give it a folder of its own")
+    if args.probabilities is not None and args.probabilities.resolve() == args.out.resolve():
+        raise ModelError(f"--probabilities {args.probabilities} is the --out folder; <case>_<class> maps among "
+                         "the label maps would read as extra cases (evaluate, a later predict): give it its own folder")
     for option, folder in (("--out", args.out), ("--probabilities", args.probabilities),
                            ("--thickness", args.thickness)):
         if folder is not None:

@@ -31,8 +31,8 @@ from c2w_fast import config as cfg
 from c2w_fast.errors import DataError
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
-from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, fold_names, plan_folds, train_fold,
-                                   write_config)
+from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, cross_validation_summary, fold_names,
+                                   plan_folds, save_new_splits, train_fold, write_config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,26 +68,16 @@ def _config(args) -> cfg.Config:
         return cfg.load(args.out / "config.toml", overrides)
     if args.config is None:
         raise cfg.ConfigError("--config is required (or --resume to continue a run)")
-    return absolute_paths(cfg.load(args.config, overrides))
-
-
-PATH_KEYS = ("data.root", "run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
-
-
-def absolute_paths(config: cfg.Config) -> cfg.Config:
-    """Relative paths of the config made absolute (from the working directory, as this run reads
-    them), so that ``--resume`` and ``predict`` work from any directory."""
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value and not Path(value).is_absolute():
-            setattr(getattr(config, section), name, str(Path(value).resolve()))
-    return config
+    return cfg.absolute_paths(cfg.load(args.config, overrides))
 
 
 def _describe(name: str, result: dict) -> str:
-    best = (f"best epoch {result['best_epoch']}" if result["best_epoch"] >= 0
-            else "no validation cases, so checkpoint_best.pt is the last epoch")
+    if result["select"] == "last":
+        best = "checkpoint_best.pt is the last epoch (train.select = last)"
+    elif result["best_epoch"] >= 0:
+        best = f"best epoch {result['best_epoch']}"
+    else:
+        best = "no validation cases, so checkpoint_best.pt is the last epoch"
     return f"{name}: {result['epochs']} epochs, {best}, checkpoints in {result['folder']}"
 
 
@@ -99,12 +89,14 @@ def main(argv=None) -> int:
         config = _config(args)
         processes, device = distributed.setup(config.run.device)
         try:
-            cases, splits = cases_and_splits(config, args.out, processes)
+            cases, splits = cases_and_splits(config, args.out)
             names = fold_names(args.fold, len(splits.folds))
             check_helpers(config, names)
             plan = plan_folds(config, args.out, names, splits, resume=args.resume)
-            if processes.is_main:
+            if processes.is_main:  # every check passed: the run folder is written from here on
+                save_new_splits(splits, args.out)
                 write_config(config, args.out)  # on --resume with the new --epochs / --device
+            validated = []
             for name, todo in plan.items():
                 if processes.is_main and args.resume and todo != "resume":
                     print(f"{name}: " + ("finished earlier, skipped" if todo == "finished"
@@ -115,6 +107,9 @@ def main(argv=None) -> int:
                                     resume=todo == "resume")
                 if processes.is_main:
                     print(_describe(name, result))
+                    validated += [{"fold": name, **row} for row in result.get("val", [])]
+            if processes.is_main and len(plan) > 1 and validated:
+                print(cross_validation_summary(config, args.out, validated))
         finally:
             distributed.teardown()
     except (cfg.ConfigError, DataError, RunError, CheckpointError, FileNotFoundError) as exc:

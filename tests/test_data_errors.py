@@ -129,6 +129,7 @@ def test_a_case_without_its_image_and_mixed_layouts_are_errors(tmp_path):
     (tmp_path / "mbas" / "MBAS_002" / "MBAS_002.nii.gz").unlink()
     with pytest.raises(DataError, match="MBAS_002_gt.nii.gz: label file without its image MBAS_002.nii.gz"):
         discover_cases(tmp_path / "mbas")
+    assert len(discover_cases(tmp_path / "mbas", require_labels=False)) == 1  # evaluation needs no image
     write_dataset(tmp_path / "lasc", "lasc", 2, progress=False, **SMALL)
     (tmp_path / "lasc" / "phantom001" / "lgemri.nrrd").unlink()
     with pytest.raises(DataError, match="laendo.nrrd: label file without its image lgemri.nrrd"):
@@ -137,6 +138,9 @@ def test_a_case_without_its_image_and_mixed_layouts_are_errors(tmp_path):
     write_dataset(tmp_path / "mixed" / "b", "lasc", 1, progress=False, **SMALL)
     with pytest.raises(DataError, match=r"holds cases of several layouts \(lasc, mbas\)"):
         discover_cases(tmp_path / "mixed")
+    from c2w_fast.predict import find_inputs
+    with pytest.raises(DataError, match="several layouts"):  # not read as a plain folder of images
+        find_inputs(tmp_path / "mixed")
     assert len(discover_cases(tmp_path / "mixed", "mbas")) == 1
 
 

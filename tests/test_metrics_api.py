@@ -165,6 +165,9 @@ def test_mixed_kinds_and_every_integer_label_dtype(rng):
     for dtype in (torch.uint8, torch.int16, torch.uint16, torch.int64):
         out = metrics.evaluate_labels(torch.from_numpy(pred).to(dtype), gt, {"one": 1, "absent": 300}, spacing)
         assert out["one"] == expected and math.isnan(out["absent"].dice)
+    wraps = torch.from_numpy(np.where(pred == 1, 44, pred))  # 300 wraps to 44 in uint8; -1 to 255
+    out = metrics.evaluate_labels(wraps, wraps, {"300": 300, "-1": -1}, spacing)
+    assert math.isnan(out["300"].dice) and math.isnan(out["-1"].dice)
     as_bool = metrics.evaluate_labels(torch.from_numpy(pred == 1), torch.from_numpy(gt == 1), [1], spacing)
     assert as_bool["1"] == expected
 

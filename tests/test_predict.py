@@ -221,6 +221,10 @@ def test_a_wall_run_whose_cavity_run_is_gone(c2w, tmp_path, capsys):
     assert set(np.unique(read_volume(tmp_path / "o2" / "lgemri.nrrd").array)) <= {0, 1, 3}
     assert predict.main(args + ["--use", "roi.nothing=x"]) == 2
     assert "--use takes KEY=PATH with KEY one of run.init_from" in capsys.readouterr().err
+    assert predict.main(args + ["--use", f"run.init_from={runs / 'cavity'}", "--use",
+                                f"cascade.stage1={runs / 'cavity'}"]) == 2
+    err = capsys.readouterr().err
+    assert "--use cascade.stage1: the wall pipeline" in err and "uses no such helper run" in err
 
 
 def test_a_missing_localizer_run_is_an_error_before_any_case(c2w, tmp_path, capsys):
@@ -244,6 +248,11 @@ def test_recorded_runs_are_found_as_written_or_next_to_the_run(tmp_path):
     recorded = str(tmp_path / "trained_here" / "localizer")
     found = locate_stage(recorded, "roi.localizer", tmp_path / "moved" / "wall")
     assert found == tmp_path / "moved" / "localizer"
+    (tmp_path / "moved" / "cavity" / "final").mkdir(parents=True)
+    (tmp_path / "moved" / "cavity" / "final" / "checkpoint_best.pt").touch()
+    recorded_file = str(tmp_path / "trained_here" / "cavity" / "final" / "checkpoint_best.pt")  # --init-from a file
+    found = locate_stage(recorded_file, "run.init_from", tmp_path / "moved" / "wall")
+    assert found == tmp_path / "moved" / "cavity" / "final" / "checkpoint_best.pt"
     gone = str(tmp_path / "trained_here" / "gone")
     with pytest.raises(FileNotFoundError, match=r"roi.localizer = '.*trained_here/gone'.*no such run folder"):
         locate_stage(gone, "roi.localizer", tmp_path / "moved" / "wall")
@@ -285,6 +294,8 @@ def test_output_folders_are_checked_before_any_case_runs(c2w, tmp_path, capsys):
     assert f"--out {tmp_path / 'taken' / 'preds'}: cannot create the folder" in capsys.readouterr().err
     assert predict.main(base + ["--out", str(tmp_path / "o"), "--thickness", str(tmp_path / "o")]) == 2
     assert "thickness maps would overwrite the label maps" in capsys.readouterr().err
+    assert predict.main(base + ["--out", str(tmp_path / "o"), "--probabilities", str(tmp_path / "o")]) == 2
+    assert "--probabilities" in capsys.readouterr().err
 
 
 def test_a_prediction_without_a_cavity_keeps_its_label_map_and_notes_the_missing_thickness(tmp_path, capsys):

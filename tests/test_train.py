@@ -59,10 +59,13 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
     assert saved.train.epochs == 2 and saved.data.root == str(lasc)
 
 
-def test_all_folds_train_in_turn(lasc, tmp_path):
+def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
     assert _run("c2w_cavity.toml", lasc, tmp_path, fold="all", epochs=1) == 0
     assert (tmp_path / "fold_0" / "checkpoint_best.pt").is_file()
     assert (tmp_path / "fold_1" / "val_metrics.csv").is_file()
+    assert "Cross-validation (2 folds, validation cases), class LA" in capsys.readouterr().out
+    rows = _rows(tmp_path / "cv_val_metrics.csv")
+    assert {r["fold"] for r in rows} == {"fold_0", "fold_1"} and {"dice", "overlap"} <= set(rows[0])
 
 
 @pytest.mark.parametrize("extra, items, message", [
@@ -257,11 +260,14 @@ def test_a_run_folder_holds_one_run(lasc, tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert _run("c2w_cavity.toml", lasc, tmp_path / "afile") == 2
     assert "is a file; it must be a run folder" in capsys.readouterr().err
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="5") == 2  # leaves splits.json behind
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", items=["data.n_test=1"]) == 2
-    assert "splits.json was made with n_test 2 (config: 1)" in capsys.readouterr().err
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="5") == 2
+    assert not (tmp_path / "run").exists()  # refused before it started: nothing written
     assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 0
     assert "no validation cases" not in capsys.readouterr().out
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", items=["data.n_test=1"]) == 2
+    assert "splits.json was made with n_test 2 (config: 1)" in capsys.readouterr().err
+    assert train.main(["--resume", "--out", str(tmp_path / "run")]) == 2  # --fold defaults to 0
+    assert "this run folder has final: choose it with --fold" in capsys.readouterr().err
     assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 2
     assert "final already trained here; continue with --resume" in capsys.readouterr().err
     assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", epochs=1, items=["optim.lr=5e-4"]) == 2

@@ -169,9 +169,11 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
     """
     path = Path(path)
     fmt = image_format(path)
-    suffix = next(s for s in (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)[::-1] if str(path).lower().endswith(s))
-    if not str(path).endswith(suffix):  # nibabel lower-cases it, and the file would not be where we say
-        raise ValueError(f"{path}: write to a lower-case suffix ({suffix})")
+    suffix = str(path)[-len(next(s for s in (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)[::-1]
+                                 if str(path).lower().endswith(s))):]
+    if suffix not in (suffix.lower(), suffix.upper()):  # nibabel lower-cases some mixed-case suffixes
+        raise ValueError(f"{path}: write to a suffix in one case ({suffix.lower()} or {suffix.upper()}), "
+                         "so that the file lands where asked")
     array = _storable(np.asarray(array), path)
     if array.ndim != 3:
         raise ValueError(f"array must be 3D (z, y, x), got shape {array.shape}")
@@ -270,15 +272,13 @@ def _nrrd_affine(header: dict, path: Path, assume_spacing) -> np.ndarray:
         affine = _NRRD_SPACES_TO_RAS[space] @ affine
         return affine @ _REVERSE_AXES
     # Without directions, ITK and Slicer place file axes i, j, k along L, P, S; so do we.
-    if "spacings" in header:
-        spacings = np.asarray(header["spacings"], dtype=float)
-        if not np.all(np.isfinite(spacings)):
-            raise DataError(path, f"NRRD 'spacings' {list(spacings)} are not all finite and there are no "
-                                  "'space directions'; spacing unknown")
+    spacings = np.asarray(header.get("spacings", [np.nan] * 3), dtype=float)
+    if np.all(np.isfinite(spacings)):
         return _LPS_TO_RAS @ affine_from_spacing(tuple(spacings)[::-1])
     if assume_spacing is not None:
         return _LPS_TO_RAS @ affine_from_spacing(assume_spacing)
-    raise DataError(path, "NRRD header has neither 'space directions' nor 'spacings'; spacing unknown")
+    found = f"'spacings' {spacings.tolist()}" if "spacings" in header else "no 'spacings'"
+    raise DataError(path, f"NRRD header has no 'space directions' and {found}; spacing unknown")
 
 
 def _read_nrrd(path: Path, assume_spacing) -> tuple[np.ndarray, np.ndarray]:

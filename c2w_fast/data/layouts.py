@@ -54,6 +54,10 @@ class CaseData:
     labels: np.ndarray | None
 
 
+class NoLayoutError(DataError):
+    """A folder in none of the dataset layouts (callers may then read it as a plain folder of files)."""
+
+
 def detect_layout(root) -> str:
     """The layout of the dataset folder ``root``, or a DataError saying what was expected."""
     root = Path(root)
@@ -67,8 +71,8 @@ def detect_layout(root) -> str:
         raise DataError(root, f"holds cases of several layouts ({', '.join(found)}); keep one layout per "
                               "dataset folder, or name it with data.layout")
     if not found:
-        raise DataError(root, "no dataset layout recognised; expected LASC 2018 (<case>/lgemri.nrrd), "
-                              "MBAS (MBAS_XXX/MBAS_XXX.nii.gz) or nnU-Net raw (dataset.json + imagesTr/)")
+        raise NoLayoutError(root, "no dataset layout recognised; expected LASC 2018 (<case>/lgemri.nrrd), "
+                                  "MBAS (MBAS_XXX/MBAS_XXX.nii.gz) or nnU-Net raw (dataset.json + imagesTr/)")
     return found[0]
 
 
@@ -91,7 +95,7 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise DataError(root, f"case ids occur more than once: {duplicates}")
-    orphans = _labels_without_image(root, layout)
+    orphans = _labels_without_image(root, layout) if require_labels else []  # training needs every image
     if orphans:
         label, image = orphans[0]
         more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""

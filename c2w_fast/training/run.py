@@ -10,6 +10,7 @@ Layout of ``RUN_DIR``::
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from c2w_fast.data.layouts import Case, discover_cases
 from c2w_fast.data.splits import Splits, load_splits, make_splits, save_splits
 from c2w_fast.infer import Predictor, keep_largest_per_class, resolve_checkpoint
 from c2w_fast.training import runlog
-from c2w_fast.training.distributed import Processes, barrier
+from c2w_fast.training.distributed import Processes
 from c2w_fast.training.evaluation import REGION_CLASS, class_metrics, evaluate_cases, stage1_cascade, table1
 from c2w_fast.training.loop import Trainer
 
@@ -91,28 +92,35 @@ def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> N
                        f"{field} = {wanted!r}")
 
 
+def save_new_splits(splits: Splits, run_dir: Path) -> None:
+    """Write ``splits`` to ``run_dir/splits.json`` unless the folder already has its splits."""
+    if not (run_dir / "splits.json").is_file():
+        save_splits(splits, run_dir / "splits.json", splits.settings)
+
+
 def split_settings(config: cfg.Config) -> dict:
     """The config values that decide the splits, recorded in ``splits.json``."""
     data = config.data
     return {"n_test": data.n_test, "n_folds": data.n_folds, "final_val": data.final_val, "split_seed": data.split_seed}
 
 
-def cases_and_splits(config: cfg.Config, run_dir: Path, processes: Processes) -> tuple[dict[str, Case], Splits]:
-    """The dataset's cases by id and the run's splits (made and saved on first use, else checked:
-    splits made by an earlier run with other settings, or of other cases, are an error)."""
+def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case], Splits]:
+    """The dataset's cases by id and the run's splits: ``splits.json`` checked when the run folder
+    has one (splits made by an earlier run with other settings, or of other cases, are an error),
+    else made in memory — every process makes the same — for :func:`save_new_splits` to write once
+    the run has passed its checks, so that a run refused before it starts leaves nothing behind."""
     if not config.data.root:
         raise RunError("no dataset: pass --data DIR (or set data.root)")
     cases = {c.id: c for c in discover_cases(config.data.root, config.data.layout)}
     path = run_dir / "splits.json"
     settings = split_settings(config)
-    if not path.is_file() and processes.is_main:
+    if not path.is_file():
         try:
             splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
                                  final_val=settings["final_val"], seed=settings["split_seed"])
         except ValueError as exc:
             raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc})") from None
-        save_splits(splits, path, settings)
-    barrier(processes)
+        return cases, dataclasses.replace(splits, settings=settings)
     splits = load_splits(path, list(cases))
     if splits.settings is not None:  # made by a run, not by hand: it must still be this config's split
         changed = [f"{key} {value} (config: {settings[key]})" for key, value in splits.settings.items()
@@ -137,7 +145,8 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
     if not resume:
         saved = run_dir / "config.toml"
         if saved.is_file():
-            changed = cfg.differences(cfg.load(saved), config, ignore=("run.device",))
+            # a config.toml written before paths were stored absolute compares as this run reads it
+            changed = cfg.differences(cfg.absolute_paths(cfg.load(saved)), config, ignore=("run.device",))
             if changed:
                 raise RunError(f"{run_dir} already holds a run with another config ({'; '.join(changed[:5])}); "
                                "use another --out")
@@ -148,7 +157,10 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
         return {name: "new" for name in names}
     latest = {name: run_dir / name / "checkpoint_latest.pt" for name in names}
     if not any(path.is_file() for path in latest.values()):
-        raise RunError(f"{run_dir}: nothing to resume (no checkpoint_latest.pt in {', '.join(names)})")
+        trained = sorted(p.parent.name for p in run_dir.glob("*/checkpoint_latest.pt"))
+        hint = (f"; this run folder has {', '.join(trained)}: choose it with --fold" if trained else
+                "; a run killed before its first epoch ended has no checkpoint: start it again with its command")
+        raise RunError(f"{run_dir}: nothing to resume (no checkpoint_latest.pt in {', '.join(names)}){hint}")
     return {name: "new" if not path.is_file() else "finished" if _finished(config, path, splits) else "resume"
             for name, path in latest.items()}
 
@@ -164,6 +176,16 @@ def _finished(config: cfg.Config, latest: Path, splits: Splits) -> bool:
     validated = not split.val or (folder / "val_metrics.csv").is_file()
     tested = folder.name != "final" or not splits.test or (folder / "test_metrics.csv").is_file()
     return trained and validated and tested
+
+
+def cross_validation_summary(config: cfg.Config, run_dir: Path, rows: list[dict]) -> str:
+    """The folds' validation rows (a ``fold`` column added) written to ``RUN_DIR/cv_val_metrics.csv``
+    and summarised per class as mean ± sd over all validation cases of the folds trained."""
+    runlog.write_csv(run_dir / "cv_val_metrics.csv", rows)
+    folds = sorted({row["fold"] for row in rows})
+    classes = list(dict.fromkeys(row["class"] for row in rows))
+    return "\n".join(f"\nCross-validation ({len(folds)} folds, validation cases), class {name}:\n"
+                     + table1({config.run.stage: rows}, name) for name in classes)
 
 
 def write_config(config: cfg.Config, run_dir: Path) -> None:
@@ -182,7 +204,8 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
     trainer = Trainer(config, folder, [cases[i] for i in split.train], [cases[i] for i in split.val],
                       device=device, processes=processes, resume=resume)
     state = trainer.fit()
-    result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"], "folder": folder}
+    result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"], "folder": folder,
+              "select": config.train.select}
     if not processes.is_main:
         return result
     best = Predictor.load(folder / "checkpoint_best.pt", device=device)
