@@ -339,10 +339,15 @@ BOUNDS = {
 }
 
 
+def value_at(config: Config, key: str):
+    """The value of ``section.key`` in ``config``."""
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
 def _check_bounds(config: Config) -> None:
     for key, (low, high, low_open) in BOUNDS.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = value_at(config, key)
         above = value > low if low_open else value >= low
         if not (math.isfinite(value) and above and (high is None or value <= high)):
             interval = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
@@ -431,16 +436,27 @@ def check(config: Config) -> None:
         raise ConfigError("data.sdf_channel needs data.sdf_from (the cavity run whose prediction gives the distance)")
 
 
-PATH_KEYS = ("data.root", "run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
+# Config keys that name another run: the one a stage starts from, and the helpers it runs.
+HELPER_KEYS = ("run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
+PATH_KEYS = ("data.root", *HELPER_KEYS)
+
+
+def used_helpers(config: Config) -> dict[str, str]:
+    """The helper runs a stage runs on every case, in training and prediction: key -> recorded path
+    (the localiser for the ROI, cascade stage 1 for the loss region, the cavity run for the distance channel)."""
+    used = {"roi.localizer": bool(config.roi.size) and config.roi.center == "localizer",
+            "cascade.stage1": config.loss.region_mask and config.cascade.mask_source == "stage1",
+            "data.sdf_from": config.data.sdf_channel}
+    return {key: value_at(config, key) for key, needed in used.items() if needed}
 
 
 def absolute_paths(config: Config) -> Config:
     """Relative paths of the config made absolute (from the working directory, as a run reads
     them), so that ``--resume`` and ``predict`` work from any directory."""
     for key in PATH_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = value_at(config, key)
         if value and not Path(value).is_absolute():
+            section, name = key.split(".")
             setattr(getattr(config, section), name, str(Path(value).resolve()))
     return config
 

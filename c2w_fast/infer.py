@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from c2w_fast.config import used_helpers
 from c2w_fast.data.io import check_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
@@ -481,13 +482,8 @@ class StagePipeline:
     def load_helpers(self) -> None:
         """Load every helper stage the config uses, and theirs, so that a missing run is an error
         before the first case rather than in each one."""
-        c = self.config
-        used = {"data.sdf_from": (c.data.sdf_channel, c.data.sdf_from),
-                "roi.localizer": (bool(c.roi.size) and c.roi.center != "ground_truth", c.roi.localizer),
-                "cascade.stage1": (c.loss.region_mask and c.cascade.mask_source != "ground_truth", c.cascade.stage1)}
-        for key, (needed, recorded) in used.items():
-            if needed:
-                self.helper(key, recorded).pipeline.load_helpers()
+        for key, recorded in used_helpers(self.config).items():
+            self.helper(key, recorded).pipeline.load_helpers()
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -506,11 +502,16 @@ class StagePipeline:
         return resampled_shape(shape, spacing, target), target
 
     def _image(self, image) -> torch.Tensor:
-        """``image`` as a float32 tensor on the device; a clear error for a non-3D or non-finite image."""
+        """``image`` as a float32 tensor on the device; a clear error for a non-3D image."""
         x = as_tensor(image)
         if x.ndim != 3:
             raise ValueError(f"image must be 3D (z, y, x), got shape {tuple(x.shape)}")
-        x = x.to(self.device).float()
+        return x.to(self.device).float()
+
+    def checked_image(self, image) -> torch.Tensor:
+        """:meth:`_image`, and a clear error for NaN/inf voxels: once per case where a stage's
+        prediction starts (the internal steps then reuse the checked tensor)."""
+        x = self._image(image)
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise ValueError(f"image has {bad} NaN/inf voxels; a network would turn them into an empty prediction")
@@ -637,7 +638,7 @@ class Predictor:
         if last is not None and last[0] is image and last[1] == spacing and last[2] is labels \
                 and (last[3] or not probabilities):
             return last[4]
-        x = self.pipeline._image(image)
+        x = self.pipeline.checked_image(image)
         logits = self._logits(x, spacing, labels)
         with self.loader.timer.phase("postprocess"):
             out = logits.argmax(0).to(torch.uint8)
@@ -657,7 +658,7 @@ class Predictor:
 
     def logits(self, image, spacing, labels=None):
         """(K, D, H, W) float32 logits in the native grid of ``image`` (z, y, x) with ``spacing`` (mm)."""
-        out = self._logits(self.pipeline._image(image), check_spacing(spacing), labels)
+        out = self._logits(self.pipeline.checked_image(image), check_spacing(spacing), labels)
         return out.cpu().numpy() if isinstance(image, np.ndarray) else out
 
     def predict(self, image, spacing, labels=None):

@@ -53,7 +53,7 @@ import torch
 
 from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_cupy
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
-from c2w_fast.ops._volume import check_pair, check_spacing, union_box
+from c2w_fast.ops._volume import check_pair, check_spacing, same_kind, union_box
 from c2w_fast.ops.surface import (
     SurfaceDistances,
     SurfaceSummary,
@@ -198,8 +198,7 @@ def evaluate_batch(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convent
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
     if device_type(pred) != device_type(gt):
         raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
-    if isinstance(pred, torch.Tensor) != isinstance(gt, torch.Tensor):  # numpy and a CPU tensor: both torch
-        pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
+    pred, gt = same_kind(pred, gt)
     spacing = check_spacing(spacing, pred.ndim - 1)
     if pred.shape[0] == 0:
         return []
@@ -264,8 +263,7 @@ def evaluate_labels(pred, gt, labels, spacing=None, *, tolerance_mm: float = 1.0
         ``{name: Metrics}`` in the order of ``labels``.
     """
     pred, gt = _check_label_map(pred, "pred"), _check_label_map(gt, "gt")
-    if isinstance(pred, torch.Tensor) != isinstance(gt, torch.Tensor):  # numpy and a tensor: both torch
-        pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
+    pred, gt = same_kind(pred, gt)
     if tuple(pred.shape) != tuple(gt.shape):
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
     if pred.ndim not in (2, 3):

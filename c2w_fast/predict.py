@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from c2w_fast import config as cfg
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_volume
 from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
@@ -374,15 +375,12 @@ def _options(args) -> InferenceOptions:
                             batch_size=args.batch_size, mirror_axes=mirror, cuda_graph=args.cuda_graph)
 
 
-HELPER_KEYS = ("run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
-
-
 def _helper_runs(pairs: list[str]) -> dict[str, Path]:
     runs = {}
     for pair in pairs:
         key, _, path = pair.partition("=")
-        if key not in HELPER_KEYS or not path:
-            raise ModelError(f"--use takes KEY=PATH with KEY one of {', '.join(HELPER_KEYS)}, got {pair!r}")
+        if key not in cfg.HELPER_KEYS or not path:
+            raise ModelError(f"--use takes KEY=PATH with KEY one of {', '.join(cfg.HELPER_KEYS)}, got {pair!r}")
         runs[key] = Path(path)
     return runs
 

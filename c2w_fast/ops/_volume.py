@@ -33,9 +33,14 @@ def check_pair(pred, gt):
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
     if device_type(pred) != device_type(gt):
         raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
-    if isinstance(pred, torch.Tensor) != isinstance(gt, torch.Tensor):  # numpy and a CPU tensor: both torch
-        pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
-    return pred, gt
+    return same_kind(pred, gt)
+
+
+def same_kind(a, b):
+    """``a`` and ``b`` as one kind of array: a numpy array with a (CPU) tensor become both tensors."""
+    if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+        return torch.as_tensor(a), torch.as_tensor(b)
+    return a, b
 
 
 # Voxel sizes (mm) the float32 distance kernels represent without overflow or underflow.

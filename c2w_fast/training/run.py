@@ -51,22 +51,18 @@ def fold_split(splits: Splits, name: str):
 
 
 def check_helpers(config: cfg.Config, folds: list[str]) -> None:
-    """Every run this config depends on has a checkpoint for each fold (or a ``final`` one)."""
-    needed = [("run.init_from", config.run.init_from)]
-    if config.roi.size and config.roi.center == "localizer":
-        needed.append(("roi.localizer", config.roi.localizer))
-    if config.loss.region_mask and config.cascade.mask_source == "stage1":
-        needed.append(("cascade.stage1", config.cascade.stage1))
-    if config.data.sdf_channel:
-        needed.append(("data.sdf_from", config.data.sdf_from))
-    for key, path in needed:
-        for fold in folds:
-            if path:
-                try:
-                    found = resolve_checkpoint(path, fold)
-                except FileNotFoundError as exc:
-                    raise RunError(f"{key}: {exc}") from None
-                _check_helper_kind(config, key, found)
+    """Every run this config depends on has a checkpoint for each fold (or a ``final`` one) of
+    the kind the key needs (each checkpoint read once, however many folds share it)."""
+    needed = {"run.init_from": config.run.init_from, **cfg.used_helpers(config)}
+    for key, path in needed.items():
+        if not path:
+            continue
+        try:
+            found = {resolve_checkpoint(path, fold) for fold in folds}
+        except FileNotFoundError as exc:
+            raise RunError(f"{key}: {exc}") from None
+        for checkpoint_path in sorted(found):
+            _check_helper_kind(config, key, checkpoint_path)
 
 
 # What a helper run must have been trained for: key -> (config field of the helper, required value).
@@ -84,9 +80,8 @@ def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> N
         field, wanted = "data.target", "la_cavity"
     else:
         field, wanted = HELPER_KINDS[key]
-    section, name = field.split(".")
     helper = cfg.from_dict(checkpoint.load(checkpoint_path)["config"], source=str(checkpoint_path))
-    found = getattr(getattr(helper, section), name)
+    found = cfg.value_at(helper, field)
     if found != wanted:
         raise RunError(f"{key}: {checkpoint_path} is a run with {field} = {found!r}; {key} needs one with "
                        f"{field} = {wanted!r}")
