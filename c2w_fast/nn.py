@@ -73,11 +73,19 @@ class _SegmentationLoss(nn.Module):
 
 
 def _resize_labels(labels, size):
-    """Nearest-neighbour resize of (B, D, H, W) or (B, 1, D, H, W) labels or masks to ``size``."""
+    """(B, D, H, W) or (B, 1, D, H, W) labels or masks at the voxels of a lower-resolution output of ``size``.
+
+    An output made by convolutions of stride s (padding kernel // 2) has ceil(n / s) voxels centred
+    on input voxels 0, s, 2s, ...: those are taken (``nearest`` interpolation would pick 0, 1, 3 for
+    5 -> 3, ``nearest-exact`` 1, 3, 5 for 6 -> 3). Other sizes fall back to ``nearest-exact``.
+    """
     if labels is None or tuple(labels.shape[-3:]) == tuple(size):
         return labels
+    strides = [next((s for s in range(1, n + 1) if -(-n // s) == m), None) for n, m in zip(labels.shape[-3:], size)]
+    if None not in strides:
+        return labels[..., ::strides[0], ::strides[1], ::strides[2]]
     squeeze = labels.ndim == 4
-    resized = F.interpolate((labels[:, None] if squeeze else labels).float(), size=tuple(size), mode="nearest")
+    resized = F.interpolate((labels[:, None] if squeeze else labels).float(), size=tuple(size), mode="nearest-exact")
     resized = resized[:, 0] if squeeze else resized
     return resized.to(labels.dtype)
 

@@ -40,7 +40,7 @@ def _load_tile(logits_ptr, target_ptr, mask_ptr, b, n, N, C, s_b, s_c, s_n, t_b,
     b64 = b.to(tl.int64)
     z = tl.load(logits_ptr + b64 * s_b + c[:, None] * s_c + n[None, :] * s_n, mask=ok, other=0.0).to(tl.float32)
     if LABELS:
-        label = tl.load(target_ptr + b64 * t_b + n * t_n, mask=n_ok, other=0).to(tl.int32)
+        label = tl.load(target_ptr + b64 * t_b + n * t_n, mask=n_ok, other=0)  # compared unnarrowed: no wrap
         t = (c[:, None] == label[None, :]).to(tl.float32)
         bad = (n_ok & ((label < 0) | (label >= C))).to(tl.float32)
     else:
@@ -268,11 +268,28 @@ class LossSpec:
     lambda_term: float
 
 
+def _voxel_stride(t: torch.Tensor) -> int | None:
+    """The stride between consecutive (z, y, x)-flattened voxels of ``t``, or None when it is not one number.
+
+    ``is_contiguous()`` ignores the strides of size-1 axes, so a "contiguous" tensor with W = 1
+    may still step through its voxels by ``stride(3)``: read the strides of the axes longer than 1.
+    """
+    step, span = None, 1
+    for size, stride in zip(reversed(t.shape[2:]), reversed(t.stride()[2:])):
+        if size > 1:
+            step = stride if step is None else step
+            if stride != step * span:
+                return None
+        span *= size
+    return 1 if step is None else step
+
+
 def _spatial_view(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """(B, C, D, H, W) and strides (batch, channel, voxel) of its flattened voxels, copying only odd layouts."""
-    if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last_3d)):
+    dense = t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last_3d)
+    if not dense or _voxel_stride(t) is None:
         t = t.contiguous()
-    return t, (t.stride(0), t.stride(1), t.stride(4))
+    return t, (t.stride(0), t.stride(1), _voxel_stride(t))
 
 
 def _block_sizes(channels: int) -> tuple[int, int]:
@@ -351,7 +368,7 @@ def loss_backward(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.T
     batch, channels = logits.shape[:2]
     block_c, block_n = _block_sizes(channels)
     programs = _programs_per_sample(batch, voxels, block_n, logits.device)
-    grad = torch.empty_like(logits)  # same dense layout, hence the same strides
+    grad = torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype, device=logits.device)
     alpha = 0.0 if spec.alpha is None else float(spec.alpha)
     _loss_backward_kernel[(programs, batch)](logits, target, mask_arg, coef, out,
                                              grad_loss.to(device=logits.device, dtype=torch.float32), grad,

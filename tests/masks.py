@@ -21,3 +21,26 @@ def anisotropic_spacing(rng, ndim=3):
     spacing = rng.uniform(0.4, 1.2, ndim)
     spacing[0] *= rng.uniform(1.5, 4.0)
     return tuple(float(s) for s in spacing)
+
+
+F32_1_2 = float(np.float32(1.2))  # 1.2 mm as a float32 image header stores it
+# (spacing, tolerance_mm, shift in voxels): most boundary distances equal the tolerance in real
+# arithmetic, and float64 / float32 rounding decide (3 x 0.1 > 0.3 in float64, 3 x 1.1 > 3.3,
+# 1.2000000476837158 > 1.2, 2 x 0.7 == 1.4, sqrt(0.3^2 + 0.4^2) vs 0.5 ...)
+TIE_CASES = [
+    ((1.0, 1.0, 0.1), 0.3, (0, 0, 3)),
+    ((2.5, F32_1_2, F32_1_2), 1.2, (0, 0, 1)),
+    ((0.3, 0.3, 0.3), 0.3, (0, 1, 0)),
+    ((0.7, 0.7, 0.7), 1.4, (0, 2, 0)),
+    ((1.1, 1.1, 1.1), 3.3, (3, 0, 0)),
+    ((0.3, 0.4, 0.4), 0.5, (1, 1, 0)),
+    ((2.5, 0.625, 0.625), 1.25, (0, 2, 0)),
+    ((0.1, 0.1), 0.3, (0, 3)),
+]
+
+
+def tie_pair(rng, shift):
+    """A blob and its copy shifted by ``shift`` voxels (the shape fits 2D and 3D cases)."""
+    shape = (10, 12, 14)[-len(shift):]
+    gt = blobs(rng, shape, 0.4)
+    return np.roll(gt, shift, axis=tuple(range(len(shift)))), gt

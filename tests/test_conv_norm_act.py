@@ -223,6 +223,16 @@ def test_triton_runs_in_the_autocast_dtype(rng):
     assert TOLERANCES[torch.bfloat16].violations(y, reference) == 0
 
 
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_a_float32_residual_under_autocast_is_added_in_the_blocks_dtype(backend, rng):
+    case = make_case(rng, 1, 16, 16, 4, (2, 3, 4), (1, 3, 3), (1, 1, 1), torch.float32, False)
+    args = [case[k].to(DEVICE) for k in ("x", "weight", "norm_weight", "norm_bias")]
+    residual = torch.randn(1, 16, 2, 3, 4, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = conv_norm_act(*args, groups=4, residual=residual, backend=backend)
+    assert y.dtype == torch.bfloat16  # the same model gives the same dtype on CPU (reference) and GPU
+
+
 def _base_args():
     return torch.randn(1, 4, 3, 4, 5), torch.randn(8, 2, 3, 3, 3), torch.ones(8), torch.zeros(8)
 

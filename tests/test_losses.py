@@ -196,13 +196,45 @@ def test_reference_rejects_labels_out_of_range(rng):
 
 
 @needs_triton
+@pytest.mark.parametrize("layout", ["channels_last_of_a_2d_output", "transposed"])
+def test_triton_reads_layouts_whose_last_axis_has_size_one(layout, rng):
+    """is_contiguous() ignores the stride of a size-1 axis: the voxel stride must come from the others."""
+    logits, labels, region = make_inputs(rng, size=(4, 5, 1))
+    z = logits.float()
+    if layout == "channels_last_of_a_2d_output":
+        z = z[..., 0].to(memory_format=torch.channels_last).unsqueeze(-1)  # strides (60, 1, 15, 3, 1)
+    else:
+        z = torch.empty(2, 3, 4, 1, 5).transpose(3, 4).copy_(z)  # strides (60, 20, 5, 1, 5), "contiguous"
+    assert z.is_contiguous() or z.is_contiguous(memory_format=torch.channels_last_3d)
+    z = z.to(DEVICE).requires_grad_()
+    loss = dice_focal_loss(z, labels.to(DEVICE), region.to(DEVICE), backend="triton")
+    (grad,) = torch.autograd.grad(loss, z)
+    ref = value_and_grad(dice_focal_loss, logits.float().double(), labels, region, "reference")
+    assert VALUE_TOLERANCES[torch.float32].violations(loss.detach().cpu(), ref[0]) == 0
+    assert GRAD_TOLERANCES[torch.float32].violations(grad.cpu(), ref[1]) == 0
+
+
+@needs_triton
+def test_triton_refuses_a_target_that_requires_grad_and_auto_runs_the_reference(rng):
+    logits, labels, _ = make_inputs(rng, mask=None)
+    soft = F.one_hot(labels, 3).permute(0, 4, 1, 2, 3).double().softmax(1).requires_grad_()
+    with pytest.raises(ValueError, match="no gradient to the target"):
+        dice_ce_loss(logits.float().to(DEVICE), soft.float().to(DEVICE), backend="triton")
+    dice_ce_loss(logits, soft).backward()  # auto: the reference, which gives the target its gradient
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    with torch.no_grad():  # no graph, no gradient to lose
+        dice_ce_loss(logits.float().to(DEVICE), soft.float().to(DEVICE), backend="triton")
+
+
+@needs_triton
 def test_triton_labels_out_of_range_make_the_loss_nan(rng):
     logits, labels, region = make_inputs(rng)
-    labels[1, 2, 3, 4] = -1
-    z = logits.float().to(DEVICE).requires_grad_()
-    loss = dice_focal_loss(z, labels.to(DEVICE), region.to(DEVICE), backend="triton")
-    loss.backward()
-    assert torch.isnan(loss) and torch.isnan(z.grad).all()  # so GradScaler and clipping guards stop the step
+    for bad in (-1, 2**32 + 1):  # the second is class 1 once narrowed to int32
+        labels[1, 2, 3, 4] = bad
+        z = logits.float().to(DEVICE).requires_grad_()
+        loss = dice_focal_loss(z, labels.to(DEVICE), region.to(DEVICE), backend="triton")
+        loss.backward()
+        assert torch.isnan(loss) and torch.isnan(z.grad).all(), bad  # so GradScaler and clipping guards stop the step
 
 
 @needs_triton
@@ -239,12 +271,12 @@ def test_triton_refuses_float64_logits():
 
 @needs_triton
 def test_deep_supervision_module_sums_weighted_outputs_with_resized_targets_and_masks(rng):
-    logits, labels, region = make_inputs(rng, size=(4, 6, 8))
-    low = torch.from_numpy(rng.standard_normal((2, 3, 2, 3, 4))).float()
+    logits, labels, region = make_inputs(rng, size=(5, 6, 7))  # odd sizes: 5 -> 3 keeps voxels 0, 2, 4
+    low = torch.from_numpy(rng.standard_normal((2, 3, 3, 3, 4))).float()
     outputs = [logits.float().to(DEVICE), low.to(DEVICE)]
     module = DiceCELoss(weights=[0.75, 0.25], backend="triton")
     total = module(outputs, labels.to(DEVICE), region.to(DEVICE))
-    low_labels, low_region = labels[:, ::2, ::2, ::2], region[:, ::2, ::2, ::2]  # nearest = every other voxel
+    low_labels, low_region = labels[:, ::2, ::2, ::2], region[:, ::2, ::2, ::2]  # where a stride-2 conv's outputs sit
     expected = (0.75 * dice_ce_loss(logits.double(), labels, region, backend="reference")
                 + 0.25 * dice_ce_loss(low.double(), low_labels, low_region, backend="reference"))
     assert VALUE_TOLERANCES[torch.float32].violations(total.cpu(), expected) == 0

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from masks import anisotropic_spacing, blobs, perturbed
+from masks import TIE_CASES, anisotropic_spacing, blobs, perturbed, tie_pair
 
 from c2w_fast import metrics
 
@@ -198,3 +198,20 @@ def test_full_size_mbas_wall_matches_the_peer(convention, mbas_wall_pair):
     pred, gt, spacing = mbas_wall_pair
     ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=1.0, convention=convention)
     assert_metrics(ours, (deepmind if convention == "surfel" else monai)(pred, gt, spacing, 1.0))
+
+
+@pytest.mark.parametrize("spacing, tolerance_mm, shift", TIE_CASES)
+def test_distances_equal_to_the_tolerance_are_decided_as_the_peers_decide(spacing, tolerance_mm, shift, rng):
+    """surface-distance decides in float64, MONAI in float32; each convention follows its peer."""
+    pred, gt = tie_pair(rng, shift)
+    peers = {"surfel": deepmind, "voxel": monai}
+    if len(shift) == 2:
+        peers.pop("voxel")  # this MONAI comparison is 3D (the helper adds batch and channel axes only)
+    for convention, peer in peers.items():
+        below, above = (peer(pred, gt, spacing, tolerance_mm * f)["surface_dice"] for f in (1 - 1e-6, 1 + 1e-6))
+        assert below < above, "not a tie: the case would test nothing"
+        expected = peer(pred, gt, spacing, tolerance_mm)["surface_dice"]
+        for backend in BACKENDS:
+            ours = metrics.evaluate(pred, gt, spacing, tolerance_mm=tolerance_mm, convention=convention,
+                                    backend=backend)
+            assert ours.surface_dice == pytest.approx(expected, rel=1e-6), (convention, backend)

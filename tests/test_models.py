@@ -95,6 +95,15 @@ def test_residual_block_equals_unfused_definition(rng):
     torch.testing.assert_close(block(x), expected)
 
 
+def test_every_block_takes_a_strided_axis_of_one_voxel():
+    """Stride 2 over a single voxel gives one output voxel; the residual shortcut pools what it has."""
+    from c2w_fast.models.blocks import ResidualBlock, ResNeXtBlock
+
+    x = torch.randn(1, 4, 1, 5, 5)
+    for block in (ResidualBlock(4, 8, 3, 2), ResNeXtBlock(4, 8, 3, 2, groups=4)):
+        assert tuple(block(x).shape) == (1, 8, 1, 3, 3), type(block).__name__
+
+
 def test_spec_errors_name_the_field():
     with pytest.raises(ValueError, match="strides needs one entry per stage"):
         build_spec("c2w_resnext", strides=(1, 2))

@@ -16,6 +16,7 @@ fused block has no slot between convolution and norm where nnU-Net puts it.
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from c2w_fast.nn import FusedConvNormAct
@@ -48,13 +49,16 @@ class _Shortcut(nn.Module):
         stride = tuple(stride) if not isinstance(stride, int) else (stride,) * 3
         strided = any(s != 1 for s in stride)
         # nnU-Net's BasicBlockD pools then projects; ResNeXt's projection carries the stride.
-        self.pool = nn.AvgPool3d(stride, stride, ceil_mode=True) if strided and pool else nn.Identity()
+        self.pool_stride = stride if strided and pool else None
         project_stride = 1 if pool else stride
         self.project = (FusedConvNormAct(cin, cout, 1, project_stride, activation=False)
                         if cin != cout or (strided and not pool) else None)
 
     def forward(self, x):
-        x = self.pool(x)
+        if self.pool_stride is not None:
+            # an axis shorter than its stride pools what it has, giving the conv path's one output voxel
+            kernel = tuple(min(s, n) for s, n in zip(self.pool_stride, x.shape[2:]))
+            x = F.avg_pool3d(x, kernel, self.pool_stride, ceil_mode=True)
         return x if self.project is None else self.project(x)
 
 

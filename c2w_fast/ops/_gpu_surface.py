@@ -28,7 +28,8 @@ from c2w_fast.kernels import surface as surface_kernels
 from c2w_fast.ops._arrays import as_tensor
 from c2w_fast.ops._gpu_volume import as_items, bounding_boxes, to_kind
 from c2w_fast.ops._surfels import surfel_area_table
-from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary, widened_tolerance
+from c2w_fast.ops._within import float32_threshold
+from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary
 
 # radix-selection rounds over the 31 value bits of a non-negative float32: (shift, known, bins)
 _ROUNDS = ((20, 31, 2048), (9, 20, 2048), (0, 9, 512))
@@ -118,12 +119,12 @@ def _percentiles(fields: SurfaceFields, totals: torch.Tensor, percentile: float,
     return torch.where(gamma >= 0.5, b - (b - a) * (1 - gamma), a + (b - a) * gamma)
 
 
-def summaries(fields: SurfaceFields, *, convention: str, tolerance_mm: float, percentile: float,
-              percentile_rule: str) -> torch.Tensor:
+def summaries(fields: SurfaceFields, spacing: tuple[float, ...], *, convention: str, tolerance_mm: float,
+              percentile: float, percentile_rule: str) -> torch.Tensor:
     """float64 (pairs, 4): hd, hd_percentile, assd, surface_dice of each pair (both surfaces
     non-empty; otherwise the values are meaningless and the caller applies the empty rules)."""
     moments = surface_kernels.surface_moments(fields.squared, fields.codes, fields.weights, fields.boxes,
-                                              tolerance=widened_tolerance(tolerance_mm), full=fields.full,
+                                              tolerance=float32_threshold(tolerance_mm, spacing, convention), full=fields.full,
                                               box_div=2)
     pairs = moments.reshape(-1, 2, 4)
     total = pairs[..., 0].sum(dim=1)
@@ -156,14 +157,14 @@ def evaluate_rows(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ..
     parts = []
     for start in range(0, pred.shape[0], step):
         fields = surface_fields(pred[start:start + step], gt[start:start + step], spacing, convention)
-        parts.append(summaries(fields, convention=convention, tolerance_mm=tolerance_mm, percentile=percentile,
+        parts.append(summaries(fields, spacing, convention=convention, tolerance_mm=tolerance_mm, percentile=percentile,
                                percentile_rule=percentile_rule))
     return torch.cat([counts.double(), torch.cat(parts, dim=0)], dim=1)
 
 
 def summary_triton(pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule) -> SurfaceSummary:
     fields = surface_fields(as_tensor(pred)[None], as_tensor(gt)[None], spacing, convention)
-    row = summaries(fields, convention=convention, tolerance_mm=tolerance_mm, percentile=percentile,
+    row = summaries(fields, spacing, convention=convention, tolerance_mm=tolerance_mm, percentile=percentile,
                     percentile_rule=percentile_rule)[0]
     return SurfaceSummary(*row.tolist())
 

@@ -67,7 +67,7 @@ def reference_conv_norm_act(x, weight, norm_weight, norm_bias, stride=1, groups=
     else:
         y = F.instance_norm(y, weight=norm_weight, bias=norm_bias, eps=eps)
     if residual is not None:
-        y = y + residual
+        y = y + residual.to(y.dtype)  # in the block's dtype on every backend (an fp32 one under autocast too)
     return F.leaky_relu(y, negative_slope) if activation else y
 
 
@@ -197,7 +197,8 @@ def conv_norm_act(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tens
         eps: added to the (biased) variance, as ``nn.InstanceNorm3d``.
         negative_slope: LeakyReLU slope for negative inputs.
         activation: False skips the LeakyReLU.
-        residual: optional (B, Cout, D', H', W') added after the norm, before the activation.
+        residual: optional (B, Cout, D', H', W') added after the norm, before the activation, in
+            the output's dtype.
         backend: ``auto`` (triton on CUDA, reference elsewhere), ``reference`` or ``triton``.
     Returns: (B, Cout, D', H', W') in ``x``'s dtype (or the autocast dtype), D' = (D - 1) // sz + 1.
     Under autocast the triton backend runs in the autocast dtype, like ``F.conv3d``.

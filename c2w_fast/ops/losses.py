@@ -16,7 +16,8 @@ inside the mask, 0 outside; with ``mask=None`` m = 1 everywhere):
   ``use_softmax``, so this is its focal term even when the Dice uses a softmax.
 * Cross-entropy term (``dice_ce_loss``): ``-sum_c t log softmax(z)``, over every class whatever
   ``include_background`` says (as MONAI's ``DiceCELoss``), averaged over the masked voxels.
-* loss = ``lambda_dice * dice + lambda_focal * focal`` (or ``lambda_ce * ce``), a float32 scalar.
+* loss = ``lambda_dice * dice + lambda_focal * focal`` (or ``lambda_ce * ce``), a float32 scalar
+  (float64 for float64 logits).
 
 With ``mask=None`` (or an all-one mask) and the defaults these equal MONAI 1.6
 ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` / ``DiceCELoss(to_onehot_y=True, softmax=True)``
@@ -24,7 +25,8 @@ in value and gradient. An all-zero mask gives a loss of exactly 0 and a zero gra
 Integer labels outside [0, C) raise a ``ValueError`` in the reference and make the triton
 backend's loss and gradient NaN (checked on the device, without a host sync). A (B, C, D, H, W)
 target is read as given (one-hot or soft labels in [0, 1]); its values are not checked, as in MONAI.
-The triton backend's backward is first-order: ``create_graph=True`` raises a ``RuntimeError``.
+The triton backend's backward is first-order: ``create_graph=True`` raises a ``RuntimeError``;
+it gives no gradient to the target, so a target that requires grad runs the reference under ``auto``.
 
 Backends: ``reference`` (plain torch, float64-capable) and ``triton`` (one fused forward
 kernel, a one-program finalisation, one fused backward kernel; see
@@ -210,6 +212,12 @@ def _check(logits, target, mask, activation, backend) -> str:
             raise ValueError(f"the triton backend takes logits in {[str(d) for d in KERNEL_DTYPES]}, got {logits.dtype}")
         if backend == "auto":
             return "reference"
+    if target.requires_grad and torch.is_grad_enabled():  # e.g. a teacher's soft output left attached
+        if backend == "triton":
+            raise ValueError("the triton backend gives no gradient to the target; detach it, or use "
+                             "backend='reference' for a gradient to a target that requires grad")
+        if backend == "auto":
+            return "reference"
     return backend
 
 
@@ -225,7 +233,7 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
         mask: optional (B, D, H, W) (or (B, 1, D, H, W)) region; nonzero = the voxel counts.
         gamma, alpha: focal exponent and optional class-balance weight in [0, 1].
         activation: ``"softmax"`` or ``"sigmoid"`` for the Dice probabilities.
-    Returns: float32 scalar. Equals MONAI ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` for the defaults.
+    Returns: a scalar, float32 (float64 for float64 logits). Equals MONAI ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` for the defaults.
     """
     backend = _check(logits, target, mask, activation, backend)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
@@ -240,7 +248,7 @@ def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, 
     """Soft Dice + cross-entropy, optionally inside a region mask (definitions in the module docstring).
 
     Arguments as :func:`dice_focal_loss`; the cross-entropy always uses a softmax over every class.
-    Returns: float32 scalar. Equals MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` for the defaults.
+    Returns: a scalar, float32 (float64 for float64 logits). Equals MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` for the defaults.
     """
     backend = _check(logits, target, mask, activation, backend)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask

@@ -28,7 +28,8 @@ From the directed distances ``d_pg`` (every pred element to gt) and ``d_gp`` wit
 * ``assd`` = ``(sum d_pg a_p + sum d_gp a_g) / (sum a_p + sum a_g)``, the weighted mean of
   both directions pooled (surfel: area-weighted; voxel: MONAI's symmetric ASD = medpy's assd);
 * ``surface_dice`` at tolerance ``t`` mm = ``(sum a_p [d_pg <= t] + sum a_g [d_gp <= t]) /
-  (sum a_p + sum a_g)``.
+  (sum a_p + sum a_g)``; a distance equal to ``t`` up to rounding is decided as the
+  convention's peer decides it (:mod:`c2w_fast.ops._within`).
 
 Empty masks (decided here, before any backend runs) give the values of each convention's peer:
 
@@ -53,6 +54,7 @@ from scipy import ndimage
 from c2w_fast.ops._arrays import as_numpy, device_type
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
+from c2w_fast.ops._within import decision_threshold, float32_threshold
 from c2w_fast.ops._surfels import neighbour_codes, surfel_area_table
 from c2w_fast.ops._volume import check_pair, check_spacing, host_uint8_3d, like, spacing_3d, union_box
 
@@ -142,11 +144,12 @@ def summarise(d_pg, d_gp, a_p, a_g, *, convention, tolerance_mm, percentile, per
     else:
         hd_percentile = _percentile(np.concatenate([d_pg, d_gp]), np.concatenate([a_p, a_g]), percentile, convention)
     total = a_p.sum() + a_g.sum()
+    within = decision_threshold(tolerance_mm, convention)
     return SurfaceSummary(
         hd=float(max(d_pg.max(), d_gp.max())),
         hd_percentile=float(hd_percentile),
         assd=float((d_pg @ a_p + d_gp @ a_g) / total),
-        surface_dice=float((a_p[d_pg <= tolerance_mm].sum() + a_g[d_gp <= tolerance_mm].sum()) / total),
+        surface_dice=float((a_p[d_pg <= within].sum() + a_g[d_gp <= within].sum()) / total),
     )
 
 
@@ -179,23 +182,12 @@ def _distances_cpu(pred, gt, spacing, convention) -> SurfaceDistances:
     return SurfaceDistances(*(like(a, pred) for a in arrays), convention=convention)
 
 
-# The fast backends hold squared distances in float32, so a distance equal to the tolerance
-# (one 0.3 mm step at a 0.3 mm tolerance) can come out a few float32 ulps above it; they compare
-# against the tolerance widened by this relative slack (~5e-7), far below the gaps between
-# distinct grid distances, so that such a distance counts as within, as it does in float64.
-FLOAT32_DISTANCE_SLACK = 2.0**-21
-
-
-def widened_tolerance(tolerance_mm: float) -> float:
-    """The tolerance a float32-distance backend compares against (see ``FLOAT32_DISTANCE_SLACK``)."""
-    return tolerance_mm * (1.0 + FLOAT32_DISTANCE_SLACK)
-
-
 def _summary_cpu(pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule) -> SurfaceSummary:
     from c2w_fast import _cpu
 
     return SurfaceSummary(*_cpu.surface_summary(*_cpu_arguments(pred, gt, spacing, convention),
-                                                widened_tolerance(tolerance_mm), percentile / 100.0,
+                                                float32_threshold(tolerance_mm, spacing, convention),
+                                                percentile / 100.0,
                                                 percentile_rule == "pooled"))
 
 

@@ -1,0 +1,82 @@
+"""When a surface distance counts as within the Surface Dice tolerance: one rule for every backend.
+
+A distance equal to the tolerance in real arithmetic (three 0.1 mm steps at 0.3 mm; one step of a
+1.2 mm spacing read from a float32 header, 1.2000000476837158 mm, at 1.2 mm) is decided by
+rounding, and each convention follows its peer:
+
+* surfel (surface-distance): float64 ``d <= t``, with ``d = sqrt(sum_i (k_i s_i)^2)`` summed over
+  the axes in order, as scipy's distance transform computes it (``k`` the offset in voxels);
+* voxel (MONAI): ``d <= t`` with both rounded to float32 (MONAI's distances are float32 tensors).
+
+Both rules are a float64 threshold on ``d`` (:func:`decision_threshold`); the reference backend
+compares its float64 distances with it. The fast backends hold squared distances in float32, a
+few float32 ulps off, so they compare against :func:`float32_threshold` instead: the midpoint
+between the largest grid distance the rule keeps and the smallest it rejects, among the grid
+distances within ``BAND`` of the threshold. Only grid distances that differ by less than the
+float32 error (about 2e-7 relative) yet fall on both sides of the rule, and tolerances spanning
+more than ``MAX_OFFSETS`` offsets, can still be decided differently from the reference.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+BAND = 2.0**-19  # relative; several times the fast backends' float32 distance error
+MAX_OFFSETS = 1_000_000  # offsets listed on the two axes not solved for
+
+
+def decision_threshold(tolerance_mm: float, convention: str) -> float:
+    """The largest float64 distance (mm) that counts as within ``tolerance_mm`` under the convention's rule."""
+    if convention == "surfel":
+        return tolerance_mm
+    with np.errstate(over="ignore"):
+        t32 = np.float32(tolerance_mm)
+    if not np.isfinite(t32):
+        return np.inf
+    above = np.nextafter(t32, np.float32(np.inf))
+    halfway = (float(t32) + float(above)) / 2  # exact in float64; rounds to even, i.e. to t32 when t32's is
+    return halfway if int(t32.view(np.uint32)) % 2 == 0 else float(np.nextafter(halfway, -np.inf))
+
+
+@functools.lru_cache(maxsize=64)
+def float32_threshold(tolerance_mm: float, spacing: tuple[float, ...], convention: str) -> float:
+    """The threshold (mm) for distances derived from float32 squared distances on a grid of ``spacing``."""
+    threshold = decision_threshold(tolerance_mm, convention)
+    distances = _grid_distances_near(threshold, np.asarray(spacing, dtype=np.float64))
+    if distances is None:
+        return threshold
+    kept, rejected = distances[distances <= threshold], distances[distances > threshold]
+    below = kept.max() if kept.size else threshold * (1 - BAND)
+    above = rejected.min() if rejected.size else threshold * (1 + BAND)
+    return (below + above) / 2
+
+
+def _grid_distances_near(threshold: float, spacing: np.ndarray) -> np.ndarray | None:
+    """Distances ``sqrt(sum_i (k_i s_i)^2)`` (float64, summed in axis order) of the offsets ``k >= 0``
+    within ``BAND`` of ``threshold``; None when there are too many offsets to list."""
+    lo, hi = threshold * (1 - BAND), threshold * (1 + BAND)
+    if not np.isfinite(hi):
+        return None
+    steps = np.floor(hi / spacing) + 1  # offsets per axis up to hi
+    solved = int(np.argmax(steps))  # the longest axis is solved for, the others listed
+    listed = [axis for axis in range(len(spacing)) if axis != solved]
+    if np.prod(steps[listed]) > MAX_OFFSETS:
+        return None
+    offsets = np.zeros((len(spacing), int(np.prod(steps[listed]))))
+    offsets[listed] = np.stack([g.ravel() for g in np.meshgrid(*(np.arange(steps[a]) for a in listed),
+                                                                indexing="ij")]).reshape(len(listed), -1)
+    rest = ((offsets[listed] * spacing[listed, None]) ** 2).sum(axis=0)
+    first = np.ceil(np.sqrt(np.maximum(lo * lo - rest, 0)) / spacing[solved]) - 1
+    last = np.floor(np.sqrt(np.maximum(hi * hi - rest, 0)) / spacing[solved]) + 1
+    width = int(np.max(last - first, initial=0)) + 1
+    if width * offsets.shape[1] > 16 * MAX_OFFSETS:
+        return None
+    candidates = np.repeat(offsets, width, axis=1)
+    candidates[solved] = np.maximum((first[:, None] + np.arange(width)).ravel(), 0)
+    terms = (candidates * spacing[:, None]) ** 2
+    total = terms[0]
+    for term in terms[1:]:  # scipy sums the axes in order
+        total = total + term
+    distances = np.sqrt(total)
+    return distances[(distances >= lo) & (distances <= hi)]
