@@ -24,6 +24,7 @@ import itertools
 import math
 import time
 import warnings
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -103,15 +104,16 @@ def _gaussian_cached(patch: tuple[int, int, int], sigma_scale: float) -> torch.T
 
 
 def gaussian_importance(patch, sigma_scale: float = 1 / 8) -> torch.Tensor:
-    """(D, H, W) weights, 1 at the patch centre, a Gaussian with σ = ``sigma_scale`` · size per axis."""
-    return _gaussian_cached(tuple(int(p) for p in patch), float(sigma_scale))
+    """(D, H, W) weights, 1 at the patch centre, a Gaussian with σ = ``sigma_scale`` · size per axis
+    (a copy: the cached map that :func:`sliding_window` reads stays as it is)."""
+    return _gaussian_cached(tuple(int(p) for p in patch), float(sigma_scale)).clone()
 
 
 def window_starts(size: int, patch: int, step: float) -> list[int]:
     """Start offsets of windows of ``patch`` covering ``size`` with at most ``step`` · patch between them."""
     if size <= patch:
         return [0]
-    n = math.ceil((size - patch) / (patch * step)) + 1
+    n = math.ceil((size - patch) / (patch * step) - 1e-9) + 1  # 1 - overlap is inexact (0.6 for 0.4)
     return [int(round(i * (size - patch) / (n - 1))) for i in range(n)]
 
 
@@ -268,7 +270,7 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
         runner = WindowRunner(model, precision=precision, mirror_axes=mirror_axes, cuda_graph=cuda_graph)
     image, unpad = _pad_to_patch(image, patch)
     padded = tuple(image.shape[1:])
-    weight = gaussian_importance(patch).to(image.device) if gaussian else torch.ones(patch, device=image.device)
+    weight = _gaussian_cached(tuple(patch), 1 / 8).to(image.device) if gaussian else torch.ones(patch, device=image.device)
     starts = window_positions(padded, patch, step)
     logits, total = None, torch.zeros(padded, device=image.device)
     done, size = 0, batch_size
@@ -512,7 +514,7 @@ class StagePipeline:
         """:meth:`_image`, and a clear error for NaN/inf voxels: once per case where a stage's
         prediction starts (the internal steps then reuse the checked tensor)."""
         x = self._image(image)
-        bad = int((~torch.isfinite(x)).sum())
+        bad = 0 if torch.isfinite(x.sum()) else int((~torch.isfinite(x)).sum())  # a finite sum: no temporaries
         if bad:
             raise ValueError(f"image has {bad} NaN/inf voxels; a network would turn them into an empty prediction")
         return x
@@ -571,6 +573,32 @@ class StagePrediction:
     probabilities: torch.Tensor | None = None
 
 
+@dataclass
+class _LastCase:
+    """A stage's last result, valid while its image tensor and the result tensors are unchanged."""
+
+    image: weakref.ref
+    versions: tuple[int, ...]  # of the image and of the result's tensors
+    key: tuple  # spacing, labels, probabilities wanted
+    result: StagePrediction
+
+    @staticmethod
+    def _versions(image: torch.Tensor, result: StagePrediction) -> tuple[int, ...]:
+        return tuple(t._version for t in (image, result.labels, result.probabilities) if t is not None)
+
+    @classmethod
+    def of(cls, image, key, result: StagePrediction) -> "_LastCase | None":
+        if not isinstance(image, torch.Tensor):  # an array can change unseen: nothing kept
+            return None
+        return cls(weakref.ref(image), cls._versions(image, result), key, result)
+
+    def matches(self, image, key) -> bool:
+        spacing, labels, probabilities = key
+        kept_spacing, kept_labels, kept_probabilities = self.key
+        return (self.image() is image and spacing == kept_spacing and labels is kept_labels
+                and (kept_probabilities or not probabilities) and self._versions(image, self.result) == self.versions)
+
+
 class Predictor:
     """A trained stage that predicts class labels for whole cases in their native grid."""
 
@@ -581,7 +609,7 @@ class Predictor:
         self.loader = loader or StageLoader(device)
         self.pipeline = StagePipeline(config, fold=fold, device=device, trained_spacing=trained_spacing,
                                       run_dir=run_dir, loader=self.loader)
-        self._last = None  # (image, spacing, labels, probabilities wanted, StagePrediction) of the last case
+        self._last: _LastCase | None = None
         self._runner = None
 
     @classmethod
@@ -631,13 +659,13 @@ class Predictor:
     def run(self, image, spacing, labels=None, *, probabilities: bool = False) -> StagePrediction:
         """Class indices (argmax, zero outside the cascade region, per-class largest component
         with ``eval.keep_largest``) and optionally the softmax, for ``image`` (z, y, x) with
-        ``spacing`` (mm); ``labels`` are needed only by the oracle settings. The last case's
-        result is reused when the same image object is asked for again."""
-        last = self._last
+        ``spacing`` (mm); ``labels`` are needed only by the oracle settings. For a tensor image,
+        the last result is reused while neither the tensor nor the result has changed (the
+        stages of one case share their helpers' predictions this way)."""
         spacing = check_spacing(spacing)
-        if last is not None and last[0] is image and last[1] == spacing and last[2] is labels \
-                and (last[3] or not probabilities):
-            return last[4]
+        key = (spacing, labels, probabilities)
+        if self._last is not None and self._last.matches(image, key):
+            return self._last.result
         x = self.pipeline.checked_image(image)
         logits = self._logits(x, spacing, labels)
         with self.loader.timer.phase("postprocess"):
@@ -653,7 +681,7 @@ class Predictor:
             if self.config.eval.keep_largest:
                 out = keep_largest_per_class(out, self.config.num_classes)
         result = StagePrediction(out, probs)
-        self._last = (image, spacing, labels, probabilities, result)
+        self._last = _LastCase.of(image, key, result)
         return result
 
     def logits(self, image, spacing, labels=None):

@@ -385,22 +385,31 @@ def _helper_runs(pairs: list[str]) -> dict[str, Path]:
     return runs
 
 
-def _output_folders(args) -> None:
-    """Create the output folders before any case runs; refuse a thickness folder that would
-    overwrite the label maps (both are named ``<case>.nii.gz``)."""
+def _output_folders(args, cases: list[tuple[str, Path]]) -> None:
+    """Create the output folders before any case runs. Refuse a folder that holds input images
+    (outputs are named ``<case>.nii.gz`` / ``.nrrd``, so they would overwrite or join the inputs)
+    and a thickness or probability folder that is the ``--out`` folder. Nothing is created
+    unless every folder can be."""
     if args.thickness is not None and args.thickness.resolve() == args.out.resolve():
         raise ModelError(f"--thickness {args.thickness} is the --out folder; thickness maps would overwrite "
                          "the label maps (both are <case>.nii.gz): give it a folder of its own")
     if args.probabilities is not None and args.probabilities.resolve() == args.out.resolve():
         raise ModelError(f"--probabilities {args.probabilities} is the --out folder; <case>_<class> maps among "
                          "the label maps would read as extra cases (evaluate, a later predict): give it its own folder")
-    for option, folder in (("--out", args.out), ("--probabilities", args.probabilities),
-                           ("--thickness", args.thickness)):
-        if folder is not None:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ModelError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+    folders = [(option, folder) for option, folder in (("--out", args.out), ("--probabilities", args.probabilities),
+                                                       ("--thickness", args.thickness)) if folder is not None]
+    input_folders = {path.resolve().parent for _, path in cases}
+    for option, folder in folders:
+        if folder.resolve() in input_folders:
+            raise ModelError(f"{option} {folder} holds input images; the outputs (<case>.nii.gz or .nrrd) would "
+                             "overwrite them or join them: give the outputs a folder of their own")
+        if folder.exists() and not folder.is_dir():
+            raise ModelError(f"{option} {folder} is a file, not a folder")
+    for option, folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 def main(argv=None) -> int:
@@ -411,7 +420,7 @@ def main(argv=None) -> int:
         cases = find_inputs(args.inputs)
         pipeline = load_pipeline(args.model, fold=args.fold, device=device, options=_options(args), timer=timer,
                                  cavity=not args.no_cavity, runs=_helper_runs(args.use))
-        _output_folders(args)
+        _output_folders(args, cases)
     except (ModelError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

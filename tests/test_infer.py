@@ -18,6 +18,17 @@ def test_windows_cover_the_axis_with_the_requested_overlap(size, patch, step):
     assert all(0 < b - a <= patch * step for a, b in zip(starts, starts[1:]))
 
 
+def test_window_counts_follow_the_formula_in_exact_arithmetic():
+    """1 - 0.4 is 0.6 - 2e-17: ceil((96 - 24) / (24 * step)) must still be 5, not 6."""
+    assert len(window_starts(96, 24, 1 - 0.4)) == 6
+    assert len(window_starts(640, 256, 1 - 0.8)) == 9
+
+
+def test_gaussian_importance_hands_out_a_copy():
+    gaussian_importance((3, 4, 5)).fill_(7)
+    assert float(gaussian_importance((3, 4, 5)).max()) == 1.0
+
+
 def test_gaussian_is_one_at_the_centre_and_positive(rng):
     w = gaussian_importance((5, 8, 9))
     assert w.shape == (5, 8, 9) and float(w.max()) == 1.0 and float(w.min()) > 0

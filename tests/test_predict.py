@@ -176,6 +176,30 @@ def test_a_case_on_another_grid_is_resampled_to_the_training_grid_and_back(c2w):
     assert predictor.pipeline.stage_grid((20, 40, 40), (2.0015, 2.0, 1.999)) == ((20, 40, 40), (2.0015, 2.0, 1.999))
 
 
+def test_a_stage_reuses_its_last_result_only_while_nothing_changed(c2w):
+    data, runs = c2w
+    predictor = StageLoader().load(runs / "cavity")
+    image = read_volume(data / "phantom001" / "lgemri.nrrd").array.astype(np.float32)
+    other = read_volume(data / "phantom002" / "lgemri.nrrd").array.astype(np.float32)
+    spacing = (2.0, 2.0, 2.0)
+    fresh = predictor.predict(image.copy(), spacing)
+    x = torch.from_numpy(image.copy())
+    first = predictor.predict(x, spacing)
+    assert predictor.predict(x, spacing) is first  # the same tensor: reused (helpers of one case)
+    x.copy_(torch.from_numpy(other))  # changed in place: computed again
+    assert not torch.equal(predictor.predict(x, spacing), first)
+    result = predictor.predict(x, spacing)
+    result.zero_()  # a caller's edit of the result is not handed out again
+    assert torch.equal(predictor.predict(x, spacing), torch.from_numpy(predictor.predict(other.copy(), spacing)))
+    array = image.copy()
+    labels = predictor.predict(array, spacing)
+    array[:] = other  # arrays are never reused
+    assert np.array_equal(predictor.predict(array, spacing), predictor.predict(other.copy(), spacing))
+    assert np.array_equal(labels, fresh)
+    flipped = predictor.predict(np.ascontiguousarray(image[:, ::-1])[:, ::-1], spacing)  # negative strides
+    assert np.array_equal(flipped, fresh)
+
+
 def test_bad_model_folders_are_named(c2w, tmp_path, capsys):
     data, runs = c2w
     case = str(data / "phantom000" / "lgemri.nrrd")
@@ -296,6 +320,23 @@ def test_output_folders_are_checked_before_any_case_runs(c2w, tmp_path, capsys):
     assert "thickness maps would overwrite the label maps" in capsys.readouterr().err
     assert predict.main(base + ["--out", str(tmp_path / "o"), "--probabilities", str(tmp_path / "o")]) == 2
     assert "--probabilities" in capsys.readouterr().err
+    assert predict.main(base + ["--out", str(tmp_path / "new"), "--probabilities", str(tmp_path / "taken")]) == 2
+    assert "--probabilities" in capsys.readouterr().err and not (tmp_path / "new").exists()  # nothing created
+
+
+def test_outputs_never_go_into_a_folder_of_input_images(c2w, tmp_path, capsys):
+    data, runs = c2w
+    images = tmp_path / "images"
+    images.mkdir()
+    source = next(data.glob("*/lgemri.nrrd"))
+    (images / "case.nrrd").write_bytes(source.read_bytes())
+    before = (images / "case.nrrd").read_bytes()
+    for given in (images, images / "case.nrrd"):
+        for option in ("--out", "--probabilities"):
+            extra = [] if option == "--out" else ["--out", str(tmp_path / "o")]
+            assert predict.main(["--model", str(runs / "wall"), "--in", str(given), option, str(images), *extra]) == 2
+            assert "holds input images" in capsys.readouterr().err
+    assert (images / "case.nrrd").read_bytes() == before and sorted(images.iterdir()) == [images / "case.nrrd"]
 
 
 def test_a_prediction_without_a_cavity_keeps_its_label_map_and_notes_the_missing_thickness(tmp_path, capsys):

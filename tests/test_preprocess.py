@@ -1,5 +1,6 @@
 """Preprocessing: z-score, target classes, resampling, centre of mass, ROI crop and paste."""
 import numpy as np
+import torch
 import pytest
 from scipy import ndimage
 
@@ -13,6 +14,17 @@ from c2w_fast.data.preprocess import (
     target_labels,
     zscore,
 )
+
+
+def test_zscore_of_a_tensor_in_chunks_equals_the_float64_formula(rng, monkeypatch):
+    import c2w_fast.data.preprocess as preprocess
+
+    monkeypatch.setattr(preprocess, "ZSCORE_CHUNK", 1000)  # several chunks and a ragged last one
+    image = torch.from_numpy(rng.normal(500, 120, (7, 19, 23))).float()
+    wide = image.double()
+    expected = ((wide - wide.mean()) / wide.std(correction=0)).float()
+    torch.testing.assert_close(zscore(image), expected, rtol=0, atol=0)
+    assert not zscore(torch.full((3, 4, 5), 5.0)).any()
 
 
 def test_zscore_has_zero_mean_unit_std_and_handles_constants(rng):

@@ -22,13 +22,23 @@ TARGET_CLASSES = {  # target -> {foreground class name: canonical codes (1 wall,
 }
 
 
+ZSCORE_CHUNK = 1 << 22  # voxels converted to float64 at a time
+
+
 def zscore(image):
-    """``(image - mean) / std`` over the whole volume (population std, float64 sums), float32;
-    a constant image becomes zeros."""
+    """``(image - mean) / std`` over the whole volume (population std, float64), float32;
+    a constant image becomes zeros. Tensors are worked through in chunks, so the float64
+    arithmetic needs no full-volume float64 copies."""
     if isinstance(image, torch.Tensor):
-        wide = image.double()
-        mean, std = wide.mean(), wide.std(correction=0)
-        return ((wide - mean) / torch.where(std > 0, std, 1.0)).float()
+        chunks = image.reshape(-1).split(ZSCORE_CHUNK)
+        count = max(image.numel(), 1)
+        mean = sum(chunk.double().sum() for chunk in chunks) / count
+        std = (sum(((chunk.double() - mean) ** 2).sum() for chunk in chunks) / count).sqrt()
+        std = torch.where(std > 0, std, 1.0)
+        out = torch.empty(image.shape, dtype=torch.float32, device=image.device)
+        for chunk, target in zip(chunks, out.view(-1).split(ZSCORE_CHUNK)):
+            target.copy_((chunk.double() - mean) / std)
+        return out
     image = np.asarray(image, dtype=np.float32)
     mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
     return ((image - mean) / (std if std > 0 else 1.0)).astype(np.float32, copy=False)

@@ -25,13 +25,15 @@ def device_type(array) -> str:
 
 
 def as_tensor(array) -> torch.Tensor:
-    """A torch view of ``array`` (no copy for numpy, CPU/CUDA torch and cupy inputs)."""
+    """A torch view of ``array`` (no copy for numpy, CPU/CUDA torch and cupy inputs, except for the
+    numpy arrays torch cannot view: read-only or with negative strides, e.g. ``a[::-1]``)."""
     if isinstance(array, torch.Tensor):
         return array
     if is_cupy(array):
         return torch.from_dlpack(array)
     if isinstance(array, np.ndarray):
-        return torch.from_numpy(array if array.flags.writeable else array.copy())
+        viewable = array.flags.writeable and all(stride >= 0 for stride in array.strides)
+        return torch.from_numpy(array if viewable else array.copy())
     raise TypeError(f"expected a numpy array, torch tensor or cupy array, got {type(array).__name__}")
 
 
