@@ -81,6 +81,7 @@ py::tuple surface_summary(const carray<uint8_t>& pred, const carray<uint8_t>& gt
                           bool is_2d, bool surfel, const carray<double>& area_table, double tolerance,
                           double quantile, bool pooled) {
   check_pair(pred, gt, area_table, is_2d);
+  if (!(quantile >= 0.0 && quantile <= 1.0)) throw std::invalid_argument("quantile must be in [0, 1]");
   c2w::Summary s;
   {
     py::gil_scoped_release release;

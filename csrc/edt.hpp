@@ -85,14 +85,22 @@ inline void edt_pass_columns(float* data, int64_t planes, int64_t plane_stride, 
   constexpr int64_t kTile = 16;
   const int64_t tiles = (width + kTile - 1) / kTile;
   const double w = spacing * spacing;
+  RegionErrors errors;
 #pragma omp parallel if (planes * width * n >= kParallelWork)
   {
-    std::vector<float> in(static_cast<size_t>(n * kTile)), res(static_cast<size_t>(n));
-    std::vector<int64_t> v(static_cast<size_t>(n));
-    std::vector<double> z(static_cast<size_t>(n + 1));
+    std::vector<float> in, res;
+    std::vector<int64_t> v;
+    std::vector<double> z;
+    const bool ready = errors.run([&] {
+      in.resize(static_cast<size_t>(n * kTile));
+      res.resize(static_cast<size_t>(n));
+      v.resize(static_cast<size_t>(n));
+      z.resize(static_cast<size_t>(n + 1));
+    });
 #pragma omp for collapse(2) schedule(dynamic, 4)
     for (int64_t p = 0; p < planes; ++p) {
       for (int64_t t = 0; t < tiles; ++t) {
+        if (!ready) continue;  // every thread still meets the worksharing loop; the error is raised after
         float* base = data + p * plane_stride + t * kTile;
         const int64_t cols = std::min(kTile, width - t * kTile);
         for (int64_t i = 0; i < n; ++i) {
@@ -110,6 +118,7 @@ inline void edt_pass_columns(float* data, int64_t planes, int64_t plane_stride, 
       }
     }
   }
+  errors.rethrow();
 }
 
 // The same pass by direct minimisation, d[q] = min_p f[p] + w (q - p)^2, vectorised along the
@@ -127,12 +136,18 @@ inline void edt_pass_columns_direct(float* data, int64_t planes, int64_t plane_s
                                     int64_t stride, double spacing, bool sqrt_out, const Span* wanted = nullptr) {
   std::vector<float> step(static_cast<size_t>(n));  // w (q - p)^2 by |q - p|
   for (int64_t i = 0; i < n; ++i) step[i] = static_cast<float>(spacing * spacing * static_cast<double>(i * i));
+  RegionErrors errors;
 #pragma omp parallel if (planes * width * n >= kParallelWork)
   {
-    std::vector<float> in(static_cast<size_t>(n * width));
+    std::vector<float> in;
     std::vector<int64_t> rows;
+    const bool ready = errors.run([&] {
+      in.resize(static_cast<size_t>(n * width));
+      rows.reserve(static_cast<size_t>(n));  // push_back below then never allocates
+    });
 #pragma omp for schedule(dynamic, 4)
     for (int64_t p = 0; p < planes; ++p) {
+      if (!ready) continue;  // every thread still meets the worksharing loop; the error is raised after
       float* base = data + p * plane_stride;
       rows.clear();
       for (int64_t i = 0; i < n; ++i) {
@@ -161,6 +176,7 @@ inline void edt_pass_columns_direct(float* data, int64_t planes, int64_t plane_s
       }
     }
   }
+  errors.rethrow();
 }
 
 // Columns up to this length take the direct pass, longer ones the envelope (measured crossover).
@@ -190,12 +206,16 @@ void edt(const IsSite& is_site, int64_t nz, int64_t ny, int64_t nx, const double
     return;
   }
   const int64_t plane = ny * nx;
+  RegionErrors errors;  // the nested passes allocate scratch
 #pragma omp parallel for schedule(dynamic, 1) if (nz * plane >= kParallelWork)
   for (int64_t z = 0; z < nz; ++z) {
-    const int64_t base = z * plane;
-    edt_pass_x([&](int64_t i) { return is_site(base + i); }, 1, ny, nx, spacing[2], out + base);
-    if (ny > 1) edt_pass(out + base, 1, plane, nx, ny, nx, spacing[1], false);
+    errors.run([&] {
+      const int64_t base = z * plane;
+      edt_pass_x([&](int64_t i) { return is_site(base + i); }, 1, ny, nx, spacing[2], out + base);
+      if (ny > 1) edt_pass(out + base, 1, plane, nx, ny, nx, spacing[1], false);
+    });
   }
+  errors.rethrow();
   if (nz <= kDirectUpTo)
     edt_pass_columns_direct(out, ny, nx, nx, nz, plane, spacing[0], sqrt_out, wanted);
   else

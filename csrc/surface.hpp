@@ -149,13 +149,15 @@ void directed_distances(const IsSite& is_site, const IsQuery& is_query, const We
 template <class First, class Second>
 void both_directions(int64_t work, const First& first, const Second& second) {
   if (work >= kParallelWork && max_threads() >= 2 && max_threads() < 4) {
+    RegionErrors errors;
 #pragma omp parallel sections num_threads(2)
     {
 #pragma omp section
-      first();
+      errors.run(first);
 #pragma omp section
-      second();
+      errors.run(second);
     }
+    errors.rethrow();
   } else {
     first();
     second();

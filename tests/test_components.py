@@ -88,3 +88,10 @@ def test_bad_arguments_are_named():
         keep_largest_component(np.ones((2, 2)), 5)
     with pytest.raises(ValueError, match="min_voxels must be a non-negative int"):
         remove_small_components(np.ones((2, 2)), 2.5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_size_threshold_beyond_int64_removes_everything(backend):
+    mask = np.ones((3, 4, 5), bool)
+    assert not remove_small_components(mask, 2**70, backend=backend).any()
+    assert remove_small_components(mask, 60, backend=backend).all()

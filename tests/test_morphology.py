@@ -93,3 +93,13 @@ def test_ball_keeps_offsets_on_the_sphere_and_refuses_bad_radii():
     for radius in (-1, float("nan")):
         with pytest.raises(ValueError, match="radius must be a non-negative number"):
             ball(radius)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_radius_beyond_int64_voxels_still_fills_the_array(backend):
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1, 2, 3] = True
+    assert binary_dilation(mask, 1e19, backend=backend).all()
+    assert binary_dilation(mask, 1e13, spacing=(1e-6,) * 3, backend=backend).all()
+    with pytest.raises(ValueError, match="pass within="):
+        ball(1e19)

@@ -148,4 +148,5 @@ def remove_small_components(mask, min_voxels: int, connectivity: int = 26, *, ba
     connectivity = check_connectivity(connectivity, mask.ndim)
     if isinstance(min_voxels, bool) or not isinstance(min_voxels, (int, np.integer)) or min_voxels < 0:
         raise ValueError(f"min_voxels must be a non-negative int, got {min_voxels!r}")
-    return REMOVE_SMALL.select(backend, device_type(mask))(mask, int(min_voxels), connectivity)
+    min_voxels = min(int(min_voxels), int(np.prod(mask.shape)) + 1)  # more than all voxels: the same, and fits int64
+    return REMOVE_SMALL.select(backend, device_type(mask))(mask, min_voxels, connectivity)

@@ -24,6 +24,9 @@ from c2w_fast.ops._volume import box_3d, check_mask, check_spacing, host_uint8_3
 from c2w_fast.ops.bounding_box import bounding_box
 
 
+MAX_BALL_STEPS = 2**31  # half-width of a ball without ``within``; beyond it no array could hold the ball
+
+
 def ball(radius: float, spacing=None, ndim: int = 3, *, within=None) -> np.ndarray:
     """The structuring element: bool array of odd sizes ``2 * h_i + 1``, true at offsets ``o``
     from the centre with ``sum_i (o_i * s_i)^2 <= radius^2`` (float64), ``h_i`` the largest
@@ -36,7 +39,13 @@ def ball(radius: float, spacing=None, ndim: int = 3, *, within=None) -> np.ndarr
     """
     spacing = np.asarray(check_spacing(spacing, ndim), dtype=np.float64)
     radius = _check_radius(radius)
-    half = np.floor(radius / spacing).astype(np.int64)
+    steps = np.floor(radius / spacing)
+    if within is not None:
+        steps = np.minimum(steps, np.asarray(within, dtype=np.float64))
+    if steps.max(initial=0) > MAX_BALL_STEPS:
+        raise ValueError(f"radius {radius} spans {steps.max():.3g} voxels along an axis; pass within= (the shape "
+                         "of the array it is applied to) to clip it")
+    half = steps.astype(np.int64)
     half += ((half + 1) * spacing) ** 2 <= radius * radius  # the division may round an on-sphere offset down
     if within is not None:
         half = np.minimum(half, np.asarray(within, dtype=np.int64))
