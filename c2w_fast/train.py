@@ -32,7 +32,7 @@ from c2w_fast.errors import DataError
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
 from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, cross_validation_summary, fold_names,
-                                   plan_folds, save_new_splits, train_fold, write_config)
+                                   fold_rows, plan_folds, save_new_splits, train_fold, write_config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,7 +101,9 @@ def main(argv=None) -> int:
                 if processes.is_main and args.resume and todo != "resume":
                     print(f"{name}: " + ("finished earlier, skipped" if todo == "finished"
                                          else "not started yet, trained from the beginning"))
-                if todo == "finished":
+                if todo == "finished":  # its validation rows still belong in the cross-validation summary
+                    rows = fold_rows(args.out / name / "val_metrics.csv") if processes.is_main else []
+                    validated += [{"fold": name, **row} for row in rows]
                     continue
                 result = train_fold(config, args.out, name, cases, splits, device=device, processes=processes,
                                     resume=todo == "resume")

@@ -288,10 +288,30 @@ def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys
     assert "fold_0: 2 epochs" in printed and "fold_1: not started yet" in printed and "fold_1: 2 epochs" in printed
     assert cfg.load(out / "config.toml").train.epochs == 2  # --epochs of a resume is the run's from now on
     assert train.main(["--resume", "--out", str(out), "--fold", "all"]) == 0
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier, skipped") == 2
+    assert "Cross-validation (2 folds" in printed  # the skipped folds' validation rows still count
+    assert {row["fold"] for row in _rows(out / "cv_val_metrics.csv")} == {"fold_0", "fold_1"}
     (out / "config.toml").write_text((out / "config.toml").read_text().replace("lr = 0.001", "lr = 0.002"))
     assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "3"]) == 2
     assert "differs from the config this checkpoint was trained with (optim.lr" in capsys.readouterr().err
+
+
+def test_runs_killed_between_their_writes_can_go_on(lasc, tmp_path, capsys):
+    # killed in epoch 0 after checkpoint_best.pt, before checkpoint_latest.pt: nothing to resume, so start again
+    out = tmp_path / "first_epoch"
+    assert _run("c2w_cavity.toml", lasc, out, epochs=1) == 0
+    (out / "final" / "checkpoint_latest.pt").unlink()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 2
+    assert "start it again with its command" in capsys.readouterr().err
+    assert _run("c2w_cavity.toml", lasc, out, epochs=1) == 0
+    # no validation cases, killed after the last epoch's checkpoint: resume writes best and the logs
+    out = tmp_path / "no_validation"
+    assert _run("c2w_cavity.toml", lasc, out, epochs=2, items=["data.final_val=0"]) == 0
+    for name in ("checkpoint_best.pt", "metrics.csv", "test_metrics.csv"):  # killed before these were written
+        (out / "final" / name).unlink()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
+    assert (out / "final" / "checkpoint_best.pt").is_file() and len(_rows(out / "final" / "metrics.csv")) == 2
 
 
 def test_a_helper_run_of_the_wrong_kind_is_refused_before_training(lasc, tmp_path, capsys):

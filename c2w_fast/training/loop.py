@@ -246,10 +246,19 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.source is None:
             self.prepare()
-        ipe = self.source.iterations_per_epoch
         start = state["epoch"]
-        if state["stopped"] or start >= train.epochs:
-            return state
+        if not (state["stopped"] or start >= train.epochs):
+            self._train_epochs(state, start, on_epoch_end)
+        if self.processes.is_main:  # also after a resume that found the epochs done (killed at the end)
+            if not (self.folder / "checkpoint_best.pt").is_file():
+                checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())  # no validation cases
+            self._write_logs()
+        return state
+
+    def _train_epochs(self, state: dict, start: int, on_epoch_end) -> None:
+        """Epochs ``start`` to ``train.epochs`` (or an early stop), a checkpoint after each."""
+        config, train = self.config, self.config.train
+        ipe = self.source.iterations_per_epoch
         loader = batches(self.source, start * ipe, train.epochs * ipe, num_workers=train.num_workers,
                          prefetch=train.prefetch, pin_memory=self.device.type == "cuda")
         stream = DevicePrefetcher(loader, self.device)
@@ -289,9 +298,6 @@ class Trainer:
                 on_epoch_end(epoch, self.model)
             if broadcast_flag(stop, self.processes, self.device):
                 break
-        if self.processes.is_main and not (self.folder / "checkpoint_best.pt").is_file():
-            checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())  # no validation cases
-        return state
 
 
 def _class_means(rows: list[dict], class_names) -> dict:

@@ -133,8 +133,8 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
     """What to do with each fold to train: ``"new"``, ``"resume"`` or ``"finished"``, checked before any work.
 
     A new run refuses a run folder whose ``config.toml`` holds another config and fold
-    folders that already hold checkpoints (their ``checkpoint_best.pt`` would outlive the new
-    run). ``--resume`` continues the folds that have a checkpoint, leaves those already
+    folders that already hold a ``checkpoint_latest.pt`` (a ``checkpoint_best.pt`` alone, left
+    by a run killed in its first epoch, is replaced). ``--resume`` continues the folds that have a checkpoint, leaves those already
     finished and evaluated, and starts those never begun.
     """
     if not resume:
@@ -145,7 +145,8 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
             if changed:
                 raise RunError(f"{run_dir} already holds a run with another config ({'; '.join(changed[:5])}); "
                                "use another --out")
-        taken = [name for name in names if any((run_dir / name).glob("checkpoint_*.pt"))]
+        # a checkpoint_best.pt alone is a run killed in its first epoch: starting again replaces it
+        taken = [name for name in names if (run_dir / name / "checkpoint_latest.pt").is_file()]
         if taken:
             raise RunError(f"{run_dir}: {', '.join(taken)} already trained here; continue with --resume, or use "
                            "another --out (or delete those folders)")
@@ -170,7 +171,12 @@ def _finished(config: cfg.Config, latest: Path, splits: Splits) -> bool:
     split = fold_split(splits, folder.name)
     validated = not split.val or (folder / "val_metrics.csv").is_file()
     tested = folder.name != "final" or not splits.test or (folder / "test_metrics.csv").is_file()
-    return trained and validated and tested
+    return trained and validated and tested and (folder / "checkpoint_best.pt").is_file()
+
+
+def fold_rows(path: Path) -> list[dict]:
+    """The rows of a fold's CSV, or none when the fold wrote none (no validation cases)."""
+    return runlog.read_csv(path) if path.is_file() else []
 
 
 def cross_validation_summary(config: cfg.Config, run_dir: Path, rows: list[dict]) -> str:
@@ -196,6 +202,8 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
     (``val_metrics.csv``) and, for ``final``, the held-out test cases (``test_metrics.csv``)."""
     split = fold_split(splits, name)
     folder = run_dir / name
+    if not resume and processes.is_main:
+        (folder / "checkpoint_best.pt").unlink(missing_ok=True)  # left by a run killed in its first epoch
     trainer = Trainer(config, folder, [cases[i] for i in split.train], [cases[i] for i in split.val],
                       device=device, processes=processes, resume=resume)
     state = trainer.fit()

@@ -31,6 +31,19 @@ def write_csv(path, rows: list[dict]) -> None:
     _atomic_write(Path(path), buffer.getvalue().encode())
 
 
+def read_csv(path) -> list[dict]:
+    """Rows written by :func:`write_csv`, numbers (inf and nan too) as floats, the rest as text."""
+    with open(path, newline="") as handle:
+        return [{k: _number_or_text(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number_or_text(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _cell(value):
     return f"{value:.6g}" if isinstance(value, float) else value
 
