@@ -103,7 +103,10 @@ def _gaussian_cached(patch: tuple[int, int, int], sigma_scale: float) -> torch.T
     return weight.clamp_min(weight[weight > 0].min().item()).float()  # never 0: every voxel gets a weight
 
 
-def gaussian_importance(patch, sigma_scale: float = 1 / 8) -> torch.Tensor:
+GAUSSIAN_SIGMA_SCALE = 1 / 8  # sigma of the window weights, as a fraction of the patch size (nnU-Net's)
+
+
+def gaussian_importance(patch, sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> torch.Tensor:
     """(D, H, W) weights, 1 at the patch centre, a Gaussian with σ = ``sigma_scale`` · size per axis
     (a copy: the cached map that :func:`sliding_window` reads stays as it is)."""
     return _gaussian_cached(tuple(int(p) for p in patch), float(sigma_scale)).clone()
@@ -270,7 +273,8 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
         runner = WindowRunner(model, precision=precision, mirror_axes=mirror_axes, cuda_graph=cuda_graph)
     image, unpad = _pad_to_patch(image, patch)
     padded = tuple(image.shape[1:])
-    weight = _gaussian_cached(tuple(patch), 1 / 8).to(image.device) if gaussian else torch.ones(patch, device=image.device)
+    weight = (_gaussian_cached(patch, GAUSSIAN_SIGMA_SCALE).to(image.device) if gaussian
+              else torch.ones(patch, device=image.device))
     starts = window_positions(padded, patch, step)
     logits, total = None, torch.zeros(padded, device=image.device)
     done, size = 0, batch_size

@@ -144,6 +144,14 @@ class Op:
         return self.implementations["reference"]
 
 
+def reference_only(backend: str, problem: str) -> str:
+    """The backend for inputs only the reference takes: ``reference`` under ``auto``, ``problem``
+    as a ``ValueError`` for an explicit ``triton``, any other choice as given."""
+    if backend == "triton":
+        raise ValueError(problem)
+    return "reference" if backend == "auto" else backend
+
+
 def first_order_backward(backward: Callable) -> Callable:
     """Decorates the ``backward`` of a fused op's autograd Function, which has no double backward.
 

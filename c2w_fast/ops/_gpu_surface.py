@@ -124,8 +124,8 @@ def summaries(fields: SurfaceFields, spacing: tuple[float, ...], *, convention: 
     """float64 (pairs, 4): hd, hd_percentile, assd, surface_dice of each pair (both surfaces
     non-empty; otherwise the values are meaningless and the caller applies the empty rules)."""
     moments = surface_kernels.surface_moments(fields.squared, fields.codes, fields.weights, fields.boxes,
-                                              tolerance=float32_threshold(tolerance_mm, spacing, convention), full=fields.full,
-                                              box_div=2)
+                                              tolerance=float32_threshold(tolerance_mm, spacing, convention),
+                                              full=fields.full, box_div=2)
     pairs = moments.reshape(-1, 2, 4)
     total = pairs[..., 0].sum(dim=1)
     hd = pairs[..., 3].amax(dim=1)
@@ -157,8 +157,8 @@ def evaluate_rows(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ..
     parts = []
     for start in range(0, pred.shape[0], step):
         fields = surface_fields(pred[start:start + step], gt[start:start + step], spacing, convention)
-        parts.append(summaries(fields, spacing, convention=convention, tolerance_mm=tolerance_mm, percentile=percentile,
-                               percentile_rule=percentile_rule))
+        parts.append(summaries(fields, spacing, convention=convention, tolerance_mm=tolerance_mm,
+                               percentile=percentile, percentile_rule=percentile_rule))
     return torch.cat([counts.double(), torch.cat(parts, dim=0)], dim=1)
 
 

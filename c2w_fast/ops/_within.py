@@ -64,8 +64,7 @@ def _grid_distances_near(threshold: float, spacing: np.ndarray) -> np.ndarray | 
     if np.prod(steps[listed]) > MAX_OFFSETS:
         return None
     offsets = np.zeros((len(spacing), int(np.prod(steps[listed]))))
-    offsets[listed] = np.stack([g.ravel() for g in np.meshgrid(*(np.arange(steps[a]) for a in listed),
-                                                                indexing="ij")]).reshape(len(listed), -1)
+    offsets[listed] = [grid.ravel() for grid in np.meshgrid(*(np.arange(steps[a]) for a in listed), indexing="ij")]
     rest = ((offsets[listed] * spacing[listed, None]) ** 2).sum(axis=0)
     first = np.ceil(np.sqrt(np.maximum(lo * lo - rest, 0)) / spacing[solved]) - 1
     last = np.floor(np.sqrt(np.maximum(hi * hi - rest, 0)) / spacing[solved]) + 1

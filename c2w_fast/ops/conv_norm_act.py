@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from c2w_fast.ops._dispatch import Op, first_order_backward
+from c2w_fast.ops._dispatch import Op, first_order_backward, reference_only
 from c2w_fast.ops._tolerance import Tolerance
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -205,9 +205,8 @@ def conv_norm_act(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tens
     """
     stride = _triple(stride, "stride")
     _validate(x, weight, norm_weight, norm_bias, stride, groups, residual)
-    if backend == "auto" and x.dtype not in KERNEL_DTYPES:
-        backend = "reference"
-    elif backend == "triton" and x.dtype not in KERNEL_DTYPES:
-        raise ValueError(f"the triton backend takes x in {[str(d) for d in KERNEL_DTYPES]}, got {x.dtype}")
+    if x.dtype not in KERNEL_DTYPES:
+        backend = reference_only(backend, f"the triton backend takes x in {[str(d) for d in KERNEL_DTYPES]}, "
+                                          f"got {x.dtype}")
     return CONV_NORM_ACT.select(backend, x.device.type)(x, weight, norm_weight, norm_bias, stride, groups, eps,
                                                         negative_slope, activation, residual)

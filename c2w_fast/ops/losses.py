@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from c2w_fast.ops._dispatch import Op, first_order_backward
+from c2w_fast.ops._dispatch import Op, first_order_backward, reference_only
 from c2w_fast.ops._tolerance import Tolerance
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -208,16 +208,11 @@ def _check(logits, target, mask, activation, backend) -> str:
     if len(devices) > 1:
         raise ValueError(f"logits, target and mask must be on one device, got {sorted(map(str, devices))}")
     if logits.dtype not in KERNEL_DTYPES:
-        if backend == "triton":
-            raise ValueError(f"the triton backend takes logits in {[str(d) for d in KERNEL_DTYPES]}, got {logits.dtype}")
-        if backend == "auto":
-            return "reference"
+        return reference_only(backend, f"the triton backend takes logits in {[str(d) for d in KERNEL_DTYPES]}, "
+                                       f"got {logits.dtype}")
     if target.requires_grad and torch.is_grad_enabled():  # e.g. a teacher's soft output left attached
-        if backend == "triton":
-            raise ValueError("the triton backend gives no gradient to the target; detach it, or use "
-                             "backend='reference' for a gradient to a target that requires grad")
-        if backend == "auto":
-            return "reference"
+        return reference_only(backend, "the triton backend gives no gradient to the target; detach it, or use "
+                                       "backend='reference' for a gradient to a target that requires grad")
     return backend
 
 
@@ -233,7 +228,8 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
         mask: optional (B, D, H, W) (or (B, 1, D, H, W)) region; nonzero = the voxel counts.
         gamma, alpha: focal exponent and optional class-balance weight in [0, 1].
         activation: ``"softmax"`` or ``"sigmoid"`` for the Dice probabilities.
-    Returns: a scalar, float32 (float64 for float64 logits). Equals MONAI ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` for the defaults.
+    Returns: a scalar, float32 (float64 for float64 logits). Equals MONAI
+    ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` for the defaults.
     """
     backend = _check(logits, target, mask, activation, backend)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
@@ -248,7 +244,8 @@ def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, 
     """Soft Dice + cross-entropy, optionally inside a region mask (definitions in the module docstring).
 
     Arguments as :func:`dice_focal_loss`; the cross-entropy always uses a softmax over every class.
-    Returns: a scalar, float32 (float64 for float64 logits). Equals MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` for the defaults.
+    Returns: a scalar, float32 (float64 for float64 logits). Equals MONAI
+    ``DiceCELoss(to_onehot_y=True, softmax=True)`` for the defaults.
     """
     backend = _check(logits, target, mask, activation, backend)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask

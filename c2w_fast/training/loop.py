@@ -248,11 +248,11 @@ class Trainer:
             self.prepare()
         start = state["epoch"]
         if not (state["stopped"] or start >= train.epochs):
-            self._train_epochs(state, start, on_epoch_end)
-        if self.processes.is_main:  # also after a resume that found the epochs done (killed at the end)
-            if not (self.folder / "checkpoint_best.pt").is_file():
-                checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())  # no validation cases
-            self._write_logs()
+            self._train_epochs(state, start, on_epoch_end)  # logs written after every epoch
+        elif self.processes.is_main:
+            self._write_logs()  # a resume that found the epochs done: killed before its last logs
+        if self.processes.is_main and not (self.folder / "checkpoint_best.pt").is_file():
+            checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())  # no validation cases
         return state
 
     def _train_epochs(self, state: dict, start: int, on_epoch_end) -> None:

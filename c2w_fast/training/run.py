@@ -134,8 +134,8 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
 
     A new run refuses a run folder whose ``config.toml`` holds another config and fold
     folders that already hold a ``checkpoint_latest.pt`` (a ``checkpoint_best.pt`` alone, left
-    by a run killed in its first epoch, is replaced). ``--resume`` continues the folds that have a checkpoint, leaves those already
-    finished and evaluated, and starts those never begun.
+    by a run killed in its first epoch, is replaced). ``--resume`` continues the folds that
+    have a checkpoint, leaves those already finished and evaluated, and starts those never begun.
     """
     if not resume:
         saved = run_dir / "config.toml"
@@ -145,7 +145,6 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
             if changed:
                 raise RunError(f"{run_dir} already holds a run with another config ({'; '.join(changed[:5])}); "
                                "use another --out")
-        # a checkpoint_best.pt alone is a run killed in its first epoch: starting again replaces it
         taken = [name for name in names if (run_dir / name / "checkpoint_latest.pt").is_file()]
         if taken:
             raise RunError(f"{run_dir}: {', '.join(taken)} already trained here; continue with --resume, or use "
