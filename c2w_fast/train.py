@@ -31,8 +31,9 @@ from c2w_fast import config as cfg
 from c2w_fast.errors import DataError
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
-from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, cross_validation_summary, fold_names,
-                                   fold_rows, plan_folds, save_new_splits, train_fold, write_config)
+from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, check_processes,
+                                   cross_validation_summary, fold_names, fold_rows, plan_folds, save_new_splits,
+                                   train_fold, write_config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,8 +92,9 @@ def main(argv=None) -> int:
         try:
             cases, splits = cases_and_splits(config, args.out)
             names = fold_names(args.fold, len(splits.folds))
-            check_helpers(config, names)
             plan = plan_folds(config, args.out, names, splits, resume=args.resume)
+            check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"])
+            check_processes(config, processes)
             if processes.is_main:  # every check passed: the run folder is written from here on
                 save_new_splits(splits, args.out)
                 write_config(config, args.out)  # on --resume with the new --epochs / --device

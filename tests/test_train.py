@@ -2,6 +2,7 @@
 progressive unfreezing, early stopping, the MBAS cascade and the signed-distance channel."""
 import csv
 import math
+import shutil
 
 import pytest
 import torch
@@ -102,7 +103,29 @@ def test_init_from_another_architecture_is_refused_before_training(lasc, tmp_pat
     assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
     err = capsys.readouterr().err
     assert "cavity.pt: checkpoint of another architecture — features: checkpoint [4, 8, 8], this run [4, 8, 16]" in err
-    assert not list((tmp_path / "wall").rglob("checkpoint_*.pt"))
+    assert not (tmp_path / "wall").exists()  # refused before the run folder was written: a corrected retry runs
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_before_training(lasc, tmp_path, capsys, monkeypatch):
+    from c2w_fast.training import distributed
+
+    monkeypatch.setattr(distributed, "setup", lambda device: (distributed.Processes(0, 3, 0), torch.device("cpu")))
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", items=["train.batch_size=2"]) == 2
+    assert "train.batch_size (2) must be divisible by the number of processes (3)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_needs_neither_its_init_checkpoint_nor_fewer_epochs(lasc, tmp_path, capsys):
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    items = ["unfreeze.steps=[1,1]", "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=2,
+                items=items) == 0
+    shutil.rmtree(tmp_path / "cavity")  # the wall run continues from its own checkpoint
+    assert train.main(["--resume", "--out", str(tmp_path / "wall"), "--fold", "final", "--epochs", "3"]) == 0
+    assert len(_rows(tmp_path / "wall" / "final" / "metrics.csv")) == 3
+    assert train.main(["--resume", "--out", str(tmp_path / "wall"), "--fold", "final", "--epochs", "2"]) == 2
+    assert "final has trained 3 epochs already; --epochs 2 cannot undo them" in capsys.readouterr().err
+    assert cfg.load(tmp_path / "wall" / "config.toml").train.epochs == 3  # the refused resume wrote nothing
 
 
 def _snapshot(module):

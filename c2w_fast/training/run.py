@@ -50,19 +50,41 @@ def fold_split(splits: Splits, name: str):
     return splits.final if name == "final" else splits.fold(int(name.split("_")[1]))
 
 
-def check_helpers(config: cfg.Config, folds: list[str]) -> None:
+def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str]) -> None:
     """Every run this config depends on has a checkpoint for each fold (or a ``final`` one) of
-    the kind the key needs (each checkpoint read once, however many folds share it)."""
-    needed = {"run.init_from": config.run.init_from, **cfg.used_helpers(config)}
-    for key, path in needed.items():
-        if not path:
+    the kind the key needs (each checkpoint read once, however many folds share it). ``run.init_from``
+    is needed, and its weights tried on this config's model, only for the ``new_folds`` (a resumed
+    fold starts from its own checkpoint)."""
+    needed = {"run.init_from": (config.run.init_from, new_folds),
+              **{key: (path, folds) for key, path in cfg.used_helpers(config).items()}}
+    for key, (path, for_folds) in needed.items():
+        if not path or not for_folds:
             continue
         try:
-            found = {resolve_checkpoint(path, fold) for fold in folds}
+            found = {resolve_checkpoint(path, fold) for fold in for_folds}
         except FileNotFoundError as exc:
             raise RunError(f"{key}: {exc}") from None
         for checkpoint_path in sorted(found):
             _check_helper_kind(config, key, checkpoint_path)
+        if key == "run.init_from":
+            _check_init_weights(config, sorted(found))
+
+
+def _check_init_weights(config: cfg.Config, paths: list[Path]) -> None:
+    """Load each ``run.init_from`` checkpoint into this config's model as training will, so that one
+    of another architecture is refused before the run folder is written."""
+    from c2w_fast.training import checkpoint
+
+    model = checkpoint.build_from_config(config)
+    for path in paths:
+        checkpoint.initialise_from(model, path, new_head=config.unfreeze.new_head)
+
+
+def check_processes(config: cfg.Config, processes: Processes) -> None:
+    """Each process trains an equal share of every batch."""
+    if config.train.batch_size % processes.world_size:
+        raise RunError(f"train.batch_size ({config.train.batch_size}) must be divisible by the number of "
+                       f"processes ({processes.world_size})")
 
 
 # What a helper run must have been trained for: key -> (config field of the helper, required value).
@@ -156,16 +178,27 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
         hint = (f"; this run folder has {', '.join(trained)}: choose it with --fold" if trained else
                 "; a run killed before its first epoch ended has no checkpoint: start it again with its command")
         raise RunError(f"{run_dir}: nothing to resume (no checkpoint_latest.pt in {', '.join(names)}){hint}")
-    return {name: "new" if not path.is_file() else "finished" if _finished(config, path, splits) else "resume"
-            for name, path in latest.items()}
+    plan = {}
+    for name, path in latest.items():
+        if not path.is_file():
+            plan[name] = "new"
+            continue
+        state = _trainer_state(path)
+        if state["epoch"] > config.train.epochs:
+            raise RunError(f"{name} has trained {state['epoch']} epochs already; --epochs {config.train.epochs} "
+                           f"cannot undo them: resume with --epochs {state['epoch']} or more")
+        plan[name] = "finished" if _finished(state, path.parent, config, splits) else "resume"
+    return plan
 
 
-def _finished(config: cfg.Config, latest: Path, splits: Splits) -> bool:
-    """Trained to its end (or stopped early) and evaluated: a resume has nothing left to do."""
+def _trainer_state(latest: Path) -> dict:
     from c2w_fast.training import checkpoint
 
-    folder = latest.parent
-    state = checkpoint.load(latest)["trainer"]
+    return checkpoint.load(latest)["trainer"]
+
+
+def _finished(state: dict, folder: Path, config: cfg.Config, splits: Splits) -> bool:
+    """Trained to its end (or stopped early) and evaluated: a resume has nothing left to do."""
     trained = state["stopped"] or state["epoch"] >= config.train.epochs
     split = fold_split(splits, folder.name)
     validated = not split.val or (folder / "val_metrics.csv").is_file()
