@@ -55,46 +55,50 @@ inline void dilate_or_erode(const uint8_t* mask, const Box& box, int64_t ez, int
   Runs runs;
   extract_runs(mask, box, true, runs);
   const int64_t wy = 2 * ey + 1;
+  RegionErrors errors;  // the interval lists grow inside the region
 #pragma omp parallel if (nz * ny * nx >= kParallelWork)
   {
     Intervals result, source, scratch;
 #pragma omp for collapse(2) schedule(dynamic, 8)
     for (int64_t z = 0; z < nz; ++z) {
       for (int64_t y = 0; y < ny; ++y) {
-        result.clear();
-        bool first = true;
-        for (int64_t dz = -ez; dz <= ez && (first || !erode || !result.empty()); ++dz) {
-          for (int64_t dy = -ey; dy <= ey; ++dy) {
-            const int64_t w = halfwidth[(dz + ez) * wy + (dy + ey)];
-            if (w < 0) continue;
-            const int64_t sz = z + dz, sy = y + dy;
-            const bool inside = sz >= 0 && sz < nz && sy >= 0 && sy < ny;
-            source.clear();
-            if (inside) {
-              const int64_t r = sz * ny + sy;
-              for (int64_t i = runs.first[r]; i < runs.first[r + 1]; ++i) {
-                const int64_t a = erode ? runs.x0[i] + w : std::max<int64_t>(runs.x0[i] - w, 0);
-                const int64_t b = erode ? runs.x1[i] - w : std::min<int64_t>(runs.x1[i] + w, nx);
-                if (a < b) source.emplace_back(a, b);
+        errors.run([&] {
+          result.clear();
+          bool first = true;
+          for (int64_t dz = -ez; dz <= ez && (first || !erode || !result.empty()); ++dz) {
+            for (int64_t dy = -ey; dy <= ey; ++dy) {
+              const int64_t w = halfwidth[(dz + ez) * wy + (dy + ey)];
+              if (w < 0) continue;
+              const int64_t sz = z + dz, sy = y + dy;
+              const bool inside = sz >= 0 && sz < nz && sy >= 0 && sy < ny;
+              source.clear();
+              if (inside) {
+                const int64_t r = sz * ny + sy;
+                for (int64_t i = runs.first[r]; i < runs.first[r + 1]; ++i) {
+                  const int64_t a = erode ? runs.x0[i] + w : std::max<int64_t>(runs.x0[i] - w, 0);
+                  const int64_t b = erode ? runs.x1[i] - w : std::min<int64_t>(runs.x1[i] + w, nx);
+                  if (a < b) source.emplace_back(a, b);
+                }
               }
+              if (!erode) {
+                result.insert(result.end(), source.begin(), source.end());
+              } else if (first) {
+                result.swap(source);
+              } else {
+                intersect_intervals(result, source, scratch);
+              }
+              first = false;
+              if (erode && result.empty()) break;
             }
-            if (!erode) {
-              result.insert(result.end(), source.begin(), source.end());
-            } else if (first) {
-              result.swap(source);
-            } else {
-              intersect_intervals(result, source, scratch);
-            }
-            first = false;
-            if (erode && result.empty()) break;
           }
-        }
-        if (!erode) merge_intervals(result);
-        uint8_t* row = out + box.offset(z * ny + y);
-        for (const auto& [a, b] : result) std::memset(row + a, 1, static_cast<size_t>(b - a));
+          if (!erode) merge_intervals(result);
+          uint8_t* row = out + box.offset(z * ny + y);
+          for (const auto& [a, b] : result) std::memset(row + a, 1, static_cast<size_t>(b - a));
+        });
       }
     }
   }
+  errors.rethrow();
 }
 
 }  // namespace c2w

@@ -1,4 +1,8 @@
 """binary_dilation and binary_erosion with a ball: every backend bit-identical to scipy."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +107,27 @@ def test_a_radius_beyond_int64_voxels_still_fills_the_array(backend):
     assert binary_dilation(mask, 1e13, spacing=(1e-6,) * 3, backend=backend).all()
     with pytest.raises(ValueError, match="pass within="):
         ball(1e19)
+
+
+OUT_OF_MEMORY_DILATION = """
+import resource
+import numpy as np
+from c2w_fast.ops.morphology import binary_dilation
+mask = np.zeros((40, 40, 4000), bool)
+mask[:, :, ::2] = True  # 2000 runs per row: each thread's interval lists need ~22 MB
+used = int(open("/proc/self/statm").read().split()[0]) * 4096
+resource.setrlimit(resource.RLIMIT_AS, (used + 60 * 2**20, resource.RLIM_INFINITY))
+try:
+    binary_dilation(mask, 15, spacing=(1, 1, 40), backend="cpu")
+    print("dilated")
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_running_out_of_memory_inside_the_parallel_dilation_is_a_memory_error():
+    """std::bad_alloc in an OpenMP worker aborted the interpreter; it is raised as MemoryError."""
+    run = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_DILATION], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() in ("MemoryError", "dilated"), run.stderr[-500:]
