@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from c2w_fast import metrics
-from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume
+from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, load_labels
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
@@ -50,7 +50,6 @@ from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
 METRICS = ("dice", "hd", "hd95", "assd", "surface_dice")
 LABEL_SUFFIXES = ("_gt", "_seg", "_label", "_labels", "_mask", "_pred", "_prediction")
 SKIPPED_FOLDERS = {"imagesTr", "imagesTs"}
-SPACING_RTOL = 1e-3
 _SUFFIX = re.compile("(" + "|".join(LABEL_SUFFIXES) + ")$", re.IGNORECASE)
 
 
@@ -150,7 +149,7 @@ def _evaluate_case(identifier, pred_path, gt, labels, options):
     pred = read_volume(pred_path)
     if pred.shape != tuple(gt_array.shape):
         return [], f"shape mismatch: prediction {pred.shape} vs ground truth {tuple(gt_array.shape)}"
-    if not np.allclose(pred.spacing, spacing, rtol=SPACING_RTOL, atol=0):
+    if not same_spacing(pred.spacing, spacing):
         return [], (f"spacing mismatch: prediction {tuple(round(s, 4) for s in pred.spacing)} mm vs ground truth "
                     f"{tuple(round(s, 4) for s in spacing)} mm")
     pred_labels = _as_label_map(pred.array, pred_path)

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.data.io import read_volume, write_volume
+from c2w_fast.data.io import check_same_grid, read_volume, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import binary_erosion
-from c2w_fast.regions import (atrial_masks, check_same_grid, mask_parser, masks_from_arguments, region_masks, report,
-                              write_rows)
+from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report, write_rows
 
 FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
 HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3

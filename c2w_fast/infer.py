@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 from c2w_fast.config import used_helpers
-from c2w_fast.data.io import check_spacing
+from c2w_fast.data.io import check_spacing, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
 from c2w_fast.ops._arrays import as_tensor
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SPACING_RTOL = 1e-3  # a case within 0.1 % of the stage's spacing is not resampled
 
 
 class InferenceError(RuntimeError):
@@ -503,7 +502,7 @@ class StagePipeline:
     def stage_grid(self, shape, spacing) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """Shape and spacing of a native (``shape``, ``spacing``) volume in this stage's grid."""
         target = self.spacing
-        if target is None or np.allclose(spacing, target, rtol=SPACING_RTOL, atol=0):
+        if target is None or same_spacing(spacing, target):  # within 0.1 %: not resampled
             return tuple(shape), tuple(spacing)
         return resampled_shape(shape, spacing, target), target
 

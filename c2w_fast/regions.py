@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.data.io import Volume, affine_from_spacing, read_volume
+from c2w_fast.data.io import Volume, affine_from_spacing, check_same_grid, read_volume
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.errors import DataError
 from c2w_fast.ops._volume import check_mask
@@ -147,17 +147,6 @@ def parse_values(text: str | None, option: str) -> tuple[int, ...] | None:
 
 def _select(volume: Volume, values) -> np.ndarray:
     return volume.array != 0 if values is None else np.isin(volume.array, values)
-
-
-def check_same_grid(volume: Volume, reference: Volume, name: str, reference_name: str) -> None:
-    """A DataError naming ``volume``'s file unless it lies on ``reference``'s grid (shape, and the
-    affine within 0.01 mm): same shape alone is not enough, a flipped or shifted file would be misread."""
-    if volume.shape != reference.shape or not np.allclose(volume.affine, reference.affine, rtol=0, atol=1e-2):
-        raise DataError(volume.path, f"{name} grid (shape {volume.shape}, spacing {volume.spacing} mm, origin "
-                                     f"{volume.origin}, direction {volume.direction.round(4).tolist()}) differs from "
-                                     f"the {reference_name}'s (shape {reference.shape}, spacing {reference.spacing} "
-                                     f"mm, origin {reference.origin}, direction "
-                                     f"{reference.direction.round(4).tolist()}; {reference.path})")
 
 
 def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None) -> WallMasks:

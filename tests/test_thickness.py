@@ -149,7 +149,7 @@ def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
     write_volume(tmp_path / "other.nii.gz", phantom.labels[1:], affine)
     assert thickness_cli.main(["--wall", str(tmp_path / "labels.nii.gz"), "--cavity", str(tmp_path / "other.nii.gz"),
                                "--out", str(tmp_path / "x.nii.gz")]) == 2
-    assert "other.nii.gz: cavity grid (shape (23, 64, 64)" in capsys.readouterr().err
+    assert "other.nii.gz: cavity shape (23, 64, 64) differs from wall shape" in capsys.readouterr().err
     (tmp_path / "taken").write_text("a file where a folder should be")
     assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "t3.nii.gz"),
                                           "--csv", str(tmp_path / "taken" / "t.csv")]) == 2

@@ -77,6 +77,35 @@ def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.n
     return affine
 
 
+SPACING_RTOL = 1e-3  # voxel sizes within 0.1 % are the same grid (float32 headers round them)
+ORIGIN_ATOL_MM = 1e-2
+
+
+def same_spacing(a, b) -> bool:
+    return bool(np.allclose(a, b, rtol=SPACING_RTOL, atol=0))
+
+
+def check_same_grid(volume: Volume, reference: Volume, name: str, reference_name: str) -> None:
+    """A DataError naming ``volume``'s file unless it lies on ``reference``'s grid: the same shape,
+    spacing within 0.1 % and origin and directions within 0.01 mm (the same shape alone is not
+    enough: a flipped or shifted file would be misread)."""
+    where = f"({reference.path.name})" if reference.path is not None else "(in memory)"
+    if volume.shape != reference.shape:
+        raise DataError(volume.path, f"{name} shape {volume.shape} differs from {reference_name} shape "
+                                     f"{reference.shape} {where}")
+    if not same_spacing(volume.spacing, reference.spacing):
+        raise DataError(volume.path, f"{name} spacing {_mm(volume.spacing)} differs from {reference_name} spacing "
+                                     f"{_mm(reference.spacing)} {where}")
+    if not np.allclose(volume.affine, reference.affine, rtol=0, atol=ORIGIN_ATOL_MM):
+        raise DataError(volume.path, f"{name} origin/direction differ from the {reference_name}'s {where}: origin "
+                                     f"{_mm(volume.origin)} vs {_mm(reference.origin)}, direction "
+                                     f"{volume.direction.round(4).tolist()} vs {reference.direction.round(4).tolist()}")
+
+
+def _mm(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ") mm"
+
+
 def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
     """``spacing`` as three positive finite floats (z, y, x) in mm, or a clear ValueError.
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from c2w_fast.data.io import Volume, read_header, read_volume
+from c2w_fast.data.io import Volume, check_same_grid, read_header, read_volume
 from c2w_fast.errors import DataError
 
 CANONICAL_LABELS = {"wall": 1, "RA": 2, "LA": 3}
@@ -31,7 +31,6 @@ LAYOUTS = ("lasc", "mbas", "nnunet")
 LASC_IMAGE, LASC_CAVITY, LASC_WALL = "lgemri.nrrd", "laendo.nrrd", "lawall.nrrd"
 LASC_SPACING = (0.625, 0.625, 0.625)  # used only when an NRRD header carries no spacing
 MBAS_LABEL_VALUES = (0, 1, 2, 3)
-SPACING_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def _label_volumes(case: Case, grid: Volume | None) -> dict[str, Volume]:
     volumes = {role: read_volume(path, assume_spacing=_assumed_spacing(case)) for role, path in case.label_paths.items()}
     reference, what = (grid, "image") if grid is not None else (next(iter(volumes.values())), "label")
     for role, volume in volumes.items():
-        _check_same_grid(reference, volume, what)
+        check_same_grid(volume, reference, "label", what)
         _check_values(volume, _allowed_values(case, role))
     return volumes
 
@@ -268,19 +267,6 @@ def _check_finite(image: Volume) -> None:
             raise DataError(image.path, f"image has {bad} NaN/inf voxels")
 
 
-def _check_same_grid(reference: Volume, label: Volume, what: str) -> None:
-    """``label`` on the grid of ``reference``, which is the case's ``what`` ("image" or "label")."""
-    if label.shape != reference.shape:
-        raise DataError(label.path, f"label shape {label.shape} differs from {what} shape {reference.shape} "
-                                    f"({reference.path.name})")
-    if not np.allclose(label.spacing, reference.spacing, rtol=SPACING_RTOL, atol=0):
-        raise DataError(label.path, f"label spacing {_mm(label.spacing)} differs from {what} spacing "
-                                    f"{_mm(reference.spacing)} ({reference.path.name})")
-    if not np.allclose(label.affine, reference.affine, rtol=0, atol=1e-2):
-        raise DataError(label.path, f"label origin/direction differ from the {what}'s ({reference.path.name}): "
-                                    f"origin {_mm(label.origin)} vs {_mm(reference.origin)}")
-
-
 def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
     array = label.array
     if np.issubdtype(array.dtype, np.floating):
@@ -295,6 +281,3 @@ def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
     if unexpected:
         raise DataError(label.path, f"unexpected label values {unexpected[:10]}; expected a subset of {list(allowed)}")
 
-
-def _mm(values) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ") mm"
