@@ -309,6 +309,18 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
 
 # --- post-processing -----------------------------------------------------------------------------
 
+def class_indices(logits: torch.Tensor, slab_voxels: int = 1 << 22) -> torch.Tensor:
+    """``logits.argmax(0)`` as uint8 for (K, D, H, W) logits, taken in slabs along D so that no
+    int64 volume is made (144 MB at 44x640x640)."""
+    if logits.shape[0] > 256:
+        raise ValueError(f"class_indices returns uint8: at most 256 classes, got {logits.shape[0]}")
+    out = torch.empty(logits.shape[1:], dtype=torch.uint8, device=logits.device)
+    step = max(1, slab_voxels // max(1, logits[0, 0].numel()))
+    for z in range(0, logits.shape[1], step):
+        out[z:z + step] = logits[:, z:z + step].argmax(0)
+    return out
+
+
 def keep_largest_per_class(labels, num_classes: int):
     """Labels where every class keeps only its largest 26-connected component (others → 0)."""
     from c2w_fast.ops import keep_largest_component
@@ -672,7 +684,7 @@ class Predictor:
         x = self.pipeline.checked_image(image)
         logits = self._logits(x, spacing, labels)
         with self.loader.timer.phase("postprocess"):
-            out = logits.argmax(0).to(torch.uint8)
+            out = class_indices(logits)
             probs = torch.softmax(logits, 0) if probabilities else None
             del logits
             region = self.pipeline.region(x, spacing, labels)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, gaussian_importance, resolve_checkpoint,
-                            sliding_window, window_count, window_starts)
+from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, class_indices, gaussian_importance,
+                            resolve_checkpoint, sliding_window, window_count, window_starts)
 
 
 @pytest.mark.parametrize("size, patch, step", [(10, 10, 0.5), (9, 10, 0.5), (23, 8, 0.5), (23, 8, 1.0), (64, 16, 0.25)])
@@ -257,3 +257,11 @@ def test_cuda_graph_and_gpu_stitching_equal_eager(rng):
     torch.testing.assert_close(graphed, eager)
     expected = reference_sliding_window(model.cpu(), image.cpu(), (8, 16, 16), 0.5, True)
     torch.testing.assert_close(eager.cpu().double(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("slab_voxels", [1, 30, 1 << 22])
+def test_class_indices_equal_argmax_in_any_slabs(slab_voxels):
+    logits = torch.randn(4, 7, 5, 6)
+    logits[:, 3] = 0.0  # ties pick the first class, as argmax does
+    out = class_indices(logits, slab_voxels)
+    assert out.dtype == torch.uint8 and torch.equal(out.long(), logits.argmax(0))

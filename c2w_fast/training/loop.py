@@ -24,7 +24,7 @@ from c2w_fast.data.augment import augment_batch
 from c2w_fast.data.layouts import Case
 from c2w_fast.data.loader import BatchSource, DevicePrefetcher, TrainingVolume, batches, sample_seed
 from c2w_fast.data.sampling import SamplingPolicy
-from c2w_fast.infer import StagePipeline, default_precision, resolve_checkpoint, sliding_window
+from c2w_fast.infer import StagePipeline, class_indices, default_precision, resolve_checkpoint, sliding_window
 from c2w_fast.training import checkpoint, runlog, unfreeze
 from c2w_fast.training.distributed import Processes, broadcast_flag
 from c2w_fast.training.evaluation import class_metrics
@@ -161,7 +161,7 @@ class Trainer:
         logits = sliding_window(self.model, x, self.patch, step=self.config.eval.step,
                                 gaussian=self.config.eval.gaussian,
                                 precision=default_precision(self.config.run.amp, self.device))
-        labels = logits.argmax(0).cpu().numpy().astype(np.uint8)
+        labels = class_indices(logits).cpu().numpy()
         if volume.region is not None:
             labels[~volume.region] = 0
         return logits, labels
