@@ -49,6 +49,8 @@ class DataConfig:
     n_folds: int = 5
     final_val: int = 24            # validation patients of the final retrain (0: train on all)
     split_seed: int = 0
+    train_subset: int = 0          # C2W's N=70 ablation: train on this many of a fold's training cases (0: all)
+    subset_seed: int = 0           # which subset (validation and test cases stay fixed)
     sdf_channel: bool = False      # beyond the paper: cavity signed distance as a 2nd input channel
     sdf_from: str = ""             # cavity run whose prediction gives that distance
     sdf_scale_mm: float = 10.0     # the channel is distance / scale, clipped to [-1, 1]
@@ -386,9 +388,9 @@ def check(config: Config) -> None:
     _choice(train.val_mode, ("full", "patches"), "train.val_mode")
     _choice(train.select, ("best", "last"), "train.select")
     _choice(config.cascade.mask_source, ("stage1", "ground_truth"), "cascade.mask_source")
-    if data.n_folds < 2 or data.n_test < 0 or data.final_val < 0:
-        raise ConfigError(f"need data.n_folds >= 2, data.n_test >= 0 and data.final_val >= 0, got "
-                          f"{data.n_folds}, {data.n_test}, {data.final_val}")
+    if data.n_folds < 2 or data.n_test < 0 or data.final_val < 0 or data.train_subset < 0:
+        raise ConfigError(f"need data.n_folds >= 2, data.n_test >= 0, data.final_val >= 0 and data.train_subset >= 0, "
+                          f"got {data.n_folds}, {data.n_test}, {data.final_val}, {data.train_subset}")
     for name in ("epochs", "batch_size", "val_every"):
         if getattr(train, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")

@@ -32,8 +32,8 @@ from c2w_fast.errors import DataError
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
 from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, check_processes,
-                                   cross_validation_summary, fold_names, fold_rows, plan_folds, save_new_splits,
-                                   train_fold, write_config)
+                                   cross_validation_summary, fold_names, fold_rows, fold_split, plan_folds,
+                                   save_new_splits, train_fold, training_cases, write_config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,6 +95,8 @@ def main(argv=None) -> int:
             plan = plan_folds(config, args.out, names, splits, resume=args.resume)
             check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"])
             check_processes(config, processes)
+            for name in names:  # a data.train_subset larger than a fold's training cases is refused now
+                training_cases(config, fold_split(splits, name))
             if processes.is_main:  # every check passed: the run folder is written from here on
                 save_new_splits(splits, args.out)
                 write_config(config, args.out)  # on --resume with the new --epochs / --device

@@ -343,3 +343,25 @@ def test_a_helper_run_of_the_wrong_kind_is_refused_before_training(lasc, tmp_pat
     assert _run("c2w_cavity.toml", lasc, tmp_path / "other", epochs=1, items=localizer) == 2
     assert "needs one with run.stage = 'localizer'" in capsys.readouterr().err
     assert not (tmp_path / "other" / "final").exists()
+
+
+def test_a_training_subset_is_drawn_from_the_folds_training_cases(lasc, tmp_path, capsys):
+    """C2W's N = 70 ablation: a seeded subset of the training cases; validation and test stay fixed."""
+    from c2w_fast.data.splits import Fold
+    from c2w_fast.training.run import RunError, training_cases
+
+    split = Fold(tuple(f"case{i:02d}" for i in range(10)), ("val0",))
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", ["data.train_subset=7", "data.subset_seed=1"])
+    chosen = training_cases(config, split)
+    assert len(set(chosen)) == 7 and set(chosen) <= set(split.train) and chosen == training_cases(config, split)
+    other = cfg.load(CONFIGS / "c2w_cavity.toml", ["data.train_subset=7", "data.subset_seed=2"])
+    assert training_cases(other, split) != chosen
+    assert training_cases(cfg.load(CONFIGS / "c2w_cavity.toml"), split) == list(split.train)
+    with pytest.raises(RunError, match="data.train_subset = 11, but the split has only 10 training cases"):
+        training_cases(cfg.load(CONFIGS / "c2w_cavity.toml", ["data.train_subset=11"]), split)
+
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "big", items=["data.train_subset=50"]) == 2
+    assert "but the split has only" in capsys.readouterr().err and not (tmp_path / "big").exists()
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1, items=["data.train_subset=2"]) == 0
+    assert "final: training on 2 of its" in capsys.readouterr().out
+    assert len(_rows(tmp_path / "run" / "final" / "test_metrics.csv")) == 2  # the test set is unchanged

@@ -14,6 +14,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from c2w_fast import config as cfg
@@ -107,6 +108,18 @@ def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> N
     if found != wanted:
         raise RunError(f"{key}: {checkpoint_path} is a run with {field} = {found!r}; {key} needs one with "
                        f"{field} = {wanted!r}")
+
+
+def training_cases(config: cfg.Config, split) -> list[str]:
+    """The fold's training cases, or ``data.train_subset`` of them drawn with ``data.subset_seed``
+    (C2W-Tune's matched-supervision ablation: N = 70 of the 100 final training cases)."""
+    cases, wanted = sorted(split.train), config.data.train_subset
+    if not wanted:
+        return cases
+    if wanted > len(cases):
+        raise RunError(f"data.train_subset = {wanted}, but the split has only {len(cases)} training cases")
+    chosen = np.random.default_rng(config.data.subset_seed).choice(len(cases), wanted, replace=False)
+    return [cases[i] for i in sorted(chosen)]
 
 
 def save_new_splits(splits: Splits, run_dir: Path) -> None:
@@ -236,8 +249,12 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
     folder = run_dir / name
     if not resume and processes.is_main:
         (folder / "checkpoint_best.pt").unlink(missing_ok=True)  # left by a run killed in its first epoch
-    trainer = Trainer(config, folder, [cases[i] for i in split.train], [cases[i] for i in split.val],
-                      device=device, processes=processes, resume=resume)
+    train_cases = [cases[i] for i in training_cases(config, split)]
+    if config.data.train_subset and processes.is_main:
+        print(f"{name}: training on {len(train_cases)} of its {len(split.train)} training cases (data.train_subset, "
+              f"data.subset_seed = {config.data.subset_seed}): {', '.join(c.id for c in train_cases)}")
+    trainer = Trainer(config, folder, train_cases, [cases[i] for i in split.val], device=device, processes=processes,
+                      resume=resume)
     state = trainer.fit()
     result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"], "folder": folder,
               "select": config.train.select}
