@@ -133,19 +133,19 @@ class TrainConfig:
 
 @dataclass
 class AugmentConfig:
-    in_plane: bool = True            # rotate about z only, blur and low-res in-plane (nnU-Net's
+    in_plane: bool = True            # rotate about z, scale, blur and low-res in-plane only (nnU-Net's
                                      # "dummy 2D" augmentation of anisotropic patches)
     rotation_prob: float = 0.0
     rotation_deg: list[float] = field(default_factory=lambda: [-15.0, 15.0])
     scaling_prob: float = 0.0
-    scaling_range: list[float] = field(default_factory=lambda: [0.7, 1.4])
+    scaling_range: list[float] = field(default_factory=lambda: [0.7, 1.4])  # x sampling coordinates (> 1 shrinks)
     elastic_prob: float = 0.0
     elastic_sigma_mm: float = 12.0   # smoothness of the random displacement field
-    elastic_magnitude_mm: float = 4.0
+    elastic_magnitude_mm: float = 4.0  # std of the control points' displacement (clipped at 3 of them)
     flip_prob: float = 0.0           # per axis in flip_axes
     flip_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
     noise_prob: float = 0.0
-    noise_variance: list[float] = field(default_factory=lambda: [0.0, 0.1])
+    noise_variance: list[float] = field(default_factory=lambda: [0.0, 0.1])  # the std is drawn from it
     blur_prob: float = 0.0
     blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])
     brightness_prob: float = 0.0     # multiplicative intensity scaling
@@ -158,7 +158,7 @@ class AugmentConfig:
     gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
     inverse_gamma_prob: float = 0.0
     inverse_gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
-    histogram_match_prob: float = 0.0  # match to a random training case's intensity quantiles
+    histogram_match_prob: float = 0.0  # match to another random training case's intensity quantiles
 
 
 @dataclass

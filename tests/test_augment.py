@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from skimage import exposure
 
 from c2w_fast.config import AugmentConfig
-from c2w_fast.data.augment import (QUANTILES, _draw_angles, _grid, _rotation, augment_batch, initial_patch_size,
-                                   match_histogram)
+from c2w_fast.data.augment import (QUANTILES, _draw_angles, _elastic_field, _grid, _rotation, augment_batch,
+                                   initial_patch_size, match_histogram)
 
 OFF = dict(flip_prob=0.0)
 
@@ -59,14 +60,17 @@ def test_rotations_act_in_mm_on_anisotropic_voxels():
     np.testing.assert_allclose(x[0, 0].numpy()[inside], expected[inside], atol=1e-4)
 
 
-def test_scaling_zooms_about_the_centre(rng):
-    size, patch = (8, 16, 16), (8, 8, 8)
+@pytest.mark.parametrize("in_plane", [True, False])
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_scaling_zooms_about_the_centre(in_plane, factor):
+    size, patch = (16, 16, 16), (8, 8, 8)
     grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in size], indexing="ij")
     image = torch.from_numpy((grids[0] + 2 * grids[1] - grids[2]).astype(np.float32))[None, None]
-    aug = AugmentConfig(scaling_prob=1.0, scaling_range=[2.0, 2.0], **OFF)
+    aug = AugmentConfig(scaling_prob=1.0, scaling_range=[factor, factor], in_plane=in_plane, **OFF)
     x, _, _ = augment_batch(image, torch.zeros((1, *size), dtype=torch.uint8), None, patch, (1.0, 1.0, 1.0), aug, [0])
     o = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in patch], indexing="ij")
-    expected = (o[0] + 2 * o[1] - o[2]) / 2  # factor 2 enlarges the anatomy: in = out / 2
+    # nnU-Net's convention: sampling coordinates times the factor (> 1 shrinks the anatomy); in-plane: z unscaled
+    expected = (1.0 if in_plane else factor) * o[0] + factor * (2 * o[1] - o[2])
     np.testing.assert_allclose(x[0, 0].numpy(), expected, atol=1e-5)
 
 
@@ -89,12 +93,38 @@ def test_initial_patch_holds_every_rotated_and_zoomed_patch(in_plane, rng):
     patch, spacing = (20, 64, 56), (2.5, 0.97, 0.97)
     size = initial_patch_size(patch, spacing, aug)
     assert all((s - p) % 2 == 0 for s, p in zip(size, patch))
+    scale = np.diag([1.0 if in_plane else 1.4, 1.4, 1.4])
     for _ in range(20):
-        matrix = _rotation(_draw_angles(aug, rng)) / 0.7
+        matrix = _rotation(_draw_angles(aug, rng)) @ scale
         grid = _grid(patch, size, spacing, torch.tensor(matrix, dtype=torch.float32), None, "cpu")
         # every sample point lies inside the crop (normalised coordinates of voxel centres)
         limit = 1 - 1 / torch.tensor(size[::-1], dtype=torch.float32)
         assert (grid.abs() <= limit + 2e-2).all()
+
+
+def test_initial_patch_bounds_every_3d_rotation_not_only_sampled_ones(rng):
+    """(-1, -15, 15) degrees needs a larger crop than the range's corners and 512 random draws gave."""
+    aug = AugmentConfig(rotation_prob=1.0, rotation_deg=[-15.0, 15.0], in_plane=False)
+    patch, spacing = np.array([44, 256, 256]), np.array([0.625] * 3)
+    size = np.array(initial_patch_size(patch, spacing, aug))
+    half = patch * spacing / 2
+    corners = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]) * half
+    angles = [np.radians([-1.0, -15.0, 15.0])] + [np.radians(rng.uniform(-15, 15, 3)) for _ in range(2000)]
+    needed = np.max([2 * np.abs(corners @ _rotation(a).T).max(0) / spacing for a in angles], axis=0)
+    assert needed[0] > 171 and (size >= np.ceil(needed)).all() and size[0] < 200
+
+
+def test_elastic_displacement_stays_within_the_room_left_for_it():
+    aug = AugmentConfig(elastic_prob=1.0, elastic_sigma_mm=2.0, elastic_magnitude_mm=1.5, in_plane=False)
+    generator = torch.Generator().manual_seed(0)
+    field = _elastic_field((10, 40, 40), (1.0, 1.0, 1.0), aug, generator, "cpu")
+    assert float(field.abs().max()) <= 3 * 1.5 + 1e-6 and float(field.std()) > 0.5
+
+
+def test_a_crop_margin_of_odd_size_is_refused(rng):
+    image, target, region = _batch(rng, size=(10, 17, 20))
+    with pytest.raises(ValueError, match="even margin on every axis"):
+        augment_batch(image, target, region, (6, 8, 8), (1.0, 1.0, 1.0), AugmentConfig(**OFF), [1, 2])
 
 
 def test_flips_follow_flip_axes(rng):
@@ -135,7 +165,7 @@ def test_gamma_keeps_mean_and_std_and_order(key, rng):
 def test_noise_variance_and_blur_match_definitions(rng):
     x = torch.zeros((8, 32, 32))
     y = _single(AugmentConfig(noise_prob=1.0, noise_variance=[0.09, 0.09], **OFF), x)
-    assert float(y.var()) == pytest.approx(0.09, rel=0.05)
+    assert float(y.std()) == pytest.approx(0.09, rel=0.05)  # batchgenerators: the drawn value is the std
     x = torch.from_numpy(rng.normal(size=(8, 20, 20)).astype(np.float32))
     y = _single(AugmentConfig(blur_prob=1.0, blur_sigma=[0.8, 0.8], in_plane=True, **OFF), x)
     expected = ndimage.gaussian_filter(x.numpy().astype(np.float64), (0, 0.8, 0.8), mode="nearest", truncate=3.0)
@@ -158,6 +188,23 @@ def test_histogram_matching_maps_quantiles_onto_the_reference(rng):
     y = match_histogram(x, reference)
     got = torch.quantile(y.ravel(), QUANTILES[10:91:10])
     torch.testing.assert_close(got, reference[10:91:10], atol=0.02, rtol=0.02)
+    np.testing.assert_allclose(y.numpy(), exposure.match_histograms(x.numpy(), reference_sample(reference)),
+                               rtol=0.02, atol=0.02)
+
+
+def reference_sample(quantiles: torch.Tensor) -> np.ndarray:
+    """An image whose intensity distribution has ``quantiles`` (piecewise uniform between them)."""
+    ranks = np.linspace(0, 1, 100_001)
+    return np.interp(ranks, QUANTILES.numpy(), quantiles.numpy()).astype(np.float32).reshape(1, 1, -1)
+
+
+def test_histogram_matching_sends_a_block_of_equal_values_to_its_middle_rank(rng):
+    x = torch.from_numpy(rng.uniform(1.0, 5.0, size=(8, 30, 30)).astype(np.float32))
+    x.view(-1)[: x.numel() * 3 // 10] = 0.0  # 30 % padding zeros: ranks 0 to 0.3
+    reference = torch.linspace(-1.0, 1.0, len(QUANTILES))  # the uniform distribution on [-1, 1]
+    y = match_histogram(x, reference)
+    assert float(y.view(-1)[0]) == pytest.approx(-0.7, abs=0.005)  # rank 0.15 (the minimum would be -1)
+    assert float(y.view(-1)[x.numel() * 3 // 10:].min()) > -0.41 and float(y.mean()) == pytest.approx(0.0, abs=0.02)
 
 
 def test_same_seeds_same_batch_other_seeds_differ(rng):

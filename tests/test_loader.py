@@ -73,3 +73,32 @@ def test_device_prefetcher_yields_every_batch_in_order(rng):
     source = _source(_volumes(rng))
     got = list(DevicePrefetcher(batches(source, 0, 3, num_workers=0), torch.device("cpu")))
     assert [b["iteration"] for b in got] == [0, 1, 2]
+
+
+def test_random_patches_move_over_the_volume_even_when_the_crop_is_larger(rng):
+    """The centre keeps the training patch inside; the crop around it (room for rotations) may not fit."""
+    volumes = _volumes(rng)  # 10 x 16 x 16
+    source = _source(volumes, policy=SamplingPolicy("random"), crop_size=(12, 20, 20), patch_size=(6, 8, 8))
+    starts = set()
+    for it in range(40):
+        batch = source[it]
+        for b, case in enumerate(source.cases_of(it)):
+            patch = batch["image"][b, 0, 3:9, 6:14, 6:14].numpy()  # the crop's centre: the training patch
+            hits = [(z, y, x) for z in range(5) for y in range(9) for x in range(9)
+                    if np.array_equal(volumes[case].image[0, z:z + 6, y:y + 8, x:x + 8], patch)]
+            assert len(hits) == 1  # inside the volume, no padding
+            starts.add(hits[0])
+    assert len({s[1] for s in starts}) > 4 and len({s[2] for s in starts}) > 4
+    with pytest.raises(ValueError, match="even margin on every axis"):
+        _source(volumes, crop_size=(12, 20, 21), patch_size=(6, 8, 8))
+
+
+def test_histogram_references_come_from_another_case(rng):
+    volumes = _volumes(rng, n=3)
+    source = _source(volumes)
+    for it in range(30):
+        batch = source[it]
+        for b, case in enumerate(source.cases_of(it)):
+            assert not np.array_equal(batch["references"][b].numpy(), volumes[case].quantiles)
+    alone = _source(volumes[:1], batch_size=2)[0]  # one case: its own
+    assert np.array_equal(alone["references"][0].numpy(), volumes[0].quantiles)

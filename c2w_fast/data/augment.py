@@ -12,8 +12,10 @@ histogram matching to another training case's intensity quantiles.
 
 Every sample draws its own parameters from its own seed, so a batch is reproducible
 from its seeds (needed for exact resume and for DDP equivalence). Conventions follow
-nnU-Net/batchgenerators: a scaling factor > 1 enlarges the anatomy; noise variance is
-drawn from ``noise_variance``; gamma draws below 1 half of the time when the range allows.
+nnU-Net/batchgenerators: a scaling factor multiplies the sampling coordinates (> 1 shrinks
+the anatomy), only in-plane with ``in_plane``; the value drawn from ``noise_variance`` is
+the noise's standard deviation (batchgenerators' name and use); gamma draws below 1 half
+of the time when the range allows.
 Shapes: image (B, C, D, H, W) float, target (B, D, H, W) int, region (B, D, H, W) bool.
 """
 from __future__ import annotations
@@ -31,11 +33,7 @@ QUANTILES = torch.linspace(0, 1, 101)
 
 def _rotation(angles) -> np.ndarray:
     """Rotation matrix in (z, y, x) coordinates: about z, then y, then x (radians)."""
-    az, ay, ax = angles
-    rz = np.array([[1, 0, 0], [0, math.cos(az), -math.sin(az)], [0, math.sin(az), math.cos(az)]])
-    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
-    rx = np.array([[math.cos(ax), -math.sin(ax), 0], [math.sin(ax), math.cos(ax), 0], [0, 0, 1]])
-    return rx @ ry @ rz
+    return _rotations(*(np.array([a], float) for a in angles))[0]
 
 
 def _draw_angles(aug: AugmentConfig, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -52,9 +50,11 @@ def spatial_enabled(aug: AugmentConfig) -> bool:
 def initial_patch_size(patch, spacing, aug: AugmentConfig) -> tuple[int, int, int]:
     """Crop size (z, y, x) that holds every rotated / zoomed-out / deformed ``patch``.
 
-    The extent is the largest axis-aligned box of the patch under 512 rotations drawn from
-    the configured range (plus the range's end points), divided by the smallest scaling,
-    plus three elastic magnitudes; each axis keeps the parity of ``patch`` so a
+    The extent is the largest axis-aligned box of the patch's corners over a grid of the
+    configured rotation angles, widened by the most any rotation between grid points moves
+    a corner (so the bound holds for every angle, not only the grid's), times the largest
+    scaling (in-plane only with ``in_plane``), plus the three elastic magnitudes the
+    displacement is clipped to on each side; each axis keeps the parity of ``patch`` so a
     centre crop lands on whole voxels.
     """
     patch = np.asarray(patch, int)
@@ -64,18 +64,50 @@ def initial_patch_size(patch, spacing, aug: AugmentConfig) -> tuple[int, int, in
     corners = np.array([[sz, sy, sx] for sz in (-1, 1) for sy in (-1, 1) for sx in (-1, 1)]) * half
     extent = 2 * half
     if aug.rotation_prob > 0:
-        rng = np.random.default_rng(0)
-        lo, hi = aug.rotation_deg
-        ends = [(math.radians(a), 0.0, 0.0) if aug.in_plane else (math.radians(a),) * 3 for a in (lo, hi)]
-        for angles in ends + [_draw_angles(aug, rng) for _ in range(512)]:
-            extent = np.maximum(extent, 2 * np.abs(corners @ _rotation(angles).T).max(0))
+        extent = np.maximum(extent, _rotated_extent(corners, aug))
     if aug.scaling_prob > 0:
-        extent = extent / min(aug.scaling_range[0], 1.0)
+        extent = extent * max(aug.scaling_range[1], 1.0) ** _scaled_axes(aug)
     if aug.elastic_prob > 0:
         extent = extent + 6 * aug.elastic_magnitude_mm * np.array([0.0 if aug.in_plane else 1.0, 1.0, 1.0])
     size = np.maximum(np.ceil(extent / np.asarray(spacing) - 1e-6).astype(int), patch)
     size += (size - patch) % 2
     return tuple(int(s) for s in size)
+
+
+def _scaled_axes(aug: AugmentConfig) -> np.ndarray:
+    return np.array([0.0 if aug.in_plane else 1.0, 1.0, 1.0])
+
+
+def _rotated_extent(corners: np.ndarray, aug: AugmentConfig, grid_points: int = 200_000) -> np.ndarray:
+    """Bound on the axis-aligned extent of ``corners`` under every rotation of the range: the
+    maximum over a grid of step ``d`` per rotated axis, plus ``|corner| * k * d``, the most a
+    corner moves between a rotation and its nearest grid point (``k`` axes, each off by at most
+    d/2, move it by at most |corner| * d/2 each; the extent is twice the largest coordinate)."""
+    lo, hi = (math.radians(a) for a in aug.rotation_deg)
+    axes = 1 if aug.in_plane else 3
+    count = max(2, int(grid_points ** (1 / axes)))
+    values = np.linspace(lo, hi, count)
+    step = (hi - lo) / (count - 1)
+    grids = np.meshgrid(*[values] * axes, indexing="ij")
+    angles = [g.ravel() for g in grids] + [np.zeros(grids[0].size)] * (3 - axes)
+    extent = np.zeros(3)
+    for chunk in range(0, angles[0].size, 20_000):
+        rotations = _rotations(*(a[chunk:chunk + 20_000] for a in angles))  # (N, 3, 3)
+        extent = np.maximum(extent, 2 * np.abs(np.einsum("nij,cj->nci", rotations, corners)).max((0, 1)))
+    moved = np.array([0.0, 1.0, 1.0]) if aug.in_plane else np.ones(3)  # a rotation about z keeps z
+    return extent + moved * np.linalg.norm(corners[0]) * axes * step
+
+
+def _rotations(az, ay, ax) -> np.ndarray:
+    """:func:`_rotation` for arrays of angles: (N, 3, 3)."""
+    one, zero = np.ones_like(az), np.zeros_like(az)
+    rz = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, np.cos(az), -np.sin(az)], -1),
+                   np.stack([zero, np.sin(az), np.cos(az)], -1)], -2)
+    ry = np.stack([np.stack([np.cos(ay), zero, np.sin(ay)], -1), np.stack([zero, one, zero], -1),
+                   np.stack([-np.sin(ay), zero, np.cos(ay)], -1)], -2)
+    rx = np.stack([np.stack([np.cos(ax), -np.sin(ax), zero], -1), np.stack([np.sin(ax), np.cos(ax), zero], -1),
+                   np.stack([zero, zero, one], -1)], -2)
+    return rx @ ry @ rz
 
 
 def _grid(out_size, in_size, spacing, matrix: torch.Tensor, displacement: torch.Tensor | None, device):
@@ -92,10 +124,11 @@ def _grid(out_size, in_size, spacing, matrix: torch.Tensor, displacement: torch.
 
 def _elastic_field(out_size, spacing, aug: AugmentConfig, generator, device) -> torch.Tensor:
     """Smooth random displacement (D, H, W, 3) in mm: Gaussian values on a control grid
-    every ``elastic_sigma_mm``, interpolated trilinearly."""
+    every ``elastic_sigma_mm``, clipped to three magnitudes (what :func:`initial_patch_size`
+    leaves room for), interpolated trilinearly."""
     extent = [n * h for n, h in zip(out_size, spacing)]
     control = [max(2, math.ceil(e / aug.elastic_sigma_mm) + 1) for e in extent]
-    coarse = torch.randn((1, 3, *control), generator=generator, device=device) * aug.elastic_magnitude_mm
+    coarse = torch.randn((1, 3, *control), generator=generator, device=device).clamp(-3, 3) * aug.elastic_magnitude_mm
     if aug.in_plane:
         coarse[:, 0] = 0
     field = F.interpolate(coarse, size=tuple(out_size), mode="trilinear", align_corners=True)
@@ -117,8 +150,8 @@ def _spatial(image, target, region, patch, spacing, aug, rng, generator):
     matrix = np.eye(3)
     if rotate:
         matrix = _rotation(_draw_angles(aug, rng)) @ matrix
-    if scale:
-        matrix = matrix / rng.uniform(*aug.scaling_range)
+    if scale:  # sampling coordinates times s: > 1 shows more of the volume (nnU-Net's convention)
+        matrix = matrix @ np.diag(rng.uniform(*aug.scaling_range) ** _scaled_axes(aug))
     displacement = _elastic_field(patch, spacing, aug, generator, device) if elastic else None
     grid = _grid(patch, in_size, spacing, torch.as_tensor(matrix, dtype=torch.float32, device=device),
                  displacement, device)
@@ -162,22 +195,28 @@ def _gamma(x: torch.Tensor, gamma: float, invert: bool) -> torch.Tensor:
 
 
 def match_histogram(x: torch.Tensor, reference_quantiles: torch.Tensor, generator=None) -> torch.Tensor:
-    """Map ``x`` so its quantiles (at :data:`QUANTILES`) become ``reference_quantiles`` (piecewise linear)."""
-    flat = x.reshape(-1)
-    if flat.numel() > 200_000:
-        flat = flat[torch.randint(flat.numel(), (200_000,), generator=generator, device=x.device)]
-    source = torch.quantile(flat.float(), QUANTILES.to(x.device))
+    """Map ``x`` so its intensity distribution becomes the one whose quantiles (at
+    :data:`QUANTILES`) are ``reference_quantiles``: each voxel goes to the reference quantile
+    at its rank among ``x``'s values (of up to 200 000 sampled), a block of equal values to
+    the quantile at the block's middle rank (the zeros of a padded patch do not all land on
+    the reference minimum)."""
+    flat = x.reshape(-1).float()
+    sample = flat
+    if sample.numel() > 200_000:
+        sample = sample[torch.randint(sample.numel(), (200_000,), generator=generator, device=x.device)]
+    ordered = sample.sort().values
+    rank = (torch.searchsorted(ordered, flat, right=False) + torch.searchsorted(ordered, flat, right=True)) / 2
+    position = rank / ordered.numel() * (len(QUANTILES) - 1)  # in quantile steps, 0 .. 100
+    index = position.floor().long().clamp(0, len(QUANTILES) - 2)
+    t = (position - index).clamp(0, 1)
     reference = reference_quantiles.to(x.device, torch.float32)
-    index = torch.searchsorted(source, x.reshape(-1).contiguous()).clamp(1, len(source) - 1)
-    x0, x1 = source[index - 1], source[index]
-    t = ((x.reshape(-1) - x0) / (x1 - x0).clamp_min(1e-8)).clamp(0, 1)
-    return (reference[index - 1] + t * (reference[index] - reference[index - 1])).reshape(x.shape)
+    return (reference[index] + t * (reference[index + 1] - reference[index])).reshape(x.shape)
 
 
 def _intensity(x: torch.Tensor, aug: AugmentConfig, rng, generator, reference) -> torch.Tensor:
     """The intensity transforms of one (D, H, W) image channel, in nnU-Net's order."""
     if rng.random() < aug.noise_prob:
-        std = math.sqrt(rng.uniform(*aug.noise_variance))
+        std = rng.uniform(*aug.noise_variance)  # batchgenerators draws the standard deviation from it
         x = x + std * torch.randn(x.shape, generator=generator, device=x.device)
     if rng.random() < aug.blur_prob:
         sigmas = [0.0 if (aug.in_plane and axis == 0) else rng.uniform(*aug.blur_sigma) for axis in range(3)]
@@ -214,8 +253,9 @@ def augment_batch(image: torch.Tensor, target: torch.Tensor, region: torch.Tenso
         references: (B, len(QUANTILES)) intensity quantiles for histogram matching, or None.
     Returns: image (B, C, *patch) float32, target (B, *patch), region (B, *patch) or None.
     """
-    if any(n < p for n, p in zip(image.shape[-3:], patch)):
-        raise ValueError(f"initial patch {tuple(image.shape[-3:])} is smaller than the patch {tuple(patch)}")
+    if any(n < p or (n - p) % 2 for n, p in zip(image.shape[-3:], patch)):
+        raise ValueError(f"initial patch {tuple(image.shape[-3:])} must hold the patch {tuple(patch)} with an even "
+                         "margin on every axis (initial_patch_size gives one)")
     images, targets, regions = [], [], []
     for b, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)

@@ -53,13 +53,17 @@ class BatchSource(torch.utils.data.Dataset):
 
     def __init__(self, volumes: list[TrainingVolume], *, batch_size: int, crop_size, policy: SamplingPolicy,
                  seed: int, iterations_per_epoch: int = 0, rank: int = 0, world_size: int = 1,
-                 histogram_references: bool = False):
+                 histogram_references: bool = False, patch_size=None):
         if not volumes:
             raise ValueError("BatchSource needs at least one training volume")
         if batch_size % world_size:
             raise ValueError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
                              f"({world_size})")
         self.volumes, self.batch_size, self.crop_size = volumes, batch_size, tuple(crop_size)
+        self.patch_size = tuple(patch_size or crop_size)
+        if any(c < p or (c - p) % 2 for c, p in zip(self.crop_size, self.patch_size)):
+            raise ValueError(f"crop_size {self.crop_size} must hold patch_size {self.patch_size} with an even "
+                             "margin on every axis (the patch is its centre)")
         self.policy, self.seed, self.rank, self.world_size = policy, seed, rank, world_size
         self.one_pass = iterations_per_epoch == 0
         self.iterations_per_epoch = (math.ceil(len(volumes) / batch_size) if self.one_pass
@@ -86,16 +90,18 @@ class BatchSource(torch.utils.data.Dataset):
         for j in samples:
             volume = self.volumes[chosen[j]]
             rng = _seed(self.seed, 3, iteration, j)
-            centre = self.policy.centre(volume.target.shape, self.crop_size, volume.locations, rng)
+            # the centre keeps the training patch inside the volume; the larger crop around it
+            # (room for rotations and zooms) may reach outside and is padded
+            centre = self.policy.centre(volume.target.shape, self.patch_size, volume.locations, rng)
             box = Box.around(centre, self.crop_size)
             images.append(crop(volume.image, box))
             targets.append(crop(volume.target, box))
             if volume.region is not None:
                 regions.append(crop(volume.region, box))
             seeds.append(sample_seed(self.seed, iteration, j))
-            if self.histogram_references:
-                other = int(rng.integers(len(self.volumes)))
-                references.append(self.volumes[other].quantiles)
+            if self.histogram_references:  # another case's intensities (its own when it is the only one)
+                others = [i for i in range(len(self.volumes)) if i != chosen[j]] or [chosen[j]]
+                references.append(self.volumes[others[int(rng.integers(len(others)))]].quantiles)
         batch = {"image": torch.from_numpy(np.stack(images)), "target": torch.from_numpy(np.stack(targets)),
                  "seeds": torch.tensor(seeds, dtype=torch.int64), "iteration": iteration}
         if regions:

@@ -108,7 +108,7 @@ class Trainer:
             self.train_volumes, batch_size=train.batch_size, crop_size=crop_size(self.config, self.spacing),
             policy=policy_of(self.config), seed=self.config.run.seed, iterations_per_epoch=train.iterations_per_epoch,
             rank=self.processes.rank, world_size=self.processes.world_size,
-            histogram_references=self.config.augment.histogram_match_prob > 0)
+            histogram_references=self.config.augment.histogram_match_prob > 0, patch_size=self.patch)
 
     # --- one step ---------------------------------------------------------------------------
 
