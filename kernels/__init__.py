@@ -7,6 +7,9 @@ backend choice, validation and gradients live in :mod:`c2w_fast.ops`.
 
 import os
 
+import numpy as np
+import torch
+
 
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter (``TRITON_INTERPRET=1``).
@@ -28,3 +31,15 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
+    """A few host values (launch tables, constants) as a tensor on ``device`` without waiting for
+    the GPU: a copy from pageable memory synchronises the stream (the host would wait for all
+    queued work), so CUDA copies are staged in pinned memory and issued non-blocking (PyTorch's
+    pinned allocator keeps the staging buffer until the copy has run)."""
+    host = torch.as_tensor(np.asarray(values), dtype=dtype)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

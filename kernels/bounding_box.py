@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from c2w_fast.kernels import _nvrtc, cdiv
+from c2w_fast.kernels import _nvrtc, cdiv, host_to_device
 
 _BIG = 2**31 - 1
 
@@ -33,7 +33,7 @@ def _bounding_box_kernel(mask_ptr, box_ptr, n, ny, nx, BLOCK: tl.constexpr, BIG:
 
 
 def _new_box(device: torch.device) -> torch.Tensor:
-    return torch.tensor([_BIG, -1, _BIG, -1, _BIG, -1], dtype=torch.int32, device=device)
+    return host_to_device([_BIG, -1, _BIG, -1, _BIG, -1], torch.int32, device)
 
 
 def _half_open(box: torch.Tensor) -> tuple[int, ...]:

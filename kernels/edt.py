@@ -275,6 +275,7 @@ def squared_distance_to_sites(sites: torch.Tensor, boxes: torch.Tensor, spacing,
         BLOCK_R=block_r, BLOCK_X=chunk_x)
     passes = [(2, ny, nz, sy)] + ([(1, nz, ny, sz)] if nz > 1 else [])
     current = first
+    del first  # two grids live at a time: each pass frees its input (stream-ordered) once it has run
     for index, (axis, length, planes, step) in enumerate(passes):
         last = index == len(passes) - 1
         following = torch.empty_like(current)
@@ -284,7 +285,7 @@ def squared_distance_to_sites(sites: torch.Tensor, boxes: torch.Tensor, spacing,
             grid = (planes * cdiv(nx, envelope_x), items)
             vertex = torch.empty((items, grid[0], length + 1, envelope_x), dtype=torch.int32, device=sites.device)
             bound = torch.empty(vertex.shape, dtype=torch.float64, device=sites.device)
-            step2 = torch.tensor([step * step], dtype=torch.float64, device=sites.device)
+            step2 = torch.full((1,), step * step, dtype=torch.float64, device=sites.device)  # a fill, not a copy
             _envelope_kernel[grid](current, following, boxes, vertex, bound, nz, ny, nx, step2, AXIS=axis,
                                    BOX_DIV=box_div, BLOCK_X=envelope_x, num_warps=max(1, envelope_x // 32))
         else:

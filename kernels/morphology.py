@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from c2w_fast.kernels import cdiv
+from c2w_fast.kernels import cdiv, host_to_device
 
 
 @triton.jit
@@ -107,7 +107,7 @@ def dilate_or_erode(mask: torch.Tensor, box: torch.Tensor, halfwidth: np.ndarray
     grid = (nz * cdiv(ny, block_y) * cdiv(nx, block_x),)
     _reach_kernel[grid](mask, reach, box, nz, ny, nx, cap, ERODE=erode, BLOCK_Y=block_y, BLOCK_X=block_x)
     ez, ey = halfwidth.shape[0] // 2, halfwidth.shape[1] // 2
-    table = torch.from_numpy(np.ascontiguousarray(halfwidth, dtype=np.int32)).to(mask.device)
+    table = host_to_device(np.ascontiguousarray(halfwidth, dtype=np.int32), torch.int32, mask.device)
     _combine_kernel[grid](reach, out, box, table, ny, nx, ez, ey, ERODE=erode,
                           BLOCK_Y=block_y, BLOCK_X=block_x)
     return out

@@ -171,7 +171,7 @@ def surface_moments(f: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, b
     grid = _grid(tuple(f.shape), block_y, block_x)
     partial = torch.zeros((f.shape[0], grid[0], 4), dtype=torch.float64, device=f.device)
     if f.numel():
-        tolerance_t = torch.tensor([float(tolerance)], dtype=torch.float64, device=f.device)
+        tolerance_t = torch.full((1,), float(tolerance), dtype=torch.float64, device=f.device)  # a fill, not a copy
         _moments_kernel[grid](f, codes, table, boxes, partial, *f.shape[1:], tolerance_t, FULL=full,
                               BOX_DIV=box_div, BLOCK_Y=block_y, BLOCK_X=block_x)
     sums = partial[..., :3].sum(dim=1)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from gpu import DEVICE, host, on_device
+from gpu import DEVICE, host, no_host_round_trips, on_device
 from masks import TIE_CASES, anisotropic_spacing, blobs, perturbed, tie_pair
 
 from c2w_fast import metrics
@@ -155,3 +155,39 @@ def test_a_chunk_of_tiny_pairs_stays_within_the_launch_grid():
 
     assert 2 * _pairs_per_chunk((32, 32), "surfel") <= 65535
     assert _pairs_per_chunk((44, 640, 640), "surfel") >= 1
+
+
+def test_device_work_never_waits_for_the_host(rng, monkeypatch):
+    """evaluate_batch's queued part and the post-processing ops make no host sync (its one
+    sync is reading the rows back; label_components returns a count)."""
+    from c2w_fast.ops import (binary_dilation, distance_transform, keep_largest_component, remove_small_components,
+                              signed_distance)
+    from c2w_fast.ops._gpu_surface import evaluate_rows
+
+    pred = on_device(np.stack([blobs(rng, (6, 12, 10), 0.3) for _ in range(2)]))
+    gt = on_device(np.stack([blobs(rng, (6, 12, 10), 0.3) for _ in range(2)]))
+    spacing = (2.5, 0.625, 0.625)
+    work = [lambda c=c: evaluate_rows(pred, gt, spacing, tolerance_mm=1.0, convention=c, percentile=95.0,
+                                      percentile_rule="max") for c in ("surfel", "voxel")]
+    work += [lambda: keep_largest_component(pred[0], backend="triton"),
+             lambda: remove_small_components(pred[0], 5, backend="triton"),
+             lambda: distance_transform(pred[0], spacing, backend="triton"),
+             lambda: signed_distance(pred[0], spacing, backend="triton"),
+             lambda: binary_dilation(pred[0], 1.5, spacing=spacing, backend="triton")]
+    for run in work:
+        run()  # compiles and caches first
+    with no_host_round_trips(monkeypatch):
+        for run in work:
+            run()
+
+
+def test_pairs_with_an_empty_mask_get_no_distance_work_in_a_batch(rng):
+    """Their distances to nothing would search whole columns, and their rows follow the empty-mask rule."""
+    from c2w_fast.ops._gpu_volume import EMPTY_BOX
+
+    gt = blobs(rng, (4, 9, 8), 0.3)
+    empty = np.zeros_like(gt)
+    pred, target = on_device(np.stack([gt, empty, gt])), on_device(np.stack([gt, gt, empty]))
+    boxes = host(surface_fields(pred, target, (1.0, 1.0, 1.0), "surfel", skip_one_sided=True).boxes)
+    assert (boxes[0] != EMPTY_BOX).any() and (boxes[1:] == EMPTY_BOX).all()
+    assert (host(surface_fields(pred, target, (1.0, 1.0, 1.0), "surfel").boxes) != EMPTY_BOX).any(axis=1).all()

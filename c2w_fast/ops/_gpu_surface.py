@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from c2w_fast.kernels import edt as edt_kernels
+from c2w_fast.kernels import host_to_device
 from c2w_fast.kernels import surface as surface_kernels
 from c2w_fast.ops._arrays import as_tensor
-from c2w_fast.ops._gpu_volume import as_items, bounding_boxes, to_kind
+from c2w_fast.ops._gpu_volume import EMPTY_BOX, as_items, bounding_boxes, to_kind
 from c2w_fast.ops._surfels import surfel_area_table
 from c2w_fast.ops._within import float32_threshold
 from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary
@@ -51,16 +52,21 @@ class SurfaceFields:
     full: int
 
 
-def surface_fields(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ...], convention: str) -> SurfaceFields:
-    """The fields of :class:`SurfaceFields` for bool (pairs, *spatial) tensors, spatial 2D or 3D."""
+def surface_fields(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ...], convention: str, *,
+                   skip_one_sided: bool = False) -> SurfaceFields:
+    """The fields of :class:`SurfaceFields` for bool (pairs, *spatial) tensors, spatial 2D or 3D.
+    With ``skip_one_sided`` a pair with an empty mask gets an empty box: no work (its distances
+    to nothing would search whole columns) and summaries that the caller replaces."""
     ndim = len(spacing)
     items = as_items(torch.stack((pred, gt), dim=1), ndim)
     voxel_boxes = bounding_boxes(as_items(pred | gt, ndim))
+    if skip_one_sided:
+        one_sided = ~(pred.flatten(1).any(1) & gt.flatten(1).any(1))  # bool (pairs, *spatial)
+        voxel_boxes = torch.where(one_sided[:, None], host_to_device(EMPTY_BOX, torch.int32, pred.device), voxel_boxes)
     surfel = convention == "surfel"
     if surfel:
         # corners c0 .. c1 + 1 surround voxels c0 .. c1; a 2D grid keeps its single z slice
-        grow = torch.tensor([0, 1, 0, 1, 0, 1] if ndim == 3 else [0, 0, 0, 1, 0, 1],
-                            dtype=torch.int32, device=pred.device)
+        grow = host_to_device([0, 1, 0, 1, 0, 1] if ndim == 3 else [0, 0, 0, 1, 0, 1], torch.int32, pred.device)
         empty = (voxel_boxes[:, 0] > voxel_boxes[:, 1]).unsqueeze(1)
         boxes = torch.where(empty, voxel_boxes, voxel_boxes + grow).contiguous()
         table = surfel_area_table(spacing)
@@ -74,7 +80,7 @@ def surface_fields(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, .
     squared = edt_kernels.squared_distance_to_sites(
         codes, boxes, (1.0,) * (3 - ndim) + tuple(spacing), site=edt_kernels.SITE_SURFACE, full=full,
         paired=True, queries=codes, method="search")  # surfaces are mostly close: short searches
-    weights = torch.as_tensor(table, dtype=torch.float64, device=pred.device)
+    weights = host_to_device(table, torch.float64, pred.device)
     return SurfaceFields(codes, squared, boxes, weights, full)
 
 
@@ -156,7 +162,8 @@ def evaluate_rows(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ..
     step = _pairs_per_chunk(pred.shape[1:], convention)
     parts = []
     for start in range(0, pred.shape[0], step):
-        fields = surface_fields(pred[start:start + step], gt[start:start + step], spacing, convention)
+        fields = surface_fields(pred[start:start + step], gt[start:start + step], spacing, convention,
+                                skip_one_sided=True)  # their rows follow the empty-mask rule
         parts.append(summaries(fields, spacing, convention=convention, tolerance_mm=tolerance_mm,
                                percentile=percentile, percentile_rule=percentile_rule))
     return torch.cat([counts.double(), torch.cat(parts, dim=0)], dim=1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from c2w_fast.kernels import host_to_device
+
 EMPTY_BOX = (0, -1, 0, -1, 0, -1)
 
 
@@ -36,15 +38,16 @@ def bounding_boxes(masks: torch.Tensor) -> torch.Tensor:
         extents += [first, last]
     boxes = torch.stack(extents, dim=1).to(torch.int32)
     empty = ~columns.any(dim=1, keepdim=True)
-    return torch.where(empty, torch.tensor(EMPTY_BOX, dtype=torch.int32, device=masks.device), boxes).contiguous()
+    return torch.where(empty, host_to_device(EMPTY_BOX, torch.int32, masks.device), boxes).contiguous()
 
 
 def grow_boxes(boxes: torch.Tensor, low, high, shape) -> torch.Tensor:
     """Boxes grown by ``low`` below and ``high`` above per axis (z, y, x), clipped to ``shape``;
     empty boxes stay empty."""
-    low_t = torch.tensor([-int(low[0]), 0, -int(low[1]), 0, -int(low[2]), 0], dtype=torch.int32, device=boxes.device)
-    high_t = torch.tensor([0, int(high[0]), 0, int(high[1]), 0, int(high[2])], dtype=torch.int32, device=boxes.device)
-    limit = torch.tensor([0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1], dtype=torch.int32, device=boxes.device)
+    low_t, high_t, limit = host_to_device([[-int(low[0]), 0, -int(low[1]), 0, -int(low[2]), 0],
+                                           [0, int(high[0]), 0, int(high[1]), 0, int(high[2])],
+                                           [0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1]],
+                                          torch.int32, boxes.device)
     grown = boxes + low_t + high_t
     grown = torch.where(torch.arange(6, device=boxes.device) % 2 == 0, grown.clamp(min=0), torch.minimum(grown, limit))
     empty = (boxes[:, 0] > boxes[:, 1]).unsqueeze(1)
@@ -54,7 +57,7 @@ def grow_boxes(boxes: torch.Tensor, low, high, shape) -> torch.Tensor:
 def whole_boxes(items: int, shape, device) -> torch.Tensor:
     """Boxes covering every voxel of ``items`` grids of ``shape`` (z, y, x)."""
     box = [0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1]
-    return torch.tensor([box] * items, dtype=torch.int32, device=device)
+    return host_to_device([box] * items, torch.int32, device).reshape(items, 6)
 
 
 def to_kind(result: torch.Tensor, original):
