@@ -92,7 +92,8 @@ def main(argv=None) -> int:
         try:
             cases, splits = cases_and_splits(config, args.out)
             names = fold_names(args.fold, len(splits.folds))
-            plan = plan_folds(config, args.out, names, splits, resume=args.resume)
+            plan = plan_folds(config, args.out, names, splits, resume=args.resume,
+                              epochs_given=args.epochs is not None)
             check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"])
             check_processes(config, processes)
             for name in names:  # a data.train_subset larger than a fold's training cases is refused now

@@ -37,7 +37,8 @@ def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
     """A few host values (launch tables, constants) as a tensor on ``device`` without waiting for
     the GPU: a copy from pageable memory synchronises the stream (the host would wait for all
     queued work), so CUDA copies are staged in pinned memory and issued non-blocking (PyTorch's
-    pinned allocator keeps the staging buffer until the copy has run)."""
+    pinned allocator keeps the staging buffer until the copy has run). Not for code captured
+    in a CUDA graph: a replay would read the staging buffer after it was recycled."""
     host = torch.as_tensor(np.asarray(values), dtype=dtype)
     device = torch.device(device)
     if device.type != "cuda":

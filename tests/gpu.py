@@ -31,15 +31,17 @@ def host(result) -> np.ndarray:
 
 
 _OURS = tuple(os.path.dirname(m.__file__) + os.sep for m in (c2w_fast, c2w_fast.kernels))
-_READS = ("tolist", "item", "__bool__", "__int__", "__float__", "cpu", "numpy")
+_READS = ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "nonzero")
 
 
 @contextlib.contextmanager
 def no_host_round_trips(monkeypatch):
     """Fails on anything c2w_fast does that makes the host wait for the GPU. On a GPU: CUDA's
-    sync debug mode. On CPU: the calls that would, made directly from c2w_fast's code — a
-    ``torch.tensor`` / ``torch.as_tensor`` of host data onto a device (a pageable copy waits for
-    the stream) and reads of tensor values."""
+    sync debug mode (the real check). On CPU, where every tensor is a host tensor, the calls
+    that would, made directly from c2w_fast's code: host data made into a tensor
+    (``torch.tensor`` / ``torch.as_tensor`` onto a device, ``torch.from_numpy``: on a GPU a
+    pageable copy that waits for the stream), reads of tensor values, ``nonzero`` and boolean
+    indexing. A plain ``.to(device)`` of a host tensor cannot be told from a device move on CPU."""
     if DEVICE == "cuda":
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -52,23 +54,34 @@ def no_host_round_trips(monkeypatch):
     def ours() -> bool:
         return sys._getframe(2).f_code.co_filename.startswith(_OURS)
 
-    def creating(original):
+    def creating(original, needs_device: bool):
         def create(data, *args, **kwargs):
-            if kwargs.get("device") is not None and not isinstance(data, torch.Tensor) and ours():
-                raise AssertionError(f"{original.__name__} of host data onto a device")
+            onto_device = kwargs.get("device") is not None or not needs_device
+            if onto_device and not isinstance(data, torch.Tensor) and ours():
+                raise AssertionError(f"{original.__name__} of host data")
             return original(data, *args, **kwargs)
         return create
 
     def reading(name, original):
         def read(self, *args, **kwargs):
             if ours():
-                raise AssertionError(f"Tensor.{name} reads a device value back")
+                raise AssertionError(f"Tensor.{name} waits for the device")
             return original(self, *args, **kwargs)
         return read
 
+    def indexing(original):
+        def getitem(self, index):
+            parts = index if isinstance(index, tuple) else (index,)
+            if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts) and ours():
+                raise AssertionError("boolean-mask indexing waits for the device (its size)")
+            return original(self, index)
+        return getitem
+
     with monkeypatch.context() as patch:
-        for name in ("tensor", "as_tensor"):
-            patch.setattr(torch, name, creating(getattr(torch, name)))
+        for name, needs_device in (("tensor", True), ("as_tensor", True), ("from_numpy", False)):
+            patch.setattr(torch, name, creating(getattr(torch, name), needs_device))
+        patch.setattr(torch, "nonzero", reading("nonzero", torch.nonzero))
         for name in _READS:
             patch.setattr(torch.Tensor, name, reading(name, getattr(torch.Tensor, name)))
+        patch.setattr(torch.Tensor, "__getitem__", indexing(torch.Tensor.__getitem__))
         yield

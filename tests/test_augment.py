@@ -112,6 +112,9 @@ def test_initial_patch_bounds_every_3d_rotation_not_only_sampled_ones(rng):
     angles = [np.radians([-1.0, -15.0, 15.0])] + [np.radians(rng.uniform(-15, 15, 3)) for _ in range(2000)]
     needed = np.max([2 * np.abs(corners @ _rotation(a).T).max(0) / spacing for a in angles], axis=0)
     assert needed[0] > 171 and (size >= np.ceil(needed)).all() and size[0] < 200
+    whole_turns = AugmentConfig(rotation_prob=1.0, rotation_deg=[-180.0, 180.0], in_plane=False)
+    diagonal = math.ceil(math.sqrt(3) * 128)  # no rotation of a 128^3 cube needs more
+    assert max(initial_patch_size((128,) * 3, (1.0,) * 3, whole_turns)) <= diagonal + 1
 
 
 def test_elastic_displacement_stays_within_the_room_left_for_it():

@@ -315,8 +315,14 @@ def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys
     assert printed.count("finished earlier, skipped") == 2
     assert "Cross-validation (2 folds" in printed  # the skipped folds' validation rows still count
     assert {row["fold"] for row in _rows(out / "cv_val_metrics.csv")} == {"fold_0", "fold_1"}
+    assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "3"]) == 0
+    assert train.main(["--resume", "--out", str(out), "--fold", "1", "--epochs", "2"]) == 0  # config.toml: 2
+    assert train.main(["--resume", "--out", str(out), "--fold", "all"]) == 0  # fold_0's 3 epochs are not refused
+    assert capsys.readouterr().out.count("finished earlier, skipped") >= 2
+    assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "2"]) == 2
+    assert "fold_0 has trained 3 epochs already; --epochs 2 cannot undo them" in capsys.readouterr().err
     (out / "config.toml").write_text((out / "config.toml").read_text().replace("lr = 0.001", "lr = 0.002"))
-    assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "3"]) == 2
+    assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "4"]) == 2
     assert "differs from the config this checkpoint was trained with (optim.lr" in capsys.readouterr().err
 
 

@@ -82,7 +82,8 @@ def _rotated_extent(corners: np.ndarray, aug: AugmentConfig, grid_points: int = 
     """Bound on the axis-aligned extent of ``corners`` under every rotation of the range: the
     maximum over a grid of step ``d`` per rotated axis, plus ``|corner| * k * d``, the most a
     corner moves between a rotation and its nearest grid point (``k`` axes, each off by at most
-    d/2, move it by at most |corner| * d/2 each; the extent is twice the largest coordinate)."""
+    d/2, move it by at most |corner| * d/2 each; the extent is twice the largest coordinate),
+    never more than the diagonal, which no rotation exceeds."""
     lo, hi = (math.radians(a) for a in aug.rotation_deg)
     axes = 1 if aug.in_plane else 3
     count = max(2, int(grid_points ** (1 / axes)))
@@ -95,7 +96,8 @@ def _rotated_extent(corners: np.ndarray, aug: AugmentConfig, grid_points: int = 
         rotations = _rotations(*(a[chunk:chunk + 20_000] for a in angles))  # (N, 3, 3)
         extent = np.maximum(extent, 2 * np.abs(np.einsum("nij,cj->nci", rotations, corners)).max((0, 1)))
     moved = np.array([0.0, 1.0, 1.0]) if aug.in_plane else np.ones(3)  # a rotation about z keeps z
-    return extent + moved * np.linalg.norm(corners[0]) * axes * step
+    diagonal = 2 * np.linalg.norm(corners[0])  # no rotation needs more
+    return np.minimum(extent + moved * diagonal / 2 * axes * step, diagonal)
 
 
 def _rotations(az, ay, ax) -> np.ndarray:

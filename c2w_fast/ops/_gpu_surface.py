@@ -61,7 +61,7 @@ def surface_fields(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, .
     items = as_items(torch.stack((pred, gt), dim=1), ndim)
     voxel_boxes = bounding_boxes(as_items(pred | gt, ndim))
     if skip_one_sided:
-        one_sided = ~(pred.flatten(1).any(1) & gt.flatten(1).any(1))  # bool (pairs, *spatial)
+        one_sided = ~(pred.flatten(1).any(1) & gt.flatten(1).any(1))  # (pairs,) from bool (pairs, *spatial)
         voxel_boxes = torch.where(one_sided[:, None], host_to_device(EMPTY_BOX, torch.int32, pred.device), voxel_boxes)
     surfel = convention == "surfel"
     if surfel:

@@ -164,13 +164,14 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
 
 
 def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Splits, *,
-               resume: bool) -> dict[str, str]:
+               resume: bool, epochs_given: bool = False) -> dict[str, str]:
     """What to do with each fold to train: ``"new"``, ``"resume"`` or ``"finished"``, checked before any work.
 
     A new run refuses a run folder whose ``config.toml`` holds another config and fold
     folders that already hold a ``checkpoint_latest.pt`` (a ``checkpoint_best.pt`` alone, left
     by a run killed in its first epoch, is replaced). ``--resume`` continues the folds that
-    have a checkpoint, leaves those already finished and evaluated, and starts those never begun.
+    have a checkpoint, leaves those already finished and evaluated, and starts those never begun;
+    an ``--epochs`` given with it (``epochs_given``) below the epochs a fold has done is refused.
     """
     if not resume:
         saved = run_dir / "config.toml"
@@ -197,7 +198,7 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
             plan[name] = "new"
             continue
         state = _trainer_state(path)
-        if state["epoch"] > config.train.epochs:
+        if epochs_given and state["epoch"] > config.train.epochs:
             raise RunError(f"{name} has trained {state['epoch']} epochs already; --epochs {config.train.epochs} "
                            f"cannot undo them: resume with --epochs {state['epoch']} or more")
         plan[name] = "finished" if _finished(state, path.parent, config, splits) else "resume"
