@@ -181,13 +181,19 @@ def test_device_work_never_waits_for_the_host(rng, monkeypatch):
             run()
 
 
-def test_pairs_with_an_empty_mask_get_no_distance_work_in_a_batch(rng):
+def test_pairs_with_an_empty_mask_get_no_distance_work_in_a_batch(rng, monkeypatch):
     """Their distances to nothing would search whole columns, and their rows follow the empty-mask rule."""
+    from c2w_fast.ops import _gpu_surface
     from c2w_fast.ops._gpu_volume import EMPTY_BOX
 
     gt = blobs(rng, (4, 9, 8), 0.3)
     empty = np.zeros_like(gt)
     pred, target = on_device(np.stack([gt, empty, gt])), on_device(np.stack([gt, gt, empty]))
-    boxes = host(surface_fields(pred, target, (1.0, 1.0, 1.0), "surfel", skip_one_sided=True).boxes)
+    made = []
+    monkeypatch.setattr(_gpu_surface, "surface_fields",
+                        lambda *args, **kwargs: made.append(surface_fields(*args, **kwargs)) or made[-1])
+    _gpu_surface.evaluate_rows(pred, target, (1.0, 1.0, 1.0), tolerance_mm=1.0, convention="surfel",
+                               percentile=95.0, percentile_rule="max")
+    boxes = host(made[0].boxes)
     assert (boxes[0] != EMPTY_BOX).any() and (boxes[1:] == EMPTY_BOX).all()
     assert (host(surface_fields(pred, target, (1.0, 1.0, 1.0), "surfel").boxes) != EMPTY_BOX).any(axis=1).all()

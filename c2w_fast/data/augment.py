@@ -66,16 +66,24 @@ def initial_patch_size(patch, spacing, aug: AugmentConfig) -> tuple[int, int, in
     if aug.rotation_prob > 0:
         extent = np.maximum(extent, _rotated_extent(corners, aug))
     if aug.scaling_prob > 0:
-        extent = extent * max(aug.scaling_range[1], 1.0) ** _scaled_axes(aug)
+        extent = extent * max(aug.scaling_range[1], 1.0) ** _moved_axes(aug)
     if aug.elastic_prob > 0:
-        extent = extent + 6 * aug.elastic_magnitude_mm * np.array([0.0 if aug.in_plane else 1.0, 1.0, 1.0])
+        extent = extent + 6 * aug.elastic_magnitude_mm * _moved_axes(aug)
     size = np.maximum(np.ceil(extent / np.asarray(spacing) - 1e-6).astype(int), patch)
     size += (size - patch) % 2
     return tuple(int(s) for s in size)
 
 
-def _scaled_axes(aug: AugmentConfig) -> np.ndarray:
+def _moved_axes(aug: AugmentConfig) -> np.ndarray:
+    """1 for the (z, y, x) axes the spatial transforms act on: y and x, and z unless ``in_plane``."""
     return np.array([0.0 if aug.in_plane else 1.0, 1.0, 1.0])
+
+
+def check_margin(crop, patch) -> None:
+    """A ValueError unless ``crop`` holds ``patch`` at its centre on whole voxels (an even margin)."""
+    if any(c < p or (c - p) % 2 for c, p in zip(crop, patch)):
+        raise ValueError(f"the crop {tuple(crop)} must hold the patch {tuple(patch)} with an even margin on every "
+                         "axis (initial_patch_size gives one)")
 
 
 def _rotated_extent(corners: np.ndarray, aug: AugmentConfig, grid_points: int = 200_000) -> np.ndarray:
@@ -95,9 +103,8 @@ def _rotated_extent(corners: np.ndarray, aug: AugmentConfig, grid_points: int = 
     for chunk in range(0, angles[0].size, 20_000):
         rotations = _rotations(*(a[chunk:chunk + 20_000] for a in angles))  # (N, 3, 3)
         extent = np.maximum(extent, 2 * np.abs(np.einsum("nij,cj->nci", rotations, corners)).max((0, 1)))
-    moved = np.array([0.0, 1.0, 1.0]) if aug.in_plane else np.ones(3)  # a rotation about z keeps z
     diagonal = 2 * np.linalg.norm(corners[0])  # no rotation needs more
-    return np.minimum(extent + moved * diagonal / 2 * axes * step, diagonal)
+    return np.minimum(extent + _moved_axes(aug) * diagonal / 2 * axes * step, diagonal)
 
 
 def _rotations(az, ay, ax) -> np.ndarray:
@@ -153,7 +160,7 @@ def _spatial(image, target, region, patch, spacing, aug, rng, generator):
     if rotate:
         matrix = _rotation(_draw_angles(aug, rng)) @ matrix
     if scale:  # sampling coordinates times s: > 1 shows more of the volume (nnU-Net's convention)
-        matrix = matrix @ np.diag(rng.uniform(*aug.scaling_range) ** _scaled_axes(aug))
+        matrix = matrix @ np.diag(rng.uniform(*aug.scaling_range) ** _moved_axes(aug))
     displacement = _elastic_field(patch, spacing, aug, generator, device) if elastic else None
     grid = _grid(patch, in_size, spacing, torch.as_tensor(matrix, dtype=torch.float32, device=device),
                  displacement, device)
@@ -255,9 +262,7 @@ def augment_batch(image: torch.Tensor, target: torch.Tensor, region: torch.Tenso
         references: (B, len(QUANTILES)) intensity quantiles for histogram matching, or None.
     Returns: image (B, C, *patch) float32, target (B, *patch), region (B, *patch) or None.
     """
-    if any(n < p or (n - p) % 2 for n, p in zip(image.shape[-3:], patch)):
-        raise ValueError(f"initial patch {tuple(image.shape[-3:])} must hold the patch {tuple(patch)} with an even "
-                         "margin on every axis (initial_patch_size gives one)")
+    check_margin(image.shape[-3:], patch)
     images, targets, regions = [], [], []
     for b, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)

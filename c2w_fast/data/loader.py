@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from c2w_fast.data.augment import check_margin
 from c2w_fast.data.preprocess import Box, crop
 from c2w_fast.data.sampling import SamplingPolicy
 
@@ -61,9 +62,7 @@ class BatchSource(torch.utils.data.Dataset):
                              f"({world_size})")
         self.volumes, self.batch_size, self.crop_size = volumes, batch_size, tuple(crop_size)
         self.patch_size = tuple(patch_size or crop_size)
-        if any(c < p or (c - p) % 2 for c, p in zip(self.crop_size, self.patch_size)):
-            raise ValueError(f"crop_size {self.crop_size} must hold patch_size {self.patch_size} with an even "
-                             "margin on every axis (the patch is its centre)")
+        check_margin(self.crop_size, self.patch_size)  # the training patch is the crop's centre
         self.policy, self.seed, self.rank, self.world_size = policy, seed, rank, world_size
         self.one_pass = iterations_per_epoch == 0
         self.iterations_per_epoch = (math.ceil(len(volumes) / batch_size) if self.one_pass

@@ -53,16 +53,16 @@ class SurfaceFields:
 
 
 def surface_fields(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ...], convention: str, *,
-                   skip_one_sided: bool = False) -> SurfaceFields:
+                   skip: torch.Tensor | None = None) -> SurfaceFields:
     """The fields of :class:`SurfaceFields` for bool (pairs, *spatial) tensors, spatial 2D or 3D.
-    With ``skip_one_sided`` a pair with an empty mask gets an empty box: no work (its distances
-    to nothing would search whole columns) and summaries that the caller replaces."""
+    The pairs flagged in ``skip`` (bool (pairs,)) get an empty box: no work, and summaries that
+    the caller replaces (a pair with an empty mask, whose distances to nothing would search
+    whole columns)."""
     ndim = len(spacing)
     items = as_items(torch.stack((pred, gt), dim=1), ndim)
     voxel_boxes = bounding_boxes(as_items(pred | gt, ndim))
-    if skip_one_sided:
-        one_sided = ~(pred.flatten(1).any(1) & gt.flatten(1).any(1))  # (pairs,) from bool (pairs, *spatial)
-        voxel_boxes = torch.where(one_sided[:, None], host_to_device(EMPTY_BOX, torch.int32, pred.device), voxel_boxes)
+    if skip is not None:
+        voxel_boxes = torch.where(skip[:, None], host_to_device(EMPTY_BOX, torch.int32, pred.device), voxel_boxes)
     surfel = convention == "surfel"
     if surfel:
         # corners c0 .. c1 + 1 surround voxels c0 .. c1; a 2D grid keeps its single z slice
@@ -159,11 +159,12 @@ def evaluate_rows(pred: torch.Tensor, gt: torch.Tensor, spacing: tuple[float, ..
     any host sync; the rows of pairs with an empty mask hold meaningless summaries."""
     spatial = tuple(range(1, pred.ndim))
     counts = torch.stack([pred.sum(dim=spatial), gt.sum(dim=spatial), (pred & gt).sum(dim=spatial)], dim=1)
+    one_sided = (counts[:, :2] == 0).any(dim=1)  # their rows follow the empty-mask rule
     step = _pairs_per_chunk(pred.shape[1:], convention)
     parts = []
     for start in range(0, pred.shape[0], step):
-        fields = surface_fields(pred[start:start + step], gt[start:start + step], spacing, convention,
-                                skip_one_sided=True)  # their rows follow the empty-mask rule
+        chunk = slice(start, start + step)
+        fields = surface_fields(pred[chunk], gt[chunk], spacing, convention, skip=one_sided[chunk])
         parts.append(summaries(fields, spacing, convention=convention, tolerance_mm=tolerance_mm,
                                percentile=percentile, percentile_rule=percentile_rule))
     return torch.cat([counts.double(), torch.cat(parts, dim=0)], dim=1)
