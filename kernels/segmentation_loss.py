@@ -4,12 +4,15 @@ Logits are read in place as (B, C, N), N = D * H * W, from a contiguous or a cha
 (B, C, D, H, W) tensor. Targets are integer labels (B, N) or a one-hot / soft (B, C, N)
 tensor; the optional region mask is (B, N), nonzero = inside.
 
-Forward (two launches): ``_loss_forward_kernel`` streams the voxels once (softmax or sigmoid,
-one-hot of the labels, region mask) and writes, per program, its partial sums for each
-sample: the Dice sums sum(m p t), sum(m p), sum(m t) per class, the focal or cross-entropy
-sum, the count of voxels inside the mask and the count of labels outside [0, C).
-``_loss_finalize_kernel`` (one program) adds the partials in a fixed order (deterministic),
-evaluates the loss and the per-(sample, class) Dice derivative coefficients for the backward.
+Forward (two launches): ``_loss_forward_kernel`` (:func:`loss_partials`) streams the voxels
+once (softmax or sigmoid, one-hot of the labels, region mask) and writes, per program, its
+partial sums for each sample: the Dice sums sum(m p t), sum(m p), sum(m t) per class, the
+focal or cross-entropy sum, the count of voxels inside the mask and the count of labels
+outside [0, C).
+``_loss_finalize_kernel`` (:func:`loss_finalize`, one program) adds the partials in a fixed
+order (deterministic), evaluates the loss and the per-(sample, class) Dice derivative
+coefficients for the backward. Between the two, the caller may gather the partial sums of
+several processes (DDP), see :mod:`c2w_fast.ops._processes`.
 
 Backward (one launch): ``_loss_backward_kernel`` recomputes the probabilities tile by tile
 and writes dL/dlogits in the logits' dtype and layout.
@@ -329,14 +332,14 @@ def _launch_args(logits, target, mask):
     return args, (s_b, s_c, s_n, *t_strides), dict(LABELS=labels, HAS_MASK=mask is not None), voxels
 
 
-def loss_forward(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, spec: LossSpec):
-    """Loss (0-d fp32) and the buffers :func:`loss_backward` needs.
+def loss_partials(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                  spec: LossSpec) -> torch.Tensor:
+    """Per-program partial sums (B, P, 3C + 3) of the first forward pass (layout in ``_loss_forward_kernel``).
 
     Args:
         logits: (B, C, D, H, W) fp32/fp16/bf16, contiguous or channels-last.
         target: (B, D, H, W) integer labels, or (B, C, D, H, W) one-hot / soft targets.
         mask: (B, D, H, W) region mask (nonzero = inside) or None.
-    Returns: (loss, out, coef) with out = (loss, term scale) and coef (B, 2, C) fp32.
     """
     (logits, target, mask_arg), strides, flags, voxels = _launch_args(logits, target, mask)
     batch, channels = logits.shape[:2]
@@ -348,17 +351,28 @@ def loss_forward(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     alpha = 0.0 if spec.alpha is None else float(spec.alpha)
     _loss_forward_kernel[(programs, batch)](logits, target, mask_arg, part, voxels, channels, *strides,
                                             float(spec.gamma), alpha, num_warps=8, **options)
-    out = torch.empty(2, dtype=torch.float32, device=logits.device)
-    coef = torch.empty((batch, 2, channels), dtype=torch.float32, device=logits.device)
+    return part
+
+
+def loss_finalize(part: torch.Tensor, spec: LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss from partial sums (B, P, 3C + 3) of any number of programs, and what backward needs.
+
+    Returns: out = (loss, term scale) and coef (B, 2, C), fp32 (see ``_loss_finalize_kernel``).
+    """
+    batch, programs, width = part.shape
+    channels = (width - 3) // 3
+    block_c = next_power_of_2(channels)
+    out = torch.empty(2, dtype=torch.float32, device=part.device)
+    coef = torch.empty((batch, 2, channels), dtype=torch.float32, device=part.device)
     term_channels = channels - spec.term_first_class if spec.term == TERM_FOCAL else 1
     block_b = next_power_of_2(batch)
     # the interpreter adds two rows at a time, so that small tests run the loop more than once
     block_p = 2 if interpreting() else min(next_power_of_2(programs), max(4096 // (block_b * block_c), 1))
-    _loss_finalize_kernel[(1,)](part, out, coef, batch, programs, channels, float(spec.smooth_nr),
+    _loss_finalize_kernel[(1,)](part.contiguous(), out, coef, batch, programs, channels, float(spec.smooth_nr),
                                 float(spec.smooth_dr), float(spec.lambda_dice), float(spec.lambda_term),
                                 term_channels, DICE_FIRST_CLASS=spec.dice_first_class, BATCH_DICE=spec.batch_dice,
                                 BLOCK_B=block_b, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
-    return out[0], out, coef
+    return out, coef
 
 
 def loss_backward(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,

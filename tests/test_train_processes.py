@@ -86,8 +86,10 @@ def test_resume_without_a_checkpoint_is_an_error(lasc, tmp_path):
     assert train.main(["--resume", "--out", str(tmp_path / "run"), "--config", "x.toml"]) == 2
 
 
-def test_two_gloo_processes_train_like_one_with_the_whole_batch(lasc, tmp_path):
-    items = ["optim.name=\"sgd\"", "optim.momentum=0.9", "optim.lr=0.01", "schedule.kind=\"constant\""]
+@pytest.mark.parametrize("batch_dice", [False, True])  # True: the Dice sums are gathered across the processes
+def test_two_gloo_processes_train_like_one_with_the_whole_batch(lasc, tmp_path, batch_dice):
+    items = ["optim.name=\"sgd\"", "optim.momentum=0.9", "optim.lr=0.01", "schedule.kind=\"constant\"",
+             f"loss.batch_dice={str(batch_dice).lower()}"]
     _in_process(_command(lasc, tmp_path / "one", 2, *items))
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
                          + _command(lasc, tmp_path / "two", 2, *items)[1:], env=ENV, capture_output=True, text=True)
@@ -98,4 +100,8 @@ def test_two_gloo_processes_train_like_one_with_the_whole_batch(lasc, tmp_path):
     torch.manual_seed(0)  # run.seed: the initial weights of both runs
     initial = checkpoint.build_from_config(cfg.from_dict(one["config"])).state_dict()
     assert sum(not torch.equal(v, initial[k]) for k, v in one["model"].items()) > len(initial) // 2
-    assert [r["epoch"] for r in _history(tmp_path / "two" / "fold_0")] == ["0", "1"]
+    one_log, two_log = (_history(tmp_path / name / "fold_0") for name in ("one", "two"))
+    assert [r["epoch"] for r in two_log] == ["0", "1"]
+    # every rank's loss is the whole batch's: rank 0 logs what one process logs
+    assert [float(r["train_loss"]) for r in two_log] == pytest.approx([float(r["train_loss"]) for r in one_log],
+                                                                       rel=1e-4)

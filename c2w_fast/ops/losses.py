@@ -28,6 +28,10 @@ target is read as given (one-hot or soft labels in [0, 1]); its values are not c
 The triton backend's backward is first-order: ``create_graph=True`` raises a ``RuntimeError``;
 it gives no gradient to the target, so a target that requires grad runs the reference under ``auto``.
 
+With ``across_processes=True`` under DDP, every process gathers the per-sample sums of all
+processes and evaluates the loss of the whole batch, so batch Dice and masked means are those
+of one process with the whole batch (see :mod:`c2w_fast.ops._processes`).
+
 Backends: ``reference`` (plain torch, float64-capable) and ``triton`` (one fused forward
 kernel, a one-program finalisation, one fused backward kernel; see
 :mod:`c2w_fast.kernels.segmentation_loss`). Accuracy of the triton backend against the
@@ -39,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from c2w_fast.ops._dispatch import Op, first_order_backward, reference_only
+from c2w_fast.ops._processes import gather_rows, own_rows, process_count
 from c2w_fast.ops._tolerance import Tolerance
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -67,29 +72,36 @@ def one_hot_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels, num_classes).permute(0, 4, 1, 2, 3).float()
 
 
-def _soft_dice(probs, onehot, mask, include_background, batch_dice, smooth_nr, smooth_dr):
-    if mask is not None:
-        probs = probs * mask
-        onehot = onehot * mask
-    if not include_background:
-        probs, onehot = probs[:, 1:], onehot[:, 1:]
-    axes = [0, *range(2, probs.ndim)] if batch_dice else list(range(2, probs.ndim))
-    intersection = (probs * onehot).sum(axes)
-    denominator = probs.sum(axes) + onehot.sum(axes) + smooth_dr
+def _sample_sums(probs, onehot, mask, per_voxel_term):
+    """Per-sample rows (B, 3C + 2): sum(m p t), sum(m p), sum(m t) per class, sum(m term), voxels inside."""
+    batch, voxels = probs.shape[0], probs[0, 0].numel()
     if mask is None:
-        return (1 - (2 * intersection + smooth_nr) / denominator).mean()
-    inside = mask.flatten(1).sum(1) > 0  # samples with a region
-    valid = (inside.any() if batch_dice else inside[:, None]).expand_as(denominator)
+        count = probs.new_full((batch,), voxels)
+    else:
+        probs, onehot, per_voxel_term = probs * mask, onehot * mask, per_voxel_term * mask
+        count = mask.flatten(1).sum(1)
+    axes = list(range(2, probs.ndim))
+    return torch.cat([(probs * onehot).sum(axes), probs.sum(axes), onehot.sum(axes),
+                      per_voxel_term.flatten(1).sum(1, keepdim=True), count[:, None]], 1)
+
+
+def _loss_from_sums(rows, dice_first_class, term_channels, batch_dice, smooth_nr, smooth_dr,
+                    lambda_dice, lambda_term):
+    """The loss of the samples whose :func:`_sample_sums` are ``rows``."""
+    classes = (rows.shape[1] - 2) // 3
+    intersection, probs, targets = (rows[:, k * classes + dice_first_class:(k + 1) * classes] for k in range(3))
+    term, count = rows[:, 3 * classes], rows[:, 3 * classes + 1]
+    inside = count > 0  # samples with a region
+    if batch_dice:
+        intersection, probs, targets = (x.sum(0, keepdim=True) for x in (intersection, probs, targets))
+        inside = inside.any(0, keepdim=True)
+    denominator = probs + targets + smooth_dr
+    valid = inside[:, None].expand_as(denominator)
     # entries without a region drop out; their denominator is replaced before dividing so that
     # a 0/0 (smooth_dr = 0) cannot put NaN into the gradient through the discarded branch
     dice = 1 - (2 * intersection + smooth_nr) / torch.where(valid, denominator, torch.ones_like(denominator))
-    return torch.where(valid, dice, torch.zeros_like(dice)).sum() / valid.sum().clamp_min(1)
-
-
-def _masked_mean(per_voxel, mask):
-    if mask is None:
-        return per_voxel.mean()
-    return (per_voxel * mask).sum() / mask.sum().clamp_min(1) / (per_voxel.numel() // mask.numel())
+    dice = torch.where(valid, dice, torch.zeros_like(dice)).sum() / valid.sum().clamp_min(1)
+    return lambda_dice * dice + lambda_term * term.sum() / count.sum().clamp_min(1) / term_channels
 
 
 def _prepare(logits, target, mask):
@@ -100,42 +112,54 @@ def _prepare(logits, target, mask):
     return logits, onehot, mask
 
 
-def _dice_term(logits, onehot, mask, activation, include_background, batch_dice, smooth_nr, smooth_dr):
+def _reference_loss(logits, onehot, mask, per_voxel_term, term_channels, activation, include_background,
+                    batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_term, across_processes):
     probs = logits.softmax(1) if activation == "softmax" else logits.sigmoid()
-    return _soft_dice(probs, onehot, mask, include_background, batch_dice, smooth_nr, smooth_dr)
+    rows = _sample_sums(probs, onehot, mask, per_voxel_term)
+    rows = gather_rows(rows) if across_processes else rows
+    return _loss_from_sums(rows, 0 if include_background else 1, term_channels, batch_dice, smooth_nr, smooth_dr,
+                           lambda_dice, lambda_term)
 
 
 def _dice_focal_reference(logits, target, mask, gamma, alpha, include_background, batch_dice,
-                          smooth_nr, smooth_dr, lambda_dice, lambda_focal, activation):
+                          smooth_nr, smooth_dr, lambda_dice, lambda_focal, activation, across_processes):
     logits, onehot, mask = _prepare(logits, target, mask)
-    dice = _dice_term(logits, onehot, mask, activation, include_background, batch_dice, smooth_nr, smooth_dr)
     focal_logits, focal_target = (logits, onehot) if include_background else (logits[:, 1:], onehot[:, 1:])
     bce = F.binary_cross_entropy_with_logits(focal_logits, focal_target, reduction="none")
     focal = torch.exp(gamma * F.logsigmoid(-focal_logits * (2 * focal_target - 1))) * bce
     if alpha is not None:
         focal = focal * (focal_target * alpha + (1 - focal_target) * (1 - alpha))
-    return lambda_dice * dice + lambda_focal * _masked_mean(focal, mask)
+    return _reference_loss(logits, onehot, mask, focal.sum(1, keepdim=True), focal.shape[1], activation,
+                           include_background, batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal,
+                           across_processes)
 
 
 def _dice_ce_reference(logits, target, mask, include_background, batch_dice, smooth_nr, smooth_dr,
-                       lambda_dice, lambda_ce, activation):
+                       lambda_dice, lambda_ce, activation, across_processes):
     logits, onehot, mask = _prepare(logits, target, mask)
-    dice = _dice_term(logits, onehot, mask, activation, include_background, batch_dice, smooth_nr, smooth_dr)
     ce = -(logits.log_softmax(1) * onehot).sum(1, keepdim=True)
-    return lambda_dice * dice + lambda_ce * _masked_mean(ce, mask)
+    return _reference_loss(logits, onehot, mask, ce, 1, activation, include_background, batch_dice, smooth_nr,
+                           smooth_dr, lambda_dice, lambda_ce, across_processes)
 
 
 class _FusedSegmentationLoss(torch.autograd.Function):
     """Autograd of the triton backend: saves the inputs and the finaliser's (B, 2, C) coefficients."""
 
     @staticmethod
-    def forward(ctx, logits, target, mask, spec):
-        from c2w_fast.kernels.segmentation_loss import loss_forward
+    def forward(ctx, logits, target, mask, spec, across_processes):
+        from c2w_fast.kernels.segmentation_loss import loss_finalize, loss_partials
 
-        loss, out, coef = loss_forward(logits, target, mask, spec)
+        part = loss_partials(logits, target, mask, spec)
+        processes = process_count() if across_processes else 1
+        if processes > 1:  # the whole batch's loss; gradients scaled for DDP's average (see _processes)
+            part = gather_rows(part.sum(1, keepdim=True))
+        out, coef = loss_finalize(part, spec)
+        if processes > 1:
+            coef = own_rows(coef, logits.shape[0]) * processes
+            out[1:] *= processes
         ctx.save_for_backward(logits, target, mask, out, coef)
         ctx.spec = spec
-        return loss
+        return out[0]
 
     @staticmethod
     @first_order_backward
@@ -143,7 +167,7 @@ class _FusedSegmentationLoss(torch.autograd.Function):
         from c2w_fast.kernels.segmentation_loss import loss_backward
 
         logits, target, mask, out, coef = ctx.saved_tensors
-        return loss_backward(grad_loss, logits, target, mask, out, coef, ctx.spec), None, None, None
+        return loss_backward(grad_loss, logits, target, mask, out, coef, ctx.spec), None, None, None, None
 
 
 def _kernel_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -155,7 +179,7 @@ def _kernel_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def _triton_loss(logits, target, mask, *, term, gamma, alpha, include_background, batch_dice, smooth_nr, smooth_dr,
-                 lambda_dice, lambda_term, activation):
+                 lambda_dice, lambda_term, activation, across_processes):
     from c2w_fast.kernels.segmentation_loss import TERM_CE, TERM_FOCAL, LossSpec
 
     spec = LossSpec(term=TERM_FOCAL if term == "focal" else TERM_CE, sigmoid=activation == "sigmoid",
@@ -164,21 +188,23 @@ def _triton_loss(logits, target, mask, *, term, gamma, alpha, include_background
                     batch_dice=bool(batch_dice), gamma=float(gamma), alpha=None if alpha is None else float(alpha),
                     smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr), lambda_dice=float(lambda_dice),
                     lambda_term=float(lambda_term))
-    return _FusedSegmentationLoss.apply(logits, _kernel_target(target, logits.shape[1]), mask, spec)
+    return _FusedSegmentationLoss.apply(logits, _kernel_target(target, logits.shape[1]), mask, spec, across_processes)
 
 
 def _dice_focal_triton(logits, target, mask, gamma, alpha, include_background, batch_dice,
-                       smooth_nr, smooth_dr, lambda_dice, lambda_focal, activation):
+                       smooth_nr, smooth_dr, lambda_dice, lambda_focal, activation, across_processes):
     return _triton_loss(logits, target, mask, term="focal", gamma=gamma, alpha=alpha,
                         include_background=include_background, batch_dice=batch_dice, smooth_nr=smooth_nr,
-                        smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_term=lambda_focal, activation=activation)
+                        smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_term=lambda_focal, activation=activation,
+                        across_processes=across_processes)
 
 
 def _dice_ce_triton(logits, target, mask, include_background, batch_dice, smooth_nr, smooth_dr,
-                    lambda_dice, lambda_ce, activation):
+                    lambda_dice, lambda_ce, activation, across_processes):
     return _triton_loss(logits, target, mask, term="ce", gamma=0.0, alpha=None,
                         include_background=include_background, batch_dice=batch_dice, smooth_nr=smooth_nr,
-                        smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_term=lambda_ce, activation=activation)
+                        smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_term=lambda_ce, activation=activation,
+                        across_processes=across_processes)
 
 
 DICE_FOCAL = Op("dice_focal_loss", {"reference": _dice_focal_reference, "triton": _dice_focal_triton},
@@ -219,7 +245,8 @@ def _check(logits, target, mask, activation, backend) -> str:
 def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: float | None = None,
                     include_background: bool = True, batch_dice: bool = False, smooth_nr: float = 1e-5,
                     smooth_dr: float = 1e-5, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
-                    activation: str = "softmax", backend: str = "auto") -> torch.Tensor:
+                    activation: str = "softmax", across_processes: bool = False,
+                    backend: str = "auto") -> torch.Tensor:
     """Soft Dice + sigmoid focal loss, optionally inside a region mask (definitions in the module docstring).
 
     Args:
@@ -228,6 +255,10 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
         mask: optional (B, D, H, W) (or (B, 1, D, H, W)) region; nonzero = the voxel counts.
         gamma, alpha: focal exponent and optional class-balance weight in [0, 1].
         activation: ``"softmax"`` or ``"sigmoid"`` for the Dice probabilities.
+        across_processes: under DDP, the loss of the whole batch (every process's share, gathered
+            with ``torch.distributed``): ``batch_dice`` sums, masked means and dropped entries then
+            cover the global batch, so DDP's averaged gradient is the one-process gradient. Every
+            process must call it with the same shapes; a no-op without a process group.
     Returns: a scalar, float32 (float64 for float64 logits). Equals MONAI
     ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` for the defaults.
     """
@@ -235,12 +266,13 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_FOCAL.select(backend, logits.device.type)(logits, target, mask, gamma, alpha, include_background,
                                                           batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal,
-                                                          activation)
+                                                          activation, across_processes)
 
 
 def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, batch_dice: bool = False,
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                 activation: str = "softmax", backend: str = "auto") -> torch.Tensor:
+                 activation: str = "softmax", across_processes: bool = False,
+                 backend: str = "auto") -> torch.Tensor:
     """Soft Dice + cross-entropy, optionally inside a region mask (definitions in the module docstring).
 
     Arguments as :func:`dice_focal_loss`; the cross-entropy always uses a softmax over every class.
@@ -250,4 +282,5 @@ def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, 
     backend = _check(logits, target, mask, activation, backend)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_CE.select(backend, logits.device.type)(logits, target, mask, include_background, batch_dice,
-                                                       smooth_nr, smooth_dr, lambda_dice, lambda_ce, activation)
+                                                       smooth_nr, smooth_dr, lambda_dice, lambda_ce, activation,
+                                                       across_processes)

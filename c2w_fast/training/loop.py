@@ -32,11 +32,14 @@ from c2w_fast.training.prepare import crop_size, prepare_volumes, stage_spacing
 from c2w_fast.training.schedule import learning_rate
 
 
-def make_loss(config: Config) -> torch.nn.Module:
-    """Dice-Focal (C2W) or Dice-CE (MBAS) with the configured options; deep supervision as nnU-Net."""
+def make_loss(config: Config, across_processes: bool = False) -> torch.nn.Module:
+    """Dice-Focal (C2W) or Dice-CE (MBAS) with the configured options; deep supervision as nnU-Net.
+
+    ``across_processes``: the loss of the whole DDP batch (see :func:`c2w_fast.ops.dice_ce_loss`).
+    """
     loss = config.loss
     options = dict(include_background=loss.include_background, batch_dice=loss.batch_dice,
-                   smooth_nr=loss.smooth, smooth_dr=loss.smooth)
+                   smooth_nr=loss.smooth, smooth_dr=loss.smooth, across_processes=across_processes)
     if loss.name == "dice_focal":
         return c2w_nn.DiceFocalLoss(gamma=loss.gamma, **options)
     return c2w_nn.DiceCELoss(**options)
@@ -90,7 +93,8 @@ class Trainer:
         self.optimizer = make_optimizer(config, self.model)
         if saved is not None:
             self.optimizer.load_state_dict(saved["optimizer"])
-        self.loss = make_loss(config)
+        self.step_loss = make_loss(config, across_processes=processes.distributed)  # every rank calls it
+        self.loss = make_loss(config)  # rank 0 alone validates
         self.source: BatchSource | None = None  # the training batches, made by prepare()
         self.patch = tuple(config.train.patch_size or config.roi.size)
 
@@ -125,7 +129,7 @@ class Trainer:
         torch.manual_seed(sample_seed(self.config.run.seed, batch["iteration"], 10_000 + self.processes.rank))
         with self._autocast():
             outputs = net(image)
-        loss = self.loss(outputs, target, region if self.config.loss.region_mask else None)
+        loss = self.step_loss(outputs, target, region if self.config.loss.region_mask else None)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.optim.grad_clip > 0:

@@ -1,0 +1,85 @@
+"""``across_processes``: two gloo processes, each with half the batch, get the whole batch's loss,
+and DDP's average of their gradients is the one-process gradient (batch Dice, region masks,
+a share with no voxel in the region, both backends)."""
+import itertools
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from c2w_fast.ops import dice_ce_loss, dice_focal_loss
+from c2w_fast.ops._dispatch import backend_problem
+from c2w_fast.ops.losses import GRAD_TOLERANCES, VALUE_TOLERANCES
+
+pytestmark = pytest.mark.gpu
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PROCESSES = 2
+BACKENDS = ["reference"] + ([] if backend_problem("triton", DEVICE) else ["triton"])
+LOSSES = {"focal": dice_focal_loss, "ce": dice_ce_loss}
+MASKS = [None, "random", "first_share_empty"]
+CASES = list(itertools.product(BACKENDS, LOSSES, MASKS, [False, True], ["softmax", "sigmoid"]))
+
+
+def _inputs(seed: int, mask: str | None):
+    """Logits (4, 3, 3, 5, 7), labels and a region of kind ``mask`` for the whole batch."""
+    rng = np.random.default_rng(seed)
+    logits = torch.from_numpy(rng.standard_normal((4, 3, 3, 5, 7)) * 2).float()
+    labels = torch.from_numpy(rng.integers(0, 3, (4, 3, 5, 7)))
+    if mask is None:
+        return logits, labels, None
+    region = torch.from_numpy(rng.random((4, 3, 5, 7)) < 0.5)
+    if mask == "first_share_empty":
+        region[:len(region) // PROCESSES] = False  # rank 0 has no voxel in the region
+    return logits, labels, region
+
+
+def _value_and_grad(backend, term, logits, labels, region, **options):
+    dtype = torch.float64 if backend == "reference" else torch.float32
+    device = "cpu" if backend == "reference" else DEVICE
+    z = logits.to(device=device, dtype=dtype).requires_grad_()
+    loss = LOSSES[term](z, labels.to(device), None if region is None else region.to(device), backend=backend,
+                        **options)
+    (grad,) = torch.autograd.grad(loss, z)
+    return loss.detach().double().cpu(), grad.double().cpu()
+
+
+def _worker(rank: int, address: str, seed: int):
+    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=PROCESSES)
+    try:
+        for i, (backend, term, mask, batch_dice, activation) in enumerate(CASES):
+            logits, labels, region = _inputs(seed + i, mask)
+            options = dict(batch_dice=batch_dice, activation=activation)
+            whole = _value_and_grad(backend, term, logits, labels, region, **options)
+            share = slice(rank * 2, rank * 2 + 2)
+            ours = _value_and_grad(backend, term, logits[share], labels[share],
+                                   None if region is None else region[share], across_processes=True, **options)
+            case = f"{backend} {term} mask={mask} batch_dice={batch_dice} {activation}"
+            values = VALUE_TOLERANCES[torch.float32]
+            grads = GRAD_TOLERANCES[torch.float32]
+            assert values.violations(ours[0], whole[0]) == 0, (case, ours[0], whole[0])
+            # DDP averages the gradients of the processes: each one's is PROCESSES x its share
+            assert grads.violations(ours[1] / PROCESSES, whole[1][share]) == 0, case
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_two_processes_get_the_whole_batch_loss_and_gradient(rng):
+    mp.spawn(_worker, args=(_free_address(), int(rng.integers(2**31))), nprocs=PROCESSES)
+
+
+def test_without_a_process_group_across_processes_changes_nothing(rng):
+    logits, labels, region = _inputs(int(rng.integers(2**31)), "random")
+    for backend, term in itertools.product(BACKENDS, LOSSES):
+        plain = _value_and_grad(backend, term, logits, labels, region, batch_dice=True)
+        across = _value_and_grad(backend, term, logits, labels, region, batch_dice=True, across_processes=True)
+        torch.testing.assert_close(across, plain, rtol=0, atol=0)
