@@ -25,6 +25,12 @@ def _gather(rows: torch.Tensor) -> torch.Tensor:
     return torch.cat(shares)
 
 
+def own_rows(gathered: torch.Tensor, share: int) -> torch.Tensor:
+    """This process's ``share`` rows of a tensor laid out as :func:`gather_rows` returns."""
+    start = dist.get_rank() * share if process_count() > 1 else 0
+    return gathered[start:start + share]
+
+
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows):
@@ -33,24 +39,18 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        # every process evaluates the same loss of the gathered rows: the gradient of this
-        # process's rows is the sum over processes of their gradients with respect to them
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return own_rows(grad, ctx.share)
-
-
-def own_rows(gathered: torch.Tensor, share: int) -> torch.Tensor:
-    """This process's ``share`` rows of a tensor laid out as :func:`gather_rows` returns."""
-    start = dist.get_rank() * share if process_count() > 1 else 0
-    return gathered[start:start + share]
+        # every process evaluates the same loss of the same gathered rows, so the gradient of this
+        # process's rows summed over the processes is world_size times its own: no collective needed
+        return own_rows(grad, ctx.share) * dist.get_world_size()
 
 
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """``rows`` (n, ...) of every process stacked along dim 0 in rank order; differentiable.
 
-    Every process must call it (and backward through it) with the same shape; without an
-    initialised process group (or with one process) it returns ``rows`` unchanged.
+    Every process must call it with the same shape and evaluate the same function of the
+    result (the gradient it returns is ``world_size`` times this process's share, the sum over
+    processes of identical losses); without an initialised process group (or with one
+    process) it returns ``rows`` unchanged.
     """
     if process_count() == 1:
         return rows
