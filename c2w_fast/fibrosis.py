@@ -3,9 +3,12 @@
     python -m c2w_fast.fibrosis --image lge.nii.gz --wall pred.nii.gz --cavity pred.nii.gz --out fibrosis.nii.gz
 
 **Definition.** The image-intensity ratio of a wall voxel is ``IIR = I(v) / mean(I over
-the blood pool)``; the blood pool is the cavity eroded by one voxel (a ball of radius 1
-voxel: the 6-neighbourhood), which keeps wall partial volume out of the mean — the whole
-cavity when nothing is left after erosion. A wall voxel is *fibrosis* when
+the blood pool)``; the blood pool is the LA cavity (the whole cavity unless told which part
+is the LA) eroded by one voxel (a ball of radius 1 voxel: the 6-neighbourhood), which keeps
+wall partial volume out of the mean — the whole LA cavity when nothing is left after
+erosion. The LA alone, as in the IIR literature, also keeps the coil's intensity bias
+across the RA out of the mean. Non-finite intensities in the wall or the blood pool are
+refused. A wall voxel is *fibrosis* when
 ``IIR >= fibrosis`` (default 1.2) and *dense scar* when ``IIR >= dense`` (default 1.32;
 dense scar is also fibrosis). Burden = 100 · voxels above a threshold / wall voxels (%),
 over the whole wall and each sector of :mod:`c2w_fast.regions`.
@@ -25,7 +28,8 @@ import torch
 from c2w_fast.data.io import check_same_grid, read_volume, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import binary_erosion
-from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report, write_rows
+from c2w_fast.regions import (atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_masks, report,
+                              write_rows)
 
 FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
 HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3
@@ -76,7 +80,8 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
         wall, cavity: (z, y, x) masks; cavity voxels that are also wall count as wall.
         spacing, affine: the grid, which orients the sectors; see :func:`c2w_fast.regions.atrial_masks`.
         fibrosis, dense: IIR thresholds, 0 < fibrosis <= dense.
-        la_cavity: the LA cavity whose centroid centres the sectors; default ``cavity``.
+        la_cavity: the LA cavity: its blood pool normalises the IIR and its centroid centres the
+            sectors; default ``cavity``.
     """
     if not 0 < fibrosis <= dense:
         raise ValueError(f"thresholds must satisfy 0 < fibrosis <= dense, got fibrosis={fibrosis}, dense={dense}")
@@ -86,7 +91,12 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
     if tuple(values.shape) != tuple(w.shape):
         raise ValueError(f"image must be (z, y, x) of the masks' shape {tuple(w.shape)}, got {tuple(values.shape)}")
     values = values.to(w.device).float()
-    mean = float(values[blood_pool(masks.cavity)].double().mean())
+    pool = blood_pool(masks.la_cavity)
+    for name, region in (("wall", w), ("blood pool", pool)):
+        bad = int((region & ~torch.isfinite(values)).sum())
+        if bad:
+            raise ValueError(f"the image has {bad} non-finite values (NaN or inf) in the {name}")
+    mean = float(values[pool].double().mean())
     if not mean > 0:
         raise ValueError(f"the blood-pool mean intensity must be positive, got {mean}")
     iir = torch.where(w, values / mean, torch.zeros((), device=w.device))
@@ -107,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dense", type=float, default=DENSE_SCAR_IIR, help="IIR threshold of dense scar (1.32)")
     args = parser.parse_args(argv)
     try:
+        check_outputs({"--out": args.out, "--iir-map": args.iir_map, "--csv": args.csv},
+                      {"--image": args.image, "--wall": args.wall, "--cavity": args.cavity}, ("--out", "--iir-map"))
         masks, on_device = masks_from_arguments(args)
         image = read_volume(args.image)
         check_same_grid(image, masks.grid, "image", "wall")

@@ -264,7 +264,7 @@ def case_outputs(volume: Volume, case: str, prediction: CasePrediction, out: Pat
             tqdm.write(f"note: {case}: no thickness map, the prediction has no {' and no '.join(missing)}",
                        file=sys.stderr)
         else:
-            result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=la)
+            result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=la, chambers=labels)
             outputs.arrays[output_path(thickness_dir, case, volume.path)] = result.thickness.cpu().numpy()
             outputs.tables[Path(thickness_dir) / f"{case}.csv"] = [{"case": case, **row} for row in result.summary()]
     return outputs

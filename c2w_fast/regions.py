@@ -11,8 +11,10 @@ its sign — ``right``/``left`` (for the LA: septal/lateral), ``anterior``/``pos
 the wall is the voxels of ``--wall`` with one of ``--wall-label`` (default: nonzero), the
 cavity those of ``--cavity`` with one of ``--cavity-label`` (default: nonzero) that are not
 wall. When both options name the same file the defaults are the canonical codes: wall 1,
-cavity 2 and 3. The LA for the centroid: the cavity voxels labelled 3 when the cavity
-holds several labels, 3 among them; else the whole cavity.
+cavity 2 and 3. Each cavity label is a chamber (the RA and the LA, for the septum's
+thickness). The LA (the centroid, the fibrosis blood pool): the cavity voxels labelled 3
+when the cavity holds several labels, 3 among them; else the whole cavity. Label files
+must hold finite whole numbers (an intensity image given as a label file is refused).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.data.io import Volume, affine_from_spacing, check_same_grid, read_volume
+from c2w_fast.data.io import (Volume, affine_from_spacing, check_same_grid, image_format, read_volume, same_spacing,
+                              write_atomically)
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.errors import DataError
 from c2w_fast.ops._volume import check_mask
@@ -54,26 +57,44 @@ class AtrialMasks:
         return tensor.cpu().numpy() if self.numpy else tensor
 
 
+def _grid_affine(spacing, affine) -> np.ndarray:
+    """The (z, y, x) index → RAS mm affine from ``affine`` or ``spacing``; both must agree when both are given."""
+    if affine is None:
+        if spacing is None:
+            raise ValueError("need the spacing (z, y, x) in mm or the affine of the masks' grid")
+        return affine_from_spacing(spacing)
+    affine = np.asarray(affine, float)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"affine must be a finite 4 x 4 matrix, got shape {affine.shape}")
+    if spacing is not None and not same_spacing(np.linalg.norm(affine[:3, :3], axis=0), spacing):
+        raise ValueError(f"spacing {tuple(spacing)} disagrees with the affine's voxel size "
+                         f"{tuple(np.round(np.linalg.norm(affine[:3, :3], axis=0), 6))}: give one of them")
+    return affine
+
+
 def atrial_masks(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -> AtrialMasks:
     """Validate (z, y, x) masks of one shape, take cavity voxels that are also wall as wall, and
     the grid from ``affine`` or ``spacing`` (mm; then z → S, y → A, x → R); ``la_cavity``
     defaults to the cavity. A ValueError names an empty or misshapen mask."""
     wall_mask, cavity_mask = check_mask(wall, "wall", (3,)), check_mask(cavity, "cavity", (3,))
-    if tuple(wall_mask.shape) != tuple(cavity_mask.shape):
-        raise ValueError(f"wall and cavity must have the same shape, got {tuple(wall_mask.shape)} and "
-                         f"{tuple(cavity_mask.shape)}")
-    if affine is None:
-        if spacing is None:
-            raise ValueError("need the spacing (z, y, x) in mm or the affine of the masks' grid")
-        affine = affine_from_spacing(spacing)
+    masks = {"cavity": cavity_mask}
+    if la_cavity is not None:
+        masks["la_cavity"] = check_mask(la_cavity, "la_cavity", (3,))
+    for name, mask in masks.items():
+        if tuple(mask.shape) != tuple(wall_mask.shape):
+            raise ValueError(f"wall and {name} must have the same shape, got {tuple(wall_mask.shape)} and "
+                             f"{tuple(mask.shape)}")
+    affine = _grid_affine(spacing, affine)
     w = torch.as_tensor(wall_mask)
     c = torch.as_tensor(cavity_mask).to(w.device) & ~w
     if not w.any():
         raise ValueError("the wall mask is empty")
     if not c.any():
         raise ValueError("the cavity mask is empty (outside the wall)")
-    la = c if la_cavity is None else torch.as_tensor(check_mask(la_cavity, "la_cavity", (3,))).to(w.device)
-    return AtrialMasks(w, c, la, np.asarray(affine, float), isinstance(wall_mask, np.ndarray))
+    la = c if la_cavity is None else torch.as_tensor(masks["la_cavity"]).to(w.device) & c
+    if not la.any():
+        raise ValueError("the LA cavity is empty (outside the wall)")
+    return AtrialMasks(w, c, la, affine, isinstance(wall_mask, np.ndarray))
 
 
 def la_centroid(la_cavity) -> np.ndarray:
@@ -103,14 +124,14 @@ def region_masks(wall, sectors) -> list[tuple[str, torch.Tensor]]:
 
 
 def write_rows(path, rows: list[dict]) -> Path:
-    """Write summary rows (dicts with the same keys) to CSV."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    """Write summary rows (dicts with the same keys) to CSV, whole or not at all."""
+    def write(target):
+        with open(target, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return write_atomically(path, write)
 
 
 def report(rows: list[dict], describe) -> int:
@@ -129,6 +150,7 @@ class WallMasks:
     wall: np.ndarray
     cavity: np.ndarray
     la_cavity: np.ndarray
+    chambers: np.ndarray  # the cavity's labels (one per chamber), 0 elsewhere
     grid: Volume
 
 
@@ -149,6 +171,20 @@ def _select(volume: Volume, values) -> np.ndarray:
     return volume.array != 0 if values is None else np.isin(volume.array, values)
 
 
+def check_labels(volume: Volume, path) -> None:
+    """A DataError unless ``volume`` holds finite whole numbers (a label map, not an intensity image)."""
+    array = volume.array
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise DataError(path, f"{int((~finite).sum())} non-finite values (NaN or inf): not a label map")
+    fractional = array != np.round(array)
+    if fractional.any():
+        raise DataError(path, f"{int(fractional.sum())} values are not whole numbers (e.g. "
+                              f"{float(array[fractional][0]):g}): not a label map; give the segmentation")
+
+
 def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None) -> WallMasks:
     """Wall, cavity and LA masks from label files (module docstring); DataError for a bad file or grid."""
     wall_volume = read_volume(wall_path)
@@ -158,6 +194,8 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
         wall_values = wall_values or (CANONICAL_LABELS["wall"],)
         cavity_values = cavity_values or (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"])
     check_same_grid(cavity_volume, wall_volume, "cavity", "wall")
+    check_labels(wall_volume, wall_path)
+    check_labels(cavity_volume, cavity_path)
     wall = _select(wall_volume, wall_values)
     cavity = _select(cavity_volume, cavity_values) & ~wall
     if not wall.any():
@@ -167,7 +205,8 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     present = np.unique(cavity_volume.array[cavity])
     la_code = CANONICAL_LABELS["LA"]
     la_cavity = cavity & (cavity_volume.array == la_code) if len(present) > 1 and la_code in present else cavity
-    return WallMasks(wall, cavity, la_cavity, wall_volume)
+    chambers = np.where(cavity, cavity_volume.array, 0).astype(np.int64)
+    return WallMasks(wall, cavity, la_cavity, chambers, wall_volume)
 
 
 def mask_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -186,11 +225,33 @@ def mask_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def masks_from_arguments(args) -> tuple[WallMasks, dict[str, torch.Tensor]]:
-    """The masks the options name, and ``wall``, ``cavity``, ``la_cavity`` as tensors on ``--device``."""
+def masks_from_arguments(args, names=("wall", "cavity", "la_cavity")) -> tuple[WallMasks, dict[str, torch.Tensor]]:
+    """The masks the options name, and those of ``names`` as tensors on ``--device``."""
     from c2w_fast.infer import resolve_device
 
     device = resolve_device(args.device)
     masks = read_wall_masks(args.wall, args.cavity, parse_values(args.wall_label, "--wall-label"),
                             parse_values(args.cavity_label, "--cavity-label"))
-    return masks, {name: torch.from_numpy(getattr(masks, name)).to(device) for name in ("wall", "cavity", "la_cavity")}
+    return masks, {name: torch.from_numpy(getattr(masks, name)).to(device) for name in names}
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path], volumes=("--out",)) -> None:
+    """Before any work: a ValueError for an output that is an input file or another output, is a
+    folder, has a file where its folder should be, or (``volumes``) has no image suffix."""
+    taken: dict[Path, str] = {}
+    for option, path in inputs.items():
+        taken[path.resolve()] = f"{taken[path.resolve()]} and {option}" if path.resolve() in taken else option
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if path.resolve() in taken:
+            raise ValueError(f"{option} {path} is also {taken[path.resolve()]}: it would be overwritten; "
+                             "write the output elsewhere")
+        taken[path.resolve()] = option
+        if path.is_dir():
+            raise ValueError(f"{option} {path} is a folder, not a file")
+        blocker = next((parent for parent in path.parents if parent.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ValueError(f"{option} {path}: {blocker} is a file, not a folder")
+        if option in volumes:
+            image_format(path)

@@ -3,13 +3,17 @@
     python -m c2w_fast.thickness --wall pred.nii.gz --cavity pred.nii.gz --out thickness.nii.gz --csv summary.csv
 
 **Definition.** The surfaces of a segmentation lie on voxel faces (as in the surfel
-metrics): the *endocardial* surface is the set of faces between a wall voxel and a
-face-adjacent cavity voxel, the *epicardial* surface the faces between a wall voxel and a
-face-adjacent voxel that is neither wall nor cavity (faces on the array border belong to
-neither). The thickness at a wall voxel ``v`` is ``d(v, endo) + d(v, epi)``, with ``d`` the
-Euclidean distance (mm, anisotropic spacing) from the centre of ``v`` to the nearest face
-centre of that surface. Through a flat wall ``n`` voxels thick along a grid axis of step
-``h`` this is exactly ``n · h``, the wall's extent in the mask; no surface → ``inf``.
+metrics): the *endocardial* surface of a chamber is the set of faces between a wall voxel
+and a face-adjacent voxel of that chamber's cavity, its *opposite* surface the faces
+between a wall voxel and a face-adjacent voxel that is neither wall nor that chamber
+(outside: the epicardium; another chamber: across the septum), faces on the array border
+belong to neither. The thickness at a wall voxel ``v`` is ``d(v, endo) + d(v, opposite)``
+for the chamber whose endocardium is nearest to ``v``, with ``d`` the Euclidean distance
+(mm, anisotropic spacing) from the centre of ``v`` to the nearest face centre of that
+surface. Through a flat wall ``n`` voxels thick along a grid axis of step ``h`` this is
+exactly ``n · h``, the wall's extent in the mask, also for the interatrial septum between
+the LA and RA cavities. With one chamber (the default) the opposite surface is the
+epicardium. A wall that touches no cavity, or is enclosed by it, is a ValueError.
 
 **Computation.** Face centres are points of the grid refined by two (voxel centres at
 even indices); the distances are two exact EDTs (:func:`c2w_fast.ops.distance_transform`,
@@ -26,7 +30,7 @@ isotropic and 2.5 mm-slice grids): for 95 % of the wall voxels the error is at m
 a voxel's diagonal, ``0.5 · sqrt(h_z² + h_y² + h_x²)``, and the mean thickness of the wall
 and of every sector is within half a diagonal of the design mean.
 
-**Summary.** Mean, median and 95th percentile (mm) of the finite thickness values over
+**Summary.** Mean, median and 95th percentile (mm) of the thickness values over
 the whole wall and over each sector of :mod:`c2w_fast.regions` (six directions around
 the LA centroid), as CSV rows ``region, voxels, mean_mm, median_mm, p95_mm``.
 """
@@ -42,7 +46,8 @@ import torch
 from c2w_fast.data.io import write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import bounding_box, distance_transform
-from c2w_fast.regions import atrial_masks, mask_parser, masks_from_arguments, region_masks, report, write_rows
+from c2w_fast.regions import (atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_masks, report,
+                              write_rows)
 
 
 def face_distance(wall: torch.Tensor, other: torch.Tensor, spacing) -> torch.Tensor:
@@ -71,12 +76,12 @@ class Thickness:
     sectors: np.ndarray | torch.Tensor    # uint8 sector codes (c2w_fast.regions.SECTORS), 0 outside the wall
 
     def summary(self) -> list[dict]:
-        """Rows ``region, voxels, mean_mm, median_mm, p95_mm`` for the wall and each sector (finite values)."""
+        """Rows ``region, voxels, mean_mm, median_mm, p95_mm`` for the wall and each sector."""
         thickness = torch.as_tensor(self.thickness)
         wall = thickness > 0
         rows = []
         for name, mask in region_masks(wall, torch.as_tensor(self.sectors)):
-            values = thickness[mask & torch.isfinite(thickness)].double().cpu().numpy()
+            values = thickness[mask].double().cpu().numpy()
             stats = ([float(values.mean()), float(np.median(values)), float(np.percentile(values, 95))]
                      if len(values) else [float("nan")] * 3)
             rows.append({"region": name, "voxels": int(mask.sum()), **dict(zip(("mean_mm", "median_mm", "p95_mm"),
@@ -84,7 +89,21 @@ class Thickness:
         return rows
 
 
-def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -> Thickness:
+def _chambers(cavity: torch.Tensor, chambers) -> list[torch.Tensor]:
+    """The cavity split by the distinct nonzero values of ``chambers`` (labels of the cavity voxels)."""
+    if chambers is None:
+        return [cavity]
+    labels = torch.as_tensor(chambers).to(cavity.device)
+    if tuple(labels.shape) != tuple(cavity.shape) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"chambers must be integer labels of the masks' shape {tuple(cavity.shape)}, got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
+    labels = torch.where(cavity, labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
+    if (cavity & (labels == 0)).any():
+        raise ValueError("chambers must give every cavity voxel a nonzero chamber label")
+    return [labels == value for value in torch.unique(labels).tolist() if value != 0]
+
+
+def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None, chambers=None) -> Thickness:
     """Thickness (mm) at every wall voxel and the wall's sectors (module docstring).
 
     Args:
@@ -93,6 +112,9 @@ def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -
         spacing: voxel size (z, y, x) in mm; or give ``affine`` ((z, y, x) index → RAS mm),
             which also orients the sectors (with spacing alone: z → S, y → A, x → R).
         la_cavity: the LA cavity whose centroid centres the sectors; default ``cavity``.
+        chambers: optional (z, y, x) integer labels of the cavity voxels, one value per chamber
+            (e.g. 2 RA, 3 LA), so that the septum between them measures as a wall; default:
+            the cavity is one chamber.
 
     Returns:
         :class:`Thickness` of the masks' kind.
@@ -100,11 +122,20 @@ def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -
     masks = atrial_masks(wall, cavity, spacing, affine=affine, la_cavity=la_cavity)
     w = masks.wall
     box = bounding_box(w, margin=1)
-    wall_box, cavity_box = w[box], masks.cavity[box]
-    outside_box = ~(wall_box | cavity_box)
-    total = face_distance(wall_box, cavity_box, masks.spacing) + face_distance(wall_box, outside_box, masks.spacing)
+    wall_box = w[box]
+    best_endo = torch.full(wall_box.shape, float("inf"), device=w.device)
+    best = torch.full(wall_box.shape, float("inf"), device=w.device)
+    for chamber in _chambers(masks.cavity, chambers):
+        chamber_box = chamber[box]
+        endo = face_distance(wall_box, chamber_box, masks.spacing)
+        total = endo + face_distance(wall_box, ~(wall_box | chamber_box), masks.spacing)
+        nearer = torch.isfinite(total) & (endo < best_endo)
+        best_endo, best = torch.where(nearer, endo, best_endo), torch.where(nearer, total, best)
+    if not torch.isfinite(best_endo).any():
+        raise ValueError("no wall voxel has both an endocardial face (next to the cavity) and an epicardial one "
+                         "(next to neither wall nor cavity): is the wall separated from the cavity, or enclosed by it?")
     thickness = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-    thickness[box] = torch.where(wall_box, total, torch.zeros((), device=w.device))
+    thickness[box] = torch.where(wall_box, best, torch.zeros((), device=w.device))
     return Thickness(masks.out(thickness), masks.out(masks.sectors()))
 
 
@@ -114,7 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", type=Path, help="summary CSV (whole wall and sectors)")
     args = parser.parse_args(argv)
     try:
-        masks, on_device = masks_from_arguments(args)
+        check_outputs({"--out": args.out, "--csv": args.csv}, {"--wall": args.wall, "--cavity": args.cavity})
+        masks, on_device = masks_from_arguments(args, ("wall", "cavity", "la_cavity", "chambers"))
         result = wall_thickness(**on_device, affine=masks.grid.affine)
         write_volume(args.out, result.thickness.cpu().numpy(), like=masks.grid)
         if args.csv:

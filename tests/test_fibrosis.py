@@ -21,10 +21,12 @@ def test_planted_enhancement_is_recovered_within_two_percentage_points(shape, sp
     default, 20 gives a burden of about 10 %): the fibrosis burden matches the planted share of
     the wall within 2 percentage points. What is missed are patch-rim voxels next to healthy wall,
     darkened by the phantom's 0.4 mm partial-volume blur: about a tenth of the planted burden on
-    the 0.625 mm isotropic grid (so about 17 % burden there reaches the 2-point bound)."""
+    the 0.625 mm isotropic grid (so about 17 % burden there reaches the 2-point bound). The LA
+    blood pool normalises: a mean over both atria carries the bias field's RA-LA difference
+    (up to 3 points off for 20 patches)."""
     phantom = make_phantom(shape, spacing, seed=int(rng.integers(1000)), n_patches=patches)
     wall, cavity = phantom.labels == 1, phantom.labels >= 2
-    result = fibrosis_burden(phantom.image, wall, cavity, spacing)
+    result = fibrosis_burden(phantom.image, wall, cavity, spacing, la_cavity=phantom.labels == 3)
     planted = 100.0 * phantom.enhancement.sum() / wall.sum()
     assert abs(result.fibrosis_percent - planted) <= 2.0
     assert result.dense_scar_percent <= result.fibrosis_percent
@@ -56,6 +58,12 @@ def test_classes_and_blood_pool_follow_the_definition(rng):
         image[thin].astype(np.float64).mean(), rel=1e-6)
     tensor = fibrosis_burden(torch.from_numpy(image), torch.from_numpy(wall), torch.from_numpy(cavity), (1, 1, 1))
     assert isinstance(tensor.labels, torch.Tensor)
+    # the LA alone is the blood pool when it is named
+    la = cavity.copy()
+    la[:, :, :6] = False
+    la_core = ndimage.binary_erosion(la, structure=ndimage.generate_binary_structure(3, 1))
+    assert fibrosis_burden(image, wall, cavity, (1, 1, 1), la_cavity=la).blood_pool_mean == pytest.approx(
+        image[la_core].astype(np.float64).mean(), rel=1e-6)
 
 
 def test_bad_thresholds_and_shapes_are_named():
@@ -67,6 +75,12 @@ def test_bad_thresholds_and_shapes_are_named():
         fibrosis_burden(image[0], wall, cavity, (1, 1, 1))
     with pytest.raises(ValueError, match="the blood-pool mean intensity must be positive, got 0.0"):
         fibrosis_burden(np.zeros((4, 5, 6)), wall, cavity, (1, 1, 1))
+    for region, value in ((wall, np.nan), (cavity, np.inf)):
+        image = np.ones((4, 5, 6))
+        image[np.argwhere(region)[0].tolist()[0]] = value  # one slice holding wall (or cavity) voxels
+        name = "wall" if region is wall else "blood pool"
+        with pytest.raises(ValueError, match=f"the image has 30 non-finite values \\(NaN or inf\\) in the {name}"):
+            fibrosis_burden(image, wall, cavity, (1, 1, 1))
 
 
 def test_cli_writes_the_label_map_the_iir_and_the_summary(tmp_path, capsys):
@@ -99,4 +113,34 @@ def test_cli_writes_the_label_map_the_iir_and_the_summary(tmp_path, capsys):
     assert "flipped.nii.gz: image origin/direction differ from the wall's" in capsys.readouterr().err
     (tmp_path / "taken").write_text("a file where a folder should be")
     assert fibrosis_cli.main(args[:7] + [str(tmp_path / "taken" / "f.nii.gz")]) == 2
-    assert "error: " in capsys.readouterr().err
+    assert "taken is a file, not a folder" in capsys.readouterr().err
+
+
+def test_cli_refuses_outputs_that_are_inputs_and_non_label_files_before_writing(tmp_path, capsys):
+    spacing = (2.0, 1.0, 1.0)
+    phantom = make_phantom((24, 96, 96), spacing, seed=6)
+    affine = affine_from_spacing(spacing)
+    image, labels = tmp_path / "image.nii.gz", tmp_path / "labels.nii.gz"
+    write_volume(image, (phantom.image * 1000).astype(np.int16), affine)
+    write_volume(labels, phantom.labels, affine)
+    before = image.read_bytes()
+    base = ["--image", str(image), "--wall", str(labels), "--cavity", str(labels)]
+    assert fibrosis_cli.main(base + ["--out", str(tmp_path / "f.nii.gz"), "--iir-map", str(image)]) == 2
+    assert "--iir-map " + str(image) + " is also --image: it would be overwritten" in capsys.readouterr().err
+    assert fibrosis_cli.main(base + ["--out", str(tmp_path / "f.nii.gz"), "--iir-map", str(tmp_path / "f.nii.gz")]) == 2
+    assert "is also --out" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("")
+    assert fibrosis_cli.main(base + ["--out", str(tmp_path / "f.nii.gz"), "--csv", str(tmp_path / "taken/f.csv")]) == 2
+    assert image.read_bytes() == before and not (tmp_path / "f.nii.gz").exists()
+    capsys.readouterr()
+    # a (float) intensity image, or labels with NaN, given as the label file
+    write_volume(tmp_path / "float.nii.gz", phantom.image, affine)
+    assert fibrosis_cli.main(["--image", str(image), "--wall", str(labels), "--wall-label", "1",
+                              "--cavity", str(tmp_path / "float.nii.gz"), "--out", str(tmp_path / "f.nii.gz")]) == 2
+    assert "values are not whole numbers" in capsys.readouterr().err
+    write_volume(tmp_path / "nan.nii.gz", np.where(phantom.labels == 1, np.nan, phantom.labels).astype(np.float32),
+                 affine)
+    assert fibrosis_cli.main(["--image", str(image), "--wall", str(tmp_path / "nan.nii.gz"), "--cavity",
+                              str(tmp_path / "nan.nii.gz"), "--out", str(tmp_path / "f.nii.gz")]) == 2
+    assert "non-finite values (NaN or inf): not a label map" in capsys.readouterr().err
+    assert not (tmp_path / "f.nii.gz").exists()

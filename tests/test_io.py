@@ -97,6 +97,25 @@ def test_write_checks_its_arguments(tmp_path):
         affine_from_spacing((0.625, 0.625))
 
 
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_failed_write_leaves_the_old_file_whole_and_no_debris(tmp_path, suffix, monkeypatch, rng):
+    from c2w_fast.data import io
+
+    path = tmp_path / f"x{suffix}"
+    old = rng.integers(0, 9, (3, 4, 5)).astype(np.uint8)
+    write_volume(path, old, np.eye(4))
+    before = path.read_bytes()
+
+    def dies_halfway(target, *args):
+        target.write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io, "_write_nifti" if "nii" in suffix else "_write_nrrd", dies_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        write_volume(path, old + 1, np.eye(4))
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+
+
 def test_big_endian_files_come_back_in_native_byte_order(tmp_path, rng):
     array = rng.integers(-500, 500, (4, 3, 2)).astype(">i2")  # file order (x, y, z)
     header = nib.Nifti1Header(endianness=">")

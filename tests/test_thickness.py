@@ -52,39 +52,62 @@ def test_a_flat_wall_is_its_voxel_count_times_the_step(axis, rng):
     np.testing.assert_allclose(result.thickness[wall], n * spacing[axis], rtol=1e-6)
 
 
-def brute_force_thickness(wall, cavity, spacing):
-    """Every face centre listed, every distance computed, in float64."""
+def brute_force_thickness(wall, chambers, spacing):
+    """Every face centre listed, every distance computed, in float64; ``chambers`` labels the cavity."""
     spacing = np.asarray(spacing, float)
-    outside = ~(wall | cavity)
-    faces = {"endo": [], "epi": []}
-    for axis in range(3):
+    out = np.full(wall.shape, np.inf)
+    nearest_endo = np.full(wall.shape, np.inf)
+    for chamber in np.unique(chambers[chambers > 0]):
+        inside = (chambers == chamber) & ~wall
+        faces = {"endo": [], "opposite": []}
+        for axis, index, side in itertools.product(range(3), zip(*np.nonzero(wall)), (-1, 1)):
+            other = list(index)
+            other[axis] += side
+            if not 0 <= other[axis] < wall.shape[axis] or wall[tuple(other)]:
+                continue
+            centre = (np.asarray(index) + np.asarray(other)) / 2 * spacing
+            faces["endo" if inside[tuple(other)] else "opposite"].append(centre)
+        if not faces["endo"] or not faces["opposite"]:
+            continue
         for index in zip(*np.nonzero(wall)):
-            for side in (-1, 1):
-                other = list(index)
-                other[axis] += side
-                if not 0 <= other[axis] < wall.shape[axis]:
-                    continue
-                centre = (np.asarray(index) + np.asarray(other)) / 2 * spacing
-                if cavity[tuple(other)]:
-                    faces["endo"].append(centre)
-                elif outside[tuple(other)]:
-                    faces["epi"].append(centre)
-    out = np.zeros(wall.shape)
-    for index in zip(*np.nonzero(wall)):
-        point = np.asarray(index) * spacing
-        out[index] = sum(np.min(np.linalg.norm(np.asarray(faces[k]) - point, axis=1)) if faces[k] else np.inf
-                         for k in ("endo", "epi"))
-    return out
+            point = np.asarray(index) * spacing
+            endo, opposite = (np.min(np.linalg.norm(np.asarray(faces[k]) - point, axis=1)) for k in faces)
+            if endo < nearest_endo[index]:
+                nearest_endo[index], out[index] = endo, endo + opposite
+    return np.where(wall, out, 0.0)
 
 
-def test_matches_a_brute_force_reference_on_random_masks(rng):
+@pytest.mark.parametrize("chambers", [1, 2])
+def test_matches_a_brute_force_reference_on_random_masks(chambers, rng):
     for _ in range(3):
         shape = tuple(int(n) for n in rng.integers(3, 9, size=3))
-        labels = rng.choice(3, size=shape, p=[0.4, 0.3, 0.3])  # 0 outside, 1 wall, 2 cavity
+        p = [0.4, 0.3, 0.3] if chambers == 1 else [0.3, 0.3, 0.2, 0.2]
+        labels = rng.choice(len(p), size=shape, p=p)  # 0 outside, 1 wall, 2 (and 3) cavity chambers
         spacing = tuple(float(s) for s in rng.uniform(0.5, 2.5, size=3))
-        wall, cavity = labels == 1, labels == 2
-        result = wall_thickness(wall, cavity, spacing)
-        np.testing.assert_allclose(result.thickness, brute_force_thickness(wall, cavity, spacing), rtol=1e-6)
+        wall, cavity = labels == 1, labels >= 2
+        result = wall_thickness(wall, cavity, spacing, chambers=np.where(cavity, labels, 0))
+        np.testing.assert_allclose(result.thickness, brute_force_thickness(wall, np.where(cavity, labels, 0), spacing),
+                                   rtol=1e-6)
+
+
+@pytest.mark.parametrize("septum", [1, 2, 3])
+def test_the_septum_between_two_chambers_measures_its_width(septum, tmp_path):
+    """RA cavity | septum | LA cavity, all inside an outer wall: the septum has no epicardium, and
+    measures as wide as it is from either chamber (one label map: 1 wall, 2 RA, 3 LA)."""
+    spacing = (2.0, 1.0, 0.8)
+    labels = np.zeros((12, 14, 16 + septum), np.uint8)
+    labels[1:-1, 1:-1, 1:-1] = 1                     # the wall around both chambers
+    labels[3:-3, 3:-3, 3:8] = 2                      # RA
+    labels[3:-3, 3:-3, 8 + septum:8 + septum + 5] = 3  # LA, `septum` wall voxels away
+    affine = affine_from_spacing(spacing)
+    write_volume(tmp_path / "labels.nii.gz", labels, affine)
+    assert thickness_cli.main(["--wall", str(tmp_path / "labels.nii.gz"), "--cavity", str(tmp_path / "labels.nii.gz"),
+                               "--out", str(tmp_path / "t.nii.gz")]) == 0
+    thickness = read_volume(tmp_path / "t.nii.gz").array
+    np.testing.assert_allclose(thickness[4:-4, 4:-4, 8:8 + septum], septum * spacing[2], rtol=1e-6)
+    # as one chamber, the septum would measure to the far epicardium instead
+    one = wall_thickness(labels == 1, labels >= 2, spacing).thickness
+    assert (one[4:-4, 4:-4, 8:8 + septum] > (septum + 1) * spacing[2]).all()
 
 
 def test_sectors_follow_the_dominant_patient_direction(rng):
@@ -118,6 +141,21 @@ def test_tensors_in_tensors_out_and_bad_input():
         wall_thickness(wall, cavity[1:], (2.0, 2.0, 2.0))
     with pytest.raises(ValueError, match=r"need the spacing \(z, y, x\) in mm or the affine"):
         wall_thickness(wall, cavity)
+    with pytest.raises(ValueError, match="wall and la_cavity must have the same shape"):
+        wall_thickness(wall, cavity, (2.0, 2.0, 2.0), la_cavity=cavity[1:])
+    with pytest.raises(ValueError, match=r"spacing \(1.0, 1.0, 1.0\) disagrees with the affine's voxel size"):
+        wall_thickness(wall, cavity, (1.0, 1.0, 1.0), affine=affine_from_spacing((2.0, 2.0, 2.0)))
+    with pytest.raises(ValueError, match="chambers must give every cavity voxel a nonzero chamber label"):
+        wall_thickness(wall, cavity, (2.0, 2.0, 2.0), chambers=np.zeros(wall.shape, np.int64))
+    # a wall that touches no cavity voxel (a one-voxel gap), or that the cavity encloses
+    gap = np.zeros((9, 9, 9), bool)
+    gap[2:7, 2:7, 2:7] = True
+    core = np.zeros_like(gap)
+    core[4, 4, 4] = True
+    with pytest.raises(ValueError, match="no wall voxel has both an endocardial face"):
+        wall_thickness(gap & ~np.pad(np.ones((3, 3, 3), bool), 3), core, (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="no wall voxel has both an endocardial face"):
+        wall_thickness(core, gap & ~core, (1.0, 1.0, 1.0))
 
 
 def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
@@ -129,7 +167,7 @@ def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
             "--out", str(tmp_path / "t.nii.gz"), "--csv", str(tmp_path / "t.csv")]
     assert thickness_cli.main(args) == 0
     expected = wall_thickness(phantom.labels == 1, phantom.labels >= 2, affine=affine,
-                              la_cavity=phantom.labels == 3)
+                              la_cavity=phantom.labels == 3, chambers=phantom.labels)
     written = read_volume(tmp_path / "t.nii.gz")
     np.testing.assert_array_equal(written.array, expected.thickness)
     assert np.array_equal(written.affine, affine)
@@ -153,14 +191,21 @@ def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
     (tmp_path / "taken").write_text("a file where a folder should be")
     assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "t3.nii.gz"),
                                           "--csv", str(tmp_path / "taken" / "t.csv")]) == 2
-    assert "error: " in capsys.readouterr().err
+    assert "taken is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "t3.nii.gz").exists()
+    before = (tmp_path / "labels.nii.gz").read_bytes()
+    assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "labels.nii.gz")]) == 2
+    assert "is also --wall and --cavity: it would be overwritten" in capsys.readouterr().err
+    assert (tmp_path / "labels.nii.gz").read_bytes() == before
 
 
 @pytest.mark.cuda
 def test_gpu_thickness_equals_the_cpu_at_full_size():
     phantom = make_phantom((44, 640, 640), (2.5, 0.625, 0.625), seed=2)
     wall, cavity = phantom.labels == 1, phantom.labels >= 2
-    cpu = wall_thickness(wall, cavity, (2.5, 0.625, 0.625))
-    gpu = wall_thickness(torch.from_numpy(wall).cuda(), torch.from_numpy(cavity).cuda(), (2.5, 0.625, 0.625))
+    chambers = np.where(cavity, phantom.labels, 0)
+    cpu = wall_thickness(wall, cavity, (2.5, 0.625, 0.625), chambers=chambers)
+    gpu = wall_thickness(torch.from_numpy(wall).cuda(), torch.from_numpy(cavity).cuda(), (2.5, 0.625, 0.625),
+                         chambers=torch.from_numpy(chambers).cuda())
     np.testing.assert_allclose(gpu.thickness.cpu().numpy(), cpu.thickness, rtol=1e-6)
     np.testing.assert_array_equal(gpu.sectors.cpu().numpy(), cpu.sectors)

@@ -13,6 +13,9 @@ output's header matches the input's bit for bit.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +198,7 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
 
     Booleans are written as uint8. The parent folder is created. Returns the path.
     A NIfTI file written ``like`` a volume read from NIfTI keeps that file's qform/sform.
+    The file appears whole or not at all (:func:`write_atomically`).
     """
     path = Path(path)
     fmt = image_format(path)
@@ -214,11 +218,26 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
             raise ValueError(f"array shape {array.shape} differs from the reference volume's {like.shape}")
         affine, header = like.affine, like.header
     affine = np.asarray(affine, dtype=float)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "nifti":
-        _write_nifti(path, array, affine, header)
-    else:
-        _write_nrrd(path, array, affine, compress)
+        return write_atomically(path, lambda target: _write_nifti(target, array, affine, header))
+    return write_atomically(path, lambda target: _write_nrrd(target, array, affine, compress))
+
+
+def write_atomically(path, write) -> Path:
+    """``write(target)`` into a hidden folder beside ``path`` under ``path``'s name, then renamed over
+    ``path``: a failed or killed write never leaves a truncated file (nor a changed old one). A
+    detached NRRD header (``.nhdr``) names its data file, so it is written in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.lower().endswith(".nhdr"):
+        write(path)
+        return path
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(staging / path.name)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
