@@ -548,7 +548,7 @@ class StagePipeline:
     def roi_centre(self, image, spacing, labels=None):
         """Centre (z, y, x, stage grid) of the ROI: the centre of mass of the localiser's atrium
         (or of the ground-truth LA cavity with ``roi.center = "ground_truth"``); the volume
-        centre when there is nothing. None without an ROI."""
+        centre, with a warning, when there is nothing. None without an ROI."""
         if not self.config.roi.size:
             return None
         shape, stage_spacing = self.stage_grid(tuple(image.shape), spacing)
@@ -561,7 +561,12 @@ class StagePipeline:
             localizer = self.helper("roi.localizer", self.config.roi.localizer)
             mask = atrium_mask(localizer.predict(self._image(image), spacing, labels))
         centre = center_of_mass(mask)
-        return native_to_stage(centre, spacing, stage_spacing) if centre else tuple((n - 1) / 2 for n in shape)
+        if centre:
+            return native_to_stage(centre, spacing, stage_spacing)
+        source = "the labels" if self.config.roi.center == "ground_truth" else \
+            f"the localiser ({self.config.roi.localizer})"
+        warnings.warn(f"{source} found no atrium in a case: its ROI is centred on the volume", stacklevel=2)
+        return tuple((n - 1) / 2 for n in shape)
 
     def region(self, image, spacing, labels=None):
         """MBAS stage 2 (native grid, bool): the stage-1 union (or the ground-truth union with

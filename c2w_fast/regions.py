@@ -90,7 +90,9 @@ def atrial_masks(wall, cavity, spacing=None, *, affine=None, la_cavity=None) -> 
     if not w.any():
         raise ValueError("the wall mask is empty")
     if not c.any():
-        raise ValueError("the cavity mask is empty (outside the wall)")
+        hint = ("; every cavity voxel is also wall: for one label map pass wall=labels == 1, cavity=labels >= 2"
+                if torch.as_tensor(cavity_mask).any() else "")
+        raise ValueError(f"the cavity mask is empty (outside the wall){hint}")
     la = c if la_cavity is None else torch.as_tensor(masks["la_cavity"]).to(w.device) & c
     if not la.any():
         raise ValueError("the LA cavity is empty (outside the wall)")

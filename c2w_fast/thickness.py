@@ -108,7 +108,9 @@ def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None, c
 
     Args:
         wall, cavity: (z, y, x) masks (numpy, or torch on the CPU or a GPU); cavity voxels
-            that are also wall count as wall.
+            that are also wall count as wall. The cavity must hold every chamber whose wall
+            is in ``wall`` (both atria for an MBAS label map): a wall voxel measures from the
+            nearest cavity there is.
         spacing: voxel size (z, y, x) in mm; or give ``affine`` ((z, y, x) index → RAS mm),
             which also orients the sectors (with spacing alone: z → S, y → A, x → R).
         la_cavity: the LA cavity whose centroid centres the sectors; default ``cavity``.

@@ -68,6 +68,7 @@ def test_c2w_wall_run_predicts_cavity_and_wall_as_its_two_stages(c2w, tmp_path):
         expected = np.where(wall.predict(image.array, image.spacing) == 1, 1,
                             np.where(cavity.predict(image.array, image.spacing) == 1, 3, 0))
         assert np.array_equal(out.array, expected)
+    assert np.array_equal(predict.load_pipeline(runs / "wall").predict(image.array, image.spacing).labels, out.array)
     assert set(np.unique(out.array)) <= {0, 1, 3} and (out.array == 1).any()
     logits = cavity.logits(image.array, image.spacing)  # the cavity stage keeps every component
     assert logits.shape == (2, *image.shape)
@@ -198,6 +199,19 @@ def test_a_stage_reuses_its_last_result_only_while_nothing_changed(c2w):
     assert np.array_equal(labels, fresh)
     flipped = predictor.predict(np.ascontiguousarray(image[:, ::-1])[:, ::-1], spacing)  # negative strides
     assert np.array_equal(flipped, fresh)
+
+
+def test_an_atrium_the_localiser_misses_centres_the_roi_with_a_warning(c2w, monkeypatch):
+    data, runs = c2w
+    cavity = Predictor.load(runs / "cavity")
+    image = read_volume(data / "phantom000" / "lgemri.nrrd")
+    localizer = cavity.pipeline.helper("roi.localizer", cavity.pipeline.config.roi.localizer)
+    monkeypatch.setattr(localizer, "predict", lambda x, *args: np.zeros(np.shape(x), np.uint8))
+    with pytest.warns(UserWarning, match=r"the localiser \(.*localizer\) found no atrium in a case: its ROI is "
+                                         r"centred on the volume"):
+        centre = cavity.pipeline.roi_centre(image.array, image.spacing)
+    shape, _ = cavity.pipeline.stage_grid(image.shape, image.spacing)
+    assert centre == tuple((n - 1) / 2 for n in shape)
 
 
 def test_bad_model_folders_are_named(c2w, tmp_path, capsys):

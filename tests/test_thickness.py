@@ -133,6 +133,8 @@ def test_tensors_in_tensors_out_and_bad_input():
     np.testing.assert_array_equal(result.thickness.numpy(), wall_thickness(wall, cavity, (2.0, 2.0, 2.0)).thickness)
     with pytest.raises(ValueError, match="the cavity mask is empty"):
         wall_thickness(wall, np.zeros_like(cavity), (2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="every cavity voxel is also wall: for one label map pass wall=labels == 1"):
+        wall_thickness(phantom.labels, phantom.labels, (2.0, 2.0, 2.0))
     with pytest.raises(ValueError, match="the wall mask is empty"):
         wall_thickness(np.zeros_like(wall), cavity, (2.0, 2.0, 2.0))
     with pytest.raises(ValueError, match=r"wall must be 3D \(z, y, x\), got shape \(48, 48\)"):

@@ -54,6 +54,10 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
     rows = _rows(tmp_path / "final" / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert all(0 <= float(r["val_dice"]) <= 1 and float(r["val_hd95"]) >= 0 for r in rows)
+    # one progress line per epoch on stdout, for runs logged to a file
+    for row in rows:
+        line = next(x for x in out.splitlines() if x.startswith(f"epoch {int(row['epoch']) + 1}/2  "))
+        assert f"loss {float(row['train_loss']):.4f}" in line and f"val_dice {float(row['val_dice']):.4g}" in line
     test = _rows(tmp_path / "final" / "test_metrics.csv")
     assert len(test) == 2 and {"case", "class", "dice", "surface_dice", "hd95", "assd"} <= set(test[0])
     saved = cfg.load(tmp_path / "config.toml")
@@ -74,6 +78,7 @@ def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
     ((), ["train.batch_size=two"], "train.batch_size must be an integer, got str 'two'"),
     (("--fold", "2"), [], "--fold 2 is out of range: the splits have 2 folds (0..1)"),
     (("--fold", "best"), [], "--fold must be a fold index, 'all' or 'final'"),
+    ((), ["data.n_test=30"], "the split is set by data.n_test, data.n_folds and data.final_val"),
     pytest.param(("--device", "cuda"), [], "no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
 ])

@@ -43,11 +43,14 @@ def main(argv=None) -> None:
     parser.add_argument("--input", type=int, nargs=5, metavar=("B", "C", "D", "H", "W"), default=None,
                         help="input shape (default: 4 1 44 256 256, the C2W batch and ROI; MBAS stages use "
                              "batch 2 and their patch size)")
-    parser.add_argument("--classes", type=int, default=2, help="output classes incl. background (default 2)")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="output classes incl. background (default: the stage's, 4 for mbas_stage2 "
+                             "(background, wall, RA, LA), else 2)")
     args = parser.parse_args(argv)
     default = {"mbas_stage1": (2, 1, 28, 256, 224), "mbas_stage2": (2, 1, 20, 256, 256)}
     shape = args.input or default.get(args.summary, (4, 1, 44, 256, 256))
-    print(summary(args.summary, tuple(shape), args.classes))
+    classes = args.classes or (4 if args.summary == "mbas_stage2" else 2)
+    print(summary(args.summary, tuple(shape), classes))
 
 
 if __name__ == "__main__":

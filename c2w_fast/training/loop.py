@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -296,12 +297,22 @@ class Trainer:
                 state["stopped"] = stop
                 checkpoint.save(self.folder / "checkpoint_latest.pt", self._payload())
                 self._write_logs()
+                _print_epoch(row, train.epochs, improved)
             else:
                 state["epoch"] = epoch + 1
             if on_epoch_end is not None:
                 on_epoch_end(epoch, self.model)
             if broadcast_flag(stop, self.processes, self.device):
                 break
+
+
+def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
+    """One flushed line per epoch, so that a run logged to a file (nohup, a cluster job) shows its progress."""
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}", *([f"step {row['phase']}"] if row["phase"] else []),
+             f"lr {row['lr']:.2e}", f"loss {row['train_loss']:.4f}"]
+    parts += [f"{key} {row[key]:.4g}" for key in ("val_loss", "val_dice", "val_hd95") if key in row]
+    tqdm.write("  ".join(parts) + f"  ({row['time_s']:.1f} s)" + ("  best" if improved else ""))
+    sys.stdout.flush()
 
 
 def _class_means(rows: list[dict], class_names) -> dict:

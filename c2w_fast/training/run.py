@@ -149,7 +149,8 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
             splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
                                  final_val=settings["final_val"], seed=settings["split_seed"])
         except ValueError as exc:
-            raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc})") from None
+            raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc}); the split is set by "
+                           f"data.n_test, data.n_folds and data.final_val, e.g. --set data.n_test=2") from None
         return cases, dataclasses.replace(splits, settings=settings)
     splits = load_splits(path, list(cases))
     if splits.settings is not None:  # made by a run, not by hand: it must still be this config's split
