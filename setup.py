@@ -1,7 +1,9 @@
 """Build c2w_fast: the Python package, the Triton/CUDA kernels folder and the C++ CPU kernels.
 
 The top-level ``kernels/`` folder is installed as ``c2w_fast.kernels`` (its ``.cu`` sources
-travel as package data and are compiled at run time by NVRTC through CuPy). ``csrc/`` is
+travel as package data and are compiled at run time by NVRTC through CuPy), and ``configs/``
+as ``c2w_fast.configs`` (the TOML presets as package data: ``--config c2w_wall`` finds them
+after ``pip install .`` as after ``pip install -e .``). ``csrc/`` is
 built with pybind11 and OpenMP into ``c2w_fast._cpu``. Nothing here imports torch.
 """
 import sys
@@ -28,9 +30,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["c2w_fast", "c2w_fast.*"]) + ["c2w_fast.kernels"],
-    package_dir={"c2w_fast.kernels": "kernels"},
-    package_data={"c2w_fast.kernels": ["*.cu", "*.cuh"]},
+    packages=find_packages(include=["c2w_fast", "c2w_fast.*"]) + ["c2w_fast.kernels", "c2w_fast.configs"],
+    package_dir={"c2w_fast.kernels": "kernels", "c2w_fast.configs": "configs"},
+    package_data={"c2w_fast.kernels": ["*.cu", "*.cuh"], "c2w_fast.configs": ["*.toml"]},
     ext_modules=[cpu_extension],
     cmdclass={"build_ext": build_ext},
     install_requires=[

@@ -1,6 +1,7 @@
 """Training configuration: one dataclass per TOML section, loaded, overridden and checked up front.
 
-A config file (``configs/*.toml``) holds the sections below; missing keys take the
+A config file holds the sections below (the presets, ``configs/*.toml``, are installed with the
+package: ``load("c2w_wall")`` finds them by name, see :func:`config_path`); missing keys take the
 dataclass defaults, unknown keys or values of the wrong type are a :class:`ConfigError`
 naming ``section.key``, the expected type and the value found — before any training.
 ``--set section.key=value`` overrides any value (the value is read as TOML, bare words
@@ -9,6 +10,7 @@ as strings). Sizes and spacings are (z, y, x); spacing in mm.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import typing
 from dataclasses import dataclass, field
@@ -265,13 +267,49 @@ def from_dict(data: dict, *, source: str = "config") -> Config:
     return config
 
 
-def load(path, overrides: list[str] = ()) -> Config:
-    """Read a TOML config file, apply ``section.key=value`` overrides and check the result."""
+# The presets: the repository's top-level configs/*.toml, installed as the package data of
+# c2w_fast.configs (setup.py), in a wheel as in an editable install.
+PRESETS_PACKAGE = "c2w_fast.configs"
+
+
+def _presets_dir() -> Path:
+    return Path(str(importlib.resources.files(PRESETS_PACKAGE)))
+
+
+def presets() -> list[str]:
+    """Names of the installed presets (``c2w_cavity``, ``c2w_wall``, ...), sorted."""
+    return sorted(p.stem for p in _presets_dir().glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of the installed preset ``name`` (``c2w_wall`` or ``c2w_wall.toml``); an unknown
+    name is a :class:`ConfigError` listing the presets."""
+    stem = name[:-len(".toml")] if name.endswith(".toml") else name
+    path = _presets_dir() / f"{stem}.toml"
+    if "/" in stem or "\\" in stem or not path.is_file():
+        raise ConfigError(f"{name}: no such config file, nor a preset of that name; "
+                          f"presets: {', '.join(presets())}")
+    return path
+
+
+def config_path(path) -> Path:
+    """The file ``--config`` names: ``path`` itself when it exists (a file always wins), else for a
+    bare name (no folder, e.g. ``c2w_wall`` or ``c2w_wall.toml``) the installed preset of that name."""
     path = Path(path)
+    if path.exists() or path.is_absolute() or len(path.parts) != 1:
+        return path
+    return preset_path(path.name)
+
+
+def load(path, overrides: list[str] = ()) -> Config:
+    """Read a TOML config file or preset (:func:`config_path`), apply ``section.key=value``
+    overrides and check the result."""
+    path = config_path(path)
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: config file not found (or name a preset without a folder: "
+                          f"{', '.join(presets())})") from None
     except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, a binary file
         raise ConfigError(f"{path}: cannot read the config file ({getattr(exc, 'strerror', None) or exc})") from None
     except tomllib.TOMLDecodeError as exc:

@@ -1,11 +1,12 @@
 """The README's demo: C2W-Tune end to end on synthetic LGE-MRI phantoms, on a CPU, in minutes.
 
 Writes a small phantom dataset in LASC layout, then runs ``python -m c2w_fast.train``
-with the presets in ``configs/`` shrunk to CPU size (``--set`` overrides: 4-stage
-networks with a quarter of the channels, a 32×64×64 ROI, tens of epochs): the
-localiser, the cavity stage, the wall stage fine-tuned from the cavity run with
-progressive unfreezing, and the scratch baseline. Both wall models then predict the
-held-out phantoms in their native grid and the C2W paper's Table 1 is printed for them;
+with the installed presets (``configs/``, :func:`c2w_fast.config.preset_path`) shrunk to
+CPU size (``--set`` overrides: 4-stage networks with a quarter of the channels, a 32×64×64
+ROI, tens of epochs): the localiser, the cavity stage, the wall stage fine-tuned from the
+cavity run with progressive unfreezing, and the scratch baseline. Both wall models then
+predict the held-out phantoms in their native grid and the C2W paper's Table 1 is printed
+for them;
 ``python -m c2w_fast.predict --model OUT/wall`` writes the held-out predictions (cavity and
 wall) to ``OUT/predictions`` and their wall-thickness maps to ``OUT/thickness``, as it
 would for new scans.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from c2w_fast import config as cfg
 from c2w_fast import predict, train
 from c2w_fast.data.layouts import LASC_IMAGE, discover_cases
 from c2w_fast.data.phantom import write_dataset
@@ -28,7 +30,6 @@ from c2w_fast.data.splits import load_splits
 from c2w_fast.infer import Predictor
 from c2w_fast.training.evaluation import evaluate_cases, table1
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEMO_SHAPE, DEMO_SPACING = (40, 96, 96), (1.25, 1.25, 1.25)
 N_TEST = 4
 
@@ -51,7 +52,7 @@ STAGE_DONE = "stage_complete"  # marker in a stage's run folder once its trainin
 
 def train_stage(preset: str, data: Path, out: Path, epochs: int, overrides: list[str], *,
                 resumable: bool = False) -> None:
-    """``python -m c2w_fast.train --config configs/<preset> ... --fold final`` with ``--set`` overrides.
+    """``python -m c2w_fast.train --config <installed preset> ... --fold final`` with ``--set`` overrides.
 
     ``resumable``: a stage whose run folder says it finished is skipped, and one that was
     killed (a ``checkpoint_latest.pt`` but no marker) continues with ``--resume``. Otherwise
@@ -65,7 +66,7 @@ def train_stage(preset: str, data: Path, out: Path, epochs: int, overrides: list
     if resumable and (out / "final" / "checkpoint_latest.pt").is_file():
         args = ["--resume", "--out", str(out), "--fold", "final"]
     else:
-        args = ["--config", str(CONFIGS / preset), "--data", str(data), "--out", str(out), "--fold", "final",
+        args = ["--config", str(cfg.preset_path(preset)), "--data", str(data), "--out", str(out), "--fold", "final",
                 "--epochs", str(epochs)]
         for item in overrides:
             args += ["--set", item]

@@ -1,6 +1,7 @@
 """python -m c2w_fast.train: train a stage of C2W-Tune or of the MBAS cascade.
 
-Stages (run.stage; one preset each in configs/):
+Stages (run.stage; one preset each in configs/, installed with the package: --config c2w_wall
+names the preset c2w_wall.toml unless a file of that name is in the working directory):
 
   localizer  coarse low-resolution U-Net for the LA cavity; its centre of mass places the ROI
   cavity     C2W stage 1: ResNeXt U-Net segments the LA cavity in the 44x256x256 ROI
@@ -13,10 +14,10 @@ Stages (run.stage; one preset each in configs/):
              patches centred on wall 0.5 / RA 0.25 / LA 0.25, SGD momentum 0.99, poly LR
 
 Examples:
-  python -m c2w_fast.train --config configs/c2w_localizer.toml --data /data/LASC2018 --out runs/loc --fold final
-  python -m c2w_fast.train --config configs/c2w_cavity.toml --data /data/LASC2018 --out runs/cavity --fold all \\
+  python -m c2w_fast.train --config c2w_localizer --data /data/LASC2018 --out runs/loc --fold final
+  python -m c2w_fast.train --config c2w_cavity --data /data/LASC2018 --out runs/cavity --fold all \\
       --set roi.localizer=runs/loc
-  python -m c2w_fast.train --config configs/c2w_wall.toml --data /data/LASC2018 --out runs/wall --fold final \\
+  python -m c2w_fast.train --config c2w_wall --data /data/LASC2018 --out runs/wall --fold final \\
       --init-from runs/cavity --set roi.localizer=runs/loc
   python -m c2w_fast.train --resume --out runs/wall --fold final
   torchrun --nproc_per_node 2 -m c2w_fast.train --config ... (DDP, one process per GPU)
@@ -40,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m c2w_fast.train", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, help="TOML config (configs/*.toml); not with --resume")
+    p.add_argument("--config", type=Path,
+                   help="TOML config file, or a preset name: c2w_localizer, c2w_cavity, c2w_wall, c2w_scratch, "
+                        "mbas_stage1, mbas_stage2 (configs/*.toml, installed with the package); not with --resume")
     p.add_argument("--data", type=Path, help="dataset folder: LASC 2018, MBAS or nnU-Net raw (sets data.root)")
     p.add_argument("--out", type=Path, required=True,
                    help="run folder (created; holds config.toml, splits.json, fold_k/)")

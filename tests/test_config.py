@@ -1,4 +1,6 @@
 """Configs: presets hold the seeds' values; bad keys, types and combinations fail before training."""
+from pathlib import Path
+
 import pytest
 
 from c2w_fast import config as cfg
@@ -102,3 +104,56 @@ def test_set_overrides_parse_toml_values_and_bare_words(tmp_path):
 def test_a_folder_given_as_config_is_a_clear_error(tmp_path):
     with pytest.raises(cfg.ConfigError, match="cannot read the config file"):
         cfg.load(tmp_path)
+
+
+# --- presets by name: installed with the package (setup.py maps configs/ to c2w_fast.configs) ---
+
+def test_the_installed_presets_are_the_configs_folder():
+    assert cfg.presets() == [p.stem for p in PRESETS]
+    for path in PRESETS:
+        assert cfg.preset_path(path.stem).read_text() == path.read_text()
+
+
+@pytest.mark.parametrize("name", ["c2w_wall", "c2w_wall.toml"])
+def test_a_preset_loads_by_name_from_any_directory(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cfg.config_path(name) == cfg.preset_path("c2w_wall")
+    assert cfg.load(name) == cfg.load(CONFIGS / "c2w_wall.toml")
+    assert cfg.load(name, ["train.epochs=3"]).train.epochs == 3
+
+
+@pytest.mark.parametrize("name", ["c2w_wall", "c2w_wall.toml"])
+def test_an_existing_file_wins_over_a_preset_of_that_name(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text("[run]\nstage = \"scratch\"\n[train]\nepochs = 7\npatch_size = [8, 8, 8]\n")
+    assert cfg.config_path(name) == Path(name)
+    config = cfg.load(name)
+    assert (config.run.stage, config.train.epochs) == ("scratch", 7)
+
+
+def test_an_unknown_name_lists_the_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    listed = ", ".join(p.stem for p in PRESETS)
+    with pytest.raises(cfg.ConfigError, match=r"c2w_wal: no such config file, nor a preset of that name; "
+                                              rf"presets: {listed}$"):
+        cfg.load("c2w_wal")
+    with pytest.raises(cfg.ConfigError, match="presets: c2w_cavity"):
+        cfg.preset_path("../configs/c2w_wall")
+
+
+@pytest.mark.parametrize("path", ["configs/c2w_wal.toml", "/abs/c2w_wall.toml"])
+def test_a_missing_path_keeps_its_error_and_mentions_the_presets(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cfg.ConfigError, match=rf"^{path}: config file not found \(or name a preset without a "
+                                              rf"folder: {', '.join(p.stem for p in PRESETS)}\)$"):
+        cfg.load(path)
+
+
+def test_train_takes_a_preset_name_and_its_help_names_every_preset(tmp_path, monkeypatch):
+    from c2w_fast import train
+    monkeypatch.chdir(tmp_path)
+    args = train.parser().parse_args(["--config", "c2w_wall", "--out", "run", "--init-from", "cavity"])
+    config = train._config(args)
+    assert config.run.stage == "wall" and config.run.init_from == str(tmp_path / "cavity")
+    text = train.parser().format_help()
+    assert all(p.stem in text for p in PRESETS)
