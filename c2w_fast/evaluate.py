@@ -22,7 +22,8 @@ nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label ma
 (mm; definitions in :mod:`c2w_fast.metrics`), then per label the rows ``mean``, ``sd``
 (sample standard deviation) and ``n`` (how many cases had a finite value) over the
 evaluated cases, then one row per problem case (missing prediction or ground truth,
-unreadable file, grid mismatch) with the problem in the ``status`` column. A summary
+unreadable file, grid mismatch; ``--predicted-only`` leaves ground-truth cases without a
+prediction out instead) with the problem in the ``status`` column. A summary
 line goes to stdout. Exit status: 0 when every case was evaluated, 1 when some had
 problems (the CSV is written either way), 2 for bad arguments.
 """
@@ -182,8 +183,11 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int], out: Path, *, workers: int = 2,
-        progress: bool = True, **options) -> tuple[list[dict], dict[str, str]]:
-    """Evaluate every case; returns the per-case rows and ``{id: problem}``; writes ``out``."""
+        progress: bool = True, predicted_only: bool = False, **options) -> tuple[list[dict], dict[str, str]]:
+    """Evaluate every case; returns the per-case rows and ``{id: problem}``; writes ``out``.
+
+    ``predicted_only``: ground-truth cases without a prediction are left out instead of being
+    problems (predictions of a test split against the whole dataset)."""
     from tqdm import tqdm
 
     predictions, problems = find_label_files(pred_dir)
@@ -192,7 +196,7 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int], out: Path, *, work
     if not predictions and not problems and not gt.ids and not gt.problems:
         raise DataError(pred_dir, f"no label maps here nor in {gt_dir}; nothing to evaluate")
     problems.update({i: f"ground truth {p}" for i, p in gt.problems.items()})
-    for identifier in sorted(gt.ids - set(predictions) - set(problems)):
+    for identifier in sorted(gt.ids - set(predictions) - set(problems)) if not predicted_only else ():
         problems[identifier] = "missing prediction"
     for identifier in sorted(set(predictions) - gt.ids):
         problems[identifier] = f"missing ground truth for {predictions[identifier]}"
@@ -236,7 +240,11 @@ def main(argv=None) -> int:
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps, or a dataset")
     parser.add_argument("--labels", default=",".join(f"{k}={v}" for k, v in CANONICAL_LABELS.items()),
-                        help="name=value pairs (default: wall=1,RA=2,LA=3)")
+                        help="name=value pairs (default: wall=1,RA=2,LA=3; a label no case holds gives NaN "
+                             "rows: e.g. --labels wall=1,LA=3 for LASC data)")
+    parser.add_argument("--predicted-only", action="store_true",
+                        help="evaluate the cases that have a prediction; ground-truth cases without one are not "
+                             "problems (e.g. a test split's predictions against the whole dataset)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="Surface Dice tolerance in mm (default 1.0)")
     parser.add_argument("--convention", choices=CONVENTIONS, default="surfel")
     parser.add_argument("--percentile-rule", choices=PERCENTILE_RULES, default="max")
@@ -259,7 +267,7 @@ def main(argv=None) -> int:
         parser.error(f"--out {args.out} cannot be written as a CSV file (a folder, or a folder that cannot be made)")
     try:
         rows, problems = run(args.pred, args.gt, labels, args.out, workers=args.workers, progress=not args.quiet,
-                             tolerance_mm=args.tolerance, convention=args.convention,
+                             predicted_only=args.predicted_only, tolerance_mm=args.tolerance, convention=args.convention,
                              percentile_rule=args.percentile_rule, backend=args.backend)
     except DataError as exc:  # the ground-truth dataset itself is unreadable, or nothing to evaluate
         print(f"error: {exc}", file=sys.stderr)

@@ -82,6 +82,12 @@ def test_mbas_dataset_rows_summaries_and_problems(mbas, capsys):
     assert problems["MBAS_999"].startswith("missing ground truth")
     printed = capsys.readouterr().out
     assert "evaluated 2 of 4 cases" in printed and "MBAS_003: missing prediction" in printed
+    # --predicted-only: a ground-truth case without a prediction is left out, not a problem
+    status = main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", str(out), "--quiet",
+                   "--predicted-only"])
+    assert status == 1  # MBAS_999 still has no ground truth
+    problems = {r["case"]: r["status"] for r in read_rows(out) if r["status"] not in ("ok", "")}
+    assert set(problems) == {"MBAS_999"} and "evaluated 2 of 3 cases" in capsys.readouterr().out
 
 
 def test_flat_folders_voxel_convention_and_mismatched_grids(mbas, tmp_path):
