@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,11 @@ PRESETS_PACKAGE = "c2w_fast.configs"
 
 
 def _presets_dir() -> Path:
-    return Path(str(importlib.resources.files(PRESETS_PACKAGE)))
+    try:
+        return Path(str(importlib.resources.files(PRESETS_PACKAGE)))
+    except ModuleNotFoundError:  # an editable install made before the presets were package data
+        raise ConfigError(f"the presets are not installed ({PRESETS_PACKAGE} is missing): re-run "
+                          "`pip install -e .` in the repository, or give --config a file path") from None
 
 
 def presets() -> list[str]:
@@ -293,12 +298,13 @@ def preset_path(name: str) -> Path:
 
 
 def config_path(path) -> Path:
-    """The file ``--config`` names: ``path`` itself when it exists (a file always wins), else for a
-    bare name (no folder, e.g. ``c2w_wall`` or ``c2w_wall.toml``) the installed preset of that name."""
-    path = Path(path)
-    if path.exists() or path.is_absolute() or len(path.parts) != 1:
-        return path
-    return preset_path(path.name)
+    """The file ``--config`` names: ``path`` itself when it is a file (a file always wins) or is
+    written as a path (a folder in it, or a leading ``.``: ``./c2w_wall.toml``), else the
+    installed preset of that bare name (``c2w_wall`` or ``c2w_wall.toml``)."""
+    text = str(path)
+    if Path(text).is_file() or "/" in text or os.sep in text or text.startswith("."):
+        return Path(text)
+    return preset_path(text)
 
 
 def load(path, overrides: list[str] = ()) -> Config:

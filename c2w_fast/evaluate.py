@@ -10,7 +10,7 @@ extension and without one trailing suffix among ``_gt``, ``_seg``, ``_label``, `
 ``MBAS_001.nii.gz`` are both ``MBAS_001``. When two files of one folder tree give the same
 id, the one with a suffix wins (an MBAS case folder holds the image ``MBAS_001.nii.gz``
 next to its labels ``MBAS_001_gt.nii.gz``); folders named ``imagesTr``/``imagesTs``
-(nnU-Net images) are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018, MBAS,
+(nnU-Net images) and hidden files and folders are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018, MBAS,
 nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
 (1 wall, 2 RA, 3 LA) come from that layout instead, so a LASC ``laendo.nrrd`` /
 ``lawall.nrrd`` pair is one case named after its folder.
@@ -72,8 +72,9 @@ def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
     for path in sorted(root.rglob("*")):
         if not path.is_file() or not path.name.lower().endswith(extensions):
             continue
-        if SKIPPED_FOLDERS & set(path.relative_to(root).parts[:-1]):
-            continue
+        parts = path.relative_to(root).parts
+        if SKIPPED_FOLDERS & set(parts[:-1]) or any(part.startswith(".") for part in parts):
+            continue  # nnU-Net image folders; hidden files (a killed write's staging folder)
         identifier, suffixed = case_id(path)
         candidates.setdefault(identifier, []).append((suffixed, path))
     files, problems = {}, {}

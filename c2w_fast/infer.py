@@ -46,6 +46,13 @@ class InferenceError(RuntimeError):
     """Inference cannot go on: out of memory with one window per batch, a missing stage."""
 
 
+class RoiWarning(UserWarning):
+    """A case whose ROI could not be placed on the atrium; shown for every case, not once per process."""
+
+
+warnings.filterwarnings("always", category=RoiWarning)
+
+
 # --- timing ----------------------------------------------------------------------------------
 
 class PhaseTimer:
@@ -565,7 +572,8 @@ class StagePipeline:
             return native_to_stage(centre, spacing, stage_spacing)
         source = "the labels" if self.config.roi.center == "ground_truth" else \
             f"the localiser ({self.config.roi.localizer})"
-        warnings.warn(f"{source} found no atrium in a case: its ROI is centred on the volume", stacklevel=2)
+        warnings.warn(f"{source} found no atrium in a case: its ROI is centred on the volume", RoiWarning,
+                      stacklevel=2)
         return tuple((n - 1) / 2 for n in shape)
 
     def region(self, image, spacing, labels=None):

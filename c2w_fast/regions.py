@@ -11,10 +11,12 @@ its sign — ``right``/``left`` (for the LA: septal/lateral), ``anterior``/``pos
 the wall is the voxels of ``--wall`` with one of ``--wall-label`` (default: nonzero), the
 cavity those of ``--cavity`` with one of ``--cavity-label`` (default: nonzero) that are not
 wall. When both options name the same file the defaults are the canonical codes: wall 1,
-cavity 2 and 3. Each cavity label is a chamber (the RA and the LA, for the septum's
-thickness). The LA (the centroid, the fibrosis blood pool): the cavity voxels labelled 3
-when the cavity holds several labels, 3 among them; else the whole cavity. Label files
-must hold finite whole numbers (an intensity image given as a label file is refused).
+cavity 2 and 3. When the cavity holds both the RA (2) and the LA (3) codes, the RA is one
+chamber and the rest of the cavity the other (for the septum's thickness); else the cavity is
+one chamber (an LA labelled in parts stays one). The LA (the centroid, the fibrosis blood
+pool): the cavity voxels labelled 3 when the cavity holds several labels, 3 among them; else
+the whole cavity. Label files must hold finite whole numbers (an intensity image given as a
+label file is refused).
 """
 from __future__ import annotations
 
@@ -205,9 +207,12 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     if not cavity.any():
         raise DataError(cavity_path, f"no cavity voxels outside the wall (values {cavity_values or 'nonzero'})")
     present = np.unique(cavity_volume.array[cavity])
-    la_code = CANONICAL_LABELS["LA"]
+    la_code, ra_code = CANONICAL_LABELS["LA"], CANONICAL_LABELS["RA"]
     la_cavity = cavity & (cavity_volume.array == la_code) if len(present) > 1 and la_code in present else cavity
-    chambers = np.where(cavity, cavity_volume.array, 0).astype(np.int64)
+    # two chambers, the RA and the rest (the LA and any parts of it labelled apart), when both codes are there
+    chambers = cavity.astype(np.int64)
+    if la_code in present and ra_code in present:
+        chambers[cavity & (cavity_volume.array == ra_code)] = 2
     return WallMasks(wall, cavity, la_cavity, chambers, wall_volume)
 
 

@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m c2w_fast.train", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path,
+    p.add_argument("--config",  # a string: Path() would drop the "./" that marks a path
                    help="TOML config file, or a preset name: c2w_localizer, c2w_cavity, c2w_wall, c2w_scratch, "
                         "mbas_stage1, mbas_stage2 (configs/*.toml, installed with the package); not with --resume")
     p.add_argument("--data", type=Path, help="dataset folder: LASC 2018, MBAS or nnU-Net raw (sets data.root)")

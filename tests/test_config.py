@@ -141,6 +141,28 @@ def test_an_unknown_name_lists_the_presets(tmp_path, monkeypatch):
         cfg.preset_path("../configs/c2w_wall")
 
 
+def test_a_folder_named_like_a_preset_does_not_hide_it_and_dot_slash_is_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c2w_wall").mkdir()  # e.g. a run folder: --config c2w_wall --out c2w_wall
+    assert cfg.load("c2w_wall") == cfg.load(CONFIGS / "c2w_wall.toml")
+    with pytest.raises(cfg.ConfigError, match=r"^c2w_wall.toml: config file not found"):
+        cfg.load("./c2w_wall.toml")  # written as a path: never the preset
+    from c2w_fast import train
+    assert train.parser().parse_args(["--config", "./c2w_wall.toml", "--out", "run"]).config == "./c2w_wall.toml"
+
+
+def test_an_install_without_the_presets_package_says_to_reinstall(tmp_path, monkeypatch):
+    import importlib.resources
+
+    def missing(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cfg.ConfigError, match=r"the presets are not installed .* re-run `pip install -e \.`"):
+        cfg.load("c2w_wall")
+
+
 @pytest.mark.parametrize("path", ["configs/c2w_wal.toml", "/abs/c2w_wall.toml"])
 def test_a_missing_path_keeps_its_error_and_mentions_the_presets(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -116,6 +116,18 @@ def test_a_failed_write_leaves_the_old_file_whole_and_no_debris(tmp_path, suffix
     assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
 
 
+def test_a_rewrite_follows_a_symlink_and_keeps_the_permissions(tmp_path, rng):
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "x.nii.gz", tmp_path / "link.nii.gz"
+    write_volume(target, np.zeros((2, 3, 4), np.uint8), np.eye(4))
+    target.chmod(0o664)
+    link.symlink_to(target)
+    write_volume(link, np.ones((2, 3, 4), np.uint8), np.eye(4))
+    assert link.is_symlink() and read_volume(target).array.max() == 1
+    assert target.stat().st_mode & 0o777 == 0o664
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["link.nii.gz", "real", "x.nii.gz"]
+
+
 def test_big_endian_files_come_back_in_native_byte_order(tmp_path, rng):
     array = rng.integers(-500, 500, (4, 3, 2)).astype(">i2")  # file order (x, y, z)
     header = nib.Nifti1Header(endianness=">")

@@ -13,7 +13,7 @@ from scipy import ndimage
 from c2w_fast import predict, train
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import make_phantom
-from c2w_fast.infer import InferenceOptions, Predictor, StageLoader, locate_stage
+from c2w_fast.infer import InferenceOptions, Predictor, RoiWarning, StageLoader, locate_stage
 from c2w_fast.ops import ball
 from c2w_fast.training import checkpoint
 from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, write_phantoms
@@ -207,9 +207,11 @@ def test_an_atrium_the_localiser_misses_centres_the_roi_with_a_warning(c2w, monk
     image = read_volume(data / "phantom000" / "lgemri.nrrd")
     localizer = cavity.pipeline.helper("roi.localizer", cavity.pipeline.config.roi.localizer)
     monkeypatch.setattr(localizer, "predict", lambda x, *args: np.zeros(np.shape(x), np.uint8))
-    with pytest.warns(UserWarning, match=r"the localiser \(.*localizer\) found no atrium in a case: its ROI is "
-                                         r"centred on the volume"):
-        centre = cavity.pipeline.roi_centre(image.array, image.spacing)
+    with pytest.warns(RoiWarning, match=r"the localiser \(.*localizer\) found no atrium in a case: its ROI is "
+                                        r"centred on the volume") as caught:
+        for _ in range(3):  # every case is named, not just the first
+            centre = cavity.pipeline.roi_centre(image.array, image.spacing)
+    assert len([w for w in caught if issubclass(w.category, RoiWarning)]) == 3
     shape, _ = cavity.pipeline.stage_grid(image.shape, image.spacing)
     assert centre == tuple((n - 1) / 2 for n in shape)
 

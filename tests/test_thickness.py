@@ -105,6 +105,13 @@ def test_the_septum_between_two_chambers_measures_its_width(septum, tmp_path):
                                "--out", str(tmp_path / "t.nii.gz")]) == 0
     thickness = read_volume(tmp_path / "t.nii.gz").array
     np.testing.assert_allclose(thickness[4:-4, 4:-4, 8:8 + septum], septum * spacing[2], rtol=1e-6)
+    # an LA labelled in parts (3 and 4) stays one chamber: the same map as with one LA label
+    parts = labels.copy()
+    parts[3:-3, 3:-3, 8 + septum + 2:8 + septum + 5][parts[3:-3, 3:-3, 8 + septum + 2:8 + septum + 5] == 3] = 4
+    write_volume(tmp_path / "parts.nii.gz", parts, affine)
+    assert thickness_cli.main(["--wall", str(tmp_path / "parts.nii.gz"), "--cavity", str(tmp_path / "parts.nii.gz"),
+                               "--cavity-label", "2,3,4", "--out", str(tmp_path / "p.nii.gz")]) == 0
+    np.testing.assert_array_equal(read_volume(tmp_path / "p.nii.gz").array, thickness)
     # as one chamber, the septum would measure to the far epicardium instead
     one = wall_thickness(labels == 1, labels >= 2, spacing).thickness
     assert (one[4:-4, 4:-4, 8:8 + septum] > (septum + 1) * spacing[2]).all()

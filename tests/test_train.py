@@ -56,7 +56,8 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
     assert all(0 <= float(r["val_dice"]) <= 1 and float(r["val_hd95"]) >= 0 for r in rows)
     # one progress line per epoch on stdout, for runs logged to a file
     for row in rows:
-        line = next(x for x in out.splitlines() if x.startswith(f"epoch {int(row['epoch']) + 1}/2  "))
+        start = f"epoch {row['epoch']} ({int(row['epoch']) + 1} of 2)  "
+        line = next(x for x in out.splitlines() if x.startswith(start))
         assert f"loss {float(row['train_loss']):.4f}" in line and f"val_dice {float(row['val_dice']):.4g}" in line
     test = _rows(tmp_path / "final" / "test_metrics.csv")
     assert len(test) == 2 and {"case", "class", "dice", "surface_dice", "hd95", "assd"} <= set(test[0])

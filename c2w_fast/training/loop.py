@@ -308,7 +308,8 @@ class Trainer:
 
 def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
     """One flushed line per epoch, so that a run logged to a file (nohup, a cluster job) shows its progress."""
-    parts = [f"epoch {row['epoch'] + 1}/{epochs}", *([f"step {row['phase']}"] if row["phase"] else []),
+    # epochs count from 0, as in metrics.csv and the final "best epoch"
+    parts = [f"epoch {row['epoch']} ({row['epoch'] + 1} of {epochs})", *([f"step {row['phase']}"] * bool(row["phase"])),
              f"lr {row['lr']:.2e}", f"loss {row['train_loss']:.4f}"]
     parts += [f"{key} {row[key]:.4g}" for key in ("val_loss", "val_dice", "val_hd95") if key in row]
     tqdm.write("  ".join(parts) + f"  ({row['time_s']:.1f} s)" + ("  best" if improved else ""))
