@@ -59,15 +59,24 @@ def test_another_architecture_is_refused_by_name(tmp_path, override, message):
         checkpoint.initialise_from(other, path, new_head=True)
 
 
-def test_unreadable_and_foreign_files(tmp_path):
+def test_a_lazy_load_reads_the_same_payload(tmp_path):
+    model, path = _save(tmp_path, _config())
+    eager, lazy = checkpoint.load(path), checkpoint.load(path, lazy=True)
+    assert lazy["config"] == eager["config"] and lazy["architecture"] == eager["architecture"]
+    for key, value in eager["model"].items():
+        assert torch.equal(lazy["model"][key], value), key
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_unreadable_and_foreign_files(tmp_path, lazy):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="junk.pt: not a readable checkpoint"):
-        checkpoint.load(tmp_path / "junk.pt")
+        checkpoint.load(tmp_path / "junk.pt", lazy=lazy)
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(checkpoint.CheckpointError, match="other.pt: not a c2w_fast checkpoint"):
-        checkpoint.load(tmp_path / "other.pt")
+        checkpoint.load(tmp_path / "other.pt", lazy=lazy)
     with pytest.raises(checkpoint.CheckpointError, match="missing.pt: checkpoint not found"):
-        checkpoint.load(tmp_path / "missing.pt")
+        checkpoint.load(tmp_path / "missing.pt", lazy=lazy)
 
 
 def test_weights_that_disagree_with_the_recorded_architecture_are_a_clear_error(tmp_path):

@@ -48,12 +48,14 @@ def save(path, payload: dict) -> Path:
     return path
 
 
-def load(path) -> dict:
+def load(path, *, lazy: bool = False) -> dict:
+    """The checkpoint's payload, checked. ``lazy``: its tensors are memory-mapped and read only
+    when used, for reading the config or the trainer state of a large checkpoint cheaply."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=lazy)
     except Exception as exc:  # truncated or foreign files raise many types
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

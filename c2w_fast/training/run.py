@@ -103,7 +103,7 @@ def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> N
         field, wanted = "data.target", "la_cavity"
     else:
         field, wanted = HELPER_KINDS[key]
-    helper = cfg.from_dict(checkpoint.load(checkpoint_path)["config"], source=str(checkpoint_path))
+    helper = cfg.from_dict(checkpoint.load(checkpoint_path, lazy=True)["config"], source=str(checkpoint_path))
     found = cfg.value_at(helper, field)
     if found != wanted:
         raise RunError(f"{key}: {checkpoint_path} is a run with {field} = {found!r}; {key} needs one with "
@@ -209,7 +209,7 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
 def _trainer_state(latest: Path) -> dict:
     from c2w_fast.training import checkpoint
 
-    return checkpoint.load(latest)["trainer"]
+    return checkpoint.load(latest, lazy=True)["trainer"]
 
 
 def _finished(state: dict, folder: Path, config: cfg.Config, splits: Splits) -> bool:
