@@ -8,8 +8,9 @@ files (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``); a file's id is its name wit
 extension and without one trailing suffix among ``_gt``, ``_seg``, ``_label``, ``_labels``,
 ``_mask``, ``_pred``, ``_prediction`` (any case): ``MBAS_001_gt.nii.gz`` and
 ``MBAS_001.nii.gz`` are both ``MBAS_001``. When two files of one folder tree give the same
-id, the one with a suffix wins (an MBAS case folder holds the image ``MBAS_001.nii.gz``
-next to its labels ``MBAS_001_gt.nii.gz``); folders named ``imagesTr``/``imagesTs``
+id, the one with a suffix wins, and a suffix other than ``_gt`` wins over ``_gt`` (an MBAS
+case folder as released holds the image ``MBAS_001_gt.nii.gz`` next to its labels
+``MBAS_001_label.nii.gz``); folders named ``imagesTr``/``imagesTs``
 (nnU-Net images) and hidden files and folders are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018, MBAS,
 nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
 (1 wall, 2 RA, 3 LA) come from that layout instead, so a LASC ``laendo.nrrd`` /
@@ -68,7 +69,7 @@ def case_id(path: Path) -> tuple[str, bool]:
 def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """``({id: file}, {id: problem})`` for the label files under ``root``."""
     extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
-    candidates: dict[str, list[tuple[bool, Path]]] = {}
+    candidates: dict[str, list[tuple[int, Path]]] = {}
     for path in sorted(root.rglob("*")):
         if not path.is_file() or not path.name.lower().endswith(extensions):
             continue
@@ -76,10 +77,12 @@ def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
         if SKIPPED_FOLDERS & set(parts[:-1]) or any(part.startswith(".") for part in parts):
             continue  # nnU-Net image folders; hidden files (a killed write's staging folder)
         identifier, suffixed = case_id(path)
-        candidates.setdefault(identifier, []).append((suffixed, path))
+        # labels over images: a suffix over none, and another suffix over _gt (the MBAS release's image)
+        rank = 0 if not suffixed else 1 if path.name.lower().startswith(f"{identifier.lower()}_gt.") else 2
+        candidates.setdefault(identifier, []).append((rank, path))
     files, problems = {}, {}
     for identifier, found in candidates.items():
-        best = [p for s, p in found if s] or [p for _, p in found]
+        best = [p for r, p in found if r == max(r for r, _ in found)]
         if len(best) > 1:
             problems[identifier] = "ambiguous: " + ", ".join(str(p) for p in best)
         else:

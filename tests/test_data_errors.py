@@ -19,13 +19,13 @@ def mbas(tmp_path):
 
 
 def case_files(root, case="MBAS_001"):
-    return root / case / f"{case}.nii.gz", root / case / f"{case}_gt.nii.gz"
+    return root / case / f"{case}_gt.nii.gz", root / case / f"{case}_label.nii.gz"  # image, labels (as released)
 
 
 def test_missing_label_file(mbas):
     _, label = case_files(mbas)
     label.unlink()
-    with pytest.raises(DataError, match=r"MBAS_001_gt.nii.gz: labels label file missing for case 'MBAS_001'"):
+    with pytest.raises(DataError, match=r"MBAS_001_label.nii.gz: labels label file missing for case 'MBAS_001'"):
         discover_cases(mbas)
     assert [c.label_paths for c in discover_cases(mbas, require_labels=False)][0] == {}
 
@@ -33,21 +33,21 @@ def test_missing_label_file(mbas):
 def test_label_shape_mismatch(mbas):
     image, label = case_files(mbas)
     write_volume(label, np.zeros((8, 32, 31), np.uint8), affine_from_spacing(SMALL["spacing"]))
-    with pytest.raises(DataError, match=r"MBAS_001_gt.nii.gz: label shape \(8, 32, 31\) differs from image shape"):
+    with pytest.raises(DataError, match=r"MBAS_001_label.nii.gz: label shape \(8, 32, 31\) differs from image shape"):
         load_case(discover_cases(mbas)[0])
 
 
 def test_label_spacing_mismatch(mbas):
     image, label = case_files(mbas)
     write_volume(label, read_volume(label).array, affine_from_spacing((2.5, 3.0, 2.0)))
-    with pytest.raises(DataError, match="MBAS_001_gt.nii.gz: label spacing .* differs from image spacing"):
+    with pytest.raises(DataError, match="MBAS_001_label.nii.gz: label spacing .* differs from image spacing"):
         load_case(discover_cases(mbas)[0])
 
 
 def test_label_origin_mismatch(mbas):
     image, label = case_files(mbas)
     write_volume(label, read_volume(label).array, affine_from_spacing(SMALL["spacing"], origin=(5, 0, 0)))
-    with pytest.raises(DataError, match="MBAS_001_gt.nii.gz: label origin/direction differ"):
+    with pytest.raises(DataError, match="MBAS_001_label.nii.gz: label origin/direction differ"):
         load_case(discover_cases(mbas)[0])
 
 
@@ -55,7 +55,7 @@ def test_non_3d_image(mbas, tmp_path):
     import nibabel as nib
     image, _ = case_files(mbas)
     nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), str(image))
-    with pytest.raises(DataError, match="MBAS_001.nii.gz: .*expected a 3D image"):
+    with pytest.raises(DataError, match="MBAS_001_gt.nii.gz: .*expected a 3D image"):
         discover_cases(mbas)
 
 
@@ -66,7 +66,7 @@ def test_nan_or_inf_in_image(mbas, bad):
     array = volume.array.astype(np.float32)
     array[1, 2, 3] = bad
     write_volume(image, array, volume.affine)
-    with pytest.raises(DataError, match="MBAS_001.nii.gz: image has 1 NaN/inf voxels"):
+    with pytest.raises(DataError, match="MBAS_001_gt.nii.gz: image has 1 NaN/inf voxels"):
         load_case(discover_cases(mbas)[0])
 
 
@@ -76,7 +76,7 @@ def test_unexpected_label_values(mbas):
     array = volume.array.copy()
     array[0, 0, :2] = (7, 9)
     write_volume(label, array, volume.affine)
-    with pytest.raises(DataError, match=r"MBAS_001_gt.nii.gz: unexpected label values \[7, 9\]"):
+    with pytest.raises(DataError, match=r"MBAS_001_label.nii.gz: unexpected label values \[7, 9\]"):
         load_case(discover_cases(mbas)[0])
 
 
@@ -84,7 +84,7 @@ def test_corrupt_nifti(mbas):
     image, _ = case_files(mbas)
     data = gzip.decompress(image.read_bytes())
     image.write_bytes(gzip.compress(data[: len(data) // 3]))
-    with pytest.raises(DataError, match="MBAS_001.nii.gz: cannot read NIFTI file"):
+    with pytest.raises(DataError, match="MBAS_001_gt.nii.gz: cannot read NIFTI file"):
         load_case(discover_cases(mbas)[0])
 
 
@@ -126,8 +126,8 @@ def test_labels_load_without_the_image_and_are_checked_against_each_other(tmp_pa
 
 def test_a_case_without_its_image_and_mixed_layouts_are_errors(tmp_path):
     write_dataset(tmp_path / "mbas", "mbas", 2, progress=False, **SMALL)
-    (tmp_path / "mbas" / "MBAS_002" / "MBAS_002.nii.gz").unlink()
-    with pytest.raises(DataError, match="MBAS_002_gt.nii.gz: label file without its image MBAS_002.nii.gz"):
+    (tmp_path / "mbas" / "MBAS_002" / "MBAS_002_gt.nii.gz").unlink()
+    with pytest.raises(DataError, match="MBAS_002_label.nii.gz: label file without its image MBAS_002_gt.nii.gz"):
         discover_cases(tmp_path / "mbas")
     assert len(discover_cases(tmp_path / "mbas", require_labels=False)) == 1  # evaluation needs no image
     write_dataset(tmp_path / "lasc", "lasc", 2, progress=False, **SMALL)

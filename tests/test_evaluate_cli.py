@@ -32,7 +32,7 @@ def mbas(tmp_path_factory):
     ids = write_dataset(root / "gt", "mbas", 3, shape=SHAPE, spacing=SPACING, progress=False, noise=0)
     preds = root / "pred"
     for i, (identifier, name) in enumerate(zip(ids[:2], ["{}.nii.gz", "{}_pred.nrrd"])):
-        gt = read_volume(root / "gt" / identifier / f"{identifier}_gt.nii.gz")
+        gt = read_volume(root / "gt" / identifier / f"{identifier}_label.nii.gz")
         write_volume(preds / name.format(identifier), shifted(gt.array, i + 1), like=gt)
     write_volume(preds / "MBAS_999.nii.gz", np.zeros(SHAPE, np.uint8), affine_from_spacing(SPACING))
     return root, ids
@@ -44,10 +44,12 @@ def test_case_ids_from_file_names(tmp_path):
     assert case_id(tmp_path / "p7_Pred.nrrd") == ("p7", True)
     assert case_id(tmp_path / "_gt.nii") == ("_gt", False)
     (tmp_path / "imagesTr").mkdir()
-    for name in ("a.nii.gz", "a_gt.nii.gz", "b_seg.nrrd", "b_label.nii", "imagesTr/c_0000.nii.gz", "notes.txt"):
+    (tmp_path / "MBAS_001").mkdir()
+    for name in ("a.nii.gz", "a_gt.nii.gz", "b_seg.nrrd", "b_label.nii", "imagesTr/c_0000.nii.gz", "notes.txt",
+                 "MBAS_001/MBAS_001_gt.nii.gz", "MBAS_001/MBAS_001_label.nii.gz"):  # an MBAS case as released
         (tmp_path / name).touch()
     files, problems = find_label_files(tmp_path)
-    assert files == {"a": tmp_path / "a_gt.nii.gz"}
+    assert files == {"a": tmp_path / "a_gt.nii.gz", "MBAS_001": tmp_path / "MBAS_001" / "MBAS_001_label.nii.gz"}
     assert set(problems) == {"b"} and "ambiguous" in problems["b"]
 
 
@@ -67,7 +69,7 @@ def test_mbas_dataset_rows_summaries_and_problems(mbas, capsys):
     per_case = [r for r in rows if r["status"] == "ok"]
     assert [(r["case"], r["label"]) for r in per_case] == [(i, l) for i in ids[:2] for l in ("wall", "RA", "LA")]
     for i, identifier in enumerate(ids[:2]):
-        gt = read_volume(root / "gt" / identifier / f"{identifier}_gt.nii.gz").array
+        gt = read_volume(root / "gt" / identifier / f"{identifier}_label.nii.gz").array
         expected = metrics.evaluate_labels(shifted(gt, i + 1), gt, {"wall": 1, "RA": 2, "LA": 3}, SPACING)
         for row in (r for r in per_case if r["case"] == identifier):
             for name, value in expected[row["label"]].as_dict().items():
@@ -94,7 +96,7 @@ def test_flat_folders_voxel_convention_and_mismatched_grids(mbas, tmp_path):
     root, ids = mbas
     gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
     for identifier in ids:
-        gt = read_volume(root / "gt" / identifier / f"{identifier}_gt.nii.gz")
+        gt = read_volume(root / "gt" / identifier / f"{identifier}_label.nii.gz")
         write_volume(gt_dir / f"{identifier}_gt.nii.gz", gt.array, like=gt)
     good = read_volume(gt_dir / f"{ids[0]}_gt.nii.gz")
     write_volume(pred_dir / f"{ids[0]}.nii.gz", good.array, like=good)

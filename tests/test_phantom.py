@@ -82,10 +82,11 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     main(["--layout", "mbas", "--n", "2", "--out", str(tmp_path), "--shape", "16", "64", "64",
           "--spacing", "3", "2", "2"])
     assert "wrote 2 mbas cases" in capsys.readouterr().out
-    assert (tmp_path / "MBAS_002" / "MBAS_002_gt.nii.gz").is_file()
+    assert (tmp_path / "MBAS_002" / "MBAS_002_gt.nii.gz").is_file()  # the image, as the MBAS release names it
+    assert (tmp_path / "MBAS_002" / "MBAS_002_label.nii.gz").is_file()
     with pytest.raises(SystemExit):
         main(["--layout", "mbas", "--n", "0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--layout", "mbas", "--n", "1", "--out", str(tmp_path), "--noise", "nan"])
     with pytest.raises(SystemExit):
-        main(["--layout", "mbas", "--n", "1", "--out", str(tmp_path / "MBAS_001" / "MBAS_001.nii.gz")])
+        main(["--layout", "mbas", "--n", "1", "--out", str(tmp_path / "MBAS_001" / "MBAS_001_gt.nii.gz")])

@@ -82,7 +82,7 @@ def test_mbas_cascade_stays_inside_the_dilated_stage1_region(mbas, tmp_path):
     stage1 = Predictor.load(runs / "stage1", options=InferenceOptions(step=1.0))  # --overlap applies to both
     stage2 = Predictor.load(runs / "stage2", options=InferenceOptions(step=1.0))
     for case in ("MBAS_001", "MBAS_004"):
-        image = read_volume(data / case / f"{case}.nii.gz")
+        image = read_volume(data / case / f"{case}_gt.nii.gz")  # the image, as the MBAS release names it
         out = read_volume(tmp_path / f"{case}.nii.gz")
         union = stage1.predict(image.array, image.spacing) > 0
         labels, count = ndimage.label(union, structure=np.ones((3, 3, 3)))
@@ -415,7 +415,7 @@ def test_a_moved_folder_of_runs_still_predicts(c2w, tmp_path):
 def test_the_gpu_pipeline_predicts_what_the_cpu_pipeline_does(mbas, c2w):
     """Everything on the GPU (stitching, resampling, largest components, dilation, ROI) at fp32
     gives the CPU's labels up to voxels where the two convolution libraries round apart."""
-    for data, model, image_path in ((mbas[0], mbas[1] / "stage2", mbas[0] / "MBAS_002" / "MBAS_002.nii.gz"),
+    for data, model, image_path in ((mbas[0], mbas[1] / "stage2", mbas[0] / "MBAS_002" / "MBAS_002_gt.nii.gz"),
                                     (c2w[0], c2w[1] / "wall", c2w[0] / "phantom001" / "lgemri.nrrd")):
         image = read_volume(image_path)
         options = InferenceOptions(precision="fp32", batch_size=3)

@@ -10,7 +10,8 @@ layout     files                                                 labels
 =========  ===================================================  =============================
 lasc       ``<case>/lgemri.nrrd``, ``<case>/laendo.nrrd``,       cavity 0/1 or 0/255 → 3 (LA);
            optional ``<case>/lawall.nrrd``                       wall → 1 (wins on overlap)
-mbas       ``MBAS_XXX/MBAS_XXX.nii.gz``, ``MBAS_XXX_gt.nii.gz``  0..3 as above
+mbas       ``MBAS_XXX/MBAS_XXX_gt.nii.gz`` (the image, as       0..3 as above
+           released), ``MBAS_XXX/MBAS_XXX_label.nii.gz``
 nnunet     ``imagesTr/<case>_0000<ext>``, ``labelsTr/<case><ext>``  values of ``dataset.json``
 =========  ===================================================  =============================
 """
@@ -31,6 +32,8 @@ LAYOUTS = ("lasc", "mbas", "nnunet")
 LASC_IMAGE, LASC_CAVITY, LASC_WALL = "lgemri.nrrd", "laendo.nrrd", "lawall.nrrd"
 LASC_SPACING = (0.625, 0.625, 0.625)  # used only when an NRRD header carries no spacing
 MBAS_LABEL_VALUES = (0, 1, 2, 3)
+# the MBAS 2024 release names the image of case MBAS_XXX "MBAS_XXX_gt.nii.gz" and its labels "MBAS_XXX_label.nii.gz"
+MBAS_IMAGE, MBAS_LABELS = "_gt.nii.gz", "_label.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def detect_layout(root) -> str:
                               "dataset folder, or name it with data.layout")
     if not found:
         raise NoLayoutError(root, "no dataset layout recognised; expected LASC 2018 (<case>/lgemri.nrrd), "
-                                  "MBAS (MBAS_XXX/MBAS_XXX.nii.gz) or nnU-Net raw (dataset.json + imagesTr/)")
+                                  "MBAS (MBAS_XXX/MBAS_XXX_gt.nii.gz image + MBAS_XXX_label.nii.gz labels, "
+                                  "as released) or nnU-Net raw (dataset.json + imagesTr/)")
     return found[0]
 
 
@@ -190,8 +194,8 @@ def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
     if layout == "lasc":
         pairs = [(label, label.parent / LASC_IMAGE) for label in root.rglob(LASC_CAVITY)]
     elif layout == "mbas":
-        pairs = [(label, label.parent / f"{label.parent.name}.nii.gz") for label in root.rglob("*_gt.nii.gz")
-                 if label.name == f"{label.parent.name}_gt.nii.gz"]
+        pairs = [(label, label.parent / f"{label.parent.name}{MBAS_IMAGE}") for label in root.rglob(f"*{MBAS_LABELS}")
+                 if label.name == f"{label.parent.name}{MBAS_LABELS}"]
     else:
         ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
         pairs = [(label, root / "imagesTr" / f"{label.name[: -len(ending)]}_0000{ending}")
@@ -200,11 +204,11 @@ def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
 
 
 def _mbas_images(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.nii.gz") if p.name == f"{p.parent.name}.nii.gz"]
+    return [p for p in root.rglob(f"*{MBAS_IMAGE}") if p.name == f"{p.parent.name}{MBAS_IMAGE}"]
 
 
 def _find_mbas(root: Path):
-    return [(image.parent.name, image, {"labels": image.parent / f"{image.parent.name}_gt.nii.gz"})
+    return [(image.parent.name, image, {"labels": image.parent / f"{image.parent.name}{MBAS_LABELS}"})
             for image in _mbas_images(root)]
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from c2w_fast.data.io import affine_from_spacing, check_spacing, write_volume
-from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_CAVITY, LASC_IMAGE, LASC_WALL
+from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_CAVITY, LASC_IMAGE, LASC_WALL, MBAS_IMAGE, MBAS_LABELS
 
 GEOMETRIES = {  # layout -> (shape, spacing) of the real datasets
     "mbas": ((44, 640, 640), (2.5, 0.625, 0.625)),
@@ -315,7 +315,7 @@ def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing
     """Write ``n`` phantom cases to ``out`` in a dataset layout; returns the case ids.
 
     ``lasc``: ``<case>/lgemri.nrrd`` (uint8), ``laendo.nrrd`` and ``lawall.nrrd`` (0/255);
-    ``mbas``: ``MBAS_XXX/MBAS_XXX.nii.gz`` and ``MBAS_XXX_gt.nii.gz`` (0-3);
+    ``mbas``: ``MBAS_XXX/MBAS_XXX_gt.nii.gz`` (the image, as released) and ``MBAS_XXX_label.nii.gz`` (0-3);
     ``nnunet``: ``imagesTr/``, ``labelsTr/`` and ``dataset.json``. Case i uses seed ``seed + i``.
     """
     from tqdm import tqdm
@@ -341,8 +341,8 @@ def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing
             write_volume(folder / LASC_WALL, (phantom.labels == CANONICAL_LABELS["wall"]) * np.uint8(255), affine)
         elif layout == "mbas":
             case_id = f"MBAS_{i + 1:03d}"
-            write_volume(out / case_id / f"{case_id}.nii.gz", image, affine)
-            write_volume(out / case_id / f"{case_id}_gt.nii.gz", phantom.labels, affine)
+            write_volume(out / case_id / f"{case_id}{MBAS_IMAGE}", image, affine)
+            write_volume(out / case_id / f"{case_id}{MBAS_LABELS}", phantom.labels, affine)
         else:
             case_id = f"phantom_{i:03d}"
             write_volume(out / "imagesTr" / f"{case_id}_0000.nii.gz", image, affine)
