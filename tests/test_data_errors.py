@@ -148,12 +148,21 @@ def test_nnunet_dataset_json_forms(tmp_path):
     import json
     write_dataset(tmp_path, "nnunet", 2, progress=False, **SMALL)
     meta = json.loads((tmp_path / "dataset.json").read_text())
+    written = load_case(discover_cases(tmp_path)[0]).labels  # {"background": 0, "wall": 1, "RA": 2, "LA": 3}
+    assert set(np.unique(written)) == {0, 1, 2, 3}
     for labels in ({"0": "background", "1": "wall", "2": "RA", "3": "LA"},  # nnU-Net v1
-                   {"background": 0, "wall": 1, "atria": [2, 3]}):          # v2 with a region
+                   {"Background": 0, "atrial_wall": 1, "Right Atrium": 2, "left-atrium": 3}):
         (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
-        assert load_case(discover_cases(tmp_path)[0]).labels.max() <= 3
+        np.testing.assert_array_equal(load_case(discover_cases(tmp_path)[0]).labels, written)
+    # values in another order are mapped by name: the file's 1 (named LA) is the LA, 3 (wall) the wall
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "LA": 1, "RA": 2,
+                                                                          "wall": 3}}))
+    np.testing.assert_array_equal(load_case(discover_cases(tmp_path)[0]).labels, np.array([0, 3, 2, 1])[written])
     for bad, message in (({k: v for k, v in meta.items() if k != "labels"}, "needs a 'labels' table"),
                          ({**meta, "labels": {"wall": "one"}}, "'wall': 'one' is not a label value"),
+                         ({**meta, "labels": {"background": 0, "wall": 1, "atria": [2, 3]}}, "'atria' is a region"),
+                         ({**meta, "labels": {"background": 0, "scar": 1, "RA": 2, "LA": 3}},
+                          "label 'scar' \\(value 1\\) is not an atrial label"),
                          ([1, 2], "must hold a JSON object")):
         (tmp_path / "dataset.json").write_text(json.dumps(bad))
         with pytest.raises(DataError, match=f"dataset.json: .*{message}"):

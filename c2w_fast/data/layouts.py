@@ -2,8 +2,8 @@
 
 Every layout yields :class:`Case` records; :func:`load_case` reads one and returns the
 image with a single label map in the project's canonical codes (MBAS's): 0 background,
-1 atrial wall, 2 right-atrium cavity, 3 left-atrium cavity. nnU-Net raw datasets keep the
-values their ``dataset.json`` declares.
+1 atrial wall, 2 right-atrium cavity, 3 left-atrium cavity. nnU-Net raw datasets are mapped
+to these codes by the label names of their ``dataset.json`` (:data:`LABEL_NAMES`).
 
 =========  ===================================================  =============================
 layout     files                                                 labels
@@ -12,7 +12,7 @@ lasc       ``<case>/lgemri.nrrd``, ``<case>/laendo.nrrd``,       cavity 0/1 or 0
            optional ``<case>/lawall.nrrd``                       wall → 1 (wins on overlap)
 mbas       ``MBAS_XXX/MBAS_XXX_gt.nii.gz`` (the image, as       0..3 as above
            released), ``MBAS_XXX/MBAS_XXX_label.nii.gz``
-nnunet     ``imagesTr/<case>_0000<ext>``, ``labelsTr/<case><ext>``  values of ``dataset.json``
+nnunet     ``imagesTr/<case>_0000<ext>``, ``labelsTr/<case><ext>``  by name in ``dataset.json``
 =========  ===================================================  =============================
 """
 from __future__ import annotations
@@ -175,6 +175,11 @@ def _canonical_labels(case: Case, volumes: dict[str, Volume]) -> np.ndarray:
         labels = np.where(volumes["cavity"].array > 0, CANONICAL_LABELS["LA"], 0).astype(np.uint8)
         if "wall" in volumes:
             labels[volumes["wall"].array > 0] = CANONICAL_LABELS["wall"]
+    elif case.layout == "nnunet":
+        codes = nnunet_canonical_codes(case.image_path.parent.parent / "dataset.json")
+        lookup = np.zeros(max(codes) + 1, np.uint8)
+        lookup[list(codes)] = list(codes.values())
+        labels = lookup[volumes["labels"].array.astype(np.int64)]
     else:
         labels = volumes["labels"].array.astype(np.uint8, copy=False)
     return np.ascontiguousarray(labels)
@@ -285,3 +290,30 @@ def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
     if unexpected:
         raise DataError(label.path, f"unexpected label values {unexpected[:10]}; expected a subset of {list(allowed)}")
 
+
+# dataset.json label names (lower case, "_" and "-" read as spaces) -> canonical code
+LABEL_NAMES = {
+    "background": 0,
+    "wall": 1, "atrial wall": 1, "la wall": 1, "left atrial wall": 1, "left atrium wall": 1,
+    "ra": 2, "right atrium": 2, "ra cavity": 2, "right atrial cavity": 2, "right atrium cavity": 2,
+    "la": 3, "left atrium": 3, "la cavity": 3, "left atrial cavity": 3, "left atrium cavity": 3, "cavity": 3,
+}
+
+
+def nnunet_canonical_codes(path: Path) -> dict[int, int]:
+    """``{file value: canonical code}`` from the label names of ``dataset.json`` at ``path``; a
+    DataError naming the file for a name it cannot place or for region labels (lists of values)."""
+    nnunet_label_values(path)  # the table's form checked
+    codes = {}
+    for key, value in _read_dataset_json(path.parent)["labels"].items():
+        if isinstance(value, list):
+            raise DataError(path, f"dataset.json labels: {key!r} is a region ({value}); c2w_fast needs one value "
+                                  "per label (background, wall, RA, LA)")
+        name, number = (value, int(key)) if isinstance(value, str) else (key, value)
+        code = LABEL_NAMES.get(" ".join(name.lower().replace("_", " ").replace("-", " ").split()))
+        if code is None:
+            raise DataError(path, f"dataset.json label {name!r} (value {number}) is not an atrial label c2w_fast "
+                                  "knows; name the labels background, wall, RA and LA (or e.g. 'left atrium', "
+                                  "'LA cavity', 'atrial wall')")
+        codes[number] = code
+    return codes
