@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             names = fold_names(args.fold, len(splits.folds))
             plan = plan_folds(config, args.out, names, splits, resume=args.resume,
                               epochs_given=args.epochs is not None)
-            check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"])
+            check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits)
             check_processes(config, processes)
             for name in names:  # a data.train_subset larger than a fold's training cases is refused now
                 training_cases(config, fold_split(splits, name))

@@ -2,6 +2,7 @@
 progressive unfreezing, early stopping, the MBAS cascade and the signed-distance channel."""
 import csv
 import math
+import re
 import shutil
 
 import pytest
@@ -110,6 +111,15 @@ def test_init_from_another_architecture_is_refused_before_training(lasc, tmp_pat
     err = capsys.readouterr().err
     assert "cavity.pt: checkpoint of another architecture — features: checkpoint [4, 8, 8], this run [4, 8, 16]" in err
     assert not (tmp_path / "wall").exists()  # refused before the run folder was written: a corrected retry runs
+
+
+def test_a_helper_trained_on_this_runs_test_cases_is_refused(lasc, tmp_path, capsys):
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    other_split = ["data.split_seed=7"]  # another held-out test set: the cavity run trained on some of it
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"),
+                items=other_split) == 2
+    assert re.search(r"cavity was trained on [12] of this run's test cases \(phantom\d+", capsys.readouterr().err)
+    assert not (tmp_path / "wall").exists()
 
 
 def test_a_batch_the_processes_cannot_share_is_refused_before_training(lasc, tmp_path, capsys, monkeypatch):

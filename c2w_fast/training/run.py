@@ -51,11 +51,11 @@ def fold_split(splits: Splits, name: str):
     return splits.final if name == "final" else splits.fold(int(name.split("_")[1]))
 
 
-def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str]) -> None:
+def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str], splits: Splits) -> None:
     """Every run this config depends on has a checkpoint for each fold (or a ``final`` one) of
-    the kind the key needs (each checkpoint read once, however many folds share it). ``run.init_from``
-    is needed, and its weights tried on this config's model, only for the ``new_folds`` (a resumed
-    fold starts from its own checkpoint)."""
+    the kind the key needs (each checkpoint read once, however many folds share it), and was not
+    trained on this run's test cases. ``run.init_from`` is needed, and its weights tried on this
+    config's model, only for the ``new_folds`` (a resumed fold starts from its own checkpoint)."""
     needed = {"run.init_from": (config.run.init_from, new_folds),
               **{key: (path, folds) for key, path in cfg.used_helpers(config).items()}}
     for key, (path, for_folds) in needed.items():
@@ -67,8 +67,23 @@ def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str]) ->
             raise RunError(f"{key}: {exc}") from None
         for checkpoint_path in sorted(found):
             _check_helper_kind(config, key, checkpoint_path)
+            _check_test_set_unseen(key, checkpoint_path, splits)
         if key == "run.init_from":
             _check_init_weights(config, sorted(found))
+
+
+def _check_test_set_unseen(key: str, checkpoint_path: Path, splits: Splits) -> None:
+    """A RunError when the helper's run folder (``RUN/fold/checkpoint``) records splits whose
+    development cases include this run's test cases: its model has seen them (other split
+    settings, or cases added since), so this run's test scores would not be held out."""
+    helper_splits = checkpoint_path.parent.parent / "splits.json"
+    if not helper_splits.is_file():  # a checkpoint outside a run folder: nothing recorded to compare
+        return
+    seen = sorted(set(splits.test) & set(load_splits(helper_splits).development))
+    if seen:
+        raise RunError(f"{key}: {checkpoint_path.parent.parent} was trained on {len(seen)} of this run's test "
+                       f"cases ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}): use the helper's split "
+                       f"settings (data.n_test, data.split_seed, the same cases) so the test set stays held out")
 
 
 def _check_init_weights(config: cfg.Config, paths: list[Path]) -> None:
