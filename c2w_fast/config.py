@@ -52,6 +52,7 @@ class DataConfig:
     n_folds: int = 5
     final_val: int = 24            # validation patients of the final retrain (0: train on all)
     split_seed: int = 0
+    patients: str = ""             # CSV with columns case,patient: a patient's scans stay on one side of every split
     train_subset: int = 0          # C2W's N=70 ablation: train on this many of a fold's training cases (0: all)
     subset_seed: int = 0           # which subset (validation and test cases stay fixed)
     sdf_channel: bool = False      # beyond the paper: cavity signed distance as a 2nd input channel
@@ -484,7 +485,7 @@ def check(config: Config) -> None:
 
 # Config keys that name another run: the one a stage starts from, and the helpers it runs.
 HELPER_KEYS = ("run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_from")
-PATH_KEYS = ("data.root", *HELPER_KEYS)
+PATH_KEYS = ("data.root", "data.patients", *HELPER_KEYS)
 
 
 def used_helpers(config: Config) -> dict[str, str]:

@@ -79,3 +79,27 @@ def test_bad_arguments():
         make_splits(["a", "a", "b"])
     with pytest.raises(ValueError, match="fold must be in 0..4"):
         make_splits(IDS).fold(5)
+
+
+def test_a_patients_csv_keeps_a_patients_scans_together_in_a_training_run(tmp_path):
+    from c2w_fast import config as cfg
+    from c2w_fast.data.phantom import write_dataset
+    from c2w_fast.training.run import cases_and_splits
+    from training_helpers import CONFIGS
+
+    ids = write_dataset(tmp_path / "data", "lasc", 8, shape=(8, 24, 24), spacing=(2.5, 2.5, 2.5), progress=False)
+    patients = {case: f"p{i // 2}" for i, case in enumerate(ids)}  # pre- and post-ablation scans
+    (tmp_path / "patients.csv").write_text("case,patient\n" + "".join(f"{c},{p}\n" for c, p in patients.items()))
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", [f"data.root=\"{tmp_path / 'data'}\"", "data.n_test=1",
+                                                    "data.n_folds=3", "data.final_val=1",
+                                                    f"data.patients=\"{tmp_path / 'patients.csv'}\""])
+    _, splits = cases_and_splits(config, tmp_path / "run")
+    assert len(splits.test) == 2 and len({patients[c] for c in splits.test}) == 1  # n_test counts patients
+    for side in (splits.test, splits.final.val, *(f.val for f in splits.folds)):
+        assert {c for c in ids if patients[c] in {patients[s] for s in side}} == set(side)
+    assert splits.settings["patients"] == str(tmp_path / "patients.csv")
+    (tmp_path / "bad.csv").write_text("scan,subject\na,b\n")
+    with pytest.raises(DataError, match="bad.csv: the patients CSV needs a header with the columns case and patient"):
+        cases_and_splits(cfg.load(CONFIGS / "c2w_cavity.toml", [f"data.root=\"{tmp_path / 'data'}\"",
+                                                                 f"data.patients=\"{tmp_path / 'bad.csv'}\""]),
+                         tmp_path / "run")

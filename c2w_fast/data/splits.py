@@ -6,6 +6,7 @@ train/validation split of all development cases for the final retrain (C2W: 100/
 """
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,3 +139,26 @@ def load_splits(path, case_ids: Sequence[str] | None = None) -> Splits:
         if unknown:
             raise DataError(path, f"cases not in the dataset: {sorted(unknown)[:5]}")
     return splits
+
+
+def read_patients(path) -> dict[str, str]:
+    """``{case id: patient id}`` from a CSV with the columns ``case`` and ``patient`` (e.g. LASC
+    2018's pre- and post-ablation scans of one patient), for :func:`make_splits`' ``groups``."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise DataError(path, "patients file not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read the patients CSV ({exc})") from None
+    if not rows or not {"case", "patient"} <= set(rows[0]):
+        raise DataError(path, "the patients CSV needs a header with the columns case and patient, and rows")
+    groups: dict[str, str] = {}
+    for row in rows:
+        case, patient = (row["case"] or "").strip(), (row["patient"] or "").strip()
+        if not case or not patient:
+            raise DataError(path, f"a row without its case or patient: {row}")
+        if groups.setdefault(case, patient) != patient:
+            raise DataError(path, f"case {case!r} is given two patients: {groups[case]!r} and {patient!r}")
+    return groups

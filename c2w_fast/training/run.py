@@ -3,7 +3,7 @@
 Layout of ``RUN_DIR``::
 
     config.toml        the full config of the run (what --resume reads)
-    splits.json        patient-level test set, folds and final train/val split
+    splits.json        test set, folds and final train/val split (per patient with data.patients)
     fold_0/ … final/   one folder per trained fold: metrics.csv, progress.png,
                        checkpoint_latest.pt, checkpoint_best.pt, val_metrics.csv
                        (and test_metrics.csv for ``final``)
@@ -19,7 +19,7 @@ import torch
 
 from c2w_fast import config as cfg
 from c2w_fast.data.layouts import Case, discover_cases
-from c2w_fast.data.splits import Splits, load_splits, make_splits, save_splits
+from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.infer import Predictor, keep_largest_per_class, resolve_checkpoint
 from c2w_fast.training import runlog
 from c2w_fast.training.distributed import Processes
@@ -146,7 +146,8 @@ def save_new_splits(splits: Splits, run_dir: Path) -> None:
 def split_settings(config: cfg.Config) -> dict:
     """The config values that decide the splits, recorded in ``splits.json``."""
     data = config.data
-    return {"n_test": data.n_test, "n_folds": data.n_folds, "final_val": data.final_val, "split_seed": data.split_seed}
+    return {"n_test": data.n_test, "n_folds": data.n_folds, "final_val": data.final_val, "split_seed": data.split_seed,
+            **({"patients": data.patients} if data.patients else {})}
 
 
 def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case], Splits]:
@@ -160,9 +161,10 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
     path = run_dir / "splits.json"
     settings = split_settings(config)
     if not path.is_file():
+        groups = read_patients(config.data.patients) if config.data.patients else None
         try:
             splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
-                                 final_val=settings["final_val"], seed=settings["split_seed"])
+                                 final_val=settings["final_val"], seed=settings["split_seed"], groups=groups)
         except ValueError as exc:
             raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc}); the split is set by "
                            f"data.n_test, data.n_folds and data.final_val, e.g. --set data.n_test=2") from None
