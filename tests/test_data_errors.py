@@ -175,3 +175,37 @@ def test_a_lasc_wall_without_its_cavity_is_named(tmp_path):
     case = discover_cases(tmp_path, require_labels=False)[0]
     with pytest.raises(DataError, match="laendo.nrrd: cavity label file missing for case 'phantom000'"):
         load_labels(case)
+
+
+def test_case_folders_are_found_through_links_in_any_letter_case_and_hidden_files_are_ignored(tmp_path):
+    write_dataset(tmp_path / "store", "lasc", 3, progress=False, **SMALL)
+    root = tmp_path / "lasc"
+    root.mkdir()
+    for case in ("phantom000", "phantom001"):
+        (root / case).symlink_to(tmp_path / "store" / case, target_is_directory=True)
+    (tmp_path / "store" / "phantom002").rename(root / "phantom002")
+    for name in ("lgemri.nrrd", "laendo.nrrd"):
+        (root / "phantom002" / name).rename(root / "phantom002" / name.upper().replace(".NRRD", ".nrrd"))
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a link back up the tree is walked once
+    cases = discover_cases(root)
+    assert [c.id for c in cases] == ["phantom000", "phantom001", "phantom002"]
+    assert load_case(cases[2]).labels.max() == 3  # LGEMRI.nrrd / LAENDO.nrrd read
+    write_dataset(tmp_path / "nn", "nnunet", 2, progress=False, **SMALL)
+    (tmp_path / "nn" / "imagesTr" / "._phantom_000_0000.nii.gz").write_bytes(b"macOS metadata")
+    assert [c.id for c in discover_cases(tmp_path / "nn")] == ["phantom_000", "phantom_001"]
+
+
+def test_a_wall_without_its_case_and_a_case_inside_a_case_are_errors(tmp_path):
+    write_dataset(tmp_path, "lasc", 2, progress=False, **SMALL)
+    for name in ("lgemri.nrrd", "laendo.nrrd"):
+        (tmp_path / "phantom001" / name).unlink()
+    with pytest.raises(DataError, match="lawall.nrrd: label file without its image lgemri.nrrd"):
+        discover_cases(tmp_path)
+    write_dataset(tmp_path / "nested", "lasc", 1, progress=False, **SMALL)
+    (tmp_path / "nested" / "phantom000" / "backup").mkdir()
+    for name in ("lgemri.nrrd", "laendo.nrrd"):
+        copy = (tmp_path / "phantom000" / name).read_bytes()
+        (tmp_path / "nested" / "phantom000" / "backup" / name).write_bytes(copy)
+    with pytest.raises(DataError, match="backup/lgemri.nrrd: a case inside the case folder .*phantom000"):
+        discover_cases(tmp_path / "nested")
+

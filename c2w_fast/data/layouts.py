@@ -18,6 +18,7 @@ nnunet     ``imagesTr/<case>_0000<ext>``, ``labelsTr/<case><ext>``  by name in `
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def detect_layout(root) -> str:
         raise DataError(root, "dataset folder not found")
     found = [layout for layout, present in (
         ("nnunet", lambda: (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()),
-        ("lasc", lambda: next(root.rglob(LASC_IMAGE), None) is not None),
+        ("lasc", lambda: bool(_named(root, LASC_IMAGE))),
         ("mbas", lambda: bool(_mbas_images(root)))) if present()]
     if len(found) > 1:  # one layout's cases would be dropped silently
         raise DataError(root, f"holds cases of several layouts ({', '.join(found)}); keep one layout per "
@@ -94,6 +95,12 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     found = {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)
     if not found:
         raise DataError(root, f"no cases found for layout {layout!r}")
+    folders = {image.parent for _, image, _ in found} if layout != "nnunet" else set()
+    for _, image, _ in found:
+        outer = next((folder for folder in image.parent.parents if folder in folders), None)
+        if outer is not None:
+            raise DataError(image, f"a case inside the case folder {outer}: a copy there would be read as "
+                                   "another case (and could land in training and test); move it out")
     ids = [case_id for case_id, _, _ in found]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -190,30 +197,58 @@ def _required_roles(layout: str) -> tuple[str, ...]:
 
 
 def _find_lasc(root: Path):
-    return [(image.parent.name, image, {"cavity": image.parent / LASC_CAVITY, "wall": image.parent / LASC_WALL})
-            for image in root.rglob(LASC_IMAGE)]
+    return [(image.parent.name, image, {"cavity": _in_folder(image.parent, LASC_CAVITY),
+                                        "wall": _in_folder(image.parent, LASC_WALL)})
+            for image in _named(root, LASC_IMAGE)]
 
 
 def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
     """``(label file, the image it lacks)`` for every label file whose case has no image."""
     if layout == "lasc":
-        pairs = [(label, label.parent / LASC_IMAGE) for label in root.rglob(LASC_CAVITY)]
+        pairs = [(label, _in_folder(label.parent, LASC_IMAGE))
+                 for label in _named(root, LASC_CAVITY) + _named(root, LASC_WALL)]
     elif layout == "mbas":
-        pairs = [(label, label.parent / f"{label.parent.name}{MBAS_IMAGE}") for label in root.rglob(f"*{MBAS_LABELS}")
-                 if label.name == f"{label.parent.name}{MBAS_LABELS}"]
+        pairs = [(label, _in_folder(label.parent, f"{label.parent.name}{MBAS_IMAGE}"))
+                 for label in _files(root) if label.name.lower() == f"{label.parent.name}{MBAS_LABELS}".lower()]
     else:
         ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
         pairs = [(label, root / "imagesTr" / f"{label.name[: -len(ending)]}_0000{ending}")
-                 for label in (root / "labelsTr").glob(f"*{ending}")]
+                 for label in (root / "labelsTr").glob(f"*{ending}") if not label.name.startswith(".")]
     return sorted((label, image) for label, image in pairs if not image.is_file())
 
 
+def _files(root: Path) -> list[Path]:
+    """Every file under ``root``, sorted: symlinked folders followed (once each), hidden files and
+    folders (``.*``, macOS ``._*``) skipped."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / name for name in files if not name.startswith(".")]
+    return sorted(found)
+
+
+def _named(root: Path, name: str) -> list[Path]:
+    """The files under ``root`` called ``name``, in any letter case."""
+    return [path for path in _files(root) if path.name.lower() == name.lower()]
+
+
+def _in_folder(folder: Path, name: str) -> Path:
+    """``folder / name``, spelled as the file in ``folder`` is (any letter case) when there is one."""
+    return next((p for p in folder.iterdir() if p.name.lower() == name.lower()), folder / name) \
+        if folder.is_dir() else folder / name
+
+
 def _mbas_images(root: Path) -> list[Path]:
-    return [p for p in root.rglob(f"*{MBAS_IMAGE}") if p.name == f"{p.parent.name}{MBAS_IMAGE}"]
+    return [p for p in _files(root) if p.name.lower() == f"{p.parent.name}{MBAS_IMAGE}".lower()]
 
 
 def _find_mbas(root: Path):
-    return [(image.parent.name, image, {"labels": image.parent / f"{image.parent.name}{MBAS_LABELS}"})
+    return [(image.parent.name, image, {"labels": _in_folder(image.parent, f"{image.parent.name}{MBAS_LABELS}")})
             for image in _mbas_images(root)]
 
 
@@ -237,7 +272,7 @@ def _find_nnunet(root: Path):
     ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
     suffix = f"_0000{ending}"
     return [(image.name[: -len(suffix)], image, {"labels": root / "labelsTr" / (image.name[: -len(suffix)] + ending)})
-            for image in (root / "imagesTr").glob(f"*{suffix}")]
+            for image in (root / "imagesTr").glob(f"*{suffix}") if not image.name.startswith(".")]
 
 
 def _allowed_values(case: Case, role: str) -> tuple[int, ...]:
