@@ -32,7 +32,9 @@ Helper stages use the same fold as the named run when they have it, else ``final
 
 **Inputs.** ``--in`` is a NIfTI/NRRD file, a dataset folder in a known layout (LASC 2018,
 MBAS, nnU-Net; labels not needed) or a folder of image files (label-like names such as
-``*_gt.nii.gz`` are skipped; an nnU-Net channel suffix ``_0000`` is dropped from the id).
+``*_label.nii.gz`` are skipped, and ``X_gt`` beside an ``X`` image; an ``X_gt`` alone is an
+image, as the MBAS release names them, with id ``X``; an nnU-Net channel suffix ``_0000`` is
+dropped from the id).
 Volumes are processed in their file's voxel order, as training read them; each stage
 resamples to the grid it was trained on and back.
 
@@ -213,9 +215,15 @@ def find_inputs(path) -> list[tuple[str, Path]]:
         found = find_images(path)
     except NoLayoutError:  # not a dataset layout: the image files in the folder itself
         extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
-        found = sorted((image_id(p), p) for p in path.iterdir()
-                       if (p.is_file() or p.is_symlink())  # a broken link fails as its case, not silently
-                       and p.name.lower().endswith(extensions) and not label_file_id(p)[1])
+        files = [p for p in path.iterdir() if (p.is_file() or p.is_symlink())  # a broken link fails as its case
+                 and p.name.lower().endswith(extensions) and not p.name.startswith(".")]
+        found = [(image_id(p), p) for p in files if not label_file_id(p)[1]]
+        plain = {case for case, _ in found}
+        for p in files:  # label-like names are skipped, except an X_gt with no X beside it: the MBAS release's images
+            case, labelled = label_file_id(p)
+            if labelled and case not in plain and p.name.lower().startswith(f"{case.lower()}_gt."):
+                found.append((case, p))
+        found.sort()
     if not found:
         raise DataError(path, "no NIfTI/NRRD images found (.nii, .nii.gz, .nrrd, .nhdr)")
     ids = [i for i, _ in found]

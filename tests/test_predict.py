@@ -390,6 +390,12 @@ def test_inputs_from_a_file_a_dataset_or_a_folder_of_images(c2w, tmp_path):
         (tmp_path / name).touch()
     assert predict.find_inputs(tmp_path) == [("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b_0000.nrrd")]
     assert predict.find_inputs(tmp_path / "b_0000.nrrd") == [("b", tmp_path / "b_0000.nrrd")]
+    released = tmp_path / "mbas_input"  # the MBAS release's images are MBAS_XXX_gt; labels MBAS_XXX_label
+    released.mkdir()
+    for name in ("MBAS_001_gt.nii.gz", "MBAS_002_gt.nii.gz", "MBAS_002_label.nii.gz"):
+        (released / name).touch()
+    assert predict.find_inputs(released) == [("MBAS_001", released / "MBAS_001_gt.nii.gz"),
+                                             ("MBAS_002", released / "MBAS_002_gt.nii.gz")]
     (tmp_path / "a.nrrd").touch()
     with pytest.raises(predict.DataError, match=r"several images give the case ids \['a'\]"):
         predict.find_inputs(tmp_path)
