@@ -10,9 +10,9 @@ extension and without one trailing suffix among ``_gt``, ``_seg``, ``_label``, `
 ``MBAS_001.nii.gz`` are both ``MBAS_001``. When two files of one folder tree give the same
 id, the one with a suffix wins, and a suffix other than ``_gt`` wins over ``_gt`` (an MBAS
 case folder as released holds the image ``MBAS_001_gt.nii.gz`` next to its labels
-``MBAS_001_label.nii.gz``); folders named ``imagesTr``/``imagesTs``
-(nnU-Net images) and hidden files and folders are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018, MBAS,
-nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
+``MBAS_001_label.nii.gz``); folders named ``imagesTr``/``imagesTs`` (nnU-Net images) and
+hidden files and folders are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018,
+MBAS, nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
 (1 wall, 2 RA, 3 LA) come from that layout instead, so a LASC ``laendo.nrrd`` /
 ``lawall.nrrd`` pair is one case named after its folder.
 
@@ -66,6 +66,12 @@ def case_id(path: Path) -> tuple[str, bool]:
     return (stripped, True) if stripped and stripped != name else (name, False)
 
 
+def gt_named(path: Path, identifier: str) -> bool:
+    """Whether ``path`` is ``<identifier>_gt.<ext>``: a label-like name, but the one the MBAS
+    release gives its images (its labels are ``<identifier>_label``)."""
+    return path.name.lower().startswith(f"{identifier.lower()}_gt.")
+
+
 def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """``({id: file}, {id: problem})`` for the label files under ``root``."""
     extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
@@ -78,7 +84,7 @@ def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
             continue  # nnU-Net image folders; hidden files (a killed write's staging folder)
         identifier, suffixed = case_id(path)
         # labels over images: a suffix over none, and another suffix over _gt (the MBAS release's image)
-        rank = 0 if not suffixed else 1 if path.name.lower().startswith(f"{identifier.lower()}_gt.") else 2
+        rank = 0 if not suffixed else 1 if gt_named(path, identifier) else 2
         candidates.setdefault(identifier, []).append((rank, path))
     files, problems = {}, {}
     for identifier, found in candidates.items():
@@ -271,8 +277,8 @@ def main(argv=None) -> int:
         parser.error(f"--out {args.out} cannot be written as a CSV file (a folder, or a folder that cannot be made)")
     try:
         rows, problems = run(args.pred, args.gt, labels, args.out, workers=args.workers, progress=not args.quiet,
-                             predicted_only=args.predicted_only, tolerance_mm=args.tolerance, convention=args.convention,
-                             percentile_rule=args.percentile_rule, backend=args.backend)
+                             predicted_only=args.predicted_only, tolerance_mm=args.tolerance,
+                             convention=args.convention, percentile_rule=args.percentile_rule, backend=args.backend)
     except DataError as exc:  # the ground-truth dataset itself is unreadable, or nothing to evaluate
         print(f"error: {exc}", file=sys.stderr)
         return 2

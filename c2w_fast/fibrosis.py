@@ -92,8 +92,9 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
         raise ValueError(f"image must be (z, y, x) of the masks' shape {tuple(w.shape)}, got {tuple(values.shape)}")
     values = values.to(w.device).float()
     pool = blood_pool(masks.la_cavity)
+    non_finite = ~torch.isfinite(values)
     for name, region in (("wall", w), ("blood pool", pool)):
-        bad = int((region & ~torch.isfinite(values)).sum())
+        bad = int((region & non_finite).sum())
         if bad:
             raise ValueError(f"the image has {bad} non-finite values (NaN or inf) in the {name}")
     mean = float(values[pool].double().mean())

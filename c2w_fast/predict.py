@@ -71,6 +71,7 @@ from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError
 from c2w_fast.evaluate import case_id as label_file_id
+from c2w_fast.evaluate import gt_named
 from c2w_fast.infer import (NO_TIMER, InferenceOptions, PhaseTimer, Predictor, StageLoader,
                             check_precision, resolve_device)
 from c2w_fast.regions import write_rows
@@ -221,7 +222,7 @@ def find_inputs(path) -> list[tuple[str, Path]]:
         plain = {case for case, _ in found}
         for p in files:  # label-like names are skipped, except an X_gt with no X beside it: the MBAS release's images
             case, labelled = label_file_id(p)
-            if labelled and case not in plain and p.name.lower().startswith(f"{case.lower()}_gt."):
+            if labelled and case not in plain and gt_named(p, case):
                 found.append((case, p))
         found.sort()
     if not found:

@@ -175,17 +175,17 @@ def _select(volume: Volume, values) -> np.ndarray:
     return volume.array != 0 if values is None else np.isin(volume.array, values)
 
 
-def check_labels(volume: Volume, path) -> None:
+def check_labels(volume: Volume) -> None:
     """A DataError unless ``volume`` holds finite whole numbers (a label map, not an intensity image)."""
     array = volume.array
     if array.dtype.kind != "f":
         return
     finite = np.isfinite(array)
     if not finite.all():
-        raise DataError(path, f"{int((~finite).sum())} non-finite values (NaN or inf): not a label map")
+        raise DataError(volume.path, f"{int((~finite).sum())} non-finite values (NaN or inf): not a label map")
     fractional = array != np.round(array)
     if fractional.any():
-        raise DataError(path, f"{int(fractional.sum())} values are not whole numbers (e.g. "
+        raise DataError(volume.path, f"{int(fractional.sum())} values are not whole numbers (e.g. "
                               f"{float(array[fractional][0]):g}): not a label map; give the segmentation")
 
 
@@ -198,8 +198,8 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
         wall_values = wall_values or (CANONICAL_LABELS["wall"],)
         cavity_values = cavity_values or (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"])
     check_same_grid(cavity_volume, wall_volume, "cavity", "wall")
-    check_labels(wall_volume, wall_path)
-    check_labels(cavity_volume, cavity_path)
+    check_labels(wall_volume)
+    check_labels(cavity_volume)
     wall = _select(wall_volume, wall_values)
     cavity = _select(cavity_volume, cavity_values) & ~wall
     if not wall.any():

@@ -206,7 +206,7 @@ def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
     """``(label file, the image it lacks)`` for every label file whose case has no image."""
     if layout == "lasc":
         pairs = [(label, _in_folder(label.parent, LASC_IMAGE))
-                 for label in _named(root, LASC_CAVITY) + _named(root, LASC_WALL)]
+                 for label in _named(root, LASC_CAVITY, LASC_WALL)]
     elif layout == "mbas":
         pairs = [(label, _in_folder(label.parent, f"{label.parent.name}{MBAS_IMAGE}"))
                  for label in _files(root) if label.name.lower() == f"{label.parent.name}{MBAS_LABELS}".lower()]
@@ -232,9 +232,10 @@ def _files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _named(root: Path, name: str) -> list[Path]:
-    """The files under ``root`` called ``name``, in any letter case."""
-    return [path for path in _files(root) if path.name.lower() == name.lower()]
+def _named(root: Path, *names: str) -> list[Path]:
+    """The files under ``root`` called one of ``names``, in any letter case (one walk)."""
+    wanted = {name.lower() for name in names}
+    return [path for path in _files(root) if path.name.lower() in wanted]
 
 
 def _in_folder(folder: Path, name: str) -> Path:

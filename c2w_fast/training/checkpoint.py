@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from c2w_fast.config import Config, from_dict
+from c2w_fast.data.io import write_atomically
 from c2w_fast.models import UNet, build_model
 
 FORMAT = 1
@@ -37,15 +38,15 @@ def build_from_config(config: Config) -> UNet:
 
 
 def save(path, payload: dict) -> Path:
-    """``torch.save`` to a temporary file in the same folder, flushed, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save({"format": FORMAT, **payload}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over it
+    (:func:`c2w_fast.data.io.write_atomically`)."""
+    def write(target):
+        with open(target, "wb") as handle:
+            torch.save({"format": FORMAT, **payload}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return write_atomically(path, write)
 
 
 def load(path, *, lazy: bool = False) -> dict:

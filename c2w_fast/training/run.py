@@ -67,21 +67,22 @@ def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str], sp
             raise RunError(f"{key}: {exc}") from None
         for checkpoint_path in sorted(found):
             _check_helper_kind(config, key, checkpoint_path)
-            _check_test_set_unseen(key, checkpoint_path, splits)
+        for run_folder in sorted({p.parent.parent for p in found}):  # RUN/fold/checkpoint: once per run
+            _check_test_set_unseen(key, run_folder, splits)
         if key == "run.init_from":
             _check_init_weights(config, sorted(found))
 
 
-def _check_test_set_unseen(key: str, checkpoint_path: Path, splits: Splits) -> None:
-    """A RunError when the helper's run folder (``RUN/fold/checkpoint``) records splits whose
-    development cases include this run's test cases: its model has seen them (other split
-    settings, or cases added since), so this run's test scores would not be held out."""
-    helper_splits = checkpoint_path.parent.parent / "splits.json"
+def _check_test_set_unseen(key: str, run_folder: Path, splits: Splits) -> None:
+    """A RunError when the helper's run folder records splits whose development cases include
+    this run's test cases: its model has seen them (other split settings, or cases added
+    since), so this run's test scores would not be held out."""
+    helper_splits = run_folder / "splits.json"
     if not helper_splits.is_file():  # a checkpoint outside a run folder: nothing recorded to compare
         return
     seen = sorted(set(splits.test) & set(load_splits(helper_splits).development))
     if seen:
-        raise RunError(f"{key}: {checkpoint_path.parent.parent} was trained on {len(seen)} of this run's test "
+        raise RunError(f"{key}: {run_folder} was trained on {len(seen)} of this run's test "
                        f"cases ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}): use the helper's split "
                        f"settings (data.n_test, data.split_seed, the same cases) so the test set stays held out")
 

@@ -8,14 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-from pathlib import Path
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from c2w_fast.data.io import write_atomically
 
 
 def write_csv(path, rows: list[dict]) -> None:
@@ -28,7 +22,7 @@ def write_csv(path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _cell(v) for k, v in row.items()})
-    _atomic_write(Path(path), buffer.getvalue().encode())
+    write_atomically(path, lambda target: target.write_bytes(buffer.getvalue().encode()))
 
 
 def read_csv(path) -> list[dict]:
@@ -78,7 +72,7 @@ def plot_progress(path, rows: list[dict]) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
     plt.close(figure)
-    _atomic_write(Path(path), buffer.getvalue())
+    write_atomically(path, lambda target: target.write_bytes(buffer.getvalue()))
 
 
 def _finite(value) -> bool:
