@@ -14,7 +14,8 @@ case folder as released holds the image ``MBAS_001_gt.nii.gz`` next to its label
 hidden files and folders are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018,
 MBAS, nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
 (1 wall, 2 RA, 3 LA) come from that layout instead, so a LASC ``laendo.nrrd`` /
-``lawall.nrrd`` pair is one case named after its folder.
+``lawall.nrrd`` pair is one case named after its folder, and the default ``--labels`` are
+those the layout can hold (wall and LA for LASC).
 
 **Geometry.** Spacing is read from the ground-truth file; a prediction on another grid
 (shape, or spacing off by more than 0.1 %) is reported as a problem, not evaluated.
@@ -44,7 +45,9 @@ import numpy as np
 
 from c2w_fast import metrics
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume, same_spacing
-from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, load_labels
+from c2w_fast.data.io import write_atomically
+from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, files_under,
+                                   layout_labels, load_labels)
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
@@ -76,12 +79,9 @@ def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """``({id: file}, {id: problem})`` for the label files under ``root``."""
     extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
     candidates: dict[str, list[tuple[int, Path]]] = {}
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or not path.name.lower().endswith(extensions):
-            continue
-        parts = path.relative_to(root).parts
-        if SKIPPED_FOLDERS & set(parts[:-1]) or any(part.startswith(".") for part in parts):
-            continue  # nnU-Net image folders; hidden files (a killed write's staging folder)
+    for path in files_under(root):  # symlinks followed; hidden files skipped (a killed write's staging folder)
+        if not path.name.lower().endswith(extensions) or SKIPPED_FOLDERS & set(path.relative_to(root).parts[:-1]):
+            continue  # nnU-Net image folders
         identifier, suffixed = case_id(path)
         # labels over images: a suffix over none, and another suffix over _gt (the MBAS release's image)
         rank = 0 if not suffixed else 1 if gt_named(path, identifier) else 2
@@ -103,6 +103,7 @@ class GroundTruth:
     files: dict[str, Path] = field(default_factory=dict)
     cases: dict[str, object] = field(default_factory=dict)  # id -> data.layouts.Case
     problems: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=lambda: dict(CANONICAL_LABELS))  # those its label maps can hold
 
     @property
     def ids(self) -> set[str]:
@@ -121,7 +122,8 @@ def find_ground_truth(root: Path) -> GroundTruth:
     except NoLayoutError:  # a plain folder of label files (a mixed or broken dataset is reported as such)
         files, problems = find_label_files(root)
         return GroundTruth(files=files, problems=problems)
-    return GroundTruth(cases={case.id: case for case in discover_cases(root, layout, require_labels=False)})
+    return GroundTruth(cases={case.id: case for case in discover_cases(root, layout, require_labels=False)},
+                       labels=layout_labels(root, layout))
 
 
 def parse_labels(text: str) -> dict[str, int]:
@@ -184,25 +186,29 @@ def summary_rows(rows: list[dict], labels) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["case", "label", *METRICS, "status"], lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    """The rows as CSV, written whole or not at all."""
+    def write(target):
+        with open(target, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["case", "label", *METRICS, "status"], lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_atomically(path, write)
 
 
-def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int], out: Path, *, workers: int = 2,
+def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, *, workers: int = 2,
         progress: bool = True, predicted_only: bool = False, **options) -> tuple[list[dict], dict[str, str]]:
     """Evaluate every case; returns the per-case rows and ``{id: problem}``; writes ``out``.
 
-    ``predicted_only``: ground-truth cases without a prediction are left out instead of being
-    problems (predictions of a test split against the whole dataset)."""
+    ``labels``: ``{name: value}``; None for those the ground truth can hold (wall, RA, LA; no RA
+    in a LASC dataset). ``predicted_only``: ground-truth cases without a prediction are left out
+    instead of being problems (predictions of a test split against the whole dataset)."""
     from tqdm import tqdm
 
     predictions, problems = find_label_files(pred_dir)
     problems = {i: f"prediction {p}" for i, p in problems.items()}
     gt = find_ground_truth(gt_dir)
+    labels = gt.labels if labels is None else labels
     if not predictions and not problems and not gt.ids and not gt.problems:
         raise DataError(pred_dir, f"no label maps here nor in {gt_dir}; nothing to evaluate")
     problems.update({i: f"ground truth {p}" for i, p in gt.problems.items()})
@@ -227,7 +233,8 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int], out: Path, *, work
     return rows, problems
 
 
-def _summary_line(rows, problems, labels, out) -> str:
+def _summary_line(rows, problems, out) -> str:
+    labels = list(dict.fromkeys(row["label"] for row in rows))
     evaluated = len({r["case"] for r in rows})
     lines = [f"evaluated {evaluated} of {evaluated + len(problems)} cases; wrote {out}"]
     for row in summary_rows(rows, labels):
@@ -249,9 +256,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps, or a dataset")
-    parser.add_argument("--labels", default=",".join(f"{k}={v}" for k, v in CANONICAL_LABELS.items()),
-                        help="name=value pairs (default: wall=1,RA=2,LA=3; a label no case holds gives NaN "
-                             "rows: e.g. --labels wall=1,LA=3 for LASC data)")
+    parser.add_argument("--labels", help="name=value pairs, e.g. wall=1,LA=3 (default: wall=1,RA=2,LA=3, those of "
+                                         "them a dataset's layout can hold: no RA for LASC 2018)")
     parser.add_argument("--predicted-only", action="store_true",
                         help="evaluate the cases that have a prediction; ground-truth cases without one are not "
                              "problems (e.g. a test split's predictions against the whole dataset)")
@@ -265,7 +271,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        labels = parse_labels(args.labels)
+        labels = None if args.labels is None else parse_labels(args.labels)
     except ValueError as exc:
         parser.error(str(exc))
     for name in ("pred", "gt"):
@@ -282,7 +288,7 @@ def main(argv=None) -> int:
     except DataError as exc:  # the ground-truth dataset itself is unreadable, or nothing to evaluate
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(_summary_line(rows, problems, labels, args.out))
+    print(_summary_line(rows, problems, args.out))
     return 1 if problems else 0
 
 

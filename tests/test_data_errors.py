@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
-from c2w_fast.data.layouts import discover_cases, load_case, load_labels
+from c2w_fast.data.layouts import discover_cases, layout_labels, load_case, load_labels
 from c2w_fast.data.phantom import write_dataset
 from c2w_fast.errors import DataError
 
@@ -158,6 +158,9 @@ def test_nnunet_dataset_json_forms(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "LA": 1, "RA": 2,
                                                                           "wall": 3}}))
     np.testing.assert_array_equal(load_case(discover_cases(tmp_path)[0]).labels, np.array([0, 3, 2, 1])[written])
+    assert layout_labels(tmp_path, "nnunet") == {"wall": 1, "RA": 2, "LA": 3}
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "LA cavity": 1}}))
+    assert layout_labels(tmp_path, "nnunet") == {"LA": 3}  # the labels evaluate reports by default
     for bad, message in (({k: v for k, v in meta.items() if k != "labels"}, "needs a 'labels' table"),
                          ({**meta, "labels": {"wall": "one"}}, "'wall': 'one' is not a label value"),
                          ({**meta, "labels": {"background": 0, "wall": 1, "atria": [2, 3]}}, "'atria' is a region"),

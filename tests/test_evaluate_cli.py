@@ -131,17 +131,21 @@ def test_runs_as_a_module_and_rejects_bad_arguments(mbas, tmp_path):
     assert main(["--pred", str(tmp_path / "a"), "--gt", str(tmp_path / "b"), "--out", str(tmp_path / "x.csv")]) == 2
 
 
-def test_lasc_dataset_is_read_through_its_layout(tmp_path):
+def test_lasc_dataset_is_read_through_its_layout(tmp_path, capsys):
+    """Canonical codes from the LASC files, the default labels those LASC holds (no RA rows of
+    NaN), and a symlinked folder of predictions followed."""
     ids = write_dataset(tmp_path / "lasc", "lasc", 2, shape=(10, 40, 40), spacing=(1.25, 1.25, 1.25),
                         progress=False, noise=0)
     for identifier in ids:  # LASC stores cavity and wall separately; the layout gives canonical codes
         cavity = read_volume(tmp_path / "lasc" / identifier / "laendo.nrrd")
         wall = read_volume(tmp_path / "lasc" / identifier / "lawall.nrrd").array > 0
         labels = np.where(wall, 1, np.where(cavity.array > 0, 3, 0)).astype(np.uint8)
-        write_volume(tmp_path / "pred" / f"{identifier}_pred.nii.gz", labels, like=cavity)
+        write_volume(tmp_path / "elsewhere" / f"{identifier}_pred.nii.gz", labels, like=cavity)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "run").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     out = tmp_path / "m.csv"
-    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "lasc"), "--labels", "wall=1,LA=3",
-                 "--out", str(out), "--quiet"]) == 0
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "lasc"), "--out", str(out), "--quiet"]) == 0
+    assert "RA" not in capsys.readouterr().out
     ok = [r for r in read_rows(out) if r["status"] == "ok"]
     assert [(r["case"], r["label"]) for r in ok] == [(i, l) for i in ids for l in ("wall", "LA")]
     assert all(float(r["dice"]) == 1.0 and float(r["hd"]) == 0.0 for r in ok)

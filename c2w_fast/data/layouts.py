@@ -192,6 +192,17 @@ def _canonical_labels(case: Case, volumes: dict[str, Volume]) -> np.ndarray:
     return np.ascontiguousarray(labels)
 
 
+def layout_labels(root, layout: str) -> dict[str, int]:
+    """``{name: canonical code}`` of the labels a dataset of ``layout`` at ``root`` can hold:
+    LASC has no RA; an nnU-Net dataset those its ``dataset.json`` names."""
+    if layout == "lasc":
+        return {name: code for name, code in CANONICAL_LABELS.items() if name != "RA"}
+    if layout == "nnunet":
+        codes = set(nnunet_canonical_codes(Path(root) / "dataset.json").values())
+        return {name: code for name, code in CANONICAL_LABELS.items() if code in codes}
+    return dict(CANONICAL_LABELS)
+
+
 def _required_roles(layout: str) -> tuple[str, ...]:
     return ("cavity",) if layout == "lasc" else ("labels",)
 
@@ -209,7 +220,7 @@ def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
                  for label in _named(root, LASC_CAVITY, LASC_WALL)]
     elif layout == "mbas":
         pairs = [(label, _in_folder(label.parent, f"{label.parent.name}{MBAS_IMAGE}"))
-                 for label in _files(root) if label.name.lower() == f"{label.parent.name}{MBAS_LABELS}".lower()]
+                 for label in files_under(root) if label.name.lower() == f"{label.parent.name}{MBAS_LABELS}".lower()]
     else:
         ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
         pairs = [(label, root / "imagesTr" / f"{label.name[: -len(ending)]}_0000{ending}")
@@ -217,7 +228,7 @@ def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
     return sorted((label, image) for label, image in pairs if not image.is_file())
 
 
-def _files(root: Path) -> list[Path]:
+def files_under(root) -> list[Path]:
     """Every file under ``root``, sorted: symlinked folders followed (once each), hidden files and
     folders (``.*``, macOS ``._*``) skipped."""
     found, seen = [], set()
@@ -235,7 +246,7 @@ def _files(root: Path) -> list[Path]:
 def _named(root: Path, *names: str) -> list[Path]:
     """The files under ``root`` called one of ``names``, in any letter case (one walk)."""
     wanted = {name.lower() for name in names}
-    return [path for path in _files(root) if path.name.lower() in wanted]
+    return [path for path in files_under(root) if path.name.lower() in wanted]
 
 
 def _in_folder(folder: Path, name: str) -> Path:
@@ -245,7 +256,7 @@ def _in_folder(folder: Path, name: str) -> Path:
 
 
 def _mbas_images(root: Path) -> list[Path]:
-    return [p for p in _files(root) if p.name.lower() == f"{p.parent.name}{MBAS_IMAGE}".lower()]
+    return [p for p in files_under(root) if p.name.lower() == f"{p.parent.name}{MBAS_IMAGE}".lower()]
 
 
 def _find_mbas(root: Path):
