@@ -198,7 +198,7 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
 
     Booleans are written as uint8. The parent folder is created. Returns the path.
     A NIfTI file written ``like`` a volume read from NIfTI keeps that file's qform/sform.
-    The file appears whole or not at all (:func:`write_atomically`; ``.nhdr`` excepted).
+    The file appears whole or not at all (:func:`write_atomically`).
     """
     path = Path(path)
     fmt = image_format(path)
@@ -227,23 +227,21 @@ def write_atomically(path, write) -> Path:
     """``write(target)`` into a hidden folder beside ``path`` under ``path``'s name, then renamed over
     ``path``: a failed write never leaves a truncated file (nor a changed old one; a killed one
     may leave the hidden ``.c2w-partial-*`` folder, which the folder searches skip). A symlink is
-    followed (its target is replaced) and an old file's permissions are kept. A detached NRRD
-    header (``.nhdr``) names its data file, so it is written in place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.lower().endswith(".nhdr"):
-        write(path)
-        return path
-    final = path.resolve()
+    followed (its target is replaced) and an old file's permissions are kept. Files ``write``
+    puts beside its target (a detached NRRD header's data file) are moved in before it."""
+    final = Path(path).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".c2w-partial-", dir=final.parent))
     try:
         write(staging / final.name)
         if final.exists():
             shutil.copymode(final, staging / final.name)
+        for companion in sorted(set(staging.iterdir()) - {staging / final.name}):
+            os.replace(companion, final.parent / companion.name)
         os.replace(staging / final.name, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def _storable(array: np.ndarray, path: Path) -> np.ndarray:
