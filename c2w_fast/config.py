@@ -14,6 +14,7 @@ import importlib.resources
 import math
 import os
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,10 +302,15 @@ def preset_path(name: str) -> Path:
 def config_path(path) -> Path:
     """The file ``--config`` names: ``path`` itself when it is a file (a file always wins) or is
     written as a path (a folder in it, or a leading ``.``: ``./c2w_wall.toml``), else the
-    installed preset of that bare name (``c2w_wall`` or ``c2w_wall.toml``)."""
+    installed preset of that bare name (``c2w_wall`` or ``c2w_wall.toml``), with a warning when
+    the working folder holds ``c2w_wall.toml``, which is then not read."""
     text = str(path)
     if Path(text).is_file() or "/" in text or os.sep in text or text.startswith("."):
         return Path(text)
+    local = Path(f"{text}.toml")
+    if not text.endswith(".toml") and local.is_file():
+        warnings.warn(f"--config {text} is the installed preset; ./{local} in this folder is not read "
+                      f"(write --config ./{local} for it)", stacklevel=2)
     return preset_path(text)
 
 
@@ -495,6 +501,14 @@ def used_helpers(config: Config) -> dict[str, str]:
             "cascade.stage1": config.loss.region_mask and config.cascade.mask_source == "stage1",
             "data.sdf_from": config.data.sdf_channel}
     return {key: value_at(config, key) for key, needed in used.items() if needed}
+
+
+def oracle_settings(config: Config) -> list[str]:
+    """The settings with which a stage reads each case's ground truth (the oracle ROI centre or
+    cascade region), which training and evaluation have and prediction of new images has not."""
+    used = {"roi.center": bool(config.roi.size) and config.roi.center == "ground_truth",
+            "cascade.mask_source": config.loss.region_mask and config.cascade.mask_source == "ground_truth"}
+    return [f"{key} = 'ground_truth'" for key, oracle in used.items() if oracle]
 
 
 def absolute_paths(config: Config) -> Config:

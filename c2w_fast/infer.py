@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.config import used_helpers
+from c2w_fast.config import oracle_settings, used_helpers
 from c2w_fast.data.io import check_spacing, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
@@ -508,6 +508,14 @@ class StagePipeline:
         before the first case rather than in each one."""
         for key, recorded in used_helpers(self.config).items():
             self.helper(key, recorded).pipeline.load_helpers()
+
+    def oracle_settings(self) -> list[str]:
+        """``"<run>: <setting>"`` for each setting of this stage and its helpers that needs the
+        case's labels (:func:`c2w_fast.config.oracle_settings`); loads the helpers."""
+        found = [f"{self.run_dir or 'this stage'}: {setting}" for setting in oracle_settings(self.config)]
+        for key, recorded in used_helpers(self.config).items():
+            found += self.helper(key, recorded).pipeline.oracle_settings()
+        return found
 
     @property
     def patch_size(self) -> tuple[int, int, int]:

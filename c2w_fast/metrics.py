@@ -39,8 +39,8 @@ both empty         dice/assd/surface_dice nan,      everything nan
                    hd/hd95 inf
 =================  ===============================  ==================================
 
-Every function takes ``backend=`` (see :mod:`c2w_fast.ops`); the work runs in the
-inputs' union bounding box, which changes no result.
+Every function but :func:`overlap` (a count) takes ``backend=`` (see :mod:`c2w_fast.ops`); the
+work runs in the inputs' union bounding box, which changes no result.
 """
 from __future__ import annotations
 

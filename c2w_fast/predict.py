@@ -69,7 +69,7 @@ from c2w_fast import config as cfg
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_volume
 from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
-from c2w_fast.errors import DataError
+from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.evaluate import case_id as label_file_id
 from c2w_fast.evaluate import gt_named
 from c2w_fast.infer import (NO_TIMER, InferenceOptions, PhaseTimer, Predictor, StageLoader,
@@ -183,6 +183,11 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
             stages.insert(0, Stage("cavity", cavity_stage, canonical_codes("la_cavity")))
         for stage in stages:
             stage.predictor.pipeline.load_helpers()
+        oracles = [setting for stage in stages for setting in stage.predictor.pipeline.oracle_settings()]
+        if oracles:
+            raise ModelError(f"{'; '.join(oracles)}: trained to take the ROI centre or stage-2 region from each "
+                             "case's labels, which new images lack; train with roi.center = 'localizer' or "
+                             "cascade.mask_source = 'stage1' to predict")
         unused = sorted(set(loader.runs) - loader.used)
         if unused:
             raise ModelError(f"--use {', '.join(unused)}: the {config.run.stage} pipeline of {model} uses no such "
@@ -422,6 +427,7 @@ def _output_folders(args, cases: list[tuple[str, Path]]) -> None:
 
 
 def main(argv=None) -> int:
+    plain_warnings()
     args = parser().parse_args(argv)
     timer = PhaseTimer(enabled=args.timings)
     try:

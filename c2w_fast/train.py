@@ -1,7 +1,7 @@
 """python -m c2w_fast.train: train a stage of C2W-Tune or of the MBAS cascade.
 
 Stages (run.stage; one preset each in configs/, installed with the package: --config c2w_wall
-names the preset c2w_wall.toml unless a file of that name is in the working directory):
+names the preset c2w_wall.toml; --config ./c2w_wall.toml an edited copy in the working folder):
 
   localizer  coarse low-resolution U-Net for the LA cavity; its centre of mass places the ROI
   cavity     C2W stage 1: ResNeXt U-Net segments the LA cavity in the 44x256x256 ROI
@@ -15,10 +15,12 @@ names the preset c2w_wall.toml unless a file of that name is in the working dire
 
 Examples:
   python -m c2w_fast.train --config c2w_localizer --data /data/LASC2018 --out runs/loc --fold final
-  python -m c2w_fast.train --config c2w_cavity --data /data/LASC2018 --out runs/cavity --fold all \\
+  python -m c2w_fast.train --config c2w_cavity --data /data/LASC2018 --out runs/cavity --fold final \\
       --set roi.localizer=runs/loc
   python -m c2w_fast.train --config c2w_wall --data /data/LASC2018 --out runs/wall --fold final \\
       --init-from runs/cavity --set roi.localizer=runs/loc
+  (--fold all trains folds 0..k-1 and no final model; a wall fold starts from the same fold of
+  the cavity run, else from its final model)
   python -m c2w_fast.train --resume --out runs/wall --fold final
   torchrun --nproc_per_node 2 -m c2w_fast.train --config ... (DDP, one process per GPU)
 """
@@ -29,7 +31,7 @@ import sys
 from pathlib import Path
 
 from c2w_fast import config as cfg
-from c2w_fast.errors import DataError
+from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
 from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, check_processes,
@@ -86,6 +88,7 @@ def _describe(name: str, result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    plain_warnings()
     args = parser().parse_args(argv)
     try:
         if args.out.exists() and not args.out.is_dir():

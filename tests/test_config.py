@@ -131,6 +131,14 @@ def test_an_existing_file_wins_over_a_preset_of_that_name(name, tmp_path, monkey
     assert (config.run.stage, config.train.epochs) == ("scratch", 7)
 
 
+def test_a_bare_name_beside_an_edited_copy_loads_the_preset_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c2w_wall.toml").write_text("[run]\nstage = \"scratch\"\n")
+    with pytest.warns(UserWarning, match=r"c2w_wall is the installed preset; ./c2w_wall.toml in this folder is not "
+                                         r"read \(write --config ./c2w_wall.toml for it\)"):
+        assert cfg.config_path("c2w_wall") == cfg.preset_path("c2w_wall")
+
+
 def test_an_unknown_name_lists_the_presets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     listed = ", ".join(p.stem for p in PRESETS)

@@ -280,6 +280,18 @@ def test_a_missing_localizer_run_is_an_error_before_any_case(c2w, tmp_path, caps
                                     "--use", f"roi.localizer={runs / 'localizer'}"]) == 0
 
 
+def test_a_run_that_crops_around_the_ground_truth_is_refused_before_any_case(c2w, tmp_path, capsys):
+    """roi.center = 'ground_truth' (the README's tiny run) needs labels that new images lack:
+    an unusable model (exit 2, nothing written), also when it is the wall run's cavity helper."""
+    data, runs = c2w
+    _copy_recording(runs / "cavity", tmp_path / "cavity", "roi", "center", "ground_truth")
+    for model, use in ((tmp_path / "cavity", []), (runs / "wall", ["--use", f"run.init_from={tmp_path / 'cavity'}"])):
+        assert predict.main(["--model", str(model), "--in", str(data), "--out", str(tmp_path / "o"), *use]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'cavity' / 'final'}: roi.center = 'ground_truth'" in err and "new images lack" in err
+        assert "failed" not in err and not (tmp_path / "o").exists()
+
+
 def test_recorded_runs_are_found_as_written_or_next_to_the_run(tmp_path):
     (tmp_path / "moved" / "localizer").mkdir(parents=True)
     (tmp_path / "moved" / "wall").mkdir()
