@@ -18,7 +18,8 @@ MBAS, nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical la
 those the layout can hold (wall and LA for LASC).
 
 **Geometry.** Spacing is read from the ground-truth file; a prediction on another grid
-(shape, or spacing off by more than 0.1 %) is reported as a problem, not evaluated.
+(shape, spacing off by more than 0.1 %, or origin/directions off by more than 0.01 mm: a
+flipped or shifted file) is reported as a problem, not evaluated.
 
 **Output.** One CSV row per case and label with ``dice, hd, hd95, assd, surface_dice``
 (mm; definitions in :mod:`c2w_fast.metrics`), then per label the rows ``mean``, ``sd``
@@ -42,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from c2w_fast import metrics
-from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_volume, same_spacing
-from c2w_fast.data.io import write_atomically
+from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_atomically
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, files_under,
                                    layout_labels, load_labels)
 from c2w_fast.errors import DataError
@@ -109,11 +110,8 @@ class GroundTruth:
     def ids(self) -> set[str]:
         return set(self.files) | set(self.cases) | set(self.problems)
 
-    def load(self, identifier: str) -> tuple[np.ndarray, tuple[float, ...]]:
-        if identifier in self.cases:
-            return load_labels(self.cases[identifier])
-        volume = read_volume(self.files[identifier])
-        return volume.array, volume.spacing
+    def load(self, identifier: str) -> Volume:
+        return load_labels(self.cases[identifier]) if identifier in self.cases else read_volume(self.files[identifier])
 
 
 def find_ground_truth(root: Path) -> GroundTruth:
@@ -127,14 +125,15 @@ def find_ground_truth(root: Path) -> GroundTruth:
 
 
 def parse_labels(text: str) -> dict[str, int]:
-    """``"wall=1,RA=2,LA=3"`` -> ``{"wall": 1, "RA": 2, "LA": 3}``."""
+    """``"wall=1,RA=2,LA=3"`` -> ``{"wall": 1, "RA": 2, "LA": 3}``: distinct names, distinct values >= 1
+    (0 is the background)."""
     labels = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
-        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"--labels must look like wall=1,RA=2,LA=3, got {text!r}")
-        if name.strip() in labels:
-            raise ValueError(f"--labels names {name.strip()!r} twice: {text!r}")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--labels must look like wall=1,RA=2,LA=3 (values >= 1), got {text!r}")
+        if name.strip() in labels or int(value) in labels.values():
+            raise ValueError(f"--labels names {name.strip()!r} or the value {int(value)} twice: {text!r}")
         labels[name.strip()] = int(value)
     if not labels:
         raise ValueError(f"--labels names no label: {text!r}")
@@ -158,16 +157,12 @@ def evaluate_case(identifier: str, pred_path: Path, gt: GroundTruth, labels: dic
 
 
 def _evaluate_case(identifier, pred_path, gt, labels, options):
-    gt_array, spacing = gt.load(identifier)
+    reference = gt.load(identifier)
     pred = read_volume(pred_path)
-    if pred.shape != tuple(gt_array.shape):
-        return [], f"shape mismatch: prediction {pred.shape} vs ground truth {tuple(gt_array.shape)}"
-    if not same_spacing(pred.spacing, spacing):
-        return [], (f"spacing mismatch: prediction {tuple(round(s, 4) for s in pred.spacing)} mm vs ground truth "
-                    f"{tuple(round(s, 4) for s in spacing)} mm")
+    check_same_grid(pred, reference, "prediction", "ground truth")
     pred_labels = _as_label_map(pred.array, pred_path)
-    gt_labels = _as_label_map(gt_array, identifier)
-    results = metrics.evaluate_labels(pred_labels, gt_labels, labels, spacing, **options)
+    gt_labels = _as_label_map(reference.array, reference.path)
+    results = metrics.evaluate_labels(pred_labels, gt_labels, labels, reference.spacing, **options)
     return [{"case": identifier, "label": name, **r.as_dict(), "status": "ok"} for name, r in results.items()], None
 
 
@@ -279,6 +274,12 @@ def main(argv=None) -> int:
             parser.error(f"--{name} {getattr(args, name)} is not a folder")
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         parser.error(f"--tolerance must be a finite number >= 0 (mm), got {args.tolerance}")
+    if args.out.name.lower().endswith(tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)):
+        parser.error(f"--out {args.out} is named as an image; the metrics are a CSV file (e.g. metrics.csv)")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.backend == "triton" and not torch.cuda.is_available():
+        parser.error("--backend triton runs on a GPU and none is available; use auto or cpu")
     if args.out.is_dir() or not _writable_file(args.out):
         parser.error(f"--out {args.out} cannot be written as a CSV file (a folder, or a folder that cannot be made)")
     try:

@@ -115,9 +115,9 @@ def test_labels_load_without_the_image_and_are_checked_against_each_other(tmp_pa
     case = discover_cases(tmp_path)[0]
     expected = load_case(case).labels
     case.image_path.unlink()  # evaluation needs no image
-    labels, spacing = load_labels(case)
-    np.testing.assert_array_equal(labels, expected)
-    assert spacing == pytest.approx(SMALL["spacing"])
+    labels = load_labels(case)
+    np.testing.assert_array_equal(labels.array, expected)
+    assert labels.spacing == pytest.approx(SMALL["spacing"]) and labels.path.name == "laendo.nrrd"
     wall = tmp_path / "phantom000" / "lawall.nrrd"
     write_volume(wall, read_volume(wall).array, affine_from_spacing((2.5, 3.0, 2.0)))
     with pytest.raises(DataError, match=r"lawall.nrrd: label spacing .* differs from label spacing .*\(laendo.nrrd\)"):

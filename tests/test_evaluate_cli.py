@@ -110,8 +110,14 @@ def test_flat_folders_voxel_convention_and_mismatched_grids(mbas, tmp_path):
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 1 and float(ok[0]["dice"]) == 1.0 and float(ok[0]["hd95"]) == 0.0
     problems = {r["case"]: r["status"] for r in rows if r["status"] not in ("ok", "")}
-    assert problems[ids[1]].startswith("shape mismatch")
-    assert problems[ids[2]].startswith("spacing mismatch")
+    assert "prediction shape (12, 47, 48) differs from ground truth shape" in problems[ids[1]]
+    assert "prediction spacing (2.5, 1.5, 1.2) mm differs from ground truth spacing" in problems[ids[2]]
+    flipped = good.affine @ np.diag([1.0, 1.0, -1.0, 1.0])  # the same anatomy stored in the other x order
+    flipped[:3, 3] = good.affine[:3, :3] @ [0, 0, good.shape[2] - 1] + good.affine[:3, 3]
+    write_volume(tmp_path / "flipped" / f"{ids[0]}.nii.gz", good.array[:, :, ::-1], flipped)
+    assert main(["--pred", str(tmp_path / "flipped"), "--gt", str(gt_dir), "--predicted-only", "--out", str(out),
+                 "--quiet"]) == 1
+    assert "prediction origin/direction differ from the ground truth's" in read_rows(out)[-1]["status"]
     assert math.isnan(float([r for r in rows if r["case"] == "sd"][0]["dice"]))  # one case: no sd
 
 
@@ -124,8 +130,15 @@ def test_runs_as_a_module_and_rejects_bad_arguments(mbas, tmp_path):
         main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", "x.csv", "--labels", "wall"])
     with pytest.raises(SystemExit):
         main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", "x.csv", "--labels", "wall=1,wall=2"])
-    with pytest.raises(SystemExit):  # --out is a folder: refused before any case is evaluated
-        main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", str(tmp_path)])
+    for bad in (["--labels", "wall=1,LA=1"], ["--labels", "wall=0"], ["--labels", "wall=-1"], ["--workers", "0"]):
+        with pytest.raises(SystemExit):
+            main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", str(tmp_path / "x.csv"), *bad])
+    label_map = next((root / "pred").iterdir())
+    before = label_map.read_bytes()
+    for out in (tmp_path, label_map):  # a folder, an input label map: refused before any case is evaluated
+        with pytest.raises(SystemExit):
+            main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", str(out)])
+    assert label_map.read_bytes() == before
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     assert main(["--pred", str(tmp_path / "a"), "--gt", str(tmp_path / "b"), "--out", str(tmp_path / "x.csv")]) == 2

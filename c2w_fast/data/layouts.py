@@ -148,8 +148,8 @@ def load_case(case: Case) -> CaseData:
     return CaseData(case, image, _canonical_labels(case, _label_volumes(case, grid=image)))
 
 
-def load_labels(case: Case) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The case's canonical label map and its spacing (mm), without reading the image.
+def load_labels(case: Case) -> Volume:
+    """The case's canonical label map on its label files' grid, without reading the image.
 
     For evaluation, which needs no image: the label files are checked against each other
     (same grid) and for the layout's values, as in :func:`load_case`.
@@ -157,7 +157,8 @@ def load_labels(case: Case) -> tuple[np.ndarray, tuple[float, float, float]]:
     if not case.label_paths:
         raise DataError(case.image_path, f"no label file for case {case.id!r}")
     volumes = _label_volumes(case, grid=None)
-    return _canonical_labels(case, volumes), next(iter(volumes.values())).spacing
+    first = next(iter(volumes.values()))
+    return Volume(_canonical_labels(case, volumes), first.affine, first.path)
 
 
 def _assumed_spacing(case: Case):
