@@ -128,7 +128,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     began = time.perf_counter()
     data = args.out / "data"
-    write_dataset(data, "lasc", args.n, shape=DEMO_SHAPE, spacing=DEMO_SPACING)
+    write_dataset(data, "lasc", args.n, shape=DEMO_SHAPE, spacing=DEMO_SPACING, overwrite=True)  # its own folder
     print(f"training on {args.n - N_TEST} phantoms ({DEMO_SHAPE} voxels @ {DEMO_SPACING} mm), "
           f"{args.epochs} epochs per stage:", flush=True)
     results = c2w_pipeline(data, args.out, args.epochs, common=CPU_RUN, resnext=TINY_RESNEXT,

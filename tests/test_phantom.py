@@ -90,3 +90,24 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
         main(["--layout", "mbas", "--n", "1", "--out", str(tmp_path), "--noise", "nan"])
     with pytest.raises(SystemExit):
         main(["--layout", "mbas", "--n", "1", "--out", str(tmp_path / "MBAS_001" / "MBAS_001_gt.nii.gz")])
+
+
+@pytest.mark.parametrize("layout", ["lasc", "mbas", "nnunet"])
+def test_existing_case_files_are_not_replaced_unless_asked(tmp_path, layout, capsys):
+    """MBAS phantoms carry the real release's names: writing into a real dataset must not replace it."""
+    write_dataset(tmp_path, layout, 1, progress=False, **SMALL)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="exists"):
+        write_dataset(tmp_path, layout, 2, progress=False, **SMALL)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+    args = ["--layout", layout, "--n", "1", "--out", str(tmp_path), "--shape", *map(str, SMALL["shape"]),
+            "--spacing", *map(str, SMALL["spacing"])]
+    with pytest.raises(SystemExit):
+        main(args)
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err
+    main(args + ["--overwrite"])
+    assert sorted(before) == sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit):  # --out under a file: an argument error, not a traceback
+        main(["--n", "1", "--out", str(tmp_path / "a_file" / "x")])

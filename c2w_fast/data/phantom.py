@@ -310,13 +310,30 @@ def _to_stored_dtype(image: np.ndarray, layout: str) -> np.ndarray:
     return np.clip(np.rint(image * 1000), 0, np.iinfo(np.int16).max).astype(np.int16)
 
 
+def _case_files(out: Path, layout: str, i: int) -> tuple[str, dict[str, Path]]:
+    """Case id and ``{role: file}`` (image, cavity, wall or labels) of the ``i``-th case of a layout."""
+    if layout == "lasc":
+        case_id = f"phantom{i:03d}"
+        return case_id, {role: out / case_id / name for role, name in
+                         (("image", LASC_IMAGE), ("cavity", LASC_CAVITY), ("wall", LASC_WALL))}
+    if layout == "mbas":
+        case_id = f"MBAS_{i + 1:03d}"
+        return case_id, {"image": out / case_id / f"{case_id}{MBAS_IMAGE}",
+                         "labels": out / case_id / f"{case_id}{MBAS_LABELS}"}
+    case_id = f"phantom_{i:03d}"
+    return case_id, {"image": out / "imagesTr" / f"{case_id}_0000.nii.gz",
+                     "labels": out / "labelsTr" / f"{case_id}.nii.gz"}
+
+
 def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing=None, seed: int = 0,
-                  progress: bool = True, **phantom_kwargs) -> list[str]:
+                  progress: bool = True, overwrite: bool = False, **phantom_kwargs) -> list[str]:
     """Write ``n`` phantom cases to ``out`` in a dataset layout; returns the case ids.
 
     ``lasc``: ``<case>/lgemri.nrrd`` (uint8), ``laendo.nrrd`` and ``lawall.nrrd`` (0/255);
     ``mbas``: ``MBAS_XXX/MBAS_XXX_gt.nii.gz`` (the image, as released) and ``MBAS_XXX_label.nii.gz`` (0-3);
     ``nnunet``: ``imagesTr/``, ``labelsTr/`` and ``dataset.json``. Case i uses seed ``seed + i``.
+    A FileExistsError before anything is written when a file of these exists (the MBAS names
+    are the real release's), unless ``overwrite``.
     """
     from tqdm import tqdm
 
@@ -328,26 +345,21 @@ def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing
     shape = tuple(shape or default_shape)
     spacing = check_spacing(spacing or default_spacing)
     out = Path(out)
+    cases = [_case_files(out, layout, i) for i in range(n)]
+    existing = [path for _, files in cases for path in files.values() if path.exists()]
+    existing += [out / "dataset.json"] if layout == "nnunet" and (out / "dataset.json").exists() else []
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the files to write do); "
+                              "write the phantoms to another folder")
     affine = affine_from_spacing(spacing, origin=tuple(-(np.asarray(shape) - 1) / 2 * spacing)[::-1])
-    ids = []
-    for i in tqdm(range(n), desc=f"phantoms ({layout})", unit="case", disable=not progress):
+    for i, (_, files) in enumerate(tqdm(cases, desc=f"phantoms ({layout})", unit="case", disable=not progress)):
         phantom = make_phantom(shape, spacing, seed=seed + i, label_right_atrium=layout != "lasc", **phantom_kwargs)
-        image = _to_stored_dtype(phantom.image, layout)
+        write_volume(files["image"], _to_stored_dtype(phantom.image, layout), affine)
         if layout == "lasc":
-            case_id = f"phantom{i:03d}"
-            folder = out / case_id
-            write_volume(folder / LASC_IMAGE, image, affine)
-            write_volume(folder / LASC_CAVITY, (phantom.labels == CANONICAL_LABELS["LA"]) * np.uint8(255), affine)
-            write_volume(folder / LASC_WALL, (phantom.labels == CANONICAL_LABELS["wall"]) * np.uint8(255), affine)
-        elif layout == "mbas":
-            case_id = f"MBAS_{i + 1:03d}"
-            write_volume(out / case_id / f"{case_id}{MBAS_IMAGE}", image, affine)
-            write_volume(out / case_id / f"{case_id}{MBAS_LABELS}", phantom.labels, affine)
+            write_volume(files["cavity"], (phantom.labels == CANONICAL_LABELS["LA"]) * np.uint8(255), affine)
+            write_volume(files["wall"], (phantom.labels == CANONICAL_LABELS["wall"]) * np.uint8(255), affine)
         else:
-            case_id = f"phantom_{i:03d}"
-            write_volume(out / "imagesTr" / f"{case_id}_0000.nii.gz", image, affine)
-            write_volume(out / "labelsTr" / f"{case_id}.nii.gz", phantom.labels, affine)
-        ids.append(case_id)
+            write_volume(files["labels"], phantom.labels, affine)
     if layout == "nnunet":
         (out / "dataset.json").write_text(json.dumps({
             "channel_names": {"0": "LGE-MRI"},
@@ -355,7 +367,7 @@ def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing
             "numTraining": n,
             "file_ending": ".nii.gz",
         }, indent=2) + "\n")
-    return ids
+    return [case_id for case_id, _ in cases]
 
 
 def main(argv=None) -> None:
@@ -370,14 +382,18 @@ def main(argv=None) -> None:
                         help="mm; default: the layout's (MBAS 2.5 0.625 0.625, LASC 0.625 isotropic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.06, help="Rician sigma / blood pool (default 0.06)")
+    parser.add_argument("--overwrite", action="store_true", help="replace case files that exist in --out")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a folder (created when missing)")
     try:
         ids = write_dataset(args.out, args.layout, args.n, shape=args.shape, spacing=args.spacing,
-                            seed=args.seed, noise=args.noise)
+                            seed=args.seed, noise=args.noise, overwrite=args.overwrite)
     except ValueError as exc:
         parser.error(str(exc))
+    except OSError as exc:  # a file in the way: existing cases, --out under a file
+        parser.error(f"--out {args.out}: {exc.strerror or exc}" if not isinstance(exc, FileExistsError)
+                     else f"--out {args.out}: {exc} (or --overwrite)")
     print(f"wrote {len(ids)} {args.layout} cases to {args.out}")
 
 
