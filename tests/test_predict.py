@@ -277,6 +277,10 @@ def test_a_missing_localizer_run_is_an_error_before_any_case(c2w, tmp_path, caps
     assert not (tmp_path / "o").exists()
     case = str(data / "phantom001" / "lgemri.nrrd")
     assert predict.main(args[:2] + ["--in", case, "--out", str(tmp_path / "o"),
+                                    "--use", f"roi.localizer={runs / 'wall'}"]) == 2  # a wall run as localiser
+    assert (f"roi.localizer = '{runs / 'wall'}' is a run with run.stage = 'wall'; roi.localizer needs one with "
+            "run.stage = 'localizer'") in capsys.readouterr().err
+    assert predict.main(args[:2] + ["--in", case, "--out", str(tmp_path / "o"),
                                     "--use", f"roi.localizer={runs / 'localizer'}"]) == 0
 
 
