@@ -42,6 +42,9 @@ from c2w_fast.ops._arrays import as_tensor
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+MAX_STAGE_VOXELS = 2 ** 30  # a volume resampled beyond this (4 GiB as float32) has a wrong voxel size
+
+
 class InferenceError(RuntimeError):
     """Inference cannot go on: out of memory with one window per batch, a missing stage."""
 
@@ -543,7 +546,11 @@ class StagePipeline:
         target = self.spacing
         if target is None or same_spacing(spacing, target):  # within 0.1 %: not resampled
             return tuple(shape), tuple(spacing)
-        return resampled_shape(shape, spacing, target), target
+        resampled = resampled_shape(shape, spacing, target)
+        if math.prod(resampled) > MAX_STAGE_VOXELS:
+            raise ValueError(f"an image of {tuple(shape)} voxels of {tuple(round(s, 4) for s in spacing)} mm would be "
+                             f"{resampled} voxels on the model's {target} mm grid: is the header's voxel size in mm?")
+        return resampled, target
 
     def _image(self, image) -> torch.Tensor:
         """``image`` as a float32 tensor on the device; a clear error for a non-3D image."""

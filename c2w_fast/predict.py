@@ -253,10 +253,14 @@ class CaseOutputs:
     tables: dict[Path, list[dict]] = field(default_factory=dict)
 
     def write(self) -> None:
-        for path, array in self.arrays.items():
+        """The label map (the first array) last: a case whose other outputs failed is reported as
+        failed and has no label map that would make it look done."""
+        (label_path, labels), *others = self.arrays.items()
+        for path, array in others:
             write_volume(path, array, like=self.volume)
         for path, rows in self.tables.items():
             write_rows(path, rows)
+        write_volume(label_path, labels, like=self.volume)
 
 
 def case_outputs(volume: Volume, case: str, prediction: CasePrediction, out: Path, *,
@@ -299,8 +303,12 @@ def predict_file(pipeline: Pipeline, case: str, image_path: Path, out: Path, *, 
     return output_path(out, case, image_path)
 
 
-def _problem(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+def _problem(exc: Exception, path: Path) -> str:
+    """What went wrong with the case read from ``path``, naming the file (the exception type
+    too when it is not a data or value error, i.e. not the input's fault)."""
+    if isinstance(exc, DataError):
+        return str(exc)
+    return f"{path}: {exc}" if isinstance(exc, ValueError) else f"{path}: {type(exc).__name__}: {exc}"
 
 
 CASE_ERRORS = (Exception,)  # whatever goes wrong with one case, the others are still predicted
@@ -316,15 +324,15 @@ def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, 
     and the others go on.
     """
     failed: dict[str, str] = {}
-    pending: list[tuple[str, Future]] = []
+    pending: list[tuple[str, Path, Future]] = []
 
     def settle(keep: int) -> None:
         while len(pending) > keep:
-            case, future = pending.pop(0)
+            case, path, future = pending.pop(0)
             try:
                 future.result()
             except CASE_ERRORS as exc:
-                failed[case] = _problem(exc)
+                failed[case] = _problem(exc, path)
                 tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="c2w-io") as io:
@@ -337,10 +345,10 @@ def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, 
                 outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
                                        thickness_dir=thickness_dir, device=pipeline.device)
             except CASE_ERRORS as exc:
-                failed[case] = _problem(exc)
+                failed[case] = _problem(exc, path)
                 tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
                 continue
-            pending.append((case, io.submit(outputs.write)))
+            pending.append((case, path, io.submit(outputs.write)))
             settle(keep=2)
         settle(keep=0)
     return failed
@@ -452,7 +460,7 @@ def main(argv=None) -> int:
                 predict_file(pipeline, case, path, args.out, probabilities_dir=args.probabilities,
                              thickness_dir=args.thickness)
             except CASE_ERRORS as exc:
-                failed[case] = _problem(exc)
+                failed[case] = _problem(exc, path)
                 tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
     else:
         failed = predict_cases(pipeline, cases, args.out, probabilities_dir=args.probabilities,

@@ -153,8 +153,13 @@ def test_rgb_voxels_and_a_zero_voxel_size_are_refused(tmp_path):
     flat = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)
     flat.header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=2)  # a z column of zeros
     nib.save(flat, str(tmp_path / "flat.nii.gz"))
-    with pytest.raises(DataError, match="flat.nii.gz: the header's geometry is unusable"):
+    with pytest.raises(DataError, match=r"flat.nii.gz: the header's geometry is unusable \(voxel size \(1, 1, 0\) mm"):
         read_volume(tmp_path / "flat.nii.gz")
+    parallel = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)
+    parallel.header.set_sform([[1.0, 1.0, 0, 0], [0, 0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]], code=2)
+    nib.save(parallel, str(tmp_path / "parallel.nii.gz"))  # x and y axes along one direction
+    with pytest.raises(DataError, match="parallel.nii.gz: the header's voxel axes are parallel"):
+        read_volume(tmp_path / "parallel.nii.gz")
 
 
 @pytest.mark.parametrize("unit, factor", [("meter", 1000.0), ("micron", 1e-3), ("mm", 1.0), ("unknown", 1.0)])

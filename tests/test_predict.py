@@ -330,16 +330,30 @@ def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, ca
     with_nan[0, 0, 0] = np.nan
     write_volume(folder / "nan.nii.gz", with_nan, like=good)
     (folder / "dangling.nii.gz").symlink_to(tmp_path / "deleted.nii.gz")
+    write_volume(folder / "metres.nii.gz", good.array, good.affine @ np.diag([100.0, 100.0, 100.0, 1.0]))
     assert predict.main(["--model", str(runs / "wall"), "--in", str(folder), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "wrote 2 of 7 case(s)" in err
+    assert "wrote 2 of 8 case(s)" in err
+    assert f"failed metres: {folder / 'metres.nii.gz'}: an image of (20, 40, 40) voxels of (200.0, 200.0, 200.0) mm " \
+           "would be (2000, 4000, 4000) voxels on the model's (2.0, 2.0, 2.0) mm grid" in err
     assert "failed fourd: " in err and "expected a 3D image" in err
     assert "failed broken: " in err and "cannot read NIFTI file" in err
     assert "failed colour: " in err and "not a scalar image" in err
-    assert "failed nan: " in err and "image has 1 NaN/inf voxels" in err
+    assert f"failed nan: {folder / 'nan.nii.gz'}: image has 1 NaN/inf voxels" in err
     assert "failed dangling: " in err and "file not found" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "tiny.nii.gz"]
     assert read_volume(tmp_path / "out" / "tiny.nii.gz").shape == (6, 10, 12)
+
+
+def test_a_case_whose_other_outputs_fail_gets_no_label_map(tmp_path):
+    """The label map is written last, so a case reported as failed never looks done."""
+    volume = read_volume(write_volume(tmp_path / "image.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4)))
+    (tmp_path / "thickness" / "case.nii.gz").mkdir(parents=True)  # an output that cannot be written
+    outputs = predict.CaseOutputs(volume, {tmp_path / "out" / "case.nii.gz": np.ones((4, 5, 6), np.uint8),
+                                           tmp_path / "thickness" / "case.nii.gz": np.zeros((4, 5, 6), np.float32)})
+    with pytest.raises(OSError):
+        outputs.write()
+    assert not (tmp_path / "out" / "case.nii.gz").exists()
 
 
 def test_output_folders_are_checked_before_any_case_runs(c2w, tmp_path, capsys):

@@ -161,10 +161,16 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
 
 
 def _check_geometry(path: Path, affine: np.ndarray) -> None:
+    """A DataError unless every axis has a finite size > 0 and the three axes span space
+    (directions that are parallel or nearly so: a damaged header)."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if not (np.all(np.isfinite(affine)) and np.all(spacing > 0)):
-        raise DataError(path, f"the header's geometry is unusable (voxel size {tuple(spacing.round(6))[::-1]} mm, "
-                              f"x/y/z); every axis needs a finite size > 0")
+        sizes = ", ".join(f"{v:.6g}" for v in spacing[::-1])
+        raise DataError(path, f"the header's geometry is unusable (voxel size ({sizes}) mm, x/y/z); every axis "
+                              "needs a finite size > 0")
+    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3:
+        raise DataError(path, "the header's voxel axes are parallel (its direction matrix is singular): a damaged "
+                              "header; rewrite the file with its true orientation")
 
 
 def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[float, float, float]]:
