@@ -212,3 +212,15 @@ def test_a_wall_without_its_case_and_a_case_inside_a_case_are_errors(tmp_path):
     with pytest.raises(DataError, match="backup/lgemri.nrrd: a case inside the case folder .*phantom000"):
         discover_cases(tmp_path / "nested")
 
+
+
+@pytest.mark.parametrize("layout", ["lasc", "mbas", "nnunet"])
+def test_a_case_without_its_image_is_listed_for_prediction_to_report(tmp_path, layout):
+    """find_images (predict's listing) keeps a case whose image is gone, with the path it lacks, so that
+    the case fails by name instead of dropping out of a folder run."""
+    from c2w_fast.data.layouts import find_images
+
+    write_dataset(tmp_path, layout, 2, progress=False, **SMALL)
+    listed = find_images(tmp_path)
+    listed[1][1].unlink()
+    assert find_images(tmp_path) == listed

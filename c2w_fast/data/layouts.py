@@ -125,13 +125,18 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
 
 def find_images(root, layout: str = "auto") -> list[tuple[str, Path]]:
     """``(case id, image file)`` of every case under ``root``, sorted by id, reading no file
-    (prediction: labels may be absent and a damaged image should fail alone, not the listing)."""
+    (prediction: labels may be absent and a damaged image should fail alone, not the listing).
+    A case with label files but no image is listed with the image path it lacks, so that it
+    fails as a case rather than dropping out unseen."""
     root = Path(root)
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
-    found = {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)
-    return sorted((case_id, image) for case_id, image, _ in found)
+    found = {(case_id, image) for case_id, image, _ in
+             {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)}
+    found |= {(image.name.rsplit("_0000", 1)[0] if layout == "nnunet" else image.parent.name, image)
+              for _, image in _labels_without_image(root, layout)}
+    return sorted(found)
 
 
 def load_case(case: Case) -> CaseData:
