@@ -56,6 +56,10 @@ def test_per_axis_margin_and_bad_arguments():
     assert bounding_box(mask, margin=(0, 1, 2)) == (slice(5, 6), slice(4, 7), slice(3, 8))
     with pytest.raises(ValueError, match="margin"):
         bounding_box(mask, margin=(1, 2))
+    for margin in (1.5, (0, 1.5, 2), True, -1, None):  # an int means an int: no float, no bool
+        with pytest.raises(ValueError, match="margin must be one non-negative int or 3 of them"):
+            bounding_box(mask, margin=margin)
+    assert bounding_box(mask, margin=np.int64(1)) == bounding_box(mask, margin=(1, 1, 1))
     with pytest.raises(ValueError, match="1D, 2D or 3D"):
         bounding_box(np.ones((2, 2, 2, 2)))
     with pytest.raises(ValueError, match="NaN"):

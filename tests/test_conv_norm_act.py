@@ -245,6 +245,12 @@ def _base_args():
     (dict(residual=torch.randn(1, 8, 3, 4, 4)), "residual must have the output's shape \\(1, 8, 3, 4, 5\\)"),
     (dict(x=torch.randn(1, 4, 1, 1, 1)), "more than one output voxel"),
     (dict(x=torch.randn(4, 3, 4, 5)), "x must be \\(B, C, D, H, W\\)"),
+    (dict(stride=2.0), "stride must be an int or 3 ints \\(z, y, x\\), got 2.0"),
+    (dict(stride=(1, 2.5, 1)), "stride must be an int or 3 ints"),
+    (dict(groups=2.0), "groups must be a positive int, got 2.0"),
+    (dict(groups=0), "groups must be a positive int, got 0"),
+    (dict(eps=-1.0), "eps must be a finite number > 0, got -1.0"),
+    (dict(eps=0.0), "eps must be a finite number > 0"),
 ])
 def test_bad_arguments_raise_clear_errors(change, message):
     x, weight, norm_weight, norm_bias = _base_args()
@@ -253,6 +259,14 @@ def test_bad_arguments_raise_clear_errors(change, message):
     with pytest.raises(ValueError, match=message):
         conv_norm_act(kwargs.pop("x"), kwargs.pop("weight"), kwargs.pop("norm_weight"), kwargs.pop("norm_bias"),
                       **kwargs, backend="reference")
+
+
+def test_non_tensor_inputs_raise_a_type_error():
+    x, weight, norm_weight, norm_bias = _base_args()
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
+        conv_norm_act(x.numpy(), weight, norm_weight, norm_bias, groups=2, backend="reference")
+    with pytest.raises(TypeError, match="norm_bias must be a torch.Tensor, got list"):
+        conv_norm_act(x, weight, norm_weight, [0.0] * 8, groups=2, backend="reference")
 
 
 @pytest.mark.parametrize("change, message", [

@@ -263,6 +263,38 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         dice_focal_loss(args["logits"], args["target"], args["mask"], **options, backend="reference")
 
 
+@pytest.mark.parametrize("term", LOSSES)
+def test_float_label_targets_and_non_binary_float_masks_are_refused(term, rng):
+    """A float label target was truncated (1.5 -> 1) and a NaN in a float mask counted as inside."""
+    logits, labels, region = make_inputs(rng)
+    for target in (labels.double(), labels[:, None].float() + 0.5):
+        with pytest.raises(ValueError, match="target labels .* must be an integer or bool tensor, got torch.float"):
+            LOSSES[term](logits, target, backend="reference")
+    for bad in (float("nan"), 0.5):
+        mask = region.double()
+        mask[0, 1, 2, 3] = bad
+        with pytest.raises(ValueError, match="mask must be bool, integer or a float holding only 0 and 1"):
+            LOSSES[term](logits, labels, mask, backend="reference")
+    onehot = F.one_hot(labels, 3).permute(0, 4, 1, 2, 3).double()  # float one-hot and 0/1 float masks still work
+    torch.testing.assert_close(LOSSES[term](logits, onehot, region.double(), backend="reference"),
+                               LOSSES[term](logits, labels, region, backend="reference"))
+
+
+@pytest.mark.parametrize("term, options, message", [
+    ("focal", dict(alpha=1.5), r"alpha must be None or a number in \[0, 1\], got 1.5"),
+    ("focal", dict(alpha=-0.1), "alpha must be None or a number in"),
+    ("focal", dict(gamma=-1.0), "gamma must be a finite number >= 0, got -1.0"),
+    ("focal", dict(gamma=float("nan")), "gamma must be a finite number >= 0"),
+    ("focal", dict(smooth_dr=-1e-5), "smooth_dr must be a finite number >= 0"),
+    ("ce", dict(smooth_nr=-1.0), "smooth_nr must be a finite number >= 0"),
+    ("ce", dict(lambda_ce=-1.0), "lambda_ce must be a finite number >= 0"),
+])
+def test_out_of_range_loss_options_are_refused(term, options, message):
+    with pytest.raises(ValueError, match=message):
+        LOSSES[term](torch.randn(1, 2, 2, 3, 4), torch.zeros(1, 2, 3, 4, dtype=torch.long), **options,
+                     backend="reference")
+
+
 def test_triton_refuses_float64_logits():
     with pytest.raises(ValueError, match="float64"):
         dice_ce_loss(torch.randn(1, 2, 2, 3, 4, dtype=torch.float64), torch.zeros(1, 2, 3, 4, dtype=torch.long),

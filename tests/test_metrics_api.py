@@ -145,6 +145,26 @@ def test_bad_input_is_named():
         metrics.surface_dice(mask, mask, tolerance_mm=None)
 
 
+def test_complex_masks_are_refused_for_numpy_and_torch_alike():
+    mask = np.ones((4, 5, 6), np.complex64)
+    for pred in (mask, torch.from_numpy(mask)):
+        with pytest.raises(TypeError, match="pred must be a boolean or numeric mask, got dtype (torch.)?complex64"):
+            metrics.evaluate(pred, mask.real)
+    with pytest.raises(TypeError, match="gt must be a boolean or numeric mask"):
+        metrics.evaluate_batch(mask.real[None], torch.from_numpy(mask)[None])
+
+
+def test_empty_batch_still_checks_its_options():
+    empty = np.zeros((0, 4, 5, 6), bool)
+    assert metrics.evaluate_batch(empty, empty) == []
+    with pytest.raises(ValueError, match="convention must be one of"):
+        metrics.evaluate_batch(empty, empty, convention="medpy")
+    with pytest.raises(ValueError, match="tolerance_mm must be a finite number"):
+        metrics.evaluate_batch(empty, empty, tolerance_mm=-1)
+    with pytest.raises(ValueError, match="percentile_rule must be one of"):
+        metrics.evaluate_batch(empty, empty, percentile_rule="mean")
+
+
 def test_overlap_is_the_covered_fraction_of_the_ground_truth():
     gt = np.zeros((4, 5, 6), bool)
     gt[1:3, 1:4, 1:5] = True                     # 24 voxels

@@ -109,6 +109,15 @@ def test_a_radius_beyond_int64_voxels_still_fills_the_array(backend):
         ball(1e19)
 
 
+def test_ball_refuses_arrays_beyond_max_ball_elements_before_allocating():
+    """ball(1e4) tried to allocate 58 TiB (MemoryError); the limit counts the ball's offsets on every axis."""
+    for radius, ndim in ((1e4, 3), (300.0, 3), (6000.0, 2)):
+        with pytest.raises(ValueError, match="more than MAX_BALL_ELEMENTS = 2\\*\\*27; pass within="):
+            ball(radius, ndim=ndim)
+    assert ball(1e4, (1.0, 1e6, 1e6)).shape == (20001, 1, 1)  # long along one axis only: small enough
+    assert ball(1e4, within=(3, 4, 5)).shape == (7, 9, 11)
+
+
 OUT_OF_MEMORY_DILATION = """
 import resource
 import numpy as np

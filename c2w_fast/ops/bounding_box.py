@@ -1,6 +1,8 @@
 """Bounding box of a mask: where the metrics, morphology and ROI crops restrict their work."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -75,7 +77,7 @@ def bounding_box(mask, *, margin: int | tuple[int, ...] = 0, backend: str = "aut
 
     Args:
         mask: 1D-3D array (numpy, torch on any device, or cupy); nonzero means inside.
-        margin: voxels added on each side, one int for all axes or one per axis; the box is
+        margin: voxels added on each side, one int >= 0 for all axes or one per axis; the box is
             clipped to the array, so it never reaches outside it.
         backend: see :mod:`c2w_fast.ops` (``auto``, ``reference``, ``cpu``, ``triton``, ``cuda``).
 
@@ -86,8 +88,12 @@ def bounding_box(mask, *, margin: int | tuple[int, ...] = 0, backend: str = "aut
     mask = as_mask(mask, "mask")
     if not 1 <= mask.ndim <= 3:
         raise ValueError(f"mask must be 1D, 2D or 3D, got shape {tuple(mask.shape)}")
-    margins = (margin,) * mask.ndim if np.isscalar(margin) else tuple(margin)
-    if len(margins) != mask.ndim or any(int(m) < 0 for m in margins):
+    try:
+        margins = (margin,) * mask.ndim if np.isscalar(margin) else tuple(margin)
+    except TypeError:  # not iterable
+        margins = ()
+    if len(margins) != mask.ndim or not all(isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 0
+                                            for m in margins):
         raise ValueError(f"margin must be one non-negative int or {mask.ndim} of them, got {margin!r}")
     extent = BOUNDING_BOX.select(backend, device_type(mask))(mask)
     if extent is None:

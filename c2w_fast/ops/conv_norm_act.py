@@ -18,6 +18,8 @@ the same dtype-rounded inputs with its conv output rounded the same way (``round
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -39,11 +41,18 @@ TOLERANCES = {
 }
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _triple(value, name: str) -> tuple[int, int, int]:
-    values = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(values) != 3:
+    try:
+        values = (value,) * 3 if _is_int(value) else tuple(value)
+    except TypeError:  # neither an int nor iterable, e.g. 2.0
+        values = ()
+    if len(values) != 3 or not all(_is_int(v) for v in values):
         raise ValueError(f"{name} must be an int or 3 ints (z, y, x), got {value!r}")
-    return values
+    return tuple(int(v) for v in values)
 
 
 def reference_conv_norm_act(x, weight, norm_weight, norm_bias, stride=1, groups=1, eps=1e-5, negative_slope=0.01,
@@ -140,7 +149,15 @@ def _triton(x, weight, norm_weight, norm_bias, stride, groups, eps, negative_slo
 CONV_NORM_ACT = Op("conv_norm_act", {"reference": _reference, "triton": _triton}, preferred={"cuda": ("triton",)})
 
 
-def _validate(x, weight, norm_weight, norm_bias, stride, groups, residual) -> None:
+def _validate(x, weight, norm_weight, norm_bias, stride, groups, eps, residual) -> None:
+    for name, t in (("x", x), ("weight", weight), ("norm_weight", norm_weight), ("norm_bias", norm_bias),
+                    ("residual", residual)):
+        if not isinstance(t, torch.Tensor) and (t is not None or name != "residual"):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     if x.ndim != 5 or weight.ndim != 5:
         raise ValueError(f"x must be (B, C, D, H, W) and weight (Cout, Cin/groups, kz, ky, kx), "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
@@ -192,9 +209,9 @@ def conv_norm_act(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tens
             memory (``x.to(memory_format=torch.channels_last_3d)``) saves the triton backend a copy.
         weight: (Cout, Cin / groups, kz, ky, kx), kernel sizes 1 or 3 per axis; padding kernel // 2.
         norm_weight, norm_bias: (Cout,) affine parameters of the instance norm.
-        stride: 1 or 2, one for all axes or one per axis (z, y, x).
-        groups: grouped convolution; Cin and Cout must be multiples of it.
-        eps: added to the (biased) variance, as ``nn.InstanceNorm3d``.
+        stride: 1 or 2, one int for all axes or 3 ints, one per axis (z, y, x).
+        groups: grouped convolution, a positive int; Cin and Cout must be multiples of it.
+        eps: added to the (biased) variance, as ``nn.InstanceNorm3d``; > 0.
         negative_slope: LeakyReLU slope for negative inputs.
         activation: False skips the LeakyReLU.
         residual: optional (B, Cout, D', H', W') added after the norm, before the activation, in
@@ -204,7 +221,7 @@ def conv_norm_act(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tens
     Under autocast the triton backend runs in the autocast dtype, like ``F.conv3d``.
     """
     stride = _triple(stride, "stride")
-    _validate(x, weight, norm_weight, norm_bias, stride, groups, residual)
+    _validate(x, weight, norm_weight, norm_bias, stride, groups, eps, residual)
     if x.dtype not in KERNEL_DTYPES:
         backend = reference_only(backend, f"the triton backend takes x in {[str(d) for d in KERNEL_DTYPES]}, "
                                           f"got {x.dtype}")

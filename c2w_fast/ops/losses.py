@@ -25,6 +25,8 @@ in value and gradient. An all-zero mask gives a loss of exactly 0 and a zero gra
 Integer labels outside [0, C) raise a ``ValueError`` in the reference and make the triton
 backend's loss and gradient NaN (checked on the device, without a host sync). A (B, C, D, H, W)
 target is read as given (one-hot or soft labels in [0, 1]); its values are not checked, as in MONAI.
+Label-shaped targets must be integer or bool (a float one would be truncated); a float mask
+must hold only 0 and 1 (checked with a host sync; bool masks need none).
 The triton backend's backward is first-order: ``create_graph=True`` raises a ``RuntimeError``;
 it gives no gradient to the target, so a target that requires grad runs the reference under ``auto``.
 
@@ -38,6 +40,9 @@ kernel, a one-program finalisation, one fused backward kernel; see
 float64 reference on the same inputs: ``VALUE_TOLERANCES`` and ``GRAD_TOLERANCES`` by logits dtype.
 """
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -226,8 +231,16 @@ def _check(logits, target, mask, activation, backend) -> str:
     if tuple(target.shape) not in shapes:
         raise ValueError(f"target must be labels (B, D, H, W) = {shapes[0]} or {shapes[1]}, or one-hot "
                          f"(B, C, D, H, W) = {shapes[2]}, got {tuple(target.shape)}")
+    if tuple(target.shape) != shapes[2] and target.is_floating_point():  # .long() would truncate 1.5 to 1
+        raise ValueError(f"target labels {tuple(target.shape)} must be an integer or bool tensor, got {target.dtype}; "
+                         f"a float target must be one-hot or probabilities (B, C, D, H, W) = {shapes[2]}")
     if mask is not None and tuple(mask.shape) not in shapes[:2]:
         raise ValueError(f"mask must be (B, D, H, W) = {shapes[0]}, got {tuple(mask.shape)}")
+    if mask is not None and mask.is_floating_point():  # NaN != 0 would count as inside
+        bad = mask[(mask != 0) & (mask != 1)]
+        if bad.numel():
+            raise ValueError(f"mask must be bool, integer or a float holding only 0 and 1, got {mask.dtype} "
+                             f"with the value {bad[0].item()}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     devices = {t.device for t in (logits, target, mask) if t is not None}
@@ -242,6 +255,18 @@ def _check(logits, target, mask, activation, backend) -> str:
     return backend
 
 
+def _check_options(**options) -> None:
+    """gamma, lambdas and smoothing terms: finite numbers >= 0; alpha: None or a number in [0, 1]."""
+    for name, value in options.items():
+        if name == "alpha" and value is None:
+            continue
+        high = 1.0 if name == "alpha" else math.inf
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= high \
+                or not math.isfinite(value):
+            wanted = "None or a number in [0, 1]" if name == "alpha" else "a finite number >= 0"
+            raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
 def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: float | None = None,
                     include_background: bool = True, batch_dice: bool = False, smooth_nr: float = 1e-5,
                     smooth_dr: float = 1e-5, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
@@ -251,9 +276,12 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
 
     Args:
         logits: (B, C, D, H, W) raw scores, C >= 2; float32/float16/bfloat16 (float64: reference).
-        target: integer labels (B, D, H, W) or (B, 1, D, H, W) in [0, C), or one-hot (B, C, D, H, W).
-        mask: optional (B, D, H, W) (or (B, 1, D, H, W)) region; nonzero = the voxel counts.
-        gamma, alpha: focal exponent and optional class-balance weight in [0, 1].
+        target: integer or bool labels (B, D, H, W) or (B, 1, D, H, W) in [0, C) (float labels are
+            refused), or one-hot / probabilities (B, C, D, H, W) of any dtype.
+        mask: optional (B, D, H, W) (or (B, 1, D, H, W)) region; nonzero = the voxel counts; a float
+            mask must hold only 0 and 1.
+        gamma, alpha: focal exponent >= 0 and optional class-balance weight in [0, 1].
+        smooth_nr, smooth_dr, lambda_dice, lambda_focal: finite numbers >= 0.
         activation: ``"softmax"`` or ``"sigmoid"`` for the Dice probabilities.
         across_processes: under DDP, the loss of the whole batch (every process's share, gathered
             with ``torch.distributed``): ``batch_dice`` sums, masked means and dropped entries then
@@ -263,6 +291,8 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
     ``DiceFocalLoss(to_onehot_y=True, softmax=True)`` for the defaults.
     """
     backend = _check(logits, target, mask, activation, backend)
+    _check_options(gamma=gamma, alpha=alpha, smooth_nr=smooth_nr, smooth_dr=smooth_dr, lambda_dice=lambda_dice,
+                   lambda_focal=lambda_focal)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_FOCAL.select(backend, logits.device.type)(logits, target, mask, gamma, alpha, include_background,
                                                           batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal,
@@ -280,6 +310,7 @@ def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, 
     ``DiceCELoss(to_onehot_y=True, softmax=True)`` for the defaults.
     """
     backend = _check(logits, target, mask, activation, backend)
+    _check_options(smooth_nr=smooth_nr, smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_CE.select(backend, logits.device.type)(logits, target, mask, include_background, batch_dice,
                                                        smooth_nr, smooth_dr, lambda_dice, lambda_ce, activation,

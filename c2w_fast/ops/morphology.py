@@ -24,7 +24,7 @@ from c2w_fast.ops._volume import box_3d, check_mask, check_spacing, host_uint8_3
 from c2w_fast.ops.bounding_box import bounding_box
 
 
-MAX_BALL_STEPS = 2**31  # half-width of a ball without ``within``; beyond it no array could hold the ball
+MAX_BALL_ELEMENTS = 2**27  # offsets of a ball without ``within`` (its float64 temporaries take 1 GiB each)
 
 
 def ball(radius: float, spacing=None, ndim: int = 3, *, within=None) -> np.ndarray:
@@ -35,21 +35,23 @@ def ball(radius: float, spacing=None, ndim: int = 3, *, within=None) -> np.ndarr
     ``within``: the shape of the array it will be applied to; offsets beyond ``within[i]`` are
     left out, which changes neither a dilation nor an erosion of that array (such an offset
     leaves it from every voxel, and the axis offset ``within[i]`` that stays has the same
-    effect), so a huge radius costs no more than the array.
+    effect), so a huge radius costs no more than the array. Without ``within`` a ball of more
+    than ``MAX_BALL_ELEMENTS`` offsets raises a ``ValueError`` instead of exhausting memory.
     """
     spacing = np.asarray(check_spacing(spacing, ndim), dtype=np.float64)
     radius = _check_radius(radius)
     steps = np.floor(radius / spacing)
     if within is not None:
         steps = np.minimum(steps, np.asarray(within, dtype=np.float64))
-    if steps.max(initial=0) > MAX_BALL_STEPS:
-        raise ValueError(f"radius {radius} spans {steps.max():.3g} voxels along an axis; pass within= (the shape "
-                         "of the array it is applied to) to clip it")
-    half = steps.astype(np.int64)
-    half += ((half + 1) * spacing) ** 2 <= radius * radius  # the division may round an on-sphere offset down
+    half = steps + (((steps + 1) * spacing) ** 2 <= radius * radius)  # the division may round an on-sphere offset down
     if within is not None:
-        half = np.minimum(half, np.asarray(within, dtype=np.int64))
-    grids = np.meshgrid(*[np.arange(-h, h + 1, dtype=np.float64) for h in half], indexing="ij")
+        half = np.minimum(half, np.asarray(within, dtype=np.float64))
+    elements = np.prod(2 * half + 1)  # in float64: no overflow before the check
+    if within is None and elements > MAX_BALL_ELEMENTS:
+        raise ValueError(f"radius {radius} gives a ball of {elements:.3g} offsets, more than MAX_BALL_ELEMENTS "
+                         "= 2**27; pass within= (the shape of the array it is applied to) to clip it")
+    half = half.astype(np.int64)
+    grids = np.meshgrid(*[np.arange(-h, h + 1, dtype=np.float64) for h in half], indexing="ij", sparse=True)
     squared = sum((g * s) ** 2 for g, s in zip(grids, spacing))
     return squared <= radius * radius
 
