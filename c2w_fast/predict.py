@@ -57,6 +57,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +136,9 @@ class Pipeline:
         image = np.asarray(image)
         if image.ndim != 3:
             raise ValueError(f"image must be 3D (z, y, x), got shape {image.shape}")
+        if image.size and image.min() == image.max():
+            warnings.warn(f"the image is constant (every voxel {image.flat[0]}): its prediction means nothing",
+                          stacklevel=2)
         with self.timer.phase("preprocess"):
             x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float()  # one tensor: helpers reuse
         labels = torch.zeros(image.shape, dtype=torch.uint8, device=self.device)
@@ -303,6 +308,17 @@ def predict_file(pipeline: Pipeline, case: str, image_path: Path, out: Path, *, 
     return output_path(out, case, image_path)
 
 
+@contextmanager
+def case_warnings(case: str):
+    """Warnings raised while ``case`` is predicted, printed after it once each as
+    ``warning: <case>: <message>`` (a warning without the case would not say which to check)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        tqdm.write(f"warning: {case}: {message}", file=sys.stderr)
+
+
 def _problem(exc: Exception, path: Path) -> str:
     """What went wrong with the case read from ``path``, naming the file (the exception type
     too when it is not a data or value error, i.e. not the input's fault)."""
@@ -341,7 +357,9 @@ def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, 
             reading, upcoming = upcoming, io.submit(read_volume, cases[i + 1][1]) if i + 1 < len(cases) else None
             try:
                 volume = reading.result()
-                prediction = pipeline.predict(volume.array, volume.spacing, probabilities=probabilities_dir is not None)
+                with case_warnings(case):
+                    prediction = pipeline.predict(volume.array, volume.spacing,
+                                                  probabilities=probabilities_dir is not None)
                 outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
                                        thickness_dir=thickness_dir, device=pipeline.device)
             except CASE_ERRORS as exc:
@@ -457,8 +475,9 @@ def main(argv=None) -> int:
     if args.timings:  # one step after the other, so that every phase is timed alone
         for case, path in tqdm(cases, desc="predict", unit="case", disable=None):
             try:
-                predict_file(pipeline, case, path, args.out, probabilities_dir=args.probabilities,
-                             thickness_dir=args.thickness)
+                with case_warnings(case):
+                    predict_file(pipeline, case, path, args.out, probabilities_dir=args.probabilities,
+                                 thickness_dir=args.thickness)
             except CASE_ERRORS as exc:
                 failed[case] = _problem(exc, path)
                 tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)

@@ -345,6 +345,17 @@ def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, ca
     assert read_volume(tmp_path / "out" / "tiny.nii.gz").shape == (6, 10, 12)
 
 
+def test_warnings_name_their_case_once(c2w, tmp_path, capsys):
+    data, runs = c2w
+    good = read_volume(data / "phantom002" / "lgemri.nrrd")
+    write_volume(tmp_path / "scans" / "const.nii.gz", np.full(good.shape, 7, np.int16), like=good)
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(tmp_path / "scans"),
+                         "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: const: the image is constant (every voxel 7): its prediction means nothing") == 1
+    assert "UserWarning" not in err
+
+
 def test_a_case_whose_other_outputs_fail_gets_no_label_map(tmp_path):
     """The label map is written last, so a case reported as failed never looks done."""
     volume = read_volume(write_volume(tmp_path / "image.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4)))
