@@ -3,7 +3,8 @@
 A config file holds the sections below (the presets, ``configs/*.toml``, are installed with the
 package: ``load("c2w_wall")`` finds them by name, see :func:`config_path`); missing keys take the
 dataclass defaults, unknown keys or values of the wrong type are a :class:`ConfigError`
-naming ``section.key``, the expected type and the value found — before any training.
+naming ``section.key``, the expected type and the value found — before any training, as are
+values out of range (:func:`check`; every float value must be finite: NaN and inf are refused).
 ``--set section.key=value`` overrides any value (the value is read as TOML, bare words
 as strings). Sizes and spacings are (z, y, x); spacing in mm.
 """
@@ -366,13 +367,30 @@ def _choice(value, choices, where: str) -> None:
 def _positive_triple(values, where: str, allow_empty: bool = True) -> None:
     if not values and allow_empty:
         return
-    if len(values) != 3 or min(values) <= 0:
-        raise ConfigError(f"{where} must have 3 positive values (z, y, x), got {values}")
+    if len(values) != 3 or not all(_within(v, 0, None, True) for v in values):
+        raise ConfigError(f"{where} must have 3 positive values (z, y, x), all finite, got {values}")
 
 
-def _range(values, where: str, low: float = -math.inf) -> None:
-    if len(values) != 2 or values[0] > values[1] or values[0] < low:
-        raise ConfigError(f"{where} must be [min, max] with {low} <= min <= max, got {values}")
+def _interval(low, high, low_open: bool) -> str:
+    return f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+
+
+def _within(value, low, high, low_open: bool) -> bool:
+    """``value`` finite and in the interval (high None: unbounded); NaN never is."""
+    above = value > low if low_open else value >= low
+    return math.isfinite(value) and above and (high is None or value <= high)
+
+
+def _range(values, where: str, bounds) -> None:
+    """``values`` is [min, max] with min <= max, both in ``bounds`` = (lowest, highest, lowest excluded)."""
+    if len(values) != 2 or not (all(_within(v, *bounds) for v in values) and values[0] <= values[1]):
+        raise ConfigError(f"{where} must be [min, max] with min <= max in {_interval(*bounds)}, got {values}")
+
+
+# Augmentation ranges [min, max] (the *_range, *_deg, *_variance, *_sigma, *_scale lists) with bounds other
+# than [0, inf), as in BOUNDS: angles within a turn either way, scales and gammas positive.
+AUGMENT_RANGES = {"rotation_deg": (-360, 360, False), "scaling_range": (0, None, True), "lowres_scale": (0, None, True),
+                  "gamma_range": (0, None, True), "inverse_gamma_range": (0, None, True)}
 
 
 # Numeric bounds: key -> (lowest, highest, whether the lowest is excluded); None = unbounded.
@@ -389,6 +407,7 @@ BOUNDS = {
     "train.num_workers": (0, None, False), "train.prefetch": (1, None, False),
     "cascade.dilation_radius": (0, None, False),
     "eval.tolerance_mm": (0, None, True), "eval.step": (0, 1, True),
+    "augment.elastic_sigma_mm": (0, None, True), "augment.elastic_magnitude_mm": (0, None, False),
 }
 
 
@@ -401,15 +420,24 @@ def value_at(config: Config, key: str):
 def _check_bounds(config: Config) -> None:
     for key, (low, high, low_open) in BOUNDS.items():
         value = value_at(config, key)
-        above = value > low if low_open else value >= low
-        if not (math.isfinite(value) and above and (high is None or value <= high)):
-            interval = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
-            raise ConfigError(f"{key} must be in {interval}, got {value}")
+        if not _within(value, low, high, low_open):
+            raise ConfigError(f"{key} must be in {_interval(low, high, low_open)}, got {value}")
     optim, schedule = config.optim, config.schedule
     if not all(0 <= b < 1 for b in optim.betas):
         raise ConfigError(f"optim.betas must be two values in [0, 1), got {optim.betas}")
     if any(not (math.isfinite(v) and v > 0) for v in schedule.restart_lr):
         raise ConfigError(f"schedule.restart_lr must be positive learning rates, got {schedule.restart_lr}")
+
+
+def _check_finite(config: Config) -> None:
+    """Every number of a float field (also inside lists and tables) is finite: NaN passes comparisons."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for key, tp in _section_types(type(values)).items():
+            value = getattr(values, key)
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            if float in (tp, *typing.get_args(tp)) and not all(math.isfinite(v) for v in items):
+                raise ConfigError(f"{section.name}.{key} must be finite, got {value}")
 
 
 def check(config: Config) -> None:
@@ -450,6 +478,7 @@ def check(config: Config) -> None:
     if len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas must be 2 values, got {config.optim.betas}")
     _check_bounds(config)
+    _check_finite(config)
     if len(config.schedule.restarts) != len(config.schedule.restart_lr):
         raise ConfigError(f"schedule.restarts and schedule.restart_lr need one LR per restart, got "
                           f"{config.schedule.restarts} and {config.schedule.restart_lr}")
@@ -470,7 +499,7 @@ def check(config: Config) -> None:
         if f.name.endswith("_prob") and not 0 <= value <= 1:
             raise ConfigError(f"augment.{f.name} must be a probability in [0, 1], got {value}")
         if f.name.endswith(("_range", "_deg", "_variance", "_sigma", "_scale")) and isinstance(value, list):
-            _range(value, f"augment.{f.name}", low=-360.0 if f.name == "rotation_deg" else 0.0)
+            _range(value, f"augment.{f.name}", AUGMENT_RANGES.get(f.name, (0, None, False)))
     if not 0 <= train.foreground_prob <= 1 or not 0 <= train.best_ema < 1:
         raise ConfigError(f"train.foreground_prob must be in [0, 1] and train.best_ema in [0, 1), got "
                           f"{train.foreground_prob}, {train.best_ema}")

@@ -34,9 +34,10 @@ from c2w_fast import config as cfg
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
-from c2w_fast.training.run import (RunError, cases_and_splits, check_helpers, check_processes,
-                                   cross_validation_summary, fold_names, fold_rows, fold_split, plan_folds,
-                                   save_new_splits, train_fold, training_cases, write_config)
+from c2w_fast.training.run import (RunError, cases_and_splits, check_cases, check_helpers, check_out,
+                                   check_out_of_dataset, check_processes, cross_validation_summary, fold_names,
+                                   fold_rows, fold_split, plan_folds, replaced_config, save_new_splits, train_fold,
+                                   training_cases, write_config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -87,26 +88,40 @@ def _describe(name: str, result: dict) -> str:
     return f"{name}: {result['epochs']} epochs, {best}, checkpoints in {result['folder']}"
 
 
+def _replaced(out: Path, changes: list[str], resplit: bool) -> str:
+    """The line saying that this run replaces the config and/or splits of a run folder that trained nothing."""
+    files = ([f"config.toml ({'; '.join(changes[:5])})"] if changes else []) + (["splits.json (split anew)"] * resplit)
+    return f"{out}: nothing trained there yet, so this run replaces its {' and '.join(files)}"
+
+
 def main(argv=None) -> int:
     plain_warnings()
     args = parser().parse_args(argv)
     try:
-        if args.out.exists() and not args.out.is_dir():
-            raise RunError(f"--out {args.out} is a file; it must be a run folder (created when missing)")
+        check_out(args.out)
         config = _config(args)
+        check_out_of_dataset(args.out, config.data.root)
         processes, device = distributed.setup(config.run.device)
         try:
             cases, splits = cases_and_splits(config, args.out)
             names = fold_names(args.fold, len(splits.folds))
+            changes = [] if args.resume else replaced_config(config, args.out)
             plan = plan_folds(config, args.out, names, splits, resume=args.resume,
                               epochs_given=args.epochs is not None)
             check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits)
             check_processes(config, processes)
             for name in names:  # a data.train_subset larger than a fold's training cases is refused now
                 training_cases(config, fold_split(splits, name))
+            check_cases(config, cases, splits, [name for name, todo in plan.items() if todo != "finished"],
+                        main=processes.is_main)
             if processes.is_main:  # every check passed: the run folder is written from here on
-                save_new_splits(splits, args.out)
-                write_config(config, args.out)  # on --resume with the new --epochs / --device
+                try:
+                    resplit = save_new_splits(splits, args.out)
+                    write_config(config, args.out)  # on --resume with the new --epochs / --device
+                except OSError as exc:  # no permission, a read-only disk
+                    raise RunError(f"--out {args.out}: cannot write the run folder ({exc})") from None
+                if changes or resplit:
+                    print(_replaced(args.out, changes, resplit))
             validated = []
             for name, todo in plan.items():
                 if processes.is_main and args.resume and todo != "resume":

@@ -1,4 +1,5 @@
 """Configs: presets hold the seeds' values; bad keys, types and combinations fail before training."""
+import typing
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,47 @@ def _load(tmp_path, text, overrides=()):
 def test_bad_configs_fail_with_the_key_named(tmp_path, text, message):
     with pytest.raises(cfg.ConfigError, match=message):
         _load(tmp_path, text, ["train.patch_size=[8, 8, 8]"])
+
+
+def _float_keys():
+    """``(section.key, a TOML value of the field's shape)`` for every float field of the config."""
+    shapes = {float: "{}", list[float]: "[{0}, {0}, {0}]", dict[str, float]: "{{LA = {}}}"}
+    for section, cls in typing.get_type_hints(cfg.Config).items():
+        for key, tp in typing.get_type_hints(cls).items():
+            if tp in shapes:
+                yield f"{section}.{key}", shapes[tp]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key, shape", [pytest.param(key, shape, id=key) for key, shape in _float_keys()])
+def test_every_float_value_must_be_finite(tmp_path, key, shape, value):
+    """NaN passes every comparison: no float value, in a list or table either, gets through."""
+    with pytest.raises(cfg.ConfigError, match=rf"^{key} must "):
+        _load(tmp_path, "", ["train.patch_size=[8, 8, 8]", "train.sampling=\"classes\"", "train.class_weights.LA=1",
+                             f"{key}={shape.format(value)}"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("data.spacing=[nan, 1, 1]", r"data.spacing must have 3 positive values \(z, y, x\), all finite, got \[nan, 1"),
+    ("data.spacing=[inf, 1, 1]", r"data.spacing must have 3 positive values"),
+    ("data.spacing=[0, 1, 1]", r"data.spacing must have 3 positive values"),
+    ("augment.brightness_range=[nan, nan]", r"augment.brightness_range must be finite, got \[nan, nan\]"),
+    ("augment.rotation_deg=[nan, nan]", r"augment.rotation_deg must be finite"),
+    ("augment.rotation_deg=[-10, 400]", r"augment.rotation_deg must be \[min, max\] with min <= max in \[-360, 360\]"),
+    ("augment.elastic_sigma_mm=nan", r"augment.elastic_sigma_mm must be in \(0, inf\), got nan"),
+    ("augment.elastic_sigma_mm=-3", r"augment.elastic_sigma_mm must be in \(0, inf\), got -3.0"),
+    ("augment.elastic_magnitude_mm=-1", r"augment.elastic_magnitude_mm must be in \[0, inf\)"),
+    ("augment.scaling_range=[0, 0]", r"augment.scaling_range must be \[min, max\] with min <= max in \(0, inf\)"),
+    ("augment.gamma_range=[0, 0]", r"augment.gamma_range must be \[min, max\] with min <= max in \(0, inf\)"),
+    ("augment.inverse_gamma_range=[0, 1]", r"augment.inverse_gamma_range must be \[min, max\]"),
+    ("augment.lowres_scale=[0, 1]", r"augment.lowres_scale must be \[min, max\]"),
+    ("augment.noise_variance=[0.2, 0.1]", r"augment.noise_variance must be \[min, max\] with min <= max in \[0, inf\)"),
+    ("augment.blur_sigma=[-1, 1]", r"augment.blur_sigma must be \[min, max\]"),
+    ("train.class_weights={LA = nan}", r"train.class_weights must be finite, got \{'LA': nan\}"),
+])
+def test_nan_and_nonsense_values_are_refused_with_the_key_named(tmp_path, item, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        _load(tmp_path, "", ["train.patch_size=[8, 8, 8]", item])
 
 
 def test_set_overrides_parse_toml_values_and_bare_words(tmp_path):

@@ -1,15 +1,19 @@
 """python -m c2w_fast.train end to end on tiny phantoms: run folder, folds, errors before training,
 progressive unfreezing, early stopping, the MBAS cascade and the signed-distance channel."""
 import csv
+import json
 import math
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from c2w_fast import config as cfg
 from c2w_fast import train
+from c2w_fast.data.io import read_volume, write_volume
 from c2w_fast.data.layouts import discover_cases
 from c2w_fast.training import checkpoint
 from c2w_fast.training.loop import Trainer
@@ -81,6 +85,10 @@ def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
     (("--fold", "2"), [], "--fold 2 is out of range: the splits have 2 folds (0..1)"),
     (("--fold", "best"), [], "--fold must be a fold index, 'all' or 'final'"),
     ((), ["data.n_test=30"], "the split is set by data.n_test, data.n_folds and data.final_val"),
+    ((), ["data.spacing=[nan,1,1]"], "data.spacing must have 3 positive values (z, y, x), all finite"),
+    ((), ["augment.elastic_prob=1", "augment.elastic_sigma_mm=nan"], "augment.elastic_sigma_mm must be in (0, inf)"),
+    ((), ["augment.brightness_prob=1", "augment.brightness_range=[nan,nan]"],
+     "augment.brightness_range must be finite"),
     pytest.param(("--device", "cuda"), [], "no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
 ])
@@ -88,8 +96,9 @@ def test_bad_input_stops_before_training(lasc, tmp_path, capsys, extra, items, m
     args = ["--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(lasc), "--out", str(tmp_path / "run"),
             *extra] + set_args(TINY + items)
     assert train.main(args) == 2
-    assert message in capsys.readouterr().err.replace("\n", " ")
-    assert not list(tmp_path.rglob("checkpoint_*.pt"))
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") and err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing written: the corrected command runs
 
 
 def test_dataset_without_cases_is_an_error(tmp_path, capsys):
@@ -311,6 +320,92 @@ def test_a_run_folder_holds_one_run(lasc, tmp_path, capsys):
     assert "final already trained here; continue with --resume" in capsys.readouterr().err
     assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", epochs=1, items=["optim.lr=5e-4"]) == 2
     assert "already holds a run with another config (optim.lr: 0.001 -> 0.0005)" in capsys.readouterr().err
+
+
+def test_out_under_a_file_or_in_the_dataset_is_refused_before_writing(tmp_path, capsys, monkeypatch):
+    """Refused in one line with nothing written; a run folder that cannot be written is one line too."""
+    data = write_phantoms(tmp_path / "data")
+    (tmp_path / "afile").write_text("")
+    assert _run("c2w_cavity.toml", data, tmp_path / "afile" / "run") == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file, so no run folder can " \
+                  "be made in it\n"
+    files = sorted(data.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    for out, where in ((data, "the"), (Path("data"), "the"), (data / "run", "inside the"),
+                       (Path("data") / "phantom000" / "run", "inside the")):
+        assert _run("c2w_cavity.toml", data, out) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --out {out} is {where} dataset folder {data} (--data / data.root); put the run folder " \
+                      "outside it\n"
+    assert sorted(data.rglob("*")) == files
+
+    def no_permission(*_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(train, "write_config", no_permission)  # e.g. a folder of another user
+    assert _run("c2w_cavity.toml", data, tmp_path / "run") == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'run'}: cannot write the run folder ([Errno 13] " \
+                                      "Permission denied)\n"
+
+
+def test_a_run_folder_that_trained_nothing_takes_another_config(lasc, tmp_path, capsys, monkeypatch):
+    """A run killed or failed before its first checkpoint starts again with another config (and
+    splits); once a fold holds a checkpoint, the folder keeps its run."""
+    def killed(self, *args, **kwargs):
+        raise RuntimeError("killed in the first epoch")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "fit", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run("c2w_cavity.toml", lasc, out, epochs=1)
+    assert {p.name for p in out.iterdir()} == {"config.toml", "splits.json", "final"}
+    assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 2
+    assert "a run folder that trained nothing takes a new config" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="killed"):  # the same command: nothing to replace, nothing said
+        _run("c2w_cavity.toml", lasc, out, epochs=1)
+    assert "replaces" not in capsys.readouterr().out
+    monkeypatch.undo()
+    assert _run("c2w_cavity.toml", lasc, out, epochs=2, items=["data.n_test=1"]) == 0
+    assert f"{out}: nothing trained there yet, so this run replaces its config.toml (data.n_test: 2 -> 1; " \
+           "train.epochs: 1 -> 2) and splits.json (split anew)\n" in capsys.readouterr().out
+    assert json.loads((out / "splits.json").read_text())["settings"]["n_test"] == 1
+    assert len(_rows(out / "final" / "metrics.csv")) == 2
+    assert _run("c2w_cavity.toml", lasc, out, epochs=3, items=["data.n_test=1"]) == 2
+    assert "already holds a run with another config (train.epochs: 2 -> 3)" in capsys.readouterr().err
+    # a config.toml this version refuses (NaN, as a crashed run of an earlier version left it), and a checkpoint
+    (out / "final" / "checkpoint_latest.pt").unlink()  # killed in epoch 0 after checkpoint_best.pt
+    saved = (out / "config.toml").read_text()
+    (out / "config.toml").write_text(saved.replace("spacing = []", "spacing = [nan, 1, 1]"))
+    assert _run("c2w_cavity.toml", lasc, out, epochs=1, items=["data.n_test=1"]) == 2
+    assert "data.spacing must have 3 positive values" in capsys.readouterr().err
+    (out / "final" / "checkpoint_best.pt").unlink()
+    assert _run("c2w_cavity.toml", lasc, out, epochs=1, items=["data.n_test=1"]) == 0
+    assert "so this run replaces its config.toml (invalid: data.spacing must have" in capsys.readouterr().out
+    assert cfg.load(out / "config.toml").data.spacing == []
+
+
+def test_every_case_is_checked_before_the_first_epoch(tmp_path, capsys):
+    """A held-out test image with a NaN voxel stops the run before anything is written; an empty
+    label map of a training case is a warning naming the case."""
+    from c2w_fast.training.run import cases_and_splits
+
+    data = write_phantoms(tmp_path / "data")
+    _, splits = cases_and_splits(cfg.load(CONFIGS / "c2w_cavity.toml", TINY + [f"data.root=\"{data}\""]), tmp_path)
+    test_image = data / splits.test[0] / "lgemri.nrrd"
+    original = read_volume(test_image)
+    image = original.array.astype(np.float32)
+    image[2, 3, 4] = np.nan
+    write_volume(test_image, image, like=original)
+    assert _run("c2w_cavity.toml", data, tmp_path / "run") == 2
+    assert capsys.readouterr().err == f"error: {test_image}: image has 1 NaN/inf voxels\n"
+    assert not (tmp_path / "run").exists()
+    write_volume(test_image, original.array, like=original)
+    empty = splits.final.train[0]
+    cavity = read_volume(data / empty / "laendo.nrrd")
+    write_volume(cavity.path, np.zeros_like(cavity.array), like=cavity)
+    with pytest.warns(UserWarning, match=rf"training case {empty}: no LA voxel in its labels \(.*laendo.nrrd"):
+        assert _run("c2w_cavity.toml", data, tmp_path / "run", epochs=1) == 0
 
 
 def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys, monkeypatch):

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from c2w_fast import config as cfg
-from c2w_fast.data.layouts import Case, discover_cases
+from c2w_fast.data.layouts import Case, discover_cases, load_case
+from c2w_fast.data.preprocess import target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.infer import Predictor, keep_largest_per_class, resolve_checkpoint
 from c2w_fast.training import runlog
@@ -49,6 +52,51 @@ def fold_names(fold: str, n_folds: int) -> list[str]:
 
 def fold_split(splits: Splits, name: str):
     return splits.final if name == "final" else splits.fold(int(name.split("_")[1]))
+
+
+def check_out(run_dir: Path) -> None:
+    """A RunError when ``--out`` cannot be a run folder: a file, or a path under a file."""
+    path = run_dir.absolute()
+    blocker = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        what = "a file" if blocker.is_file() else "not a folder"  # or a broken link
+        if blocker == path:
+            raise RunError(f"--out {run_dir} is {what}; it must be a run folder (created when missing)")
+        raise RunError(f"--out {run_dir}: {blocker} is {what}, so no run folder can be made in it")
+
+
+def check_out_of_dataset(run_dir: Path, data_root: str) -> None:
+    """A RunError when ``--out`` is the dataset folder or inside it: its files would mix with the cases."""
+    if not data_root:
+        return
+    out, root = run_dir.resolve(), Path(data_root).resolve()
+    if out == root or root in out.parents:
+        raise RunError(f"--out {run_dir} is {'the' if out == root else 'inside the'} dataset folder {root} "
+                       "(--data / data.root); put the run folder outside it")
+
+
+def trained_folds(run_dir: Path) -> list[str]:
+    """The fold folders of ``run_dir`` that hold a checkpoint: a run folder without any has trained nothing
+    (a run killed or failed before its first checkpoint), so another config may replace its own."""
+    return sorted({path.parent.name for path in run_dir.glob("*/checkpoint_*.pt")})
+
+
+def replaced_config(config: cfg.Config, run_dir: Path) -> list[str]:
+    """How ``config`` differs from the run folder's ``config.toml`` (``section.key: old -> new``), which
+    it then replaces; a RunError when the folder has trained with that other config (one folder, one run)."""
+    saved = run_dir / "config.toml"
+    if not saved.is_file():
+        return []
+    try:  # a config.toml written before paths were stored absolute compares as this run reads it
+        changed = cfg.differences(cfg.absolute_paths(cfg.load(saved)), config, ignore=("run.device",))
+    except cfg.ConfigError as exc:  # e.g. a value this version refuses
+        if trained_folds(run_dir):
+            raise
+        return [f"invalid: {exc}"]
+    if changed and trained_folds(run_dir):
+        raise RunError(f"{run_dir} already holds a run with another config ({'; '.join(changed[:5])}); "
+                       "use another --out")
+    return changed
 
 
 def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str], splits: Splits) -> None:
@@ -138,10 +186,17 @@ def training_cases(config: cfg.Config, split) -> list[str]:
     return [cases[i] for i in sorted(chosen)]
 
 
-def save_new_splits(splits: Splits, run_dir: Path) -> None:
-    """Write ``splits`` to ``run_dir/splits.json`` unless the folder already has its splits."""
-    if not (run_dir / "splits.json").is_file():
-        save_splits(splits, run_dir / "splits.json", splits.settings)
+def save_new_splits(splits: Splits, run_dir: Path) -> bool:
+    """Write ``splits`` to ``run_dir/splits.json`` unless the folder already has them; True when that
+    replaced the stale splits of a run folder that trained nothing (see :func:`cases_and_splits`)."""
+    path = run_dir / "splits.json"
+    stale = path.is_file()
+    if stale:
+        recorded = load_splits(path)
+        if recorded == splits and recorded.settings == splits.settings:
+            return False
+    save_splits(splits, path, splits.settings)
+    return stale
 
 
 def split_settings(config: cfg.Config) -> dict:
@@ -153,53 +208,79 @@ def split_settings(config: cfg.Config) -> dict:
 
 def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case], Splits]:
     """The dataset's cases by id and the run's splits: ``splits.json`` checked when the run folder
-    has one (splits made by an earlier run with other settings, or of other cases, are an error),
-    else made in memory — every process makes the same — for :func:`save_new_splits` to write once
-    the run has passed its checks, so that a run refused before it starts leaves nothing behind."""
+    has one (splits made by an earlier run with other settings, or of other cases, are an error,
+    unless no fold has a checkpoint yet: then they are made anew), else made in memory — every
+    process makes the same — for :func:`save_new_splits` to write once the run has passed its
+    checks, so that a run refused before it starts leaves nothing behind."""
     if not config.data.root:
         raise RunError("no dataset: pass --data DIR (or set data.root)")
     cases = {c.id: c for c in discover_cases(config.data.root, config.data.layout)}
     path = run_dir / "splits.json"
     settings = split_settings(config)
-    if not path.is_file():
-        groups = read_patients(config.data.patients) if config.data.patients else None
-        try:
-            splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
-                                 final_val=settings["final_val"], seed=settings["split_seed"], groups=groups)
-        except ValueError as exc:
-            raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc}); the split is set by "
-                           f"data.n_test, data.n_folds and data.final_val, e.g. --set data.n_test=2") from None
-        return cases, dataclasses.replace(splits, settings=settings)
-    splits = load_splits(path, list(cases))
-    if splits.settings is not None:  # made by a run, not by hand: it must still be this config's split
-        changed = [f"{key} {value} (config: {settings[key]})" for key, value in splits.settings.items()
-                   if settings.get(key) != value]
-        missing = sorted(set(cases) - set(splits.development) - set(splits.test))
-        if changed or missing:
-            why = f"made with {', '.join(changed)}" if changed else f"without the cases {missing[:5]}"
-            raise RunError(f"{path} was {why}; one run folder holds one split: use another --out, "
-                           "or delete splits.json to split anew")
-    return cases, splits
+    splits = _recorded_splits(path, cases, settings, trained_folds(run_dir)) if path.is_file() else None
+    if splits is not None:
+        return cases, splits
+    groups = read_patients(config.data.patients) if config.data.patients else None
+    try:
+        splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
+                             final_val=settings["final_val"], seed=settings["split_seed"], groups=groups)
+    except ValueError as exc:
+        raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc}); the split is set by "
+                       f"data.n_test, data.n_folds and data.final_val, e.g. --set data.n_test=2") from None
+    return cases, dataclasses.replace(splits, settings=settings)
+
+
+def _recorded_splits(path: Path, cases: dict[str, Case], settings: dict, trained: list[str]) -> Splits | None:
+    """The run folder's ``splits.json`` when it is this config's split: made by hand (no settings
+    recorded; its cases must exist), or by a run with these settings and cases. Recorded splits
+    that are not are a RunError once a fold has trained on them (``trained``), else None: split anew."""
+    recorded = load_splits(path)
+    if recorded.settings is None:
+        return load_splits(path, list(cases))
+    changed = [f"{key} {value} (config: {settings[key]})" for key, value in recorded.settings.items()
+               if settings.get(key) != value]
+    listed = set(recorded.development) | set(recorded.test)
+    missing, unknown = sorted(set(cases) - listed), sorted(listed - set(cases))
+    if not (changed or missing or unknown):
+        return recorded
+    if not trained:
+        return None
+    if changed:
+        why = f"made with {', '.join(changed)}"
+    else:
+        why = f"without the cases {missing[:5]}" if missing else f"made with cases not in the dataset {unknown[:5]}"
+    raise RunError(f"{path} was {why}; one run folder holds one split: use another --out, "
+                   "or delete splits.json to split anew")
+
+
+def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, folds: list[str], *,
+                main: bool = True) -> None:
+    """Read every case the ``folds`` train, validate and (``final``) test on, one at a time, with the checks
+    training makes (:func:`load_case`: readable, 3D, finite, labels on the image's grid with the layout's
+    values), so that a bad case stops the run before its first epoch; on the ``main`` process a training
+    case whose labels hold none of the target's classes is a warning."""
+    training = {case for name in folds for case in training_cases(config, fold_split(splits, name))}
+    used = training.union(*(fold_split(splits, name).val for name in folds), splits.test if "final" in folds else ())
+    for case_id in tqdm(sorted(used), desc="check cases", unit="case", disable=None if main else True, leave=False):
+        case = cases[case_id]
+        labels = load_case(case).labels
+        if main and case_id in training and not target_labels(labels, config.data.target).any():
+            files = ", ".join(str(path) for path in case.label_paths.values())
+            warnings.warn(f"training case {case_id}: no {' / '.join(config.class_names)} voxel in its labels "
+                          f"({files}): an empty label map for data.target = {config.data.target!r}", stacklevel=2)
 
 
 def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Splits, *,
                resume: bool, epochs_given: bool = False) -> dict[str, str]:
     """What to do with each fold to train: ``"new"``, ``"resume"`` or ``"finished"``, checked before any work.
 
-    A new run refuses a run folder whose ``config.toml`` holds another config and fold
-    folders that already hold a ``checkpoint_latest.pt`` (a ``checkpoint_best.pt`` alone, left
-    by a run killed in its first epoch, is replaced). ``--resume`` continues the folds that
+    A new run refuses fold folders that already hold a ``checkpoint_latest.pt`` (a
+    ``checkpoint_best.pt`` alone, left by a run killed in its first epoch, is replaced; another
+    config is :func:`replaced_config`'s to check). ``--resume`` continues the folds that
     have a checkpoint, leaves those already finished and evaluated, and starts those never begun;
     an ``--epochs`` given with it (``epochs_given``) below the epochs a fold has done is refused.
     """
     if not resume:
-        saved = run_dir / "config.toml"
-        if saved.is_file():
-            # a config.toml written before paths were stored absolute compares as this run reads it
-            changed = cfg.differences(cfg.absolute_paths(cfg.load(saved)), config, ignore=("run.device",))
-            if changed:
-                raise RunError(f"{run_dir} already holds a run with another config ({'; '.join(changed[:5])}); "
-                               "use another --out")
         taken = [name for name in names if (run_dir / name / "checkpoint_latest.pt").is_file()]
         if taken:
             raise RunError(f"{run_dir}: {', '.join(taken)} already trained here; continue with --resume, or use "
@@ -209,7 +290,8 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
     if not any(path.is_file() for path in latest.values()):
         trained = sorted(p.parent.name for p in run_dir.glob("*/checkpoint_latest.pt"))
         hint = (f"; this run folder has {', '.join(trained)}: choose it with --fold" if trained else
-                "; a run killed before its first epoch ended has no checkpoint: start it again with its command")
+                "; a run killed before its first epoch ended has no checkpoint: start it again with its command "
+                "(or another: a run folder that trained nothing takes a new config)")
         raise RunError(f"{run_dir}: nothing to resume (no checkpoint_latest.pt in {', '.join(names)}){hint}")
     plan = {}
     for name, path in latest.items():
