@@ -523,6 +523,11 @@ HELPER_KEYS = ("run.init_from", "roi.localizer", "cascade.stage1", "data.sdf_fro
 PATH_KEYS = ("data.root", "data.patients", *HELPER_KEYS)
 
 
+# What a helper run must have been trained for: key -> (config field of the helper, required value).
+HELPER_KINDS = {"roi.localizer": ("run.stage", "localizer"), "cascade.stage1": ("run.stage", "cascade1"),
+                "data.sdf_from": ("data.target", "la_cavity")}
+
+
 def used_helpers(config: Config) -> dict[str, str]:
     """The helper runs a stage runs on every case, in training and prediction: key -> recorded path
     (the localiser for the ROI, cascade stage 1 for the loss region, the cavity run for the distance channel)."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.config import oracle_settings, used_helpers, value_at
+from c2w_fast.config import HELPER_KINDS, oracle_settings, used_helpers, value_at
 from c2w_fast.data.io import check_spacing, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
@@ -505,8 +505,6 @@ class StagePipeline:
 
     def helper(self, key: str, recorded: str) -> "Predictor":
         """The helper stage ``key`` names; a ValueError when it was trained for something else."""
-        from c2w_fast.training.run import HELPER_KINDS
-
         path = self.loader.locate(key, recorded, self.run_dir)
         predictor = self.loader.load(path, self.fold)
         field, wanted = HELPER_KINDS[key]

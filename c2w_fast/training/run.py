@@ -152,11 +152,6 @@ def check_processes(config: cfg.Config, processes: Processes) -> None:
                        f"processes ({processes.world_size})")
 
 
-# What a helper run must have been trained for: key -> (config field of the helper, required value).
-HELPER_KINDS = {"roi.localizer": ("run.stage", "localizer"), "cascade.stage1": ("run.stage", "cascade1"),
-                "data.sdf_from": ("data.target", "la_cavity")}
-
-
 def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> None:
     """A RunError when a helper run was trained for something else (a cavity run given as the localiser)."""
     from c2w_fast.training import checkpoint
@@ -166,7 +161,7 @@ def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> N
             return
         field, wanted = "data.target", "la_cavity"
     else:
-        field, wanted = HELPER_KINDS[key]
+        field, wanted = cfg.HELPER_KINDS[key]
     helper = cfg.from_dict(checkpoint.load(checkpoint_path, lazy=True)["config"], source=str(checkpoint_path))
     found = cfg.value_at(helper, field)
     if found != wanted:
