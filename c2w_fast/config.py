@@ -537,6 +537,16 @@ def used_helpers(config: Config) -> dict[str, str]:
     return {key: value_at(config, key) for key, needed in used.items() if needed}
 
 
+def check_helper_kind(key: str, helper: Config, where: str, kind: tuple[str, Any] | None = None) -> None:
+    """A ConfigError when ``helper``, the config of the run ``key`` names (``where``), was trained
+    for something else than ``kind`` = (field, value), by default ``HELPER_KINDS[key]``: a cavity
+    run given as the localiser."""
+    field, wanted = kind or HELPER_KINDS[key]
+    found = value_at(helper, field)
+    if found != wanted:
+        raise ConfigError(f"{where} is a run with {field} = {found!r}; {key} needs one with {field} = {wanted!r}")
+
+
 def oracle_settings(config: Config) -> list[str]:
     """The settings with which a stage reads each case's ground truth (the oracle ROI centre or
     cascade region), which training and evaluation have and prediction of new images has not."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.config import HELPER_KINDS, oracle_settings, used_helpers, value_at
+from c2w_fast.config import check_helper_kind, used_helpers
 from c2w_fast.data.io import check_spacing, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
@@ -507,27 +507,19 @@ class StagePipeline:
         """The helper stage ``key`` names; a ValueError when it was trained for something else."""
         path = self.loader.locate(key, recorded, self.run_dir)
         predictor = self.loader.load(path, self.fold)
-        field, wanted = HELPER_KINDS[key]
-        if value_at(predictor.config, field) != wanted:
-            raise ValueError(f"{key} = {str(path)!r} is a run with {field} = {value_at(predictor.config, field)!r}; "
-                             f"{key} needs one with {field} = {wanted!r}")
+        check_helper_kind(key, predictor.config, f"{key} = {str(path)!r}")
         return predictor
 
-    def load_helpers(self, chain: tuple = ()) -> None:
-        """Load every helper stage the config uses, and theirs, so that a missing or wrong run is
+    def helper_pipelines(self, chain: tuple = ()) -> list["StagePipeline"]:
+        """Every helper stage the config uses, and theirs, loaded, so that a missing or wrong run is
         an error before the first case rather than in each one (``chain``: the stages above)."""
         if self in chain:
             cycle = " -> ".join(str(stage.run_dir) for stage in (*chain, self))
             raise ValueError(f"the helper runs form a cycle: {cycle}")
+        found = []
         for key, recorded in used_helpers(self.config).items():
-            self.helper(key, recorded).pipeline.load_helpers((*chain, self))
-
-    def oracle_settings(self) -> list[str]:
-        """``"<run>: <setting>"`` for each setting of this stage and its helpers that needs the
-        case's labels (:func:`c2w_fast.config.oracle_settings`); loads the helpers."""
-        found = [f"{self.run_dir or 'this stage'}: {setting}" for setting in oracle_settings(self.config)]
-        for key, recorded in used_helpers(self.config).items():
-            found += self.helper(key, recorded).pipeline.oracle_settings()
+            helper = self.helper(key, recorded).pipeline
+            found += [helper, *helper.helper_pipelines((*chain, self))]
         return found
 
     @property

@@ -186,9 +186,10 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
                 raise ModelError(f"{path}: run.init_from of {model} is a {cavity_stage.config.data.target!r} stage, "
                                  f"not an LA-cavity one; use --no-cavity")
             stages.insert(0, Stage("cavity", cavity_stage, canonical_codes("la_cavity")))
-        for stage in stages:
-            stage.predictor.pipeline.load_helpers()
-        oracles = [setting for stage in stages for setting in stage.predictor.pipeline.oracle_settings()]
+        pipelines = [stage.predictor.pipeline for stage in stages]
+        pipelines += [helper for pipeline in pipelines for helper in pipeline.helper_pipelines()]  # loads them
+        oracles = [f"{pipeline.run_dir or 'this stage'}: {setting}"
+                   for pipeline in pipelines for setting in cfg.oracle_settings(pipeline.config)]
         if oracles:
             raise ModelError(f"{'; '.join(oracles)}: trained to take the ROI centre or stage-2 region from each "
                              "case's labels, which new images lack; train with roi.center = 'localizer' or "

@@ -153,20 +153,14 @@ def check_processes(config: cfg.Config, processes: Processes) -> None:
 
 
 def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> None:
-    """A RunError when a helper run was trained for something else (a cavity run given as the localiser)."""
+    """A ConfigError when a helper run was trained for something else (:func:`c2w_fast.config.check_helper_kind`)."""
     from c2w_fast.training import checkpoint
 
-    if key == "run.init_from":  # any run may initialise another; the wall stage needs a cavity run
-        if config.run.stage != "wall":
-            return
-        field, wanted = "data.target", "la_cavity"
-    else:
-        field, wanted = cfg.HELPER_KINDS[key]
+    if key == "run.init_from" and config.run.stage != "wall":  # any run may initialise another
+        return
+    kind = ("data.target", "la_cavity") if key == "run.init_from" else None  # the wall stage needs a cavity run
     helper = cfg.from_dict(checkpoint.load(checkpoint_path, lazy=True)["config"], source=str(checkpoint_path))
-    found = cfg.value_at(helper, field)
-    if found != wanted:
-        raise RunError(f"{key}: {checkpoint_path} is a run with {field} = {found!r}; {key} needs one with "
-                       f"{field} = {wanted!r}")
+    cfg.check_helper_kind(key, helper, f"{key}: {checkpoint_path}", kind)
 
 
 def training_cases(config: cfg.Config, split) -> list[str]:
