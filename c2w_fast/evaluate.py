@@ -33,7 +33,6 @@ problems (the CSV is written either way), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import re
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 from c2w_fast import metrics
-from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_atomically
+from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_csv
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, files_under,
                                    layout_labels, load_labels)
 from c2w_fast.errors import DataError
@@ -180,17 +179,6 @@ def summary_rows(rows: list[dict], labels) -> list[dict]:
     return out
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """The rows as CSV, written whole or not at all."""
-    def write(target):
-        with open(target, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["case", "label", *METRICS, "status"], lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_atomically(path, write)
-
-
 def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, *, workers: int = 2,
         progress: bool = True, predicted_only: bool = False, **options) -> tuple[list[dict], dict[str, str]]:
     """Evaluate every case; returns the per-case rows and ``{id: problem}``; writes ``out``.
@@ -224,7 +212,8 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, 
     rows.sort(key=lambda r: (r["case"], list(labels).index(r["label"])))
     problem_rows = [{"case": i, "label": "", **{m: "" for m in METRICS}, "status": p}
                     for i, p in sorted(problems.items())]
-    write_csv(out, rows + summary_rows(rows, labels) + problem_rows)
+    write_csv(out, rows + summary_rows(rows, labels) + problem_rows, columns=["case", "label", *METRICS, "status"],
+              float_digits=6)
     return rows, problems
 
 

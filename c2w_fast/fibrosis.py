@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.data.io import check_same_grid, read_volume, write_volume
+from c2w_fast.data.io import check_same_grid, read_volume, write_csv, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import binary_erosion
-from c2w_fast.regions import (atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_masks, report,
-                              write_rows)
+from c2w_fast.regions import atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_masks, report
 
 FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
 HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3
@@ -130,7 +129,7 @@ def main(argv=None) -> int:
         if args.iir_map:
             write_volume(args.iir_map, result.iir.cpu().numpy(), like=masks.grid)
         if args.csv:
-            write_rows(args.csv, result.summary())
+            write_csv(args.csv, result.summary())
     except (DataError, ValueError, OSError) as exc:  # OSError: an output that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2

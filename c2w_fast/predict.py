@@ -68,7 +68,7 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast import config as cfg
-from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_volume
+from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_csv, write_volume
 from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError, plain_warnings
@@ -76,7 +76,6 @@ from c2w_fast.evaluate import case_id as label_file_id
 from c2w_fast.evaluate import gt_named
 from c2w_fast.infer import (NO_TIMER, InferenceOptions, PhaseTimer, Predictor, StageLoader,
                             check_precision, resolve_device)
-from c2w_fast.regions import write_rows
 from c2w_fast.training.checkpoint import CheckpointError
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
@@ -265,7 +264,7 @@ class CaseOutputs:
         for path, array in others:
             write_volume(path, array, like=self.volume)
         for path, rows in self.tables.items():
-            write_rows(path, rows)
+            write_csv(path, rows)
         write_volume(label_path, labels, like=self.volume)
 
 

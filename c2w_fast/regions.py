@@ -21,15 +21,13 @@ label file is refused).
 from __future__ import annotations
 
 import argparse
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from c2w_fast.data.io import (Volume, affine_from_spacing, check_same_grid, image_format, read_volume, same_spacing,
-                              write_atomically)
+from c2w_fast.data.io import Volume, affine_from_spacing, check_same_grid, image_format, read_volume, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.errors import DataError
 from c2w_fast.ops._volume import check_mask
@@ -125,17 +123,6 @@ def wall_sectors(wall, centroid, affine) -> torch.Tensor:
 def region_masks(wall, sectors) -> list[tuple[str, torch.Tensor]]:
     """``("wall", wall)`` then ``(sector name, its voxels)`` for every sector."""
     return [("wall", torch.as_tensor(wall))] + [(name, sectors == code) for code, name in enumerate(SECTORS, start=1)]
-
-
-def write_rows(path, rows: list[dict]) -> Path:
-    """Write summary rows (dicts with the same keys) to CSV, whole or not at all."""
-    def write(target):
-        with open(target, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    return write_atomically(path, write)
 
 
 def report(rows: list[dict], describe) -> int:

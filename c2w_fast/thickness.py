@@ -43,11 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.data.io import write_volume
+from c2w_fast.data.io import write_csv, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import bounding_box, distance_transform
-from c2w_fast.regions import (atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_masks, report,
-                              write_rows)
+from c2w_fast.regions import atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_masks, report
 
 
 def face_distance(wall: torch.Tensor, other: torch.Tensor, spacing) -> torch.Tensor:
@@ -152,7 +151,7 @@ def main(argv=None) -> int:
         result = wall_thickness(**on_device, affine=masks.grid.affine)
         write_volume(args.out, result.thickness.cpu().numpy(), like=masks.grid)
         if args.csv:
-            write_rows(args.csv, result.summary())
+            write_csv(args.csv, result.summary())
     except (DataError, ValueError, OSError) as exc:  # OSError: an output that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2

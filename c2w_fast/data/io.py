@@ -13,6 +13,7 @@ output's header matches the input's bit for bit.
 """
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import tempfile
@@ -248,6 +249,22 @@ def write_atomically(path, write) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Path(path)
+
+
+def write_csv(path, rows: list[dict], *, columns: list[str] | None = None, float_digits: int | None = None) -> Path:
+    """``rows`` as CSV, written whole or not at all (:func:`write_atomically`). Columns: ``columns``,
+    else the union of the rows' keys in first-seen order; floats with ``float_digits`` significant
+    digits when given."""
+    columns = list(dict.fromkeys(key for row in rows for key in row)) if columns is None else columns
+    form = (lambda v: f"{v:.{float_digits}g}" if isinstance(v, float) else v) if float_digits else (lambda v: v)
+
+    def write(target):
+        with open(target, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns, restval="", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({key: form(value) for key, value in row.items()} for row in rows)
+
+    return write_atomically(path, write)
 
 
 def _storable(array: np.ndarray, path: Path) -> np.ndarray:

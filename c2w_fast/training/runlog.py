@@ -10,19 +10,12 @@ import io
 import math
 
 from c2w_fast.data.io import write_atomically
+from c2w_fast.data.io import write_csv as write_csv_file
 
 
 def write_csv(path, rows: list[dict]) -> None:
-    """``rows`` as CSV with the union of their keys as columns (first-seen order)."""
-    columns = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
-    write_atomically(path, lambda target: target.write_bytes(buffer.getvalue().encode()))
+    """``rows`` as CSV with the union of their keys as columns (first-seen order), floats to 6 digits."""
+    write_csv_file(path, rows, float_digits=6)
 
 
 def read_csv(path) -> list[dict]:
@@ -36,10 +29,6 @@ def _number_or_text(text: str):
         return float(text)
     except ValueError:
         return text
-
-
-def _cell(value):
-    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def plot_progress(path, rows: list[dict]) -> None:
