@@ -98,18 +98,6 @@ def _crop_pair(pred, gt, backend):
     return None if box is None else (pred[box], gt[box])
 
 
-def _refuse_complex(array, name: str):
-    """``array``, unless complex: numpy's complex masks are refused by ``as_mask``, torch's here likewise."""
-    tensor = as_tensor(array) if is_cupy(array) else array
-    if isinstance(tensor, torch.Tensor) and tensor.is_complex():
-        raise TypeError(f"{name} must be a boolean or numeric mask, got dtype {tensor.dtype}")
-    return array
-
-
-def _check_pair(pred, gt):
-    return check_pair(_refuse_complex(pred, "pred"), _refuse_complex(gt, "gt"))
-
-
 def _metrics(dice_value: float, summary: SurfaceSummary) -> Metrics:
     return Metrics(dice=dice_value, hd=summary.hd, hd95=summary.hd_percentile, assd=summary.assd,
                    surface_dice=summary.surface_dice)
@@ -178,7 +166,7 @@ def evaluate(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convention: s
     Returns:
         :class:`Metrics` (floats; empty masks as in the module docstring).
     """
-    pred, gt = _check_pair(pred, gt)
+    pred, gt = check_pair(pred, gt)
     spacing = check_spacing(spacing, pred.ndim)
     return _evaluate_checked(pred[None], gt[None], spacing, tolerance_mm, convention, percentile_rule, backend)[0]
 
@@ -203,7 +191,7 @@ def evaluate_batch(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convent
     """
     check_convention(convention)
     check_summary_options(tolerance_mm, 95.0, percentile_rule)
-    pred, gt = as_mask(_refuse_complex(pred, "pred"), "pred"), as_mask(_refuse_complex(gt, "gt"), "gt")
+    pred, gt = as_mask(pred, "pred"), as_mask(gt, "gt")
     for name, batch in (("pred", pred), ("gt", gt)):
         if batch.ndim not in (3, 4):
             raise ValueError(f"{name} must be a batch of 2D or 3D masks, (B, y, x) or (B, z, y, x), "
@@ -296,7 +284,7 @@ def evaluate_labels(pred, gt, labels, spacing=None, *, tolerance_mm: float = 1.0
 def dice(pred, gt, *, convention: str = "surfel", backend: str = "auto") -> float:
     """Dice ``2 |P ∩ G| / (|P| + |G|)``; nan when both are empty (and, with
     ``convention="voxel"``, whenever gt is empty, as MONAI). ``backend`` is accepted for symmetry."""
-    pred, gt = _check_pair(pred, gt)
+    pred, gt = check_pair(pred, gt)
     check_convention(convention)
     return _dice_from_counts(_count(pred), _count(gt), _count(pred & gt), convention)
 
@@ -304,7 +292,7 @@ def dice(pred, gt, *, convention: str = "surfel", backend: str = "auto") -> floa
 def overlap(pred, gt) -> float:
     """Overlap ``|P ∩ G| / |G|`` (MBAS eq. 3), the fraction of the ground truth ``pred`` covers;
     nan when gt is empty. Numpy, torch or cupy masks of one shape."""
-    pred, gt = _check_pair(pred, gt)
+    pred, gt = check_pair(pred, gt)
     n_gt = _count(gt)
     return _count(pred & gt) / n_gt if n_gt else math.nan
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from masks import anisotropic_spacing, blobs, perturbed
 
-from c2w_fast import metrics
+from c2w_fast import metrics, ops
 
 BACKENDS = ["reference", "cpu"]
 
@@ -152,6 +152,8 @@ def test_complex_masks_are_refused_for_numpy_and_torch_alike():
             metrics.evaluate(pred, mask.real)
     with pytest.raises(TypeError, match="gt must be a boolean or numeric mask"):
         metrics.evaluate_batch(mask.real[None], torch.from_numpy(mask)[None])
+    with pytest.raises(TypeError, match="mask must be a boolean or numeric mask, got dtype torch.complex64"):
+        ops.binary_dilation(torch.from_numpy(mask), 1.0)  # the ops share the check (as_mask)
 
 
 def test_empty_batch_still_checks_its_options():

@@ -49,12 +49,15 @@ def as_numpy(array) -> np.ndarray:
 
 
 def as_mask(array, name: str) -> np.ndarray | torch.Tensor:
-    """``array`` as a boolean mask of the same kind (numpy stays numpy, tensors stay tensors)."""
+    """``array`` as a boolean mask of the same kind (numpy stays numpy, tensors stay tensors);
+    a TypeError for a complex (or otherwise non-numeric) array."""
     if is_cupy(array):
         array = as_tensor(array)
     if isinstance(array, torch.Tensor):
         if array.dtype == torch.bool:
             return array
+        if array.is_complex():
+            raise TypeError(f"{name} must be a boolean or numeric mask, got dtype {array.dtype}")
         if array.is_floating_point() and not torch.isfinite(array).all():
             raise ValueError(f"{name} must be a mask without NaN/inf values")
         return array != 0
