@@ -162,6 +162,21 @@ def test_rgb_voxels_and_a_zero_voxel_size_are_refused(tmp_path):
         read_volume(tmp_path / "parallel.nii.gz")
 
 
+@pytest.mark.parametrize("qform_code", [0, 1])
+def test_a_zero_pixdim_is_refused_where_no_sform_gives_the_geometry(tmp_path, qform_code):
+    image = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)
+    image.header.set_qform(np.eye(4), code=qform_code)
+    image.header.set_sform(None, code=0)
+    image.header["pixdim"][1:4] = [1.0, 0.0, 2.0]  # nibabel would load this as 1 mm
+    nib.save(image, str(tmp_path / "nosize.nii.gz"))
+    for read in (read_volume, read_header):
+        with pytest.raises(DataError, match=r"nosize.nii.gz: the header's voxel size \(pixdim 1, 0, 2, x/y/z\)"):
+            read(tmp_path / "nosize.nii.gz")
+    image.header.set_sform(np.diag([1.0, 0.5, 2.0, 1.0]), code=2)  # an sform makes pixdim irrelevant
+    nib.save(image, str(tmp_path / "sform.nii.gz"))
+    assert read_header(tmp_path / "sform.nii.gz")[1] == pytest.approx((2.0, 0.5, 1.0))
+
+
 @pytest.mark.parametrize("unit, factor", [("meter", 1000.0), ("micron", 1e-3), ("mm", 1.0), ("unknown", 1.0)])
 def test_nifti_spatial_units_are_converted_to_mm(tmp_path, unit, factor):
     image = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), np.diag([0.5, 0.7, 2.5, 1.0]))

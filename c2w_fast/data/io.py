@@ -185,7 +185,7 @@ def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[fl
             import nibabel as nib
             image = nib.load(str(path))
             shape = _squeeze_trailing(tuple(int(s) for s in image.header.get_data_shape()))[::-1]
-            spacing = tuple(float(s) for s in np.linalg.norm(_nifti_affine(image)[:3, :3], axis=0))
+            spacing = tuple(float(s) for s in np.linalg.norm(_nifti_affine(image, path)[:3, :3], axis=0))
         else:
             import nrrd
             header = nrrd.read_header(str(path))
@@ -299,13 +299,32 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
     array = array.reshape(_squeeze_trailing(array.shape))
     if array.ndim != 3:
         raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape} in file order")
-    return array.transpose(2, 1, 0), _nifti_affine(image), image.header
+    return array.transpose(2, 1, 0), _nifti_affine(image, path), image.header
 
 
-def _nifti_affine(image) -> np.ndarray:
+def _nifti_affine(image, path: Path) -> np.ndarray:
     """(z, y, x)-index RAS affine in mm of a nibabel image (its header's spatial unit applied)."""
+    _check_nifti_voxel_size(image, path)
     to_mm = _NIFTI_UNITS_TO_MM.get(image.header.get_xyzt_units()[0], 1.0)
     return np.diag([to_mm, to_mm, to_mm, 1.0]) @ image.affine @ _REVERSE_AXES
+
+
+def _check_nifti_voxel_size(image, path: Path) -> None:
+    """A DataError for a zero voxel size where the geometry comes from pixdim (no sform).
+
+    nibabel replaces a zero ``pixdim`` by 1 when it loads a header, so a file whose voxel
+    size was never written would silently be read as 1 mm and every mm metric be wrong.
+    """
+    if image.header["sform_code"] > 0:
+        return
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as stream:
+        written = type(image.header).from_fileobj(stream, check=False)["pixdim"][1:4]
+    if np.any(written == 0):
+        sizes = ", ".join(f"{v:g}" for v in written)
+        raise DataError(path, f"the header's voxel size (pixdim {sizes}, x/y/z) has a zero and no sform gives "
+                              "the geometry; rewrite the file with its true voxel size")
 
 
 def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, like_header=None) -> None:
