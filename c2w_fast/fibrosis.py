@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fibrosis", type=float, default=FIBROSIS_IIR, help="IIR threshold of fibrosis (1.2)")
     parser.add_argument("--dense", type=float, default=DENSE_SCAR_IIR, help="IIR threshold of dense scar (1.32)")
     args = parser.parse_args(argv)
+    if not 0 < args.fibrosis <= args.dense:
+        parser.error(f"thresholds must satisfy 0 < --fibrosis <= --dense, got {args.fibrosis} and {args.dense}")
     try:
         check_outputs({"--out": args.out, "--iir-map": args.iir_map, "--csv": args.csv},
                       {"--image": args.image, "--wall": args.wall, "--cavity": args.cavity}, ("--out", "--iir-map"))
@@ -123,8 +125,11 @@ def main(argv=None) -> int:
         image = read_volume(args.image)
         check_same_grid(image, masks.grid, "image", "wall")
         values = torch.from_numpy(image.array.astype(np.float32))
-        result = fibrosis_burden(values, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
-                                 dense=args.dense)
+        try:
+            result = fibrosis_burden(values, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
+                                     dense=args.dense)
+        except ValueError as exc:  # about the image's values: named, for scripts that loop over cases
+            raise DataError(args.image, str(exc)) from exc
         write_volume(args.out, result.labels.cpu().numpy(), like=masks.grid)
         if args.iir_map:
             write_volume(args.iir_map, result.iir.cpu().numpy(), like=masks.grid)

@@ -148,7 +148,10 @@ def main(argv=None) -> int:
     try:
         check_outputs({"--out": args.out, "--csv": args.csv}, {"--wall": args.wall, "--cavity": args.cavity})
         masks, on_device = masks_from_arguments(args, ("wall", "cavity", "la_cavity", "chambers"))
-        result = wall_thickness(**on_device, affine=masks.grid.affine)
+        try:
+            result = wall_thickness(**on_device, affine=masks.grid.affine)
+        except ValueError as exc:  # about the masks: named, for scripts that loop over cases
+            raise DataError(args.wall, str(exc)) from exc
         write_volume(args.out, result.thickness.cpu().numpy(), like=masks.grid)
         if args.csv:
             write_csv(args.csv, result.summary())

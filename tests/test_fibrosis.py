@@ -114,6 +114,13 @@ def test_cli_writes_the_label_map_the_iir_and_the_summary(tmp_path, capsys):
     (tmp_path / "taken").write_text("a file where a folder should be")
     assert fibrosis_cli.main(args[:7] + [str(tmp_path / "taken" / "f.nii.gz")]) == 2
     assert "taken is a file, not a folder" in capsys.readouterr().err
+    # an image with NaN in the wall: the error names the image, as a script looping over cases needs
+    write_volume(tmp_path / "nan_image.nii.gz", np.where(phantom.labels == 1, np.nan, phantom.image), affine)
+    assert fibrosis_cli.main(args[:1] + [str(tmp_path / "nan_image.nii.gz")] + args[2:8]) == 2
+    assert "nan_image.nii.gz: the image has" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # thresholds are checked before any file is read
+        fibrosis_cli.main(args[:8] + ["--fibrosis", "1.4", "--dense", "1.3"])
+    assert "0 < --fibrosis <= --dense, got 1.4 and 1.3" in capsys.readouterr().err
 
 
 def test_cli_refuses_outputs_that_are_inputs_and_non_label_files_before_writing(tmp_path, capsys):

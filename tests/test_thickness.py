@@ -206,6 +206,13 @@ def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
     assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "labels.nii.gz")]) == 2
     assert "is also --wall and --cavity: it would be overwritten" in capsys.readouterr().err
     assert (tmp_path / "labels.nii.gz").read_bytes() == before
+    # a wall that never touches the cavity: the error names the wall file
+    apart = np.zeros((8, 8, 16), np.uint8)
+    apart[2:5, 2:5, 2:5], apart[2:5, 2:5, 10:13] = 1, 2
+    write_volume(tmp_path / "apart.nii.gz", apart, affine)
+    assert thickness_cli.main(["--wall", str(tmp_path / "apart.nii.gz"), "--cavity", str(tmp_path / "apart.nii.gz"),
+                               "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "apart.nii.gz: no wall voxel has both an endocardial face" in capsys.readouterr().err
 
 
 @pytest.mark.cuda
