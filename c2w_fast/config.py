@@ -253,21 +253,28 @@ def _section_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def from_dict(data: dict, *, source: str = "config") -> Config:
-    """A :class:`Config` from nested dicts; unknown sections/keys and wrong types are errors."""
+def from_dict(data: dict, *, source: str = "config", overridden: frozenset[str] = frozenset()) -> Config:
+    """A :class:`Config` from nested dicts; unknown sections/keys and wrong types are errors, each
+    blamed on ``source`` or, for a ``section.key`` in ``overridden``, on its ``--set``."""
     config = Config()
     sections = _section_types(Config)
+
+    def where(name: str, key: str | None = None) -> str:
+        dotted = name if key is None else f"{name}.{key}"
+        by_set = dotted in overridden if key is not None else any(o.startswith(f"{name}.") for o in overridden)
+        return f"--set {dotted}" if by_set else f"{source}: {dotted}"
+
     for name, values in data.items():
         if name not in sections:
-            raise ConfigError(f"{source}: unknown section [{name}]; known: {', '.join(sections)}")
+            raise ConfigError(f"{where(name)}: unknown section [{name}]; known: {', '.join(sections)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table, got {values!r}")
+            raise ConfigError(f"{where(name)}: [{name}] must be a table, got {values!r}")
         section = getattr(config, name)
         types = _section_types(type(section))
         for key, value in values.items():
             if key not in types:
-                raise ConfigError(f"{source}: unknown key {name}.{key}; known in [{name}]: {', '.join(types)}")
-            setattr(section, key, _coerce(value, types[key], f"{source}: {name}.{key}"))
+                raise ConfigError(f"{where(name, key)}: unknown key; known in [{name}]: {', '.join(types)}")
+            setattr(section, key, _coerce(value, types[key], where(name, key)))
     return config
 
 
@@ -328,9 +335,8 @@ def load(path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{path}: cannot read the config file ({getattr(exc, 'strerror', None) or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    for item in overrides:
-        apply_override(data, item)
-    config = from_dict(data, source=str(path))
+    overridden = frozenset(apply_override(data, item) for item in overrides)
+    config = from_dict(data, source=str(path), overridden=overridden)
     check(config)
     return config
 
@@ -343,8 +349,8 @@ def parse_value(text: str):
         return text
 
 
-def apply_override(data: dict, item: str) -> None:
-    """Set ``section.key[.subkey]=value`` in the nested dict ``data``."""
+def apply_override(data: dict, item: str) -> str:
+    """Set ``section.key[.subkey]=value`` in the nested dict ``data``; returns ``section.key``."""
     if "=" not in item:
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
     path, text = item.split("=", 1)
@@ -357,6 +363,7 @@ def apply_override(data: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {path}: {key} is not a table")
     node[keys[-1]] = parse_value(text.strip())
+    return ".".join(keys[:2])
 
 
 def _choice(value, choices, where: str) -> None:

@@ -62,9 +62,9 @@ def _load(tmp_path, text, overrides=()):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[train]\nepoch = 3\n", r"unknown key train.epoch; known in \[train\]: epochs"),
+    ("[train]\nepoch = 3\n", r"c.toml: train.epoch: unknown key; known in \[train\]: epochs"),
     ("[trian]\n", r"unknown section \[trian\]"),
-    ("[train]\nepochs = \"ten\"\n", r"train.epochs must be an integer, got str 'ten'"),
+    ("[train]\nepochs = \"ten\"\n", r"c.toml: train.epochs must be an integer, got str 'ten'"),
     ("[train]\nepochs = 2.5\n", r"train.epochs must be an integer, got float"),
     ("[optim]\nlr = true\n", r"optim.lr must be a number, got bool"),
     ("[roi]\nsize = [1, 2]\n", r"roi.size must have 3 positive values"),

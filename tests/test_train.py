@@ -80,8 +80,9 @@ def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, items, message", [
-    ((), ["train.epoch=3"], "unknown key train.epoch"),
-    ((), ["train.batch_size=two"], "train.batch_size must be an integer, got str 'two'"),
+    ((), ["train.epoch=3"], "--set train.epoch: unknown key"),
+    ((), ["train.batch_size=two"], "--set train.batch_size must be an integer, got str 'two'"),
+    ((), ["bogus.x=1"], "--set bogus: unknown section [bogus]"),
     (("--fold", "2"), [], "--fold 2 is out of range: the splits have 2 folds (0..1)"),
     (("--fold", "best"), [], "--fold must be a fold index, 'all' or 'final'"),
     ((), ["data.n_test=30"], "the split is set by data.n_test, data.n_folds and data.final_val"),
