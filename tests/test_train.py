@@ -154,6 +154,23 @@ def test_a_resumed_run_needs_neither_its_init_checkpoint_nor_fewer_epochs(lasc, 
     assert cfg.load(tmp_path / "wall" / "config.toml").train.epochs == 3  # the refused resume wrote nothing
 
 
+def test_a_damaged_latest_checkpoint_points_to_the_best_one(lasc, tmp_path, capsys):
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=2) == 0
+    fold = tmp_path / "run" / "final"
+    (fold / "checkpoint_latest.pt").write_bytes((fold / "checkpoint_latest.pt").read_bytes()[:1000])  # a bad disk
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--fold", "final", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_latest.pt: not a readable checkpoint" in err
+    assert "checkpoint_best.pt (after epoch " in err and "copy it over checkpoint_latest.pt" in err
+    shutil.copy(fold / "checkpoint_best.pt", fold / "checkpoint_latest.pt")  # what the error says to do
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--fold", "final", "--epochs", "3"]) == 0
+    assert [int(r["epoch"]) for r in _rows(fold / "metrics.csv")][-1] == 2
+    (fold / "checkpoint_best.pt").write_bytes(b"")
+    (fold / "checkpoint_latest.pt").write_bytes(b"")
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--fold", "final", "--epochs", "4"]) == 2
+    assert "no intact checkpoint_best.pt either: delete" in capsys.readouterr().err
+
+
 def _snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

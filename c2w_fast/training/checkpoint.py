@@ -67,6 +67,25 @@ def load(path, *, lazy: bool = False) -> dict:
     return payload
 
 
+def load_latest(folder, *, lazy: bool = False) -> dict:
+    """``folder/checkpoint_latest.pt`` for ``--resume``. When it is damaged (writes are atomic, so
+    only the disk can do that), the error says how to go on from ``checkpoint_best.pt``, whose
+    payload is as complete, or to train the fold again."""
+    latest, best = Path(folder) / "checkpoint_latest.pt", Path(folder) / "checkpoint_best.pt"
+    try:
+        return load(latest, lazy=lazy)
+    except CheckpointError as exc:
+        if not latest.is_file():
+            raise
+        try:
+            epochs = load(best, lazy=True)["epoch"]
+            hint = (f"{best} (after epoch {epochs}) is intact: copy it over {latest.name} and --resume again "
+                    "to continue from that epoch")
+        except CheckpointError:
+            hint = f"no intact {best.name} either: delete {folder} to train this fold again"
+        raise CheckpointError(f"{exc}; {hint}") from None
+
+
 def load_model(path) -> tuple[UNet, Config]:
     """The model and config saved in checkpoint ``path``, weights loaded."""
     model, config, _ = load_stage(path)

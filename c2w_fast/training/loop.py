@@ -77,7 +77,7 @@ class Trainer:
         saved = None
         if resume:
             latest = self.folder / "checkpoint_latest.pt"
-            saved = checkpoint.load(latest)
+            saved = checkpoint.load_latest(self.folder)
             changed = cfg.differences(cfg.from_dict(saved["config"], source=str(latest)), config,
                                       ignore=cfg.RESUMABLE_KEYS)
             if changed:

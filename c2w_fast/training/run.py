@@ -298,7 +298,7 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
 def _trainer_state(latest: Path) -> dict:
     from c2w_fast.training import checkpoint
 
-    return checkpoint.load(latest, lazy=True)["trainer"]
+    return checkpoint.load_latest(latest.parent, lazy=True)["trainer"]
 
 
 def _finished(state: dict, folder: Path, config: cfg.Config, splits: Splits) -> bool:
