@@ -1,11 +1,13 @@
 """Bad input: one clear DataError naming the file and the problem, never a library traceback."""
 import gzip
+import threading
 
 import numpy as np
 import pytest
 
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
-from c2w_fast.data.layouts import discover_cases, layout_labels, load_case, load_labels
+from c2w_fast.data import layouts
+from c2w_fast.data.layouts import discover_cases, layout_labels, load_case, load_cases, load_labels
 from c2w_fast.data.phantom import write_dataset
 from c2w_fast.errors import DataError
 
@@ -77,6 +79,24 @@ def test_unexpected_label_values(mbas):
     array[0, 0, :2] = (7, 9)
     write_volume(label, array, volume.affine)
     with pytest.raises(DataError, match=r"MBAS_001_label.nii.gz: unexpected label values \[7, 9\]"):
+        load_case(discover_cases(mbas)[0])
+
+
+@pytest.mark.parametrize("values, message", [
+    ((2.5, 1.0), "label values must be whole numbers"), ((np.inf, 1.0), "label values must be whole numbers"),
+    ((np.nan, 1.0), "label values must be whole numbers"), ((-1.0, 3.0), r"unexpected label values \[-1\]"),
+    ((1.0, 3.0), None),  # float files holding the right values are read
+])
+def test_float_label_files(mbas, values, message):
+    _, label = case_files(mbas)
+    volume = read_volume(label)
+    array = volume.array.astype(np.float32)
+    array[0, 0, :2] = values
+    write_volume(label, array, volume.affine)
+    if message is None:
+        assert load_case(discover_cases(mbas)[0]).labels[0, 0, :2].tolist() == [1, 3]
+        return
+    with pytest.raises(DataError, match=f"MBAS_001_label.nii.gz: {message}"):
         load_case(discover_cases(mbas)[0])
 
 
@@ -224,3 +244,31 @@ def test_a_case_without_its_image_is_listed_for_prediction_to_report(tmp_path, l
     listed = find_images(tmp_path)
     listed[1][1].unlink()
     assert find_images(tmp_path) == listed
+
+
+@pytest.mark.parametrize("read_ahead", [1, 3, 10])
+def test_load_cases_reads_ahead_in_order_and_raises_at_the_bad_case(tmp_path, monkeypatch, read_ahead):
+    write_dataset(tmp_path, "mbas", 5, progress=False, **SMALL)
+    cases = discover_cases(tmp_path)
+    readers = set()
+
+    def recording(case):
+        readers.add(threading.current_thread().name)
+        return load_case(case)
+
+    monkeypatch.setattr(layouts, "load_case", recording)
+    loaded = list(load_cases(cases, read_ahead=read_ahead))
+    assert [d.case.id for d in loaded] == [c.id for c in cases]
+    for data, case in zip(loaded, cases):
+        np.testing.assert_array_equal(data.labels, load_case(case).labels)
+    assert readers and all(name.startswith("c2w-read") for name in readers)  # not the caller's thread
+    _, label = case_files(tmp_path, cases[2].id)
+    label.write_bytes(b"damaged")
+    seen = []
+    with pytest.raises(DataError, match=f"{cases[2].id}_label.nii.gz: cannot read"):
+        for data in load_cases(cases, read_ahead=read_ahead):
+            seen.append(data.case.id)
+    assert seen == [c.id for c in cases[:2]]  # the cases before the bad one came through, in order
+    early = load_cases(cases, read_ahead=read_ahead)
+    assert next(early).case.id == cases[0].id
+    early.close()  # a caller that stops early: the pending reads are dropped, nothing hangs

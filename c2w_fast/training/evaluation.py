@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from c2w_fast.data.layouts import Case, load_case
+from c2w_fast.data.layouts import Case, load_cases
 from c2w_fast.data.preprocess import target_labels
 
 TABLE_COLUMNS = (("dice", "Dice ↑"), ("surface_dice", "Surface Dice ↑"), ("hd95", "HD95 (mm) ↓"),
@@ -55,14 +55,13 @@ def evaluate_cases(predictor, cases: list[Case], *, desc: str = "test") -> list[
     """Predict every case with ``predictor`` (a :class:`c2w_fast.infer.Predictor`) and score it."""
     config = predictor.config
     rows = []
-    for case in tqdm(cases, desc=desc, unit="case", disable=None, leave=False):
-        data = load_case(case)
+    for data in tqdm(load_cases(cases), total=len(cases), desc=desc, unit="case", disable=None, leave=False):
         spacing = data.image.spacing
         prediction = predictor.predict(data.image.array, spacing, data.labels)
         truth = target_labels(data.labels, config.data.target)
         for row in class_metrics(prediction, truth, spacing, config.class_names, config.eval.tolerance_mm,
                                  stage1_cascade(config)):
-            rows.append({"case": case.id, **row})
+            rows.append({"case": data.case.id, **row})
     return rows
 
 

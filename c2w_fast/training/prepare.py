@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from c2w_fast.config import Config
 from c2w_fast.data.augment import QUANTILES, initial_patch_size
-from c2w_fast.data.layouts import Case, load_case
+from c2w_fast.data.layouts import Case, CaseData, load_cases
 from c2w_fast.data.loader import TrainingVolume
 from c2w_fast.data.preprocess import Box, crop, resample, target_labels
 from c2w_fast.data.sampling import class_locations
@@ -25,11 +25,10 @@ def crop_size(config: Config, spacing) -> tuple[int, int, int]:
     return initial_patch_size(patch, spacing, config.augment)
 
 
-def prepare_volume(case: Case, config: Config, pipeline: StagePipeline, *, roi_extent=None,
+def prepare_volume(data: CaseData, config: Config, pipeline: StagePipeline, *, roi_extent=None,
                    seed: int = 0) -> TrainingVolume:
-    """One case as a :class:`TrainingVolume`; ``roi_extent`` is the crop around the ROI centre
-    (default: the ROI itself)."""
-    data = load_case(case)
+    """One loaded case as a :class:`TrainingVolume`; ``roi_extent`` is the crop around the ROI
+    centre (default: the ROI itself)."""
     image, labels, spacing = data.image.array, data.labels, data.image.spacing
     shape, stage_spacing = pipeline.stage_grid(image.shape, spacing)
     channels = pipeline.input_channels(image, spacing, labels)
@@ -44,7 +43,7 @@ def prepare_volume(case: Case, config: Config, pipeline: StagePipeline, *, roi_e
         region = None if region is None else crop(region, box)
     rng = np.random.default_rng([seed, 5])
     quantiles = np.quantile(channels[0], QUANTILES.numpy()).astype(np.float32)
-    return TrainingVolume(case.id, np.ascontiguousarray(channels, dtype=np.float32), np.ascontiguousarray(target),
+    return TrainingVolume(data.case.id, np.ascontiguousarray(channels, dtype=np.float32), np.ascontiguousarray(target),
                           None if region is None else np.ascontiguousarray(region), tuple(stage_spacing),
                           class_locations(target, config.num_classes, rng), quantiles)
 
@@ -58,5 +57,5 @@ def prepare_volumes(cases: list[Case], config: Config, pipeline: StagePipeline, 
                     desc: str) -> list[TrainingVolume]:
     """Training (with the augmentation margin around an ROI) or validation volumes of ``cases``."""
     extent = crop_size(config, stage_spacing(config, cases)) if training and config.roi.size else None
-    return [prepare_volume(case, config, pipeline, roi_extent=extent, seed=config.run.seed)
-            for case in tqdm(cases, desc=desc, unit="case", disable=None, leave=False)]
+    return [prepare_volume(data, config, pipeline, roi_extent=extent, seed=config.run.seed)
+            for data in tqdm(load_cases(cases), total=len(cases), desc=desc, unit="case", disable=None, leave=False)]

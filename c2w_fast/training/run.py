@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast import config as cfg
-from c2w_fast.data.layouts import Case, discover_cases, load_case
+from c2w_fast.data.layouts import Case, discover_cases, load_cases
 from c2w_fast.data.preprocess import target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.infer import Predictor, keep_largest_per_class, resolve_checkpoint
@@ -250,12 +250,12 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
     case whose labels hold none of the target's classes is a warning."""
     training = {case for name in folds for case in training_cases(config, fold_split(splits, name))}
     used = training.union(*(fold_split(splits, name).val for name in folds), splits.test if "final" in folds else ())
-    for case_id in tqdm(sorted(used), desc="check cases", unit="case", disable=None if main else True, leave=False):
-        case = cases[case_id]
-        labels = load_case(case).labels
-        if main and case_id in training and not target_labels(labels, config.data.target).any():
-            files = ", ".join(str(path) for path in case.label_paths.values())
-            warnings.warn(f"training case {case_id}: no {' / '.join(config.class_names)} voxel in its labels "
+    ordered = [cases[case_id] for case_id in sorted(used)]
+    for data in tqdm(load_cases(ordered), total=len(ordered), desc="check cases", unit="case",
+                     disable=None if main else True, leave=False):
+        if main and data.case.id in training and not target_labels(data.labels, config.data.target).any():
+            files = ", ".join(str(path) for path in data.case.label_paths.values())
+            warnings.warn(f"training case {data.case.id}: no {' / '.join(config.class_names)} voxel in its labels "
                           f"({files}): an empty label map for data.target = {config.data.target!r}", stacklevel=2)
 
 
