@@ -320,14 +320,20 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
 # --- post-processing -----------------------------------------------------------------------------
 
 def class_indices(logits: torch.Tensor, slab_voxels: int = 1 << 22) -> torch.Tensor:
-    """``logits.argmax(0)`` as uint8 for (K, D, H, W) logits, taken in slabs along D so that no
-    int64 volume is made (144 MB at 44x640x640)."""
+    """``logits.argmax(0)`` as uint8 for (K, D, H, W) logits (ties: the first class, as argmax).
+
+    A running maximum over the classes, in slabs along D: no int64 volume (144 MB at
+    44x640x640) nor full-volume temporaries, and on the CPU about 10x faster than torch's
+    argmax over the leading dimension."""
     if logits.shape[0] > 256:
         raise ValueError(f"class_indices returns uint8: at most 256 classes, got {logits.shape[0]}")
-    out = torch.empty(logits.shape[1:], dtype=torch.uint8, device=logits.device)
+    out = torch.zeros(logits.shape[1:], dtype=torch.uint8, device=logits.device)
     step = max(1, slab_voxels // max(1, logits[0, 0].numel()))
     for z in range(0, logits.shape[1], step):
-        out[z:z + step] = logits[:, z:z + step].argmax(0)
+        slab, best = logits[:, z:z + step], logits[0, z:z + step].clone()
+        for k in range(1, logits.shape[0]):
+            out[z:z + step].masked_fill_(slab[k] > best, k)
+            torch.maximum(best, slab[k], out=best)
     return out
 
 
@@ -558,15 +564,17 @@ class StagePipeline:
             raise ValueError(f"image has {bad} NaN/inf voxels; a network would turn them into an empty prediction")
         return x
 
-    def input_channels(self, image, spacing, labels=None):
-        """(C, D, H, W) float32 network input in the stage grid: z-scored image (+ signed-distance channel)."""
+    def input_channels(self, image, spacing, labels=None, box: Box | None = None):
+        """(C, D, H, W) float32 network input in the stage grid, cropped to ``box`` (stage grid) if
+        given: z-scored image (statistics of the whole volume) (+ signed-distance channel)."""
         x = self._image(image)
         shape, _ = self.stage_grid(x.shape, spacing)
-        channels = [zscore(resample(x, shape))]
+        channels = [zscore(resample(x, shape), box)]
         if self.config.data.sdf_channel:
             cavity = self.helper("data.sdf_from", self.config.data.sdf_from).predict(x, spacing, labels) > 0
-            channels.append(resample(cavity_distance(cavity, spacing, self.config.data.sdf_scale_mm), shape))
-        out = torch.stack(channels)
+            distance = resample(cavity_distance(cavity, spacing, self.config.data.sdf_scale_mm), shape)
+            channels.append(distance if box is None else crop(distance, box))
+        out = channels[0][None] if len(channels) == 1 else torch.stack(channels)  # one channel: no copy
         return out.cpu().numpy() if isinstance(image, np.ndarray) else out
 
     def roi_centre(self, image, spacing, labels=None):
@@ -580,11 +588,10 @@ class StagePipeline:
             if labels is None:
                 raise ValueError("roi.center = 'ground_truth' needs the case's labels")
             la = labels == CANONICAL_LABELS["LA"]
-            mask = la if la.any() else labels > 0
+            centre = center_of_mass(la if la.any() else labels > 0)
         else:
             localizer = self.helper("roi.localizer", self.config.roi.localizer)
-            mask = atrium_mask(localizer.predict(self._image(image), spacing, labels))
-        centre = center_of_mass(mask)
+            centre = localizer.atrium_centre(self._image(image), spacing, labels)
         if centre:
             return native_to_stage(centre, spacing, stage_spacing)
         source = "the labels" if self.config.roi.center == "ground_truth" else \
@@ -655,6 +662,7 @@ class Predictor:
         self.pipeline = StagePipeline(config, fold=fold, device=device, trained_spacing=trained_spacing,
                                       run_dir=run_dir, loader=self.loader)
         self._last: _LastCase | None = None
+        self._centre: tuple[weakref.ref, tuple | None] | None = None  # (result, its atrium centre)
         self._runner = None
 
     @classmethod
@@ -687,11 +695,9 @@ class Predictor:
         pipeline, timer = self.pipeline, self.loader.timer
         with timer.phase("preprocess"):
             shape, _ = pipeline.stage_grid(tuple(x.shape), spacing)
-            channels = pipeline.input_channels(x, spacing, labels)
             centre = pipeline.roi_centre(x, spacing, labels)
             box = None if centre is None else Box.around(centre, self.config.roi.size)
-            if box is not None:
-                channels = crop(channels, box)
+            channels = pipeline.input_channels(x, spacing, labels, box)
         logits = sliding_window(self.runner, channels.contiguous(), pipeline.patch_size, timer=timer,
                                 **self.window_settings())
         with timer.phase("postprocess"):
@@ -728,6 +734,15 @@ class Predictor:
         result = StagePrediction(out, probs)
         self._last = _LastCase.of(image, key, result)
         return result
+
+    def atrium_centre(self, image, spacing, labels=None) -> tuple[float, float, float] | None:
+        """Centre of mass (native voxel indices) of the largest foreground component of this stage's
+        prediction: where a localiser puts the ROI. Kept with :meth:`run`'s reused result, so the
+        stages of one case that share the localiser find its centre once."""
+        result = self.run(image, spacing, labels)
+        if self._centre is None or self._centre[0]() is not result:
+            self._centre = (weakref.ref(result), center_of_mass(atrium_mask(result.labels)))
+        return self._centre[1]
 
     def logits(self, image, spacing, labels=None):
         """(K, D, H, W) float32 logits in the native grid of ``image`` (z, y, x) with ``spacing`` (mm)."""

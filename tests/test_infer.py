@@ -263,5 +263,6 @@ def test_cuda_graph_and_gpu_stitching_equal_eager(rng):
 def test_class_indices_equal_argmax_in_any_slabs(slab_voxels):
     logits = torch.randn(4, 7, 5, 6)
     logits[:, 3] = 0.0  # ties pick the first class, as argmax does
+    logits[1:3, 2], logits[:, 4, 0] = 9.0, torch.tensor([-1.0, 3.0, 3.0, 3.0])[:, None]  # ties of later classes
     out = class_indices(logits, slab_voxels)
     assert out.dtype == torch.uint8 and torch.equal(out.long(), logits.argmax(0))

@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from c2w_fast import predict, train
+from c2w_fast import infer, predict, train
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import make_phantom
-from c2w_fast.infer import InferenceOptions, Predictor, RoiWarning, StageLoader, locate_stage
+from c2w_fast.infer import InferenceOptions, Predictor, RoiWarning, StageLoader, StagePrediction, locate_stage
 from c2w_fast.ops import ball
 from c2w_fast.training import checkpoint
 from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, write_phantoms
@@ -201,12 +201,26 @@ def test_a_stage_reuses_its_last_result_only_while_nothing_changed(c2w):
     assert np.array_equal(flipped, fresh)
 
 
+def test_the_stages_of_a_case_find_the_localisers_atrium_once(c2w, monkeypatch):
+    data, runs = c2w
+    loader = StageLoader()
+    cavity, wall = loader.load(runs / "cavity"), loader.load(runs / "wall")
+    calls = []
+    monkeypatch.setattr(infer, "atrium_mask", lambda labels: calls.append(1) or labels > 0)
+    image = torch.from_numpy(read_volume(data / "phantom001" / "lgemri.nrrd").array.astype(np.float32))
+    centres = [stage.pipeline.roi_centre(image, (2.0, 2.0, 2.0)) for stage in (cavity, wall, cavity)]
+    assert len(calls) == 1 and centres[0] == centres[1] == centres[2]
+    image.add_(1.0)  # another image (changed in place): found again
+    cavity.pipeline.roi_centre(image, (2.0, 2.0, 2.0))
+    assert len(calls) == 2
+
+
 def test_an_atrium_the_localiser_misses_centres_the_roi_with_a_warning(c2w, monkeypatch):
     data, runs = c2w
     cavity = Predictor.load(runs / "cavity")
     image = read_volume(data / "phantom000" / "lgemri.nrrd")
     localizer = cavity.pipeline.helper("roi.localizer", cavity.pipeline.config.roi.localizer)
-    monkeypatch.setattr(localizer, "predict", lambda x, *args: np.zeros(np.shape(x), np.uint8))
+    monkeypatch.setattr(localizer, "run", lambda x, *args: StagePrediction(torch.zeros(x.shape, dtype=torch.uint8)))
     with pytest.warns(RoiWarning, match=r"the localiser \(.*localizer\) found no atrium in a case: its ROI is "
                                         r"centred on the volume") as caught:
         for _ in range(3):  # every case is named, not just the first

@@ -25,6 +25,9 @@ def test_zscore_of_a_tensor_in_chunks_equals_the_float64_formula(rng, monkeypatc
     expected = ((wide - wide.mean()) / wide.std(correction=0)).float()
     torch.testing.assert_close(zscore(image), expected, rtol=0, atol=0)
     assert not zscore(torch.full((3, 4, 5), 5.0)).any()
+    for box in (Box((2, 3, 4), (3, 5, 6)), Box((-2, 15, -3), (4, 8, 30))):  # inside; reaching out of the volume
+        torch.testing.assert_close(zscore(image, box), crop(expected, box), rtol=0, atol=0)
+        np.testing.assert_array_equal(zscore(image.numpy(), box), crop(expected, box).numpy())
 
 
 def test_zscore_has_zero_mean_unit_std_and_handles_constants(rng):
@@ -61,6 +64,17 @@ def test_centre_of_mass_and_empty_mask():
     mask[1, 2, 3] = mask[3, 4, 5] = True
     assert center_of_mass(mask) == (2.0, 3.0, 4.0)
     assert center_of_mass(np.zeros((2, 2, 2))) is None
+    assert center_of_mass(torch.zeros((2, 2, 2), dtype=torch.bool)) is None
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (1, 1, 1), (7, 1, 9)])
+def test_centre_of_mass_is_the_mean_voxel_index_for_arrays_and_tensors(shape, rng):
+    for _ in range(10):
+        mask = rng.random(shape) < rng.random()
+        expected = tuple(np.argwhere(mask).mean(0)) if mask.any() else None
+        for given in (mask, mask.astype(np.uint8) * 7, torch.from_numpy(mask), torch.from_numpy(mask.astype(np.float32))):
+            found = center_of_mass(given)
+            assert found is None if expected is None else np.allclose(found, expected, rtol=1e-12, atol=0)
 
 
 def test_crop_and_paste_round_trip_across_the_border(rng):

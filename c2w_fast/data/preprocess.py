@@ -25,23 +25,25 @@ TARGET_CLASSES = {  # target -> {foreground class name: canonical codes (1 wall,
 ZSCORE_CHUNK = 1 << 22  # voxels converted to float64 at a time
 
 
-def zscore(image):
+def zscore(image, box: "Box | None" = None):
     """``(image - mean) / std`` over the whole volume (population std, float64), float32;
-    a constant image becomes zeros. Tensors are worked through in chunks, so the float64
-    arithmetic needs no full-volume float64 copies."""
-    if isinstance(image, torch.Tensor):
-        chunks = image.reshape(-1).split(ZSCORE_CHUNK)
-        count = max(image.numel(), 1)
-        mean = sum(chunk.double().sum() for chunk in chunks) / count
-        std = (sum(((chunk.double() - mean) ** 2).sum() for chunk in chunks) / count).sqrt()
-        std = torch.where(std > 0, std, 1.0)
-        out = torch.empty(image.shape, dtype=torch.float32, device=image.device)
-        for chunk, target in zip(chunks, out.view(-1).split(ZSCORE_CHUNK)):
-            target.copy_((chunk.double() - mean) / std)
-        return out
-    image = np.asarray(image, dtype=np.float32)
-    mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
-    return ((image - mean) / (std if std > 0 else 1.0)).astype(np.float32, copy=False)
+    a constant image becomes zeros. Worked through in chunks, so the float64 arithmetic
+    needs no full-volume float64 copy. With ``box`` only that crop is normalised and
+    returned (the statistics still the whole volume's; outside the volume 0, the mean):
+    an ROI stage would otherwise normalise the whole volume only to crop it."""
+    if not isinstance(image, torch.Tensor):
+        return zscore(torch.from_numpy(np.require(image, np.float32, "W")), box).numpy()  # "W": torch needs it
+    chunks = image.reshape(-1).split(ZSCORE_CHUNK)
+    count = max(image.numel(), 1)
+    mean = sum(chunk.double().sum() for chunk in chunks) / count
+    std = (sum(((chunk.double() - mean) ** 2).sum() for chunk in chunks) / count).sqrt()
+    std = torch.where(std > 0, std, 1.0)
+    volume, inside = box._overlap(tuple(image.shape)) if box is not None else ((...,), (...,))
+    out = torch.zeros(box.size if box is not None else image.shape, dtype=torch.float32, device=image.device)
+    planes = max(1, ZSCORE_CHUNK // max(1, image[0].numel()))
+    for source, target in zip(image[volume].split(planes), out[inside].split(planes)):
+        target.copy_((source.double() - mean) / std)
+    return out
 
 
 def target_labels(labels: np.ndarray, target: str) -> np.ndarray:
@@ -79,20 +81,23 @@ def resample(array, shape, *, labels: bool = False) -> np.ndarray | torch.Tensor
 
 
 def center_of_mass(mask) -> tuple[float, float, float] | None:
-    """Mean (z, y, x) voxel index of the nonzero voxels, or None for an empty mask."""
-    if isinstance(mask, torch.Tensor):
+    """Mean (z, y, x) voxel index of the nonzero voxels, or None for an empty mask.
+
+    From per-axis counts (no index list of every voxel); on the CPU with numpy's
+    ``count_nonzero``, which converts nothing, where a torch sum of a bool volume makes an
+    int64 or float64 copy of it (300 MB at 88x640x640)."""
+    if isinstance(mask, torch.Tensor) and mask.device.type != "cpu":
         mask = mask != 0
-        total = int(mask.sum())
-        if total == 0:
-            return None
-        centre = []
-        for axis in range(mask.ndim):  # per-axis profiles: no index list of every voxel
-            others = [a for a in range(mask.ndim) if a != axis]
-            profile = mask.sum(dim=others, dtype=torch.float64)
-            centre.append(float((profile * torch.arange(len(profile), device=mask.device)).sum()) / total)
-        return tuple(centre)
-    points = np.argwhere(np.asarray(mask))
-    return None if len(points) == 0 else tuple(float(v) for v in points.mean(0))
+        profiles = [mask.sum(dim=[a for a in range(mask.ndim) if a != axis], dtype=torch.float64).cpu().numpy()
+                    for axis in range(mask.ndim)]
+    else:
+        array = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        profiles = [np.count_nonzero(array, axis=tuple(a for a in range(array.ndim) if a != axis))
+                    for axis in range(array.ndim)]
+    total = float(profiles[0].sum())
+    if total == 0:
+        return None
+    return tuple(float(np.dot(profile, np.arange(len(profile), dtype=np.float64))) / total for profile in profiles)
 
 
 @dataclass(frozen=True)

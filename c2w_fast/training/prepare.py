@@ -31,15 +31,15 @@ def prepare_volume(data: CaseData, config: Config, pipeline: StagePipeline, *, r
     centre (default: the ROI itself)."""
     image, labels, spacing = data.image.array, data.labels, data.image.spacing
     shape, stage_spacing = pipeline.stage_grid(image.shape, spacing)
-    channels = pipeline.input_channels(image, spacing, labels)
+    centre = pipeline.roi_centre(image, spacing, labels)
+    box = None if centre is None else Box.around(centre, roi_extent or config.roi.size)
+    channels = pipeline.input_channels(image, spacing, labels, box)
     target = target_labels(resample(labels, shape, labels=True), config.data.target)
     region = pipeline.region(image, spacing, labels)
     if region is not None:
         region = resample(region, shape, labels=True)
-    centre = pipeline.roi_centre(image, spacing, labels)
-    if centre is not None:
-        box = Box.around(centre, roi_extent or config.roi.size)
-        channels, target = crop(channels, box), crop(target, box)
+    if box is not None:
+        target = crop(target, box)
         region = None if region is None else crop(region, box)
     rng = np.random.default_rng([seed, 5])
     quantiles = np.quantile(channels[0], QUANTILES.numpy()).astype(np.float32)
