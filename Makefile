@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.c2w_fast-installed
 PYTEST_ARGS ?=
-# The oldest Triton the kernels support (torch 2.11's); the tests also compile every kernel with it.
+# The oldest Triton the kernels support (what torch 2.10 and 2.11 install); the tests also compile every kernel with it.
 TRITON_OLDEST ?= triton==3.6.0
 OLDEST_DIR := $(VENV)/triton-oldest
 OLDEST_STAMP := $(VENV)/.triton-oldest-installed

@@ -6,16 +6,19 @@ as ``c2w_fast.configs`` (the TOML presets as package data: ``--config c2w_wall``
 after ``pip install .`` as after ``pip install -e .``). ``csrc/`` is
 built with pybind11 and OpenMP into ``c2w_fast._cpu``. Nothing here imports torch.
 """
+import glob
 import sys
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
+TRITON = "triton>=3.6; platform_system == 'Linux'"  # the kernels under the interpreter in CI, and on GPUs
 openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
 
 cpu_extension = Pybind11Extension(
     "c2w_fast._cpu",
     sources=["csrc/bind.cpp"],
+    depends=sorted(glob.glob("csrc/*.hpp")),  # in the sdist, and a changed header rebuilds the extension
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=["-O3", *openmp],
@@ -29,6 +32,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["c2w_fast", "c2w_fast.*"]) + ["c2w_fast.kernels", "c2w_fast.configs"],
     package_dir={"c2w_fast.kernels": "kernels", "c2w_fast.configs": "configs"},
@@ -36,8 +40,7 @@ setup(
     ext_modules=[cpu_extension],
     cmdclass={"build_ext": build_ext},
     install_requires=[
-        "torch>=2.3",
-        "triton>=3.6; platform_system == 'Linux'",  # the oldest the tests compile with (Makefile)
+        "torch>=2.10",  # its CUDA builds bring Triton >= 3.6, the oldest the kernels compile with (Makefile)
         "numpy>=1.24",
         "scipy>=1.10",
         "nibabel>=5.0",
@@ -47,9 +50,12 @@ setup(
         "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require={
-        "cuda": ["cupy-cuda12x>=13"],  # CUDA 12.x drivers/toolkits (RTX 4090 setups)
-        "cuda13": ["cupy-cuda13x>=13"],
-        "test": ["pytest>=7.4", "pytest-xdist>=3.3", "monai>=1.3",
+        # Triton comes with torch's CUDA builds; named here so that a CPU build of torch
+        # (no Triton, about 1 GB saved) gets it only where the GPU kernels or their tests need it
+        "cuda": ["cupy-cuda12x>=13", TRITON],  # CUDA 12.x drivers/toolkits (RTX 4090 setups)
+        "cuda13": ["cupy-cuda13x>=13", TRITON],
+        "test": [TRITON, "pytest>=7.4", "pytest-xdist>=3.3", "monai>=1.3",
+                 "build>=1.0", "pybind11>=2.12",  # tests/test_packaging.py builds the sdist
                  # metric/morphology peers the tests compare against
                  "surface-distance==0.1", "medpy>=0.5", "edt>=2.4", "connected-components-3d>=3.12",
                  "scikit-image>=0.21"],  # the benchmarks' CPU smoke runs (MONAI's largest component)

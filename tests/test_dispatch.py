@@ -46,6 +46,15 @@ def test_missing_cupy_is_named(monkeypatch):
     assert "cupy is not installed" in backend_problem("cuda", "cuda")
 
 
+@pytest.mark.parametrize("version, too_old", [("3.1.0", True), ("2.9.9", True), ("3.6.0", False),
+                                               ("3.7.0+git1a2b3c", False), ("4.0.0", False)])
+def test_a_triton_older_than_the_kernels_need_is_named(monkeypatch, version, too_old):
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(triton, "__version__", version)
+    problem = backend_problem("triton", "cuda")
+    assert (problem is not None and f"triton {version} is older than 3.6" in problem) if too_old else problem is None
+
+
 def test_auto_prefers_the_first_available_fast_backend():
     assert _op(cpu=("cpu", "triton")).select("auto", "cpu")() == "cpu"
 

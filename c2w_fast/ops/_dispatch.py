@@ -57,11 +57,18 @@ def _cpu_extension_problem(device_type: str) -> str | None:
     return None
 
 
+OLDEST_TRITON = (3, 6)  # the oldest Triton the kernels compile with (tested: Makefile's TRITON_OLDEST)
+
+
 def _triton_problem(device_type: str) -> str | None:
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
         return "triton is not installed (`pip install triton`)"
+    found = tuple(int(part) for part in triton.__version__.split(".")[:2] if part.isdigit())
+    if found < OLDEST_TRITON:
+        return (f"triton {triton.__version__} is older than {'.'.join(map(str, OLDEST_TRITON))}, the oldest the "
+                "kernels compile with (upgrade torch to >= 2.10, or triton)")
     if device_type == "cuda":
         return None
     if device_type == "cpu" and triton_interpreter_enabled():
