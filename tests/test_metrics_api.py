@@ -208,3 +208,46 @@ def test_evaluate_makes_no_full_volume_temporaries():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < gt.nbytes / 8  # a full-volume float64 array would be 64x this bound
+
+
+def test_numpy_label_values_the_dtype_cannot_hold_match_nothing(rng):
+    shape, spacing = (5, 9, 8), anisotropic_spacing(rng)
+    gt = (rng.integers(0, 3, shape) * blobs(rng, shape, 0.5)).astype(np.uint8)
+    out = metrics.evaluate_labels(gt, gt, {"300": 300, "-1": -1, "one": [1, 300]}, spacing)
+    assert math.isnan(out["300"].dice) and math.isnan(out["-1"].dice)
+    assert out["one"] == metrics.evaluate(gt == 1, gt == 1, spacing)
+    as_bool = metrics.evaluate_labels(gt == 1, gt == 1, {"1": 1, "huge": 2**64}, spacing)
+    assert as_bool["1"] == out["one"] and math.isnan(as_bool["huge"].dice)
+
+
+def _wall_pair(shape):
+    gt = np.zeros(shape, bool)
+    gt[5:15, 40:90, 50:120] = True
+    gt[7:13, 50:80, 60:110] = False
+    return np.roll(gt, 2, axis=2), gt
+
+
+def test_torch_counts_make_no_full_volume_temporaries():
+    """Counting a torch mask converts nothing to int64 (``sum`` did: 8 bytes a voxel), and the
+    counts run in the crop."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pred, gt = (torch.from_numpy(m) for m in _wall_pair((20, 160, 160)))
+    for run in (metrics.dice, metrics.overlap, metrics.evaluate):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run(pred, gt)
+        assert max(event.cpu_memory_usage for event in prof.events()) < gt.numel() / 8
+
+
+def test_evaluate_labels_allocates_the_label_stacks_once():
+    """The per-label masks are filled into one (labels, z, y, x) stack per map, not stacked from copies."""
+    import tracemalloc
+
+    pred, gt = (np.where(m, 3, 0).astype(np.uint8) for m in _wall_pair((20, 160, 160)))
+    labels = (1, 2, 3)
+    metrics.evaluate_labels(pred, gt, labels)
+    tracemalloc.start()
+    metrics.evaluate_labels(pred, gt, labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2.5 * len(labels) * gt.size  # both stacks and a crop; a list plus a stack made it 3x

@@ -217,7 +217,10 @@ def _canonical_labels(case: Case, volumes: dict[str, Volume]) -> np.ndarray:
         codes = nnunet_canonical_codes(case.image_path.parent.parent / "dataset.json")
         lookup = np.zeros(max(codes) + 1, np.uint8)
         lookup[list(codes)] = list(codes.values())
-        labels = lookup[volumes["labels"].array.astype(np.int64)]
+        array = volumes["labels"].array  # integers index as they are: an int64 copy cost 8 bytes a voxel
+        if array.dtype.kind not in "iu":  # whole-number floats (or bools): the narrowest type holding every code
+            array = array.astype(np.result_type(np.min_scalar_type(min(codes)), np.min_scalar_type(max(codes))))
+        labels = lookup[array]
     else:
         labels = volumes["labels"].array.astype(np.uint8, copy=False)
     return np.ascontiguousarray(labels)
