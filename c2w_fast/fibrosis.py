@@ -28,7 +28,7 @@ import torch
 from c2w_fast.data.io import check_same_grid, read_volume, write_csv, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import binary_erosion
-from c2w_fast.regions import atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_masks, report
+from c2w_fast.regions import atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_values, report
 
 FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
 HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3
@@ -46,13 +46,12 @@ class Fibrosis:
     def summary(self) -> list[dict]:
         """Rows ``region, voxels, fibrosis_percent, dense_scar_percent, mean_iir`` for the wall and each sector."""
         labels, rows = torch.as_tensor(self.labels), []
-        iir = torch.as_tensor(self.iir)
-        for name, mask in region_masks(labels > 0, torch.as_tensor(self.sectors)):
-            n = int(mask.sum())
-            share = (lambda k: 100.0 * int((mask & (labels >= k)).sum()) / n if n else float("nan"))
+        for name, (classes, iir) in region_values(labels > 0, self.sectors, labels, self.iir):
+            n = len(classes)
+            share = (lambda k: 100.0 * int(torch.count_nonzero(classes >= k)) / n if n else float("nan"))
             rows.append({"region": name, "voxels": n, "fibrosis_percent": share(FIBROSIS),
                          "dense_scar_percent": share(DENSE_SCAR),
-                         "mean_iir": float(iir[mask].double().mean()) if n else float("nan")})
+                         "mean_iir": float(iir.double().mean()) if n else float("nan")})
         return rows
 
     @property
@@ -68,6 +67,14 @@ def blood_pool(cavity):
     """The cavity eroded by one voxel, or the cavity itself when the erosion leaves nothing."""
     core = binary_erosion(cavity, 1)
     return core if core.any() else cavity
+
+
+def _intensities(image, mask: torch.Tensor) -> torch.Tensor:
+    """float32 intensities of ``image`` (numpy, or torch on any device) at ``mask``'s voxels, on the mask's
+    device: gathered where the image lies, so that the whole volume is neither copied to float nor moved."""
+    if isinstance(image, torch.Tensor):
+        return image[mask.to(image.device)].float().to(mask.device)
+    return torch.from_numpy(np.asarray(image)[mask.cpu().numpy()].astype(np.float32)).to(mask.device)
 
 
 def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis: float = FIBROSIS_IIR,
@@ -86,24 +93,24 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
         raise ValueError(f"thresholds must satisfy 0 < fibrosis <= dense, got fibrosis={fibrosis}, dense={dense}")
     masks = atrial_masks(wall, cavity, spacing, affine=affine, la_cavity=la_cavity)
     w = masks.wall
-    values = torch.as_tensor(image if isinstance(image, torch.Tensor) else np.asarray(image, np.float32))
-    if tuple(values.shape) != tuple(w.shape):
-        raise ValueError(f"image must be (z, y, x) of the masks' shape {tuple(w.shape)}, got {tuple(values.shape)}")
-    values = values.to(w.device).float()
-    pool = blood_pool(masks.la_cavity)
-    non_finite = ~torch.isfinite(values)
-    for name, region in (("wall", w), ("blood pool", pool)):
-        bad = int((region & non_finite).sum())
+    if tuple(np.shape(image)) != tuple(w.shape):
+        raise ValueError(f"image must be (z, y, x) of the masks' shape {tuple(w.shape)}, got {tuple(np.shape(image))}")
+    wall_values, pool_values = _intensities(image, w), _intensities(image, blood_pool(masks.la_cavity))
+    for name, values in (("wall", wall_values), ("blood pool", pool_values)):
+        bad = int(torch.count_nonzero(~torch.isfinite(values)))
         if bad:
             raise ValueError(f"the image has {bad} non-finite values (NaN or inf) in the {name}")
-    mean = float(values[pool].double().mean())
+    mean = float(pool_values.double().mean())
     if not mean > 0:
         raise ValueError(f"the blood-pool mean intensity must be positive, got {mean}")
-    iir = torch.where(w, values / mean, torch.zeros((), device=w.device))
+    ratio = wall_values / mean
+    classes = torch.full_like(ratio, HEALTHY, dtype=torch.uint8)
+    classes[ratio >= fibrosis] = FIBROSIS
+    classes[ratio >= dense] = DENSE_SCAR
+    iir = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+    iir[w] = ratio
     labels = torch.zeros(w.shape, dtype=torch.uint8, device=w.device)
-    labels[w] = HEALTHY
-    labels[w & (iir >= fibrosis)] = FIBROSIS
-    labels[w & (iir >= dense)] = DENSE_SCAR
+    labels[w] = classes
     return Fibrosis(masks.out(iir), masks.out(labels), masks.out(masks.sectors()), mean)
 
 
@@ -124,22 +131,22 @@ def main(argv=None) -> int:
         masks, on_device = masks_from_arguments(args)
         image = read_volume(args.image)
         check_same_grid(image, masks.grid, "image", "wall")
-        values = torch.from_numpy(image.array.astype(np.float32))
         try:
-            result = fibrosis_burden(values, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
+            result = fibrosis_burden(image.array, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
                                      dense=args.dense)
         except ValueError as exc:  # about the image's values: named, for scripts that loop over cases
             raise DataError(args.image, str(exc)) from exc
         write_volume(args.out, result.labels.cpu().numpy(), like=masks.grid)
         if args.iir_map:
             write_volume(args.iir_map, result.iir.cpu().numpy(), like=masks.grid)
+        rows = result.summary()
         if args.csv:
-            write_csv(args.csv, result.summary())
+            write_csv(args.csv, rows)
     except (DataError, ValueError, OSError) as exc:  # OSError: an output that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"blood-pool mean intensity {result.blood_pool_mean:.4g}")
-    return report(result.summary(), lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis "
+    return report(rows, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis "
                   f"{row['fibrosis_percent']:5.1f} %  dense scar {row['dense_scar_percent']:5.1f} %  "
                   f"mean IIR {row['mean_iir']:.2f}")
 

@@ -120,9 +120,14 @@ def wall_sectors(wall, centroid, affine) -> torch.Tensor:
     return sectors
 
 
-def region_masks(wall, sectors) -> list[tuple[str, torch.Tensor]]:
-    """``("wall", wall)`` then ``(sector name, its voxels)`` for every sector."""
-    return [("wall", torch.as_tensor(wall))] + [(name, sectors == code) for code, name in enumerate(SECTORS, start=1)]
+def region_values(wall, sectors, *maps) -> list[tuple[str, list[torch.Tensor]]]:
+    """``("wall", values)`` then ``(sector name, values)`` for every sector, ``values`` the 1-D values of each
+    of ``maps`` at the region's voxels: gathered once at the wall (``sectors`` are 0 elsewhere), so that a
+    summary makes no full-volume copy per region."""
+    wall = torch.as_tensor(wall)
+    codes = torch.as_tensor(sectors)[wall]
+    values = [torch.as_tensor(m)[wall] for m in maps]
+    return [(name, [v[codes == code] if code else v for v in values]) for code, name in enumerate(("wall", *SECTORS))]
 
 
 def report(rows: list[dict], describe) -> int:
@@ -141,7 +146,7 @@ class WallMasks:
     wall: np.ndarray
     cavity: np.ndarray
     la_cavity: np.ndarray
-    chambers: np.ndarray  # the cavity's labels (one per chamber), 0 elsewhere
+    chambers: np.ndarray | None  # uint8 labels of the cavity (one per chamber), 0 elsewhere; None unless asked
     grid: Volume
 
 
@@ -176,8 +181,18 @@ def check_labels(volume: Volume) -> None:
                               f"{float(array[fractional][0]):g}): not a label map; give the segmentation")
 
 
-def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None) -> WallMasks:
-    """Wall, cavity and LA masks from label files (module docstring); DataError for a bad file or grid."""
+def _chamber_labels(cavity: np.ndarray, labels: np.ndarray, present) -> np.ndarray:
+    """The cavity's chambers as uint8 labels, 0 elsewhere: the RA 2 and the rest (the LA and any parts of it
+    labelled apart) 1 when the cavity's values ``present`` hold both codes; else the whole cavity 1."""
+    chambers = cavity.astype(np.uint8)
+    if CANONICAL_LABELS["LA"] in present and CANONICAL_LABELS["RA"] in present:
+        chambers[cavity & (labels == CANONICAL_LABELS["RA"])] = 2
+    return chambers
+
+
+def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None, *, chambers=False) -> WallMasks:
+    """Wall, cavity and LA masks (and with ``chambers`` the chamber labels) from label files (module
+    docstring); DataError for a bad file or grid."""
     wall_volume = read_volume(wall_path)
     same = Path(cavity_path).resolve() == Path(wall_path).resolve()
     cavity_volume = wall_volume if same else read_volume(cavity_path)
@@ -194,13 +209,10 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     if not cavity.any():
         raise DataError(cavity_path, f"no cavity voxels outside the wall (values {cavity_values or 'nonzero'})")
     present = np.unique(cavity_volume.array[cavity])
-    la_code, ra_code = CANONICAL_LABELS["LA"], CANONICAL_LABELS["RA"]
+    la_code = CANONICAL_LABELS["LA"]
     la_cavity = cavity & (cavity_volume.array == la_code) if len(present) > 1 and la_code in present else cavity
-    # two chambers, the RA and the rest (the LA and any parts of it labelled apart), when both codes are there
-    chambers = cavity.astype(np.int64)
-    if la_code in present and ra_code in present:
-        chambers[cavity & (cavity_volume.array == ra_code)] = 2
-    return WallMasks(wall, cavity, la_cavity, chambers, wall_volume)
+    chamber_map = _chamber_labels(cavity, cavity_volume.array, present) if chambers else None
+    return WallMasks(wall, cavity, la_cavity, chamber_map, wall_volume)
 
 
 def mask_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -225,7 +237,7 @@ def masks_from_arguments(args, names=("wall", "cavity", "la_cavity")) -> tuple[W
 
     device = resolve_device(args.device)
     masks = read_wall_masks(args.wall, args.cavity, parse_values(args.wall_label, "--wall-label"),
-                            parse_values(args.cavity_label, "--cavity-label"))
+                            parse_values(args.cavity_label, "--cavity-label"), chambers="chambers" in names)
     return masks, {name: torch.from_numpy(getattr(masks, name)).to(device) for name in names}
 
 

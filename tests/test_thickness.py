@@ -10,7 +10,7 @@ import torch
 from c2w_fast import thickness as thickness_cli
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import make_phantom
-from c2w_fast.regions import SECTORS, wall_sectors
+from c2w_fast.regions import SECTORS, read_wall_masks, wall_sectors
 from c2w_fast.thickness import wall_thickness
 
 
@@ -115,6 +115,19 @@ def test_the_septum_between_two_chambers_measures_its_width(septum, tmp_path):
     # as one chamber, the septum would measure to the far epicardium instead
     one = wall_thickness(labels == 1, labels >= 2, spacing).thickness
     assert (one[4:-4, 4:-4, 8:8 + septum] > (septum + 1) * spacing[2]).all()
+
+
+def test_chamber_labels_are_read_as_uint8_and_only_when_asked(tmp_path):
+    """One label map with both atria: the RA is chamber 2, the LA chamber 1, as uint8 (a byte a voxel); the
+    fibrosis CLI, which needs no chambers, gets none."""
+    labels = np.zeros((6, 7, 10), np.uint8)
+    labels[1:5, 1:6, 1:9] = 1
+    labels[2:4, 2:5, 2:4], labels[2:4, 2:5, 5:8] = 2, 3
+    write_volume(tmp_path / "labels.nii.gz", labels, affine_from_spacing((1.0, 1.0, 1.0)))
+    assert read_wall_masks(tmp_path / "labels.nii.gz", tmp_path / "labels.nii.gz").chambers is None
+    chambers = read_wall_masks(tmp_path / "labels.nii.gz", tmp_path / "labels.nii.gz", chambers=True).chambers
+    assert chambers.dtype == np.uint8
+    np.testing.assert_array_equal(chambers, np.select([labels == 2, labels == 3], [2, 1], 0))
 
 
 def test_sectors_follow_the_dominant_patient_direction(rng):
