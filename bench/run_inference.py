@@ -60,10 +60,10 @@ from c2w_fast import config as cfg  # noqa: E402
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume  # noqa: E402
 from c2w_fast.data.phantom import make_phantom  # noqa: E402
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resampled_shape  # noqa: E402
-from c2w_fast.infer import (NO_TIMER, InferenceOptions, PhaseTimer, WindowRunner, native_to_stage,  # noqa: E402
-                            sliding_window, window_count)
+from c2w_fast.infer import NO_TIMER, PhaseTimer, WindowRunner, sliding_window, window_count  # noqa: E402
 from c2w_fast.ops import ball  # noqa: E402
 from c2w_fast.predict import load_pipeline, predict_cases, predict_file  # noqa: E402
+from c2w_fast.stages import InferenceOptions, native_to_stage  # noqa: E402
 from c2w_fast.training import checkpoint  # noqa: E402
 from c2w_fast.training.run import write_config  # noqa: E402
 

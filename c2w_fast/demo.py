@@ -27,7 +27,7 @@ from c2w_fast import predict, train
 from c2w_fast.data.layouts import LASC_IMAGE, discover_cases
 from c2w_fast.data.phantom import write_dataset
 from c2w_fast.data.splits import load_splits
-from c2w_fast.infer import Predictor
+from c2w_fast.stages import Predictor
 from c2w_fast.training.evaluation import evaluate_cases, table1
 
 DEMO_SHAPE, DEMO_SPACING = (40, 96, 96), (1.25, 1.25, 1.25)

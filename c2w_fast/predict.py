@@ -74,8 +74,8 @@ from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.evaluate import case_id as label_file_id
 from c2w_fast.evaluate import gt_named
-from c2w_fast.infer import (NO_TIMER, InferenceOptions, PhaseTimer, Predictor, StageLoader,
-                            check_precision, resolve_device)
+from c2w_fast.infer import NO_TIMER, PhaseTimer, check_precision, resolve_device
+from c2w_fast.stages import InferenceOptions, Predictor, StageLoader
 from c2w_fast.training.checkpoint import CheckpointError
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, class_indices, gaussian_importance,
-                            resolve_checkpoint, sliding_window, window_count, window_starts)
+from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, gaussian_importance, sliding_window, window_count,
+                            window_starts)
+from c2w_fast.postprocess import class_indices
+from c2w_fast.stages import resolve_checkpoint
 
 
 @pytest.mark.parametrize("size, patch, step", [(10, 10, 0.5), (9, 10, 0.5), (23, 8, 0.5), (23, 8, 1.0), (64, 16, 0.25)])

@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from c2w_fast import infer, predict, train
+from c2w_fast import predict, stages, train
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import make_phantom
-from c2w_fast.infer import InferenceOptions, Predictor, RoiWarning, StageLoader, StagePrediction, locate_stage
+from c2w_fast.stages import InferenceOptions, Predictor, RoiWarning, StageLoader, StagePrediction, locate_stage
 from c2w_fast.ops import ball
 from c2w_fast.training import checkpoint
 from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, write_phantoms
@@ -206,7 +206,7 @@ def test_the_stages_of_a_case_find_the_localisers_atrium_once(c2w, monkeypatch):
     loader = StageLoader()
     cavity, wall = loader.load(runs / "cavity"), loader.load(runs / "wall")
     calls = []
-    monkeypatch.setattr(infer, "atrium_mask", lambda labels: calls.append(1) or labels > 0)
+    monkeypatch.setattr(stages, "atrium_mask", lambda labels: calls.append(1) or labels > 0)
     image = torch.from_numpy(read_volume(data / "phantom001" / "lgemri.nrrd").array.astype(np.float32))
     centres = [stage.pipeline.roi_centre(image, (2.0, 2.0, 2.0)) for stage in (cavity, wall, cavity)]
     assert len(calls) == 1 and centres[0] == centres[1] == centres[2]

@@ -39,7 +39,7 @@ def class_metrics(prediction: np.ndarray, truth: np.ndarray, spacing, class_name
     rows = [_row(name, prediction == c, truth == c, spacing, tolerance_mm)
             for c, name in enumerate(class_names, start=1)]
     if cascade is not None:
-        from c2w_fast.infer import cascade_region
+        from c2w_fast.postprocess import cascade_region
 
         region = cascade_region(torch.from_numpy(np.ascontiguousarray(prediction > 0)), cascade).numpy()
         rows.append(_row(REGION_CLASS, region, truth > 0, spacing, tolerance_mm))
@@ -52,7 +52,7 @@ def stage1_cascade(config):
 
 
 def evaluate_cases(predictor, cases: list[Case], *, desc: str = "test") -> list[dict]:
-    """Predict every case with ``predictor`` (a :class:`c2w_fast.infer.Predictor`) and score it."""
+    """Predict every case with ``predictor`` (a :class:`c2w_fast.stages.Predictor`) and score it."""
     config = predictor.config
     rows = []
     for data in tqdm(load_cases(cases), total=len(cases), desc=desc, unit="case", disable=None, leave=False):

@@ -25,7 +25,9 @@ from c2w_fast.data.augment import augment_batch
 from c2w_fast.data.layouts import Case
 from c2w_fast.data.loader import BatchSource, DevicePrefetcher, TrainingVolume, batches, sample_seed
 from c2w_fast.data.sampling import SamplingPolicy
-from c2w_fast.infer import StagePipeline, class_indices, default_precision, resolve_checkpoint, sliding_window
+from c2w_fast.infer import default_precision, sliding_window
+from c2w_fast.postprocess import class_indices
+from c2w_fast.stages import StagePipeline, resolve_checkpoint
 from c2w_fast.training import checkpoint, runlog, unfreeze
 from c2w_fast.training.distributed import Processes, broadcast_flag
 from c2w_fast.training.evaluation import class_metrics

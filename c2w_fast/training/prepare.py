@@ -16,7 +16,7 @@ from c2w_fast.data.layouts import Case, CaseData, load_cases
 from c2w_fast.data.loader import TrainingVolume
 from c2w_fast.data.preprocess import Box, crop, resample, target_labels
 from c2w_fast.data.sampling import class_locations
-from c2w_fast.infer import StagePipeline
+from c2w_fast.stages import StagePipeline
 
 
 def crop_size(config: Config, spacing) -> tuple[int, int, int]:

@@ -23,7 +23,8 @@ from c2w_fast import config as cfg
 from c2w_fast.data.layouts import Case, discover_cases, load_cases
 from c2w_fast.data.preprocess import target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
-from c2w_fast.infer import Predictor, keep_largest_per_class, resolve_checkpoint
+from c2w_fast.postprocess import keep_largest_per_class
+from c2w_fast.stages import Predictor, resolve_checkpoint
 from c2w_fast.training import runlog
 from c2w_fast.training.distributed import Processes
 from c2w_fast.training.evaluation import REGION_CLASS, class_metrics, evaluate_cases, stage1_cascade, table1
