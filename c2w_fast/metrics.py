@@ -51,7 +51,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_cupy
+from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_cupy, is_int
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._volume import check_pair, check_spacing, same_kind, union_box
 from c2w_fast.ops.bounding_box import bounding_box
@@ -221,7 +221,7 @@ def _label_values(labels) -> dict[str, tuple[int, ...]]:
     out = {}
     for name, value in items:
         values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-        if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        if not values or not all(is_int(v) for v in values):
             raise ValueError(f"label {name!r} must map to an int or a list of ints, got {value!r}")
         out[str(name)] = tuple(int(v) for v in values)
     if not out:

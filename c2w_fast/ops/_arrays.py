@@ -5,8 +5,15 @@ CUDA torch via DLPack), so ops accept whatever array the caller holds.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
+
+
+def is_int(value) -> bool:
+    """An integer argument (Python or numpy), not a bool: ``True`` would pass for 1."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_cupy(array) -> bool:

@@ -1,12 +1,10 @@
 """Bounding box of a mask: where the metrics, morphology and ROI crops restrict their work."""
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 
-from c2w_fast.ops._arrays import as_mask, as_tensor, device_type
+from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_int
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 
 Extent = list[tuple[int, int]]  # (first, last + 1) per axis
@@ -92,8 +90,7 @@ def bounding_box(mask, *, margin: int | tuple[int, ...] = 0, backend: str = "aut
         margins = (margin,) * mask.ndim if np.isscalar(margin) else tuple(margin)
     except TypeError:  # not iterable
         margins = ()
-    if len(margins) != mask.ndim or not all(isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 0
-                                            for m in margins):
+    if len(margins) != mask.ndim or not all(is_int(m) and m >= 0 for m in margins):
         raise ValueError(f"margin must be one non-negative int or {mask.ndim} of them, got {margin!r}")
     extent = BOUNDING_BOX.select(backend, device_type(mask))(mask)
     if extent is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from c2w_fast.ops._arrays import as_numpy, device_type
+from c2w_fast.ops._arrays import as_numpy, device_type, is_int
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._volume import box_3d, check_mask, host_uint8_3d, like
@@ -146,7 +146,7 @@ def remove_small_components(mask, min_voxels: int, connectivity: int = 26, *, ba
     """
     mask = check_mask(mask, "mask")
     connectivity = check_connectivity(connectivity, mask.ndim)
-    if isinstance(min_voxels, bool) or not isinstance(min_voxels, (int, np.integer)) or min_voxels < 0:
+    if not is_int(min_voxels) or min_voxels < 0:
         raise ValueError(f"min_voxels must be a non-negative int, got {min_voxels!r}")
     min_voxels = min(int(min_voxels), int(np.prod(mask.shape)) + 1)  # more than all voxels: the same, and fits int64
     return REMOVE_SMALL.select(backend, device_type(mask))(mask, min_voxels, connectivity)

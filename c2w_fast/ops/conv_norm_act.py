@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from c2w_fast.ops._arrays import is_int
 from c2w_fast.ops._dispatch import Op, first_order_backward, reference_only
 from c2w_fast.ops._tolerance import Tolerance
 
@@ -41,16 +42,12 @@ TOLERANCES = {
 }
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _triple(value, name: str) -> tuple[int, int, int]:
     try:
-        values = (value,) * 3 if _is_int(value) else tuple(value)
+        values = (value,) * 3 if is_int(value) else tuple(value)
     except TypeError:  # neither an int nor iterable, e.g. 2.0
         values = ()
-    if len(values) != 3 or not all(_is_int(v) for v in values):
+    if len(values) != 3 or not all(is_int(v) for v in values):
         raise ValueError(f"{name} must be an int or 3 ints (z, y, x), got {value!r}")
     return tuple(int(v) for v in values)
 
@@ -154,7 +151,7 @@ def _validate(x, weight, norm_weight, norm_bias, stride, groups, eps, residual) 
                     ("residual", residual)):
         if not isinstance(t, torch.Tensor) and (t is not None or name != "residual"):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not _is_int(groups) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
