@@ -319,12 +319,16 @@ def case_warnings(case: str):
         tqdm.write(f"warning: {case}: {message}", file=sys.stderr)
 
 
-def _problem(exc: Exception, path: Path) -> str:
-    """What went wrong with the case read from ``path``, naming the file (the exception type
-    too when it is not a data or value error, i.e. not the input's fault)."""
+def _record_failure(failed: dict[str, str], case: str, path: Path, exc: Exception) -> None:
+    """Keep in ``failed`` and print at once what went wrong with ``case``, read from ``path``:
+    the file named (the exception type too when it is not a data or value error, i.e. not the
+    input's fault)."""
     if isinstance(exc, DataError):
-        return str(exc)
-    return f"{path}: {exc}" if isinstance(exc, ValueError) else f"{path}: {type(exc).__name__}: {exc}"
+        problem = str(exc)
+    else:
+        problem = f"{path}: {exc}" if isinstance(exc, ValueError) else f"{path}: {type(exc).__name__}: {exc}"
+    failed[case] = problem
+    tqdm.write(f"failed: {case}: {problem}", file=sys.stderr)
 
 
 CASE_ERRORS = (Exception,)  # whatever goes wrong with one case, the others are still predicted
@@ -348,8 +352,7 @@ def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, 
             try:
                 future.result()
             except CASE_ERRORS as exc:
-                failed[case] = _problem(exc, path)
-                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+                _record_failure(failed, case, path, exc)
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="c2w-io") as io:
         upcoming = io.submit(read_volume, cases[0][1]) if cases else None
@@ -363,8 +366,7 @@ def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, 
                 outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
                                        thickness_dir=thickness_dir, device=pipeline.device)
             except CASE_ERRORS as exc:
-                failed[case] = _problem(exc, path)
-                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+                _record_failure(failed, case, path, exc)
                 continue
             pending.append((case, path, io.submit(outputs.write)))
             settle(keep=2)
@@ -479,8 +481,7 @@ def main(argv=None) -> int:
                     predict_file(pipeline, case, path, args.out, probabilities_dir=args.probabilities,
                                  thickness_dir=args.thickness)
             except CASE_ERRORS as exc:
-                failed[case] = _problem(exc, path)
-                tqdm.write(f"failed: {case}: {failed[case]}", file=sys.stderr)
+                _record_failure(failed, case, path, exc)
     else:
         failed = predict_cases(pipeline, cases, args.out, probabilities_dir=args.probabilities,
                                thickness_dir=args.thickness)
