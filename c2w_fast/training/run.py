@@ -245,10 +245,10 @@ def _recorded_splits(path: Path, cases: dict[str, Case], settings: dict, trained
 
 def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, folds: list[str], *,
                 main: bool = True) -> None:
-    """Read every case the ``folds`` train, validate and (``final``) test on, one at a time, with the checks
-    training makes (:func:`load_case`: readable, 3D, finite, labels on the image's grid with the layout's
-    values), so that a bad case stops the run before its first epoch; on the ``main`` process a training
-    case whose labels hold none of the target's classes is a warning."""
+    """Read every case the ``folds`` train, validate and (``final``) test on, a few ahead in threads
+    (:func:`load_cases`), with the checks training makes (:func:`load_case`: readable, 3D, finite, labels on
+    the image's grid with the layout's values), so that a bad case stops the run before its first epoch; on
+    the ``main`` process a training case whose labels hold none of the target's classes is a warning."""
     training = {case for name in folds for case in training_cases(config, fold_split(splits, name))}
     used = training.union(*(fold_split(splits, name).val for name in folds), splits.test if "final" in folds else ())
     ordered = [cases[case_id] for case_id in sorted(used)]
