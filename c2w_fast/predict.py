@@ -49,6 +49,11 @@ writable) is reported and the others are still written. Cases are read one ahead
 written behind in I/O threads while the current one runs (``--timings`` runs them one step
 after the other to time each phase).
 
+**An interrupted folder.** A case's label map is written last and atomically, so it exists
+only when all of the case's outputs do: rerun the same command with ``--skip-existing`` and
+the cases whose label map is already in ``--out`` are skipped. Nothing checks that they
+came from the same model and options: after changing either, write to a new folder.
+
 Exit status: 0 when every case was written, 1 when some failed, 2 for bad arguments or an
 unusable model.
 """
@@ -399,6 +404,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--probabilities", type=Path, metavar="DIR", help="also write softmax maps per class to DIR")
     p.add_argument("--thickness", type=Path, metavar="DIR", help="also write wall-thickness maps and summaries to DIR")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip the cases whose label map is already in --out (to finish an interrupted folder)")
     p.add_argument("--timings", action="store_true", help="print the time spent per phase (read, preprocess, "
                                                           "network, stitch, postprocess, write)")
     return p
@@ -454,6 +461,11 @@ def _output_folders(args, cases: list[tuple[str, Path]]) -> None:
             raise ModelError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
 
 
+def not_yet_written(cases: list[tuple[str, Path]], out: Path) -> list[tuple[str, Path]]:
+    """The cases whose label map is not in ``out`` (it is written last, so a case that has one is complete)."""
+    return [(case, path) for case, path in cases if not output_path(out, case, path).is_file()]
+
+
 def main(argv=None) -> int:
     plain_warnings()
     args = parser().parse_args(argv)
@@ -472,6 +484,10 @@ def main(argv=None) -> int:
               f"{pipeline.description}, so no thickness maps are written", file=sys.stderr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every window has the same shape
+    if args.skip_existing:
+        todo = not_yet_written(cases, args.out)
+        print(f"skipping {len(cases) - len(todo)} case(s) whose label map is already in {args.out}", file=sys.stderr)
+        cases = todo
     print(f"{len(cases)} case(s), {pipeline.description}, on {device}", file=sys.stderr)
     failed = {}
     if args.timings:  # one step after the other, so that every phase is timed alone

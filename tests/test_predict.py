@@ -359,6 +359,29 @@ def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, ca
     assert read_volume(tmp_path / "out" / "tiny.nii.gz").shape == (6, 10, 12)
 
 
+def test_skip_existing_finishes_an_interrupted_folder(c2w, tmp_path, capsys):
+    data, runs = c2w
+    out = tmp_path / "out"
+    command = ["--model", str(runs / "wall"), "--in", str(data), "--out", str(out)]
+    assert predict.main(command) == 0
+    written = sorted(out.iterdir())
+    assert len(written) >= 3
+    kept, lost = written[0], written[1]
+    expected = read_volume(lost).array
+    kept.write_bytes(b"left alone")  # a skipped case is not read, checked or rewritten
+    lost.unlink()  # as if the run had been killed before this case was written
+    capsys.readouterr()
+    assert predict.main([*command, "--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping {len(written) - 1} case(s) whose label map is already in {out}" in err
+    assert "wrote 1 of 1 case(s)" in err
+    assert kept.read_bytes() == b"left alone"
+    np.testing.assert_array_equal(read_volume(lost).array, expected)
+    assert predict.main([*command, "--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping {len(written)} case(s)" in err and "wrote 0 of 0 case(s)" in err
+
+
 def test_warnings_name_their_case_once(c2w, tmp_path, capsys):
     data, runs = c2w
     good = read_volume(data / "phantom002" / "lgemri.nrrd")
