@@ -27,8 +27,10 @@ flipped or shifted file) is reported as a problem, not evaluated.
 evaluated cases, then one row per problem case (missing prediction or ground truth,
 unreadable file, grid mismatch; ``--predicted-only`` leaves ground-truth cases without a
 prediction out instead) with the problem in the ``status`` column. A summary
-line goes to stdout. Exit status: 0 when every case was evaluated, 1 when some had
-problems (the CSV is written either way), 2 for bad arguments.
+line goes to stdout; a prediction holding values that are neither evaluated nor label
+codes (an image given as a label map?) gets a warning on stderr. Exit status: 0 when
+every case was evaluated, 1 when some had problems (the CSV is written either way), 2 for
+bad arguments, a --pred folder with no label map, or --labels the --gt dataset cannot hold.
 """
 from __future__ import annotations
 
@@ -139,6 +141,32 @@ def parse_labels(text: str) -> dict[str, int]:
     return labels
 
 
+def _labels_the_layout_holds(labels: dict[str, int], gt: GroundTruth, gt_dir: Path) -> dict[str, int]:
+    """``labels``, or a DataError when the ground truth is a dataset whose label maps cannot hold
+    one of them (RA in LASC 2018): its rows would be NaN for every case."""
+    missing = {name: value for name, value in labels.items() if value not in gt.labels.values()}
+    if gt.cases and missing:
+        held = ",".join(f"{name}={value}" for name, value in gt.labels.items())
+        asked = ",".join(f"{name}={value}" for name, value in missing.items())
+        raise DataError(gt_dir, f"--labels {asked}: this dataset's label maps hold only {held}")
+    return labels
+
+
+def unexpected_values(array: np.ndarray, expected) -> np.ndarray:
+    """The distinct values of a label map besides 0 and ``expected`` (sorted): a prediction holding
+    many is likely an image, not a label map."""
+    allowed = {0, *expected}
+    if array.size == 0 or (array.min() >= 0 and set(range(int(array.max()) + 1)) <= allowed):
+        return np.empty(0, array.dtype)  # the usual 0..K map: two passes, no mask
+    other = ~np.isin(array, sorted(allowed))
+    return np.unique(array[other])
+
+
+def _describe_values(values: np.ndarray) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:5].tolist())
+    return shown if len(values) <= 5 else f"{len(values)} values from {values[0]:g} to {values[-1]:g}"
+
+
 def _as_label_map(array: np.ndarray, path) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
         return array
@@ -148,11 +176,12 @@ def _as_label_map(array: np.ndarray, path) -> np.ndarray:
 
 
 def evaluate_case(identifier: str, pred_path: Path, gt: GroundTruth, labels: dict[str, int], options: dict):
-    """``(rows, problem)`` for one case: its per-label rows, or a problem message."""
+    """``(rows, problem, warning)`` for one case: its per-label rows, or a problem message; the
+    warning (or None) names values of the prediction that are neither evaluated nor label codes."""
     try:
         return _evaluate_case(identifier, pred_path, gt, labels, options)
     except Exception as exc:  # one bad case must not stop the others; it is reported in the CSV
-        return [], str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+        return [], str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}", None
 
 
 def _evaluate_case(identifier, pred_path, gt, labels, options):
@@ -162,7 +191,13 @@ def _evaluate_case(identifier, pred_path, gt, labels, options):
     pred_labels = _as_label_map(pred.array, pred_path)
     gt_labels = _as_label_map(reference.array, reference.path)
     results = metrics.evaluate_labels(pred_labels, gt_labels, labels, reference.spacing, **options)
-    return [{"case": identifier, "label": name, **r.as_dict(), "status": "ok"} for name, r in results.items()], None
+    expected = {*labels.values(), *gt.labels.values()}
+    other = unexpected_values(pred_labels, sorted(expected))
+    warning = None if not len(other) else (
+        f"{pred_path} also holds {_describe_values(other)}, neither evaluated nor label codes "
+        f"({', '.join(map(str, sorted({0, *expected})))}): is it a label map?")
+    rows = [{"case": identifier, "label": name, **r.as_dict(), "status": "ok"} for name, r in results.items()]
+    return rows, None, warning
 
 
 def summary_rows(rows: list[dict], labels) -> list[dict]:
@@ -190,10 +225,10 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, 
 
     predictions, problems = find_label_files(pred_dir)
     problems = {i: f"prediction {p}" for i, p in problems.items()}
+    if not predictions and not problems:
+        raise DataError(pred_dir, "no label maps here (.nii, .nii.gz, .nrrd, .nhdr); nothing to evaluate")
     gt = find_ground_truth(gt_dir)
-    labels = gt.labels if labels is None else labels
-    if not predictions and not problems and not gt.ids and not gt.problems:
-        raise DataError(pred_dir, f"no label maps here nor in {gt_dir}; nothing to evaluate")
+    labels = gt.labels if labels is None else _labels_the_layout_holds(labels, gt, gt_dir)
     problems.update({i: f"ground truth {p}" for i, p in gt.problems.items()})
     for identifier in sorted(gt.ids - set(predictions) - set(problems)) if not predicted_only else ():
         problems[identifier] = "missing prediction"
@@ -205,9 +240,11 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, 
         futures = {pool.submit(evaluate_case, i, predictions[i], gt, labels, options): i for i in todo}
         for future in tqdm(as_completed(futures), total=len(futures), desc="evaluate", unit="case",
                            disable=not progress):
-            case_rows, problem = future.result()
+            case_rows, problem, warning = future.result()
             if problem:
                 problems[futures[future]] = problem
+            if warning:
+                tqdm.write(f"warning: {futures[future]}: {warning}", file=sys.stderr)
             rows += case_rows
     rows.sort(key=lambda r: (r["case"], list(labels).index(r["label"])))
     problem_rows = [{"case": i, "label": "", **{m: "" for m in METRICS}, "status": p}

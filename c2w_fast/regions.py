@@ -181,6 +181,16 @@ def check_labels(volume: Volume) -> None:
                               f"{float(array[fractional][0]):g}): not a label map; give the segmentation")
 
 
+def _check_canonical(volume: Volume) -> None:
+    """A DataError unless a one-file label map read with the default codes holds only 0..3: an
+    integer-typed scan (many LGE images are) would otherwise be read as labels."""
+    low, high = volume.array.min(), volume.array.max()
+    if low < 0 or high > max(CANONICAL_LABELS.values()):
+        raise DataError(volume.path, f"holds values from {low:g} to {high:g}, but a label map of both masks holds "
+                                     "0 background, 1 wall, 2 RA, 3 LA: is it an image? give the segmentation, or "
+                                     "name its codes with --wall-label and --cavity-label")
+
+
 def _chamber_labels(cavity: np.ndarray, labels: np.ndarray, present) -> np.ndarray:
     """The cavity's chambers as uint8 labels, 0 elsewhere: the RA 2 and the rest (the LA and any parts of it
     labelled apart) 1 when the cavity's values ``present`` hold both codes; else the whole cavity 1."""
@@ -196,12 +206,14 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     wall_volume = read_volume(wall_path)
     same = Path(cavity_path).resolve() == Path(wall_path).resolve()
     cavity_volume = wall_volume if same else read_volume(cavity_path)
-    if same:
-        wall_values = wall_values or (CANONICAL_LABELS["wall"],)
-        cavity_values = cavity_values or (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"])
     check_same_grid(cavity_volume, wall_volume, "cavity", "wall")
     check_labels(wall_volume)
     check_labels(cavity_volume)
+    if same and wall_values is None and cavity_values is None:
+        _check_canonical(wall_volume)
+    if same:
+        wall_values = wall_values or (CANONICAL_LABELS["wall"],)
+        cavity_values = cavity_values or (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"])
     wall = _select(wall_volume, wall_values)
     cavity = _select(cavity_volume, cavity_values) & ~wall
     if not wall.any():

@@ -162,3 +162,20 @@ def test_lasc_dataset_is_read_through_its_layout(tmp_path, capsys):
     ok = [r for r in read_rows(out) if r["status"] == "ok"]
     assert [(r["case"], r["label"]) for r in ok] == [(i, l) for i in ids for l in ("wall", "LA")]
     assert all(float(r["dice"]) == 1.0 and float(r["hd"]) == 0.0 for r in ok)
+
+
+def test_nothing_predicted_a_label_the_dataset_cannot_hold_and_an_image_as_prediction(tmp_path, capsys):
+    ids = write_dataset(tmp_path / "lasc", "lasc", 1, shape=(10, 40, 40), spacing=(1.25, 1.25, 1.25),
+                        progress=False)
+    (tmp_path / "empty").mkdir()
+    args = ["--gt", str(tmp_path / "lasc"), "--out", str(tmp_path / "m.csv"), "--quiet"]
+    assert main(["--pred", str(tmp_path / "empty"), "--predicted-only", *args]) == 2
+    assert "empty: no label maps here" in capsys.readouterr().err
+    image = read_volume(tmp_path / "lasc" / ids[0] / "lgemri.nrrd")  # the scan given as its own prediction
+    write_volume(tmp_path / "pred" / f"{ids[0]}.nii.gz", image.array, like=image)
+    assert main(["--pred", str(tmp_path / "pred"), "--labels", "wall=1,RA=2", *args]) == 2
+    assert "--labels RA=2: this dataset's label maps hold only wall=1,LA=3" in capsys.readouterr().err
+    assert main(["--pred", str(tmp_path / "pred"), *args]) == 0
+    values = np.setdiff1d(image.array, [0, 1, 3])
+    assert f"also holds {len(values)} values from {values[0]} to {values[-1]}, neither evaluated nor label " \
+           "codes (0, 1, 3): is it a label map?" in capsys.readouterr().err

@@ -210,6 +210,11 @@ def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
     assert thickness_cli.main(["--wall", str(tmp_path / "labels.nii.gz"), "--cavity", str(tmp_path / "other.nii.gz"),
                                "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "other.nii.gz: cavity shape (23, 64, 64) differs from wall shape" in capsys.readouterr().err
+    scan = np.round(phantom.image / phantom.image.max() * 183).astype(np.int16)  # an integer-typed LGE scan
+    write_volume(tmp_path / "scan.nii.gz", scan, affine)
+    assert thickness_cli.main(["--wall", str(tmp_path / "scan.nii.gz"), "--cavity", str(tmp_path / "scan.nii.gz"),
+                               "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "scan.nii.gz: holds values from 0 to " in capsys.readouterr().err
     (tmp_path / "taken").write_text("a file where a folder should be")
     assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "t3.nii.gz"),
                                           "--csv", str(tmp_path / "taken" / "t.csv")]) == 2
