@@ -60,7 +60,7 @@ from c2w_fast import config as cfg  # noqa: E402
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume  # noqa: E402
 from c2w_fast.data.phantom import make_phantom  # noqa: E402
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resampled_shape  # noqa: E402
-from c2w_fast.infer import NO_TIMER, PhaseTimer, WindowRunner, sliding_window, window_count  # noqa: E402
+from c2w_fast.infer import NO_TIMER, PHASES, PhaseTimer, WindowRunner, sliding_window, window_count  # noqa: E402
 from c2w_fast.ops import ball  # noqa: E402
 from c2w_fast.predict import load_pipeline, predict_cases, predict_file  # noqa: E402
 from c2w_fast.stages import InferenceOptions, native_to_stage  # noqa: E402
@@ -84,7 +84,6 @@ SMOKE_OVERRIDES = {  # CPU-sized versions of the presets (the full run uses the 
 }
 SMOKE_OVERRIDES["c2w_wall"] = SMOKE_OVERRIDES["c2w_cavity"]
 PIPELINES = {"mbas": ("mbas_stage1", "mbas_stage2"), "c2w": ("c2w_localizer", "c2w_cavity", "c2w_wall")}
-PHASES = ("read", "preprocess", "network", "stitch", "postprocess", "write")
 AGREEMENT_TOLERANCE = 0.999
 TARGET = 3.0
 

@@ -33,6 +33,9 @@ class InferenceError(RuntimeError):
 
 # --- timing ----------------------------------------------------------------------------------
 
+PHASES = ("read", "preprocess", "network", "stitch", "postprocess", "write")  # a case's phases, in order
+
+
 class PhaseTimer:
     """Exclusive wall time (s) per named phase; CUDA is synchronised at every phase boundary.
 
@@ -69,6 +72,11 @@ class PhaseTimer:
             now = self._now()
             self.totals[self._stack.pop()] += now - self._since
             self._since = now
+
+    def ordered(self) -> dict[str, float]:
+        """The totals in the order a case goes through :data:`PHASES` (others after them)."""
+        rank = {name: i for i, name in enumerate(PHASES)}
+        return dict(sorted(self.totals.items(), key=lambda item: rank.get(item[0], len(PHASES))))
 
 
 NO_TIMER = PhaseTimer(enabled=False)

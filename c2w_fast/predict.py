@@ -475,13 +475,14 @@ def main(argv=None) -> int:
         cases = find_inputs(args.inputs)
         pipeline = load_pipeline(args.model, fold=args.fold, device=device, options=_options(args), timer=timer,
                                  cavity=not args.no_cavity, runs=_helper_runs(args.use))
+        if args.thickness is not None and not pipeline.predicts_wall_and_cavity:
+            print("note: --thickness needs a wall and a cavity; this pipeline predicts "
+                  f"{pipeline.description}, so no thickness maps are written", file=sys.stderr)
+            args.thickness = None  # nor its folder made
         _output_folders(args, cases)
     except (ModelError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.thickness is not None and not pipeline.predicts_wall_and_cavity:
-        print("note: --thickness needs a wall and a cavity; this pipeline predicts "
-              f"{pipeline.description}, so no thickness maps are written", file=sys.stderr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every window has the same shape
     if args.skip_existing:
@@ -504,7 +505,7 @@ def main(argv=None) -> int:
     print(f"wrote {len(cases) - len(failed)} of {len(cases)} case(s) to {args.out}", file=sys.stderr)
     if args.timings:
         total = sum(timer.totals.values())
-        for name, seconds in timer.totals.items():
+        for name, seconds in timer.ordered().items():
             print(f"  {name:12s} {seconds:8.3f} s  {100 * seconds / max(total, 1e-12):5.1f} %", file=sys.stderr)
     for case, problem in failed.items():
         print(f"  failed {case}: {problem}", file=sys.stderr)

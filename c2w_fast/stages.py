@@ -71,8 +71,13 @@ def resolve_checkpoint(path, fold: str | None = None) -> Path:
         if candidate.is_file():
             return candidate
     trained = sorted(p.parent.name for p in path.glob("*/checkpoint_best.pt"))
-    hint = f"; it has {', '.join(trained)} (choose one as the fold)" if trained else \
-        " (is this a training run folder? it has no trained fold)"
+    runs = sorted(p.parent.name for p in path.glob("*/config.toml"))
+    if trained:
+        hint = f"; it has {', '.join(trained)} (choose one as the fold)"
+    elif runs:
+        hint = f" (it holds the run folders {', '.join(runs)}: name one of them)"
+    else:
+        hint = " (is this a training run folder? it has no trained fold)"
     raise FileNotFoundError(f"{path}: no {' or '.join(n + '/checkpoint_best.pt' for n in names)} in this run "
                             f"folder{hint}")
 
@@ -209,9 +214,14 @@ class StagePipeline:
         if target is None or same_spacing(spacing, target):  # within 0.1 %: not resampled
             return tuple(shape), tuple(spacing)
         resampled = resampled_shape(shape, spacing, target)
+        described = f"an image of {tuple(shape)} voxels of {tuple(round(s, 4) for s in spacing)} mm"
         if math.prod(resampled) > MAX_STAGE_VOXELS:
-            raise ValueError(f"an image of {tuple(shape)} voxels of {tuple(round(s, 4) for s in spacing)} mm would be "
-                             f"{resampled} voxels on the model's {target} mm grid: is the header's voxel size in mm?")
+            raise ValueError(f"{described} would be {resampled} voxels on the model's {target} mm grid: is the "
+                             "header's voxel size in mm?")
+        if any(n * h < t for n, h, t in zip(shape, spacing, target)):
+            extent = tuple(round(n * h, 4) for n, h in zip(shape, spacing))
+            raise ValueError(f"{described} spans {extent} mm, less than one voxel of the model's {target} mm grid "
+                             "along an axis: is the header's voxel size in mm?")
         return resampled, target
 
     def _image(self, image) -> torch.Tensor:

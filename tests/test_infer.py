@@ -244,6 +244,8 @@ def test_phase_timer_counts_exclusive_time_per_phase(monkeypatch):
         with timer.phase("network"):       # 6 .. 10 (3 .. 6 is preprocess)
             pass
     assert dict(timer.totals) == {"preprocess": 1.0 + 3.0 + 5.0, "network": 2.0 + 4.0}
+    timer.totals.update({"write": 1.0, "custom": 2.0, "stitch": 3.0, "read": 4.0})  # entered in another order
+    assert list(timer.ordered()) == ["read", "preprocess", "network", "stitch", "write", "custom"]
     with NO_TIMER.phase("network"):
         pass
     assert not NO_TIMER.totals

@@ -94,7 +94,7 @@ def test_mbas_cascade_stays_inside_the_dilated_stage1_region(mbas, tmp_path):
         assert set(np.unique(out.array)) <= {0, 1, 2, 3}
 
 
-def test_probability_and_thickness_maps(c2w, tmp_path):
+def test_probability_and_thickness_maps(c2w, tmp_path, capsys):
     data, runs = c2w
     case = data / "phantom004" / "lgemri.nrrd"
     args = ["--model", str(runs / "wall"), "--in", str(case), "--out", str(tmp_path / "out"),
@@ -109,6 +109,14 @@ def test_probability_and_thickness_maps(c2w, tmp_path):
     assert np.array_equal(thickness > 0, labels == 1)
     rows = (tmp_path / "thick" / "lgemri.csv").read_text().splitlines()
     assert rows[0] == "case,region,voxels,mean_mm,median_mm,p95_mm" and rows[1].startswith("lgemri,wall,")
+    cavity_only = ["--model", str(runs / "cavity"), "--in", str(case), "--out", str(tmp_path / "out2"),
+                   "--thickness", str(tmp_path / "thick2"), "--timings"]
+    assert predict.main(cavity_only) == 0
+    err = capsys.readouterr().err
+    assert "note: --thickness needs a wall and a cavity; this pipeline predicts" in err
+    assert not (tmp_path / "thick2").exists()  # no empty folder left behind
+    phases = [line.split()[0] for line in err.splitlines() if line.startswith("  ") and line.rstrip().endswith("%")]
+    assert phases == ["read", "preprocess", "network", "stitch", "postprocess", "write"]
 
 
 def _oblique_affine(spacing, lps=False):
@@ -236,6 +244,8 @@ def test_bad_model_folders_are_named(c2w, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert predict.main(["--model", str(tmp_path / "empty"), "--in", case, "--out", str(tmp_path / "o")]) == 2
     assert "no final/checkpoint_best.pt" in capsys.readouterr().err
+    assert predict.main(["--model", str(runs), "--in", case, "--out", str(tmp_path / "o")]) == 2  # runs' parent
+    assert "(it holds the run folders cavity, localizer, wall: name one of them)" in capsys.readouterr().err
     (tmp_path / "junk" / "final").mkdir(parents=True)
     (tmp_path / "junk" / "final" / "checkpoint_best.pt").write_bytes(b"not a checkpoint")
     assert predict.main(["--model", str(tmp_path / "junk"), "--in", case, "--out", str(tmp_path / "o")]) == 2
@@ -345,9 +355,12 @@ def test_a_failing_case_is_reported_and_the_others_are_written(c2w, tmp_path, ca
     write_volume(folder / "nan.nii.gz", with_nan, like=good)
     (folder / "dangling.nii.gz").symlink_to(tmp_path / "deleted.nii.gz")
     write_volume(folder / "metres.nii.gz", good.array, good.affine @ np.diag([100.0, 100.0, 100.0, 1.0]))
+    write_volume(folder / "microns.nii.gz", good.array, good.affine @ np.diag([0.001, 0.001, 0.001, 1.0]))
     assert predict.main(["--model", str(runs / "wall"), "--in", str(folder), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "wrote 2 of 8 case(s)" in err
+    assert "wrote 2 of 9 case(s)" in err
+    assert f"failed microns: {folder / 'microns.nii.gz'}: an image of (20, 40, 40) voxels of (0.002, 0.002, 0.002) " \
+           "mm spans (0.04, 0.08, 0.08) mm, less than one voxel of the model's (2.0, 2.0, 2.0) mm grid" in err
     assert f"failed metres: {folder / 'metres.nii.gz'}: an image of (20, 40, 40) voxels of (200.0, 200.0, 200.0) mm " \
            "would be (2000, 4000, 4000) voxels on the model's (2.0, 2.0, 2.0) mm grid" in err
     assert "failed fourd: " in err and "expected a 3D image" in err
