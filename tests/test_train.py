@@ -222,6 +222,22 @@ def test_progressive_unfreezing_is_verified(lasc, tmp_path):
     assert phases == ["A", "B", "C"]
 
 
+def test_progress_png_is_drawn_at_most_every_plot_every_s_and_after_the_last_epoch(lasc, tmp_path, monkeypatch):
+    from c2w_fast.training import loop, runlog
+
+    drawn = []
+    real_plot = runlog.plot_progress
+    monkeypatch.setattr(runlog, "plot_progress", lambda path, rows: drawn.append(len(rows)) or real_plot(path, rows))
+    pngs = {}
+    for every in (0.0, math.inf):
+        monkeypatch.setattr(loop, "PLOT_EVERY_S", every)
+        drawn.clear()
+        assert _run("c2w_cavity.toml", lasc, tmp_path / str(every), epochs=2) == 0
+        pngs[every] = (drawn[:], (tmp_path / str(every) / "final" / "progress.png").read_bytes())
+    assert pngs[0.0][0] == [1, 2] and pngs[math.inf][0] == [2]
+    assert pngs[0.0][1] == pngs[math.inf][1]  # the same last drawing
+
+
 def test_early_stopping_stops_when_validation_stops_improving(lasc, tmp_path):
     items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
     assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=5, items=items) == 0

@@ -20,6 +20,7 @@ Shapes: image (B, C, D, H, W) float, target (B, D, H, W) int, region (B, D, H, W
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,22 +62,21 @@ def initial_patch_size(patch, spacing, aug: AugmentConfig) -> tuple[int, int, in
     if not spatial_enabled(aug):
         return tuple(int(p) for p in patch)
     half = patch * np.asarray(spacing) / 2
-    corners = np.array([[sz, sy, sx] for sz in (-1, 1) for sy in (-1, 1) for sx in (-1, 1)]) * half
     extent = 2 * half
     if aug.rotation_prob > 0:
-        extent = np.maximum(extent, _rotated_extent(corners, aug))
+        extent = np.maximum(extent, _rotated_extent(tuple(half), tuple(aug.rotation_deg), aug.in_plane))
     if aug.scaling_prob > 0:
-        extent = extent * max(aug.scaling_range[1], 1.0) ** _moved_axes(aug)
+        extent = extent * max(aug.scaling_range[1], 1.0) ** _moved_axes(aug.in_plane)
     if aug.elastic_prob > 0:
-        extent = extent + 6 * aug.elastic_magnitude_mm * _moved_axes(aug)
+        extent = extent + 6 * aug.elastic_magnitude_mm * _moved_axes(aug.in_plane)
     size = np.maximum(np.ceil(extent / np.asarray(spacing) - 1e-6).astype(int), patch)
     size += (size - patch) % 2
     return tuple(int(s) for s in size)
 
 
-def _moved_axes(aug: AugmentConfig) -> np.ndarray:
+def _moved_axes(in_plane: bool) -> np.ndarray:
     """1 for the (z, y, x) axes the spatial transforms act on: y and x, and z unless ``in_plane``."""
-    return np.array([0.0 if aug.in_plane else 1.0, 1.0, 1.0])
+    return np.array([0.0 if in_plane else 1.0, 1.0, 1.0])
 
 
 def check_margin(crop, patch) -> None:
@@ -86,14 +86,17 @@ def check_margin(crop, patch) -> None:
                          "axis (initial_patch_size gives one)")
 
 
-def _rotated_extent(corners: np.ndarray, aug: AugmentConfig, grid_points: int = 200_000) -> np.ndarray:
-    """Bound on the axis-aligned extent of ``corners`` under every rotation of the range: the
-    maximum over a grid of step ``d`` per rotated axis, plus ``|corner| * k * d``, the most a
-    corner moves between a rotation and its nearest grid point (``k`` axes, each off by at most
-    d/2, move it by at most |corner| * d/2 each; the extent is twice the largest coordinate),
-    never more than the diagonal, which no rotation exceeds."""
-    lo, hi = (math.radians(a) for a in aug.rotation_deg)
-    axes = 1 if aug.in_plane else 3
+@functools.lru_cache(maxsize=32)
+def _rotated_extent(half: tuple, rotation_deg: tuple, in_plane: bool, grid_points: int = 200_000) -> tuple:
+    """Bound on the axis-aligned extent of the box of half sizes ``half`` (mm) under every rotation
+    of the range: the maximum over a grid of step ``d`` per rotated axis, plus ``|corner| * k * d``,
+    the most a corner moves between a rotation and its nearest grid point (``k`` axes, each off by
+    at most d/2, move it by at most |corner| * d/2 each; the extent is twice the largest coordinate),
+    never more than the diagonal, which no rotation exceeds. Cached: the grid takes ~0.2 s, and
+    every fold of a run (its volumes, then its batches) asks for the same patch."""
+    corners = np.array([[sz, sy, sx] for sz in (-1, 1) for sy in (-1, 1) for sx in (-1, 1)]) * np.array(half)
+    lo, hi = (math.radians(a) for a in rotation_deg)
+    axes = 1 if in_plane else 3
     count = max(2, int(grid_points ** (1 / axes)))
     values = np.linspace(lo, hi, count)
     step = (hi - lo) / (count - 1)
@@ -104,7 +107,7 @@ def _rotated_extent(corners: np.ndarray, aug: AugmentConfig, grid_points: int = 
         rotations = _rotations(*(a[chunk:chunk + 20_000] for a in angles))  # (N, 3, 3)
         extent = np.maximum(extent, 2 * np.abs(np.einsum("nij,cj->nci", rotations, corners)).max((0, 1)))
     diagonal = 2 * np.linalg.norm(corners[0])  # no rotation needs more
-    return np.minimum(extent + _moved_axes(aug) * diagonal / 2 * axes * step, diagonal)
+    return tuple(np.minimum(extent + _moved_axes(in_plane) * diagonal / 2 * axes * step, diagonal).tolist())
 
 
 def _rotations(az, ay, ax) -> np.ndarray:
@@ -160,7 +163,7 @@ def _spatial(image, target, region, patch, spacing, aug, rng, generator):
     if rotate:
         matrix = _rotation(_draw_angles(aug, rng)) @ matrix
     if scale:  # sampling coordinates times s: > 1 shows more of the volume (nnU-Net's convention)
-        matrix = matrix @ np.diag(rng.uniform(*aug.scaling_range) ** _moved_axes(aug))
+        matrix = matrix @ np.diag(rng.uniform(*aug.scaling_range) ** _moved_axes(aug.in_plane))
     displacement = _elastic_field(patch, spacing, aug, generator, device) if elastic else None
     grid = _grid(patch, in_size, spacing, torch.as_tensor(matrix, dtype=torch.float32, device=device),
                  displacement, device)

@@ -34,6 +34,10 @@ from c2w_fast.training.evaluation import class_metrics
 from c2w_fast.training.prepare import crop_size, prepare_volumes, stage_spacing
 from c2w_fast.training.schedule import learning_rate
 
+# progress.png is drawn at most this often while a fold trains, and after its last epoch:
+# drawing it takes ~0.4 s, a tenth of a small CPU epoch; epochs longer than this get one each
+PLOT_EVERY_S = 30.0
+
 
 def make_loss(config: Config, across_processes: bool = False) -> torch.nn.Module:
     """Dice-Focal (C2W) or Dice-CE (MBAS) with the configured options; deep supervision as nnU-Net.
@@ -100,6 +104,7 @@ class Trainer:
         self.loss = make_loss(config)  # rank 0 alone validates
         self.source: BatchSource | None = None  # the training batches, made by prepare()
         self.patch = tuple(config.train.patch_size or config.roi.size)
+        self._plotted_rows = -1  # the epochs progress.png was last drawn with (_plot)
 
     # --- data -----------------------------------------------------------------------------
 
@@ -236,9 +241,16 @@ class Trainer:
                 "config": self.config.to_dict(), "spacing": list(self.spacing), "epoch": self.state["epoch"],
                 "trainer": self.state}
 
-    def _write_logs(self) -> None:
+    def _write_logs(self, *, throttle: bool = False) -> None:
+        """metrics.csv, and progress.png; with ``throttle`` (after an epoch) the plot only :data:`PLOT_EVERY_S`
+        after its last drawing or the start of training, and :meth:`_train_epochs` draws the last epoch's."""
         runlog.write_csv(self.folder / "metrics.csv", self.state["history"])
+        if not throttle or time.monotonic() - self._plotted_at >= PLOT_EVERY_S:
+            self._plot()
+
+    def _plot(self) -> None:
         runlog.plot_progress(self.folder / "progress.png", self.state["history"])
+        self._plotted_at, self._plotted_rows = time.monotonic(), len(self.state["history"])
 
     def fit(self, on_epoch_end=None) -> dict:
         """Train from the current state to ``train.epochs`` (or an early stop); returns the state.
@@ -271,6 +283,7 @@ class Trainer:
         stream = DevicePrefetcher(loader, self.device)
         step_name, net = "unset", self.model
         self.model.train()
+        self._plotted_at = time.monotonic()  # progress.png drawn PLOT_EVERY_S into training at the earliest
         for epoch in range(start, train.epochs):
             step = unfreeze.phase(config, epoch)
             if step != step_name:
@@ -298,7 +311,7 @@ class Trainer:
                     and state["bad"] >= train.early_stopping
                 state["stopped"] = stop
                 checkpoint.save(self.folder / "checkpoint_latest.pt", self._payload())
-                self._write_logs()
+                self._write_logs(throttle=True)
                 _print_epoch(row, train.epochs, improved)
             else:
                 state["epoch"] = epoch + 1
@@ -306,6 +319,8 @@ class Trainer:
                 on_epoch_end(epoch, self.model)
             if broadcast_flag(stop, self.processes, self.device):
                 break
+        if self.processes.is_main and self._plotted_rows != len(state["history"]):
+            self._plot()  # the epochs that the throttle left undrawn
 
 
 def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
