@@ -72,6 +72,9 @@ def _config(args) -> cfg.Config:
         if args.config or args.overrides or args.data or args.init_from:
             raise cfg.ConfigError("--resume continues with the run's saved config.toml; drop --config, --data, "
                                   "--init-from and --set (only --epochs and --device may change)")
+        if not (args.out / "config.toml").is_file():
+            raise cfg.ConfigError(f"--out {args.out} is not a run folder (no config.toml in it); --resume continues "
+                                  "a run that was started with --config into that folder")
         return cfg.load(args.out / "config.toml", overrides)
     if args.config is None:
         raise cfg.ConfigError("--config is required (or --resume to continue a run)")

@@ -73,7 +73,7 @@ def test_unreadable_and_foreign_files(tmp_path, lazy):
     with pytest.raises(checkpoint.CheckpointError, match="junk.pt: not a readable checkpoint"):
         checkpoint.load(tmp_path / "junk.pt", lazy=lazy)
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="other.pt: not a c2w_fast checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="other.pt: not a checkpoint of c2w_fast's training"):
         checkpoint.load(tmp_path / "other.pt", lazy=lazy)
     with pytest.raises(checkpoint.CheckpointError, match="missing.pt: checkpoint not found"):
         checkpoint.load(tmp_path / "missing.pt", lazy=lazy)

@@ -121,6 +121,12 @@ def test_init_from_another_architecture_is_refused_before_training(lasc, tmp_pat
     err = capsys.readouterr().err
     assert "cavity.pt: checkpoint of another architecture — features: checkpoint [4, 8, 8], this run [4, 8, 16]" in err
     assert not (tmp_path / "wall").exists()  # refused before the run folder was written: a corrected retry runs
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "never")) == 2
+    assert f"run.init_from: {tmp_path / 'never'}: no such checkpoint file or run folder; train that run first " \
+           f"(--out {tmp_path / 'never'}) or name another with --init-from PATH" in capsys.readouterr().err
+    torch.save({"a": 1}, tmp_path / "foreign.pt")
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "foreign.pt")) == 2
+    assert "foreign.pt: not a checkpoint of c2w_fast's training" in capsys.readouterr().err
 
 
 def test_a_helper_trained_on_this_runs_test_cases_is_refused(lasc, tmp_path, capsys):
@@ -236,6 +242,11 @@ def test_progress_png_is_drawn_at_most_every_plot_every_s_and_after_the_last_epo
         pngs[every] = (drawn[:], (tmp_path / str(every) / "final" / "progress.png").read_bytes())
     assert pngs[0.0][0] == [1, 2] and pngs[math.inf][0] == [2]
     assert pngs[0.0][1] == pngs[math.inf][1]  # the same last drawing
+
+
+def test_resume_into_a_folder_that_is_no_run_is_named(tmp_path, capsys):
+    assert train.main(["--resume", "--out", str(tmp_path / "nothing"), "--fold", "final"]) == 2
+    assert f"--out {tmp_path / 'nothing'} is not a run folder (no config.toml in it)" in capsys.readouterr().err
 
 
 def test_early_stopping_stops_when_validation_stops_improving(lasc, tmp_path):

@@ -60,7 +60,8 @@ def load(path, *, lazy: bool = False) -> dict:
     except Exception as exc:  # truncated or foreign files raise many types
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a c2w_fast checkpoint (format {FORMAT})")
+        raise CheckpointError(f"{path}: not a checkpoint of c2w_fast's training (python -m c2w_fast.train writes "
+                              f"RUN/<fold>/checkpoint_best.pt, format {FORMAT}); give such a file or its run folder")
     missing = [key for key in ("model", "architecture", "config") if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: incomplete c2w_fast checkpoint, no {', '.join(missing)} in it")

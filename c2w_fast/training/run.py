@@ -113,7 +113,9 @@ def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str], sp
         try:
             found = {resolve_checkpoint(path, fold) for fold in for_folds}
         except FileNotFoundError as exc:
-            raise RunError(f"{key}: {exc}") from None
+            option = "--init-from PATH" if key == "run.init_from" else f"--set {key}=PATH"
+            hint = "" if Path(path).exists() else f"; train that run first (--out {path}) or name another with {option}"
+            raise RunError(f"{key}: {exc}{hint}") from None
         for checkpoint_path in sorted(found):
             _check_helper_kind(config, key, checkpoint_path)
         for run_folder in sorted({p.parent.parent for p in found}):  # RUN/fold/checkpoint: once per run
@@ -216,7 +218,7 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
                              final_val=settings["final_val"], seed=settings["split_seed"], groups=groups)
     except ValueError as exc:
         raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc}); the split is set by "
-                       f"data.n_test, data.n_folds and data.final_val, e.g. --set data.n_test=2") from None
+                       "data.n_test, data.n_folds and data.final_val (--set data.KEY=VALUE)") from None
     return cases, dataclasses.replace(splits, settings=settings)
 
 
