@@ -49,16 +49,17 @@ def make_case(rng, batch, c_in, c_out, groups, size, kernel, stride, dtype, resi
     )
 
 
-def run(case, backend, *, dtype, stride, groups, activation, round_conv_output=None):
-    """Output and gradients of every input (float64 on the CPU), through the op or the rounded reference."""
+def run(case, backend, *, dtype, stride, groups, activation, round_conv_output=None, **options):
+    """Output and gradients of every input (float64 on the CPU), through the op or the rounded reference;
+    ``options`` (eps, negative_slope) go to both."""
     names = ["x", "weight", "norm_weight", "norm_bias"] + (["residual"] if case["residual"] is not None else [])
     if backend == "reference":
         inputs = {k: case[k].double().to(DEVICE).requires_grad_() for k in names}
         y = reference_conv_norm_act(**inputs, stride=stride, groups=groups, activation=activation,
-                                    round_conv_output=round_conv_output)
+                                    round_conv_output=round_conv_output, **options)
     else:
         inputs = {k: case[k].to(DEVICE).requires_grad_() for k in names}
-        y = conv_norm_act(**inputs, stride=stride, groups=groups, activation=activation, backend=backend)
+        y = conv_norm_act(**inputs, stride=stride, groups=groups, activation=activation, backend=backend, **options)
         assert y.dtype == dtype
     grads = torch.autograd.grad(y, list(inputs.values()), case["grad"].to(device=y.device, dtype=y.dtype))
     return {"y": y.double().cpu(), **{f"d{k}": g.double().cpu() for k, g in zip(names, grads)}}
@@ -87,6 +88,20 @@ def test_triton_matches_float64_reference_forward_and_backward(name, rng):
     for key in ref:
         assert ours[key].shape == ref[key].shape, key
         assert tolerance.violations(ours[key], ref[key]) == 0, (
+            f"{key}: max error {(ours[key] - ref[key]).abs().max():.3g}, max |ref| {ref[key].abs().max():.3g}")
+
+
+@needs_triton
+def test_triton_matches_reference_with_custom_eps_and_slope_and_a_low_variance_channel(rng):
+    """eps and negative_slope reach the kernels, forward and backward; one output channel varies
+    far less than eps (weights scaled by 1e-3), so eps sets its scale."""
+    case = make_case(rng, 2, 8, 16, 2, (2, 4, 5), (1, 3, 3), (1, 1, 1), torch.float32, True)
+    case["weight"][0] *= 1e-3
+    options = dict(dtype=torch.float32, stride=(1, 1, 1), groups=2, activation=True, eps=1e-3, negative_slope=0.2)
+    ours = run(case, "triton", **options)
+    ref = run(case, "reference", round_conv_output=conv_output_rounding(torch.float32), **options)
+    for key in ref:
+        assert TOLERANCES[torch.float32].violations(ours[key], ref[key]) == 0, (
             f"{key}: max error {(ours[key] - ref[key]).abs().max():.3g}, max |ref| {ref[key].abs().max():.3g}")
 
 

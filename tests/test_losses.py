@@ -69,6 +69,7 @@ def test_triton_matches_reference_for_every_mask_kind(term, mask, include_backgr
     dict(activation="sigmoid"),
     dict(activation="sigmoid", include_background=False, batch_dice=True),
     dict(smooth_nr=0.0, smooth_dr=1e-3, lambda_dice=0.3),
+    dict(smooth_nr=1.0, smooth_dr=0.25),  # large and different: each one moves the loss beyond the tolerance
 ])
 def test_triton_matches_reference_with_options(term, options, rng):
     logits, labels, region = make_inputs(rng, batch=3, classes=4, size=(2, 3, 11))
@@ -98,6 +99,16 @@ def test_triton_accepts_every_target_form_and_channels_last_logits(term, rng):
     (grad,) = torch.autograd.grad(loss, z)
     assert grad.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close((loss.double().cpu(), grad.double().cpu()), ours, rtol=1e-6, atol=1e-9)
+
+
+@needs_triton
+@pytest.mark.parametrize("term", LOSSES)
+def test_triton_matches_reference_with_soft_targets(term, rng):
+    """Soft (B, C, ...) targets whose class sums differ from 1 (independent probabilities per class)."""
+    logits, _, region = make_inputs(rng)
+    soft = torch.from_numpy(rng.random(logits.shape)).float()
+    assert not torch.allclose(soft.sum(1), torch.ones(()))
+    assert_matches_reference(LOSSES[term], logits, soft, region)
 
 
 @needs_triton
@@ -229,7 +240,7 @@ def test_triton_refuses_a_target_that_requires_grad_and_auto_runs_the_reference(
 @needs_triton
 def test_triton_labels_out_of_range_make_the_loss_nan(rng):
     logits, labels, region = make_inputs(rng)
-    for bad in (-1, 2**32 + 1):  # the second is class 1 once narrowed to int32
+    for bad in (-1, 3, 2**32 + 1):  # 3 = C, one past the last class; 2**32 + 1 is class 1 once narrowed to int32
         labels[1, 2, 3, 4] = bad
         z = logits.float().to(DEVICE).requires_grad_()
         loss = dice_focal_loss(z, labels.to(DEVICE), region.to(DEVICE), backend="triton")
