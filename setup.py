@@ -54,7 +54,7 @@ setup(
         # (no Triton, about 1 GB saved) gets it only where the GPU kernels or their tests need it
         "cuda": ["cupy-cuda12x>=13", TRITON],  # CUDA 12.x drivers/toolkits (RTX 4090 setups)
         "cuda13": ["cupy-cuda13x>=13", TRITON],
-        "test": [TRITON, "pytest>=7.4", "pytest-xdist>=3.3", "monai>=1.3",
+        "test": [TRITON, "pytest>=7.4", "pytest-xdist>=3.3", "pytest-timeout>=2.1", "monai>=1.3",
                  "build>=1.0", "pybind11>=2.12",  # tests/test_packaging.py builds the sdist
                  # metric/morphology peers the tests compare against
                  "surface-distance==0.1", "medpy>=0.5", "edt>=2.4", "connected-components-3d>=3.12",
