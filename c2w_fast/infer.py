@@ -84,6 +84,9 @@ NO_TIMER = PhaseTimer(enabled=False)
 
 # --- windows -----------------------------------------------------------------------------------
 
+MIN_WEIGHT = torch.finfo(torch.float32).tiny ** 0.5  # ~1e-19: weight * |logit| >= 1e-19 stays a normal float32
+
+
 @lru_cache(maxsize=8)
 def _gaussian_cached(patch: tuple[int, int, int], sigma_scale: float) -> torch.Tensor:
     axes = []
@@ -92,7 +95,8 @@ def _gaussian_cached(patch: tuple[int, int, int], sigma_scale: float) -> torch.T
         axes.append(torch.exp(-0.5 * (t / (n * sigma_scale)) ** 2))
     weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     weight = weight / weight.max()
-    return weight.clamp_min(weight[weight > 0].min().item()).float()  # never 0: every voxel gets a weight
+    # every voxel gets a weight: never 0, nor so small in float32 that weight * logit loses its precision
+    return weight.clamp_min(max(weight[weight > 0].min().item(), MIN_WEIGHT)).float()
 
 
 GAUSSIAN_SIGMA_SCALE = 1 / 8  # sigma of the window weights, as a fraction of the patch size (nnU-Net's)

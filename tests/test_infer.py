@@ -5,11 +5,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch import nn
 
 from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, gaussian_importance, sliding_window, window_count,
                             window_starts)
-from c2w_fast.postprocess import class_indices
+from c2w_fast.postprocess import atrium_mask, cascade_region, class_indices, keep_largest_per_class
 from c2w_fast.stages import resolve_checkpoint
 
 
@@ -26,6 +27,20 @@ def test_window_counts_follow_the_formula_in_exact_arithmetic():
     assert len(window_starts(640, 256, 1 - 0.8)) == 9
 
 
+@pytest.mark.parametrize("step", [0.25, 0.5, 1.0])
+def test_window_starts_are_nnunets_evenly_spread_steps(step):
+    """nnU-Net's compute_steps_for_sliding_window: n = ceil((size - patch) / (patch * step)) + 1
+    windows whose starts are round(i * (size - patch) / (n - 1)): evenly spread, the last flush."""
+    for patch in (1, 4, 7, 8, 16):
+        for size in range(1, 70):
+            if size <= patch:
+                expected = [0]
+            else:
+                n = int(np.ceil((size - patch) / (patch * step))) + 1
+                expected = [int(np.round(i * (size - patch) / (n - 1))) for i in range(n)]
+            assert window_starts(size, patch, step) == expected, (size, patch, step)
+
+
 def test_gaussian_importance_hands_out_a_copy():
     gaussian_importance((3, 4, 5)).fill_(7)
     assert float(gaussian_importance((3, 4, 5)).max()) == 1.0
@@ -39,6 +54,8 @@ def test_gaussian_is_one_at_the_centre_and_positive(rng):
     # sigma = size / 8 per axis: 10 voxels from the centre of an 81-voxel axis, exp(-(10 / 10.125)^2 / 2)
     big = gaussian_importance((1, 1, 81))
     assert float(big[0, 0, 40 + 10]) == pytest.approx(np.exp(-0.5 * (10 / (81 / 8)) ** 2), rel=1e-5)
+    narrow = gaussian_importance((32, 32, 32), 0.05)  # the corners would underflow float32: clamped instead
+    assert narrow.dtype == torch.float32 and float(narrow.min()) >= torch.finfo(torch.float32).tiny ** 0.5
 
 
 class Pointwise(nn.Module):
@@ -270,3 +287,53 @@ def test_class_indices_equal_argmax_in_any_slabs(slab_voxels):
     logits[1:3, 2], logits[:, 4, 0] = 9.0, torch.tensor([-1.0, 3.0, 3.0, 3.0])[:, None]  # ties of later classes
     out = class_indices(logits, slab_voxels)
     assert out.dtype == torch.uint8 and torch.equal(out.long(), logits.argmax(0))
+
+
+def _largest_26(mask):
+    """scipy: the largest 26-connected component (the test inputs have no ties)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel())[1:]
+    assert (sizes == sizes.max()).sum() == 1
+    return labels == 1 + np.argmax(sizes)
+
+
+def _label_map_without_ties(rng, shape=(9, 14, 13), classes=4):
+    while True:
+        labels = np.where(rng.random(shape) < 0.3, rng.integers(1, classes, shape), 0).astype(np.uint8)
+        try:
+            for c in range(1, classes):
+                _largest_26(labels == c)
+            _largest_26(labels > 0)
+        except AssertionError:
+            continue
+        return labels
+
+
+def test_keep_largest_per_class_and_atrium_mask_equal_scipy(rng):
+    labels = _label_map_without_ties(rng)
+    expected = np.zeros_like(labels)
+    for c in range(1, 4):
+        expected[_largest_26(labels == c)] = c
+    assert (expected != labels).any()  # several components per class: something is removed
+    np.testing.assert_array_equal(keep_largest_per_class(labels, 4), expected)
+    assert torch.equal(keep_largest_per_class(torch.from_numpy(labels), 4), torch.from_numpy(expected))
+    np.testing.assert_array_equal(np.asarray(atrium_mask(labels)), _largest_26(labels > 0))
+    assert not np.asarray(atrium_mask(np.zeros((3, 4, 5), np.uint8))).any()
+
+
+@pytest.mark.parametrize("keep_largest, radius", [(True, 2), (False, 2), (True, 0), (True, 1)])
+def test_cascade_region_is_the_largest_component_dilated_by_a_ball(keep_largest, radius, rng):
+    from types import SimpleNamespace
+
+    mask = np.zeros((12, 20, 20), bool)
+    mask[3:6, 3:8, 3:8] = True       # the largest component
+    mask[9, 15:17, 15:17] = True     # a small one, far from it
+    mask |= rng.random(mask.shape) < 0.002
+    offsets = np.indices((2 * radius + 1,) * 3) - radius
+    ball = (offsets ** 2).sum(0) <= radius ** 2   # the ball of the radius in voxels, by hand
+    kept = _largest_26(mask) if keep_largest else mask
+    expected = ndimage.binary_dilation(kept, structure=ball) if radius else kept
+    region = cascade_region(mask, SimpleNamespace(keep_largest=keep_largest, dilation_radius=radius))
+    np.testing.assert_array_equal(np.asarray(region), expected)
