@@ -209,6 +209,34 @@ def test_a_stage_reuses_its_last_result_only_while_nothing_changed(c2w):
     assert np.array_equal(flipped, fresh)
 
 
+def test_probabilities_are_background_outside_the_roi_and_the_cascade_region(c2w, mbas):
+    """Outside the C2W ROI and outside MBAS stage 2's region the softmax is exactly (1, 0, ...)."""
+    from c2w_fast.data.preprocess import Box, paste, resample
+
+    data, runs = c2w
+    cavity = Predictor.load(runs / "cavity")
+    image = read_volume(data / "phantom001" / "lgemri.nrrd")
+    x = torch.from_numpy(image.array.astype(np.float32))
+    probs = cavity.run(x, image.spacing, probabilities=True).probabilities
+    pipeline = cavity.pipeline
+    shape, _ = pipeline.stage_grid(tuple(x.shape), image.spacing)
+    box = Box.around(pipeline.roi_centre(x, image.spacing), pipeline.config.roi.size)
+    inside = resample(paste(torch.ones(box.size), box, shape), tuple(x.shape))
+    outside = inside == 0  # not even partly inside after resampling to the native grid
+    assert outside.any()
+    assert (probs[0][outside] == 1).all() and not probs[1:][:, outside].any()
+
+    data, runs = mbas
+    stage2 = Predictor.load(runs / "stage2")
+    image = read_volume(data / "MBAS_001" / "MBAS_001_gt.nii.gz")
+    x = torch.from_numpy(image.array.astype(np.float32))
+    probs = stage2.run(x, image.spacing, probabilities=True).probabilities
+    region = stage2.pipeline.region(x, image.spacing)
+    assert (~region).any()
+    assert (probs[0][~region] == 1).all() and not probs[1:][:, ~region].any()
+    torch.testing.assert_close(probs.sum(0), torch.ones(x.shape))
+
+
 def test_the_stages_of_a_case_find_the_localisers_atrium_once(c2w, monkeypatch):
     data, runs = c2w
     loader = StageLoader()

@@ -92,3 +92,23 @@ def test_crop_and_paste_round_trip_across_the_border(rng):
         kept = back[0] != -2
         np.testing.assert_array_equal(back[:, kept], volume[:, kept])
     assert Box.around((4.4, 5.6, 5), (4, 4, 5)).start == (2, 4, 3)
+
+
+def test_a_box_entirely_outside_the_volume_crops_padding_and_pastes_nothing(rng):
+    volume = rng.random((2, 9, 10, 11)).astype(np.float32)
+    for box in (Box((-10, 2, 2), (5, 4, 4)), Box((12, 2, 2), (5, 4, 4)), Box((2, -6, 30), (3, 4, 4))):
+        part = crop(volume, box, pad_value=-1)
+        assert part.shape == (2, *box.size) and (part == -1).all()
+        back = paste(np.ones((2, *box.size), np.float32), box, (9, 10, 11), fill=0)
+        assert back.shape == (2, 9, 10, 11) and not back.any()
+
+
+def test_label_resampling_takes_the_nearest_voxel_centre(rng):
+    """Centre-aligned nearest neighbour: output voxel i of n_out samples input voxel
+    floor((i + 1/2) · n_in / n_out), on any factor (not only 2)."""
+    labels = rng.integers(0, 250, (5, 7, 11)).astype(np.uint8)
+    for shape in ((3, 4, 6), (8, 12, 17), (5, 9, 4)):
+        index = [np.floor((np.arange(m) + 0.5) * n / m).astype(int) for n, m in zip(labels.shape, shape)]
+        expected = labels[np.ix_(*index)]
+        np.testing.assert_array_equal(resample(labels, shape, labels=True), expected)
+        assert torch.equal(resample(torch.from_numpy(labels), shape, labels=True), torch.from_numpy(expected))

@@ -63,3 +63,21 @@ def test_no_foreground_falls_back_to_random(kind, rng):
     policy = SamplingPolicy(kind, foreground_prob=1.0, class_weights={1: 1.0})
     c = policy.centre((10, 20, 20), (4, 4, 4), {1: np.zeros((0, 3), np.int32)}, rng)
     assert 2 <= c[0] <= 8
+
+
+def test_random_centres_reach_every_position_that_keeps_the_patch_inside(rng):
+    policy = SamplingPolicy("random")
+    seen = {policy.centre((12, 20, 9), (8, 7, 9), {}, rng) for _ in range(600)}
+    # z: 8 = 4 + 4 voxels around the centre -> 4..8; y: 7 = 3 before, 4 after -> 3..16; x: fills the axis
+    assert {c[0] for c in seen} == set(range(4, 9)) and {c[1] for c in seen} == set(range(3, 17))
+    assert {c[2] for c in seen} == {4}
+
+
+def test_classes_outside_the_weights_are_never_drawn(rng):
+    target = _target(rng)
+    locations = class_locations(target, 4, rng)
+    policy = SamplingPolicy("classes", class_weights={1: 1.0, 2: 0.0})
+    assert {target[policy.centre(target.shape, (4, 8, 8), locations, rng)] for _ in range(200)} == {1}
+    locations[1] = locations[1][:0]  # only classes without weight left: a random centre, no error
+    for _ in range(50):
+        policy.centre(target.shape, (4, 8, 8), locations, rng)

@@ -46,3 +46,15 @@ def test_constant_schedule():
     config = cfg.Config()
     config.schedule.kind, config.train.epochs = "constant", 3
     assert set(lrs(config, 2)) == {config.optim.lr}
+
+
+def test_a_restart_below_min_lr_stays_at_its_peak_and_fractional_warmup_rounds_to_iterations():
+    config = cfg.Config()
+    config.schedule.kind, config.train.epochs, config.optim.lr = "cosine", 4, 1e-3
+    config.schedule.restarts, config.schedule.restart_lr = [2], [1e-7]
+    config.schedule.min_lr, config.schedule.warmup_epochs = 1e-6, 0.5
+    values = lrs(config, ipe=4)  # warm-up: round(0.5 * 4) = 2 iterations per cycle
+    assert values[:2] == pytest.approx([1e-3 / 2, 1e-3])
+    assert values[7] == pytest.approx(1e-6)  # the first cycle ends at min_lr
+    # the restart's peak (1e-7) is below min_lr: the floor is capped by the peak, nothing rises above it
+    assert values[8:] == pytest.approx([1e-7 / 2] + [1e-7] * 7, rel=1e-12, abs=0)

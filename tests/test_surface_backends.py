@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from c2w_fast.data.phantom import make_phantom
 from c2w_fast.ops import surface_distances, surface_summary
-from c2w_fast.ops.surface import TOLERANCE
+from c2w_fast.ops.surface import TOLERANCE, weighted_percentile
 
 FAST_BACKENDS = ["cpu"]
 
@@ -86,3 +86,15 @@ def test_distances_equal_to_the_tolerance_are_decided_as_by_the_reference(backen
         ours = surface_summary(pred, gt, spacing, backend=backend, **kw)
         reference = surface_summary(pred, gt, spacing, backend="reference", **kw)
         assert ours.surface_dice == pytest.approx(reference.surface_dice, rel=1e-12), convention
+
+
+def test_weighted_percentile_is_deepminds_first_index_reaching_the_fraction():
+    """surface-distance's compute_robust_hausdorff: searchsorted(cumulative / total, q / 100) with
+    side="left": with 20 equal weights 95 % is reached exactly at the 19th smallest distance."""
+    distances = np.arange(20, 0, -1, dtype=np.float64)  # 20, 19, ..., 1: sorted by the function
+    assert weighted_percentile(distances, np.ones(20), 95.0) == 19.0
+    assert weighted_percentile(distances, np.ones(20), 50.0) == 10.0
+    assert weighted_percentile(distances, np.ones(20), 100.0) == 20.0
+    # by hand: distances 1, 2, 3 with weights 1, 3, 1 have cumulative fractions 0.2, 0.8, 1.0
+    assert weighted_percentile(np.array([3.0, 1.0, 2.0]), np.array([1.0, 1.0, 3.0]), 80.0) == 2.0
+    assert weighted_percentile(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 1.0]), 80.1) == 3.0
