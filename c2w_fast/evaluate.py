@@ -49,7 +49,7 @@ import torch
 from c2w_fast import metrics
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_csv
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, files_under,
-                                   layout_labels, load_labels)
+                                   layout_labels, load_labels, values_outside)
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
@@ -152,16 +152,6 @@ def _labels_the_layout_holds(labels: dict[str, int], gt: GroundTruth, gt_dir: Pa
     return labels
 
 
-def unexpected_values(array: np.ndarray, expected) -> np.ndarray:
-    """The distinct values of a label map besides 0 and ``expected`` (sorted): a prediction holding
-    many is likely an image, not a label map."""
-    allowed = {0, *expected}
-    if array.size == 0 or (array.min() >= 0 and set(range(int(array.max()) + 1)) <= allowed):
-        return np.empty(0, array.dtype)  # the usual 0..K map: two passes, no mask
-    other = ~np.isin(array, sorted(allowed))
-    return np.unique(array[other])
-
-
 def _describe_values(values: np.ndarray) -> str:
     shown = ", ".join(f"{v:g}" for v in values[:5].tolist())
     return shown if len(values) <= 5 else f"{len(values)} values from {values[0]:g} to {values[-1]:g}"
@@ -191,11 +181,11 @@ def _evaluate_case(identifier, pred_path, gt, labels, options):
     pred_labels = _as_label_map(pred.array, pred_path)
     gt_labels = _as_label_map(reference.array, reference.path)
     results = metrics.evaluate_labels(pred_labels, gt_labels, labels, reference.spacing, **options)
-    expected = {*labels.values(), *gt.labels.values()}
-    other = unexpected_values(pred_labels, sorted(expected))
+    expected = sorted({0, *labels.values(), *gt.labels.values()})
+    other = values_outside(pred_labels, expected)  # many: likely an image, not a label map
     warning = None if not len(other) else (
         f"{pred_path} also holds {_describe_values(other)}, neither evaluated nor label codes "
-        f"({', '.join(map(str, sorted({0, *expected})))}): is it a label map?")
+        f"({', '.join(map(str, expected))}): is it a label map?")
     rows = [{"case": identifier, "label": name, **r.as_dict(), "status": "ok"} for name, r in results.items()]
     return rows, None, warning
 

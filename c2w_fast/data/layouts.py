@@ -357,18 +357,26 @@ def _check_finite(image: Volume) -> None:
             raise DataError(image.path, f"image has {bad} NaN/inf voxels")
 
 
-def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
-    """A DataError naming the file unless every voxel holds one of ``allowed``. Counting each
-    allowed value is a few fast passes, where a histogram of the whole map cost several times
-    more; the values are listed only for the error."""
-    array = label.array
+def values_outside(array: np.ndarray, allowed) -> np.ndarray:
+    """The distinct values of a label map that are not among ``allowed``, sorted; empty when every
+    voxel holds one. Counting each allowed value is a few fast passes, where a histogram of the
+    whole map cost several times more; the other values are listed only when there are some."""
     if sum(np.count_nonzero(array == value) for value in allowed) == array.size:
+        return np.empty(0, array.dtype)
+    return np.unique(array[~np.isin(array, list(allowed))])
+
+
+def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
+    """A DataError naming the file unless every voxel holds one of ``allowed``."""
+    array = label.array
+    unexpected = values_outside(array, allowed)
+    if not len(unexpected):
         return
     if np.issubdtype(array.dtype, np.floating) and not (np.isfinite(array).all()
                                                        and np.array_equal(array, np.round(array))):
         raise DataError(label.path, "label values must be whole numbers")
-    unexpected = sorted(set(int(v) for v in np.unique(array)) - set(allowed))
-    raise DataError(label.path, f"unexpected label values {unexpected[:10]}; expected a subset of {list(allowed)}")
+    raise DataError(label.path, f"unexpected label values {[int(v) for v in unexpected[:10]]}; expected a subset of "
+                                f"{list(allowed)}")
 
 
 # dataset.json label names (lower case, "_" and "-" read as spaces) -> canonical code
