@@ -8,6 +8,7 @@ outputs (highest resolution first) with per-output weights.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import torch
@@ -81,13 +82,21 @@ def _resize_labels(labels, size):
     """
     if labels is None or tuple(labels.shape[-3:]) == tuple(size):
         return labels
-    strides = [next((s for s in range(1, n + 1) if -(-n // s) == m), None) for n, m in zip(labels.shape[-3:], size)]
+    strides = [_output_stride(n, m) for n, m in zip(labels.shape[-3:], size)]
     if None not in strides:
         return labels[..., ::strides[0], ::strides[1], ::strides[2]]
     squeeze = labels.ndim == 4
     resized = F.interpolate((labels[:, None] if squeeze else labels).float(), size=tuple(size), mode="nearest-exact")
     resized = resized[:, 0] if squeeze else resized
     return resized.to(labels.dtype)
+
+
+def _output_stride(n: int, m: int) -> int | None:
+    """The stride s of an output of m voxels from n (ceil(n / s) = m), powers of two first: the
+    U-Nets' strides are 1 or 2 per stage, and 9 -> 3 is stride 4 there (ceil(ceil(9 / 2) / 2)),
+    not 3."""
+    candidates = itertools.chain((2 ** k for k in range(n.bit_length() + 1)), range(3, n + 1))
+    return next((s for s in candidates if -(-n // s) == m), None)
 
 
 class DiceFocalLoss(_SegmentationLoss):

@@ -39,3 +39,20 @@ def test_losses_match_monai_without_mask(include_background, batch_dice):
 def test_deep_supervision_weights_follow_nnunet():
     assert deep_supervision_weights(1) == [1.0]
     assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+
+
+@pytest.mark.parametrize("size", [(9, 20, 6), (5, 7, 16), (1, 3, 12)])
+def test_deep_supervision_targets_sit_where_the_strided_outputs_do(size):
+    """The targets of a deep-supervision output are the labels at the input voxels its voxels are
+    centred on: found here by running the labels through the network's own strided convolutions
+    (3x3x3, stride 2, padding 1, weight a centre delta, so each output copies its centre voxel)."""
+    from c2w_fast.nn import _resize_labels
+
+    labels = torch.randperm(int(torch.tensor(size).prod())).view(1, *size)
+    echo = nn.Conv3d(1, 1, 3, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        echo.weight.zero_()[0, 0, 1, 1, 1] = 1.0
+        level = labels[:, None].double()
+        for _ in range(3):  # outputs of strides 2, 4, 8 (9 -> 5 -> 3 -> 2 voxels: 9 -> 3 is stride 4, not 3)
+            level = echo.double()(level)
+            assert torch.equal(_resize_labels(labels, level.shape[2:]), level[:, 0].long())
