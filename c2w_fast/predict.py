@@ -147,14 +147,15 @@ class Pipeline:
             x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float()  # one tensor: helpers reuse
         labels = torch.zeros(image.shape, dtype=torch.uint8, device=self.device)
         probs = {}
-        for stage in self.stages:
-            result = stage.predictor.run(x, spacing, probabilities=probabilities)
-            with self.timer.phase("postprocess"):
-                for index, code in stage.codes.items():
-                    labels[result.labels == index] = code
-                if probabilities:
-                    for index, name in enumerate(stage.class_names, start=1):
-                        probs[name] = result.probabilities[index].cpu().numpy()
+        with self.stages[0].predictor.loader.case():  # the stages share one loader and their helpers' results
+            for stage in self.stages:
+                result = stage.predictor.run(x, spacing, probabilities=probabilities)
+                with self.timer.phase("postprocess"):
+                    for index, code in stage.codes.items():
+                        labels[result.labels == index] = code
+                    if probabilities:
+                        for index, name in enumerate(stage.class_names, start=1):
+                            probs[name] = result.probabilities[index].cpu().numpy()
         with self.timer.phase("postprocess"):
             return CasePrediction(labels.cpu().numpy(), probs)
 
@@ -168,13 +169,8 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
     Raises :class:`ModelError` naming the folder or file when it holds no usable stage.
     """
     loader = StageLoader(device, options, timer, runs)
-    if fold and fold.isdigit():  # --fold 1 as train takes it
-        fold = f"fold_{fold}"
-    if fold and Path(model).is_dir() and not (Path(model) / fold / "checkpoint_best.pt").is_file():
-        trained = sorted(p.parent.name for p in Path(model).glob("*/checkpoint_best.pt")) or ["none"]
-        raise ModelError(f"{model}: no {fold}/checkpoint_best.pt; trained folds: {', '.join(trained)}")
     try:
-        named = loader.load(model, fold)
+        named = loader.load(model, fold, strict=True)
     except (FileNotFoundError, CheckpointError) as exc:
         raise ModelError(str(exc)) from None
     try:  # the helper runs the config records

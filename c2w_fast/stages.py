@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class RoiWarning(UserWarning):
 
 
 warnings.filterwarnings("always", category=RoiWarning)
+NO_ATRIUM = "found no atrium in a case: its ROI is centred on the volume"
 
 
 def native_to_stage(point, native_spacing, stage_spacing) -> tuple[float, float, float]:
@@ -57,22 +59,28 @@ def cavity_distance(cavity, spacing, scale_mm: float):
     return np.clip(distance / scale_mm, -1, 1)
 
 
-def resolve_checkpoint(path, fold: str | None = None) -> Path:
+def resolve_checkpoint(path, fold: str | None = None, *, strict: bool = False) -> Path:
     """A checkpoint file from ``path``: the file itself, or in a run folder the best checkpoint
-    of ``fold`` (a folder name such as ``fold_0`` or ``final``), else of ``final``."""
+    of ``fold`` (a folder name such as ``fold_0`` or ``final``; ``3`` means ``fold_3``), else of
+    ``final`` — unless ``strict``: a fold asked for by name must then be there (a helper stage
+    takes its user's fold where it has one, a fold the user names is no fallback)."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
-    names = ([fold] if fold and fold != "final" else []) + ["final"]
+    if fold and fold.isdigit():  # --fold 1 as train takes it
+        fold = f"fold_{fold}"
+    names = ([fold] if fold and fold != "final" else []) + ([] if strict and fold else ["final"])
     for name in names:
         candidate = path / name / "checkpoint_best.pt"
         if candidate.is_file():
             return candidate
     trained = sorted(p.parent.name for p in path.glob("*/checkpoint_best.pt"))
     runs = sorted(p.parent.name for p in path.glob("*/config.toml"))
-    if trained:
+    if trained and strict and fold:
+        hint = f"; trained folds: {', '.join(trained)}"
+    elif trained:
         hint = f"; it has {', '.join(trained)} (choose one as the fold)"
     elif runs:
         hint = f" (it holds the run folders {', '.join(runs)}: name one of them)"
@@ -139,16 +147,34 @@ class StageLoader:
         self.runs = dict(runs or {})  # config key -> run folder or checkpoint, in place of the recorded one
         self.used: set[str] = set()   # the helper keys looked up so far
         self._stages: dict[Path, Predictor] = {}
+        self._open_cases = 0
+
+    @contextmanager
+    def case(self):
+        """The scope of one case: within it the stages loaded here reuse each other's results for
+        the same image tensor (the localiser of the C2W cavity and wall stages runs once), and
+        they forget them when it ends, so that a buffer refilled with the next case (through
+        numpy, unseen by torch) is never taken for the last one. Each :class:`Predictor` call
+        opens one; open it around several calls that are one case."""
+        self._open_cases += 1
+        try:
+            yield
+        finally:
+            self._open_cases -= 1
+            if not self._open_cases:
+                for stage in self._stages.values():
+                    stage.forget()
 
     def locate(self, key: str, recorded: str, run_dir: Path | None) -> Path:
         """The run a helper key names: the one given in ``runs``, else :func:`locate_stage`."""
         self.used.add(key)
         return self.runs[key] if key in self.runs else locate_stage(recorded, key, run_dir)
 
-    def load(self, path, fold: str | None = None) -> "Predictor":
+    def load(self, path, fold: str | None = None, *, strict: bool = False) -> "Predictor":
+        """The stage at ``path`` (see :func:`resolve_checkpoint`), loaded on first use."""
         from c2w_fast.training.checkpoint import load_stage
 
-        checkpoint = resolve_checkpoint(path, fold)
+        checkpoint = resolve_checkpoint(path, fold, strict=strict)
         key = checkpoint.resolve()
         if key not in self._stages:
             model, config, spacing = load_stage(checkpoint)
@@ -265,15 +291,13 @@ class StagePipeline:
                 raise ValueError("roi.center = 'ground_truth' needs the case's labels")
             la = labels == CANONICAL_LABELS["LA"]
             centre = center_of_mass(la if la.any() else labels > 0)
+            if centre is None:
+                warnings.warn(f"the labels {NO_ATRIUM}", RoiWarning, stacklevel=2)
         else:
             localizer = self.helper("roi.localizer", self.config.roi.localizer)
-            centre = localizer.atrium_centre(self._image(image), spacing, labels)
+            centre = localizer.atrium_centre(self._image(image), spacing, labels)  # warns once per case
         if centre:
             return native_to_stage(centre, spacing, stage_spacing)
-        source = "the labels" if self.config.roi.center == "ground_truth" else \
-            f"the localiser ({self.config.roi.localizer})"
-        warnings.warn(f"{source} found no atrium in a case: its ROI is centred on the volume", RoiWarning,
-                      stacklevel=2)
         return tuple((n - 1) / 2 for n in shape)
 
     def region(self, image, spacing, labels=None):
@@ -344,8 +368,9 @@ class Predictor:
     @classmethod
     def load(cls, path, fold: str | None = None, device="cpu", *, options: InferenceOptions = InferenceOptions(),
              timer: PhaseTimer = NO_TIMER) -> "Predictor":
-        """The stage saved at ``path`` (checkpoint file or run folder; see :func:`resolve_checkpoint`)."""
-        return StageLoader(device, options, timer).load(path, fold)
+        """The stage saved at ``path``: a checkpoint file, or a run folder's ``fold`` (``3`` or
+        ``fold_3``, which must have been trained; default ``final``)."""
+        return StageLoader(device, options, timer).load(path, fold, strict=True)
 
     @property
     def device(self) -> torch.device:
@@ -386,10 +411,13 @@ class Predictor:
     def run(self, image, spacing, labels=None, *, probabilities: bool = False) -> StagePrediction:
         """Class indices (argmax, zero outside the cascade region, per-class largest component
         with ``eval.keep_largest``) and optionally the softmax, for ``image`` (z, y, x) with
-        ``spacing`` (mm); ``labels`` are needed only by the oracle settings. For a tensor image,
-        the last result is reused while neither the tensor nor the result has changed (the
-        stages of one case share their helpers' predictions this way)."""
-        spacing = check_spacing(spacing)
+        ``spacing`` (mm); ``labels`` are needed only by the oracle settings. Within one
+        :meth:`StageLoader.case`, a tensor image's result is reused while neither the tensor
+        nor the result has changed (the stages of one case share their helpers' predictions)."""
+        with self.loader.case():
+            return self._run(image, check_spacing(spacing), labels, probabilities)
+
+    def _run(self, image, spacing, labels, probabilities: bool) -> StagePrediction:
         key = (spacing, labels, probabilities)
         if self._last is not None and self._last.matches(image, key):
             return self._last.result
@@ -414,15 +442,25 @@ class Predictor:
     def atrium_centre(self, image, spacing, labels=None) -> tuple[float, float, float] | None:
         """Centre of mass (native voxel indices) of the largest foreground component of this stage's
         prediction: where a localiser puts the ROI. Kept with :meth:`run`'s reused result, so the
-        stages of one case that share the localiser find its centre once."""
-        result = self.run(image, spacing, labels)
-        if self._centre is None or self._centre[0]() is not result:
-            self._centre = (weakref.ref(result), center_of_mass(atrium_mask(result.labels)))
-        return self._centre[1]
+        stages of one case that share the localiser find its centre once, and warn once
+        (:class:`RoiWarning`) when there is none."""
+        with self.loader.case():
+            result = self.run(image, spacing, labels)
+            if self._centre is None or self._centre[0]() is not result:
+                centre = center_of_mass(atrium_mask(result.labels))
+                if centre is None:
+                    warnings.warn(f"the localiser ({self.pipeline.run_dir}) {NO_ATRIUM}", RoiWarning, stacklevel=3)
+                self._centre = (weakref.ref(result), centre)
+            return self._centre[1]
+
+    def forget(self) -> None:
+        """Drop the kept result of the last case (see :meth:`StageLoader.case`)."""
+        self._last = self._centre = None
 
     def logits(self, image, spacing, labels=None):
         """(K, D, H, W) float32 logits in the native grid of ``image`` (z, y, x) with ``spacing`` (mm)."""
-        out = self._logits(self.pipeline.checked_image(image), check_spacing(spacing), labels)
+        with self.loader.case():
+            out = self._logits(self.pipeline.checked_image(image), check_spacing(spacing), labels)
         return out.cpu().numpy() if isinstance(image, np.ndarray) else out
 
     def predict(self, image, spacing, labels=None):

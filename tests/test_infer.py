@@ -103,6 +103,20 @@ def test_resolve_checkpoint_prefers_the_fold_then_final(tmp_path):
         resolve_checkpoint(tmp_path / "nothing")
 
 
+def test_resolve_checkpoint_strictly_takes_only_the_fold_named(tmp_path):
+    """A fold the user names (``3`` or ``fold_3``) is no fallback to ``final``: a missing one is an
+    error listing the trained folds; without a fold, ``final`` as before."""
+    for name in ("fold_1", "final"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint_best.pt").write_bytes(b"x")
+    assert resolve_checkpoint(tmp_path, "1", strict=True) == tmp_path / "fold_1" / "checkpoint_best.pt"
+    assert resolve_checkpoint(tmp_path, None, strict=True) == tmp_path / "final" / "checkpoint_best.pt"
+    for fold in ("3", "fold_3"):
+        with pytest.raises(FileNotFoundError, match="no fold_3/checkpoint_best.pt in this run folder; "
+                                                    "trained folds: final, fold_1"):
+            resolve_checkpoint(tmp_path, fold, strict=True)
+
+
 # --- the full engine: batching, mirroring, precision, padding, out-of-memory, counts -------------------------
 
 class SmallConvNet(nn.Module):

@@ -185,25 +185,32 @@ def test_a_case_on_another_grid_is_resampled_to_the_training_grid_and_back(c2w):
     assert predictor.pipeline.stage_grid((20, 40, 40), (2.0015, 2.0, 1.999)) == ((20, 40, 40), (2.0015, 2.0, 1.999))
 
 
-def test_a_stage_reuses_its_last_result_only_while_nothing_changed(c2w):
+def test_a_stage_reuses_a_result_only_within_one_case(c2w):
+    """Within one ``StageLoader.case()`` a tensor's result is reused while nothing has changed;
+    a call outside one computes afresh, so a buffer refilled with the next case through numpy
+    (a write torch does not see) is never taken for the last case."""
     data, runs = c2w
     predictor = StageLoader().load(runs / "cavity")
     image = read_volume(data / "phantom001" / "lgemri.nrrd").array.astype(np.float32)
     other = read_volume(data / "phantom002" / "lgemri.nrrd").array.astype(np.float32)
     spacing = (2.0, 2.0, 2.0)
-    fresh = predictor.predict(image.copy(), spacing)
-    x = torch.from_numpy(image.copy())
-    first = predictor.predict(x, spacing)
-    assert predictor.predict(x, spacing) is first  # the same tensor: reused (helpers of one case)
-    x.copy_(torch.from_numpy(other))  # changed in place: computed again
-    assert not torch.equal(predictor.predict(x, spacing), first)
-    result = predictor.predict(x, spacing)
-    result.zero_()  # a caller's edit of the result is not handed out again
-    assert torch.equal(predictor.predict(x, spacing), torch.from_numpy(predictor.predict(other.copy(), spacing)))
+    fresh, fresh_other = predictor.predict(image.copy(), spacing), predictor.predict(other.copy(), spacing)
+    assert not np.array_equal(fresh, fresh_other)
+    buffer = image.copy()
+    x = torch.from_numpy(buffer)
+    with predictor.loader.case():
+        first = predictor.predict(x, spacing)
+        assert predictor.predict(x, spacing) is first  # the same tensor in one case: reused
+        x.copy_(torch.from_numpy(other))  # changed in place: computed again
+        assert np.array_equal(predictor.predict(x, spacing).numpy(), fresh_other)
+        predictor.predict(x, spacing).zero_()  # a caller's edit of the result is not handed out again
+        assert np.array_equal(predictor.predict(x, spacing).numpy(), fresh_other)
+    buffer[:] = image  # the next case, read into the same buffer through numpy
+    assert np.array_equal(predictor.predict(x, spacing).numpy(), fresh)
     array = image.copy()
     labels = predictor.predict(array, spacing)
     array[:] = other  # arrays are never reused
-    assert np.array_equal(predictor.predict(array, spacing), predictor.predict(other.copy(), spacing))
+    assert np.array_equal(predictor.predict(array, spacing), fresh_other)
     assert np.array_equal(labels, fresh)
     flipped = predictor.predict(np.ascontiguousarray(image[:, ::-1])[:, ::-1], spacing)  # negative strides
     assert np.array_equal(flipped, fresh)
@@ -243,12 +250,18 @@ def test_the_stages_of_a_case_find_the_localisers_atrium_once(c2w, monkeypatch):
     cavity, wall = loader.load(runs / "cavity"), loader.load(runs / "wall")
     calls = []
     monkeypatch.setattr(stages, "atrium_mask", lambda labels: calls.append(1) or labels > 0)
-    image = torch.from_numpy(read_volume(data / "phantom001" / "lgemri.nrrd").array.astype(np.float32))
-    centres = [stage.pipeline.roi_centre(image, (2.0, 2.0, 2.0)) for stage in (cavity, wall, cavity)]
-    assert len(calls) == 1 and centres[0] == centres[1] == centres[2]
-    image.add_(1.0)  # another image (changed in place): found again
-    cavity.pipeline.roi_centre(image, (2.0, 2.0, 2.0))
-    assert len(calls) == 2
+    volume = read_volume(data / "phantom001" / "lgemri.nrrd")
+    image = torch.from_numpy(volume.array.astype(np.float32))
+    with loader.case():
+        centres = [stage.pipeline.roi_centre(image, (2.0, 2.0, 2.0)) for stage in (cavity, wall, cavity)]
+        assert len(calls) == 1 and centres[0] == centres[1] == centres[2]
+        image.add_(1.0)  # another image (changed in place): found again
+        cavity.pipeline.roi_centre(image, (2.0, 2.0, 2.0))
+        assert len(calls) == 2
+    cavity.pipeline.roi_centre(image, (2.0, 2.0, 2.0))  # another case: found again
+    assert len(calls) == 3
+    predict.load_pipeline(runs / "wall").predict(volume.array, volume.spacing)  # its cavity and wall stages: once
+    assert len(calls) == 4
 
 
 def test_an_atrium_the_localiser_misses_centres_the_roi_with_a_warning(c2w, monkeypatch):
@@ -264,6 +277,16 @@ def test_an_atrium_the_localiser_misses_centres_the_roi_with_a_warning(c2w, monk
     assert len([w for w in caught if issubclass(w.category, RoiWarning)]) == 3
     shape, _ = cavity.pipeline.stage_grid(image.shape, image.spacing)
     assert centre == tuple((n - 1) / 2 for n in shape)
+
+
+def test_a_case_whose_atrium_the_localiser_misses_warns_once(c2w, monkeypatch):
+    """The C2W cavity and wall stages share the localiser's result, and its one warning."""
+    data, runs = c2w
+    monkeypatch.setattr(stages, "atrium_mask", lambda labels: torch.zeros(labels.shape, dtype=torch.bool))
+    volume = read_volume(data / "phantom001" / "lgemri.nrrd")
+    with pytest.warns(RoiWarning, match="localizer\\) found no atrium in a case") as caught:
+        predict.load_pipeline(runs / "wall").predict(volume.array, volume.spacing)
+    assert len([w for w in caught if issubclass(w.category, RoiWarning)]) == 1
 
 
 def test_bad_model_folders_are_named(c2w, tmp_path, capsys):
@@ -286,7 +309,7 @@ def test_bad_model_folders_are_named(c2w, tmp_path, capsys):
     assert "incomplete c2w_fast checkpoint, no config in it" in capsys.readouterr().err
     assert predict.main(["--model", str(runs / "wall"), "--fold", "fold_0", "--in", case,
                          "--out", str(tmp_path / "o")]) == 2
-    assert "no fold_0/checkpoint_best.pt; trained folds: final" in capsys.readouterr().err
+    assert "no fold_0/checkpoint_best.pt in this run folder; trained folds: final" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
