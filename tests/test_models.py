@@ -116,6 +116,18 @@ def test_spec_errors_name_the_field():
                     blocks_per_stage=(0, 1, 1), decoder_convs=(1, 1), groups=(1, 4, 4))
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--classes", "0"], "--classes counts the background too, so it must be >= 2, got 0"),
+    (["--classes", "1"], "--classes counts the background too, so it must be >= 2, got 1"),
+    (["--input", "0", "1", "44", "256", "256"], "--input sizes must be >= 1, got 0 1 44 256 256"),
+])
+def test_summary_cli_refuses_impossible_sizes(arguments, message, capsys):
+    """A usage error (exit 2) naming the option, not a traceback or a silent default."""
+    with pytest.raises(SystemExit) as exit_info:
+        summary_main(["--summary", "c2w_resnext", *arguments])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_summary_cli_prints_every_preset(capsys):
     for name in ARCHITECTURES:
         summary_main(["--summary", name])

@@ -49,7 +49,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     default = {"mbas_stage1": (2, 1, 28, 256, 224), "mbas_stage2": (2, 1, 20, 256, 256)}
     shape = args.input or default.get(args.summary, (4, 1, 44, 256, 256))
-    classes = args.classes or (4 if args.summary == "mbas_stage2" else 2)
+    classes = (4 if args.summary == "mbas_stage2" else 2) if args.classes is None else args.classes
+    if min(shape) < 1:
+        parser.error(f"--input sizes must be >= 1, got {' '.join(map(str, shape))}")
+    if classes < 2:
+        parser.error(f"--classes counts the background too, so it must be >= 2, got {classes}")
     print(summary(args.summary, tuple(shape), classes))
 
 
