@@ -5,8 +5,9 @@
 >>> r.dice, r.hd, r.hd95, r.assd, r.surface_dice
 
 Inputs are two masks of one shape — 2D (y, x) or 3D (z, y, x), numpy or torch, bool or
-0/1 (any nonzero value is foreground), any memory layout — and the spacing in mm in the
-same axis order (``None`` = 1 mm). Distances are in mm.
+0/1 (any nonzero value is foreground; fractional values, as in a probability map, are
+refused), any memory layout — and the spacing in mm in the same axis order (``None`` =
+1 mm). Distances are in mm.
 
 Definitions (``c2w_fast.ops.surface`` has the full text):
 

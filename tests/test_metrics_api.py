@@ -131,6 +131,13 @@ def test_bad_input_is_named():
         metrics.evaluate(np.ones(4), np.ones(4))
     with pytest.raises(ValueError, match="NaN"):
         metrics.evaluate(np.full((2, 2), np.nan), np.ones((2, 2)))
+    probabilities = np.where(np.arange(mask.size).reshape(mask.shape) % 2, 0.9, 0.02)  # nonzero: all foreground
+    for pred in (probabilities, torch.from_numpy(probabilities).float(), torch.from_numpy(probabilities).half()):
+        with pytest.raises(ValueError, match=r"pred holds fractional values \(e.g. 0.02\d*\).*threshold it first"):
+            metrics.evaluate(pred, mask, (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"gt holds fractional values \(e.g. 0.5\)"):
+        metrics.dice(mask, mask * 0.5)
+    assert metrics.dice(mask * 3.0, mask) == 1.0  # whole numbers: nonzero is foreground
     with pytest.raises(TypeError, match="integer label map"):
         metrics.evaluate_labels(mask.astype(float), mask.astype(float), [1])
     with pytest.raises(ValueError, match="label 'wall' must map to an int"):

@@ -56,8 +56,10 @@ def as_numpy(array) -> np.ndarray:
 
 
 def as_mask(array, name: str) -> np.ndarray | torch.Tensor:
-    """``array`` as a boolean mask of the same kind (numpy stays numpy, tensors stay tensors);
-    a TypeError for a complex (or otherwise non-numeric) array."""
+    """``array`` as a boolean mask of the same kind (numpy stays numpy, tensors stay tensors):
+    nonzero is foreground. A TypeError for a complex (or otherwise non-numeric) array; a
+    ValueError for a float array holding NaN/inf or fractional values (probabilities, which
+    nonzero would count as foreground wherever they are above 0: threshold them first)."""
     if is_cupy(array):
         array = as_tensor(array)
     if isinstance(array, torch.Tensor):
@@ -65,14 +67,29 @@ def as_mask(array, name: str) -> np.ndarray | torch.Tensor:
             return array
         if array.is_complex():
             raise TypeError(f"{name} must be a boolean or numeric mask, got dtype {array.dtype}")
-        if array.is_floating_point() and not torch.isfinite(array).all():
-            raise ValueError(f"{name} must be a mask without NaN/inf values")
+        if array.is_floating_point():
+            _check_float_mask(array, name)
         return array != 0
     array = np.asarray(array)
     if array.dtype == bool:
         return array
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise TypeError(f"{name} must be a boolean or numeric mask, got dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ValueError(f"{name} must be a mask without NaN/inf values")
+    if np.issubdtype(array.dtype, np.floating):
+        _check_float_mask(array, name)
     return array != 0
+
+
+def _check_float_mask(array, name: str) -> None:
+    """The ValueErrors of :func:`as_mask` for a float mask (numpy or torch) with NaN/inf or fractional
+    values; one reduction (one host sync on a GPU) when there are none."""
+    xp = torch if isinstance(array, torch.Tensor) else np
+    finite = xp.isfinite(array)
+    not_whole = array != xp.round(array)  # NaN too
+    if not (~finite | not_whole).any():
+        return
+    if not finite.all():
+        raise ValueError(f"{name} must be a mask without NaN/inf values")
+    raise ValueError(f"{name} holds fractional values (e.g. {float(array[not_whole][0]):g}), as a probability "
+                     f"map does: threshold it first (e.g. {name} > 0.5); a mask is bool, or numbers whose "
+                     "nonzero ones are foreground")
