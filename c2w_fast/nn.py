@@ -8,8 +8,10 @@ outputs (highest resolution first) with per-output weights.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
-from typing import Sequence
+import numbers
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +27,18 @@ class FusedConvNormAct(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, groups: int = 1, *,
                  activation: bool = True, eps: float = 1e-5, negative_slope: float = 0.01, backend: str = "auto"):
         super().__init__()
-        kernel_size = _triple(kernel_size, "kernel_size")
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, _triple(stride, "stride"),
+        kernel_size, stride = _triple(kernel_size, "kernel_size"), _triple(stride, "stride")
+        if any(k not in (1, 3) for k in kernel_size) or any(s not in (1, 2) for s in stride):
+            raise ValueError(f"kernel sizes must be 1 or 3 and strides 1 or 2, got {kernel_size} and {stride}")
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride,
                               tuple(k // 2 for k in kernel_size), groups=groups, bias=False)
         self.norm = nn.InstanceNorm3d(out_channels, eps=eps, affine=True)
         self.activation = activation
         self.negative_slope = negative_slope
         self.backend = backend
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}, negative_slope={self.negative_slope}, backend={self.backend!r}"
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         return conv_norm_act(x, self.conv.weight, self.norm.weight, self.norm.bias, stride=self.conv.stride,
@@ -49,13 +56,21 @@ def deep_supervision_weights(n: int) -> list[float]:
 
 
 class _SegmentationLoss(nn.Module):
-    def __init__(self, weights: Sequence[float] | None, **options):
+    """A functional loss (``function``) over one output, or over deep-supervision outputs, weighted."""
+
+    function: Callable
+
+    def __init__(self, weights: Sequence[float] | None = None, **options):
         super().__init__()
-        self.weights = None if weights is None else list(weights)
+        try:  # a misspelt or foreign option is an error now, not at the first forward
+            inspect.signature(self.function).bind(None, None, **options)
+        except TypeError as exc:
+            raise TypeError(f"{type(self).__name__}: {exc}") from None
+        self.weights = None if weights is None else _checked_weights(weights)
         self.options = options
 
     def single(self, logits, target, mask):
-        raise NotImplementedError
+        return self.function(logits, target, mask, **self.options)
 
     def forward(self, outputs, target, mask=None):
         if isinstance(outputs, torch.Tensor):
@@ -65,12 +80,20 @@ class _SegmentationLoss(nn.Module):
         weights = self.weights or deep_supervision_weights(len(outputs))
         if len(weights) != len(outputs):
             raise ValueError(f"got {len(outputs)} outputs but {len(weights)} deep-supervision weights")
-        if min(weights) < 0 or max(weights) <= 0:
-            raise ValueError(f"deep-supervision weights must be >= 0 with at least one > 0, got {weights}")
         terms = [weight * self.single(logits, _resize_labels(target, logits.shape[2:]),
                                       _resize_labels(mask, logits.shape[2:]))
                  for logits, weight in zip(outputs, weights) if weight]
         return sum(terms[1:], terms[0])
+
+
+def _checked_weights(weights) -> list[float]:
+    """Deep-supervision weights as a list: numbers >= 0, at least one > 0."""
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) \
+            or not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
+        raise TypeError(f"weights must be a sequence of numbers (one per deep-supervision output), got {weights!r}")
+    if not weights or min(weights) < 0 or max(weights) <= 0:
+        raise ValueError(f"deep-supervision weights must be >= 0 with at least one > 0, got {list(weights)}")
+    return [float(w) for w in weights]
 
 
 def _resize_labels(labels, size):
@@ -102,18 +125,10 @@ def _output_stride(n: int, m: int) -> int | None:
 class DiceFocalLoss(_SegmentationLoss):
     """Module form of :func:`c2w_fast.ops.dice_focal_loss`; ``forward(outputs, target, mask=None)``."""
 
-    def __init__(self, weights: Sequence[float] | None = None, **options):
-        super().__init__(weights, **options)
-
-    def single(self, logits, target, mask):
-        return dice_focal_loss(logits, target, mask, **self.options)
+    function = staticmethod(dice_focal_loss)
 
 
 class DiceCELoss(_SegmentationLoss):
     """Module form of :func:`c2w_fast.ops.dice_ce_loss`; ``forward(outputs, target, mask=None)``."""
 
-    def __init__(self, weights: Sequence[float] | None = None, **options):
-        super().__init__(weights, **options)
-
-    def single(self, logits, target, mask):
-        return dice_ce_loss(logits, target, mask, **self.options)
+    function = staticmethod(dice_ce_loss)

@@ -1,24 +1,32 @@
 """From a network's output to label maps: class indices (uint8 argmax), the largest component
-per class, the localiser's atrium and the MBAS cascade's stage-1 region. Tensors or arrays,
-on any device the ops run on."""
+per class, the localiser's atrium and the MBAS cascade's stage-1 region: logits as torch
+tensors, label maps and masks as tensors or numpy arrays, on any device the ops run on."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 
 def class_indices(logits: torch.Tensor, slab_voxels: int = 1 << 22) -> torch.Tensor:
-    """``logits.argmax(0)`` as uint8 for (K, D, H, W) logits (ties: the first class, as argmax).
+    """``logits.argmax(0)`` as uint8 for a (K, D, H, W) tensor of logits (ties: the first class,
+    as argmax; unlike argmax, a NaN logit never wins: all NaN is class 0).
 
     A running maximum over the classes, in slabs along D: no int64 volume (144 MB at
     44x640x640) nor full-volume temporaries, and on the CPU about 10x faster than torch's
     argmax over the leading dimension."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch tensor (K, D, H, W), got {type(logits).__name__}")
+    if logits.ndim != 4:
+        raise ValueError(f"logits must be (K, D, H, W), classes first, got shape {tuple(logits.shape)}")
     if logits.shape[0] > 256:
         raise ValueError(f"class_indices returns uint8: at most 256 classes, got {logits.shape[0]}")
     out = torch.zeros(logits.shape[1:], dtype=torch.uint8, device=logits.device)
     step = max(1, slab_voxels // max(1, logits[0, 0].numel()))
     for z in range(0, logits.shape[1], step):
         slab, best = logits[:, z:z + step], logits[0, z:z + step].clone()
+        best.masked_fill_(best.isnan(), -math.inf)  # a NaN in class 0 must not win either
         for k in range(1, logits.shape[0]):
             out[z:z + step].masked_fill_(slab[k] > best, k)
             torch.maximum(best, slab[k], out=best)

@@ -303,6 +303,16 @@ def test_class_indices_equal_argmax_in_any_slabs(slab_voxels):
     assert out.dtype == torch.uint8 and torch.equal(out.long(), logits.argmax(0))
 
 
+def test_class_indices_refuse_arrays_and_logits_without_a_class_axis():
+    with pytest.raises(TypeError, match="logits must be a torch tensor"):
+        class_indices(np.zeros((2, 3, 4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"logits must be \(K, D, H, W\), classes first, got shape \(3, 4, 5\)"):
+        class_indices(torch.zeros(3, 4, 5))
+    nan = float("nan")
+    logits = torch.tensor([[0.0, nan, nan, 1.0], [nan, 0.0, nan, 2.0], [-1.0, -2.0, nan, nan]])[:, None, None]
+    assert class_indices(logits).flatten().tolist() == [0, 1, 0, 1]  # a NaN never wins; all NaN: class 0
+
+
 def _largest_26(mask):
     """scipy: the largest 26-connected component (the test inputs have no ties)."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))

@@ -306,6 +306,16 @@ def test_out_of_range_loss_options_are_refused(term, options, message):
                      backend="reference")
 
 
+def test_inputs_that_are_not_tensors_are_refused_by_name():
+    logits, target = torch.randn(1, 2, 2, 3, 4), torch.zeros(1, 2, 3, 4, dtype=torch.long)
+    for arguments, name in (((logits.numpy(), target), "logits"), ((logits, target.numpy()), "target"),
+                            ((logits, target, np.ones((1, 2, 3, 4), bool)), "mask")):
+        with pytest.raises(TypeError, match=f"{name} must be a torch tensor .*, got ndarray"):
+            dice_ce_loss(*arguments, backend="reference")
+    with pytest.raises(ValueError, match=r"mask must be \(B, D, H, W\) = \(1, 2, 3, 4\) or \(1, 1, 2, 3, 4\)"):
+        dice_focal_loss(logits, target, torch.ones(1, 3, 4, dtype=torch.bool), backend="reference")
+
+
 def test_triton_refuses_float64_logits():
     with pytest.raises(ValueError, match="float64"):
         dice_ce_loss(torch.randn(1, 2, 2, 3, 4, dtype=torch.float64), torch.zeros(1, 2, 3, 4, dtype=torch.long),

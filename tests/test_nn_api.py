@@ -56,3 +56,27 @@ def test_deep_supervision_targets_sit_where_the_strided_outputs_do(size):
         for _ in range(3):  # outputs of strides 2, 4, 8 (9 -> 5 -> 3 -> 2 voxels: 9 -> 3 is stride 4, not 3)
             level = echo.double()(level)
             assert torch.equal(_resize_labels(labels, level.shape[2:]), level[:, 0].long())
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (dict(kernel_size=5), ValueError, r"kernel sizes must be 1 or 3 and strides 1 or 2, got \(5, 5, 5\)"),
+    (dict(stride=(1, 3, 1)), ValueError, r"strides 1 or 2, got \(3, 3, 3\) and \(1, 3, 1\)"),
+    (dict(kernel_size=2.0), ValueError, "kernel_size must be an int or 3 ints"),
+])
+def test_fused_block_refuses_what_the_kernels_cannot_run_when_built(arguments, error, message):
+    """At construction, not at the first forward pass (the kernels run kernels 1 and 3, strides 1 and 2)."""
+    with pytest.raises(error, match=message):
+        FusedConvNormAct(4, 4, **{"kernel_size": 3, **arguments})
+    assert "negative_slope=0.01" in repr(FusedConvNormAct(4, 4))
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: DiceCELoss(include_backgroud=False), TypeError, "DiceCELoss: .*'include_backgroud'"),
+    (lambda: DiceCELoss(gamma=2.0), TypeError, "DiceCELoss: .*'gamma'"),  # a focal option
+    (lambda: DiceFocalLoss(False), TypeError, "weights must be a sequence of numbers .*, got False"),
+    (lambda: DiceFocalLoss([]), ValueError, r"at least one > 0, got \[\]"),
+    (lambda: DiceFocalLoss([1.0, -0.5]), ValueError, "must be >= 0"),
+])
+def test_loss_modules_refuse_bad_options_when_built(build, error, message):
+    with pytest.raises(error, match=message):
+        build()

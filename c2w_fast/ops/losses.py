@@ -220,6 +220,9 @@ DICE_CE = Op("dice_ce_loss", {"reference": _dice_ce_reference, "triton": _dice_c
 
 def _check(logits, target, mask, activation, backend) -> str:
     """Validate the inputs; return the backend to ask for (float64 logits run the reference under ``auto``)."""
+    for name, value in (("logits", logits), ("target", target), ("mask", mask)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor (the losses train networks), got {type(value).__name__}")
     if logits.ndim != 5 or not logits.is_floating_point():
         raise ValueError(f"logits must be floating-point (B, C, D, H, W), got {logits.dtype} {tuple(logits.shape)}")
     batch, classes, *spatial = logits.shape
@@ -235,7 +238,7 @@ def _check(logits, target, mask, activation, backend) -> str:
         raise ValueError(f"target labels {tuple(target.shape)} must be an integer or bool tensor, got {target.dtype}; "
                          f"a float target must be one-hot or probabilities (B, C, D, H, W) = {shapes[2]}")
     if mask is not None and tuple(mask.shape) not in shapes[:2]:
-        raise ValueError(f"mask must be (B, D, H, W) = {shapes[0]}, got {tuple(mask.shape)}")
+        raise ValueError(f"mask must be (B, D, H, W) = {shapes[0]} or {shapes[1]}, got {tuple(mask.shape)}")
     if mask is not None and mask.is_floating_point():  # NaN != 0 would count as inside
         bad = mask[(mask != 0) & (mask != 1)]
         if bad.numel():
