@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 import time
 import warnings
 from collections import defaultdict
@@ -137,13 +138,15 @@ def default_precision(amp: bool, device) -> str:
     return "bf16" if amp and torch.device(device).type == "cuda" else "fp32"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (a GPU when there is one), ``cpu`` or ``cuda``; a ValueError for ``cuda`` without a GPU."""
+def resolve_device(name) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N`` (or a torch.device); a
+    ValueError for a CUDA device without a GPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    return device
 
 
 def _pad_to_patch(image: torch.Tensor, patch) -> tuple[torch.Tensor, tuple[slice, ...]]:
@@ -239,7 +242,7 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
     Args:
         model: maps (B, C, *patch) to (B, K, *patch) logits (or a list, first = full resolution).
         image: (C, D, H, W) tensor; windows, stitching and the result live on its device.
-        patch: window size (z, y, x); a smaller volume is zero-padded evenly to it (and cropped back).
+        patch: window size (z, y, x), or one int for all three; a smaller volume is zero-padded evenly to it (and cropped back).
         step: largest distance between window starts as a fraction of the patch, in (0, 1];
             overlap = 1 - step. Windows are spread evenly, the first and last at the ends.
         gaussian: weight each window's logits by :func:`gaussian_importance` (else uniformly).
@@ -252,13 +255,16 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
     Returns:
         ``sum_w weight_w · logits_w / sum_w weight_w`` at every voxel.
     """
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        raise TypeError(f"image must be a floating-point torch tensor (C, D, H, W), got "
+                        f"{image.dtype if isinstance(image, torch.Tensor) else type(image).__name__}")
     if image.ndim != 4:
         raise ValueError(f"image must be (C, D, H, W), got {tuple(image.shape)}")
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1] (overlap = 1 - step), got {step}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    patch = tuple(int(p) for p in patch)
+    patch = (int(patch),) * 3 if isinstance(patch, numbers.Integral) else tuple(int(p) for p in patch)
     if len(patch) != 3 or min(patch) < 1:
         raise ValueError(f"patch must be 3 positive sizes (z, y, x), got {patch}")
     if isinstance(model, WindowRunner):
@@ -267,6 +273,9 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
         runner = model
     else:
         runner = WindowRunner(model, precision=precision, mirror_axes=mirror_axes, cuda_graph=cuda_graph)
+    if getattr(runner.model, "training", False):
+        warnings.warn("the model is in training mode (dropout active, batch statistics): call model.eval() "
+                      "before inference", UserWarning, stacklevel=3)  # 3: past torch.no_grad's wrapper
     image, unpad = _pad_to_patch(image, patch)
     padded = tuple(image.shape[1:])
     weight = (_gaussian_cached(patch, GAUSSIAN_SIGMA_SCALE).to(image.device) if gaussian

@@ -25,7 +25,7 @@ from c2w_fast.config import check_helper_kind, used_helpers
 from c2w_fast.data.io import check_spacing, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
-from c2w_fast.infer import NO_TIMER, PhaseTimer, WindowRunner, default_precision, sliding_window
+from c2w_fast.infer import NO_TIMER, PhaseTimer, WindowRunner, default_precision, resolve_device, sliding_window
 from c2w_fast.ops._arrays import as_tensor
 from c2w_fast.postprocess import atrium_mask, cascade_region, class_indices, keep_largest_per_class
 
@@ -141,7 +141,7 @@ class StageLoader:
 
     def __init__(self, device="cpu", options: InferenceOptions = InferenceOptions(), timer: PhaseTimer = NO_TIMER,
                  runs: dict[str, Path] | None = None):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.options = options
         self.timer = timer
         self.runs = dict(runs or {})  # config key -> run folder or checkpoint, in place of the recorded one
@@ -247,7 +247,7 @@ class StagePipeline:
         if any(n * h < t for n, h, t in zip(shape, spacing, target)):
             extent = tuple(round(n * h, 4) for n, h in zip(shape, spacing))
             raise ValueError(f"{described} spans {extent} mm, less than one voxel of the model's {target} mm grid "
-                             "along an axis: is the header's voxel size in mm?")
+                             "along an axis: is it the whole volume, and the header's voxel size in mm?")
         return resampled, target
 
     def _image(self, image) -> torch.Tensor:
@@ -255,6 +255,8 @@ class StagePipeline:
         x = as_tensor(image)
         if x.ndim != 3:
             raise ValueError(f"image must be 3D (z, y, x), got shape {tuple(x.shape)}")
+        if x.is_complex():
+            raise TypeError(f"image must hold real intensities, got {x.dtype} (take the magnitude first)")
         return x.to(self.device).float()
 
     def checked_image(self, image) -> torch.Tensor:

@@ -8,10 +8,10 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, gaussian_importance, sliding_window, window_count,
-                            window_starts)
+from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, gaussian_importance, resolve_device, sliding_window,
+                            window_count, window_starts)
 from c2w_fast.postprocess import atrium_mask, cascade_region, class_indices, keep_largest_per_class
-from c2w_fast.stages import resolve_checkpoint
+from c2w_fast.stages import StageLoader, resolve_checkpoint
 
 
 @pytest.mark.parametrize("size, patch, step", [(10, 10, 0.5), (9, 10, 0.5), (23, 8, 0.5), (23, 8, 1.0), (64, 16, 0.25)])
@@ -87,7 +87,7 @@ def test_one_window_is_the_model_output_and_deep_supervision_uses_the_first(rng)
             return [x * 2, x[..., ::2, ::2, ::2]]
 
     image = torch.from_numpy(rng.normal(size=(1, 6, 8, 8)).astype(np.float32))
-    torch.testing.assert_close(sliding_window(DeepSupervised(), image, (6, 8, 8)), image * 2)
+    torch.testing.assert_close(sliding_window(DeepSupervised().eval(), image, (6, 8, 8)), image * 2)
     with pytest.raises(ValueError, match="image must be"):
         sliding_window(DeepSupervised(), image[0], (6, 8, 8))
 
@@ -263,6 +263,22 @@ def test_bad_engine_arguments_are_named():
         sliding_window(model, image, (4, 4, 4), mirror_axes=(3,))
     with pytest.raises(ValueError, match=r"patch must be 3 positive sizes \(z, y, x\), got \(4, 4\)"):
         sliding_window(model, image, (4, 4))
+    with pytest.raises(TypeError, match="image must be a floating-point torch tensor .*, got ndarray"):
+        sliding_window(model, image.numpy(), (4, 4, 4))
+    with pytest.raises(TypeError, match="image must be a floating-point torch tensor .*, got torch.int16"):
+        sliding_window(model, image.short(), (4, 4, 4))
+    torch.testing.assert_close(sliding_window(model, image, 4), sliding_window(model, image, (4, 4, 4)))
+    with pytest.warns(UserWarning, match=r"the model is in training mode .*: call model.eval\(\)"):
+        sliding_window(model.train(), image, (4, 4, 4))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_a_cuda_device_without_a_gpu_is_a_clear_error():
+    for device in ("cuda", "cuda:1", torch.device("cuda")):
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
+            resolve_device(device)
+    with pytest.raises(ValueError, match="device cuda: no CUDA GPU is available"):
+        StageLoader("cuda")
 
 
 def test_phase_timer_counts_exclusive_time_per_phase(monkeypatch):

@@ -228,6 +228,21 @@ def test_progressive_unfreezing_is_verified(lasc, tmp_path):
     assert phases == ["A", "B", "C"]
 
 
+def test_validation_volumes_are_predicted_in_eval_mode_and_the_mode_is_kept(lasc, tmp_path):
+    """No dropout in a validation prediction, even right after training (the fold's final
+    validation rows are computed then; the MBAS stage-1 network has dropout 0.5)."""
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", TINY + [f"data.root=\"{lasc}\""])
+    cases = discover_cases(lasc)
+    trainer = Trainer(config, tmp_path / "cavity" / "final", cases[:2], cases[2:3], device=torch.device("cpu"))
+    trainer.prepare()
+    modes = []
+    trainer.model.register_forward_pre_hook(lambda module, inputs: modes.append(module.training))
+    for training in (True, False):
+        trainer.model.train(training)
+        trainer.predict_volume(trainer.val_volumes[0])
+        assert modes and not any(modes) and trainer.model.training == training
+
+
 def test_progress_png_is_drawn_at_most_every_plot_every_s_and_after_the_last_epoch(lasc, tmp_path, monkeypatch):
     from c2w_fast.training import loop, runlog
 

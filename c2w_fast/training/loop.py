@@ -168,11 +168,17 @@ class Trainer:
             self.model.train()
 
     def predict_volume(self, volume: TrainingVolume) -> tuple[torch.Tensor, np.ndarray]:
-        """Logits (K, D, H, W) and class indices of one validation volume in the stage grid."""
+        """Logits (K, D, H, W) and class indices of one validation volume in the stage grid, in eval
+        mode (no dropout; the MBAS stage-1 network has some) whatever the model's mode, which is kept."""
         x = torch.from_numpy(volume.image).to(self.device)
-        logits = sliding_window(self.model, x, self.patch, step=self.config.eval.step,
-                                gaussian=self.config.eval.gaussian,
-                                precision=default_precision(self.config.run.amp, self.device))
+        training = self.model.training
+        self.model.eval()
+        try:
+            logits = sliding_window(self.model, x, self.patch, step=self.config.eval.step,
+                                    gaussian=self.config.eval.gaussian,
+                                    precision=default_precision(self.config.run.amp, self.device))
+        finally:
+            self.model.train(training)
         labels = class_indices(logits).cpu().numpy()
         if volume.region is not None:
             labels[~volume.region] = 0
