@@ -223,7 +223,10 @@ def _label_values(labels) -> dict[str, tuple[int, ...]]:
     for name, value in items:
         values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         if not values or not all(is_int(v) for v in values):
-            raise ValueError(f"label {name!r} must map to an int or a list of ints, got {value!r}")
+            hint = " (is it the spacing? it comes after the labels)" if isinstance(labels, Sequence) else ""
+            raise ValueError(f"label {name!r} must map to an int or a list of ints, got {value!r}{hint}")
+        if str(name) in out:
+            raise ValueError(f"labels name {name!r} twice")
         out[str(name)] = tuple(int(v) for v in values)
     if not out:
         raise ValueError("labels must name at least one label")

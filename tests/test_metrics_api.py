@@ -142,6 +142,10 @@ def test_bad_input_is_named():
         metrics.evaluate_labels(mask.astype(float), mask.astype(float), [1])
     with pytest.raises(ValueError, match="label 'wall' must map to an int"):
         metrics.evaluate_labels(mask.astype(np.uint8), mask.astype(np.uint8), {"wall": 1.5})
+    with pytest.raises(ValueError, match=r"label '2.5' must map .*, got 2.5 \(is it the spacing\? it comes after"):
+        metrics.evaluate_labels(mask.astype(np.uint8), mask.astype(np.uint8), (2.5, 0.625, 0.625))
+    with pytest.raises(ValueError, match="labels name '1' twice"):
+        metrics.evaluate_labels(mask.astype(np.uint8), mask.astype(np.uint8), [1, 1])
     with pytest.raises(ValueError, match="2D .* or 3D .* label maps, got shape \\(600,\\)"):
         metrics.evaluate_labels(np.ones(600, np.uint8), np.ones(600, np.uint8), [1])
     with pytest.raises(ValueError, match="spacing must have 3 positive values"):

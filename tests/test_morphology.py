@@ -94,9 +94,10 @@ def test_a_ball_larger_than_the_array_acts_as_the_whole_ball(backend, rng):
 def test_ball_keeps_offsets_on_the_sphere_and_refuses_bad_radii():
     assert ball(1.17, (0.39,) * 3).shape == (7, 7, 7)  # 1.17 / 0.39 = 2.9999999999999996 in float64
     assert ball(1.17, (0.39,) * 3)[3, 3, 6]
-    for radius in (-1, float("nan")):
+    for radius in (-1, float("nan"), "2", True, None):  # a string or a bool is no radius either
         with pytest.raises(ValueError, match="radius must be a non-negative number"):
             ball(radius)
+    assert np.array_equal(ball(np.float32(1.5)), ball(1.5)) and np.array_equal(ball(np.int64(2)), ball(2))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

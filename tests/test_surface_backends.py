@@ -74,6 +74,9 @@ def test_summary_arguments_are_checked():
     mask = np.ones((3, 3, 3), bool)
     with pytest.raises(ValueError, match=r"percentile must be in \[0, 100\]"):
         surface_summary(mask, mask, percentile=101)
+    with pytest.warns(UserWarning, match=r"percentile is in percent \(95 for HD95\): 0.95 asks for the 0.95th") as caught:
+        surface_summary(mask, mask, percentile=0.95)
+    assert caught[0].filename == __file__  # the caller's line
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)

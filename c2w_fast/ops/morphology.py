@@ -14,6 +14,8 @@ Outputs are bool, of the input's kind: numpy in, numpy out; torch in, torch out 
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from scipy import ndimage
 
@@ -57,13 +59,9 @@ def ball(radius: float, spacing=None, ndim: int = 3, *, within=None) -> np.ndarr
 
 
 def _check_radius(radius) -> float:
-    try:
-        value = float(radius)
-    except (TypeError, ValueError):
-        raise ValueError(f"radius must be a non-negative number (voxels, or mm with spacing), got {radius!r}") from None
-    if not np.isfinite(value) or value < 0:
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a non-negative number (voxels, or mm with spacing), got {radius!r}")
-    return value
+    return float(radius)
 
 
 def _dilation_reference(mask, radius, spacing):

@@ -45,6 +45,7 @@ both masks empty       hd, hd_percentile inf;        everything nan
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -219,6 +220,9 @@ def check_summary_options(tolerance_mm, percentile, percentile_rule: str) -> tup
         raise ValueError(f"tolerance_mm must be a finite number >= 0 (mm), got {tolerance_mm!r}")
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
+    if 0 < percentile < 1:
+        warnings.warn(f"percentile is in percent (95 for HD95): {percentile:g} asks for the {percentile:g}th "
+                      "percentile, near the smallest distance", UserWarning, stacklevel=3)
     return tolerance_mm, percentile
 
 
