@@ -111,6 +111,12 @@ def test_spec_errors_name_the_field():
         build_spec("c2w_resnext", width=3)
     with pytest.raises(ValueError, match="model architecture must be one of"):
         build_spec("vnet")
+    with pytest.raises(ValueError, match=r"kernels must be 1 or 3 and strides 1 or 2 .* strides \(\(1, 1, 1\), \(3, 3, 3\)"):
+        build_spec("mbas_stage1", features=(8, 16), strides=(1, 3), kernels=(3, 3), blocks_per_stage=(1, 1),
+                   decoder_convs=(1,))
+    with pytest.raises(ValueError, match=r"kernels must be 1 or 3 .*got kernels \(\(5, 5, 5\)"):
+        build_spec("mbas_stage1", features=(8, 16), strides=(1, 2), kernels=(5, 3), blocks_per_stage=(1, 1),
+                   decoder_convs=(1,))
     with pytest.raises(ValueError, match="not divisible by groups"):
         build_model("c2w_resnext", features=(4, 6, 8), strides=(1, 2, 2), kernels=(3, 3, 3),
                     blocks_per_stage=(0, 1, 1), decoder_convs=(1, 1), groups=(1, 4, 4))

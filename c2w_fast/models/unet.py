@@ -57,6 +57,9 @@ class UNetSpec:
             raise ValueError(f"features needs at least 2 positive entries, got {self.features}")
         strides = _triples(self.strides, "strides", n)
         kernels = _triples(self.kernels, "kernels", n)
+        if any(k not in (1, 3) for t in kernels for k in t) or any(v not in (1, 2) for t in strides for v in t):
+            raise ValueError(f"kernels must be 1 or 3 and strides 1 or 2 per axis (what the fused block runs), "
+                             f"got kernels {kernels} and strides {strides}")
         if len(self.blocks_per_stage) != n or min(self.blocks_per_stage[1:]) < 1 or self.blocks_per_stage[0] < 0:
             raise ValueError(f"blocks_per_stage needs {n} entries (>= 1; stage 0 may be 0 with a stem), "
                              f"got {self.blocks_per_stage}")
