@@ -240,7 +240,8 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
     """Logits (K, D, H, W) float32 of ``model`` on ``image`` (C, D, H, W), window by window.
 
     Args:
-        model: maps (B, C, *patch) to (B, K, *patch) logits (or a list, first = full resolution).
+        model: maps (B, C, *patch) to (B, K, *patch) logits (or a list, first = full resolution);
+            in eval mode (a warning otherwise: dropout would make the logits random).
         image: (C, D, H, W) tensor; windows, stitching and the result live on its device.
         patch: window size (z, y, x), or one int for all three; a smaller volume is zero-padded evenly to it (and cropped back).
         step: largest distance between window starts as a fraction of the patch, in (0, 1];
