@@ -8,8 +8,8 @@ from scipy import ndimage
 from skimage import exposure
 
 from c2w_fast.config import AugmentConfig
-from c2w_fast.data.augment import (QUANTILES, _draw_angles, _elastic_field, _grid, _rotation, augment_batch,
-                                   initial_patch_size, match_histogram)
+from c2w_fast.data.augment import (QUANTILES, _draw_angles, _draw_gamma, _elastic_field, _grid, _rotated_extent,
+                                   _rotation, _rotations, augment_batch, initial_patch_size, match_histogram)
 
 OFF = dict(flip_prob=0.0)
 
@@ -220,3 +220,156 @@ def test_same_seeds_same_batch_other_seeds_differ(rng):
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not torch.equal(a[0], c[0])
     assert math.isfinite(float(a[0].sum()))
+
+
+def test_in_plane_transforms_leave_z_without_margin():
+    """In-plane rotation, scaling and deformation never move a point along z, so the crop needs
+    no z margin; in 3D each of them needs one."""
+    kinds = dict(rotation_prob=1.0, rotation_deg=[-30.0, 30.0], scaling_prob=1.0, scaling_range=[0.8, 1.3],
+                 elastic_prob=1.0, elastic_magnitude_mm=1.0)
+    patch, spacing = (6, 20, 24), (2.5, 1.0, 1.0)
+    for prob in ("rotation_prob", "scaling_prob", "elastic_prob"):
+        alone = {k: v for k, v in kinds.items() if not k.endswith("_prob") or k == prob}
+        size = initial_patch_size(patch, spacing, AugmentConfig(in_plane=True, **alone))
+        assert size[0] == patch[0] and size[1] > patch[1] and size[2] > patch[2], prob
+        assert initial_patch_size(patch, spacing, AugmentConfig(in_plane=False, **alone))[0] > patch[0], prob
+
+
+@pytest.mark.parametrize("in_plane", [True, False])
+def test_the_crop_leaves_room_for_the_largest_elastic_displacement(in_plane):
+    """The field is clipped to 3 magnitudes (none along z in-plane): the crop's voxel centres,
+    (n - 1) / 2 voxels either side, reach every sample point moved that far."""
+    magnitude = 1.5
+    aug = AugmentConfig(elastic_prob=1.0, elastic_sigma_mm=4.0, elastic_magnitude_mm=magnitude, in_plane=in_plane)
+    patch, spacing = (6, 16, 20), (2.5, 1.0, 0.8)
+    size = initial_patch_size(patch, spacing, aug)
+    for n, p, h, moved in zip(size, patch, spacing, (not in_plane, True, True)):
+        assert (n - 1) / 2 * h >= (p - 1) / 2 * h + 3 * magnitude * moved - 1e-9
+    field = _elastic_field(patch, spacing, aug, torch.Generator().manual_seed(0), "cpu")
+    assert field.shape == (*patch, 3) and float(field.abs().max()) <= 3 * magnitude + 1e-6
+    assert (float(field[..., 0].abs().max()) == 0) == in_plane and float(field[..., 1:].abs().max()) > 0
+
+
+def test_the_crop_holds_the_outermost_sample_point_of_the_largest_zoom():
+    """Scaling by s puts the outermost of p voxels (p - 1) / 2 · s voxels from the centre; the
+    crop's voxel centres reach (n - 1) / 2 (p = 8, s = 1.3 needs 10.1 voxels: 10 is too few)."""
+    patch, spacing = (8, 10, 12), (2.0, 1.0, 0.7)
+    for factor in (1.1, 1.3, 1.45):
+        aug = AugmentConfig(scaling_prob=1.0, scaling_range=[0.7, factor], in_plane=False)
+        size = initial_patch_size(patch, spacing, aug)
+        assert all((n - 1) / 2 >= (p - 1) / 2 * factor for n, p in zip(size, patch)), (factor, size)
+
+
+def test_the_rotation_bound_holds_between_its_grid_points():
+    """_rotated_extent's margin covers the rotations between its grid's angles: from a coarse grid
+    (4 angles per axis, 10 degrees apart) the bound still holds the extents on a 1-degree grid."""
+    half = (13.75, 80.0, 80.0)  # mm: a 44 x 256 x 256 patch of 0.625 mm voxels
+    bound = np.array(_rotated_extent(half, (-15.0, 15.0), False, grid_points=125))
+    steps = np.radians(np.arange(-15.0, 16.0))
+    angles = [g.ravel() for g in np.meshgrid(steps, steps, steps, indexing="ij")]
+    corners = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]) * half
+    needed = 2 * np.abs(np.einsum("nij,cj->nci", _rotations(*angles), corners)).max((0, 1))
+    assert (needed <= bound).all() and bound[0] < 2 * np.linalg.norm(half)  # z: a real bound, not the diagonal
+
+
+def test_each_flip_axis_is_drawn_on_its_own(rng):
+    """flip_prob applies to each axis separately: over 200 samples every combination of flipped
+    axes occurs (each has probability 1/8 at flip_prob 0.5)."""
+    image = torch.from_numpy(rng.normal(size=(1, 1, 2, 3, 4)).astype(np.float32)).expand(200, -1, -1, -1, -1)
+    target = torch.zeros((200, 2, 3, 4), dtype=torch.uint8)
+    x, _, _ = augment_batch(image, target, None, (2, 3, 4), (1.0, 1.0, 1.0),
+                            AugmentConfig(flip_prob=0.5, flip_axes=[0, 1, 2]), list(range(200)))
+    combinations = [tuple(a for a in range(3) if k >> a & 1) for k in range(8)]
+    found = {next(c for c in combinations if torch.equal(sample, image[0].flip([a + 1 for a in c]))) for sample in x}
+    assert found == set(combinations)
+
+
+def test_intensity_transforms_touch_only_the_image_channel(rng):
+    """Channel 0 is the MR image; the others (a signed distance) get the spatial transforms only."""
+    image, target, _ = _batch(rng, size=(4, 6, 8), b=1, channels=2)
+    aug = AugmentConfig(brightness_prob=1.0, brightness_range=[1.5, 1.5], **OFF)
+    x, _, _ = augment_batch(image, target, None, (4, 6, 8), (1.0, 1.0, 1.0), aug, [0])
+    torch.testing.assert_close(x[0, 0], 1.5 * image[0, 0])
+    assert torch.equal(x[0, 1], image[0, 1])
+
+
+@pytest.mark.parametrize("sigma", [0.9, 1.3])
+def test_3d_blur_matches_scipy_on_every_axis(sigma, rng):
+    """Not in-plane, z is blurred too; the kernel's radius is scipy's int(3 sigma + 0.5) (3 for 0.9,
+    4 for 1.3, where int(3 sigma) would give 2 and 3)."""
+    x = torch.from_numpy(rng.normal(size=(9, 12, 11)).astype(np.float32))
+    y = _single(AugmentConfig(blur_prob=1.0, blur_sigma=[sigma, sigma], in_plane=False, **OFF), x)
+    expected = ndimage.gaussian_filter(x.numpy().astype(np.float64), sigma, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(y.numpy(), expected, atol=1e-5)
+
+
+def test_lowres_in_3d_also_coarsens_z(rng):
+    """An image that varies only along z passes the in-plane simulation unchanged (each plane is
+    constant), but not the 3D one, which halves z too."""
+    x = torch.from_numpy(np.broadcast_to(rng.normal(size=(8, 1, 1)), (8, 12, 12)).astype(np.float32))
+    y = _single(AugmentConfig(lowres_prob=1.0, lowres_scale=[0.5, 0.5], in_plane=True, **OFF), x)
+    torch.testing.assert_close(y, x)
+    z = _single(AugmentConfig(lowres_prob=1.0, lowres_scale=[0.5, 0.5], in_plane=False, **OFF), x)
+    assert float((z - x).abs().mean()) > 0.1
+
+
+@pytest.mark.parametrize("key", ["gamma", "inverse_gamma"])
+def test_gamma_keeps_a_constant_patch(key):
+    """A patch of padding only (no intensity span) stays that constant rather than becoming NaN."""
+    x = torch.full((4, 6, 6), 0.25)
+    y = _single(AugmentConfig(**{f"{key}_prob": 1.0, f"{key}_range": [1.5, 1.5]}, **OFF), x)
+    torch.testing.assert_close(y, x)
+
+
+def test_gamma_draws_below_one_half_of_the_time(rng):
+    """nnU-Net: a range reaching below 1 draws uniformly on [low, 1) half of the time, else on
+    [1, high] (means 0.85 and 1.25 for (0.7, 1.5)); a range above 1 draws only from itself."""
+    n = 4000
+    draws = np.array([_draw_gamma((0.7, 1.5), rng) for _ in range(n)])
+    below = draws < 1
+    assert abs(below.mean() - 0.5) < 4 * np.sqrt(0.25 / n) and 0.7 <= draws.min() and draws.max() <= 1.5
+    for part, mean, width in ((draws[below], 0.85, 0.3), (draws[~below], 1.25, 0.5)):
+        assert abs(part.mean() - mean) < 4 * width / np.sqrt(12 * len(part))  # uniform: std = width / sqrt(12)
+    assert all(1.2 <= _draw_gamma((1.2, 1.5), rng) <= 1.5 for _ in range(100))
+
+
+def test_histogram_matching_of_a_subsampled_volume_stays_in_the_reference_range(rng):
+    """Above 200 000 voxels ranks come from a sample; a voxel above every sampled value has rank n
+    and goes to the top quantile. The voxel is put where match_histogram's draw (replayed from
+    the same generator seed) does not look."""
+    x = torch.from_numpy(rng.normal(size=(8, 160, 160)).astype(np.float32))  # 204 800 voxels
+    sampled = torch.randint(x.numel(), (200_000,), generator=torch.Generator().manual_seed(3))
+    unseen = int(np.setdiff1d(np.arange(x.numel()), sampled.numpy())[0])
+    x.view(-1)[unseen] = float(x.max()) + 1.0
+    reference = torch.linspace(-1.0, 1.0, len(QUANTILES))
+    y = match_histogram(x, reference, torch.Generator().manual_seed(3))
+    assert float(y.min()) >= -1.0 and float(y.max()) <= 1.0
+    assert float(y.view(-1)[unseen]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_each_sample_is_matched_to_its_own_reference(rng):
+    """references[b] is sample b's: outputs lie in the range of their own reference quantiles."""
+    image, target, _ = _batch(rng, size=(4, 10, 10), b=2)
+    references = torch.stack([torch.linspace(-1.0, 1.0, len(QUANTILES)), torch.linspace(10.0, 30.0, len(QUANTILES))])
+    x, _, _ = augment_batch(image, target, None, (4, 10, 10), (1.0, 1.0, 1.0),
+                            AugmentConfig(histogram_match_prob=1.0, **OFF), [0, 1], references)
+    for b in range(2):
+        assert references[b, 0] <= x[b, 0].min() and x[b, 0].max() <= references[b, -1]
+
+
+def test_rotation_and_scaling_drawn_together_compose():
+    """Both drawn: a linear-in-mm image is sampled at s · R(angles) p (isotropic s commutes with
+    R), as in the rotation-only test above, with s = 1.2."""
+    size, patch, spacing = (16, 22, 30), (4, 8, 8), (2.0, 1.0, 1.0)
+    axes = [(np.arange(n) - (n - 1) / 2) * h for n, h in zip(size, spacing)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    image = torch.from_numpy((3 * zz - yy + xx).astype(np.float32))[None, None]
+    aug = AugmentConfig(rotation_prob=1.0, rotation_deg=[30.0, 30.0], scaling_prob=1.0, scaling_range=[1.2, 1.2],
+                        in_plane=False, **OFF)
+    x, _, _ = augment_batch(image, torch.zeros((1, *size), dtype=torch.uint8), None, patch, spacing, aug, [0])
+    out_axes = [(np.arange(n) - (n - 1) / 2) * h for n, h in zip(patch, spacing)]
+    points = 1.2 * np.stack(np.meshgrid(*out_axes, indexing="ij"), -1) @ _rotation([math.radians(30.0)] * 3).T
+    expected = 3 * points[..., 0] - points[..., 1] + points[..., 2]
+    inside = np.all(np.abs(points) <= [(n - 1) / 2 * h for n, h in zip(size, spacing)], axis=-1)
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(x[0, 0].numpy()[inside], expected[inside], atol=1e-4)

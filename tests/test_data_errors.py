@@ -272,3 +272,72 @@ def test_load_cases_reads_ahead_in_order_and_raises_at_the_bad_case(tmp_path, mo
     early = load_cases(cases, read_ahead=read_ahead)
     assert next(early).case.id == cases[0].id
     early.close()  # a caller that stops early: the pending reads are dropped, nothing hangs
+
+
+def test_lasc_labels_of_0_and_1_and_the_wall_wins_where_it_overlaps_the_cavity(tmp_path):
+    """LASC cavity and wall files hold 0/1 or 0/255; a voxel in both is wall (1), else cavity is LA (3)."""
+    write_dataset(tmp_path, "lasc", 1, progress=False, **SMALL)
+    folder = tmp_path / "phantom000"
+    cavity_file, wall_file = read_volume(folder / "laendo.nrrd"), read_volume(folder / "lawall.nrrd")
+    cavity = cavity_file.array > 0
+    overlap = cavity.copy()
+    overlap[: cavity.shape[0] // 2] = False
+    assert overlap.any() and (cavity & ~overlap).any()
+    wall = (wall_file.array > 0) | overlap
+    write_volume(folder / "laendo.nrrd", cavity.astype(np.uint8), like=cavity_file)
+    write_volume(folder / "lawall.nrrd", wall.astype(np.uint8), like=wall_file)
+    labels = load_case(discover_cases(tmp_path)[0]).labels
+    np.testing.assert_array_equal(labels, np.where(wall, 1, np.where(cavity, 3, 0)))
+
+
+def test_two_cases_of_one_id_are_an_error(tmp_path):
+    """Case folders of the same name under two parents would be one case id twice (and could land
+    on both sides of a split)."""
+    for part in ("a", "b"):
+        write_dataset(tmp_path / part, "lasc", 1, progress=False, **SMALL)
+    with pytest.raises(DataError, match=r"case ids occur more than once: \['phantom000'\]"):
+        discover_cases(tmp_path)
+
+
+def test_cases_in_hidden_folders_are_not_read(tmp_path):
+    """A hidden folder (a write's .c2w-partial-* staging folder, .Trash) is not part of the dataset."""
+    write_dataset(tmp_path, "lasc", 2, progress=False, **SMALL)
+    hidden = tmp_path / ".c2w-partial-x" / "phantom007"
+    hidden.mkdir(parents=True)
+    for name in ("lgemri.nrrd", "laendo.nrrd"):
+        hidden.joinpath(name).write_bytes((tmp_path / "phantom000" / name).read_bytes())
+    assert [c.id for c in discover_cases(tmp_path)] == ["phantom000", "phantom001"]
+
+
+def test_a_multi_channel_nnunet_dataset_is_refused(tmp_path):
+    import json
+    write_dataset(tmp_path, "nnunet", 1, progress=False, **SMALL)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "LGE", "1": "T2"}}))
+    with pytest.raises(DataError, match="dataset.json: c2w_fast reads single-channel datasets; dataset.json lists 2"):
+        discover_cases(tmp_path)
+
+
+def test_float_nnunet_labels_above_255_map_by_their_value(tmp_path):
+    """A float label file is narrowed to an integer type that holds every code of dataset.json
+    (uint16 for 300), not to uint8, which would wrap 300 to 44."""
+    import json
+    write_dataset(tmp_path, "nnunet", 1, progress=False, **SMALL)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "left atrium": 300}}))
+    label = tmp_path / "labelsTr" / "phantom_000.nii.gz"
+    volume = read_volume(label)
+    write_volume(label, (volume.array == 3) * np.float32(300), volume.affine)
+    np.testing.assert_array_equal(load_case(discover_cases(tmp_path)[0]).labels, (volume.array == 3) * 3)
+
+
+def test_a_negative_nnunet_label_value_is_refused(tmp_path):
+    """A negative value would index the code lookup from its end (lookup[-1] is the largest
+    value's slot): '-1': 'background' mapped the LA (3) to background without a word."""
+    import json
+    write_dataset(tmp_path, "nnunet", 1, progress=False, **SMALL)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    labels = {"0": "background", "1": "wall", "2": "RA", "3": "LA", "-1": "background"}  # nnU-Net v1 form
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    with pytest.raises(DataError, match="dataset.json labels: label values must be >= 0, got -1"):
+        load_case(discover_cases(tmp_path)[0])

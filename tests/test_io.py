@@ -4,7 +4,8 @@ import nrrd
 import numpy as np
 import pytest
 
-from c2w_fast.data.io import affine_from_spacing, read_header, read_volume, write_volume
+from c2w_fast.data.io import (Volume, affine_from_spacing, check_same_grid, read_header, read_volume, write_csv,
+                              write_volume)
 from c2w_fast.errors import DataError
 
 SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr"]  # .nhdr: a detached header and its data file
@@ -199,3 +200,51 @@ def test_types_no_reader_takes_are_stored_as_ones_they_do(tmp_path, suffix):
     assert upper.is_file() and read_volume(upper).shape == (2, 2, 2)
     with pytest.raises(ValueError, match="suffix in one case"):
         write_volume(tmp_path / f"B{suffix[:2].upper()}{suffix[2:]}", np.zeros((2, 2, 2), np.uint8), np.eye(4))
+
+
+def test_nrrd_las_space_flips_only_the_first_axis(tmp_path):
+    """left-anterior-superior: x points left (RAS -x); y (anterior) and z (superior) stay."""
+    header = {"space": "left-anterior-superior", "space directions": np.diag([0.6, 0.7, 2.0]),
+              "space origin": np.array([10.0, 20.0, 30.0])}
+    nrrd.write(str(tmp_path / "las.nrrd"), np.zeros((2, 3, 4), np.uint8), header)
+    volume = read_volume(tmp_path / "las.nrrd")
+    np.testing.assert_allclose(volume.origin, (-10.0, 20.0, 30.0))
+    np.testing.assert_allclose(volume.direction, [[0, 0, -1], [0, 1, 0], [1, 0, 0]])  # columns: z, y, x
+
+
+def test_a_nan_origin_is_refused(tmp_path):
+    header = {"space": "left-posterior-superior", "space directions": np.eye(3),
+              "space origin": np.array([np.nan, 0.0, 0.0])}
+    nrrd.write(str(tmp_path / "nan.nrrd"), np.zeros((2, 3, 4), np.uint8), header)
+    with pytest.raises(DataError, match="nan.nrrd: the header's geometry is unusable"):
+        read_volume(tmp_path / "nan.nrrd")
+
+
+def test_write_like_needs_the_reference_shape_and_int64_values_that_fit(tmp_path):
+    like = Volume(np.zeros((3, 4, 5), np.uint8), np.eye(4))
+    with pytest.raises(ValueError, match=r"array shape \(3, 4, 6\) differs from the reference volume's \(3, 4, 5\)"):
+        write_volume(tmp_path / "x.nii.gz", np.zeros((3, 4, 6), np.uint8), like=like)
+    with pytest.raises(ValueError, match="do not fit the int32"):
+        write_volume(tmp_path / "x.nii.gz", np.full((2, 2, 2), -2**40), np.eye(4))
+    assert not list(tmp_path.iterdir())
+
+
+def test_same_grid_needs_the_same_directions_and_spacing_within_a_tenth_of_a_percent():
+    """A label flipped along x about the same origin, or 5 % larger voxels, is not on the image's grid."""
+    affine = affine_from_spacing((2.5, 1.0, 1.0))
+    reference = Volume(np.zeros((3, 4, 5)), affine)
+    flipped = affine.copy()
+    flipped[:3, 2] *= -1
+    with pytest.raises(DataError, match="label origin/direction differ from the image's"):
+        check_same_grid(Volume(np.zeros((3, 4, 5)), flipped), reference, "label", "image")
+    with pytest.raises(DataError, match="label spacing .* differs from image spacing"):
+        check_same_grid(Volume(np.zeros((3, 4, 5)), affine_from_spacing((2.5, 1.0, 1.05))), reference, "label", "image")
+    check_same_grid(Volume(np.zeros((3, 4, 5)), affine_from_spacing((2.5, 1.0, 1.0005))), reference, "label", "image")
+
+
+def test_write_csv_rounds_floats_to_significant_digits(tmp_path):
+    """float_digits counts significant digits (format g): 1234.5678 → 1235, 0.000123456 → 0.0001235;
+    other values and missing keys (empty cells) are written as they are."""
+    path = write_csv(tmp_path / "m.csv", [{"case": "a", "dice": 1234.5678, "hd": 0.000123456}, {"case": "b", "n": 7}],
+                     float_digits=4)
+    assert path.read_text() == "case,dice,hd,n\na,1235,0.0001235,\nb,,,7\n"

@@ -102,3 +102,12 @@ def test_histogram_references_come_from_another_case(rng):
             assert not np.array_equal(batch["references"][b].numpy(), volumes[case].quantiles)
     alone = _source(volumes[:1], batch_size=2)[0]  # one case: its own
     assert np.array_equal(alone["references"][0].numpy(), volumes[0].quantiles)
+
+
+def test_samples_of_one_batch_draw_their_own_patches(rng):
+    """Each sample has its own generator: four random patches of the one volume are not all the
+    same one (5 x 9 x 9 = 405 positions, so that happens with probability 405^-3)."""
+    volume = _volumes(rng, n=1)
+    source = _source(volume, policy=SamplingPolicy("random"), histogram_references=False)
+    batch = source[0]
+    assert not all(torch.equal(batch["image"][0], batch["image"][b]) for b in range(1, 4))

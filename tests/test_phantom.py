@@ -4,7 +4,7 @@ import pytest
 from scipy import ndimage
 
 from c2w_fast.data.layouts import CANONICAL_LABELS, discover_cases, load_case
-from c2w_fast.data.phantom import main, make_phantom, write_dataset
+from c2w_fast.data.phantom import AIR, _to_stored_dtype, main, make_phantom, write_dataset
 
 SMALL = dict(shape=(24, 96, 96), spacing=(2.5, 1.5, 1.5))
 WALL, RA, LA = CANONICAL_LABELS["wall"], CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"]
@@ -111,3 +111,36 @@ def test_existing_case_files_are_not_replaced_unless_asked(tmp_path, layout, cap
     (tmp_path / "a_file").write_text("")
     with pytest.raises(SystemExit):  # --out under a file: an argument error, not a traceback
         main(["--n", "1", "--out", str(tmp_path / "a_file" / "x")])
+
+
+def test_zero_wall_and_negative_noise_or_bias_are_refused():
+    for kwargs in (dict(wall_mm=(0.0, 2.0)), dict(noise=-0.1), dict(bias=-0.1)):
+        with pytest.raises(ValueError, match="wall_mm|noise and bias"):
+            make_phantom((8, 8, 8), (1.0, 1.0, 1.0), **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["lasc", "nnunet"])
+def test_written_cases_are_centred_on_the_world_origin(tmp_path, layout):
+    """The middle voxel, index (n - 1) / 2 on each axis, of a written phantom lies at RAS (0, 0, 0)."""
+    shape, spacing = (5, 8, 12), (2.5, 1.5, 1.0)
+    write_dataset(tmp_path, layout, 1, progress=False, shape=shape, spacing=spacing)
+    case = discover_cases(tmp_path)[0]
+    affine = load_case(case).image.affine
+    np.testing.assert_allclose(affine @ [*((np.array(shape) - 1) / 2), 1.0], [0, 0, 0, 1], atol=1e-4)
+
+
+def test_stored_intensities_saturate_at_the_file_type_instead_of_wrapping():
+    """LASC stores 200 x the intensity as uint8 (1.4 → 280 → 255, not 24), the others 1000 x as int16."""
+    image = np.array([-0.1, 0.5, 1.4, 40.0], np.float32)
+    assert _to_stored_dtype(image, "lasc").tolist() == [0, 100, 255, 255]
+    assert _to_stored_dtype(image, "mbas").tolist() == [0, 500, 1400, 32767]
+
+
+def test_the_anatomy_is_centred_on_the_middle_voxel():
+    """The torso is an ellipse about the volume's middle voxel ((n - 1) / 2): without noise and bias
+    the air around it is mirror-symmetric in y and x (the atria, off-centre, lie inside the body)."""
+    p = make_phantom((3, 64, 64), (20.0, 6.0, 6.0), seed=0, noise=0.0, bias=0.0)
+    air = p.image == np.float32(AIR)
+    assert 0 < air.mean() < 0.5
+    np.testing.assert_array_equal(air, air[:, ::-1, :])
+    np.testing.assert_array_equal(air, air[:, :, ::-1])

@@ -112,3 +112,8 @@ def test_label_resampling_takes_the_nearest_voxel_centre(rng):
         expected = labels[np.ix_(*index)]
         np.testing.assert_array_equal(resample(labels, shape, labels=True), expected)
         assert torch.equal(resample(torch.from_numpy(labels), shape, labels=True), torch.from_numpy(expected))
+
+
+def test_resampled_shape_keeps_at_least_one_voxel_per_axis():
+    """A field of view smaller than half a new voxel still gets one: round(1 · 0.5 / 4) = 0 → 1."""
+    assert resampled_shape((1, 3, 5), (0.5, 1.0, 1.0), (4.0, 4.0, 4.0)) == (1, 1, 1)

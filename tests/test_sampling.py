@@ -81,3 +81,9 @@ def test_classes_outside_the_weights_are_never_drawn(rng):
     locations[1] = locations[1][:0]  # only classes without weight left: a random centre, no error
     for _ in range(50):
         policy.centre(target.shape, (4, 8, 8), locations, rng)
+
+
+def test_capped_locations_are_distinct_voxels(rng):
+    """Above MAX_LOCATIONS voxels the stored ones are drawn without replacement: no voxel twice."""
+    points = class_locations(np.ones((30, 30, 30), np.uint8), 2, rng)[1]
+    assert len(np.unique(points, axis=0)) == MAX_LOCATIONS

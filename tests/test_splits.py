@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from c2w_fast.data.splits import load_splits, make_splits, save_splits
+from c2w_fast.data.splits import load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
 
 IDS = [f"case{i:03d}" for i in range(154)]
@@ -103,3 +103,45 @@ def test_a_patients_csv_keeps_a_patients_scans_together_in_a_training_run(tmp_pa
         cases_and_splits(cfg.load(CONFIGS / "c2w_cavity.toml", [f"data.root=\"{tmp_path / 'data'}\"",
                                                                  f"data.patients=\"{tmp_path / 'bad.csv'}\""]),
                          tmp_path / "run")
+
+
+def test_fractions_round_to_the_nearest_patient_count():
+    """0.2 of 154 patients is 30.8 → 31 test patients; 0.2 of the 123 left is 24.6 → 25 final validation."""
+    splits = make_splits(IDS, n_test=0.2, final_val=0.2, seed=5)
+    assert len(splits.test) == 31 and len(splits.final.val) == 25 and len(splits.final.train) == 98
+
+
+def test_no_test_set_leaves_every_case_for_development():
+    splits = make_splits(IDS[:10], n_test=0, n_folds=2, final_val=0, seed=6)
+    assert splits.test == () and splits.development == tuple(IDS[:10]) and splits.final.val == ()
+
+
+def test_a_fold_that_does_not_partition_the_development_cases_is_refused(tmp_path):
+    """A case in both sides of one fold, or in neither, is refused (the fold's sets must split
+    the development cases exactly)."""
+    path = save_splits(make_splits(IDS[:20], n_test=4, n_folds=4, final_val=4, seed=7), tmp_path / "splits.json")
+    original = json.loads(path.read_text())
+    both = json.loads(path.read_text())
+    both["folds"][1]["train"].append(both["folds"][1]["val"][0])
+    neither = json.loads(path.read_text())
+    neither["folds"][2]["train"].pop()
+    for payload in (both, neither):
+        path.write_text(json.dumps(payload))
+        with pytest.raises(DataError, match="fold [12] does not partition the development cases"):
+            load_splits(path)
+    path.write_text(json.dumps(original))
+    load_splits(path, IDS[:20])
+    with pytest.raises(DataError, match=r"cases not in the dataset: \['%s'\]" % original["test"][0]):
+        load_splits(path, [case for case in IDS[:20] if case != original["test"][0]])  # a test case gone
+
+
+def test_the_patients_csv_refuses_a_case_with_two_patients_or_a_blank(tmp_path):
+    path = tmp_path / "patients.csv"
+    path.write_text("case,patient\na, p1\nb,p1\nc,p2\na,p1\n")
+    assert read_patients(path) == {"a": "p1", "b": "p1", "c": "p2"}  # a repeated row is fine, spaces trimmed
+    for rows, message in (("a,p1\na,p2\n", "case 'a' is given two patients: 'p1' and 'p2'"),
+                          ("a,p1\nb, \n", "a row without its case or patient"),
+                          ("a,p1\n,p2\n", "a row without its case or patient")):
+        path.write_text("case,patient\n" + rows)
+        with pytest.raises(DataError, match=message):
+            read_patients(path)

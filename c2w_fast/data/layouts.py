@@ -347,6 +347,8 @@ def nnunet_label_values(path: Path) -> tuple[int, ...]:
         else:
             raise DataError(path, f"dataset.json labels: {key!r}: {value!r} is not a label value (an int, a list "
                                   "of ints, or a name under a numeric key)")
+    if min(values) < 0:
+        raise DataError(path, f"dataset.json labels: label values must be >= 0, got {min(values)}")
     return tuple(sorted(values))
 
 
