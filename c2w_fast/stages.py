@@ -71,7 +71,7 @@ def resolve_checkpoint(path, fold: str | None = None, *, strict: bool = False) -
         raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
     if fold and fold.isdigit():  # --fold 1 as train takes it
         fold = f"fold_{fold}"
-    names = ([fold] if fold and fold != "final" else []) + ([] if strict and fold else ["final"])
+    names = [fold or "final"] if strict else ([fold] if fold and fold != "final" else []) + ["final"]
     for name in names:
         candidate = path / name / "checkpoint_best.pt"
         if candidate.is_file():

@@ -110,7 +110,8 @@ def test_resolve_checkpoint_strictly_takes_only_the_fold_named(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "checkpoint_best.pt").write_bytes(b"x")
     assert resolve_checkpoint(tmp_path, "1", strict=True) == tmp_path / "fold_1" / "checkpoint_best.pt"
-    assert resolve_checkpoint(tmp_path, None, strict=True) == tmp_path / "final" / "checkpoint_best.pt"
+    for fold in (None, "final"):
+        assert resolve_checkpoint(tmp_path, fold, strict=True) == tmp_path / "final" / "checkpoint_best.pt"
     for fold in ("3", "fold_3"):
         with pytest.raises(FileNotFoundError, match="no fold_3/checkpoint_best.pt in this run folder; "
                                                     "trained folds: final, fold_1"):
