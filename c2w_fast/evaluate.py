@@ -48,8 +48,8 @@ import torch
 
 from c2w_fast import metrics
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_csv
-from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, detect_layout, discover_cases, files_under,
-                                   layout_labels, load_labels, values_outside)
+from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, check_whole_labels, detect_layout, discover_cases,
+                                   files_under, layout_labels, load_labels, values_outside)
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
@@ -158,11 +158,8 @@ def _describe_values(values: np.ndarray) -> str:
 
 
 def _as_label_map(array: np.ndarray, path) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        return array
-    if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-        raise DataError(path, "label values must be whole numbers")
-    return array.astype(np.int32)
+    check_whole_labels(array, path)
+    return array.astype(np.int32) if array.dtype.kind == "f" else array
 
 
 def evaluate_case(identifier: str, pred_path: Path, gt: GroundTruth, labels: dict[str, int], options: dict):

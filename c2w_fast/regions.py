@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from c2w_fast.data.io import Volume, affine_from_spacing, check_same_grid, image_format, read_volume, same_spacing
-from c2w_fast.data.layouts import CANONICAL_LABELS
+from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
 from c2w_fast.errors import DataError
 from c2w_fast.ops._volume import check_mask
 
@@ -167,20 +167,6 @@ def _select(volume: Volume, values) -> np.ndarray:
     return volume.array != 0 if values is None else np.isin(volume.array, values)
 
 
-def check_labels(volume: Volume) -> None:
-    """A DataError unless ``volume`` holds finite whole numbers (a label map, not an intensity image)."""
-    array = volume.array
-    if array.dtype.kind != "f":
-        return
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise DataError(volume.path, f"{int((~finite).sum())} non-finite values (NaN or inf): not a label map")
-    fractional = array != np.round(array)
-    if fractional.any():
-        raise DataError(volume.path, f"{int(fractional.sum())} values are not whole numbers (e.g. "
-                              f"{float(array[fractional][0]):g}): not a label map; give the segmentation")
-
-
 def _check_canonical(volume: Volume) -> None:
     """A DataError unless a one-file label map read with the default codes holds only 0..3: an
     integer-typed scan (many LGE images are) would otherwise be read as labels."""
@@ -207,8 +193,8 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     same = Path(cavity_path).resolve() == Path(wall_path).resolve()
     cavity_volume = wall_volume if same else read_volume(cavity_path)
     check_same_grid(cavity_volume, wall_volume, "cavity", "wall")
-    check_labels(wall_volume)
-    check_labels(cavity_volume)
+    for volume in (wall_volume, cavity_volume):
+        check_whole_labels(volume.array, volume.path)
     if same and wall_values is None and cavity_values is None:
         _check_canonical(wall_volume)
     if same:

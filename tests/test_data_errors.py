@@ -83,8 +83,10 @@ def test_unexpected_label_values(mbas):
 
 
 @pytest.mark.parametrize("values, message", [
-    ((2.5, 1.0), "label values must be whole numbers"), ((np.inf, 1.0), "label values must be whole numbers"),
-    ((np.nan, 1.0), "label values must be whole numbers"), ((-1.0, 3.0), r"unexpected label values \[-1\]"),
+    ((2.5, 1.0), r"1 values are not whole numbers \(e.g. 2.5\): not a label map"),
+    ((np.inf, 1.0), r"1 non-finite values \(NaN or inf\): not a label map"),
+    ((np.nan, 1.0), r"1 non-finite values \(NaN or inf\): not a label map"),
+    ((-1.0, 3.0), r"unexpected label values \[-1\]"),
     ((1.0, 3.0), None),  # float files holding the right values are read
 ])
 def test_float_label_files(mbas, values, message):

@@ -368,15 +368,26 @@ def values_outside(array: np.ndarray, allowed) -> np.ndarray:
     return np.unique(array[~np.isin(array, list(allowed))])
 
 
+def check_whole_labels(array: np.ndarray, path) -> None:
+    """A DataError naming ``path`` unless a float ``array`` holds finite whole numbers: a label
+    map, not an intensity image (integer and bool arrays always are)."""
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise DataError(path, f"{int((~finite).sum())} non-finite values (NaN or inf): not a label map")
+    fractional = array != np.round(array)
+    if fractional.any():
+        raise DataError(path, f"{int(fractional.sum())} values are not whole numbers (e.g. "
+                              f"{float(array[fractional][0]):g}): not a label map; give the segmentation")
+
+
 def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
     """A DataError naming the file unless every voxel holds one of ``allowed``."""
-    array = label.array
-    unexpected = values_outside(array, allowed)
+    unexpected = values_outside(label.array, allowed)
     if not len(unexpected):
         return
-    if np.issubdtype(array.dtype, np.floating) and not (np.isfinite(array).all()
-                                                       and np.array_equal(array, np.round(array))):
-        raise DataError(label.path, "label values must be whole numbers")
+    check_whole_labels(label.array, label.path)
     raise DataError(label.path, f"unexpected label values {[int(v) for v in unexpected[:10]]}; expected a subset of "
                                 f"{list(allowed)}")
 
