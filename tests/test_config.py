@@ -229,3 +229,104 @@ def test_train_takes_a_preset_name_and_its_help_names_every_preset(tmp_path, mon
     assert config.run.stage == "wall" and config.run.init_from == str(tmp_path / "cavity")
     text = train.parser().format_help()
     assert all(p.stem in text for p in PRESETS)
+
+
+# --- from the mutation audit of the CLIs and configs: types, bounds and --set at their edges ---
+
+@pytest.mark.parametrize("text, items, message", [
+    ("", ["train.epochs=true"], r"^--set train.epochs must be an integer, got bool True$"),
+    ("", ["roi.size=5"], r"^--set roi.size must be a list of int, got int 5$"),
+    ("", ["train.class_weights=[1.0]"], r"^--set train.class_weights must be a table, got list \[1.0\]$"),
+    ("", ["run.amp=\"yes\""], r"^--set run.amp must be bool, got str 'yes'$"),
+    ("", ["data.root=3"], r"^--set data.root must be str, got int 3$"),
+    ("eval = 3\n", [], r"c.toml: eval: \[eval\] must be a table, got 3$"),
+    ("[train]\nepochs = 3\n", ["train.epochs.x=1"], r"^--set train.epochs.x: epochs is not a table$"),
+    ("", ["train.=3"], r"^--set expects section.key=value, got 'train.=3'$"),
+    # a nested --set is blamed on the --set, not on the file
+    ("", ["train.class_weights.LA=x"], r"^--set train.class_weights.LA must be a number, got str 'x'$"),
+])
+def test_values_of_the_wrong_kind_are_named_with_where_they_came_from(tmp_path, text, items, message):
+    """A bool is not an integer, a scalar not a list, a list not a table, a string not a bool, a number not a
+    string, a section must be a table and --set cannot descend into a value: each a ConfigError naming the key."""
+    with pytest.raises(cfg.ConfigError, match=message):
+        _load(tmp_path, text, ["train.patch_size=[8, 8, 8]", *items])
+
+
+@pytest.mark.parametrize("items, message", [
+    (["roi.size=[8, 8, 8, 8]"], r"roi.size must have 3 positive values"),
+    (["optim.momentum=1.5"], r"optim.momentum must be in \[0, 1\], got 1.5"),
+    (["optim.betas=[1.0, 0.9]"], r"optim.betas must be two values in \[0, 1\)"),
+    (["train.prefetch=0"], r"train.prefetch must be in \[1, inf\), got 0"),
+    (["cascade.dilation_radius=-1"], r"cascade.dilation_radius must be in \[0, inf\), got -1"),
+    (["eval.step=1.5"], r"eval.step must be in \(0, 1\], got 1.5"),
+    (["data.n_folds=1"], r"need data.n_folds >= 2"),
+    (["train.val_every=0"], r"train.val_every must be >= 1, got 0"),
+    (["train.best_ema=1"], r"train.best_ema in \[0, 1\), got 0.0, 1.0"),
+    (["schedule.restarts=[5]"], r"schedule.restarts and schedule.restart_lr need one LR per restart"),
+    (["schedule.restarts=[5]", "schedule.restart_lr=[0]"], r"schedule.restart_lr must be positive learning rates"),
+    (["schedule.restarts=[5, 3]", "schedule.restart_lr=[1e-4, 1e-5]"], r"schedule.restarts must be increasing"),
+    (["schedule.restarts=[3, 3]", "schedule.restart_lr=[1e-4, 1e-5]"], r"schedule.restarts must be increasing"),
+    (["schedule.restarts=[0]", "schedule.restart_lr=[1e-4]"], r"schedule.restarts must be increasing epochs >= 1"),
+    (["augment.flip_axes=[0, 3]"], r"augment.flip_axes must be axes among 0, 1, 2"),
+    (["loss.region_mask=true"], r"loss.region_mask with cascade.mask_source = 'stage1' needs cascade.stage1"),
+    (["data.sdf_channel=true"], r"data.sdf_channel needs data.sdf_from"),
+])
+def test_values_just_outside_their_bounds_are_refused(tmp_path, items, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        _load(tmp_path, "", ["train.patch_size=[8, 8, 8]", *items])
+
+
+@pytest.mark.parametrize("items", [
+    ["eval.step=1"],                                       # stride 1.0: the MBAS fast mode, (0, 1] closed above
+    ["augment.brightness_range=[1.0, 1.0]"],               # [min, max] with min <= max: one value is a range
+    ["optim.momentum=1", "optim.betas=[0, 0.999]", "train.best_ema=0", "train.prefetch=1"],
+    ["cascade.dilation_radius=0", "data.n_folds=2", "train.val_every=1"],
+    ["schedule.restarts=[1, 5]", "schedule.restart_lr=[1e-4, 1e-5]"],
+    ["data.target=\"multiclass\"", "train.sampling=\"classes\"", "train.class_weights={wall = 1.0, RA = 0.0}"],
+    ["loss.region_mask=true", "cascade.mask_source=\"ground_truth\""],
+])
+def test_values_on_their_bounds_are_accepted(tmp_path, items):
+    config = _load(tmp_path, "", ["train.patch_size=[8, 8, 8]", *items])
+    for item in items:
+        key, value = item.split("=", 1)
+        assert cfg.value_at(config, key) == cfg.parse_value(value)
+
+
+def test_set_values_and_keys_may_be_spaced(tmp_path):
+    """``--set "run.stage = scratch"``: a bare word is stripped like a TOML value."""
+    config = _load(tmp_path, "", ["train.patch_size=[8, 8, 8]", "run.stage = scratch", " train.epochs =  7 "])
+    assert (config.run.stage, config.train.epochs) == ("scratch", 7)
+
+
+def test_dumps_quotes_what_toml_would_misread(tmp_path):
+    """Backslashes and quotes in a path (a Windows dataset folder) and a table key with a space round-trip."""
+    config = cfg.load(CONFIGS / "c2w_cavity.toml")
+    config.data.root = 'D:\\scans\\"LASC" 2018'
+    config.train.class_weights = {"left atrium": 1.0}  # not read unless train.sampling = "classes"
+    (tmp_path / "config.toml").write_text(cfg.dumps(config))
+    again = cfg.load(tmp_path / "config.toml")
+    assert again.data.root == 'D:\\scans\\"LASC" 2018' and again == config
+
+
+def test_a_ground_truth_centre_without_an_roi_is_no_oracle():
+    """roi.center only matters with an ROI: a whole-volume stage reads no labels to predict."""
+    config = cfg.Config()
+    config.roi.center = "ground_truth"
+    assert cfg.oracle_settings(config) == []
+    config.roi.size = [8, 8, 8]
+    assert cfg.oracle_settings(config) == ["roi.center = 'ground_truth'"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "run"], r"^--config is required \(or --resume to continue a run\)$"),
+    (["--resume", "--out", "run", "--set", "train.epochs=3"], r"^--resume continues with the run's saved config"),
+    (["--resume", "--out", "run", "--data", "data"], r"^--resume continues with the run's saved config"),
+    (["--resume", "--out", "run", "--init-from", "cavity"], r"^--resume continues with the run's saved config"),
+])
+def test_train_arguments_that_cannot_go_together(argv, message, tmp_path, monkeypatch):
+    """A resumed run keeps its saved config (only --epochs and --device may change); without --resume
+    a config is needed. Refused before the run folder is looked at."""
+    from c2w_fast import train
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cfg.ConfigError, match=message):
+        train._config(train.parser().parse_args(argv))

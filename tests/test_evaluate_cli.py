@@ -179,3 +179,125 @@ def test_nothing_predicted_a_label_the_dataset_cannot_hold_and_an_image_as_predi
     values = np.setdiff1d(image.array, [0, 1, 3])
     assert f"also holds {len(values)} values from {values[0]} to {values[-1]}, neither evaluated nor label " \
            "codes (0, 1, 3): is it a label map?" in capsys.readouterr().err
+
+
+# --- from the mutation audit of the CLIs: options reaching the metrics, summaries, odd inputs ---
+
+SMALL = (2.0, 1.0, 1.5)
+
+
+def _la_spike_case():
+    """A label map (1 wall, 3 LA) and a prediction whose LA grows a 3×2×4-voxel spike into the wall: the
+    directed 95th percentiles differ (pred → gt reaches the spike, gt → pred is ~0), so max and pooled
+    HD95, the surfel and voxel conventions and Surface Dice at 1 and 2 mm all give different values."""
+    gt = np.zeros((8, 14, 20), np.uint8)
+    gt[1:7, 1:13, 1:19] = 1
+    gt[2:6, 2:12, 2:10] = 3
+    pred = gt.copy()
+    pred[3:6, 6:8, 10:14] = 3
+    return pred, gt
+
+
+def _write_pair(folder_gt, folder_pred, identifier, pred, gt):
+    write_volume(folder_gt / f"{identifier}_gt.nii.gz", gt, affine_from_spacing(SMALL))
+    write_volume(folder_pred / f"{identifier}.nii.gz", pred, affine_from_spacing(SMALL))
+
+
+def test_tolerance_convention_and_percentile_rule_reach_the_metrics(tmp_path):
+    pred, gt = _la_spike_case()
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
+    chosen = {"tolerance_mm": 2.0, "convention": "voxel", "percentile_rule": "pooled"}
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "LA=3", "--tolerance",
+                 "2", "--convention", "voxel", "--percentile-rule", "pooled", "--out", str(out), "--quiet"]) == 0
+    row = next(r for r in read_rows(out) if r["status"] == "ok")
+    expected = metrics.evaluate_labels(pred, gt, {"LA": 3}, SMALL, **chosen)["LA"].as_dict()
+    assert {m: float(row[m]) for m in expected} == pytest.approx(expected, rel=1e-5)
+    defaults = {"tolerance_mm": 1.0, "convention": "surfel", "percentile_rule": "max"}
+    for option, default in defaults.items():  # each option on its own changes the row: the check can fail
+        assert metrics.evaluate_labels(pred, gt, {"LA": 3}, SMALL, **{**chosen, option: default})["LA"] != \
+            metrics.evaluate_labels(pred, gt, {"LA": 3}, SMALL, **chosen)["LA"], option
+    # 0 mm is a tolerance (faces that coincide); NaN and negative ones are refused before any case
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--tolerance", "0",
+                 "--out", str(out), "--quiet"]) == 0
+    for bad in ("nan", "-1"):
+        with pytest.raises(SystemExit):
+            main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--tolerance", bad,
+                  "--out", str(tmp_path / "bad.csv")])
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_summaries_count_only_finite_values(tmp_path):
+    """A case predicted without an LA has an infinite HD (surface-distance's convention): the mean and sd
+    are over the finite values and ``n`` counts them, while its Dice of 0 counts."""
+    pred, gt = _la_spike_case()
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c2", np.where(gt == 3, 0, gt).astype(np.uint8), gt)
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "LA=3",
+                 "--out", str(out), "--quiet"]) == 0
+    rows = {r["case"]: r for r in read_rows(out)}
+    assert math.isinf(float(rows["c2"]["hd"])) and float(rows["c2"]["dice"]) == 0.0
+    assert float(rows["mean"]["hd"]) == pytest.approx(float(rows["c1"]["hd"]))  # c1's alone
+    assert rows["n"]["hd"] == "1" and rows["n"]["dice"] == "2"
+    assert float(rows["mean"]["dice"]) == pytest.approx(float(rows["c1"]["dice"]) / 2, rel=1e-5)
+
+
+def test_labels_of_any_code_float_label_maps_and_values_that_are_label_codes(tmp_path, capsys):
+    """Plain folders hold whatever codes --labels names (scar=4); a float map of whole numbers is a label
+    map, one of fractions is a problem; codes of the ground truth that were not asked for (wall, RA)
+    are no reason to warn, a value that is no code is."""
+    gt = np.zeros((6, 10, 12), np.uint8)
+    gt[1:5, 2:8, 2:10] = 1
+    gt[2:4, 3:7, 3:9] = 4
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "scar", gt, gt)
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "scar=4",
+                 "--out", str(out), "--quiet"]) == 0
+    (row,) = [r for r in read_rows(out) if r["status"] == "ok"]
+    assert (row["label"], float(row["dice"]), float(row["hd"])) == ("scar", 1.0, 0.0)  # identical masks
+
+    pred, gt = _la_spike_case()
+    _write_pair(tmp_path / "gt2", tmp_path / "pred2", "whole", pred.astype(np.float32), gt)
+    fraction = pred.astype(np.float32)
+    fraction[0, 0, 0] = 0.5
+    _write_pair(tmp_path / "gt2", tmp_path / "pred2", "fraction", fraction, gt)
+    other = pred.copy()
+    other[0, 0, :2] = (2, 7)  # RA is a label code; 7 is not
+    _write_pair(tmp_path / "gt2", tmp_path / "pred2", "other", other, gt)
+    capsys.readouterr()
+    assert main(["--pred", str(tmp_path / "pred2"), "--gt", str(tmp_path / "gt2"), "--labels", "LA=3",
+                 "--out", str(out), "--quiet"]) == 1
+    rows = {r["case"]: r for r in read_rows(out)}
+    assert rows["whole"]["status"] == "ok"
+    assert float(rows["whole"]["dice"]) == pytest.approx(metrics.dice(pred == 3, gt == 3), rel=1e-5)
+    assert rows["fraction"]["status"].endswith("1 values are not whole numbers (e.g. 0.5): not a label map; "
+                                               "give the segmentation")
+    err = capsys.readouterr().err
+    assert "other.nii.gz also holds 7, neither evaluated nor label codes (0, 1, 2, 3)" in err
+    assert "whole.nii.gz also holds" not in err
+
+
+def test_an_ambiguous_prediction_is_reported_as_such(tmp_path):
+    """Two label files of one case: a problem row naming both (exit 1), not 'missing prediction' nor
+    'no label maps here'."""
+    pred, gt = _la_spike_case()
+    _write_pair(tmp_path / "gt", tmp_path / "unused", "b", pred, gt)
+    for name in ("b_seg.nii.gz", "b_label.nii.gz"):
+        write_volume(tmp_path / "pred" / name, pred, affine_from_spacing(SMALL))
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out", str(out), "--quiet"]) == 1
+    rows = read_rows(out)
+    assert not [r for r in rows if r["status"] == "ok"]
+    (row,) = [r for r in rows if r["status"]]
+    assert row["case"] == "b" and row["status"].startswith("prediction ambiguous: ")
+
+
+def test_upper_case_extensions_and_labels_that_name_nothing(tmp_path):
+    (tmp_path / "CASE7.NII.GZ").touch()
+    (tmp_path / "case8_SEG.NRRD").touch()
+    assert find_label_files(tmp_path) == ({"CASE7": tmp_path / "CASE7.NII.GZ", "case8": tmp_path / "case8_SEG.NRRD"},
+                                          {})
+    for text in ("", ",", " , "):
+        with pytest.raises(ValueError, match="--labels names no label"):
+            parse_labels(text)

@@ -151,3 +151,81 @@ def test_cli_refuses_outputs_that_are_inputs_and_non_label_files_before_writing(
                               str(tmp_path / "nan.nii.gz"), "--out", str(tmp_path / "f.nii.gz")]) == 2
     assert "non-finite values (NaN or inf): not a label map" in capsys.readouterr().err
     assert not (tmp_path / "f.nii.gz").exists()
+
+
+# --- from the mutation audit of the CLIs: thresholds at their edges, the LA blood pool, geometry of outputs ---
+
+def test_thresholds_are_inclusive():
+    """IIR exactly at a threshold is above it (``IIR >= fibrosis``): a pool of 100 and wall voxels of 124,
+    125 and 150 give IIR 1.24, 1.25 and 1.5 (the last two exact in float32), classes 1, 2 and 3 for
+    thresholds 1.25 and 1.5."""
+    image = np.full((7, 7, 9), 100.0, np.float32)
+    wall, cavity = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
+    cavity[1:6, 1:6, 1:6] = True
+    wall[1:6, 1:6, 6] = True
+    image[1:6, 1:6, 6] = np.array([124.0, 125.0, 150.0, 125.0, 150.0])[:, None]
+    result = fibrosis_burden(image, wall, cavity, (1.0, 1.0, 1.0), fibrosis=1.25, dense=1.5)
+    assert result.blood_pool_mean == 100.0
+    np.testing.assert_array_equal(result.labels[1:6, 1:6, 6], np.array([1, 2, 3, 2, 3])[:, None].repeat(5, 1))
+    row = result.summary()[0]
+    assert (row["fibrosis_percent"], row["dense_scar_percent"]) == (80.0, 40.0)  # 4 and 2 of 5 rows
+
+
+def two_atria_case(tmp_path, affine):
+    """A one-file label map (1 wall, 2 RA, 3 LA) and an LGE image with the LA blood at 100 and the RA blood at
+    300 (a coil's bias): the wall's x columns hold 110, 122, 131, 140 and 150 in turn, IIR 1.1, 1.22, 1.31,
+    1.4 and 1.5 against the LA, each side of the default thresholds 1.2 and 1.32 and of 1.25 and 1.5."""
+    labels = np.zeros((10, 16, 26), np.uint8)
+    labels[1:-1, 1:-1, 1:-1] = 1
+    labels[3:-3, 3:-3, 3:10] = 2
+    labels[3:-3, 3:-3, 12:-3] = 3
+    levels = np.array([110.0, 122.0, 131.0, 140.0, 150.0])
+    image = np.select([labels == 3, labels == 2, labels == 1], [100.0, 300.0, levels[np.arange(26) % 5]], 0.0)
+    write_volume(tmp_path / "labels.nii.gz", labels, affine)
+    write_volume(tmp_path / "image.nii.gz", image.astype(np.float32), affine)
+    return labels, image
+
+
+def test_cli_thresholds_options_la_blood_pool_and_output_geometry(tmp_path, capsys):
+    """Defaults 1.2 / 1.32 and --fibrosis 1.25 --dense 1.5 classify the wall as their IIR says, with the LA
+    alone as blood pool (mean 100; the RA's 300 would lower every IIR); the mean IIR per region is the mean
+    of the wall's intensities over 100; the label map and the IIR map lie on the oblique input grid."""
+    angle = np.deg2rad(25.0)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, -1]])
+    affine = affine_from_spacing((2.0, 1.0, 1.2), origin=(4.5, -30.0, 12.0), direction=direction)
+    labels, image = two_atria_case(tmp_path, affine)
+    wall = labels == 1
+    iir = np.where(wall, image / 100.0, 0.0)
+    base = ["--image", str(tmp_path / "image.nii.gz"), "--wall", str(tmp_path / "labels.nii.gz"),
+            "--cavity", str(tmp_path / "labels.nii.gz")]
+    for extra, fibrosis, dense in (([], 1.2, 1.32), (["--fibrosis", "1.25", "--dense", "1.5"], 1.25, 1.5)):
+        out, iir_map, table = tmp_path / f"f{fibrosis}.nii.gz", tmp_path / f"iir{fibrosis}.nii.gz", tmp_path / "f.csv"
+        assert fibrosis_cli.main([*base, "--out", str(out), "--iir-map", str(iir_map), "--csv", str(table),
+                                  *extra]) == 0
+        assert "blood-pool mean intensity 100" in capsys.readouterr().out
+        expected = np.where(wall, 1 + (iir >= fibrosis) + (iir >= dense), 0)  # 1.5 / 1.5: on the threshold, dense
+        written = read_volume(out)
+        np.testing.assert_array_equal(written.array, expected)
+        np.testing.assert_allclose(read_volume(iir_map).array, iir, rtol=1e-6)
+        given = read_volume(tmp_path / "labels.nii.gz")
+        assert np.array_equal(written.affine, given.affine)
+        assert np.array_equal(read_volume(iir_map).affine, given.affine)
+        with open(table) as handle:
+            row = next(csv.DictReader(handle))
+        assert float(row["fibrosis_percent"]) == pytest.approx(100 * (expected[wall] >= 2).mean(), rel=1e-6)
+        assert float(row["dense_scar_percent"]) == pytest.approx(100 * (expected[wall] == 3).mean(), rel=1e-6)
+        assert float(row["mean_iir"]) == pytest.approx(iir[wall].mean(), rel=1e-6)
+    assert iir[wall].mean() != pytest.approx(np.median(iir[wall]))  # a median would differ: the check can fail
+
+
+def test_cli_refuses_an_iir_map_that_is_no_image_and_a_zero_threshold(tmp_path, capsys):
+    """Both before anything is read or written."""
+    labels, _ = two_atria_case(tmp_path, affine_from_spacing((2.0, 1.0, 1.0)))
+    base = ["--image", str(tmp_path / "image.nii.gz"), "--wall", str(tmp_path / "labels.nii.gz"),
+            "--cavity", str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path / "f.nii.gz")]
+    assert fibrosis_cli.main(base + ["--iir-map", str(tmp_path / "iir.csv")]) == 2
+    assert "iir.csv: unknown image format" in capsys.readouterr().err
+    assert not (tmp_path / "f.nii.gz").exists()
+    with pytest.raises(SystemExit):
+        fibrosis_cli.main(base + ["--fibrosis", "0", "--dense", "1.3"])
+    assert "0 < --fibrosis <= --dense, got 0.0 and 1.3" in capsys.readouterr().err

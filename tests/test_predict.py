@@ -172,7 +172,7 @@ def test_a_case_on_another_grid_is_resampled_to_the_training_grid_and_back(c2w):
     data, runs = c2w
     predictor = StageLoader().load(runs / "cavity")
     assert predictor.pipeline.spacing == (2.0, 2.0, 2.0)  # recorded in the checkpoint
-    predictor.model = RecordsInput(predictor.model)
+    predictor.model = RecordsInput(predictor.model).eval()
     coarse = read_volume(data / "phantom001" / "lgemri.nrrd").array.astype(np.float32)
     fine = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)
     coarse_labels = predictor.predict(coarse, (2.0, 2.0, 2.0))
@@ -570,3 +570,76 @@ def test_the_gpu_pipeline_predicts_what_the_cpu_pipeline_does(mbas, c2w):
         cpu = predict.load_pipeline(model, options=options).predict(image.array, image.spacing)
         gpu = predict.load_pipeline(model, device="cuda", options=options).predict(image.array, image.spacing)
         assert (cpu.labels == gpu.labels).mean() >= 0.999
+
+
+# --- from the mutation audit of the CLIs: ids, option checks, thickness of both atria, outputs' grid ---
+
+def test_case_ids_keep_their_numbers_and_hidden_files_are_no_cases(tmp_path):
+    """Only a 4-digit nnU-Net channel suffix is dropped (MBAS_001 stays MBAS_001); dot files (macOS ``._``
+    copies, editors' leftovers) are no images."""
+    for name in ("MBAS_001.nii.gz", "p_12.nrrd", "c_0000.nii.gz", ".hidden.nii.gz", "._MBAS_001.nii.gz"):
+        (tmp_path / name).touch()
+    assert predict.find_inputs(tmp_path) == [("MBAS_001", tmp_path / "MBAS_001.nii.gz"),
+                                             ("c", tmp_path / "c_0000.nii.gz"), ("p_12", tmp_path / "p_12.nrrd")]
+
+
+def test_batch_size_use_and_fold_arguments_are_checked(c2w, tmp_path):
+    _, runs = c2w
+    args = predict.parser().parse_args(["--model", "m", "--in", "i", "--out", "o", "--batch-size", "0"])
+    with pytest.raises(predict.ModelError, match=r"^--batch-size must be >= 1, got 0$"):
+        predict._options(args)
+    for pair in ("run.init_from=", "run.init_from"):
+        with pytest.raises(predict.ModelError, match="--use takes KEY=PATH"):
+            predict._helper_runs([pair])
+    with pytest.raises(predict.ModelError, match="no fold_0/checkpoint_best.pt in this run folder; trained folds"):
+        predict.load_pipeline(runs / "wall", fold="0")  # --fold 0 as train takes it: fold_0
+
+
+def test_thickness_of_a_prediction_with_both_atria_is_the_thickness_clis(tmp_path):
+    """An MBAS-style prediction (1 wall, 2 RA, 3 LA) on an oblique grid: predict's thickness map and summary
+    are what ``python -m c2w_fast.thickness`` gives for the written label map — the septum measured between
+    the two chambers (2 voxels of 1.2 mm = 2.4 mm), the sectors around the LA in the file's directions."""
+    from c2w_fast import thickness as thickness_cli
+
+    labels = np.zeros((10, 16, 26), np.uint8)
+    labels[1:-1, 1:-1, 1:-1] = 1
+    labels[3:-3, 3:-3, 3:10] = 2
+    labels[3:-3, 3:-3, 12:-3] = 3
+    angle = np.deg2rad(30.0)
+    direction = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    affine = affine_from_spacing((2.0, 1.0, 1.2), origin=(-20.0, 35.5, 7.25), direction=direction @ np.diag([-1, 1, 1]))
+    volume = read_volume(write_volume(tmp_path / "case.nii.gz", np.zeros(labels.shape, np.int16), affine))
+    predict.case_outputs(volume, "case", predict.CasePrediction(labels), tmp_path / "out",
+                         thickness_dir=tmp_path / "thick").write()
+    thickness = read_volume(tmp_path / "thick" / "case.nii.gz")
+    np.testing.assert_allclose(thickness.array[4:-4, 4:-4, 10:12], 2 * volume.spacing[2], rtol=1e-6)
+    assert np.array_equal(thickness.affine, volume.affine)
+    assert thickness_cli.main(["--wall", str(tmp_path / "out" / "case.nii.gz"), "--cavity",
+                               str(tmp_path / "out" / "case.nii.gz"), "--out", str(tmp_path / "cli.nii.gz"),
+                               "--csv", str(tmp_path / "cli.csv")]) == 0
+    np.testing.assert_array_equal(thickness.array, read_volume(tmp_path / "cli.nii.gz").array)
+    cli_rows = (tmp_path / "cli.csv").read_text().splitlines()
+    assert (tmp_path / "thick" / "case.csv").read_text().splitlines() == \
+        ["case," + cli_rows[0]] + ["case," + row for row in cli_rows[1:]]
+
+
+def test_timings_write_probabilities_too_and_every_output_keeps_the_input_grid(c2w, tmp_path):
+    """--timings (one step after the other) writes what the threaded path writes; probability and thickness
+    maps of an oblique NIfTI input carry its qform/sform bit for bit, like the label map."""
+    _, runs = c2w
+    phantom = make_phantom(**PHANTOM, seed=12, label_right_atrium=False)
+    write_volume(tmp_path / "in" / "oblique.nii.gz", (phantom.image * 200).astype(np.int16),
+                 _oblique_affine(PHANTOM["spacing"]))
+    given = nib.load(tmp_path / "in" / "oblique.nii.gz").header
+    for folder, extra in (("plain", []), ("timed", ["--timings"])):
+        assert predict.main(["--model", str(runs / "wall"), "--in", str(tmp_path / "in"), "--out",
+                             str(tmp_path / folder / "out"), "--probabilities", str(tmp_path / folder / "prob"),
+                             "--thickness", str(tmp_path / folder / "thick"), *extra]) == 0
+    for name in ("out/oblique.nii.gz", "prob/oblique_wall.nii.gz", "prob/oblique_LA.nii.gz",
+                 "thick/oblique.nii.gz"):
+        timed, plain = tmp_path / "timed" / name, tmp_path / "plain" / name
+        np.testing.assert_array_equal(read_volume(timed).array, read_volume(plain).array)
+        written = nib.load(timed).header
+        for key in ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                    "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim", "dim"):
+            assert np.array_equal(written[key], given[key]), (name, key)

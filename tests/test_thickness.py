@@ -243,3 +243,94 @@ def test_gpu_thickness_equals_the_cpu_at_full_size():
                          chambers=torch.from_numpy(chambers).cuda())
     np.testing.assert_allclose(gpu.thickness.cpu().numpy(), cpu.thickness, rtol=1e-6)
     np.testing.assert_array_equal(gpu.sectors.cpu().numpy(), cpu.sectors)
+
+
+# --- from the mutation audit of the CLIs: summary statistics, sectors of an oblique file, odd label files ---
+
+def test_summary_statistics_per_region_by_hand():
+    """Wall values 1..20 mm in the right sector and one 40 mm voxel in the left one. Wall: 21 voxels, mean
+    250/21, median the 11th value (11), p95 at position 0.95·20 = 19 of the sorted values (20). Right: 20
+    voxels, mean = median = 10.5, p95 at 0.95·19 = 18.05, between 19 and 20: 19.05. Left: 40 throughout.
+    The other sectors hold no voxel: NaN."""
+    values = np.array([*range(1, 21), 40], np.float32)[None, None]
+    sectors = np.array([1] * 20 + [2], np.uint8)[None, None]
+    rows = {row["region"]: row for row in thickness_cli.Thickness(values, sectors).summary()}
+    assert list(rows) == ["wall", *SECTORS]
+    expected = {"wall": (21, 250 / 21, 11.0, 20.0), "right": (20, 10.5, 10.5, 19.05), "left": (1, 40.0, 40.0, 40.0)}
+    for region, (voxels, mean, median, p95) in expected.items():
+        row = rows[region]
+        assert row["voxels"] == voxels
+        assert (row["mean_mm"], row["median_mm"], row["p95_mm"]) == pytest.approx((mean, median, p95), rel=1e-12)
+    for region in SECTORS[2:]:
+        stats = [rows[region][key] for key in ("mean_mm", "median_mm", "p95_mm")]
+        assert rows[region]["voxels"] == 0 and np.isnan(stats).all()
+
+
+def two_atria(septum=2):
+    """1 wall around an RA (2) and a larger LA (3) side by side along x, ``septum`` wall voxels apart: the LA's
+    centroid lies far from the whole cavity's."""
+    labels = np.zeros((10, 16, 17 + septum + 7), np.uint8)
+    labels[1:-1, 1:-1, 1:-1] = 1
+    labels[3:-3, 3:-3, 3:10] = 2
+    labels[3:-3, 3:-3, 10 + septum:-3] = 3
+    return labels
+
+
+def oblique_affine(spacing):
+    """Rotated 30° about y with z reversed and an origin away from 0: index axes are no patient axes."""
+    angle = np.deg2rad(30.0)
+    rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    return affine_from_spacing(spacing, origin=(-20.0, 35.5, 7.25), direction=rotation @ np.diag([-1, 1, 1]))
+
+
+def reference_sector_counts(wall, la, affine):
+    """Wall voxels per sector, by hand: the RAS offset of each from the LA's mean voxel position, its
+    largest component and that component's sign."""
+    world = (np.argwhere(wall) - np.argwhere(la).mean(0)) @ np.asarray(affine)[:3, :3].T
+    axis = np.abs(world).argmax(1)
+    codes = 1 + 2 * axis + (world[np.arange(len(world)), axis] < 0)
+    return {name: int((codes == code).sum()) for code, name in enumerate(SECTORS, start=1)}
+
+
+def test_cli_sectors_follow_the_files_affine_around_the_la(tmp_path):
+    """One label map with both atria on an oblique grid: the CSV's sectors are those of the file's RAS
+    directions around the LA alone (not of the index axes, not around the whole cavity)."""
+    labels = two_atria()
+    write_volume(tmp_path / "labels.nii.gz", labels, oblique_affine((2.0, 1.0, 1.2)))
+    affine = read_volume(tmp_path / "labels.nii.gz").affine  # as stored (float32 in the header)
+    assert thickness_cli.main(["--wall", str(tmp_path / "labels.nii.gz"), "--cavity", str(tmp_path / "labels.nii.gz"),
+                               "--out", str(tmp_path / "t.nii.gz"), "--csv", str(tmp_path / "t.csv")]) == 0
+    with open(tmp_path / "t.csv") as handle:
+        voxels = {row["region"]: int(row["voxels"]) for row in csv.DictReader(handle)}
+    expected = reference_sector_counts(labels == 1, labels == 3, affine)
+    assert voxels == {"wall": int((labels == 1).sum()), **expected}
+    # the sectors around the whole cavity or along the index axes differ: the check can fail
+    assert expected != reference_sector_counts(labels == 1, labels >= 2, affine)
+    assert expected != reference_sector_counts(labels == 1, labels == 3, affine_from_spacing((2.0, 1.0, 1.2)))
+    assert np.array_equal(read_volume(tmp_path / "t.nii.gz").affine, affine)
+
+
+def test_cli_label_file_checks(tmp_path, capsys, monkeypatch):
+    """One label map read with the default codes holds 0..3 only (not -1, not 4); the same file named two
+    ways is one file; a --csv that is a folder is refused before anything is written."""
+    labels = two_atria()
+    affine = affine_from_spacing((2.0, 1.0, 1.2))
+    for bad, shown in ((-1, "-1 to 3"), (4, "0 to 4")):
+        odd = labels.astype(np.int16)
+        odd[0, 0, 0] = bad
+        write_volume(tmp_path / "odd.nii.gz", odd, affine)
+        assert thickness_cli.main(["--wall", str(tmp_path / "odd.nii.gz"), "--cavity", str(tmp_path / "odd.nii.gz"),
+                                   "--out", str(tmp_path / "x.nii.gz")]) == 2
+        assert f"odd.nii.gz: holds values from {shown}, but a label map of both masks" in capsys.readouterr().err
+    write_volume(tmp_path / "labels.nii.gz", labels, affine)
+    monkeypatch.chdir(tmp_path)
+    assert thickness_cli.main(["--wall", "labels.nii.gz", "--cavity", str(tmp_path / "labels.nii.gz"),
+                               "--out", "t.nii.gz"]) == 0
+    np.testing.assert_array_equal(read_volume(tmp_path / "t.nii.gz").array,
+                                  wall_thickness(labels == 1, labels >= 2, affine=read_volume("labels.nii.gz").affine,
+                                                 la_cavity=labels == 3, chambers=labels).thickness)
+    (tmp_path / "folder.csv").mkdir()
+    assert thickness_cli.main(["--wall", "labels.nii.gz", "--cavity", "labels.nii.gz", "--out", "t2.nii.gz",
+                               "--csv", "folder.csv"]) == 2
+    assert "--csv folder.csv is a folder, not a file" in capsys.readouterr().err
+    assert not (tmp_path / "t2.nii.gz").exists() and not any((tmp_path / "folder.csv").iterdir())
