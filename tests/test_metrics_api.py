@@ -129,6 +129,8 @@ def test_bad_input_is_named():
         metrics.surface_dice(mask, mask, tolerance_mm=-1)
     with pytest.raises(ValueError, match="pred must be 2D or 3D"):
         metrics.evaluate(np.ones(4), np.ones(4))
+    with pytest.raises(ValueError, match=r"got shape \(1, 4, 5, 6\) \(drop the leading axis: gt\[0\]\)"):
+        metrics.evaluate(mask, mask[None])
     with pytest.raises(ValueError, match="NaN"):
         metrics.evaluate(np.full((2, 2), np.nan), np.ones((2, 2)))
     probabilities = np.where(np.arange(mask.size).reshape(mask.shape) % 2, 0.9, 0.02)  # nonzero: all foreground

@@ -21,8 +21,9 @@ def check_mask(mask, name: str, ndims=(2, 3)):
     if mask.ndim not in ndims:
         wanted = " or ".join(f"{n}D" for n in ndims)
         axes = {2: "(y, x)", 3: "(z, y, x)"}
+        hint = f" (drop the leading axis: {name}[0])" if mask.ndim == max(ndims) + 1 and mask.shape[0] == 1 else ""
         raise ValueError(f"{name} must be {wanted} {' or '.join(axes[n] for n in ndims)}, "
-                         f"got shape {tuple(mask.shape)}")
+                         f"got shape {tuple(mask.shape)}{hint}")
     return mask
 
 
