@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from c2w_fast.ops.conv_norm_act import _triple, conv_norm_act
+from c2w_fast.ops.conv_norm_act import _triple, check_geometry, conv_norm_act
 from c2w_fast.ops.losses import dice_ce_loss, dice_focal_loss
 
 
@@ -28,8 +28,7 @@ class FusedConvNormAct(nn.Module):
                  activation: bool = True, eps: float = 1e-5, negative_slope: float = 0.01, backend: str = "auto"):
         super().__init__()
         kernel_size, stride = _triple(kernel_size, "kernel_size"), _triple(stride, "stride")
-        if any(k not in (1, 3) for k in kernel_size) or any(s not in (1, 2) for s in stride):
-            raise ValueError(f"kernel sizes must be 1 or 3 and strides 1 or 2, got {kernel_size} and {stride}")
+        check_geometry(kernel_size, stride)
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride,
                               tuple(k // 2 for k in kernel_size), groups=groups, bias=False)
         self.norm = nn.InstanceNorm3d(out_channels, eps=eps, affine=True)

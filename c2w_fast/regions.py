@@ -193,7 +193,7 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     same = Path(cavity_path).resolve() == Path(wall_path).resolve()
     cavity_volume = wall_volume if same else read_volume(cavity_path)
     check_same_grid(cavity_volume, wall_volume, "cavity", "wall")
-    for volume in (wall_volume, cavity_volume):
+    for volume in ((wall_volume,) if same else (wall_volume, cavity_volume)):  # one file: checked once
         check_whole_labels(volume.array, volume.path)
     if same and wall_values is None and cavity_values is None:
         _check_canonical(wall_volume)

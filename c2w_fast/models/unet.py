@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from c2w_fast.models.blocks import ConvStack, ResidualBlock, ResNeXtBlock
+from c2w_fast.ops.conv_norm_act import runs_geometry
 
 BLOCK_TYPES = ("conv", "residual", "resnext")
 
@@ -57,7 +58,7 @@ class UNetSpec:
             raise ValueError(f"features needs at least 2 positive entries, got {self.features}")
         strides = _triples(self.strides, "strides", n)
         kernels = _triples(self.kernels, "kernels", n)
-        if any(k not in (1, 3) for t in kernels for k in t) or any(v not in (1, 2) for t in strides for v in t):
+        if not all(runs_geometry(kernel, stride) for kernel, stride in zip(kernels, strides)):
             raise ValueError(f"kernels must be 1 or 3 and strides 1 or 2 per axis (what the fused block runs), "
                              f"got kernels {kernels} and strides {strides}")
         if len(self.blocks_per_stage) != n or min(self.blocks_per_stage[1:]) < 1 or self.blocks_per_stage[0] < 0:

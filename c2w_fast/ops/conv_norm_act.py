@@ -42,6 +42,20 @@ TOLERANCES = {
 }
 
 
+KERNEL_SIZES, STRIDES = (1, 3), (1, 2)  # per axis: the convolutions the kernels run (padding kernel // 2)
+
+
+def runs_geometry(kernel, stride) -> bool:
+    """Whether the kernels run a convolution of these per-axis kernel sizes and strides."""
+    return all(k in KERNEL_SIZES for k in kernel) and all(s in STRIDES for s in stride)
+
+
+def check_geometry(kernel, stride) -> None:
+    """A ValueError unless :func:`runs_geometry` (the fused op, and its module when built)."""
+    if not runs_geometry(kernel, stride):
+        raise ValueError(f"kernel sizes must be 1 or 3 and strides 1 or 2, got {tuple(kernel)} and {tuple(stride)}")
+
+
 def _triple(value, name: str) -> tuple[int, int, int]:
     try:
         values = (value,) * 3 if is_int(value) else tuple(value)
@@ -158,8 +172,7 @@ def _validate(x, weight, norm_weight, norm_bias, stride, groups, eps, residual) 
     if x.ndim != 5 or weight.ndim != 5:
         raise ValueError(f"x must be (B, C, D, H, W) and weight (Cout, Cin/groups, kz, ky, kx), "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
-    if any(k not in (1, 3) for k in weight.shape[2:]) or any(s not in (1, 2) for s in stride):
-        raise ValueError(f"kernel sizes must be 1 or 3 and strides 1 or 2, got {tuple(weight.shape[2:])} and {stride}")
+    check_geometry(weight.shape[2:], stride)
     if groups < 1 or x.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups:
         raise ValueError(f"channels do not fit groups={groups}: x has {x.shape[1]}, weight {tuple(weight.shape[:2])}")
     if not x.is_floating_point() or x.numel() == 0:
