@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import numbers
 import time
 import warnings
 from collections import defaultdict
 from functools import lru_cache
 
 import torch
+
+from c2w_fast.ops._arrays import is_int
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -243,7 +244,8 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
         model: maps (B, C, *patch) to (B, K, *patch) logits (or a list, first = full resolution);
             in eval mode (a warning otherwise: dropout would make the logits random).
         image: (C, D, H, W) tensor; windows, stitching and the result live on its device.
-        patch: window size (z, y, x), or one int for all three; a smaller volume is zero-padded evenly to it (and cropped back).
+        patch: window size (z, y, x), or one int for all three; a smaller volume is zero-padded
+            evenly to it (and cropped back).
         step: largest distance between window starts as a fraction of the patch, in (0, 1];
             overlap = 1 - step. Windows are spread evenly, the first and last at the ends.
         gaussian: weight each window's logits by :func:`gaussian_importance` (else uniformly).
@@ -265,7 +267,7 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
         raise ValueError(f"step must be in (0, 1] (overlap = 1 - step), got {step}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    patch = (int(patch),) * 3 if isinstance(patch, numbers.Integral) else tuple(int(p) for p in patch)
+    patch = (int(patch),) * 3 if is_int(patch) else tuple(int(p) for p in patch)
     if len(patch) != 3 or min(patch) < 1:
         raise ValueError(f"patch must be 3 positive sizes (z, y, x), got {patch}")
     if isinstance(model, WindowRunner):
