@@ -245,7 +245,12 @@ def _coerce(value, tp, where: str):
             raise ConfigError(f"{where} must be an integer, got {type(value).__name__} {value!r}")
         return value
     if not isinstance(value, tp):
-        raise ConfigError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        hint = ""
+        if tp is bool and str(value).lower() in ("true", "false"):
+            hint = f" (TOML writes booleans in lower case: {str(value).lower()})"
+        elif tp is str and isinstance(value, (int, float)):
+            hint = f' (a name is quoted: "{value}")'
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}{hint}")
     return value
 
 
@@ -316,10 +321,15 @@ def config_path(path) -> Path:
     if Path(text).is_file() or "/" in text or os.sep in text or text.startswith("."):
         return Path(text)
     local = Path(f"{text}.toml")
-    if not text.endswith(".toml") and local.is_file():
-        warnings.warn(f"--config {text} is the installed preset; ./{local} in this folder is not read "
-                      f"(write --config ./{local} for it)", stacklevel=2)
-    return preset_path(text)
+    if text.endswith(".toml") or not local.is_file():
+        return preset_path(text)
+    try:
+        preset = preset_path(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; for ./{local} in this folder write --config ./{local}") from None
+    warnings.warn(f"--config {text} is the installed preset; ./{local} in this folder is not read "
+                  f"(write --config ./{local} for it)", stacklevel=2)
+    return preset
 
 
 def load(path, overrides: list[str] = ()) -> Config:
@@ -496,6 +506,10 @@ def check(config: Config) -> None:
     if config.unfreeze.enabled and (len(steps) != 2 or not 0 < steps[0] <= steps[1]):
         raise ConfigError(f"unfreeze.steps must be [first epoch of step B, first epoch of step C] with "
                           f"0 < B <= C, got {steps}")
+    if train.class_weights and train.sampling != "classes":
+        raise ConfigError(f"train.class_weights weight the patch centres of train.sampling = 'classes' only, got "
+                          f"sampling {train.sampling!r}: set train.sampling = 'classes', or drop the weights "
+                          "(--set 'train.class_weights={}')")
     if train.sampling == "classes":
         unknown = set(train.class_weights) - set(config.class_names)
         if unknown or not train.class_weights or min(train.class_weights.values()) < 0:

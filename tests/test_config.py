@@ -1,5 +1,7 @@
 """Configs: presets hold the seeds' values; bad keys, types and combinations fail before training."""
+import tomllib
 import typing
+import warnings
 from pathlib import Path
 
 import pytest
@@ -135,7 +137,7 @@ def test_nan_and_nonsense_values_are_refused_with_the_key_named(tmp_path, item, 
 def test_set_overrides_parse_toml_values_and_bare_words(tmp_path):
     config = _load(tmp_path, "[roi]\ncenter = \"ground_truth\"\n", [
         "train.epochs=7", "optim.lr=3e-4", "run.amp=false", "roi.size=[8, 16, 16]", "run.stage=scratch",
-        "model.overrides.features=[4,8,16,32,64,64,64]", "train.class_weights.LA=1.0"])
+        "model.overrides.features=[4,8,16,32,64,64,64]", "train.sampling=classes", "train.class_weights.LA=1.0"])
     assert (config.train.epochs, config.optim.lr, config.run.amp, config.roi.size) == (7, 3e-4, False, [8, 16, 16])
     assert config.run.stage == "scratch" and config.model.overrides["features"][0] == 4
     assert config.train.class_weights == {"LA": 1.0}
@@ -179,6 +181,37 @@ def test_a_bare_name_beside_an_edited_copy_loads_the_preset_and_says_so(tmp_path
     with pytest.warns(UserWarning, match=r"c2w_wall is the installed preset; ./c2w_wall.toml in this folder is not "
                                          r"read \(write --config ./c2w_wall.toml for it\)"):
         assert cfg.config_path("c2w_wall") == cfg.preset_path("c2w_wall")
+
+
+def test_a_bare_name_of_no_preset_beside_a_file_of_that_name_is_one_error_with_the_path_to_write(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myconf.toml").write_text("[run]\nstage = \"scratch\"\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "is the installed preset" warning before the error
+        with pytest.raises(cfg.ConfigError, match=r"myconf: no such config file, nor a preset of that name; presets: "
+                                                  r".*; for ./myconf.toml in this folder write --config ./myconf.toml$"):
+            cfg.load("myconf")
+
+
+def test_class_weights_without_class_sampling_are_refused_before_training():
+    # they would be unused, and the training loop mapped their names to classes anyway (a crash after the
+    # run folder was written for a name outside the target's classes)
+    with pytest.raises(cfg.ConfigError, match=r"train.class_weights weight the patch centres of train.sampling = "
+                                              r"'classes' only, got sampling 'foreground'.*class_weights=\{\}"):
+        cfg.load("c2w_cavity", ["train.sampling=foreground", "train.class_weights.wall=0.5"])
+    with pytest.raises(cfg.ConfigError, match="train.class_weights weight"):
+        cfg.load("mbas_stage2", ["data.target=wall", "train.sampling=foreground"])
+    config = cfg.load("mbas_stage2", ["data.target=wall", "train.sampling=foreground", "train.class_weights={}"])
+    assert config.train.class_weights == {}
+
+
+@pytest.mark.parametrize("item, hint", [("run.amp=True", r"must be bool, got str 'True' \(TOML writes booleans in "
+                                                         r"lower case: true\)"),
+                                        ("run.init_from=2024", r'must be str, got int 2024 \(a name is quoted: "2024"\)')])
+def test_a_value_of_the_wrong_type_that_toml_reads_otherwise_gets_a_hint(tmp_path, item, hint):
+    with pytest.raises(cfg.ConfigError, match=hint):
+        _load(tmp_path, "", [item])
 
 
 def test_an_unknown_name_lists_the_presets(tmp_path, monkeypatch):
@@ -238,7 +271,7 @@ def test_train_takes_a_preset_name_and_its_help_names_every_preset(tmp_path, mon
     ("", ["roi.size=5"], r"^--set roi.size must be a list of int, got int 5$"),
     ("", ["train.class_weights=[1.0]"], r"^--set train.class_weights must be a table, got list \[1.0\]$"),
     ("", ["run.amp=\"yes\""], r"^--set run.amp must be bool, got str 'yes'$"),
-    ("", ["data.root=3"], r"^--set data.root must be str, got int 3$"),
+    ("", ["data.root=3"], r'^--set data.root must be str, got int 3 \(a name is quoted: "3"\)$'),
     ("eval = 3\n", [], r"c.toml: eval: \[eval\] must be a table, got 3$"),
     ("[train]\nepochs = 3\n", ["train.epochs.x=1"], r"^--set train.epochs.x: epochs is not a table$"),
     ("", ["train.=3"], r"^--set expects section.key=value, got 'train.=3'$"),
@@ -298,13 +331,12 @@ def test_set_values_and_keys_may_be_spaced(tmp_path):
     assert (config.run.stage, config.train.epochs) == ("scratch", 7)
 
 
-def test_dumps_quotes_what_toml_would_misread(tmp_path):
+def test_dumps_quotes_what_toml_would_misread():
     """Backslashes and quotes in a path (a Windows dataset folder) and a table key with a space round-trip."""
     config = cfg.load(CONFIGS / "c2w_cavity.toml")
     config.data.root = 'D:\\scans\\"LASC" 2018'
-    config.train.class_weights = {"left atrium": 1.0}  # not read unless train.sampling = "classes"
-    (tmp_path / "config.toml").write_text(cfg.dumps(config))
-    again = cfg.load(tmp_path / "config.toml")
+    config.train.class_weights = {"left atrium": 1.0}  # read back unchecked: the quoting is what is tested
+    again = cfg.from_dict(tomllib.loads(cfg.dumps(config)))
     assert again.data.root == 'D:\\scans\\"LASC" 2018' and again == config
 
 
