@@ -59,6 +59,23 @@ def cavity_distance(cavity, spacing, scale_mm: float):
     return np.clip(distance / scale_mm, -1, 1)
 
 
+def grid_in(shape, spacing, target) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape and spacing of a (``shape``, ``spacing``) volume resampled to the ``target`` spacing
+    (None: kept); a clear error for a grid that a wrong voxel size would make absurd."""
+    if target is None or same_spacing(spacing, target):  # within 0.1 %: not resampled
+        return tuple(shape), tuple(spacing)
+    resampled = resampled_shape(shape, spacing, target)
+    described = f"an image of {tuple(shape)} voxels of {tuple(round(s, 4) for s in spacing)} mm"
+    if math.prod(resampled) > MAX_STAGE_VOXELS:
+        raise ValueError(f"{described} would be {resampled} voxels on the model's {target} mm grid: is the "
+                         "header's voxel size in mm?")
+    if any(n * h < t for n, h, t in zip(shape, spacing, target)):
+        extent = tuple(round(n * h, 4) for n, h in zip(shape, spacing))
+        raise ValueError(f"{described} spans {extent} mm, less than one voxel of the model's {target} mm grid "
+                         "along an axis: is it the whole volume, and the header's voxel size in mm?")
+    return resampled, tuple(target)
+
+
 def resolve_checkpoint(path, fold: str | None = None, *, strict: bool = False) -> Path:
     """A checkpoint file from ``path``: the file itself, or in a run folder the best checkpoint
     of ``fold`` (a folder name such as ``fold_0`` or ``final``; ``3`` means ``fold_3``), else of
@@ -236,19 +253,7 @@ class StagePipeline:
 
     def stage_grid(self, shape, spacing) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """Shape and spacing of a native (``shape``, ``spacing``) volume in this stage's grid."""
-        target = self.spacing
-        if target is None or same_spacing(spacing, target):  # within 0.1 %: not resampled
-            return tuple(shape), tuple(spacing)
-        resampled = resampled_shape(shape, spacing, target)
-        described = f"an image of {tuple(shape)} voxels of {tuple(round(s, 4) for s in spacing)} mm"
-        if math.prod(resampled) > MAX_STAGE_VOXELS:
-            raise ValueError(f"{described} would be {resampled} voxels on the model's {target} mm grid: is the "
-                             "header's voxel size in mm?")
-        if any(n * h < t for n, h, t in zip(shape, spacing, target)):
-            extent = tuple(round(n * h, 4) for n, h in zip(shape, spacing))
-            raise ValueError(f"{described} spans {extent} mm, less than one voxel of the model's {target} mm grid "
-                             "along an axis: is it the whole volume, and the header's voxel size in mm?")
-        return resampled, target
+        return grid_in(shape, spacing, self.spacing)
 
     def _image(self, image) -> torch.Tensor:
         """``image`` as a float32 tensor on the device; a clear error for a non-3D image."""

@@ -81,14 +81,20 @@ def _config(args) -> cfg.Config:
     return cfg.absolute_paths(cfg.load(args.config, overrides))
 
 
-def _describe(name: str, result: dict) -> str:
+def _describe(name: str, result: dict, config: cfg.Config) -> str:
     if result["select"] == "last":
         best = "checkpoint_best.pt is the last epoch (train.select = last)"
     elif result["best_epoch"] >= 0:
         best = f"best epoch {result['best_epoch']}"
     else:
         best = "no validation cases, so checkpoint_best.pt is the last epoch"
-    return f"{name}: {result['epochs']} epochs, {best}, checkpoints in {result['folder']}"
+    stopped = (f" (stopped early: no better validation score in {_count(config.train.early_stopping, 'validation')})"
+               if result["stopped"] else "")
+    return f"{name}: {_count(result['epochs'], 'epoch')}{stopped}, {best}, checkpoints in {result['folder']}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _replaced(out: Path, changes: list[str], resplit: bool) -> str:
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
                 training_cases(config, fold_split(splits, name))
             check_cases(config, cases, splits, [name for name, todo in plan.items() if todo != "finished"],
                         main=processes.is_main)
-            if processes.is_main:  # every check passed: the run folder is written from here on
+            if processes.is_main and set(plan.values()) != {"finished"}:  # every check passed: written from here on
                 try:
                     resplit = save_new_splits(splits, args.out)
                     write_config(config, args.out)  # on --resume with the new --epochs / --device
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
                 result = train_fold(config, args.out, name, cases, splits, device=device, processes=processes,
                                     resume=todo == "resume")
                 if processes.is_main:
-                    print(_describe(name, result))
+                    print(_describe(name, result, config))
                     validated += [{"fold": name, **row} for row in result.get("val", [])]
             if processes.is_main and len(plan) > 1 and validated:
                 print(cross_validation_summary(config, args.out, validated))
@@ -146,7 +152,17 @@ def main(argv=None) -> int:
     except (cfg.ConfigError, DataError, RunError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(args.out), file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted(out: Path) -> str:
+    """What to do after Ctrl-C: resume from the last checkpoint, or start again when there is none."""
+    if any(out.glob("*/checkpoint_latest.pt")):
+        return f"\ninterrupted: continue from the last checkpoint with python -m c2w_fast.train --resume --out {out}"
+    return "\ninterrupted before the end of a first epoch (no checkpoint): start the run again with its command"
 
 
 if __name__ == "__main__":

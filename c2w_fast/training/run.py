@@ -23,12 +23,14 @@ from c2w_fast import config as cfg
 from c2w_fast.data.layouts import Case, discover_cases, load_cases
 from c2w_fast.data.preprocess import target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
+from c2w_fast.errors import DataError
 from c2w_fast.postprocess import keep_largest_per_class
-from c2w_fast.stages import Predictor, resolve_checkpoint
+from c2w_fast.stages import Predictor, grid_in, resolve_checkpoint
 from c2w_fast.training import runlog
 from c2w_fast.training.distributed import Processes
 from c2w_fast.training.evaluation import REGION_CLASS, class_metrics, evaluate_cases, stage1_cascade, table1
 from c2w_fast.training.loop import Trainer
+from c2w_fast.training.prepare import stage_spacing
 
 
 class RunError(ValueError):
@@ -249,13 +251,21 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
                 main: bool = True) -> None:
     """Read every case the ``folds`` train, validate and (``final``) test on, a few ahead in threads
     (:func:`load_cases`), with the checks training makes (:func:`load_case`: readable, 3D, finite, labels on
-    the image's grid with the layout's values), so that a bad case stops the run before its first epoch; on
-    the ``main`` process a training case whose labels hold none of the target's classes is a warning."""
-    training = {case for name in folds for case in training_cases(config, fold_split(splits, name))}
+    the image's grid with the layout's values, a sensible size in the stage's grid), so that a bad case stops
+    the run before its first epoch; on the ``main`` process a training case whose labels hold none of the
+    target's classes is a warning."""
+    trained = {name: training_cases(config, fold_split(splits, name)) for name in folds}
+    training = set().union(*trained.values())
     used = training.union(*(fold_split(splits, name).val for name in folds), splits.test if "final" in folds else ())
     ordered = [cases[case_id] for case_id in sorted(used)]
+    grids = {stage_spacing(config, [cases[case_id] for case_id in ids]) for ids in trained.values()}
     for data in tqdm(load_cases(ordered), total=len(ordered), desc="check cases", unit="case",
                      disable=None if main else True, leave=False):
+        for spacing in grids:
+            try:
+                grid_in(data.image.array.shape, data.image.spacing, spacing)
+            except ValueError as exc:
+                raise DataError(data.case.image_path, str(exc)) from None
         if main and data.case.id in training and not target_labels(data.labels, config.data.target).any():
             files = ", ".join(str(path) for path in data.case.label_paths.values())
             warnings.warn(f"training case {data.case.id}: no {' / '.join(config.class_names)} voxel in its labels "
@@ -351,7 +361,7 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
                       resume=resume)
     state = trainer.fit()
     result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"], "folder": folder,
-              "select": config.train.select}
+              "select": config.train.select, "stopped": state["stopped"]}
     if not processes.is_main:
         return result
     best = Predictor.load(folder / "checkpoint_best.pt", device=device)

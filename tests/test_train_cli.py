@@ -1,0 +1,57 @@
+"""What python -m c2w_fast.train tells its user: a case the stage's grid cannot hold, an early
+stop, a resume that trains nothing, Ctrl-C."""
+import pytest
+
+from c2w_fast import train
+from training_helpers import CONFIGS, RESNEXT, SPLITS, set_args, write_phantoms
+
+STOPS_AT_ONCE = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
+
+
+@pytest.fixture(scope="module")
+def lasc(tmp_path_factory):
+    return write_phantoms(tmp_path_factory.mktemp("lasc"))
+
+
+def _run(data, out, epochs, items=()):
+    return train.main(["--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(data), "--out", str(out),
+                       "--fold", "final", "--epochs", str(epochs)] + set_args(SPLITS + RESNEXT + list(items)))
+
+
+def test_a_voxel_size_that_would_make_an_absurd_stage_grid_is_refused_before_writing(lasc, tmp_path, capsys):
+    # 0.05 mm voxels: the 2 mm phantoms would be (800, 1600, 1600) voxels, a crash while preparing the volumes
+    assert _run(lasc, tmp_path / "run", 1, ["data.spacing=[0.05,0.05,0.05]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "would be (800, 1600, 1600) voxels on the model's (0.05, 0.05, 0.05) mm grid" in err
+    assert "lgemri" in err  # the file is named
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_early_stop_is_reported_and_a_resume_that_trains_nothing_leaves_the_config(lasc, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(lasc, out, 5, STOPS_AT_ONCE) == 0
+    assert "final: 2 epochs (stopped early: no better validation score in 1 validation), best epoch 0" \
+        in capsys.readouterr().out
+    config = (out / "config.toml").read_text()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "8"]) == 0
+    assert "final: finished earlier, skipped" in capsys.readouterr().out
+    assert (out / "config.toml").read_text() == config  # still the epochs the checkpoints were trained with
+
+
+def test_ctrl_c_says_how_to_go_on(lasc, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train, "train_fold", interrupted)
+    assert _run(lasc, out, 1) == 130
+    assert capsys.readouterr().err.strip() == ("interrupted before the end of a first epoch (no checkpoint): start "
+                                               "the run again with its command")
+    monkeypatch.undo()
+    assert _run(lasc, out, 1) == 0  # the command again
+    monkeypatch.setattr(train, "train_fold", interrupted)
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "2"]) == 130
+    assert capsys.readouterr().err.strip() == ("interrupted: continue from the last checkpoint with python -m "
+                                               f"c2w_fast.train --resume --out {out}")
