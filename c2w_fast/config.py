@@ -587,8 +587,9 @@ def absolute_paths(config: Config) -> Config:
     return config
 
 
-# Keys ``--resume`` may change (``--epochs``, ``--device``); every other value is the run's own.
-RESUMABLE_KEYS = ("train.epochs", "run.device")
+# Keys ``--resume`` may change (``--epochs``, ``--device``, ``--data`` for a moved dataset, whose
+# cases must still be the run's split); every other value is the run's own.
+RESUMABLE_KEYS = ("train.epochs", "run.device", "data.root")
 
 
 def differences(old: Config, new: Config, ignore=()) -> list[str]:

@@ -69,13 +69,13 @@ def _config(args) -> cfg.Config:
         if value is not None:
             overrides.append(f"{key}={cfg._toml_value(str(value) if isinstance(value, Path) else value)}")
     if args.resume:
-        if args.config or args.overrides or args.data or args.init_from:
-            raise cfg.ConfigError("--resume continues with the run's saved config.toml; drop --config, --data, "
-                                  "--init-from and --set (only --epochs and --device may change)")
+        if args.config or args.overrides or args.init_from:
+            raise cfg.ConfigError("--resume continues with the run's saved config.toml; drop --config, --init-from "
+                                  "and --set (only --epochs, --device and --data, for a moved dataset, may change)")
         if not (args.out / "config.toml").is_file():
             raise cfg.ConfigError(f"--out {args.out} is not a run folder (no config.toml in it); --resume continues "
                                   "a run that was started with --config into that folder")
-        return cfg.load(args.out / "config.toml", overrides)
+        return cfg.absolute_paths(cfg.load(args.out / "config.toml", overrides))
     if args.config is None:
         raise cfg.ConfigError("--config is required (or --resume to continue a run)")
     return cfg.absolute_paths(cfg.load(args.config, overrides))
@@ -117,7 +117,8 @@ def main(argv=None) -> int:
             changes = [] if args.resume else replaced_config(config, args.out)
             plan = plan_folds(config, args.out, names, splits, resume=args.resume,
                               epochs_given=args.epochs is not None)
-            check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits)
+            check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits,
+                          run_dir=args.out if args.resume else None, main=processes.is_main)
             check_processes(config, processes)
             for name in names:  # a data.train_subset larger than a fold's training cases is refused now
                 training_cases(config, fold_split(splits, name))

@@ -352,11 +352,11 @@ def test_a_ground_truth_centre_without_an_roi_is_no_oracle():
 @pytest.mark.parametrize("argv, message", [
     (["--out", "run"], r"^--config is required \(or --resume to continue a run\)$"),
     (["--resume", "--out", "run", "--set", "train.epochs=3"], r"^--resume continues with the run's saved config"),
-    (["--resume", "--out", "run", "--data", "data"], r"^--resume continues with the run's saved config"),
+    (["--resume", "--out", "run", "--config", "c2w_wall"], r"^--resume continues with the run's saved config"),
     (["--resume", "--out", "run", "--init-from", "cavity"], r"^--resume continues with the run's saved config"),
 ])
 def test_train_arguments_that_cannot_go_together(argv, message, tmp_path, monkeypatch):
-    """A resumed run keeps its saved config (only --epochs and --device may change); without --resume
+    """A resumed run keeps its saved config (only --epochs, --device and --data may change); without --resume
     a config is needed. Refused before the run folder is looked at."""
     from c2w_fast import train
     monkeypatch.chdir(tmp_path)

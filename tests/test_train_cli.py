@@ -1,7 +1,12 @@
 """What python -m c2w_fast.train tells its user: a case the stage's grid cannot hold, an early
-stop, a resume that trains nothing, Ctrl-C."""
+stop, a resume that trains nothing, Ctrl-C, a helper that saw validation cases; and resuming a
+run tree and dataset that were moved."""
+import csv
+import shutil
+
 import pytest
 
+from c2w_fast import config as cfg
 from c2w_fast import train
 from training_helpers import CONFIGS, RESNEXT, SPLITS, set_args, write_phantoms
 
@@ -55,3 +60,41 @@ def test_ctrl_c_says_how_to_go_on(lasc, tmp_path, capsys, monkeypatch):
     assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "2"]) == 130
     assert capsys.readouterr().err.strip() == ("interrupted: continue from the last checkpoint with python -m "
                                                f"c2w_fast.train --resume --out {out}")
+
+
+WALL = ["unfreeze.steps=[1,1]", "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]
+
+
+def _wall(data, out, fold, epochs, cavity, items=()):
+    return train.main(["--config", str(CONFIGS / "c2w_wall.toml"), "--data", str(data), "--out", str(out),
+                       "--fold", fold, "--epochs", str(epochs), "--init-from", str(cavity)]
+                      + set_args(SPLITS + RESNEXT + WALL + list(items)))
+
+
+def test_a_fold_helped_by_a_model_trained_on_its_validation_cases_is_warned(lasc, tmp_path, recwarn):
+    assert _run(lasc, tmp_path / "cavity", 1) == 0
+    assert _wall(lasc, tmp_path / "wall_final", "final", 1, tmp_path / "cavity") == 0
+    assert not [w for w in recwarn if "validation cases" in str(w.message)]  # final: its validation case held out
+    with pytest.warns(UserWarning, match=r"run.init_from: the helper run was trained on validation cases of fold_0 "
+                                         r"by final \(phantom\d+.*optimistic; train the helper with the same folds"):
+        assert _wall(lasc, tmp_path / "wall_0", "0", 1, tmp_path / "cavity") == 0
+
+
+def test_a_run_tree_and_dataset_moved_together_resume(lasc, tmp_path, capsys):
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    shutil.copytree(lasc, first / "data")
+    assert _run(first / "data", first / "cavity", 1) == 0
+    sdf = [f"data.sdf_from=\"{first / 'cavity'}\"", "data.sdf_channel=true"]  # a helper run every case needs
+    assert _wall(first / "data", first / "wall", "final", 1, first / "cavity", sdf) == 0
+    shutil.move(first, moved)
+    resume = ["--resume", "--out", str(moved / "wall"), "--fold", "final", "--epochs", "2"]
+    assert train.main(resume) == 2
+    assert f"{first / 'data'}: dataset folder not found" in capsys.readouterr().err
+    assert train.main(resume + ["--data", str(moved / "data")]) == 0  # the cavity run found beside the wall run
+    assert len(list(csv.DictReader(open(moved / "wall" / "final" / "metrics.csv")))) == 2
+    assert cfg.load(moved / "wall" / "config.toml").data.root == str(moved / "data")
+    shutil.rmtree(moved / "cavity")
+    assert train.main(resume[:-2] + ["--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.sdf_from = '{first / 'cavity'}' (in the config saved with {moved / 'wall'}): no such run folder" \
+           in err and "or beside its own run folder when they were moved together" in err

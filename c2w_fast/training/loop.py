@@ -27,7 +27,7 @@ from c2w_fast.data.loader import BatchSource, DevicePrefetcher, TrainingVolume, 
 from c2w_fast.data.sampling import SamplingPolicy
 from c2w_fast.infer import default_precision, sliding_window
 from c2w_fast.postprocess import class_indices
-from c2w_fast.stages import StagePipeline, resolve_checkpoint
+from c2w_fast.stages import StagePipeline, locate_stage, resolve_checkpoint
 from c2w_fast.training import checkpoint, runlog, unfreeze
 from c2w_fast.training.distributed import Processes, broadcast_flag
 from c2w_fast.training.evaluation import class_metrics
@@ -94,7 +94,8 @@ class Trainer:
             checkpoint.load_weights(self.model, saved["model"], latest)
             self.state = saved["trainer"]
         elif config.run.init_from:
-            path = resolve_checkpoint(config.run.init_from, self.folder.name)
+            path = resolve_checkpoint(locate_stage(config.run.init_from, "run.init_from", self.folder.parent),
+                                      self.folder.name)
             checkpoint.initialise_from(self.model, path, new_head=config.unfreeze.new_head)
         self.model.to(device)
         self.optimizer = make_optimizer(config, self.model)
@@ -110,7 +111,8 @@ class Trainer:
 
     def prepare(self) -> None:
         """Read and preprocess the fold's cases (helper stages run here: localiser, stage 1)."""
-        pipeline = StagePipeline(self.config, fold=self.folder.name, device=self.device)
+        # the run folder: a resumed run finds helper runs moved with it (the checks found them already)
+        pipeline = StagePipeline(self.config, fold=self.folder.name, device=self.device, run_dir=self.folder.parent)
         self.spacing = stage_spacing(self.config, self.train_cases)
         self.train_volumes = prepare_volumes(self.train_cases, self.config, pipeline, training=True, desc="train cases")
         self.val_volumes = (prepare_volumes(self.val_cases, self.config, pipeline, training=False, desc="val cases")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from c2w_fast.data.preprocess import target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
 from c2w_fast.postprocess import keep_largest_per_class
-from c2w_fast.stages import Predictor, grid_in, resolve_checkpoint
+from c2w_fast.stages import Predictor, grid_in, locate_stage, resolve_checkpoint
 from c2w_fast.training import runlog
 from c2w_fast.training.distributed import Processes
 from c2w_fast.training.evaluation import REGION_CLASS, class_metrics, evaluate_cases, stage1_cascade, table1
@@ -102,28 +103,67 @@ def replaced_config(config: cfg.Config, run_dir: Path) -> list[str]:
     return changed
 
 
-def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str], splits: Splits) -> None:
+def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str], splits: Splits, *,
+                  run_dir: Path | None = None, main: bool = True) -> None:
     """Every run this config depends on has a checkpoint for each fold (or a ``final`` one) of
     the kind the key needs (each checkpoint read once, however many folds share it), and was not
-    trained on this run's test cases. ``run.init_from`` is needed, and its weights tried on this
-    config's model, only for the ``new_folds`` (a resumed fold starts from its own checkpoint)."""
+    trained on this run's test cases; on the ``main`` process, a warning when it was trained on
+    a fold's validation cases. ``run.init_from`` is needed, and its weights tried on this
+    config's model, only for the ``new_folds`` (a resumed fold starts from its own checkpoint).
+    A resumed run (its ``run_dir`` given) also finds a helper run moved beside it (:func:`locate_stage`)."""
     needed = {"run.init_from": (config.run.init_from, new_folds),
               **{key: (path, folds) for key, path in cfg.used_helpers(config).items()}}
     for key, (path, for_folds) in needed.items():
         if not path or not for_folds:
             continue
         try:
-            found = {resolve_checkpoint(path, fold) for fold in for_folds}
+            located = Path(path) if run_dir is None else locate_stage(path, key, run_dir)
+        except FileNotFoundError as exc:
+            raise RunError(f"{exc}; a resumed run finds its helper runs where they were trained, or beside "
+                           "its own run folder when they were moved together") from None
+        try:
+            found = {fold: resolve_checkpoint(located, fold) for fold in for_folds}
         except FileNotFoundError as exc:
             option = "--init-from PATH" if key == "run.init_from" else f"--set {key}=PATH"
-            hint = "" if Path(path).exists() else f"; train that run first (--out {path}) or name another with {option}"
+            hint = ("" if located.exists() or run_dir is not None else
+                    f"; train that run first (--out {path}) or name another with {option}")
             raise RunError(f"{key}: {exc}{hint}") from None
-        for checkpoint_path in sorted(found):
+        for checkpoint_path in sorted(set(found.values())):
             _check_helper_kind(config, key, checkpoint_path)
-        for run_folder in sorted({p.parent.parent for p in found}):  # RUN/fold/checkpoint: once per run
+        for run_folder in sorted({p.parent.parent for p in found.values()}):  # RUN/fold/checkpoint: once per run
             _check_test_set_unseen(key, run_folder, splits)
+        if main:
+            _warn_validation_seen(key, found, splits)
         if key == "run.init_from":
-            _check_init_weights(config, sorted(found))
+            _check_init_weights(config, sorted(set(found.values())))
+
+
+def _warn_validation_seen(key: str, found: dict[str, Path], splits: Splits) -> None:
+    """A warning when a helper checkpoint was trained on validation cases of the fold that uses it
+    (a cross-validation fold helped by a helper's ``final`` model): those scores are optimistic."""
+    seen = {}
+    for fold, path in found.items():
+        trained = _trained_cases(path)
+        leaked = sorted(set(fold_split(splits, fold).val) & trained) if trained else []
+        if leaked:
+            seen[fold] = f"{fold} by {path.parent.name} ({', '.join(leaked[:3])}{', ...' if len(leaked) > 3 else ''})"
+    if seen:
+        warnings.warn(f"{key}: the helper run was trained on validation cases of {'; '.join(seen.values())}, so "
+                      "their validation scores will be optimistic; train the helper with the same folds "
+                      "(--fold all) to keep them held out", stacklevel=3)
+
+
+def _trained_cases(checkpoint_path: Path) -> set[str]:
+    """The cases a helper checkpoint (``RUN/fold/checkpoint``) trained on, from its run's
+    ``splits.json``; none known for a checkpoint outside a run folder."""
+    folder = checkpoint_path.parent
+    recorded = folder.parent / "splits.json"
+    if not recorded.is_file() or not re.fullmatch(r"final|fold_\d+", folder.name):
+        return set()
+    helper_splits = load_splits(recorded)
+    if folder.name != "final" and int(folder.name[5:]) >= len(helper_splits.folds):
+        return set()
+    return set(fold_split(helper_splits, folder.name).train)
 
 
 def _check_test_set_unseen(key: str, run_folder: Path, splits: Splits) -> None:
