@@ -98,3 +98,23 @@ def test_a_run_tree_and_dataset_moved_together_resume(lasc, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"data.sdf_from = '{first / 'cavity'}' (in the config saved with {moved / 'wall'}): no such run folder" \
            in err and "or beside its own run folder when they were moved together" in err
+
+
+def test_validation_rows_score_whole_cases_in_their_native_grid_as_the_test_set(lasc, tmp_path):
+    """A stage trained on another grid (3 mm for the 2 mm phantoms): val_metrics.csv holds the
+    best checkpoint's scores of the validation cases as predict sees them, like test_metrics.csv."""
+    from c2w_fast.data.layouts import discover_cases
+    from c2w_fast.data.splits import load_splits
+    from c2w_fast.stages import Predictor
+    from c2w_fast.training.evaluation import evaluate_cases
+
+    out = tmp_path / "run"
+    assert _run(lasc, out, 1, ["data.spacing=[3,3,3]", "roi.size=[8,16,16]"]) == 0
+    val = load_splits(out / "splits.json").final.val
+    cases = [c for c in discover_cases(lasc) if c.id in val]
+    expected = evaluate_cases(Predictor.load(out / "final" / "checkpoint_best.pt"), cases)
+    rows = list(csv.DictReader(open(out / "final" / "val_metrics.csv")))
+    assert [r["case"] for r in rows] == [r["case"] for r in expected] and rows
+    for row, want in zip(rows, expected):
+        for key in ("dice", "surface_dice", "hd95", "assd", "overlap"):
+            assert float(row[key]) == pytest.approx(want[key], rel=1e-6, nan_ok=True), key

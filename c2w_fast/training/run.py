@@ -25,11 +25,10 @@ from c2w_fast.data.layouts import Case, discover_cases, load_cases
 from c2w_fast.data.preprocess import target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
-from c2w_fast.postprocess import keep_largest_per_class
 from c2w_fast.stages import Predictor, grid_in, locate_stage, resolve_checkpoint
 from c2w_fast.training import runlog
 from c2w_fast.training.distributed import Processes
-from c2w_fast.training.evaluation import REGION_CLASS, class_metrics, evaluate_cases, stage1_cascade, table1
+from c2w_fast.training.evaluation import REGION_CLASS, evaluate_cases, stage1_cascade, table1
 from c2w_fast.training.loop import Trainer
 from c2w_fast.training.prepare import stage_spacing
 
@@ -388,7 +387,9 @@ def write_config(config: cfg.Config, run_dir: Path) -> None:
 def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Case], splits: Splits, *,
                device: torch.device, processes: Processes, resume: bool) -> dict:
     """Train fold ``name``; on rank 0 then score its best checkpoint on the validation cases
-    (``val_metrics.csv``) and, for ``final``, the held-out test cases (``test_metrics.csv``)."""
+    (``val_metrics.csv``) and, for ``final``, the held-out test cases (``test_metrics.csv``), both
+    as ``predict`` sees them (native grid, whole volume; the per-epoch validation in ``metrics.csv``
+    scores the stage's grid and ROI, which is faster)."""
     split = fold_split(splits, name)
     folder = run_dir / name
     if not resume and processes.is_main:
@@ -405,15 +406,8 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
     if not processes.is_main:
         return result
     best = Predictor.load(folder / "checkpoint_best.pt", device=device)
-    trainer.model.load_state_dict(best.model.state_dict())
-    rows = []
-    for volume in trainer.val_volumes:
-        _, labels = trainer.predict_volume(volume)
-        if config.eval.keep_largest:  # the post-processing prediction applies, as the test set gets it
-            labels = keep_largest_per_class(labels, config.num_classes)
-        rows += [{"case": volume.id, **r} for r in class_metrics(labels, volume.target, volume.spacing,
-                                                                 config.class_names, config.eval.tolerance_mm,
-                                                                 stage1_cascade(config))]
+    # scored as the test cases and predict: whole cases in their native grid, with the helpers' ROI
+    rows = evaluate_cases(best, [cases[i] for i in split.val], desc="validation") if split.val else []
     if rows:
         runlog.write_csv(folder / "val_metrics.csv", rows)
         result["val"] = rows
