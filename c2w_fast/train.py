@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from c2w_fast import config as cfg
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
+from c2w_fast.training.schedule import unreached_settings
 from c2w_fast.training.run import (RunError, cases_and_splits, check_cases, check_helpers, check_out,
                                    check_out_of_dataset, check_processes, cross_validation_summary, fold_names,
                                    fold_rows, fold_split, plan_folds, replaced_config, save_new_splits, train_fold,
@@ -120,6 +122,11 @@ def main(argv=None) -> int:
             check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits,
                           run_dir=args.out if args.resume else None, main=processes.is_main)
             check_processes(config, processes)
+            unreached = unreached_settings(config)
+            if unreached and processes.is_main:
+                warnings.warn(f"a run of {_count(config.train.epochs, 'epoch')} does not reach all of its config: "
+                              f"{'; '.join(unreached)} (a short run scales them: see "
+                              "c2w_fast.demo.short_run_schedule)", stacklevel=1)
             for name in names:  # a data.train_subset larger than a fold's training cases is refused now
                 training_cases(config, fold_split(splits, name))
             check_cases(config, cases, splits, [name for name, todo in plan.items() if todo != "finished"],

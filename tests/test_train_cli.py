@@ -118,3 +118,21 @@ def test_validation_rows_score_whole_cases_in_their_native_grid_as_the_test_set(
     for row, want in zip(rows, expected):
         for key in ("dice", "surface_dice", "hd95", "assd", "overlap"):
             assert float(row[key]) == pytest.approx(want[key], rel=1e-6, nan_ok=True), key
+
+
+def test_a_short_run_of_a_preset_is_told_what_it_never_reaches(lasc, tmp_path):
+    from c2w_fast.training.schedule import unreached_settings
+
+    for preset in CONFIGS.glob("*.toml"):
+        assert unreached_settings(cfg.load(preset)) == [], preset.name  # the presets' own lengths reach everything
+    wall = cfg.load("c2w_wall", ["train.epochs=100", "run.init_from=\"cavity\""])
+    assert unreached_settings(wall) == ["schedule.restarts [181] come after the last epoch",
+                                        "unfreeze.steps = [61, 181]: the run ends in step B (shallow encoder frozen)",
+                                        "train.early_stopping_from = 181: no early stop"]
+    wall = cfg.load("c2w_wall", ["train.epochs=62", "run.init_from=\"cavity\"", "schedule.warmup_epochs=2"])
+    assert unreached_settings(wall)[0] == ("schedule.warmup_epochs = 2 fills the cosine cycle of epochs 61, "
+                                           "whose LR then only rises")
+    with pytest.warns(UserWarning, match=r"^a run of 1 epoch does not reach all of its config: "
+                                         r"schedule.warmup_epochs = 50 fills the cosine cycle of epochs 0, whose LR "
+                                         r"then only rises \(a short run scales them"):
+        assert _run(lasc, tmp_path / "run", 1) == 0

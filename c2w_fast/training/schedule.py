@@ -36,3 +36,26 @@ def learning_rate(config: Config, epoch: int, iteration: int, iterations_per_epo
         return peak * (position + 1) / warmup
     progress = (position - warmup) / max(1, length - warmup - 1)  # the last step reaches the floor
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def unreached_settings(config: Config) -> list[str]:
+    """What a run of ``train.epochs`` never reaches of its schedule, unfreezing and early stopping:
+    a short run of a preset made for 1000 epochs (``c2w_fast.demo.short_run_schedule`` scales them)."""
+    epochs, sched, notes = config.train.epochs, config.schedule, []
+    if sched.kind == "cosine":
+        starts = [0] + [e for e in sched.restarts if e < epochs]
+        filled = [f"{s}-{e - 1}" if e - 1 > s else f"{s}" for s, e in zip(starts, starts[1:] + [epochs])
+                  if sched.warmup_epochs >= e - s]
+        if filled:
+            notes.append(f"schedule.warmup_epochs = {sched.warmup_epochs:g} fills the cosine cycle of epochs "
+                         f"{', '.join(filled)}, whose LR then only rises")
+        late = [e for e in sched.restarts if e >= epochs]
+        if late:
+            notes.append(f"schedule.restarts {late} come after the last epoch")
+    steps = config.unfreeze.steps
+    if config.unfreeze.enabled and steps[1] >= epochs:
+        step = "A (encoder frozen)" if steps[0] >= epochs else "B (shallow encoder frozen)"
+        notes.append(f"unfreeze.steps = {steps}: the run ends in step {step}")
+    if config.train.early_stopping and config.train.early_stopping_from >= epochs:
+        notes.append(f"train.early_stopping_from = {config.train.early_stopping_from}: no early stop")
+    return notes
