@@ -98,7 +98,7 @@ def resolve_checkpoint(path, fold: str | None = None, *, strict: bool = False) -
     if trained and strict and fold:
         hint = f"; trained folds: {', '.join(trained)}"
     elif trained:
-        hint = f"; it has {', '.join(trained)} (choose one as the fold)"
+        hint = f"; it has {', '.join(trained)} (a helper run needs the fold that uses it, or a final model)"
     elif runs:
         hint = f" (it holds the run folders {', '.join(runs)}: name one of them)"
     else:

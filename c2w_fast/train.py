@@ -68,6 +68,8 @@ def _config(args) -> cfg.Config:
     overrides = list(args.overrides)
     for key, value in (("data.root", args.data), ("run.init_from", args.init_from), ("train.epochs", args.epochs),
                        ("run.device", args.device)):
+        if value is not None and any(item.split("=", 1)[0].strip() == key for item in args.overrides):
+            raise cfg.ConfigError(f"{key} is given twice, by --set and by its option: keep one")
         if value is not None:
             overrides.append(f"{key}={cfg._toml_value(str(value) if isinstance(value, Path) else value)}")
     if args.resume:
@@ -139,6 +141,9 @@ def main(argv=None) -> int:
                     raise RunError(f"--out {args.out}: cannot write the run folder ({exc})") from None
                 if changes or resplit:
                     print(_replaced(args.out, changes, resplit))
+                if splits.settings is None and not args.resume:
+                    print(f"{args.out / 'splits.json'}: made by hand, used as it is ({len(splits.test)} test cases, "
+                          f"{len(splits.folds)} folds); data.n_test, n_folds, final_val and split_seed do not apply")
             validated = []
             for name, todo in plan.items():
                 if processes.is_main and args.resume and todo != "resume":

@@ -8,6 +8,7 @@ import pytest
 
 from c2w_fast import config as cfg
 from c2w_fast import train
+from c2w_fast.training import checkpoint
 from training_helpers import CONFIGS, RESNEXT, SPLITS, set_args, write_phantoms
 
 STOPS_AT_ONCE = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
@@ -136,3 +137,43 @@ def test_a_short_run_of_a_preset_is_told_what_it_never_reaches(lasc, tmp_path):
                                          r"schedule.warmup_epochs = 50 fills the cosine cycle of epochs 0, whose LR "
                                          r"then only rises \(a short run scales them"):
         assert _run(lasc, tmp_path / "run", 1) == 0
+
+
+@pytest.mark.parametrize("option, item", [(["--epochs", "1"], "train.epochs=5"), (["--data", "d"], "data.root=\"e\""),
+                                          (["--device", "cpu"], "run.device=\"cpu\""),
+                                          (["--init-from", "c"], "run.init_from=\"c\"")])
+def test_a_value_given_by_its_option_and_by_set_is_refused(option, item):
+    args = train.parser().parse_args(["--config", "c2w_cavity", "--out", "run", *option, "--set", item])
+    with pytest.raises(cfg.ConfigError, match=rf"^{item.split('=')[0]} is given twice, by --set and by its option"):
+        train._config(args)
+
+
+def test_a_hand_made_split_is_used_and_said_so(lasc, tmp_path, capsys):
+    from c2w_fast.data.layouts import discover_cases
+    from c2w_fast.data.splits import Fold, Splits, save_splits
+
+    ids = sorted(c.id for c in discover_cases(lasc))
+    folds = (Fold(tuple(ids[1:3]), tuple(ids[3:])), Fold(tuple(ids[3:]), tuple(ids[1:3])))
+    save_splits(Splits((ids[0],), folds, Fold(tuple(ids[1:5]), (ids[5],)), 0), tmp_path / "run" / "splits.json")
+    assert _run(lasc, tmp_path / "run", 1) == 0
+    assert f"{tmp_path / 'run' / 'splits.json'}: made by hand, used as it is (1 test cases, 2 folds); data.n_test, " \
+           "n_folds, final_val and split_seed do not apply" in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "final" / "test_metrics.csv")))) == 1
+
+
+def test_an_unfinished_helper_and_a_class_no_training_case_holds_are_warned(lasc, tmp_path, recwarn):
+    assert _run(lasc, tmp_path / "cavity", 1) == 0
+    assert _wall(lasc, tmp_path / "wall_0", "final", 1, tmp_path / "cavity") == 0
+    assert not [w for w in recwarn if "epochs (killed" in str(w.message)]  # a finished helper
+    latest = tmp_path / "cavity" / "final" / "checkpoint_latest.pt"
+    payload = checkpoint.load(latest)
+    payload["config"]["train"]["epochs"] = 4  # as a run of 4 epochs killed after its first
+    checkpoint.save(latest, payload)
+    with pytest.warns(UserWarning, match=rf"run.init_from: {tmp_path / 'cavity' / 'final'} has trained 1 of its 4 "
+                                         r"epochs \(killed, or still training\)"):
+        assert _wall(lasc, tmp_path / "wall", "final", 1, tmp_path / "cavity") == 0
+    # the MBAS stage-2 classes on a LASC dataset, which labels the LA cavity and wall but no RA
+    mbas = ["data.target=\"multiclass\"", "train.sampling=\"classes\"", "train.class_weights.wall=1.0"]
+    with pytest.warns(UserWarning, match=r"no training case holds a RA voxel: the model cannot learn that class of "
+                                         r"data.target = 'multiclass' \(are these cases labelled for it\?\)"):
+        assert _run(lasc, tmp_path / "multiclass", 1, mbas) == 0

@@ -129,6 +129,8 @@ def check_helpers(config: cfg.Config, folds: list[str], new_folds: list[str], sp
             raise RunError(f"{key}: {exc}{hint}") from None
         for checkpoint_path in sorted(set(found.values())):
             _check_helper_kind(config, key, checkpoint_path)
+            if main:
+                _warn_unfinished(key, checkpoint_path)
         for run_folder in sorted({p.parent.parent for p in found.values()}):  # RUN/fold/checkpoint: once per run
             _check_test_set_unseen(key, run_folder, splits)
         if main:
@@ -150,6 +152,21 @@ def _warn_validation_seen(key: str, found: dict[str, Path], splits: Splits) -> N
         warnings.warn(f"{key}: the helper run was trained on validation cases of {'; '.join(seen.values())}, so "
                       "their validation scores will be optimistic; train the helper with the same folds "
                       "(--fold all) to keep them held out", stacklevel=3)
+
+
+def _warn_unfinished(key: str, checkpoint_path: Path) -> None:
+    """A warning when the helper's run (its ``checkpoint_latest.pt`` beside the checkpoint) was
+    stopped before its epochs were done and before an early stop: a killed or still running run."""
+    from c2w_fast.training import checkpoint
+
+    latest = checkpoint_path.parent / "checkpoint_latest.pt"
+    if not latest.is_file():
+        return
+    payload = checkpoint.load(latest, lazy=True)
+    state, epochs = payload["trainer"], payload["config"]["train"]["epochs"]
+    if not state["stopped"] and state["epoch"] < epochs:
+        warnings.warn(f"{key}: {checkpoint_path.parent} has trained {state['epoch']} of its {epochs} epochs (killed, "
+                      "or still training): its checkpoint_best.pt is used as it is now", stacklevel=3)
 
 
 def _trained_cases(checkpoint_path: Path) -> set[str]:
@@ -298,6 +315,7 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
     used = training.union(*(fold_split(splits, name).val for name in folds), splits.test if "final" in folds else ())
     ordered = [cases[case_id] for case_id in sorted(used)]
     grids = {stage_spacing(config, [cases[case_id] for case_id in ids]) for ids in trained.values()}
+    trained_classes = np.zeros(config.num_classes, bool)
     for data in tqdm(load_cases(ordered), total=len(ordered), desc="check cases", unit="case",
                      disable=None if main else True, leave=False):
         for spacing in grids:
@@ -305,10 +323,19 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
                 grid_in(data.image.array.shape, data.image.spacing, spacing)
             except ValueError as exc:
                 raise DataError(data.case.image_path, str(exc)) from None
-        if main and data.case.id in training and not target_labels(data.labels, config.data.target).any():
+        if data.case.id not in training:
+            continue
+        present = np.bincount(target_labels(data.labels, config.data.target).ravel(), minlength=config.num_classes) > 0
+        trained_classes |= present
+        if main and not present[1:].any():
             files = ", ".join(str(path) for path in data.case.label_paths.values())
             warnings.warn(f"training case {data.case.id}: no {' / '.join(config.class_names)} voxel in its labels "
                           f"({files}): an empty label map for data.target = {config.data.target!r}", stacklevel=2)
+    absent = [name for name, seen in zip(config.class_names, trained_classes[1:]) if not seen]
+    if main and absent and len(absent) < len(config.class_names):
+        warnings.warn(f"no training case holds a {' / '.join(absent)} voxel: the model cannot learn "
+                      f"{'that class' if len(absent) == 1 else 'those classes'} of data.target = "
+                      f"{config.data.target!r} (are these cases labelled for it?)", stacklevel=2)
 
 
 def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Splits, *,
