@@ -473,9 +473,12 @@ def check(config: Config) -> None:
     _choice(config.roi.center, ("localizer", "ground_truth"), "roi.center")
     _choice(config.model.architecture, tuple(ARCHITECTURES), "model.architecture")
     try:
-        build_spec(config.model.architecture, **config.model.overrides)
+        stages = len(build_spec(config.model.architecture, **config.model.overrides).features)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.overrides: {exc}") from None
+    if config.unfreeze.enabled and not 0 <= config.unfreeze.shallow_stages < stages:
+        raise ConfigError(f"unfreeze.shallow_stages must be in 0..{stages - 1}: the encoder has {stages} stages and "
+                          f"step B trains those after the first shallow_stages, got {config.unfreeze.shallow_stages}")
     _choice(config.model.init, INITS, "model.init")
     _choice(config.loss.name, ("dice_focal", "dice_ce"), "loss.name")
     _choice(config.optim.name, ("adamw", "sgd"), "optim.name")

@@ -39,6 +39,7 @@ TINY_RESNEXT = [
     "model.overrides.features=[8,16,32,64]", "model.overrides.strides=[1,[1,2,2],2,2]",
     "model.overrides.kernels=[3,3,3,3]", "model.overrides.blocks_per_stage=[0,1,1,1]",
     "model.overrides.decoder_convs=[1,1,1]", "model.overrides.groups=[2,4,8,16]", "roi.size=[32,64,64]",
+    "unfreeze.shallow_stages=2",  # the wall's step B trains the deeper half of the 4 stages (the preset: 4 of 7)
 ]
 TINY_LOCALIZER = [
     "model.overrides.features=[8,16,32]", "model.overrides.strides=[1,2,2]", "model.overrides.kernels=[3,3,3]",

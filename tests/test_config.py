@@ -214,6 +214,14 @@ def test_a_value_of_the_wrong_type_that_toml_reads_otherwise_gets_a_hint(tmp_pat
         _load(tmp_path, "", [item])
 
 
+@pytest.mark.parametrize("shallow", [-1, 7, 10])
+def test_step_b_must_leave_some_of_the_encoder_training(shallow):
+    with pytest.raises(cfg.ConfigError, match=rf"unfreeze.shallow_stages must be in 0..6: the encoder has 7 stages "
+                                              rf"and step B trains those after the first shallow_stages, got {shallow}"):
+        cfg.load("c2w_wall", ["run.init_from=\"cavity\"", f"unfreeze.shallow_stages={shallow}"])
+    assert cfg.load("c2w_wall", ["run.init_from=\"cavity\"", "unfreeze.shallow_stages=6"]).unfreeze.shallow_stages == 6
+
+
 def test_an_unknown_name_lists_the_presets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     listed = ", ".join(p.stem for p in PRESETS)

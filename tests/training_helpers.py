@@ -13,7 +13,8 @@ SPLITS = ["data.n_test=2", "data.n_folds=2", "data.final_val=1", "run.device=\"c
           "train.batch_size=2"]
 RESNEXT = ["model.overrides.features=[4,8,16]", "model.overrides.strides=[1,2,2]", "model.overrides.kernels=[3,3,3]",
            "model.overrides.blocks_per_stage=[0,1,1]", "model.overrides.decoder_convs=[1,1]",
-           "model.overrides.groups=[1,2,4]", "roi.size=[16,24,24]", "roi.center=\"ground_truth\""]
+           "model.overrides.groups=[1,2,4]", "roi.size=[16,24,24]", "roi.center=\"ground_truth\"",
+           "unfreeze.shallow_stages=1"]
 
 
 def write_phantoms(root: Path, n: int = 6, layout: str = "lasc") -> Path:
