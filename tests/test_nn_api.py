@@ -80,3 +80,56 @@ def test_fused_block_refuses_what_the_kernels_cannot_run_when_built(arguments, e
 def test_loss_modules_refuse_bad_options_when_built(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+# --- from the mutation audit of c2w_fast.nn: the block's own eps, slope and backend; weights; resizing --------
+
+def test_fused_block_uses_its_own_eps_slope_and_backend():
+    """Non-default ``eps`` and ``negative_slope`` reach the op (as the unfused layers with the same settings);
+    ``backend`` too: a backend the op does not have is refused at the forward pass."""
+    from c2w_fast.ops import BackendUnavailableError
+
+    torch.manual_seed(0)
+    fused = FusedConvNormAct(3, 4, 3, eps=0.5, negative_slope=0.2).double()
+    unfused = nn.Sequential()
+    unfused.conv = nn.Conv3d(3, 4, 3, 1, 1, bias=False)
+    unfused.norm = nn.InstanceNorm3d(4, eps=0.5, affine=True)
+    unfused.act = nn.LeakyReLU(0.2)
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), unfused.double()(x))
+    unfused.norm.eps, unfused.act.negative_slope = 1e-5, 0.01  # the defaults give something else
+    assert not torch.allclose(fused(x), unfused(x))
+    with pytest.raises(BackendUnavailableError, match="no 'cuda' backend"):
+        FusedConvNormAct(3, 4, backend="cuda")(x.float())
+
+
+def test_deep_supervision_weights_of_two_and_four_outputs():
+    """1/2^i, the lowest resolution's weight 0, normalised: (1, 0) for two outputs, (8, 4, 2, 0) / 14 for four."""
+    assert deep_supervision_weights(2) == [1.0, 0.0]
+    assert deep_supervision_weights(4) == pytest.approx([8 / 14, 4 / 14, 2 / 14, 0.0])
+
+
+@pytest.mark.parametrize("weights, error, message", [
+    ([1.0, 0.5, 0.25], ValueError, "got 2 outputs but 3 deep-supervision weights"),
+    ([True, False], TypeError, "weights must be a sequence of numbers"),
+    (b"\x01\x01", TypeError, "weights must be a sequence of numbers"),
+])
+def test_loss_modules_refuse_weights_that_do_not_fit(weights, error, message):
+    logits = [torch.randn(1, 2, 2, 4, 4), torch.randn(1, 2, 1, 2, 2)]
+    with pytest.raises(error, match=message):
+        DiceCELoss(weights=weights)(logits, torch.zeros(1, 2, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("channel_axis", [False, True])
+def test_labels_at_a_size_no_stride_reaches_are_resized_nearest_exact(channel_axis):
+    """5 -> 4 voxels (no stride s has ceil(5 / s) = 4): nearest-exact picks voxels floor((i + 0.5) * 5 / 4) =
+    0, 1, 3, 4 per axis, for (B, D, H, W) and (B, 1, D, H, W) labels alike, keeping their dtype."""
+    from c2w_fast.nn import _resize_labels
+
+    labels = torch.randperm(125).view(1, 5, 5, 5)
+    labels = labels[:, None] if channel_axis else labels
+    resized = _resize_labels(labels, (4, 4, 4))
+    index = torch.tensor([0, 1, 3, 4])
+    expected = labels[..., index, :, :][..., index, :][..., index]
+    assert resized.dtype == labels.dtype and torch.equal(resized, expected)
