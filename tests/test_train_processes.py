@@ -1,6 +1,7 @@
 """Runs in separate processes: a run killed mid-epoch and resumed ends with the uninterrupted run's
 weights, and two gloo DDP processes train the same weights as one process with the whole batch."""
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -105,3 +106,93 @@ def test_two_gloo_processes_train_like_one_with_the_whole_batch(lasc, tmp_path, 
     # every rank's loss is the whole batch's: rank 0 logs what one process logs
     assert [float(r["train_loss"]) for r in two_log] == pytest.approx([float(r["train_loss"]) for r in one_log],
                                                                        rel=1e-4)
+
+
+# --- from the mutation audit of distributed.py: the process set-up and the flag, without launching processes ---
+
+def test_each_rank_gets_its_device(monkeypatch):
+    from c2w_fast.config import ConfigError
+    from c2w_fast.training.distributed import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == choose_device("cpu", 1) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="'cuda' but torch sees no CUDA GPU"):
+        choose_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only devices are named: no GPU is touched
+    assert choose_device("auto", 1) == choose_device("cuda", 1) == torch.device("cuda", 1)
+    assert choose_device("cpu", 1) == torch.device("cpu")
+
+
+def test_setup_joins_the_group_that_torchrun_describes(monkeypatch):
+    """torchrun's WORLD_SIZE / LOCAL_RANK: gloo on CPUs, NCCL and the local rank's GPU on GPUs, a
+    timeout of hours (rank 0 validates whole volumes while the others wait); one process joins nothing."""
+    import datetime
+
+    from c2w_fast.training import distributed
+
+    joined, devices = [], []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: joined.append((backend, kw)))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for world in (None, "1"):
+        if world is None:
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("WORLD_SIZE", world)
+        assert distributed.setup("auto") == (distributed.Processes(), torch.device("cpu")) and not joined
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.setup("auto") == (distributed.Processes(3, 4, 1), torch.device("cpu"))
+    assert [backend for backend, _ in joined] == ["gloo"] and not devices
+    assert joined[0][1]["timeout"] >= datetime.timedelta(hours=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert distributed.setup("auto") == (distributed.Processes(3, 4, 1), torch.device("cuda", 1))
+    assert joined[-1][0] == "nccl" and devices == [torch.device("cuda", 1)]
+
+
+def test_every_rank_gets_rank_0s_flag(monkeypatch):
+    from c2w_fast.training import distributed
+
+    sources = []
+
+    def broadcast(tensor, src):  # what gloo does on rank 1 when rank 0 sends 1 ("stop early")
+        sources.append(src)
+        tensor.fill_(1)
+
+    monkeypatch.setattr(distributed.dist, "broadcast", broadcast)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    assert distributed.broadcast_flag(False, distributed.Processes(1, 2, 1), torch.device("cpu")) is True
+    assert sources == [0]
+    for flag in (True, False):  # one process: its own flag, no collective
+        assert distributed.broadcast_flag(flag, distributed.Processes(), torch.device("cpu")) is flag
+    assert sources == [0]
+    assert distributed.Processes(0, 2).is_main and not distributed.Processes(1, 2).is_main
+
+
+def test_a_deep_supervision_network_trains_under_ddp(lasc, tmp_path):
+    """The lowest-resolution deep-supervision output has weight 0 (nnU-Net), so its head gets no
+    gradient: DDP must be told to look for unused parameters, else its second step fails. A
+    one-process gloo group stands in for torchrun's (DDP's bookkeeping is the same for any number)."""
+    import torch.distributed as dist
+
+    from c2w_fast.data.layouts import discover_cases
+    from c2w_fast.training.distributed import Processes
+    from c2w_fast.training.loop import Trainer
+
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", SPLITS + RESNEXT + ["model.deep_supervision=true",
+                                                                       f"data.root=\"{lasc}\""])
+    cases = discover_cases(lasc)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        trainer = Trainer(config, tmp_path / "fold", cases[:3], cases[3:4], device=torch.device("cpu"),
+                          processes=Processes(0, 2, 0))
+        trainer.prepare()
+        net = trainer._wrapped()
+        assert isinstance(net, torch.nn.parallel.DistributedDataParallel)
+        losses = [float(trainer.train_step(net, trainer.source[i], 1e-3)) for i in range(2)]
+        assert all(math.isfinite(loss) for loss in losses)
+    finally:
+        dist.destroy_process_group()
