@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from c2w_fast.data.io import read_volume, write_volume
 from c2w_fast.data.layouts import discover_cases
 from c2w_fast.training import checkpoint
 from c2w_fast.training.loop import Trainer
-from training_helpers import CONFIGS, RESNEXT, SPLITS, set_args, write_phantoms
+from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, write_phantoms
 
 TINY = SPLITS + RESNEXT
 
@@ -68,6 +69,8 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
     assert len(test) == 2 and {"case", "class", "dice", "surface_dice", "hd95", "assd"} <= set(test[0])
     saved = cfg.load(tmp_path / "config.toml")
     assert saved.train.epochs == 2 and saved.data.root == str(lasc)
+    # the grid the patches came from, which prediction resamples to: the phantoms' native one (no data.spacing)
+    assert checkpoint.load(tmp_path / "final" / "checkpoint_best.pt")["spacing"] == list(PHANTOM["spacing"])
 
 
 def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
@@ -77,6 +80,7 @@ def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
     assert "Cross-validation (2 folds, validation cases), class LA" in capsys.readouterr().out
     rows = _rows(tmp_path / "cv_val_metrics.csv")
     assert {r["fold"] for r in rows} == {"fold_0", "fold_1"} and {"dice", "overlap"} <= set(rows[0])
+    assert not list(tmp_path.glob("*/test_metrics.csv"))  # the held-out test set is the final model's alone
 
 
 @pytest.mark.parametrize("extra, items, message", [
@@ -90,7 +94,7 @@ def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
     ((), ["augment.elastic_prob=1", "augment.elastic_sigma_mm=nan"], "augment.elastic_sigma_mm must be in (0, inf)"),
     ((), ["augment.brightness_prob=1", "augment.brightness_range=[nan,nan]"],
      "augment.brightness_range must be finite"),
-    pytest.param(("--device", "cuda"), [], "no CUDA GPU",
+    pytest.param((), ["run.device=\"cuda\""], "no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
 ])
 def test_bad_input_stops_before_training(lasc, tmp_path, capsys, extra, items, message):
@@ -269,22 +273,28 @@ def test_early_stopping_stops_when_validation_stops_improving(lasc, tmp_path):
     assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=5, items=items) == 0
     rows = _rows(tmp_path / "final" / "metrics.csv")
     assert len(rows) == 2  # best at the first validation, no better at the second: stop
+    assert checkpoint.load(tmp_path / "final" / "checkpoint_best.pt")["epoch"] == 1  # the first epoch's weights
+    assert checkpoint.load(tmp_path / "final" / "checkpoint_latest.pt")["epoch"] == 2
 
 
-def test_early_stopping_waits_for_step_c_and_each_step_gets_its_patience(lasc, tmp_path):
-    """C2W: early stopping during step C. Nothing improves, patience 1: the run stops at the end of
-    step C's first epoch (epoch 4), not in step B, although step B never improved either."""
-    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1", "train.early_stopping_from=4",
-             "unfreeze.enabled=true", "unfreeze.steps=[2,4]"]
+@pytest.mark.parametrize("patience, phases", [(1, "AABBC"), (2, "AABBCC")])
+def test_early_stopping_waits_for_step_c_and_each_step_gets_its_patience(lasc, tmp_path, patience, phases):
+    """C2W: early stopping during step C (from epoch 4). Nothing improves. Patience 1: the run stops
+    at the end of step C's first epoch, not in step B, although step B never improved either.
+    Patience 2: not in step B although its second epoch (epoch 3) is the second without improvement,
+    and step C starts with the full patience again, so the run stops after step C's second epoch."""
+    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", f"train.early_stopping={patience}",
+             "train.early_stopping_from=4", "unfreeze.enabled=true", "unfreeze.steps=[2,4]"]
     assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=8, items=items) == 0
-    phases = [r["phase"] for r in _rows(tmp_path / "final" / "metrics.csv")]
-    assert phases == ["A", "A", "B", "B", "C"]
+    assert "".join(r["phase"] for r in _rows(tmp_path / "final" / "metrics.csv")) == phases
 
 
 def test_select_last_makes_the_last_epoch_the_checkpoint_used_downstream(lasc, tmp_path):
-    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=2, items=["train.select=\"last\""]) == 0
+    # LR 1e-12: the last epoch scores no better than the first, and is still the one selected
+    items = ["train.select=\"last\"", "optim.lr=1e-12", "schedule.kind=\"constant\""]
+    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=2, items=items) == 0
     best = checkpoint.load(tmp_path / "final" / "checkpoint_best.pt")
-    assert best["epoch"] == 2
+    assert best["epoch"] == 2 and best["trainer"]["best_epoch"] == 0
 
 
 def test_mbas_cascade_stage1_then_masked_stage2(tmp_path):
@@ -462,10 +472,12 @@ def test_every_case_is_checked_before_the_first_epoch(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     write_volume(test_image, original.array, like=original)
     empty = splits.final.train[0]
-    cavity = read_volume(data / empty / "laendo.nrrd")
-    write_volume(cavity.path, np.zeros_like(cavity.array), like=cavity)
-    with pytest.warns(UserWarning, match=rf"training case {empty}: no LA voxel in its labels \(.*laendo.nrrd"):
+    for case in (empty, splits.final.val[0]):  # the validation case's empty labels are no training matter
+        cavity = read_volume(data / case / "laendo.nrrd")
+        write_volume(cavity.path, np.zeros_like(cavity.array), like=cavity)
+    with pytest.warns(UserWarning, match=rf"training case {empty}: no LA voxel in its labels \(.*laendo.nrrd") as caught:
         assert _run("c2w_cavity.toml", data, tmp_path / "run", epochs=1) == 0
+    assert sum("no LA voxel" in str(w.message) for w in caught) == 1
 
 
 def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys, monkeypatch):
@@ -542,3 +554,147 @@ def test_a_training_subset_is_drawn_from_the_folds_training_cases(lasc, tmp_path
     assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1, items=["data.train_subset=2"]) == 0
     assert "final: training on 2 of its" in capsys.readouterr().out
     assert len(_rows(tmp_path / "run" / "final" / "test_metrics.csv")) == 2  # the test set is unchanged
+
+
+# --- from the mutation audit of the training loop and the run (loop.py, run.py) ---
+
+def test_a_finished_fold_is_skipped_and_one_missing_a_file_is_completed_without_training(lasc, tmp_path, capsys):
+    """A fold stopped early is finished even below --epochs; a resume of a fold killed before its
+    checkpoint_best.pt, val_metrics.csv or test_metrics.csv was written writes it and trains nothing."""
+    out, fold = tmp_path / "run", tmp_path / "run" / "final"
+    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
+    assert _run("c2w_cavity.toml", lasc, out, epochs=5, items=items) == 0
+    assert len(_rows(fold / "metrics.csv")) == 2  # stopped early
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "6"]) == 0
+    assert "final: finished earlier, skipped" in capsys.readouterr().out
+    for name in ("val_metrics.csv", "test_metrics.csv", "checkpoint_best.pt"):
+        (fold / name).unlink()
+        assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
+        assert "finished earlier" not in capsys.readouterr().out
+        assert (fold / name).is_file() and len(_rows(fold / "metrics.csv")) == 2, name
+    # no validation cases: finished without a val_metrics.csv
+    out = tmp_path / "no_validation"
+    assert _run("c2w_cavity.toml", lasc, out, epochs=1, items=["data.final_val=0"]) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
+    assert "final: finished earlier, skipped" in capsys.readouterr().out
+
+
+def _set_head(path, background: float):
+    """Rewrite a checkpoint's head to a constant: class 0 logit ``background``, class 1 ``-background``."""
+    payload = checkpoint.load(path)
+    payload["model"]["heads.0.weight"].zero_()
+    payload["model"]["heads.0.bias"].copy_(torch.tensor([background, -background]))
+    checkpoint.save(path, payload)
+
+
+def test_validation_and_test_rows_score_the_best_checkpoint_not_the_last_weights(lasc, tmp_path):
+    out, fold = tmp_path / "run", tmp_path / "run" / "final"
+    assert _run("c2w_cavity.toml", lasc, out, epochs=1) == 0
+    _set_head(fold / "checkpoint_best.pt", 10.0)  # calls nothing LA
+    _set_head(fold / "checkpoint_latest.pt", -10.0)  # calls everything LA
+    for name in ("val_metrics.csv", "test_metrics.csv"):
+        (fold / name).unlink()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0  # killed before they were written
+    for name in ("val_metrics.csv", "test_metrics.csv"):
+        rows = _rows(fold / name)
+        assert rows and all(float(r["dice"]) == 0 and float(r["overlap"]) == 0 for r in rows), name
+
+
+def test_another_fold_of_the_run_may_train_on_another_device(lasc, tmp_path):
+    """run.device is no part of what makes a run (like --device on --resume)."""
+    assert _run("c2w_cavity.toml", lasc, tmp_path, fold="0", epochs=1) == 0
+    assert _run("c2w_cavity.toml", lasc, tmp_path, fold="1", epochs=1, items=["run.device=\"auto\""]) == 0
+    assert cfg.load(tmp_path / "config.toml").run.device == "auto"
+
+
+def test_the_wall_stage_starts_only_from_a_cavity_run_and_other_stages_from_any(lasc, tmp_path, capsys):
+    config = cfg.load(CONFIGS / "c2w_wall.toml", TINY)
+    torch.manual_seed(0)
+    model = checkpoint.build_from_config(config)
+    (tmp_path / "other").mkdir()
+    path = checkpoint.save(tmp_path / "other" / "wall.pt", {
+        "model": model.state_dict(), "config": config.to_dict(),
+        "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
+    assert f"run.init_from: {path} is a run with run.stage = 'wall'; run.init_from needs one with run.stage = " \
+           "'cavity'" in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "wall").exists()
+    # a localiser segments the LA cavity too (data.target = 'la_cavity'), but it is no cavity stage
+    localizer = config.to_dict()
+    localizer["run"]["stage"], localizer["data"]["target"] = "localizer", "la_cavity"
+    other = checkpoint.save(tmp_path / "other" / "localizer.pt", {
+        "model": model.state_dict(), "config": localizer, "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(other)) == 2
+    assert "is a run with run.stage = 'localizer'; run.init_from needs one with run.stage = 'cavity'" \
+        in capsys.readouterr().err.replace("\n", " ")
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", "--init-from", str(path), epochs=1) == 0
+
+
+def test_fold_indices_and_training_subsets_at_their_bounds():
+    from c2w_fast.data.splits import Fold
+    from c2w_fast.training.run import RunError, fold_names, training_cases
+
+    assert fold_names("1", 2) == ["fold_1"] and fold_names("0", 2) == ["fold_0"]
+    for fold in ("-1", "2"):
+        with pytest.raises(RunError, match=rf"--fold {fold} is out of range: the splits have 2 folds \(0..1\)"):
+            fold_names(fold, 2)
+    split = Fold(tuple(f"case{i}" for i in range(4)), ())
+    assert training_cases(cfg.load(CONFIGS / "c2w_cavity.toml", ["data.train_subset=4"]), split) == list(split.train)
+
+
+
+def test_a_helper_stopped_early_is_no_unfinished_run(lasc, tmp_path, recwarn):
+    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
+    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=5, items=items) == 0
+    state = checkpoint.load(tmp_path / "cavity" / "final" / "checkpoint_latest.pt")["trainer"]
+    assert state["stopped"] and state["epoch"] == 2  # of 5
+    wall = ["unfreeze.steps=[1,1]", "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]
+    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=1,
+                items=wall) == 0
+    assert not [w for w in recwarn if "epochs (killed" in str(w.message)]
+
+
+def test_labels_without_any_target_class_are_warned_case_by_case_only(tmp_path):
+    """Every training case empty: each is named; the warning about a class no training case holds is
+    for a class missing beside others (MBAS classes on a LASC dataset), not a second word on this."""
+    from c2w_fast.training.run import cases_and_splits, check_cases
+
+    data = write_phantoms(tmp_path / "data")
+    for path in data.glob("*/laendo.nrrd"):
+        cavity = read_volume(path)
+        write_volume(path, np.zeros_like(cavity.array), like=cavity)
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", TINY + [f"data.root=\"{data}\""])
+    cases, splits = cases_and_splits(config, tmp_path / "run")
+    with pytest.warns(UserWarning) as caught:
+        check_cases(config, cases, splits, ["final"])
+    messages = [str(w.message) for w in caught]
+    assert sorted(m.split(":")[0] for m in messages) == [f"training case {c}" for c in sorted(splits.final.train)]
+
+
+def test_a_helper_fold_folder_its_splits_do_not_know_is_no_error(tmp_path):
+    """A helper run whose fold_2 folder lies beyond the 2 folds of its splits.json (copied in by hand):
+    nothing is known of what it trained on, so nothing is warned, and nothing fails."""
+    from c2w_fast.data.splits import Fold, Splits, save_splits
+    from c2w_fast.training.run import check_helpers
+
+    ids = [f"case{i}" for i in range(7)]
+    test, dev = ids[:1], tuple(ids[1:])
+
+    def folds(parts):
+        return tuple(Fold(tuple(c for c in dev if c not in part), part) for part in parts)
+
+    two = Splits(tuple(test), folds((dev[:3], dev[3:])), Fold(dev[:5], dev[5:]), 0)
+    three = Splits(tuple(test), folds((dev[:2], dev[2:4], dev[4:])), Fold(dev[:5], dev[5:]), 0)
+    cavity = cfg.load(CONFIGS / "c2w_cavity.toml", TINY)
+    model = checkpoint.build_from_config(cavity)
+    (tmp_path / "cavity" / "fold_2").mkdir(parents=True)
+    checkpoint.save(tmp_path / "cavity" / "fold_2" / "checkpoint_best.pt", {
+        "model": model.state_dict(), "config": cavity.to_dict(),
+        "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    save_splits(two, tmp_path / "cavity" / "splits.json")
+    wall = cfg.load(CONFIGS / "c2w_wall.toml", TINY + [f"run.init_from=\"{tmp_path / 'cavity'}\""])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_helpers(wall, ["fold_2"], ["fold_2"], three)

@@ -219,7 +219,7 @@ def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> N
 
     if key == "run.init_from" and config.run.stage != "wall":  # any run may initialise another
         return
-    kind = ("data.target", "la_cavity") if key == "run.init_from" else None  # the wall stage needs a cavity run
+    kind = ("run.stage", "cavity") if key == "run.init_from" else None  # the wall stage needs a cavity run
     helper = cfg.from_dict(checkpoint.load(checkpoint_path, lazy=True)["config"], source=str(checkpoint_path))
     cfg.check_helper_kind(key, helper, f"{key}: {checkpoint_path}", kind)
 
