@@ -357,7 +357,8 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
     latest = {name: run_dir / name / "checkpoint_latest.pt" for name in names}
     if not any(path.is_file() for path in latest.values()):
         trained = sorted(p.parent.name for p in run_dir.glob("*/checkpoint_latest.pt"))
-        hint = (f"; this run folder has {', '.join(trained)}: choose it with --fold" if trained else
+        hint = (f"; this run folder has {', '.join(trained)}: name {'it' if len(trained) == 1 else 'one'} with --fold"
+                if trained else
                 "; a run killed before its first epoch ended has no checkpoint: start it again with its command "
                 "(or another: a run folder that trained nothing takes a new config)")
         raise RunError(f"{run_dir}: nothing to resume (no checkpoint_latest.pt in {', '.join(names)}){hint}")
