@@ -34,6 +34,13 @@ def _run(preset, data, out, *extra, fold="final", epochs=2, items=()):
     return train.main(args)
 
 
+def _save_model(path, model, config: dict):
+    """A checkpoint at ``path`` as training writes one: ``model``'s weights, trained with ``config``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return checkpoint.save(path, {"model": model.state_dict(), "config": config,
+                                  "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+
+
 def _rows(path):
     with open(path) as handle:
         return list(csv.DictReader(handle))
@@ -116,11 +123,7 @@ def test_dataset_without_cases_is_an_error(tmp_path, capsys):
 
 def test_init_from_another_architecture_is_refused_before_training(lasc, tmp_path, capsys):
     config = cfg.load(CONFIGS / "c2w_cavity.toml", TINY + ["model.overrides.features=[4,8,8]"])
-    model = checkpoint.build_from_config(config)
-    (tmp_path / "other").mkdir()
-    path = checkpoint.save(tmp_path / "other" / "cavity.pt", {
-        "model": model.state_dict(), "config": config.to_dict(),
-        "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    path = _save_model(tmp_path / "other" / "cavity.pt", checkpoint.build_from_config(config), config.to_dict())
     assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
     err = capsys.readouterr().err
     assert "cavity.pt: checkpoint of another architecture — features: checkpoint [4, 8, 8], this run [4, 8, 16]" in err
@@ -202,10 +205,7 @@ def test_progressive_unfreezing_is_verified(lasc, tmp_path):
     cavity_config = cfg.load(CONFIGS / "c2w_cavity.toml", TINY)
     torch.manual_seed(0)
     cavity = checkpoint.build_from_config(cavity_config)
-    (tmp_path / "cavity").mkdir()
-    path = checkpoint.save(tmp_path / "cavity" / "checkpoint.pt", {
-        "model": cavity.state_dict(), "config": cavity_config.to_dict(),
-        "architecture": checkpoint.architecture_of(cavity, "c2w_resnext")})
+    path = _save_model(tmp_path / "cavity" / "checkpoint.pt", cavity, cavity_config.to_dict())
     config = cfg.load(CONFIGS / "c2w_wall.toml", TINY + [
         f"run.init_from=\"{path}\"", "unfreeze.steps=[1, 2]", "schedule.restarts=[1, 2]", "unfreeze.shallow_stages=1",
         "train.epochs=3", f"data.root=\"{lasc}\""])
@@ -613,10 +613,7 @@ def test_the_wall_stage_starts_only_from_a_cavity_run_and_other_stages_from_any(
     config = cfg.load(CONFIGS / "c2w_wall.toml", TINY)
     torch.manual_seed(0)
     model = checkpoint.build_from_config(config)
-    (tmp_path / "other").mkdir()
-    path = checkpoint.save(tmp_path / "other" / "wall.pt", {
-        "model": model.state_dict(), "config": config.to_dict(),
-        "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    path = _save_model(tmp_path / "other" / "wall.pt", model, config.to_dict())
     assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
     assert f"run.init_from: {path} is a run with run.stage = 'wall'; run.init_from needs one with run.stage = " \
            "'cavity'" in capsys.readouterr().err.replace("\n", " ")
@@ -624,8 +621,7 @@ def test_the_wall_stage_starts_only_from_a_cavity_run_and_other_stages_from_any(
     # a localiser segments the LA cavity too (data.target = 'la_cavity'), but it is no cavity stage
     localizer = config.to_dict()
     localizer["run"]["stage"], localizer["data"]["target"] = "localizer", "la_cavity"
-    other = checkpoint.save(tmp_path / "other" / "localizer.pt", {
-        "model": model.state_dict(), "config": localizer, "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    other = _save_model(tmp_path / "other" / "localizer.pt", model, localizer)
     assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(other)) == 2
     assert "is a run with run.stage = 'localizer'; run.init_from needs one with run.stage = 'cavity'" \
         in capsys.readouterr().err.replace("\n", " ")
@@ -688,11 +684,8 @@ def test_a_helper_fold_folder_its_splits_do_not_know_is_no_error(tmp_path):
     two = Splits(tuple(test), folds((dev[:3], dev[3:])), Fold(dev[:5], dev[5:]), 0)
     three = Splits(tuple(test), folds((dev[:2], dev[2:4], dev[4:])), Fold(dev[:5], dev[5:]), 0)
     cavity = cfg.load(CONFIGS / "c2w_cavity.toml", TINY)
-    model = checkpoint.build_from_config(cavity)
-    (tmp_path / "cavity" / "fold_2").mkdir(parents=True)
-    checkpoint.save(tmp_path / "cavity" / "fold_2" / "checkpoint_best.pt", {
-        "model": model.state_dict(), "config": cavity.to_dict(),
-        "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
+    _save_model(tmp_path / "cavity" / "fold_2" / "checkpoint_best.pt", checkpoint.build_from_config(cavity),
+                cavity.to_dict())
     save_splits(two, tmp_path / "cavity" / "splits.json")
     wall = cfg.load(CONFIGS / "c2w_wall.toml", TINY + [f"run.init_from=\"{tmp_path / 'cavity'}\""])
     with warnings.catch_warnings():
