@@ -1,6 +1,5 @@
 """python -m c2w_fast.train end to end on tiny phantoms: run folder, folds, errors before training,
 progressive unfreezing, early stopping, the MBAS cascade and the signed-distance channel."""
-import csv
 import json
 import math
 import re
@@ -18,7 +17,8 @@ from c2w_fast.data.io import read_volume, write_volume
 from c2w_fast.data.layouts import discover_cases
 from c2w_fast.training import checkpoint
 from c2w_fast.training.loop import Trainer
-from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, write_phantoms
+from training_helpers import (CONFIGS, PHANTOM, RESNEXT, SPLITS, STOPS_AT_ONCE, csv_rows, run_train, set_args,
+                              write_phantoms)
 
 TINY = SPLITS + RESNEXT
 
@@ -28,22 +28,11 @@ def lasc(tmp_path_factory):
     return write_phantoms(tmp_path_factory.mktemp("lasc"))
 
 
-def _run(preset, data, out, *extra, fold="final", epochs=2, items=()):
-    args = ["--config", str(CONFIGS / preset), "--data", str(data), "--out", str(out), "--fold", fold,
-            "--epochs", str(epochs), *extra] + set_args(TINY + list(items))
-    return train.main(args)
-
-
 def _save_model(path, model, config: dict):
     """A checkpoint at ``path`` as training writes one: ``model``'s weights, trained with ``config``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return checkpoint.save(path, {"model": model.state_dict(), "config": config,
                                   "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
-
-
-def _rows(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_help_documents_every_stage(capsys):
@@ -57,14 +46,14 @@ def test_help_documents_every_stage(capsys):
 
 
 def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, capsys):
-    assert _run("c2w_cavity.toml", lasc, tmp_path) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path) == 0
     out = capsys.readouterr().out
     assert "Held-out test set (2 cases), cavity stage, class LA" in out and "LA Dice ↑" in out
     assert {p.name for p in tmp_path.iterdir()} == {"config.toml", "splits.json", "final"}
     files = {p.name for p in (tmp_path / "final").iterdir()}
     assert files == {"metrics.csv", "progress.png", "checkpoint_latest.pt", "checkpoint_best.pt", "val_metrics.csv",
                      "test_metrics.csv"}
-    rows = _rows(tmp_path / "final" / "metrics.csv")
+    rows = csv_rows(tmp_path / "final" / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert all(0 <= float(r["val_dice"]) <= 1 and float(r["val_hd95"]) >= 0 for r in rows)
     # one progress line per epoch on stdout, for runs logged to a file
@@ -72,7 +61,7 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
         start = f"epoch {row['epoch']} ({int(row['epoch']) + 1} of 2)  "
         line = next(x for x in out.splitlines() if x.startswith(start))
         assert f"loss {float(row['train_loss']):.4f}" in line and f"val_dice {float(row['val_dice']):.4g}" in line
-    test = _rows(tmp_path / "final" / "test_metrics.csv")
+    test = csv_rows(tmp_path / "final" / "test_metrics.csv")
     assert len(test) == 2 and {"case", "class", "dice", "surface_dice", "hd95", "assd"} <= set(test[0])
     saved = cfg.load(tmp_path / "config.toml")
     assert saved.train.epochs == 2 and saved.data.root == str(lasc)
@@ -81,11 +70,11 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
 
 
 def test_all_folds_train_in_turn(lasc, tmp_path, capsys):
-    assert _run("c2w_cavity.toml", lasc, tmp_path, fold="all", epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path, fold="all", epochs=1) == 0
     assert (tmp_path / "fold_0" / "checkpoint_best.pt").is_file()
     assert (tmp_path / "fold_1" / "val_metrics.csv").is_file()
     assert "Cross-validation (2 folds, validation cases), class LA" in capsys.readouterr().out
-    rows = _rows(tmp_path / "cv_val_metrics.csv")
+    rows = csv_rows(tmp_path / "cv_val_metrics.csv")
     assert {r["fold"] for r in rows} == {"fold_0", "fold_1"} and {"dice", "overlap"} <= set(rows[0])
     assert not list(tmp_path.glob("*/test_metrics.csv"))  # the held-out test set is the final model's alone
 
@@ -115,31 +104,31 @@ def test_bad_input_stops_before_training(lasc, tmp_path, capsys, extra, items, m
 
 def test_dataset_without_cases_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert _run("c2w_cavity.toml", tmp_path / "empty", tmp_path / "run") == 2
+    assert run_train("c2w_cavity.toml", tmp_path / "empty", tmp_path / "run") == 2
     assert "no dataset layout recognised" in capsys.readouterr().err
-    assert _run("c2w_cavity.toml", tmp_path / "empty", tmp_path / "run", items=["data.layout=\"lasc\""]) == 2
+    assert run_train("c2w_cavity.toml", tmp_path / "empty", tmp_path / "run", items=["data.layout=\"lasc\""]) == 2
     assert "no cases found for layout 'lasc'" in capsys.readouterr().err
 
 
 def test_init_from_another_architecture_is_refused_before_training(lasc, tmp_path, capsys):
     config = cfg.load(CONFIGS / "c2w_cavity.toml", TINY + ["model.overrides.features=[4,8,8]"])
     path = _save_model(tmp_path / "other" / "cavity.pt", checkpoint.build_from_config(config), config.to_dict())
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
     err = capsys.readouterr().err
     assert "cavity.pt: checkpoint of another architecture — features: checkpoint [4, 8, 8], this run [4, 8, 16]" in err
     assert not (tmp_path / "wall").exists()  # refused before the run folder was written: a corrected retry runs
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "never")) == 2
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "never")) == 2
     assert f"run.init_from: {tmp_path / 'never'}: no such checkpoint file or run folder; train that run first " \
            f"(--out {tmp_path / 'never'}) or name another with --init-from PATH" in capsys.readouterr().err
     torch.save({"a": 1}, tmp_path / "foreign.pt")
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "foreign.pt")) == 2
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "foreign.pt")) == 2
     assert "foreign.pt: not a checkpoint of c2w_fast's training" in capsys.readouterr().err
 
 
 def test_a_helper_trained_on_this_runs_test_cases_is_refused(lasc, tmp_path, capsys):
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
     other_split = ["data.split_seed=7"]  # another held-out test set: the cavity run trained on some of it
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"),
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"),
                 items=other_split) == 2
     assert re.search(r"cavity was trained on [12] of this run's test cases \(phantom\d+", capsys.readouterr().err)
     assert not (tmp_path / "wall").exists()
@@ -149,26 +138,26 @@ def test_a_batch_the_processes_cannot_share_is_refused_before_training(lasc, tmp
     from c2w_fast.training import distributed
 
     monkeypatch.setattr(distributed, "setup", lambda device: (distributed.Processes(0, 3, 0), torch.device("cpu")))
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", items=["train.batch_size=2"]) == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", items=["train.batch_size=2"]) == 2
     assert "train.batch_size (2) must be divisible by the number of processes (3)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
 def test_a_resumed_run_needs_neither_its_init_checkpoint_nor_fewer_epochs(lasc, tmp_path, capsys):
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
     items = ["unfreeze.steps=[1,1]", "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=2,
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=2,
                 items=items) == 0
     shutil.rmtree(tmp_path / "cavity")  # the wall run continues from its own checkpoint
     assert train.main(["--resume", "--out", str(tmp_path / "wall"), "--fold", "final", "--epochs", "3"]) == 0
-    assert len(_rows(tmp_path / "wall" / "final" / "metrics.csv")) == 3
+    assert len(csv_rows(tmp_path / "wall" / "final" / "metrics.csv")) == 3
     assert train.main(["--resume", "--out", str(tmp_path / "wall"), "--fold", "final", "--epochs", "2"]) == 2
     assert "final has trained 3 epochs already; --epochs 2 cannot undo them" in capsys.readouterr().err
     assert cfg.load(tmp_path / "wall" / "config.toml").train.epochs == 3  # the refused resume wrote nothing
 
 
 def test_a_damaged_latest_checkpoint_points_to_the_best_one(lasc, tmp_path, capsys):
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=2) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", epochs=2) == 0
     fold = tmp_path / "run" / "final"
     (fold / "checkpoint_latest.pt").write_bytes((fold / "checkpoint_latest.pt").read_bytes()[:1000])  # a bad disk
     assert train.main(["--resume", "--out", str(tmp_path / "run"), "--fold", "final", "--epochs", "3"]) == 2
@@ -177,7 +166,7 @@ def test_a_damaged_latest_checkpoint_points_to_the_best_one(lasc, tmp_path, caps
     assert "checkpoint_best.pt (after epoch " in err and "copy it over checkpoint_latest.pt" in err
     shutil.copy(fold / "checkpoint_best.pt", fold / "checkpoint_latest.pt")  # what the error says to do
     assert train.main(["--resume", "--out", str(tmp_path / "run"), "--fold", "final", "--epochs", "3"]) == 0
-    assert [int(r["epoch"]) for r in _rows(fold / "metrics.csv")][-1] == 2
+    assert [int(r["epoch"]) for r in csv_rows(fold / "metrics.csv")][-1] == 2
     (fold / "checkpoint_best.pt").write_bytes(b"")
     (fold / "checkpoint_latest.pt").write_bytes(b"")
     assert train.main(["--resume", "--out", str(tmp_path / "run"), "--fold", "final", "--epochs", "4"]) == 2
@@ -228,7 +217,7 @@ def test_progressive_unfreezing_is_verified(lasc, tmp_path):
     # step C: every parameter moves
     params = {name for name, _ in trainer.model.named_parameters()}
     assert all(not torch.equal(after_c[k], after_b[k]) for k in params)
-    phases = [r["phase"] for r in _rows(tmp_path / "wall" / "final" / "metrics.csv")]
+    phases = [r["phase"] for r in csv_rows(tmp_path / "wall" / "final" / "metrics.csv")]
     assert phases == ["A", "B", "C"]
 
 
@@ -257,7 +246,7 @@ def test_progress_png_is_drawn_at_most_every_plot_every_s_and_after_the_last_epo
     for every in (0.0, math.inf):
         monkeypatch.setattr(loop, "PLOT_EVERY_S", every)
         drawn.clear()
-        assert _run("c2w_cavity.toml", lasc, tmp_path / str(every), epochs=2) == 0
+        assert run_train("c2w_cavity.toml", lasc, tmp_path / str(every), epochs=2) == 0
         pngs[every] = (drawn[:], (tmp_path / str(every) / "final" / "progress.png").read_bytes())
     assert pngs[0.0][0] == [1, 2] and pngs[math.inf][0] == [2]
     assert pngs[0.0][1] == pngs[math.inf][1]  # the same last drawing
@@ -269,9 +258,8 @@ def test_resume_into_a_folder_that_is_no_run_is_named(tmp_path, capsys):
 
 
 def test_early_stopping_stops_when_validation_stops_improving(lasc, tmp_path):
-    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
-    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=5, items=items) == 0
-    rows = _rows(tmp_path / "final" / "metrics.csv")
+    assert run_train("c2w_cavity.toml", lasc, tmp_path, epochs=5, items=STOPS_AT_ONCE) == 0
+    rows = csv_rows(tmp_path / "final" / "metrics.csv")
     assert len(rows) == 2  # best at the first validation, no better at the second: stop
     assert checkpoint.load(tmp_path / "final" / "checkpoint_best.pt")["epoch"] == 1  # the first epoch's weights
     assert checkpoint.load(tmp_path / "final" / "checkpoint_latest.pt")["epoch"] == 2
@@ -285,14 +273,14 @@ def test_early_stopping_waits_for_step_c_and_each_step_gets_its_patience(lasc, t
     and step C starts with the full patience again, so the run stops after step C's second epoch."""
     items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", f"train.early_stopping={patience}",
              "train.early_stopping_from=4", "unfreeze.enabled=true", "unfreeze.steps=[2,4]"]
-    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=8, items=items) == 0
-    assert "".join(r["phase"] for r in _rows(tmp_path / "final" / "metrics.csv")) == phases
+    assert run_train("c2w_cavity.toml", lasc, tmp_path, epochs=8, items=items) == 0
+    assert "".join(r["phase"] for r in csv_rows(tmp_path / "final" / "metrics.csv")) == phases
 
 
 def test_select_last_makes_the_last_epoch_the_checkpoint_used_downstream(lasc, tmp_path):
     # LR 1e-12: the last epoch scores no better than the first, and is still the one selected
     items = ["train.select=\"last\"", "optim.lr=1e-12", "schedule.kind=\"constant\""]
-    assert _run("c2w_cavity.toml", lasc, tmp_path, epochs=2, items=items) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path, epochs=2, items=items) == 0
     best = checkpoint.load(tmp_path / "final" / "checkpoint_best.pt")
     assert best["epoch"] == 2 and best["trainer"]["best_epoch"] == 0
 
@@ -306,29 +294,29 @@ def test_mbas_cascade_stage1_then_masked_stage2(tmp_path):
     args = ["--data", str(data), "--fold", "final", "--epochs", "2"]
     assert train.main(["--config", str(CONFIGS / "mbas_stage1.toml"), "--out", str(tmp_path / "s1"), *args]
                       + set_args(SPLITS + stage1)) == 0
-    region = [r for r in _rows(tmp_path / "s1" / "final" / "test_metrics.csv") if r["class"] == "stage-2 region"]
-    atria = [r for r in _rows(tmp_path / "s1" / "final" / "test_metrics.csv") if r["class"] == "atria"]
+    region = [r for r in csv_rows(tmp_path / "s1" / "final" / "test_metrics.csv") if r["class"] == "stage-2 region"]
+    atria = [r for r in csv_rows(tmp_path / "s1" / "final" / "test_metrics.csv") if r["class"] == "atria"]
     assert len(region) == len(atria) == 2  # the dilated largest component covers at least what the union did
     assert all(float(r["overlap"]) >= float(a["overlap"]) for r, a in zip(region, atria))
     stage2 = small + ["train.patch_size=[8,24,24]", f"cascade.stage1=\"{tmp_path / 's1'}\""]
     assert train.main(["--config", str(CONFIGS / "mbas_stage2.toml"), "--out", str(tmp_path / "s2"), *args]
                       + set_args(SPLITS + stage2)) == 0
-    rows = _rows(tmp_path / "s2" / "final" / "metrics.csv")
+    rows = csv_rows(tmp_path / "s2" / "final" / "metrics.csv")
     assert {"val_dice_wall", "val_dice_RA", "val_dice_LA"} <= set(rows[0])
-    test = _rows(tmp_path / "s2" / "final" / "test_metrics.csv")
+    test = csv_rows(tmp_path / "s2" / "final" / "test_metrics.csv")
     assert {r["class"] for r in test} == {"wall", "RA", "LA"}
 
 
 def test_wall_stage_with_the_cavity_distance_channel(lasc, tmp_path):
     """Beyond the paper: the cavity run's signed distance as a second input channel."""
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
     items = [f"data.sdf_from=\"{tmp_path / 'cavity'}\"", "data.sdf_channel=true", "unfreeze.steps=[1,1]",
              "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=2,
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=2,
                 items=items) == 0
     model, config = checkpoint.load_model(tmp_path / "wall" / "final" / "checkpoint_best.pt")
     assert model.in_channels == 2 and config.data.sdf_channel
-    test = _rows(tmp_path / "wall" / "final" / "test_metrics.csv")
+    test = csv_rows(tmp_path / "wall" / "final" / "test_metrics.csv")
     assert all(math.isfinite(float(r["dice"])) for r in test)
 
 
@@ -347,9 +335,9 @@ def test_a_resumable_pipeline_stage_skips_when_finished_and_resumes_when_killed(
     (out / demo.STAGE_DONE).unlink()  # as if killed after its last checkpoint
     demo.train_stage("c2w_cavity.toml", lasc, out, 1, TINY, resumable=True)
     assert calls[-1] == ["--resume", "--out", str(out), "--fold", "final"] and (out / demo.STAGE_DONE).is_file()
-    assert len(_rows(out / "final" / "metrics.csv")) == 1  # the resumed run had nothing left to train
+    assert len(csv_rows(out / "final" / "metrics.csv")) == 1  # the resumed run had nothing left to train
     demo.train_stage("c2w_cavity.toml", lasc, out, 2, TINY)  # the demo rerun: its own folder, trained anew
-    assert calls[-1][0] == "--config" and len(_rows(out / "final" / "metrics.csv")) == 2
+    assert calls[-1][0] == "--config" and len(csv_rows(out / "final" / "metrics.csv")) == 2
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 7, 30, 1000])
@@ -376,19 +364,19 @@ def test_demo_refuses_sizes_it_cannot_split_before_writing_anything(argv, messag
 def test_a_run_folder_holds_one_run(lasc, tmp_path, capsys):
     """A new run never mixes with an earlier one in the same folder; the split settings are recorded."""
     (tmp_path / "afile").write_text("")
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "afile") == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "afile") == 2
     assert "is a file; it must be a run folder" in capsys.readouterr().err
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="5") == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", fold="5") == 2
     assert not (tmp_path / "run").exists()  # refused before it started: nothing written
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 0
     assert "no validation cases" not in capsys.readouterr().out
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", items=["data.n_test=1"]) == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", items=["data.n_test=1"]) == 2
     assert "splits.json was made with n_test 2 (config: 1)" in capsys.readouterr().err
     assert train.main(["--resume", "--out", str(tmp_path / "run")]) == 2  # --fold defaults to 0
     assert "this run folder has final: name it with --fold" in capsys.readouterr().err
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 2
     assert "final already trained here; continue with --resume" in capsys.readouterr().err
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", epochs=1, items=["optim.lr=5e-4"]) == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", epochs=1, items=["optim.lr=5e-4"]) == 2
     assert "already holds a run with another config (optim.lr: 0.001 -> 0.0005)" in capsys.readouterr().err
 
 
@@ -396,7 +384,7 @@ def test_out_under_a_file_or_in_the_dataset_is_refused_before_writing(tmp_path, 
     """Refused in one line with nothing written; a run folder that cannot be written is one line too."""
     data = write_phantoms(tmp_path / "data")
     (tmp_path / "afile").write_text("")
-    assert _run("c2w_cavity.toml", data, tmp_path / "afile" / "run") == 2
+    assert run_train("c2w_cavity.toml", data, tmp_path / "afile" / "run") == 2
     err = capsys.readouterr().err
     assert err == f"error: --out {tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file, so no run folder can " \
                   "be made in it\n"
@@ -404,7 +392,7 @@ def test_out_under_a_file_or_in_the_dataset_is_refused_before_writing(tmp_path, 
     monkeypatch.chdir(tmp_path)
     for out, where in ((data, "the"), (Path("data"), "the"), (data / "run", "inside the"),
                        (Path("data") / "phantom000" / "run", "inside the")):
-        assert _run("c2w_cavity.toml", data, out) == 2
+        assert run_train("c2w_cavity.toml", data, out) == 2
         err = capsys.readouterr().err
         assert err == f"error: --out {out} is {where} dataset folder {data} (--data / data.root); put the run folder " \
                       "outside it\n"
@@ -414,7 +402,7 @@ def test_out_under_a_file_or_in_the_dataset_is_refused_before_writing(tmp_path, 
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(train, "write_config", no_permission)  # e.g. a folder of another user
-    assert _run("c2w_cavity.toml", data, tmp_path / "run") == 2
+    assert run_train("c2w_cavity.toml", data, tmp_path / "run") == 2
     assert capsys.readouterr().err == f"error: --out {tmp_path / 'run'}: cannot write the run folder ([Errno 13] " \
                                       "Permission denied)\n"
 
@@ -428,29 +416,29 @@ def test_a_run_folder_that_trained_nothing_takes_another_config(lasc, tmp_path, 
     out = tmp_path / "run"
     monkeypatch.setattr(Trainer, "fit", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        _run("c2w_cavity.toml", lasc, out, epochs=1)
+        run_train("c2w_cavity.toml", lasc, out, epochs=1)
     assert {p.name for p in out.iterdir()} == {"config.toml", "splits.json", "final"}
     assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 2
     assert "a run folder that trained nothing takes a new config" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="killed"):  # the same command: nothing to replace, nothing said
-        _run("c2w_cavity.toml", lasc, out, epochs=1)
+        run_train("c2w_cavity.toml", lasc, out, epochs=1)
     assert "replaces" not in capsys.readouterr().out
     monkeypatch.undo()
-    assert _run("c2w_cavity.toml", lasc, out, epochs=2, items=["data.n_test=1"]) == 0
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=2, items=["data.n_test=1"]) == 0
     assert f"{out}: nothing trained there yet, so this run replaces its config.toml (data.n_test: 2 -> 1; " \
            "train.epochs: 1 -> 2) and splits.json (split anew)\n" in capsys.readouterr().out
     assert json.loads((out / "splits.json").read_text())["settings"]["n_test"] == 1
-    assert len(_rows(out / "final" / "metrics.csv")) == 2
-    assert _run("c2w_cavity.toml", lasc, out, epochs=3, items=["data.n_test=1"]) == 2
+    assert len(csv_rows(out / "final" / "metrics.csv")) == 2
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=3, items=["data.n_test=1"]) == 2
     assert "already holds a run with another config (train.epochs: 2 -> 3)" in capsys.readouterr().err
     # a config.toml this version refuses (NaN, as a crashed run of an earlier version left it), and a checkpoint
     (out / "final" / "checkpoint_latest.pt").unlink()  # killed in epoch 0 after checkpoint_best.pt
     saved = (out / "config.toml").read_text()
     (out / "config.toml").write_text(saved.replace("spacing = []", "spacing = [nan, 1, 1]"))
-    assert _run("c2w_cavity.toml", lasc, out, epochs=1, items=["data.n_test=1"]) == 2
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=1, items=["data.n_test=1"]) == 2
     assert "data.spacing must have 3 positive values" in capsys.readouterr().err
     (out / "final" / "checkpoint_best.pt").unlink()
-    assert _run("c2w_cavity.toml", lasc, out, epochs=1, items=["data.n_test=1"]) == 0
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=1, items=["data.n_test=1"]) == 0
     assert "so this run replaces its config.toml (invalid: data.spacing must have" in capsys.readouterr().out
     assert cfg.load(out / "config.toml").data.spacing == []
 
@@ -467,7 +455,7 @@ def test_every_case_is_checked_before_the_first_epoch(tmp_path, capsys):
     image = original.array.astype(np.float32)
     image[2, 3, 4] = np.nan
     write_volume(test_image, image, like=original)
-    assert _run("c2w_cavity.toml", data, tmp_path / "run") == 2
+    assert run_train("c2w_cavity.toml", data, tmp_path / "run") == 2
     assert capsys.readouterr().err == f"error: {test_image}: image has 1 NaN/inf voxels\n"
     assert not (tmp_path / "run").exists()
     write_volume(test_image, original.array, like=original)
@@ -476,7 +464,7 @@ def test_every_case_is_checked_before_the_first_epoch(tmp_path, capsys):
         cavity = read_volume(data / case / "laendo.nrrd")
         write_volume(cavity.path, np.zeros_like(cavity.array), like=cavity)
     with pytest.warns(UserWarning, match=rf"training case {empty}: no LA voxel in its labels \(.*laendo.nrrd") as caught:
-        assert _run("c2w_cavity.toml", data, tmp_path / "run", epochs=1) == 0
+        assert run_train("c2w_cavity.toml", data, tmp_path / "run", epochs=1) == 0
     assert sum("no LA voxel" in str(w.message) for w in caught) == 1
 
 
@@ -497,7 +485,7 @@ def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys
     printed = capsys.readouterr().out
     assert printed.count("finished earlier, skipped") == 2
     assert "Cross-validation (2 folds" in printed  # the skipped folds' validation rows still count
-    assert {row["fold"] for row in _rows(out / "cv_val_metrics.csv")} == {"fold_0", "fold_1"}
+    assert {row["fold"] for row in csv_rows(out / "cv_val_metrics.csv")} == {"fold_0", "fold_1"}
     assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "3"]) == 0
     assert train.main(["--resume", "--out", str(out), "--fold", "1", "--epochs", "2"]) == 0  # config.toml: 2
     assert train.main(["--resume", "--out", str(out), "--fold", "all"]) == 0  # fold_0's 3 epochs are not refused
@@ -512,24 +500,24 @@ def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys
 def test_runs_killed_between_their_writes_can_go_on(lasc, tmp_path, capsys):
     # killed in epoch 0 after checkpoint_best.pt, before checkpoint_latest.pt: nothing to resume, so start again
     out = tmp_path / "first_epoch"
-    assert _run("c2w_cavity.toml", lasc, out, epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=1) == 0
     (out / "final" / "checkpoint_latest.pt").unlink()
     assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 2
     assert "start it again with its command" in capsys.readouterr().err
-    assert _run("c2w_cavity.toml", lasc, out, epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=1) == 0
     # no validation cases, killed after the last epoch's checkpoint: resume writes best and the logs
     out = tmp_path / "no_validation"
-    assert _run("c2w_cavity.toml", lasc, out, epochs=2, items=["data.final_val=0"]) == 0
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=2, items=["data.final_val=0"]) == 0
     for name in ("checkpoint_best.pt", "metrics.csv", "test_metrics.csv"):  # killed before these were written
         (out / "final" / name).unlink()
     assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
-    assert (out / "final" / "checkpoint_best.pt").is_file() and len(_rows(out / "final" / "metrics.csv")) == 2
+    assert (out / "final" / "checkpoint_best.pt").is_file() and len(csv_rows(out / "final" / "metrics.csv")) == 2
 
 
 def test_a_helper_run_of_the_wrong_kind_is_refused_before_training(lasc, tmp_path, capsys):
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
     localizer = ["roi.center=\"localizer\"", f"roi.localizer=\"{tmp_path / 'cavity'}\""]
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "other", epochs=1, items=localizer) == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "other", epochs=1, items=localizer) == 2
     assert "needs one with run.stage = 'localizer'" in capsys.readouterr().err
     assert not (tmp_path / "other" / "final").exists()
 
@@ -549,11 +537,11 @@ def test_a_training_subset_is_drawn_from_the_folds_training_cases(lasc, tmp_path
     with pytest.raises(RunError, match="data.train_subset = 11, but the split has only 10 training cases"):
         training_cases(cfg.load(CONFIGS / "c2w_cavity.toml", ["data.train_subset=11"]), split)
 
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "big", items=["data.train_subset=50"]) == 2
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "big", items=["data.train_subset=50"]) == 2
     assert "but the split has only" in capsys.readouterr().err and not (tmp_path / "big").exists()
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1, items=["data.train_subset=2"]) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1, items=["data.train_subset=2"]) == 0
     assert "final: training on 2 of its" in capsys.readouterr().out
-    assert len(_rows(tmp_path / "run" / "final" / "test_metrics.csv")) == 2  # the test set is unchanged
+    assert len(csv_rows(tmp_path / "run" / "final" / "test_metrics.csv")) == 2  # the test set is unchanged
 
 
 # --- from the mutation audit of the training loop and the run (loop.py, run.py) ---
@@ -562,9 +550,8 @@ def test_a_finished_fold_is_skipped_and_one_missing_a_file_is_completed_without_
     """A fold stopped early is finished even below --epochs; a resume of a fold killed before its
     checkpoint_best.pt, val_metrics.csv or test_metrics.csv was written writes it and trains nothing."""
     out, fold = tmp_path / "run", tmp_path / "run" / "final"
-    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
-    assert _run("c2w_cavity.toml", lasc, out, epochs=5, items=items) == 0
-    assert len(_rows(fold / "metrics.csv")) == 2  # stopped early
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=5, items=STOPS_AT_ONCE) == 0
+    assert len(csv_rows(fold / "metrics.csv")) == 2  # stopped early
     capsys.readouterr()
     assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "6"]) == 0
     assert "final: finished earlier, skipped" in capsys.readouterr().out
@@ -572,10 +559,10 @@ def test_a_finished_fold_is_skipped_and_one_missing_a_file_is_completed_without_
         (fold / name).unlink()
         assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
         assert "finished earlier" not in capsys.readouterr().out
-        assert (fold / name).is_file() and len(_rows(fold / "metrics.csv")) == 2, name
+        assert (fold / name).is_file() and len(csv_rows(fold / "metrics.csv")) == 2, name
     # no validation cases: finished without a val_metrics.csv
     out = tmp_path / "no_validation"
-    assert _run("c2w_cavity.toml", lasc, out, epochs=1, items=["data.final_val=0"]) == 0
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=1, items=["data.final_val=0"]) == 0
     capsys.readouterr()
     assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
     assert "final: finished earlier, skipped" in capsys.readouterr().out
@@ -591,21 +578,21 @@ def _set_head(path, background: float):
 
 def test_validation_and_test_rows_score_the_best_checkpoint_not_the_last_weights(lasc, tmp_path):
     out, fold = tmp_path / "run", tmp_path / "run" / "final"
-    assert _run("c2w_cavity.toml", lasc, out, epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, out, epochs=1) == 0
     _set_head(fold / "checkpoint_best.pt", 10.0)  # calls nothing LA
     _set_head(fold / "checkpoint_latest.pt", -10.0)  # calls everything LA
     for name in ("val_metrics.csv", "test_metrics.csv"):
         (fold / name).unlink()
     assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0  # killed before they were written
     for name in ("val_metrics.csv", "test_metrics.csv"):
-        rows = _rows(fold / name)
+        rows = csv_rows(fold / name)
         assert rows and all(float(r["dice"]) == 0 and float(r["overlap"]) == 0 for r in rows), name
 
 
 def test_another_fold_of_the_run_may_train_on_another_device(lasc, tmp_path):
     """run.device is no part of what makes a run (like --device on --resume)."""
-    assert _run("c2w_cavity.toml", lasc, tmp_path, fold="0", epochs=1) == 0
-    assert _run("c2w_cavity.toml", lasc, tmp_path, fold="1", epochs=1, items=["run.device=\"auto\""]) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path, fold="0", epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path, fold="1", epochs=1, items=["run.device=\"auto\""]) == 0
     assert cfg.load(tmp_path / "config.toml").run.device == "auto"
 
 
@@ -614,7 +601,7 @@ def test_the_wall_stage_starts_only_from_a_cavity_run_and_other_stages_from_any(
     torch.manual_seed(0)
     model = checkpoint.build_from_config(config)
     path = _save_model(tmp_path / "other" / "wall.pt", model, config.to_dict())
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(path)) == 2
     assert f"run.init_from: {path} is a run with run.stage = 'wall'; run.init_from needs one with run.stage = " \
            "'cavity'" in capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "wall").exists()
@@ -622,10 +609,10 @@ def test_the_wall_stage_starts_only_from_a_cavity_run_and_other_stages_from_any(
     localizer = config.to_dict()
     localizer["run"]["stage"], localizer["data"]["target"] = "localizer", "la_cavity"
     other = _save_model(tmp_path / "other" / "localizer.pt", model, localizer)
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(other)) == 2
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(other)) == 2
     assert "is a run with run.stage = 'localizer'; run.init_from needs one with run.stage = 'cavity'" \
         in capsys.readouterr().err.replace("\n", " ")
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", "--init-from", str(path), epochs=1) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "cavity", "--init-from", str(path), epochs=1) == 0
 
 
 def test_fold_indices_and_training_subsets_at_their_bounds():
@@ -642,12 +629,11 @@ def test_fold_indices_and_training_subsets_at_their_bounds():
 
 
 def test_a_helper_stopped_early_is_no_unfinished_run(lasc, tmp_path, recwarn):
-    items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
-    assert _run("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=5, items=items) == 0
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=5, items=STOPS_AT_ONCE) == 0
     state = checkpoint.load(tmp_path / "cavity" / "final" / "checkpoint_latest.pt")["trainer"]
     assert state["stopped"] and state["epoch"] == 2  # of 5
     wall = ["unfreeze.steps=[1,1]", "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]
-    assert _run("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=1,
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=1,
                 items=wall) == 0
     assert not [w for w in recwarn if "epochs (killed" in str(w.message)]
 

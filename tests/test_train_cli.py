@@ -1,7 +1,6 @@
 """What python -m c2w_fast.train tells its user: a case the stage's grid cannot hold, an early
 stop, a resume that trains nothing, Ctrl-C, a helper that saw validation cases; and resuming a
 run tree and dataset that were moved."""
-import csv
 import shutil
 
 import pytest
@@ -9,9 +8,7 @@ import pytest
 from c2w_fast import config as cfg
 from c2w_fast import train
 from c2w_fast.training import checkpoint
-from training_helpers import CONFIGS, RESNEXT, SPLITS, set_args, write_phantoms
-
-STOPS_AT_ONCE = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
+from training_helpers import CONFIGS, STOPS_AT_ONCE, csv_rows, run_train, write_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +17,7 @@ def lasc(tmp_path_factory):
 
 
 def _run(data, out, epochs, items=()):
-    return train.main(["--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(data), "--out", str(out),
-                       "--fold", "final", "--epochs", str(epochs)] + set_args(SPLITS + RESNEXT + list(items)))
+    return run_train("c2w_cavity.toml", data, out, epochs=epochs, items=items)
 
 
 def test_a_voxel_size_that_would_make_an_absurd_stage_grid_is_refused_before_writing(lasc, tmp_path, capsys):
@@ -67,9 +63,8 @@ WALL = ["unfreeze.steps=[1,1]", "schedule.restarts=[1]", "schedule.restart_lr=[1
 
 
 def _wall(data, out, fold, epochs, cavity, items=()):
-    return train.main(["--config", str(CONFIGS / "c2w_wall.toml"), "--data", str(data), "--out", str(out),
-                       "--fold", fold, "--epochs", str(epochs), "--init-from", str(cavity)]
-                      + set_args(SPLITS + RESNEXT + WALL + list(items)))
+    return run_train("c2w_wall.toml", data, out, "--init-from", str(cavity), fold=fold, epochs=epochs,
+                     items=WALL + list(items))
 
 
 def test_a_fold_helped_by_a_model_trained_on_its_validation_cases_is_warned(lasc, tmp_path, recwarn):
@@ -92,7 +87,7 @@ def test_a_run_tree_and_dataset_moved_together_resume(lasc, tmp_path, capsys):
     assert train.main(resume) == 2
     assert f"{first / 'data'}: dataset folder not found" in capsys.readouterr().err
     assert train.main(resume + ["--data", str(moved / "data")]) == 0  # the cavity run found beside the wall run
-    assert len(list(csv.DictReader(open(moved / "wall" / "final" / "metrics.csv")))) == 2
+    assert len(csv_rows(moved / "wall" / "final" / "metrics.csv")) == 2
     assert cfg.load(moved / "wall" / "config.toml").data.root == str(moved / "data")
     shutil.rmtree(moved / "cavity")
     assert train.main(resume[:-2] + ["--epochs", "3"]) == 2
@@ -114,7 +109,7 @@ def test_validation_rows_score_whole_cases_in_their_native_grid_as_the_test_set(
     val = load_splits(out / "splits.json").final.val
     cases = [c for c in discover_cases(lasc) if c.id in val]
     expected = evaluate_cases(Predictor.load(out / "final" / "checkpoint_best.pt"), cases)
-    rows = list(csv.DictReader(open(out / "final" / "val_metrics.csv")))
+    rows = csv_rows(out / "final" / "val_metrics.csv")
     assert [r["case"] for r in rows] == [r["case"] for r in expected] and rows
     for row, want in zip(rows, expected):
         for key in ("dice", "surface_dice", "hd95", "assd", "overlap"):
@@ -158,7 +153,7 @@ def test_a_hand_made_split_is_used_and_said_so(lasc, tmp_path, capsys):
     assert _run(lasc, tmp_path / "run", 1) == 0
     assert f"{tmp_path / 'run' / 'splits.json'}: made by hand, used as it is (1 test cases, 2 folds); data.n_test, " \
            "n_folds, final_val and split_seed do not apply" in capsys.readouterr().out
-    assert len(list(csv.DictReader(open(tmp_path / "run" / "final" / "test_metrics.csv")))) == 1
+    assert len(csv_rows(tmp_path / "run" / "final" / "test_metrics.csv")) == 1
 
 
 def test_an_unfinished_helper_and_a_class_no_training_case_holds_are_warned(lasc, tmp_path, recwarn):

@@ -1,6 +1,7 @@
 """Shared pieces of the training tests: a tiny phantom dataset and CPU-sized config overrides."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from c2w_fast.data.phantom import write_dataset
@@ -28,3 +29,22 @@ def set_args(items) -> list[str]:
     for item in items:
         out += ["--set", item]
     return out
+
+
+# an LR too small to improve anything: the run stops at its second validation (patience 1)
+STOPS_AT_ONCE = ["optim.lr=1e-12", "schedule.kind=\"constant\"", "train.early_stopping=1"]
+
+
+def run_train(preset: str, data, out, *extra, fold: str = "final", epochs: int = 2, items=()) -> int:
+    """``python -m c2w_fast.train`` of a preset with the tiny networks and splits, and ``items`` on top."""
+    from c2w_fast import train
+
+    args = ["--config", str(CONFIGS / preset), "--data", str(data), "--out", str(out), "--fold", fold,
+            "--epochs", str(epochs), *extra] + set_args(SPLITS + RESNEXT + list(items))
+    return train.main(args)
+
+
+def csv_rows(path) -> list[dict]:
+    """A CSV file's rows as dicts of text."""
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
