@@ -129,6 +129,10 @@ def main(argv=None) -> int:
                 warnings.warn(f"a run of {_count(config.train.epochs, 'epoch')} does not reach all of its config: "
                               f"{'; '.join(unreached)} (a short run scales them: see "
                               "c2w_fast.demo.short_run_schedule)", stacklevel=1)
+            if config.unfreeze.enabled and not config.run.init_from and processes.is_main:
+                warnings.warn("unfreeze.enabled without run.init_from: steps A and B keep a randomly initialised "
+                              "encoder frozen; give --init-from the pre-trained run, or set unfreeze.enabled = false",
+                              stacklevel=1)
             for name in names:  # a data.train_subset larger than a fold's training cases is refused now
                 training_cases(config, fold_split(splits, name))
             check_cases(config, cases, splits, [name for name, todo in plan.items() if todo != "finished"],

@@ -273,7 +273,9 @@ def test_early_stopping_waits_for_step_c_and_each_step_gets_its_patience(lasc, t
     and step C starts with the full patience again, so the run stops after step C's second epoch."""
     items = ["optim.lr=1e-12", "schedule.kind=\"constant\"", f"train.early_stopping={patience}",
              "train.early_stopping_from=4", "unfreeze.enabled=true", "unfreeze.steps=[2,4]"]
-    assert run_train("c2w_cavity.toml", lasc, tmp_path, epochs=8, items=items) == 0
+    with pytest.warns(UserWarning, match=r"^unfreeze.enabled without run.init_from: steps A and B keep a randomly "
+                                         r"initialised encoder frozen"):
+        assert run_train("c2w_cavity.toml", lasc, tmp_path, epochs=8, items=items) == 0
     assert "".join(r["phase"] for r in csv_rows(tmp_path / "final" / "metrics.csv")) == phases
 
 
