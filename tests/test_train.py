@@ -236,7 +236,8 @@ def test_validation_volumes_are_predicted_in_eval_mode_and_the_mode_is_kept(lasc
         assert modes and not any(modes) and trainer.model.training == training
 
 
-def test_progress_png_is_drawn_at_most_every_plot_every_s_and_after_the_last_epoch(lasc, tmp_path, monkeypatch):
+def test_progress_png_is_drawn_after_the_first_epoch_at_most_every_plot_every_s_and_after_the_last(lasc, tmp_path,
+                                                                                                     monkeypatch):
     from c2w_fast.training import loop, runlog
 
     drawn = []
@@ -246,9 +247,9 @@ def test_progress_png_is_drawn_at_most_every_plot_every_s_and_after_the_last_epo
     for every in (0.0, math.inf):
         monkeypatch.setattr(loop, "PLOT_EVERY_S", every)
         drawn.clear()
-        assert run_train("c2w_cavity.toml", lasc, tmp_path / str(every), epochs=2) == 0
+        assert run_train("c2w_cavity.toml", lasc, tmp_path / str(every), epochs=3) == 0
         pngs[every] = (drawn[:], (tmp_path / str(every) / "final" / "progress.png").read_bytes())
-    assert pngs[0.0][0] == [1, 2] and pngs[math.inf][0] == [2]
+    assert pngs[0.0][0] == [1, 2, 3] and pngs[math.inf][0] == [1, 3]
     assert pngs[0.0][1] == pngs[math.inf][1]  # the same last drawing
 
 

@@ -251,7 +251,7 @@ class Trainer:
 
     def _write_logs(self, *, throttle: bool = False) -> None:
         """metrics.csv, and progress.png; with ``throttle`` (after an epoch) the plot only :data:`PLOT_EVERY_S`
-        after its last drawing or the start of training, and :meth:`_train_epochs` draws the last epoch's."""
+        after its last drawing (the first epoch's at once), and :meth:`_train_epochs` draws the last epoch's."""
         runlog.write_csv(self.folder / "metrics.csv", self.state["history"])
         if not throttle or time.monotonic() - self._plotted_at >= PLOT_EVERY_S:
             self._plot()
@@ -291,7 +291,7 @@ class Trainer:
         stream = DevicePrefetcher(loader, self.device)
         step_name, net = "unset", self.model
         self.model.train()
-        self._plotted_at = time.monotonic()  # progress.png drawn PLOT_EVERY_S into training at the earliest
+        self._plotted_at = -math.inf  # the first epoch drawn at once, so progress.png shows up early
         for epoch in range(start, train.epochs):
             step = unfreeze.phase(config, epoch)
             if step != step_name:
