@@ -188,6 +188,33 @@ def test_nifti_spatial_units_are_converted_to_mm(tmp_path, unit, factor):
     assert read_header(tmp_path / "u.nii.gz")[1] == pytest.approx(volume.spacing)
 
 
+@pytest.mark.parametrize("unit, factor", [("cm", 10.0), ("m", 1000.0), ("microns", 1e-3), ("MM", 1.0)])
+def test_nrrd_space_units_are_converted_to_mm_and_written_as_mm(tmp_path, unit, factor):
+    header = {"space": "left-posterior-superior", "space directions": np.diag([0.06, 0.07, 0.2]),
+              "space origin": np.array([1.0, 2.0, 3.0]), "space units": [unit] * 3}
+    nrrd.write(str(tmp_path / "u.nrrd"), np.zeros((2, 3, 4), np.uint8), header)
+    volume = read_volume(tmp_path / "u.nrrd")
+    np.testing.assert_allclose(volume.spacing, np.array([0.2, 0.07, 0.06]) * factor)
+    np.testing.assert_allclose(volume.origin, np.array([-1.0, -2.0, 3.0]) * factor)
+    assert read_header(tmp_path / "u.nrrd")[1] == pytest.approx(volume.spacing)
+    _, written = nrrd.read(str(write_volume(tmp_path / "out.nrrd", volume.array, like=volume)))
+    assert written["space units"] == ["mm"] * 3
+    np.testing.assert_allclose(written["space directions"], np.diag([0.06, 0.07, 0.2]) * factor)
+    nrrd.write(str(tmp_path / "s.nrrd"), np.zeros((2, 3, 4), np.uint8), {"spacings": [0.6, 0.7, 2.0],
+                                                                          "units": [unit] * 3})
+    assert read_volume(tmp_path / "s.nrrd").spacing == pytest.approx(np.array([2.0, 0.7, 0.6]) * factor)
+
+
+@pytest.mark.parametrize("units", [["mm", "mm", "cm"], ["furlong"] * 3])
+def test_nrrd_units_that_are_mixed_or_unknown_are_refused(tmp_path, units):
+    header = {"space": "left-posterior-superior", "space directions": np.eye(3), "space units": units}
+    nrrd.write(str(tmp_path / "u.nrrd"), np.zeros((2, 3, 4), np.uint8), header)
+    for read in (read_volume, read_header):
+        with pytest.raises(DataError, match=r"u.nrrd: NRRD space units \[.*\] are not one length unit this "
+                                            r"reader knows \(mm, millimeter"):
+            read(tmp_path / "u.nrrd")
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
 def test_types_no_reader_takes_are_stored_as_ones_they_do(tmp_path, suffix):
     for dtype, stored in ((np.int64, np.int32), (np.uint64, np.int32), (np.float16, np.float32), (bool, np.uint8)):

@@ -34,6 +34,9 @@ _REVERSE_AXES = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # NIfTI's spatial unit code; "unknown" is read as mm, as every viewer does
 _NIFTI_UNITS_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+# NRRD units are free text; these are the spellings of the units scanners and toolkits write.
+_NRRD_UNITS_TO_MM = {"": 1.0, "mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "cm": 10.0, "m": 1000.0,
+                     "meter": 1000.0, "meters": 1000.0, "um": 1e-3, "\u00b5m": 1e-3, "micron": 1e-3, "microns": 1e-3}
 _NRRD_SPACES_TO_RAS = {
     "right-anterior-superior": np.eye(4), "RAS": np.eye(4),
     "left-posterior-superior": _LPS_TO_RAS, "LPS": _LPS_TO_RAS,
@@ -359,19 +362,29 @@ def _nrrd_affine(header: dict, path: Path, assume_spacing) -> np.ndarray:
         if space not in _NRRD_SPACES_TO_RAS:
             raise DataError(path, f"unsupported NRRD space {space!r}")
         origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+        to_mm = _nrrd_unit_to_mm(header, "space units", path)
         affine = np.eye(4)
-        affine[:3, :3] = file_axes
-        affine[:3, 3] = origin
+        affine[:3, :3] = file_axes * to_mm
+        affine[:3, 3] = origin * to_mm
         affine = _NRRD_SPACES_TO_RAS[space] @ affine
         return affine @ _REVERSE_AXES
     # Without directions, ITK and Slicer place file axes i, j, k along L, P, S; so do we.
     spacings = np.asarray(header.get("spacings", [np.nan] * 3), dtype=float)
     if np.all(np.isfinite(spacings)):
-        return _LPS_TO_RAS @ affine_from_spacing(tuple(spacings)[::-1])
+        return _LPS_TO_RAS @ affine_from_spacing(tuple(spacings[::-1] * _nrrd_unit_to_mm(header, "units", path)))
     if assume_spacing is not None:
         return _LPS_TO_RAS @ affine_from_spacing(assume_spacing)
     found = f"'spacings' {spacings.tolist()}" if "spacings" in header else "no 'spacings'"
     raise DataError(path, f"NRRD header has no 'space directions' and {found}; spacing unknown")
+
+
+def _nrrd_unit_to_mm(header: dict, field: str, path: Path) -> float:
+    """Millimetres per unit of the header's ``field`` (one unit for all three axes; none written: mm)."""
+    units = [str(u).strip().lower() for u in header.get(field, [])]
+    if len(set(units)) > 1 or any(u not in _NRRD_UNITS_TO_MM for u in units):
+        raise DataError(path, f"NRRD {field} {header[field]} are not one length unit this reader knows "
+                              f"({', '.join(u for u in _NRRD_UNITS_TO_MM if u)})")
+    return _NRRD_UNITS_TO_MM[units[0]] if units else 1.0
 
 
 def _read_nrrd(path: Path, assume_spacing) -> tuple[np.ndarray, np.ndarray]:
@@ -391,6 +404,7 @@ def _write_nrrd(path: Path, array: np.ndarray, affine: np.ndarray, compress: boo
         "space": "left-posterior-superior",
         "space directions": lps[:3, :3].T,
         "space origin": lps[:3, 3],
+        "space units": ["mm", "mm", "mm"],
         "kinds": ["domain", "domain", "domain"],
         "encoding": "gzip" if compress else "raw",
     }
