@@ -31,9 +31,9 @@ from c2w_fast.stages import Predictor
 from c2w_fast.training.evaluation import evaluate_cases, table1
 
 DEMO_SHAPE, DEMO_SPACING = (40, 96, 96), (1.25, 1.25, 1.25)
-N_TEST = 4
+N_TEST, FINAL_VAL = 4, 2  # held-out test phantoms; validation phantoms of the final models
 
-CPU_RUN = [f"data.n_test={N_TEST}", "data.n_folds=2", "data.final_val=2", "train.batch_size=2",
+CPU_RUN = [f"data.n_test={N_TEST}", "data.n_folds=2", f"data.final_val={FINAL_VAL}", "train.batch_size=2",
            "train.num_workers=0", "run.device=\"cpu\"", "augment.elastic_prob=0.0"]
 TINY_RESNEXT = [
     "model.overrides.features=[8,16,32,64]", "model.overrides.strides=[1,[1,2,2],2,2]",
@@ -114,31 +114,58 @@ def c2w_pipeline(data: Path, runs: Path, epochs: int, *, common: list[str], resn
             for name, run in (("3D U-Net (scratch baseline)", "scratch"), ("C2W-Tune", "wall"))}
 
 
+DEMO_MARK = ".c2w_fast_demo"  # in a demo's --out: the folder is the demo's, so a rerun may replace what it holds
+OUTPUTS = ("data", "held_out", "predictions", "thickness")  # replaced by every run (the run folders by train_stage)
+
+
+def claim_out(out: Path) -> str | None:
+    """Make ``out`` the demo's folder with none of an earlier run's data and outputs (a rerun with
+    another --n would otherwise train on stale phantoms); why not, for a folder that holds other things."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; give a folder (created when missing)"
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
+        return f"--out {out} holds files of its own; give a new or empty folder, or an earlier demo's"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).touch()
+    for name in OUTPUTS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    return None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m c2w_fast.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser = argparse.ArgumentParser(prog="python -m c2w_fast.demo", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
+                        help="the demo's folder: phantoms, run folders, predictions (a rerun replaces them)")
     parser.add_argument("--n", type=int, default=16, help=f"number of phantom cases ({N_TEST} are held out)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the cavity, wall and scratch stages")
     args = parser.parse_args(argv)
-    if args.n < N_TEST + 3:  # two folds and a final split of >= 1 training and 2 validation cases
-        parser.error(f"--n must be at least {N_TEST + 3}: {N_TEST} phantoms are held out for the test")
+    if args.n < N_TEST + FINAL_VAL + 1:  # two folds, and a final split of >= 1 training and the validation cases
+        parser.error(f"--n must be at least {N_TEST + FINAL_VAL + 1}: {N_TEST} phantoms are held out for the test")
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    problem = claim_out(args.out)
+    if problem:
+        parser.error(problem)
     # One thread: the small convolutions gain little from a second one, and on a shared
     # machine OpenMP threads waiting for a busy core slow them down many times over.
     torch.set_num_threads(1)
     began = time.perf_counter()
     data = args.out / "data"
     write_dataset(data, "lasc", args.n, shape=DEMO_SHAPE, spacing=DEMO_SPACING, overwrite=True)  # its own folder
-    print(f"training on {args.n - N_TEST} phantoms ({DEMO_SHAPE} voxels @ {DEMO_SPACING} mm), "
-          f"{args.epochs} epochs per stage:", flush=True)
+    print(f"training on {args.n - N_TEST} phantoms ({FINAL_VAL} of them for validation; {DEMO_SHAPE} voxels @ {DEMO_SPACING} "
+          f"mm), {_count(args.epochs, 'epoch')} per stage:", flush=True)
     results = c2w_pipeline(data, args.out, args.epochs, common=CPU_RUN, resnext=TINY_RESNEXT,
                            localizer=TINY_LOCALIZER, wall_schedule=short_run_schedule(args.epochs))
     print(f"\nLA wall on the {N_TEST} held-out phantoms (native grid; mean ± sd over cases):")
     print(table1(results, "wall"))
     held_out = args.out / "held_out"
+    held_out.mkdir()
     for case in load_splits(args.out / "wall" / "splits.json").test:
-        held_out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(data / case / LASC_IMAGE, held_out / f"{case}.nrrd")  # a folder of new scans
     command = ["--model", str(args.out / "wall"), "--in", str(held_out), "--out", str(args.out / "predictions"),
                "--thickness", str(args.out / "thickness")]
