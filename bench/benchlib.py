@@ -114,18 +114,26 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def save(name: str, payload: dict, printed_table: str) -> Path:
-    """Write ``payload`` (plus the machine description and the table) to ``bench/results``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def add_results_option(parser) -> None:
+    """``--results DIR``: where :func:`save` and :func:`save_bar_chart` write."""
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="folder for the results JSON/PNG (default: bench/results, the committed figures, "
+                             "which a rerun replaces: give another folder for trial runs)")
+
+
+def save(name: str, payload: dict, printed_table: str, folder: Path = RESULTS) -> Path:
+    """Write ``payload`` (plus the machine description and the table) to ``folder/<name>.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload, "table": printed_table.splitlines()},
                                indent=2) + "\n")
     return path
 
 
-def save_bar_chart(name: str, bars: list[tuple[str, dict[str, float]]], *, title: str, ylabel: str) -> Path:
+def save_bar_chart(name: str, bars: list[tuple[str, dict[str, float]]], *, title: str, ylabel: str,
+                   folder: Path = RESULTS) -> Path:
     """A stacked bar chart (one bar per ``(label, {part: value})``, parts stacked in a fixed order
-    and colour) saved as ``bench/results/<name>.png``."""
+    and colour) saved as ``folder/<name>.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,8 +151,8 @@ def save_bar_chart(name: str, bars: list[tuple[str, dict[str, float]]], *, title
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

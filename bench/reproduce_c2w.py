@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce_c2w"))
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--paper-schedule", action="store_true", help="unfreezing at epochs 61/181, peaks 1e-4/1e-5")
+    benchlib.add_results_option(parser)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("reproduce_c2w.py trains the full-size C2W pipeline and needs a CUDA GPU; torch sees none here. "
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     path = benchlib.save(f"reproduce_c2w_{gpu}", {
         "cases": args.n, "test_cases": n_test, "epochs": args.epochs, "paper_schedule": args.paper_schedule,
-        "minutes_this_invocation": (time.perf_counter() - began) / 60, "per_case": results}, printed)
+        "minutes_this_invocation": (time.perf_counter() - began) / 60, "per_case": results}, printed, args.results)
     print(f"saved {path}")
     return 0
 

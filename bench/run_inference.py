@@ -98,6 +98,7 @@ def parse_args():
     p.add_argument("--peer-blocks", choices=("same", "reference"), default="same",
                    help="MONAI's side: the same network module, or its blocks in plain PyTorch (cuDNN)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run that checks the script (not a result)")
+    benchlib.add_results_option(p)
     return p.parse_args()
 
 
@@ -466,10 +467,11 @@ def main() -> None:
                "peer_blocks": args.peer_blocks, "monai_largest_component": labelling,
                "agreement_tolerance": AGREEMENT_TOLERANCE, "target": TARGET,
                "network": network, "end_to_end": rows}
-    print("saved", benchlib.save(f"inference_{gpu}", payload, printed))
+    print("saved", benchlib.save(f"inference_{gpu}", payload, printed, args.results))
     if bars:
         print("saved", benchlib.save_bar_chart(f"inference_{gpu}", bars, ylabel="seconds per volume (synchronised pass)",
-                                               title=f"Inference per 44×640×640 volume, ours vs MONAI ({gpu})"))
+                                               title=f"Inference per 44×640×640 volume, ours vs MONAI ({gpu})",
+                                               folder=args.results))
 
 
 if __name__ == "__main__":

@@ -39,12 +39,15 @@ CONV_TARGET, LOSS_TARGET, FLOOR_TARGET, MEMORY_TARGET = 2.0, 15.0, 3.0, 0.6
 
 
 def parse_args():
+    from benchlib import add_results_option  # stdlib only: imported before the environment is set
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer (slow to compile)")
     parser.add_argument("--only", choices=["conv", "memory", "loss"], action="append")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run through the Triton interpreter")
+    add_results_option(parser)
     return parser.parse_args()
 
 
@@ -324,7 +327,7 @@ def main() -> None:
     print("\n" + text)
     if not args.cpu_smoke:
         gpu = re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
-        print("saved", save(f"kernels_{gpu}", payload, text))
+        print("saved", save(f"kernels_{gpu}", payload, text, args.results))
 
 
 if __name__ == "__main__":

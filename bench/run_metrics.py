@@ -24,6 +24,8 @@ import sys
 
 
 def parse_args(argv=None):
+    from benchlib import add_results_option  # stdlib only: imported before the environment is set
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="threads for ours, edt and MONAI (default 2)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -33,6 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning "
                              "(much faster on a machine busy with other work)")
+    add_results_option(parser)
     return parser.parse_args(argv)
 
 
@@ -318,7 +321,7 @@ def main(args) -> None:
             + ("_passive" if args.passive else ""))
     payload.update({"threads": args.threads, "repeats": args.repeats,
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "rows": rows})
-    print("saved", save(name, payload, printed))
+    print("saved", save(name, payload, printed, args.results))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Usage: python bench/run_phantom.py [--repeats 5]
 """
 import argparse
 
-from benchlib import save, table, time_call
+from benchlib import add_results_option, save, table, time_call
 
 from c2w_fast.data.phantom import GEOMETRIES, make_phantom
 
@@ -15,6 +15,7 @@ TARGET_S = {"mbas": 2.0}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
+    add_results_option(parser)
     args = parser.parse_args()
     rows = []
     for layout in ("mbas", "lasc"):
@@ -29,7 +30,7 @@ def main() -> None:
                      "met": ("yes" if timing["median_ms"] / 1e3 < target else "NO") if target else "-"})
     printed = table(rows, ["case", "median_s", "min_s", "target_s", "met"])
     print(printed)
-    print("saved", save("phantom_cpu", {"rows": rows}, printed))
+    print("saved", save("phantom_cpu", {"rows": rows}, printed, args.results))
 
 
 if __name__ == "__main__":

@@ -35,12 +35,15 @@ from pathlib import Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from benchlib import add_results_option  # stdlib only: imported before the environment is set
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--loader-cases", type=int, default=8, help="phantom cases (88x640x640) for the loader test")
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run through the Triton interpreter")
+    add_results_option(parser)
     return parser.parse_args(argv)
 
 
@@ -218,7 +221,7 @@ def main() -> int:
     path = benchlib.save(f"train_step_{gpu}", {
         "config": {"batch": BATCH, "roi": ROI, "dtype": "bf16", "model": "c2w_resnext", "loss": "dice_focal"},
         "targets": {"fused_vs_compile": 0.5, "peak_gb": 20.0, "loader_vs_preloaded": 1.10},
-        "rows": rows}, printed)
+        "rows": rows}, printed, args.results)
     print(f"saved {path}")
     return 0
 

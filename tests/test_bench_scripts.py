@@ -31,3 +31,21 @@ def test_gpu_benchmark_runs_in_cpu_smoke_mode_and_saves_nothing(script, expected
         assert text in done.stdout
     assert "smoke run" in done.stdout.lower()  # says that its numbers are not results
     assert {p: p.stat().st_mtime_ns for p in results.glob("*")} == before
+
+
+def test_results_go_to_the_folder_given_with_results(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import benchlib
+
+    parser = argparse.ArgumentParser()
+    benchlib.add_results_option(parser)
+    assert parser.parse_args([]).results == BENCH / "results"  # the committed figures by default
+    folder = parser.parse_args(["--results", str(tmp_path / "trial")]).results
+    path = benchlib.save("metrics_cpu", {"rows": [{"op": "dice"}]}, "op\ndice", folder)
+    assert path == tmp_path / "trial" / "metrics_cpu.json"
+    assert json.loads(path.read_text())["table"] == ["op", "dice"]
+    chart = benchlib.save_bar_chart("inference_x", [("ours", {"network": 1.0})], title="t", ylabel="s", folder=folder)
+    assert chart == tmp_path / "trial" / "inference_x.png" and chart.stat().st_size > 0
