@@ -50,6 +50,27 @@ def test_accepts_non_contiguous_and_numeric_masks(backend, rng):
     assert bounding_box(labels, backend=backend) == truth(labels != 0)
 
 
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_accepts_reversed_views_and_negative_values(backend, rng):
+    """A view with negative strides (torch cannot view it: the triton backend copies it), and
+    negative labels, which are nonzero and so foreground."""
+    mask = rng.random((6, 7, 8)) < 0.05
+    mask[2, 3, 4] = True
+    flipped = mask[::-1, :, ::-1]
+    assert bounding_box(flipped, backend=backend) == truth(flipped)
+    signed = np.where(mask, -1, 0).astype(np.int8)
+    assert bounding_box(signed, backend=backend) == truth(mask)
+    assert bounding_box(torch.from_numpy(signed), backend=backend) == truth(mask)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 4, 5), (3, 0, 5), (0, 3), (0,)])
+def test_an_array_without_voxels_has_no_box(backend, shape):
+    assert bounding_box(np.zeros(shape, bool), backend=backend) is None
+    assert bounding_box(torch.zeros(shape, dtype=torch.bool), margin=1, backend=backend) is None
+
+
 def test_per_axis_margin_and_bad_arguments():
     mask = np.zeros((10, 10, 10), bool)
     mask[5, 5, 5] = True

@@ -71,6 +71,36 @@ def test_edge_cases(backend):
     np.testing.assert_array_equal(remove_small_components(edge, 2, 6, backend=backend), empty)
 
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_3d_connectivities_mean_their_2d_counterparts(backend, rng):
+    """In 2D, 6 means 4 and 18 and 26 mean 8 (26, the default, joins diagonal neighbours)."""
+    diagonal = np.eye(4, 5, dtype=bool)  # 4 voxels touching at corners only
+    expected = {6: 4, 18: 1, 26: 1}
+    assert {c: label_components(diagonal, c, backend=backend)[1] for c in expected} == expected
+    assert label_components(diagonal, backend=backend)[1] == 1
+    mask = sparse(rng, (11, 13), 0.4)
+    for connectivity, planar in ((6, 4), (18, 8), (26, 8)):
+        labels, count = label_components(mask, connectivity, backend=backend)
+        expected_labels, expected_count = scipy_label(mask, planar)
+        assert count == expected_count
+        np.testing.assert_array_equal(labels, expected_labels)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_op_defaults_to_26_connectivity(backend):
+    """A chain of 4 voxels touching at corners (one component at 26 only) and a line of 3."""
+    mask = np.zeros((5, 5, 7), bool)
+    chain = np.zeros_like(mask)
+    for i in range(4):
+        chain[i, i, i] = True
+    mask |= chain
+    mask[0, 4, 4:7] = True  # the line: face neighbours
+    assert label_components(mask, backend=backend)[1] == 2
+    np.testing.assert_array_equal(keep_largest_component(mask, backend=backend), chain)
+    np.testing.assert_array_equal(remove_small_components(mask, 4, backend=backend), chain)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_in_torch_out(backend, rng):
     mask = sparse(rng, (5, 7, 6))

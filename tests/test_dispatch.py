@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from c2w_fast.ops import BackendFallbackWarning, BackendUnavailableError, backend_problem, bounding_box
-from c2w_fast.ops._dispatch import Op
+from c2w_fast.ops._dispatch import Op, reference_only
 
 
 def _op(**preferred):
@@ -78,3 +78,13 @@ def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
 def test_op_needs_a_reference_implementation():
     with pytest.raises(ValueError, match="needs a reference"):
         Op("broken", {"cpu": lambda: None})
+
+
+def test_inputs_only_the_reference_takes_keep_an_explicit_backend_choice():
+    """``auto`` becomes ``reference``, ``triton`` raises the problem; any other choice goes on to
+    ``Op.select`` as given, which names a missing backend instead of running the reference silently."""
+    assert reference_only("auto", "why") == "reference"
+    for backend in ("reference", "cpu", "cuda"):
+        assert reference_only(backend, "why") == backend
+    with pytest.raises(ValueError, match="^why$"):
+        reference_only("triton", "why")

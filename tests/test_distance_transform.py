@@ -72,5 +72,8 @@ def test_torch_in_torch_out_and_any_layout(backend, rng):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"spacing must have 3 positive values \(z, y, x\) in mm"):
         distance_transform(np.ones((2, 2, 2)), (1.0, -1.0, 1.0))
-    with pytest.raises(ValueError, match="mask must be 2D or 3D"):
+    with pytest.raises(ValueError, match="mask must be 2D or 3D") as error:
         signed_distance(np.ones((2, 2, 2, 2)))
+    assert "leading axis" not in str(error.value)  # the hint is for a leading axis of size 1 only
+    with pytest.raises(ValueError, match=r"got shape \(1, 2, 2, 2\) \(drop the leading axis: mask\[0\]\)"):
+        distance_transform(np.ones((1, 2, 2, 2)))

@@ -93,6 +93,20 @@ def test_single_metric_functions_equal_evaluate(rng):
     assert r.as_dict() == {"dice": r.dice, "hd": r.hd, "hd95": r.hd95, "assd": r.assd, "surface_dice": r.surface_dice}
 
 
+def test_the_single_metric_functions_pass_the_convention_on():
+    """A 3x3x3 cube and the same cube with its centre voxel removed. Voxel convention: both have
+    the same 26 boundary voxels, so every distance is 0. Surfel convention: the hole's 8 corners
+    are surface of the hollow cube too, 1 step from the cube's outer surface."""
+    cube = np.zeros((5, 5, 5), bool)
+    cube[1:4, 1:4, 1:4] = True
+    hollow = cube.copy()
+    hollow[2, 2, 2] = False
+    assert metrics.hd(hollow, cube, convention="voxel") == 0.0 and metrics.hd(hollow, cube) == 1.0
+    assert metrics.assd(hollow, cube, convention="voxel") == 0.0 and metrics.assd(hollow, cube) > 0.0
+    assert metrics.surface_dice(hollow, cube, tolerance_mm=0.5, convention="voxel") == 1.0
+    assert metrics.surface_dice(hollow, cube, tolerance_mm=0.5) < 1.0
+
+
 def test_evaluate_labels_per_label_and_unions(rng):
     shape, spacing = (6, 12, 10), anisotropic_spacing(rng)
     gt = rng.integers(0, 4, shape).astype(np.uint8) * blobs(rng, shape, 0.5)
@@ -156,6 +170,11 @@ def test_bad_input_is_named():
         metrics.evaluate(mask, mask, (2e19, 1.0, 1.0))
     with pytest.raises(ValueError, match="tolerance_mm and percentile must be numbers, got None"):
         metrics.surface_dice(mask, mask, tolerance_mm=None)
+    for tolerance in (np.inf, np.nan):
+        with pytest.raises(ValueError, match="tolerance_mm must be a finite number"):
+            metrics.evaluate(mask, mask, tolerance_mm=tolerance)
+    with pytest.raises(ValueError, match="convention must be one of"):
+        metrics.surface_distances(mask, mask, convention="medpy")
 
 
 def test_complex_masks_are_refused_for_numpy_and_torch_alike():
@@ -167,6 +186,46 @@ def test_complex_masks_are_refused_for_numpy_and_torch_alike():
         metrics.evaluate_batch(mask.real[None], torch.from_numpy(mask)[None])
     with pytest.raises(TypeError, match="mask must be a boolean or numeric mask, got dtype torch.complex64"):
         ops.binary_dilation(torch.from_numpy(mask), 1.0)  # the ops share the check (as_mask)
+
+
+def test_bad_labels_and_batches_are_named():
+    maps = np.ones((4, 5, 6), np.uint8)
+    with pytest.raises(ValueError, match="labels must name at least one label"):
+        metrics.evaluate_labels(maps, maps, [])
+    with pytest.raises(ValueError, match=r"label 'wall' must map to an int or a list of ints, got \[\]"):
+        metrics.evaluate_labels(maps, maps, {"wall": []})
+    with pytest.raises(ValueError, match="labels name '1' twice"):
+        metrics.evaluate_labels(maps, maps, {1: 1, "1": 2})  # names are strings: 1 and "1" are one name
+    assert list(metrics.evaluate_labels(maps, maps, {1: 1})) == ["1"]
+    with pytest.raises(ValueError, match=r"same shape, got \(4, 5, 6\) and \(4, 5, 5\)"):
+        metrics.evaluate_labels(maps, maps[..., :5], [1])  # the maps' shapes, not the label stacks'
+    batch = np.ones((2, 4, 5, 6), bool)
+    with pytest.raises(ValueError, match=r"same shape, got \(2, 4, 5, 6\) and \(3, 4, 5, 6\)"):
+        metrics.evaluate_batch(batch, np.ones((3, 4, 5, 6), bool))  # no pairs dropped silently
+    with pytest.raises(ValueError, match=r"pred must be a batch of 2D or 3D masks.*got shape \(2, 6\)"):
+        metrics.evaluate_batch(batch[:, 0, 0], batch[:, 0, 0])
+
+
+def test_surface_summary_defaults_are_the_metrics_defaults(rng):
+    """surface_summary's documented defaults (surfel, 1 mm, 95th percentile, max) are what evaluate asks for."""
+    gt = blobs(rng, (6, 11, 10), 0.4)
+    pred = perturbed(rng, gt, 0.1)
+    spacing = (1.5, 0.6, 0.7)
+    r = metrics.evaluate(pred, gt, spacing)
+    ours = ops.surface_summary(pred, gt, spacing)
+    assert (ours.hd, ours.hd_percentile, ours.assd, ours.surface_dice) == (r.hd, r.hd95, r.assd, r.surface_dice)
+    other = ops.surface_summary(pred, gt, spacing, tolerance_mm=2.0, percentile=90.0)
+    assert other.hd_percentile != r.hd95 and other.surface_dice != r.surface_dice  # else this tests nothing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_zero_tolerance_counts_the_coinciding_surface_only(backend):
+    """Tolerance 0 is allowed: the surface elements at distance 0 of the other surface."""
+    pred, gt = two_voxels(gap=1)  # face neighbours: they share one face (4 of each cube's 8 corners)
+    for convention, shared in (("surfel", 0.5), ("voxel", 0.0)):  # voxel centres are 1 step apart
+        r = metrics.evaluate(pred, gt, (1.0, 1.0, 1.0), tolerance_mm=0.0, convention=convention, backend=backend)
+        assert r.surface_dice == pytest.approx(shared)
+        assert metrics.surface_dice(gt, gt, tolerance_mm=0.0, convention=convention, backend=backend) == 1.0
 
 
 def test_empty_batch_still_checks_its_options():

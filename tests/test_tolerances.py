@@ -3,6 +3,7 @@ from pathlib import Path
 
 import torch
 
+from c2w_fast.ops._tolerance import Tolerance
 from c2w_fast.ops.conv_norm_act import TOLERANCES
 from c2w_fast.ops.losses import GRAD_TOLERANCES, VALUE_TOLERANCES
 
@@ -13,6 +14,19 @@ def test_tolerance_counts_elements_outside_the_bound_and_nan_mismatches():
     assert tolerance.violations(reference * (1 + tolerance.rtol / 2), reference) == 0
     assert tolerance.violations(reference + torch.tensor([0.0, 0.0, 1e-3]), reference) == 1
     assert tolerance.violations(torch.tensor([1.0, float("nan"), 4.0]), reference) == 1
+
+
+
+def test_the_absolute_term_scales_with_the_largest_reference_magnitude():
+    tolerance = Tolerance(rtol=0.0, atol=1e-3)
+    reference = torch.tensor([0.0, -100.0])  # bound: 1e-3 * 100 = 0.1 on every element
+    assert tolerance.violations(torch.tensor([0.05, -100.0]), reference) == 0
+    assert tolerance.violations(torch.tensor([0.15, -100.0]), reference) == 1
+
+
+def test_an_exact_match_is_no_violation_even_where_the_bound_is_zero():
+    zeros = torch.zeros(3)
+    assert Tolerance(rtol=1e-6, atol=1e-6).violations(zeros, zeros) == 0
 
 
 def test_readme_quotes_the_tolerance_tables():

@@ -86,12 +86,6 @@ def box_3d(box: Box) -> tuple[int, int, int, int, int, int]:
     return tuple(int(v) for s in box for v in (s.start, s.stop))
 
 
-def grow(box: Box, margin, shape) -> Box:
-    """``box`` grown by ``margin`` voxels per side (one int or one per axis), clipped to ``shape``."""
-    margins = (margin,) * len(shape) if np.isscalar(margin) else tuple(margin)
-    return tuple(slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(box, margins, shape))
-
-
 def union(a: Box | None, b: Box | None) -> Box | None:
     """Smallest box holding both boxes (``None`` stands for an empty mask)."""
     if a is None or b is None:
