@@ -163,6 +163,16 @@ def test_rgb_voxels_and_a_zero_voxel_size_are_refused(tmp_path):
         read_volume(tmp_path / "parallel.nii.gz")
 
 
+def test_complex_voxels_and_an_empty_file_are_named_for_what_they_are(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((4, 3, 2), np.complex64), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    with pytest.raises(DataError, match=r"c.nii.gz: complex voxels \(complex64\) are not a magnitude image"):
+        read_volume(tmp_path / "c.nii.gz")
+    for suffix in (".nii.gz", ".nrrd"):
+        (tmp_path / f"e{suffix}").write_bytes(b"")
+        with pytest.raises(DataError, match=rf"e{suffix}: the file is empty \(0 bytes\)"):
+            read_volume(tmp_path / f"e{suffix}")
+
+
 @pytest.mark.parametrize("qform_code", [0, 1])
 def test_a_zero_pixdim_is_refused_where_no_sform_gives_the_geometry(tmp_path, qform_code):
     image = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)

@@ -144,6 +144,8 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
     fmt = image_format(path)
     if not path.is_file():
         raise DataError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, "the file is empty (0 bytes): an interrupted copy or download?")
     header = None
     try:
         if fmt == "nifti":
@@ -156,6 +158,8 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
         raise DataError(path, f"cannot read {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
     if array.ndim != 3:
         raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape}")
+    if array.dtype.kind == "c":
+        raise DataError(path, f"complex voxels ({array.dtype}) are not a magnitude image; save the magnitude")
     if array.dtype.kind not in "biuf":
         raise DataError(path, f"voxels of type {array.dtype} (e.g. RGB) are not a scalar image; expected "
                               "integer, float or boolean voxels")
