@@ -169,8 +169,9 @@ def test_complex_voxels_and_an_empty_file_are_named_for_what_they_are(tmp_path):
         read_volume(tmp_path / "c.nii.gz")
     for suffix in (".nii.gz", ".nrrd"):
         (tmp_path / f"e{suffix}").write_bytes(b"")
-        with pytest.raises(DataError, match=rf"e{suffix}: the file is empty \(0 bytes\)"):
-            read_volume(tmp_path / f"e{suffix}")
+        for read in (read_volume, read_header):
+            with pytest.raises(DataError, match=rf"e{suffix}: the file is empty \(0 bytes\)"):
+                read(tmp_path / f"e{suffix}")
 
 
 @pytest.mark.parametrize("qform_code", [0, 1])

@@ -133,6 +133,13 @@ def image_format(path) -> str:
     raise DataError(path, f"unknown image format; expected one of {NIFTI_SUFFIXES + NRRD_SUFFIXES}")
 
 
+def _check_readable(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, "the file is empty (0 bytes): an interrupted copy or download?")
+
+
 def read_volume(path, *, assume_spacing=None) -> Volume:
     """Read a 3D NIfTI or NRRD file as a :class:`Volume` in (z, y, x) order.
 
@@ -142,10 +149,7 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
     """
     path = Path(path)
     fmt = image_format(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise DataError(path, "the file is empty (0 bytes): an interrupted copy or download?")
+    _check_readable(path)
     header = None
     try:
         if fmt == "nifti":
@@ -185,8 +189,7 @@ def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[fl
     """Shape (z, y, x) and spacing (mm) of an image file without reading its voxels."""
     path = Path(path)
     fmt = image_format(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
+    _check_readable(path)
     try:
         if fmt == "nifti":
             import nibabel as nib
