@@ -15,22 +15,28 @@ hidden files and folders are skipped. If ``--gt`` is a dataset of a known layout
 MBAS, nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
 (1 wall, 2 RA, 3 LA) come from that layout instead, so a LASC ``laendo.nrrd`` /
 ``lawall.nrrd`` pair is one case named after its folder, and the default ``--labels`` are
-those the layout can hold (wall and LA for LASC).
+those the layout can hold (wall and LA for LASC). A LASC case without its optional
+``lawall.nrrd`` has no wall ground truth: its wall is not scored (an unknown wall is not an
+empty one). The default ``--labels`` leave out a label that no prediction and no ground truth
+holds.
 
 **Geometry.** Spacing is read from the ground-truth file; a prediction on another grid
 (shape, spacing off by more than 0.1 %, or origin/directions off by more than 0.01 mm: a
 flipped or shifted file) is reported as a problem, not evaluated.
 
 **Output.** One CSV row per case and label with ``dice, hd, hd95, assd, surface_dice``
-(mm; definitions in :mod:`c2w_fast.metrics`), then per label the rows ``mean``, ``sd``
-(sample standard deviation) and ``n`` (how many cases had a finite value) over the
-evaluated cases, then one row per problem case (missing prediction or ground truth,
+(mm; definitions in :mod:`c2w_fast.metrics`; a label the case's ground truth leaves unknown
+gets a row with no values and the status ``no <label> ground truth``), then per label the rows
+``mean``, ``sd`` (sample standard deviation) and ``n`` (how many cases had a finite value)
+over the cases scored, then one row per problem case (missing prediction or ground truth,
 unreadable file, grid mismatch; ``--predicted-only`` leaves ground-truth cases without a
-prediction out instead) with the problem in the ``status`` column. A summary
-line goes to stdout; a prediction holding values that are neither evaluated nor label
-codes (an image given as a label map?) gets a warning on stderr. Exit status: 0 when
+prediction out instead) with the problem in the ``status`` column. A summary goes to stdout:
+per label mean ± sd of the finite values, with how many were not finite (``n/a``); a
+prediction or ground truth holding values that are neither evaluated nor label codes (an
+image, or a 0/255 mask, given as a label map?) gets a warning on stderr. Exit status: 0 when
 every case was evaluated, 1 when some had problems (the CSV is written either way), 2 for
-bad arguments, a --pred folder with no label map, or --labels the --gt dataset cannot hold.
+bad arguments, a --pred folder with no label map, or --labels the --gt dataset cannot hold,
+130 when interrupted (Ctrl-C; no CSV written).
 """
 from __future__ import annotations
 
@@ -49,10 +55,11 @@ import torch
 from c2w_fast import metrics
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_csv
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, check_whole_labels, detect_layout, discover_cases,
-                                   files_under, layout_labels, load_labels, values_outside)
+                                   files_under, layout_labels, load_labels, unknown_label_codes, values_outside)
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
+from c2w_fast.training.evaluation import mean_sd
 
 METRICS = ("dice", "hd", "hd95", "assd", "surface_dice")
 LABEL_SUFFIXES = ("_gt", "_seg", "_label", "_labels", "_mask", "_pred", "_prediction")
@@ -114,6 +121,10 @@ class GroundTruth:
     def load(self, identifier: str) -> Volume:
         return load_labels(self.cases[identifier]) if identifier in self.cases else read_volume(self.files[identifier])
 
+    def unknown(self, identifier: str) -> set[int]:
+        """Label codes the case's ground truth leaves unknown, not empty (a LASC case without lawall.nrrd)."""
+        return unknown_label_codes(self.cases[identifier]) if identifier in self.cases else set()
+
 
 def find_ground_truth(root: Path) -> GroundTruth:
     try:
@@ -163,12 +174,12 @@ def _as_label_map(array: np.ndarray, path) -> np.ndarray:
 
 
 def evaluate_case(identifier: str, pred_path: Path, gt: GroundTruth, labels: dict[str, int], options: dict):
-    """``(rows, problem, warning)`` for one case: its per-label rows, or a problem message; the
-    warning (or None) names values of the prediction that are neither evaluated nor label codes."""
+    """``(rows, problem, warnings)`` for one case: its per-label rows, or a problem message; the
+    warnings name values of the prediction or ground truth that are neither evaluated nor label codes."""
     try:
         return _evaluate_case(identifier, pred_path, gt, labels, options)
     except Exception as exc:  # one bad case must not stop the others; it is reported in the CSV
-        return [], str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}", None
+        return [], str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}", []
 
 
 def _evaluate_case(identifier, pred_path, gt, labels, options):
@@ -177,21 +188,39 @@ def _evaluate_case(identifier, pred_path, gt, labels, options):
     check_same_grid(pred, reference, "prediction", "ground truth")
     pred_labels = _as_label_map(pred.array, pred_path)
     gt_labels = _as_label_map(reference.array, reference.path)
-    results = metrics.evaluate_labels(pred_labels, gt_labels, labels, reference.spacing, **options)
+    unknown = gt.unknown(identifier)  # not scored: an absent label there is unknown, not an empty one
+    known = {name: value for name, value in labels.items() if value not in unknown}
+    results = metrics.evaluate_labels(pred_labels, gt_labels, known, reference.spacing, **options) if known else {}
     expected = sorted({0, *labels.values(), *gt.labels.values()})
-    other = values_outside(pred_labels, expected)  # many: likely an image, not a label map
-    warning = None if not len(other) else (
-        f"{pred_path} also holds {_describe_values(other)}, neither evaluated nor label codes "
+    warnings = [warning for warning in (_other_values(pred_labels, pred_path, expected),
+                                        _other_values(gt_labels, reference.path, expected)) if warning]
+    rows = [{"case": identifier, "label": name, **results[name].as_dict(), "status": "ok"} if name in results else
+            {"case": identifier, "label": name, **dict.fromkeys(METRICS, ""), "status": f"no {name} ground truth"}
+            for name in labels]
+    return rows, None, warnings
+
+
+def _other_values(label_map: np.ndarray, path, expected: list[int]) -> str | None:
+    """A warning naming the values of ``label_map`` (read from ``path``) outside ``expected``, or None:
+    many are likely an image (or a 0/255 mask) given as a label map, every case then scoring 0."""
+    other = values_outside(label_map, expected)
+    return None if not len(other) else (
+        f"{path} also holds {_describe_values(other)}, neither evaluated nor label codes "
         f"({', '.join(map(str, expected))}): is it a label map?")
-    rows = [{"case": identifier, "label": name, **r.as_dict(), "status": "ok"} for name, r in results.items()]
-    return rows, None, warning
+
+
+def _holds_label(row: dict) -> bool:
+    """Whether the prediction or ground truth of a case holds the row's label: its ASSD is NaN only
+    when both masks are empty (:mod:`c2w_fast.metrics`, empty masks). A label the ground truth leaves
+    unknown counts, so that the summary says so."""
+    return row["status"] != "ok" or not math.isnan(row["assd"])
 
 
 def summary_rows(rows: list[dict], labels) -> list[dict]:
-    """Per label: mean, sample sd and count of the finite values over the cases."""
+    """Per label: mean, sample sd and count of the finite values over the cases scored."""
     out = []
     for name in labels:
-        values = {m: np.array([r[m] for r in rows if r["label"] == name], dtype=float) for m in METRICS}
+        values = {m: np.array([r[m] for r in _scored(rows, name)], dtype=float) for m in METRICS}
         finite = {m: v[np.isfinite(v)] for m, v in values.items()}
         out.append({"case": "mean", "label": name, **{m: float(f.mean()) if len(f) else math.nan
                                                        for m, f in finite.items()}, "status": ""})
@@ -201,13 +230,19 @@ def summary_rows(rows: list[dict], labels) -> list[dict]:
     return out
 
 
+def _scored(rows: list[dict], label: str) -> list[dict]:
+    """The rows of ``label`` with metrics (not those of cases whose ground truth leaves it unknown)."""
+    return [row for row in rows if row["label"] == label and row["status"] == "ok"]
+
+
 def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, *, workers: int = 2,
         progress: bool = True, predicted_only: bool = False, **options) -> tuple[list[dict], dict[str, str]]:
     """Evaluate every case; returns the per-case rows and ``{id: problem}``; writes ``out``.
 
     ``labels``: ``{name: value}``; None for those the ground truth can hold (wall, RA, LA; no RA
-    in a LASC dataset). ``predicted_only``: ground-truth cases without a prediction are left out
-    instead of being problems (predictions of a test split against the whole dataset)."""
+    in a LASC dataset) and some prediction or ground truth holds. ``predicted_only``: ground-truth
+    cases without a prediction are left out instead of being problems (predictions of a test split
+    against the whole dataset)."""
     from tqdm import tqdm
 
     predictions, problems = find_label_files(pred_dir)
@@ -215,7 +250,8 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, 
     if not predictions and not problems:
         raise DataError(pred_dir, "no label maps here (.nii, .nii.gz, .nrrd, .nhdr); nothing to evaluate")
     gt = find_ground_truth(gt_dir)
-    labels = gt.labels if labels is None else _labels_the_layout_holds(labels, gt, gt_dir)
+    default_labels = labels is None
+    labels = gt.labels if default_labels else _labels_the_layout_holds(labels, gt, gt_dir)
     problems.update({i: f"ground truth {p}" for i, p in gt.problems.items()})
     for identifier in sorted(gt.ids - set(predictions) - set(problems)) if not predicted_only else ():
         problems[identifier] = "missing prediction"
@@ -225,14 +261,22 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, 
     rows: list[dict] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # the C++ kernels release the GIL
         futures = {pool.submit(evaluate_case, i, predictions[i], gt, labels, options): i for i in todo}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="evaluate", unit="case",
-                           disable=not progress):
-            case_rows, problem, warning = future.result()
-            if problem:
-                problems[futures[future]] = problem
-            if warning:
-                tqdm.write(f"warning: {futures[future]}: {warning}", file=sys.stderr)
-            rows += case_rows
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc="evaluate", unit="case",
+                               disable=not progress):
+                case_rows, problem, warnings = future.result()
+                if problem:
+                    problems[futures[future]] = problem
+                for warning in warnings:
+                    tqdm.write(f"warning: {futures[future]}: {warning}", file=sys.stderr)
+                rows += case_rows
+        except KeyboardInterrupt:  # the cases under way finish; the others do not start
+            pool.shutdown(cancel_futures=True)
+            raise
+    if default_labels:  # a label no file holds would add a row of NaN per case (RA in a dataset without one)
+        labels = {name: value for name, value in labels.items()
+                  if any(_holds_label(row) for row in rows if row["label"] == name)}
+        rows = [row for row in rows if row["label"] in labels]
     rows.sort(key=lambda r: (r["case"], list(labels).index(r["label"])))
     problem_rows = [{"case": i, "label": "", **{m: "" for m in METRICS}, "status": p}
                     for i, p in sorted(problems.items())]
@@ -245,14 +289,22 @@ def _summary_line(rows, problems, out) -> str:
     labels = list(dict.fromkeys(row["label"] for row in rows))
     evaluated = len({r["case"] for r in rows})
     lines = [f"evaluated {evaluated} of {evaluated + len(problems)} cases; wrote {out}"]
-    for row in summary_rows(rows, labels):
-        if row["case"] == "mean":
-            means = row
-        elif row["case"] == "sd":
-            lines.append(f"  {row['label']}: " + ", ".join(f"{m} {means[m]:.4g} ± {row[m]:.3g}" for m in METRICS))
+    for label in labels:
+        lines.append(f"  {label}: " + _label_summary(rows, label))
     for identifier, problem in sorted(problems.items()):
         lines.append(f"  problem: {identifier}: {problem}")
     return "\n".join(lines)
+
+
+def _label_summary(rows: list[dict], label: str) -> str:
+    """``dice 0.900 ± 0.100, hd ...`` of ``label`` over the cases scored (as the training's Table 1:
+    non-finite values left out and counted), and how many cases had no ground truth of it."""
+    scored = _scored(rows, label)
+    unknown = sum(row["label"] == label for row in rows) - len(scored)
+    if not scored:
+        return f"no case has {label} ground truth"
+    text = ", ".join(f"{m} {mean_sd([row[m] for row in scored])}" for m in METRICS)
+    return text + (f"; {unknown} case{'s' if unknown > 1 else ''} without {label} ground truth" if unknown else "")
 
 
 def main(argv=None) -> int:
@@ -264,17 +316,23 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps, or a dataset")
-    parser.add_argument("--labels", help="name=value pairs, e.g. wall=1,LA=3 (default: wall=1,RA=2,LA=3, those of "
-                                         "them a dataset's layout can hold: no RA for LASC 2018)")
+    parser.add_argument("--labels", help="name=value pairs, e.g. wall=1,LA=3 (default: those of wall=1,RA=2,LA=3 "
+                                         "that the --gt dataset's layout can hold, no RA in LASC 2018, and some "
+                                         "prediction or ground truth holds)")
     parser.add_argument("--predicted-only", action="store_true",
                         help="evaluate the cases that have a prediction; ground-truth cases without one are not "
                              "problems (e.g. a test split's predictions against the whole dataset)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="Surface Dice tolerance in mm (default 1.0)")
-    parser.add_argument("--convention", choices=CONVENTIONS, default="surfel")
-    parser.add_argument("--percentile-rule", choices=PERCENTILE_RULES, default="max")
+    parser.add_argument("--convention", choices=CONVENTIONS, default="surfel",
+                        help="surfel: surface elements at voxel corners weighted by area, as DeepMind "
+                             "surface-distance; voxel: boundary voxel centres, as MONAI (default surfel)")
+    parser.add_argument("--percentile-rule", choices=PERCENTILE_RULES, default="max",
+                        help="HD95: max: the larger of the two directed 95th percentiles; pooled: the 95th "
+                             "percentile of both directions together, as medpy (default max)")
     parser.add_argument("--backend", choices=[b for b in BACKEND_CHOICES if b != "cuda"], default="auto",
-                        help="auto: the C++ backend for files (read on the CPU); triton runs on a GPU")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="cases evaluated at once")
+                        help="auto: the C++ backend for files (read on the CPU); triton runs on a GPU (default auto)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="cases evaluated at once (default %(default)s: the CPU cores, at most 4)")
     parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -302,6 +360,9 @@ def main(argv=None) -> int:
     except DataError as exc:  # the ground-truth dataset itself is unreadable, or nothing to evaluate
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the CSV is written once every case is evaluated
+        print(f"\ninterrupted: {args.out} not written", file=sys.stderr)
+        return 130
     print(_summary_line(rows, problems, args.out))
     return 1 if problems else 0
 

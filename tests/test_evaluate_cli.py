@@ -1,8 +1,10 @@
 """python -m c2w_fast.evaluate on phantom files: matching, CSV rows, summaries and problem cases."""
 import csv
 import math
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from c2w_fast import metrics
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import write_dataset
+from c2w_fast import evaluate
 from c2w_fast.evaluate import case_id, find_label_files, main, parse_labels
 
 SHAPE, SPACING = (12, 48, 48), (2.5, 1.5, 1.5)
@@ -301,3 +304,130 @@ def test_upper_case_extensions_and_labels_that_name_nothing(tmp_path):
     for text in ("", ",", " , "):
         with pytest.raises(ValueError, match="--labels names no label"):
             parse_labels(text)
+
+
+# --- from a new user's walkthrough: unknown labels, summaries, odd ground truth, help, Ctrl-C, grid messages ---
+
+
+def _lasc_with_perfect_predictions(tmp_path, n):
+    """``n`` small LASC phantoms and, under ``tmp_path / "pred"``, their label maps as predictions."""
+    ids = write_dataset(tmp_path / "lasc", "lasc", n, shape=(10, 40, 40), spacing=(1.25, 1.25, 1.25),
+                        progress=False, noise=0)
+    for identifier in ids:
+        cavity = read_volume(tmp_path / "lasc" / identifier / "laendo.nrrd")
+        wall = read_volume(tmp_path / "lasc" / identifier / "lawall.nrrd").array > 0
+        labels = np.where(wall, 1, np.where(cavity.array > 0, 3, 0)).astype(np.uint8)
+        write_volume(tmp_path / "pred" / f"{identifier}.nii.gz", labels, like=cavity)
+    return ids
+
+
+def test_a_lasc_case_without_its_wall_file_has_no_wall_score(tmp_path, capsys):
+    """lawall.nrrd is optional: without it the wall is unknown, not empty; it is not scored 0 but
+    reported in the status and left out of the summary, and said once when no case has it."""
+    ids = _lasc_with_perfect_predictions(tmp_path, 2)
+    (tmp_path / "lasc" / ids[0] / "lawall.nrrd").unlink()
+    out = tmp_path / "m.csv"
+    args = ["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "lasc"), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    rows = {(r["case"], r["label"]): r for r in read_rows(out)}
+    assert rows[ids[0], "wall"]["status"] == "no wall ground truth" and rows[ids[0], "wall"]["dice"] == ""
+    assert rows[ids[0], "LA"]["status"] == "ok" and rows[ids[1], "wall"]["status"] == "ok"
+    assert float(rows["mean", "wall"]["dice"]) == 1.0 and rows["n", "wall"]["dice"] == "1"
+    assert "1 case without wall ground truth" in capsys.readouterr().out
+    (tmp_path / "lasc" / ids[1] / "lawall.nrrd").unlink()
+    assert main(args) == 0
+    assert {r["status"] for r in read_rows(out) if r["label"] == "wall" and r["case"] in ids} == \
+        {"no wall ground truth"}
+    said = [line for line in capsys.readouterr().out.splitlines() if "wall" in line]
+    assert said == ["  wall: no case has wall ground truth"]
+
+
+def test_the_printed_summary_counts_values_left_out_and_prints_no_sd_of_nan(tmp_path, capsys):
+    """Two cases, one predicted without an LA (infinite HD): the HD summary is c1's alone, says that one
+    value was left out, and its sd of one value is printed as the training's Table 1 prints it."""
+    pred, gt = _la_spike_case()
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c2", np.where(gt == 3, 0, gt).astype(np.uint8), gt)
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "LA=3",
+                 "--out", str(out), "--quiet"]) == 0
+    rows = {r["case"]: r for r in read_rows(out)}
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  LA: ")]
+    dice = [float(rows[c]["dice"]) for c in ("c1", "c2")]
+    assert f"dice {np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}, " in line  # both finite: no count
+    assert f"hd {float(rows['c1']['hd']):.3f} ± 0.000 (1 n/a)" in line and "nan" not in line
+
+
+def test_a_ground_truth_holding_other_values_gets_a_warning(tmp_path, capsys):
+    """A 0/255 mask in a plain ground-truth folder scores 0 everywhere: warned as a prediction would be."""
+    pred, gt = _la_spike_case()
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", (pred == 3).astype(np.uint8), np.where(gt == 3, 255, 0))
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "LA=1",
+                 "--out", str(tmp_path / "m.csv"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "c1_gt.nii.gz also holds 255, neither evaluated nor label codes (0, 1, 2, 3): is it a label map?" in err
+    assert "c1.nii.gz also holds" not in err
+
+
+def test_default_labels_leave_out_those_no_file_holds(tmp_path, capsys):
+    """No ground truth and no prediction holds RA: no RA rows of NaN by default; a prediction holding
+    it, or --labels naming it, keeps them."""
+    pred, gt = _la_spike_case()  # wall and LA
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
+    out = tmp_path / "m.csv"
+    args = ["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert {r["label"] for r in read_rows(out)} == {"wall", "LA"}  # c1's rows and the summary rows
+    assert "RA" not in capsys.readouterr().out
+    assert main([*args, "--labels", "wall=1,RA=2,LA=3"]) == 0
+    assert [r["label"] for r in read_rows(out) if r["case"] == "c1"] == ["wall", "RA", "LA"]
+    pred[0, 0, 0] = 2
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
+    assert main(args) == 0
+    assert [r["label"] for r in read_rows(out) if r["case"] == "c1"] == ["wall", "RA", "LA"]
+
+
+def test_help_explains_the_metric_options_and_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "surfel: surface elements" in text and "voxel: boundary voxel centres" in text
+    assert "max: the larger of the two directed" in text and "pooled: the 95th percentile" in text
+    assert f"cases evaluated at once (default {min(4, os.cpu_count() or 1)}" in text
+
+
+def test_ctrl_c_stops_at_the_cases_under_way_with_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    """Interrupted at the first case (one worker): the queued cases do not start, no traceback, no CSV."""
+    pred, gt = _la_spike_case()
+    for identifier in ("c1", "c2", "c3", "c4"):
+        _write_pair(tmp_path / "gt", tmp_path / "pred", identifier, pred, gt)
+    started = []
+
+    def interrupted_at_c1(identifier, *_):
+        started.append(identifier)
+        if identifier == "c1":
+            raise KeyboardInterrupt
+        time.sleep(0.2)  # the main thread meanwhile sees c1's interrupt
+        return [], None, []
+
+    monkeypatch.setattr(evaluate, "_evaluate_case", interrupted_at_c1)
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out", str(out), "--quiet",
+                 "--workers", "1"]) == 130
+    assert started in (["c1"], ["c1", "c2"]) and not out.exists()
+    assert capsys.readouterr().err.strip() == f"interrupted: {out} not written"
+
+
+def test_a_shifted_lasc_cavity_file_is_the_one_blamed(tmp_path):
+    """laendo.nrrd moved 5 mm, lawall.nrrd on the image's grid: the message names laendo.nrrd (the
+    image tells which label file is off), not the wall file checked against it."""
+    ids = _lasc_with_perfect_predictions(tmp_path, 1)
+    cavity = read_volume(tmp_path / "lasc" / ids[0] / "laendo.nrrd")
+    moved = cavity.affine.copy()
+    moved[:3, 3] += 5.0
+    write_volume(tmp_path / "lasc" / ids[0] / "laendo.nrrd", cavity.array, moved)
+    out = tmp_path / "m.csv"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "lasc"), "--out", str(out), "--quiet"]) == 1
+    (row,) = [r for r in read_rows(out) if r["status"]]
+    assert row["status"].startswith(f"{tmp_path / 'lasc' / ids[0] / 'laendo.nrrd'}: label origin/direction differ "
+                                    "from the image's (lgemri.nrrd)")

@@ -76,8 +76,8 @@ def detect_layout(root) -> str:
         ("lasc", lambda: bool(_named(root, LASC_IMAGE))),
         ("mbas", lambda: bool(_mbas_images(root)))) if present()]
     if len(found) > 1:  # one layout's cases would be dropped silently
-        raise DataError(root, f"holds cases of several layouts ({', '.join(found)}); keep one layout per "
-                              "dataset folder, or name it with data.layout")
+        raise DataError(root, f"holds cases of several layouts ({', '.join(found)}); give a folder of one "
+                              "layout (training can instead name the layout to read with data.layout)")
     if not found:
         raise NoLayoutError(root, "no dataset layout recognised; expected LASC 2018 (<case>/lgemri.nrrd), "
                                   "MBAS (MBAS_XXX/MBAS_XXX_gt.nii.gz image + MBAS_XXX_label.nii.gz labels, "
@@ -181,7 +181,8 @@ def load_labels(case: Case) -> Volume:
     """The case's canonical label map on its label files' grid, without reading the image.
 
     For evaluation, which needs no image: the label files are checked against each other
-    (same grid) and for the layout's values, as in :func:`load_case`.
+    (same grid) and for the layout's values, as in :func:`load_case`. Label files on different
+    grids are checked against the image instead (read only then), which tells which one is off.
     """
     if not case.label_paths:
         raise DataError(case.image_path, f"no label file for case {case.id!r}")
@@ -195,13 +196,28 @@ def _assumed_spacing(case: Case):
 
 
 def _label_volumes(case: Case, grid: Volume | None) -> dict[str, Volume]:
-    """The case's label files, each on ``grid`` (default: the first label file's) with allowed values."""
+    """The case's label files, each on ``grid`` (default: the first label file's, or the image's
+    when the label files disagree: a shifted cavity file would otherwise be blamed on the wall
+    file) with allowed values."""
     volumes = {role: read_volume(path, assume_spacing=_assumed_spacing(case)) for role, path in case.label_paths.items()}
+    if grid is None and not _one_grid(volumes.values()) and case.image_path.is_file():
+        grid = read_volume(case.image_path, assume_spacing=_assumed_spacing(case))
     reference, what = (grid, "image") if grid is not None else (next(iter(volumes.values())), "label")
     for role, volume in volumes.items():
         check_same_grid(volume, reference, "label", what)
         _check_values(volume, _allowed_values(case, role))
     return volumes
+
+
+def _one_grid(volumes: Iterable[Volume]) -> bool:
+    """Whether ``volumes`` all lie on the first one's grid (:func:`check_same_grid`)."""
+    first, *others = volumes
+    try:
+        for volume in others:
+            check_same_grid(volume, first, "label", "label")
+    except DataError:
+        return False
+    return True
 
 
 def _canonical_labels(case: Case, volumes: dict[str, Volume]) -> np.ndarray:
@@ -235,6 +251,13 @@ def layout_labels(root, layout: str) -> dict[str, int]:
         codes = set(nnunet_canonical_codes(Path(root) / "dataset.json").values())
         return {name: code for name, code in CANONICAL_LABELS.items() if code in codes}
     return dict(CANONICAL_LABELS)
+
+
+def unknown_label_codes(case: Case) -> set[int]:
+    """Canonical codes that ``case``'s label files leave unknown rather than empty: the wall of a
+    LASC case without its optional ``lawall.nrrd`` (its label map then holds no wall voxel, which
+    says nothing about the case's wall). MBAS and nnU-Net cases have one file holding every label."""
+    return {CANONICAL_LABELS["wall"]} if case.layout == "lasc" and "wall" not in case.label_paths else set()
 
 
 def _required_roles(layout: str) -> tuple[str, ...]:

@@ -65,7 +65,8 @@ def evaluate_cases(predictor, cases: list[Case], *, desc: str = "test") -> list[
     return rows
 
 
-def _mean_sd(values) -> str:
+def mean_sd(values) -> str:
+    """``mean ± sd`` (sample sd) of the finite values, 3 decimals, with how many were not finite; ``n/a`` if none."""
     values = np.asarray(values, float)
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
@@ -83,7 +84,7 @@ def table1(results: dict[str, list[dict]], class_name: str) -> str:
     lines = [header]
     for method, rows in results.items():
         picked = [r for r in rows if r["class"] == class_name]
-        lines.append([f"{method} (n={len(picked)})"] + [_mean_sd([r[key] for r in picked]) for key, _ in TABLE_COLUMNS])
+        lines.append([f"{method} (n={len(picked)})"] + [mean_sd([r[key] for r in picked]) for key, _ in TABLE_COLUMNS])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
