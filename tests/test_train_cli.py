@@ -172,3 +172,13 @@ def test_an_unfinished_helper_and_a_class_no_training_case_holds_are_warned(lasc
     with pytest.warns(UserWarning, match=r"no training case holds a RA voxel: the model cannot learn that class of "
                                          r"data.target = 'multiclass' \(are these cases labelled for it\?\)"):
         assert _run(lasc, tmp_path / "multiclass", 1, mbas) == 0
+
+
+def test_a_wall_stage_refuses_lasc_cases_without_their_wall_file(lasc, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(lasc, data)
+    (data / "phantom001" / "lawall.nrrd").unlink()  # optional in the layout: its wall is unknown, not empty
+    assert run_train("c2w_scratch.toml", data, tmp_path / "wall", epochs=1) == 2
+    err = capsys.readouterr().err
+    assert "1 case(s) of this run have no wall label file (lawall.nrrd): phantom001; data.target = 'wall'" in err
+    assert not (tmp_path / "wall").exists()

@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast import config as cfg
-from c2w_fast.data.layouts import Case, discover_cases, load_cases
-from c2w_fast.data.preprocess import target_labels
+from c2w_fast.data.layouts import Case, discover_cases, load_cases, unknown_label_codes
+from c2w_fast.data.preprocess import TARGET_CLASSES, target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
 from c2w_fast.stages import Predictor, grid_in, locate_stage, resolve_checkpoint
@@ -313,6 +313,7 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
     trained = {name: training_cases(config, fold_split(splits, name)) for name in folds}
     training = set().union(*trained.values())
     used = training.union(*(fold_split(splits, name).val for name in folds), splits.test if "final" in folds else ())
+    _check_target_labelled(config, [cases[case_id] for case_id in sorted(used)])
     ordered = [cases[case_id] for case_id in sorted(used)]
     grids = {stage_spacing(config, [cases[case_id] for case_id in ids]) for ids in trained.values()}
     trained_classes = np.zeros(config.num_classes, bool)
@@ -336,6 +337,18 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
         warnings.warn(f"no training case holds a {' / '.join(absent)} voxel: the model cannot learn "
                       f"{'that class' if len(absent) == 1 else 'those classes'} of data.target = "
                       f"{config.data.target!r} (are these cases labelled for it?)", stacklevel=2)
+
+
+def _check_target_labelled(config: cfg.Config, cases: list[Case]) -> None:
+    """A DataError for cases whose label files leave a class of the target unknown (a LASC case
+    without its optional lawall.nrrd): training would take their wall for background."""
+    codes = {code for class_codes in TARGET_CLASSES[config.data.target].values() for code in class_codes}
+    unlabelled = [case.id for case in cases if unknown_label_codes(case) & codes]
+    if unlabelled:
+        raise DataError(cases[0].image_path.parents[1], f"{len(unlabelled)} case(s) of this run have no wall label "
+                        f"file (lawall.nrrd): {', '.join(unlabelled[:5])}{' ...' * (len(unlabelled) > 5)}; "
+                        f"data.target = {config.data.target!r} needs their wall (training would take it for "
+                        "background): label them, or move them out of the dataset folder")
 
 
 def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Splits, *,
