@@ -4,7 +4,8 @@
     python -m c2w_fast.predict --model runs/mbas_stage2 --in MBAS_001.nii.gz --out preds/ --overlap 0
 
 **What --model names.** A training run folder (``RUN_DIR``, its ``--fold`` checkpoint,
-default ``final``) or a checkpoint file. The run's stage decides the pipeline, and the
+default ``final``), one fold of it (``RUN_DIR/final``, as ``RUN_DIR`` with that fold) or a
+checkpoint file. The run's stage decides the pipeline, and the
 runs it depends on are the ones its config records — nothing else to write:
 
 =============  ================================================================  ==============
@@ -34,7 +35,10 @@ Helper stages use the same fold as the named run when they have it, else ``final
 MBAS, nnU-Net; labels not needed) or a folder of image files (label-like names such as
 ``*_label.nii.gz`` are skipped, and ``X_gt`` beside an ``X`` image; an ``X_gt`` alone is an
 image, as the MBAS release names them, with id ``X``; an nnU-Net channel suffix ``_0000`` is
-dropped from the id).
+dropped from the id). A file given alone gets the id its folder gives it: a LASC
+``<case>/lgemri.nrrd`` is ``<case>``, a lone ``MBAS_XXX_gt`` is ``MBAS_XXX``. An image that is
+constant, holds a few whole values only (a label map) or spans less than a heart MRI (a voxel
+size in the wrong unit) is predicted with a warning.
 Volumes are processed in their file's voxel order, as training read them; each stage
 resamples to the grid it was trained on and back.
 
@@ -44,22 +48,26 @@ spacing, origin and direction (a NIfTI output keeps the input's qform/sform exac
 softmax per foreground class; ``--thickness DIR``: ``DIR/<case>.nii.gz`` (or ``.nrrd``) wall thickness in mm
 (:mod:`c2w_fast.thickness`) and ``DIR/<case>.csv`` its summary, when the pipeline
 predicts a wall and a cavity (a case with no wall or no cavity gets its label map and a
-note instead). A case that fails (unreadable, not 3D, NaN voxels, out of memory, not
-writable) is reported and the others are still written. Cases are read one ahead and
+note instead). Both folders go beside ``OUT``, not in it: ``evaluate --pred OUT`` searches
+``OUT`` recursively and would take their maps for predictions. A case that fails
+(unreadable, not 3D, NaN voxels, out of memory, not writable) is reported and the others
+are still written. Cases are read one ahead and
 written behind in I/O threads while the current one runs (``--timings`` runs them one step
 after the other to time each phase).
 
 **An interrupted folder.** A case's label map is written last and atomically, so it exists
-only when all of the case's outputs do: rerun the same command with ``--skip-existing`` and
+only when all of the case's outputs do: after Ctrl-C (the cases already predicted are still
+written, and their count printed) or a crash, rerun the same command with ``--skip-existing`` and
 the cases whose label map is already in ``--out`` are skipped. Nothing checks that they
 came from the same model and options: after changing either, write to a new folder.
 
 Exit status: 0 when every case was written, 1 when some failed, 2 for bad arguments or an
-unusable model.
+unusable model, 130 when interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import warnings
@@ -74,16 +82,20 @@ from tqdm import tqdm
 
 from c2w_fast import config as cfg
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_csv, write_volume
-from c2w_fast.data.layouts import CANONICAL_LABELS, NoLayoutError, find_images
+from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError, plain_warnings
+from c2w_fast.evaluate import LABEL_SUFFIXES, gt_named
 from c2w_fast.evaluate import case_id as label_file_id
-from c2w_fast.evaluate import gt_named
 from c2w_fast.infer import NO_TIMER, PhaseTimer, check_precision, resolve_device
 from c2w_fast.stages import InferenceOptions, Predictor, StageLoader
 from c2w_fast.training.checkpoint import CheckpointError
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
+LABEL_MAP_VALUES = 8        # at most this many distinct whole values: a label map, not an MRI (hundreds)
+SAMPLED_VOXELS = 2 ** 18    # the label-map check looks at about this many voxels (a strided subsample)
+MIN_HEART_EXTENT_MM = 40.0  # a heart MRI spans more than a 4 cm atrium along at least two axes
+MIN_VOXEL_MM = 0.2          # finer than any cardiac MRI: a voxel size in cm, or 10x too small
 
 
 class ModelError(ValueError):
@@ -140,9 +152,8 @@ class Pipeline:
         image = np.asarray(image)
         if image.ndim != 3:
             raise ValueError(f"image must be 3D (z, y, x), got shape {image.shape}")
-        if image.size and image.min() == image.max():
-            warnings.warn(f"the image is constant (every voxel {image.flat[0]}): its prediction means nothing",
-                          stacklevel=2)
+        for message in implausible_image(image, spacing):
+            warnings.warn(message, stacklevel=2)
         with self.timer.phase("preprocess"):
             x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float()  # one tensor: helpers reuse
         labels = torch.zeros(image.shape, dtype=torch.uint8, device=self.device)
@@ -158,6 +169,33 @@ class Pipeline:
                             probs[name] = result.probabilities[index].cpu().numpy()
         with self.timer.phase("postprocess"):
             return CasePrediction(labels.cpu().numpy(), probs)
+
+
+def implausible_image(image: np.ndarray, spacing) -> list[str]:
+    """Why ``image`` (z, y, x) with ``spacing`` (mm) is unlikely to be a heart LGE-MRI: constant, a
+    label map, or a field of view or voxel size no heart MRI has (a unit mix-up in the header).
+    Predicted anyway, with a warning each: the networks segment whatever they are given."""
+    problems = []
+    if image.size and image.min() == image.max():
+        problems.append(f"the image is constant (every voxel {image.flat[0]}): its prediction means nothing")
+    elif (values := _label_map_values(image)) is not None:
+        problems.append(f"the image holds only a few whole values ({values} in a sample of its voxels): a "
+                        "label map, not an MRI?")
+    extent = tuple(round(n * float(h), 2) for n, h in zip(image.shape, spacing))
+    if min(spacing) < MIN_VOXEL_MM or sum(e < MIN_HEART_EXTENT_MM for e in extent) >= 2:
+        problems.append(f"voxels of {tuple(float(h) for h in spacing)} mm (from the header) make the image span "
+                        f"{extent} mm, not a heart MRI's field of view: is the header's voxel size in mm?")
+    return problems
+
+
+def _label_map_values(image: np.ndarray) -> list | None:
+    """The distinct values of ``image`` when they are few whole numbers (a label map), else None;
+    read from a strided subsample of about :data:`SAMPLED_VOXELS` voxels (an MRI has hundreds)."""
+    step = max(1, round((image.size / SAMPLED_VOXELS) ** (1 / 3)))
+    values = np.unique(image[::step, ::step, ::step])
+    if not values.size or len(values) > LABEL_MAP_VALUES or not np.array_equal(values, np.round(values)):
+        return None
+    return values.tolist()
 
 
 def load_pipeline(model, *, fold: str | None = None, device="cpu", options: InferenceOptions = InferenceOptions(),
@@ -215,29 +253,51 @@ def image_id(path: Path) -> str:
     return _CHANNEL_SUFFIX.sub("", name) or name
 
 
+def folder_images(folder: Path) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """``(case id, image file)`` of the image files in ``folder`` itself (not below), sorted, and
+    the NIfTI/NRRD files skipped as label maps: label-like names (``*_label``, ...), except an
+    ``X_gt`` with no ``X`` beside it, the MBAS release's image."""
+    extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
+    files = [p for p in folder.iterdir() if (p.is_file() or p.is_symlink())  # a broken link fails as its case
+             and p.name.lower().endswith(extensions) and not p.name.startswith(".")]
+    found = [(image_id(p), p) for p in files if not label_file_id(p)[1]]
+    plain = {case for case, _ in found}
+    labels = []
+    for p in files:
+        case, labelled = label_file_id(p)
+        if labelled and case not in plain and gt_named(p, case):
+            found.append((case, p))
+        elif labelled:
+            labels.append(p)
+    return sorted(found), labels
+
+
+def file_id(path: Path) -> str:
+    """Case id of an image file given alone: the one it gets when its folder is given — a LASC
+    ``<case>/lgemri.nrrd`` is ``<case>``, a lone ``X_gt`` is ``X`` — so that predicting cases one by
+    one names them as predicting their folder does (and as evaluate's ground truth does)."""
+    if path.name.lower() == LASC_IMAGE:
+        return Path(os.path.abspath(path)).parent.name  # a bare "lgemri.nrrd": the working directory's name
+    return {p: case for case, p in folder_images(path.parent)[0]}.get(path, image_id(path))
+
+
 def find_inputs(path) -> list[tuple[str, Path]]:
     """``(case id, image file)`` for ``--in``: one file, a dataset folder, or a folder of images."""
     path = Path(path)
     if path.is_file():
         image_format(path)
-        return [(image_id(path), path)]
+        return [(file_id(path), path)]
     if not path.is_dir():
         raise DataError(path, "no such file or folder")
+    labels = []
     try:
         found = find_images(path)
     except NoLayoutError:  # not a dataset layout: the image files in the folder itself
-        extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
-        files = [p for p in path.iterdir() if (p.is_file() or p.is_symlink())  # a broken link fails as its case
-                 and p.name.lower().endswith(extensions) and not p.name.startswith(".")]
-        found = [(image_id(p), p) for p in files if not label_file_id(p)[1]]
-        plain = {case for case, _ in found}
-        for p in files:  # label-like names are skipped, except an X_gt with no X beside it: the MBAS release's images
-            case, labelled = label_file_id(p)
-            if labelled and case not in plain and gt_named(p, case):
-                found.append((case, p))
-        found.sort()
+        found, labels = folder_images(path)
     if not found:
-        raise DataError(path, "no NIfTI/NRRD images found (.nii, .nii.gz, .nrrd, .nhdr)")
+        skipped = (f"; {len(labels)} NIfTI/NRRD file(s) skipped as label maps, by their names' suffix "
+                   f"({', '.join(LABEL_SUFFIXES)}; an X_gt only beside an X)" if labels else "")
+        raise DataError(path, f"no NIfTI/NRRD images found (.nii, .nii.gz, .nrrd, .nhdr){skipped}")
     ids = [i for i, _ in found]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
@@ -393,11 +453,13 @@ def parser() -> argparse.ArgumentParser:
                         "default: each stage's eval.step")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="autocast of the networks; default bf16 on a GPU (runs trained with run.amp), fp32 on a CPU")
-    p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (halved on GPU out-of-memory)")
+    p.add_argument("--batch-size", type=int, default=2,
+                   help="windows per forward pass (default: %(default)s; halved on GPU out-of-memory)")
     p.add_argument("--mirror", nargs="*", type=int, metavar="AXIS", default=None,
                    help="mirroring test-time augmentation over these axes (0 z, 1 y, 2 x; no value: all three)")
     p.add_argument("--cuda-graph", action="store_true", help="capture each network's forward as a CUDA graph")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="default: %(default)s, a GPU when there is one")
     p.add_argument("--probabilities", type=Path, metavar="DIR", help="also write softmax maps per class to DIR")
     p.add_argument("--thickness", type=Path, metavar="DIR", help="also write wall-thickness maps and summaries to DIR")
     p.add_argument("--skip-existing", action="store_true",
@@ -433,14 +495,20 @@ def _helper_runs(pairs: list[str]) -> dict[str, Path]:
 def _output_folders(args, cases: list[tuple[str, Path]]) -> None:
     """Create the output folders before any case runs. Refuse a folder that holds input images
     (outputs are named ``<case>.nii.gz`` / ``.nrrd``, so they would overwrite or join the inputs)
-    and a thickness or probability folder that is the ``--out`` folder. Nothing is created
-    unless every folder can be."""
+    and a thickness or probability folder that is the ``--out`` folder or inside it (evaluate
+    searches ``--pred`` recursively). Nothing is created unless every folder can be."""
     if args.thickness is not None and args.thickness.resolve() == args.out.resolve():
         raise ModelError(f"--thickness {args.thickness} is the --out folder; thickness maps would overwrite "
                          "the label maps (both are <case>.nii.gz): give it a folder of its own")
     if args.probabilities is not None and args.probabilities.resolve() == args.out.resolve():
         raise ModelError(f"--probabilities {args.probabilities} is the --out folder; <case>_<class> maps among "
                          "the label maps would read as extra cases (evaluate, a later predict): give it its own folder")
+    out = args.out.resolve()
+    for option, folder in (("--probabilities", args.probabilities), ("--thickness", args.thickness)):
+        if folder is not None and out in folder.resolve().parents:
+            raise ModelError(f"{option} {folder} is inside the --out folder; evaluate searches --pred recursively and "
+                             "would take its maps for predictions: give it a folder beside --out "
+                             f"(e.g. {out.parent / f'{out.name}_{folder.name}'})")
     folders = [(option, folder) for option, folder in (("--out", args.out), ("--probabilities", args.probabilities),
                                                        ("--thickness", args.thickness)) if folder is not None]
     input_folders = {path.resolve().parent for _, path in cases}
@@ -462,30 +530,28 @@ def not_yet_written(cases: list[tuple[str, Path]], out: Path) -> list[tuple[str,
     return [(case, path) for case, path in cases if not output_path(out, case, path).is_file()]
 
 
-def main(argv=None) -> int:
-    plain_warnings()
-    args = parser().parse_args(argv)
-    timer = PhaseTimer(enabled=args.timings)
-    try:
-        device = resolve_device(args.device)
-        cases = find_inputs(args.inputs)
-        pipeline = load_pipeline(args.model, fold=args.fold, device=device, options=_options(args), timer=timer,
-                                 cavity=not args.no_cavity, runs=_helper_runs(args.use))
-        if args.thickness is not None and not pipeline.predicts_wall_and_cavity:
-            print("note: --thickness needs a wall and a cavity; this pipeline predicts "
-                  f"{pipeline.description}, so no thickness maps are written", file=sys.stderr)
-            args.thickness = None  # nor its folder made
-        _output_folders(args, cases)
-    except (ModelError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if device.type == "cuda":
+def _load(args, cases: list[tuple[str, Path]], timer: PhaseTimer) -> Pipeline:
+    """The pipeline ``--model`` names, loaded before any case, and the output folders made."""
+    pipeline = load_pipeline(args.model, fold=args.fold, device=resolve_device(args.device), options=_options(args),
+                             timer=timer, cavity=not args.no_cavity, runs=_helper_runs(args.use))
+    if args.thickness is not None and not pipeline.predicts_wall_and_cavity:
+        print("note: --thickness needs a wall and a cavity; this pipeline predicts "
+              f"{pipeline.description}, so no thickness maps are written", file=sys.stderr)
+        args.thickness = None  # nor its folder made
+    _output_folders(args, cases)
+    return pipeline
+
+
+def _predict(args, pipeline: Pipeline, cases: list[tuple[str, Path]]) -> tuple[int, dict[str, str]]:
+    """Predict the cases (those not yet written with ``--skip-existing``); returns how many were
+    predicted and ``{case: problem}`` for those that failed."""
+    if pipeline.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every window has the same shape
     if args.skip_existing:
         todo = not_yet_written(cases, args.out)
         print(f"skipping {len(cases) - len(todo)} case(s) whose label map is already in {args.out}", file=sys.stderr)
         cases = todo
-    print(f"{len(cases)} case(s), {pipeline.description}, on {device}", file=sys.stderr)
+    print(f"{len(cases)} case(s), {pipeline.description}, on {pipeline.device}", file=sys.stderr)
     failed = {}
     if args.timings:  # one step after the other, so that every phase is timed alone
         for case, path in tqdm(cases, desc="predict", unit="case", disable=None):
@@ -498,7 +564,34 @@ def main(argv=None) -> int:
     else:
         failed = predict_cases(pipeline, cases, args.out, probabilities_dir=args.probabilities,
                                thickness_dir=args.thickness)
-    print(f"wrote {len(cases) - len(failed)} of {len(cases)} case(s) to {args.out}", file=sys.stderr)
+    return len(cases), failed
+
+
+def _interrupted(cases: list[tuple[str, Path]], out: Path) -> str:
+    """What to do after Ctrl-C: a case whose label map is in ``out`` is complete (it is written
+    last, and the cases already predicted are written before the I/O threads stop), the others
+    are predicted by the same command with ``--skip-existing``."""
+    done = len(cases) - len(not_yet_written(cases, out))
+    return (f"\ninterrupted: {done} of {len(cases)} case(s) have their label map in {out}; rerun the same command "
+            "with --skip-existing to predict the others")
+
+
+def main(argv=None) -> int:
+    plain_warnings()
+    args = parser().parse_args(argv)
+    timer = PhaseTimer(enabled=args.timings)
+    cases = []  # those found: an interruption says how many are written
+    try:
+        cases = find_inputs(args.inputs)
+        pipeline = _load(args, cases, timer)
+        count, failed = _predict(args, pipeline, cases)
+    except (ModelError, DataError, ValueError) as exc:  # before the first case: each case's own are caught
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(_interrupted(cases, args.out), file=sys.stderr)
+        return 130
+    print(f"wrote {count - len(failed)} of {count} case(s) to {args.out}", file=sys.stderr)
     if args.timings:
         total = sum(timer.totals.values())
         for name, seconds in timer.ordered().items():

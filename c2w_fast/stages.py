@@ -80,10 +80,14 @@ def resolve_checkpoint(path, fold: str | None = None, *, strict: bool = False) -
     """A checkpoint file from ``path``: the file itself, or in a run folder the best checkpoint
     of ``fold`` (a folder name such as ``fold_0`` or ``final``; ``3`` means ``fold_3``), else of
     ``final`` — unless ``strict``: a fold asked for by name must then be there (a helper stage
-    takes its user's fold where it has one, a fold the user names is no fallback)."""
+    takes its user's fold where it has one, a fold the user names is no fallback). A fold folder
+    (``RUN/final``: a best checkpoint, and the run's ``config.toml`` above it) is taken as its
+    checkpoint file, so its helper runs are looked for from ``RUN`` with that fold."""
     path = Path(path)
     if path.is_file():
         return path
+    if (path / "checkpoint_best.pt").is_file() and (path.parent / "config.toml").is_file():
+        return path / "checkpoint_best.pt"
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
     if fold and fold.isdigit():  # --fold 1 as train takes it

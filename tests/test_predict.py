@@ -100,15 +100,15 @@ def test_probability_and_thickness_maps(c2w, tmp_path, capsys):
     args = ["--model", str(runs / "wall"), "--in", str(case), "--out", str(tmp_path / "out"),
             "--probabilities", str(tmp_path / "prob"), "--thickness", str(tmp_path / "thick")]
     assert predict.main(args) == 0
-    labels = read_volume(tmp_path / "out" / "lgemri.nrrd").array
-    wall = read_volume(tmp_path / "prob" / "lgemri_wall.nrrd").array
-    cavity = read_volume(tmp_path / "prob" / "lgemri_LA.nrrd").array
+    labels = read_volume(tmp_path / "out" / "phantom004.nrrd").array  # a LASC image is named after its case folder
+    wall = read_volume(tmp_path / "prob" / "phantom004_wall.nrrd").array
+    cavity = read_volume(tmp_path / "prob" / "phantom004_LA.nrrd").array
     assert wall.dtype == np.float32 and 0 <= wall.min() and wall.max() <= 1
     assert (wall[labels == 1] >= 0.5).all() and (cavity[labels == 3] >= 0.5).all()
-    thickness = read_volume(tmp_path / "thick" / "lgemri.nrrd").array
+    thickness = read_volume(tmp_path / "thick" / "phantom004.nrrd").array
     assert np.array_equal(thickness > 0, labels == 1)
-    rows = (tmp_path / "thick" / "lgemri.csv").read_text().splitlines()
-    assert rows[0] == "case,region,voxels,mean_mm,median_mm,p95_mm" and rows[1].startswith("lgemri,wall,")
+    rows = (tmp_path / "thick" / "phantom004.csv").read_text().splitlines()
+    assert rows[0] == "case,region,voxels,mean_mm,median_mm,p95_mm" and rows[1].startswith("phantom004,wall,")
     cavity_only = ["--model", str(runs / "cavity"), "--in", str(case), "--out", str(tmp_path / "out2"),
                    "--thickness", str(tmp_path / "thick2"), "--timings"]
     assert predict.main(cavity_only) == 0
@@ -331,9 +331,9 @@ def test_a_wall_run_whose_cavity_run_is_gone(c2w, tmp_path, capsys):
     assert f"run.init_from = '{tmp_path / 'elsewhere' / 'c2w_cavity'}'" in err and "no such run folder" in err
     assert "--use KEY=PATH" in err
     assert predict.main(args + ["--no-cavity"]) == 0
-    assert set(np.unique(read_volume(tmp_path / "o" / "lgemri.nrrd").array)) <= {0, 1}
+    assert set(np.unique(read_volume(tmp_path / "o" / "phantom000.nrrd").array)) <= {0, 1}
     assert predict.main(args + ["--use", f"run.init_from={runs / 'cavity'}", "--out", str(tmp_path / "o2")]) == 0
-    assert set(np.unique(read_volume(tmp_path / "o2" / "lgemri.nrrd").array)) <= {0, 1, 3}
+    assert set(np.unique(read_volume(tmp_path / "o2" / "phantom000.nrrd").array)) <= {0, 1, 3}
     assert predict.main(args + ["--use", "roi.nothing=x"]) == 2
     assert "--use takes KEY=PATH with KEY one of run.init_from" in capsys.readouterr().err
     assert predict.main(args + ["--use", f"run.init_from={runs / 'cavity'}", "--use",
@@ -556,7 +556,7 @@ def test_a_moved_folder_of_runs_still_predicts(c2w, tmp_path):
         assert predict.main(["--model", str(copy / "wall"), "--in", case, "--out", str(tmp_path / "o")]) == 0
     finally:
         hidden.rename(runs)
-    assert read_volume(tmp_path / "o" / "lgemri.nrrd").shape == PHANTOM["shape"]
+    assert read_volume(tmp_path / "o" / "phantom003.nrrd").shape == PHANTOM["shape"]
 
 
 @pytest.mark.cuda
@@ -643,3 +643,116 @@ def test_timings_write_probabilities_too_and_every_output_keeps_the_input_grid(c
         for key in ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
                     "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim", "dim"):
             assert np.array_equal(written[key], given[key]), (name, key)
+
+
+# --- from a new user's walkthrough: output folders, Ctrl-C, messages, fold folders, ids, implausible images ---
+
+def test_probability_and_thickness_folders_inside_out_are_refused(c2w, tmp_path, capsys):
+    """evaluate --pred OUT searches OUT recursively: maps in OUT/probs would read as extra predictions."""
+    data, runs = c2w
+    out = tmp_path / "out"
+    for option in ("--probabilities", "--thickness"):
+        assert predict.main(["--model", str(runs / "wall"), "--in", str(data / "phantom000" / "lgemri.nrrd"),
+                             "--out", str(out), option, str(out / "maps")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {option} {out / 'maps'} is inside the --out folder; evaluate searches --pred recursively" in err
+        assert f"give it a folder beside --out (e.g. {tmp_path / 'out_maps'})" in err
+        assert not out.exists()
+
+
+def test_ctrl_c_keeps_the_finished_cases_and_says_how_to_finish(c2w, tmp_path, capsys, monkeypatch):
+    data, runs = c2w
+    out = tmp_path / "out"
+    predict_case, calls = predict.Pipeline.predict, []
+
+    def interrupted_in_the_third_case(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return predict_case(self, *args, **kwargs)
+
+    monkeypatch.setattr(predict.Pipeline, "predict", interrupted_in_the_third_case)
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(data), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"\ninterrupted: 2 of 6 case(s) have their label map in {out}; rerun the same command with "
+                        "--skip-existing to predict the others\n")
+    assert sorted(p.name for p in out.iterdir()) == ["phantom000.nrrd", "phantom001.nrrd"]  # both written, no partial
+
+
+def test_a_folder_of_label_maps_says_they_were_skipped(tmp_path):
+    for name in ("case0_label.nii.gz", "case1_seg.nrrd", "notes.txt"):
+        (tmp_path / name).touch()
+    with pytest.raises(predict.DataError, match=r"no NIfTI/NRRD images found \(.*\); 2 NIfTI/NRRD file\(s\) skipped "
+                                                r"as label maps, by their names' suffix \(_gt, _seg, _label, "):
+        predict.find_inputs(tmp_path)
+
+
+def test_a_fold_folder_is_that_fold_of_its_run(c2w, tmp_path):
+    """--model RUN/final is --model RUN: its helper runs found from RUN, with its fold."""
+    data, runs = c2w
+    pipeline = predict.load_pipeline(runs / "wall" / "final")
+    assert [(s.predictor.pipeline.run_dir, s.predictor.pipeline.fold) for s in pipeline.stages] == \
+        [(runs / "cavity", "final"), (runs / "wall", "final")]
+    case = data / "phantom001" / "lgemri.nrrd"
+    assert predict.main(["--model", str(runs / "wall" / "final"), "--in", str(case), "--out", str(tmp_path)]) == 0
+    image = read_volume(case)
+    np.testing.assert_array_equal(read_volume(tmp_path / "phantom001.nrrd").array,
+                                  predict.load_pipeline(runs / "wall").predict(image.array, image.spacing).labels)
+
+
+def test_a_folder_of_several_layouts_gets_a_hint_predict_can_follow(tmp_path, capsys):
+    (tmp_path / "mixed" / "p0").mkdir(parents=True)
+    (tmp_path / "mixed" / "p0" / "lgemri.nrrd").touch()
+    (tmp_path / "mixed" / "MBAS_001").mkdir()
+    (tmp_path / "mixed" / "MBAS_001" / "MBAS_001_gt.nii.gz").touch()
+    assert predict.main(["--model", str(tmp_path / "run"), "--in", str(tmp_path / "mixed"),
+                         "--out", str(tmp_path / "o")]) == 2
+    assert (f"error: {tmp_path / 'mixed'}: holds cases of several layouts (lasc, mbas); give a folder of one layout "
+            "(training can instead name the layout to read with data.layout)") in capsys.readouterr().err
+
+
+def test_a_file_given_alone_has_the_id_its_folder_gives_it(tmp_path, monkeypatch):
+    """A LASC case's lgemri.nrrd is named after its case folder, an MBAS MBAS_XXX_gt after MBAS_XXX, as when
+    the dataset is given; an X_gt beside an X image (a label map by name) keeps its name."""
+    for name in ("lasc/p7/lgemri.nrrd", "lasc/p7/laendo.nrrd", "mbas/MBAS_001/MBAS_001_gt.nii.gz",
+                 "mbas/MBAS_001/MBAS_001_label.nii.gz", "flat/a.nii.gz", "flat/a_gt.nii.gz", "flat/b_gt.nii.gz"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    for dataset, image in (("lasc", "p7/lgemri.nrrd"), ("mbas", "MBAS_001/MBAS_001_gt.nii.gz")):
+        assert predict.find_inputs(tmp_path / dataset / image) == predict.find_inputs(tmp_path / dataset)
+    assert [i for i, _ in predict.find_inputs(tmp_path / "lasc" / "p7")] == ["p7"]
+    assert predict.find_inputs(tmp_path / "flat" / "b_gt.nii.gz") == [("b", tmp_path / "flat" / "b_gt.nii.gz")]
+    assert predict.find_inputs(tmp_path / "flat" / "a_gt.nii.gz") == [("a_gt", tmp_path / "flat" / "a_gt.nii.gz")]
+    monkeypatch.chdir(tmp_path / "lasc" / "p7")
+    assert predict.find_inputs(Path("lgemri.nrrd")) == [("p7", Path("lgemri.nrrd"))]
+    assert [i for i, _ in predict.find_inputs(Path("."))] == ["p7"]  # not "": a hidden file OUT/.nrrd
+    monkeypatch.chdir(tmp_path / "mbas" / "MBAS_001")
+    assert [i for i, _ in predict.find_inputs(Path("."))] == ["MBAS_001"]
+
+
+def test_help_shows_the_defaults():
+    text = " ".join(predict.parser().format_help().split())
+    assert "--batch-size BATCH_SIZE windows per forward pass (default: 2;" in text
+    assert "--device {auto,cpu,cuda} default: auto" in text
+
+
+def test_a_label_map_or_an_implausible_voxel_size_is_predicted_with_a_warning(c2w, tmp_path, capsys):
+    data, runs = c2w
+    phantom = make_phantom(**PHANTOM, seed=13)
+    image, spacing = (phantom.image * 200).astype(np.int16), PHANTOM["spacing"]  # spans (40, 80, 80) mm
+    assert predict.implausible_image(image, spacing) == []
+    assert predict.implausible_image(image, (2.0, 2.0, 0.2)) == []  # under 40 mm along one axis only: a slab
+    assert predict.implausible_image(image.astype(np.float32) / 7, spacing) == []
+    assert predict.implausible_image(phantom.labels, spacing) == \
+        ["the image holds only a few whole values ([0, 1, 2, 3] in a sample of its voxels): a label map, not an MRI?"]
+    large = np.zeros((44, 640, 640), np.float32)  # read on a strided sample
+    large[10:30, 100:500, 100:500] = 3.0
+    assert predict.implausible_image(large, (2.5, 0.625, 0.625))[0].startswith("the image holds only a few whole")
+    for small in ((2.0, 2.0, 0.19), (1.9, 0.95, 2.0)):  # a voxel under 0.2 mm; under 40 mm along two axes
+        assert predict.implausible_image(image, small) == [
+            f"voxels of {small} mm (from the header) make the image span "
+            f"{tuple(round(n * h, 2) for n, h in zip(image.shape, small))} mm, not a heart MRI's field of view: "
+            "is the header's voxel size in mm?"]
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(data / "phantom001" / "laendo.nrrd"),
+                         "--out", str(tmp_path / "o")]) == 0
+    assert "warning: laendo: the image holds only a few whole values ([0, 255] in a sample" in capsys.readouterr().err

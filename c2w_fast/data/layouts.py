@@ -91,7 +91,7 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     With ``require_labels`` a case whose required label file is missing is an error naming
     that file. A folder with no case at all is an error too.
     """
-    root = Path(root)
+    root = _named_root(root)
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
@@ -128,12 +128,19 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     return cases
 
 
+def _named_root(root) -> Path:
+    """``root`` as a path whose folders have names: ``.`` and ``..`` resolved, as a case named after
+    its folder (LASC, MBAS) would otherwise be named ``""`` or ``".."``."""
+    root = Path(root)
+    return root.resolve() if root.name in ("", "..") else root
+
+
 def find_images(root, layout: str = "auto") -> list[tuple[str, Path]]:
     """``(case id, image file)`` of every case under ``root``, sorted by id, reading no file
     (prediction: labels may be absent and a damaged image should fail alone, not the listing).
     A case with label files but no image is listed with the image path it lacks, so that it
     fails as a case rather than dropping out unseen."""
-    root = Path(root)
+    root = _named_root(root)
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
