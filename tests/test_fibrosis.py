@@ -229,3 +229,23 @@ def test_cli_refuses_an_iir_map_that_is_no_image_and_a_zero_threshold(tmp_path, 
     with pytest.raises(SystemExit):
         fibrosis_cli.main(base + ["--fibrosis", "0", "--dense", "1.3"])
     assert "0 < --fibrosis <= --dense, got 0.0 and 1.3" in capsys.readouterr().err
+
+
+# --- from the mutation audit of the library: thresholds that meet, a threshold of zero ---
+
+def test_equal_thresholds_make_every_fibrosis_voxel_dense_and_zero_is_refused():
+    """0 < fibrosis <= dense: equal thresholds are allowed (no class 2 is left); zero or less is refused.
+    The pool of 100 and the wall rows of 124, 125 and 150 give IIR 1.24, 1.25 and 1.5."""
+    image = np.full((7, 7, 9), 100.0, np.float32)
+    wall, cavity = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
+    cavity[1:6, 1:6, 1:6] = True
+    wall[1:6, 1:6, 6] = True
+    image[1:6, 1:6, 6] = np.array([124.0, 125.0, 150.0, 125.0, 150.0])[:, None]
+    result = fibrosis_burden(image, wall, cavity, (1.0, 1.0, 1.0), fibrosis=1.25, dense=1.25)
+    np.testing.assert_array_equal(result.labels[1:6, 1:6, 6], np.array([1, 3, 3, 3, 3])[:, None].repeat(5, 1))
+    assert all(isinstance(a, np.ndarray) for a in (result.iir, result.labels, result.sectors))  # numpy in, numpy out
+    apart = fibrosis_burden(image, wall, cavity, (1.0, 1.0, 1.0), fibrosis=1.25, dense=1.5)
+    assert (apart.fibrosis_percent, apart.dense_scar_percent) == (80.0, 40.0)  # 4 and 2 of the 5 rows
+    for fibrosis in (0.0, -1.0):
+        with pytest.raises(ValueError, match="thresholds must satisfy 0 < fibrosis <= dense"):
+            fibrosis_burden(image, wall, cavity, (1.0, 1.0, 1.0), fibrosis=fibrosis, dense=1.3)

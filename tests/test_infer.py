@@ -1,6 +1,7 @@
 """Inference engine: sliding windows agree with whole-volume application and with a plain float64
 reference (batched, mirrored, padded), window counts, precision, out-of-memory retries, timing."""
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, gaussian_importance, resolve_device, sliding_window,
-                            window_count, window_starts)
+from c2w_fast.infer import (NO_TIMER, InferenceError, PhaseTimer, WindowRunner, default_precision, gaussian_importance,
+                            resolve_device, sliding_window, window_count, window_starts)
 from c2w_fast.postprocess import atrium_mask, cascade_region, class_indices, keep_largest_per_class
 from c2w_fast.stages import StageLoader, resolve_checkpoint
 
@@ -172,6 +173,7 @@ def reference_sliding_window(model, image, patch, step, gaussian, mirror_axes=()
     ((4, 8, 8), 0.5, False, 4, ()),
     ((16, 8, 32), 0.5, True, 2, ()),     # larger than the volume on two axes: padded evenly
     ((6, 9, 8), 0.5, True, 5, (0, 2)),   # mirroring over z and x
+    ((12, 8, 8), 0.5, True, 2, ()),      # one voxel short on z: padded after it only
 ])
 def test_stitching_equals_the_plain_reference(patch, step, gaussian, batch_size, mirror, rng):
     torch.manual_seed(int(rng.integers(1 << 31)))
@@ -378,3 +380,93 @@ def test_cascade_region_is_the_largest_component_dilated_by_a_ball(keep_largest,
     expected = ndimage.binary_dilation(kept, structure=ball) if radius else kept
     region = cascade_region(mask, SimpleNamespace(keep_largest=keep_largest, dilation_radius=radius))
     np.testing.assert_array_equal(np.asarray(region), expected)
+
+
+# --- from the mutation audit of the engine and the post-processing: precision, devices, runner, phases, classes ---
+
+def test_default_precision_is_bf16_only_for_amp_on_a_gpu():
+    assert default_precision(True, "cuda") == "bf16" and default_precision(True, torch.device("cuda:1")) == "bf16"
+    assert default_precision(True, "cpu") == "fp32" and default_precision(False, "cuda") == "fp32"
+
+
+def test_auto_device_is_the_gpu_when_there_is_one(monkeypatch):
+    for available, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        assert resolve_device("auto") == torch.device(expected)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_phase_timer_pauses_the_innermost_enclosing_phase(monkeypatch):
+    """Three levels (a helper stage's network inside preprocess inside read): entering a phase pauses the
+    one just outside it, not the outermost."""
+    clock = iter([0.0, 1.0, 3.0, 6.0, 10.0, 15.0])
+    monkeypatch.setattr(PhaseTimer, "_now", staticmethod(lambda: next(clock)))
+    timer = PhaseTimer()
+    with timer.phase("read"):                  # 0 .. 1 and 10 .. 15
+        with timer.phase("preprocess"):        # 1 .. 3 and 6 .. 10
+            with timer.phase("network"):       # 3 .. 6
+                pass
+    assert dict(timer.totals) == {"read": 1.0 + 5.0, "preprocess": 2.0 + 4.0, "network": 3.0}
+
+
+def test_window_runner_gives_float32_logits_in_reduced_precision(rng):
+    """The runner's contract: float32 logits whatever the autocast dtype, with and without mirroring."""
+    model = RecordsDtype().eval()
+    batch = torch.from_numpy(rng.normal(size=(2, 1, 4, 6, 6)).astype(np.float32))
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        for mirror in ((), (1,)):
+            model.seen.clear()
+            assert WindowRunner(model, precision=precision, mirror_axes=mirror)(batch, 2).dtype == torch.float32
+            assert model.seen == {dtype}
+
+
+def test_a_runner_brings_its_options_and_repeated_mirror_axes_count_once(rng):
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    model = SmallConvNet(1, 2).eval()
+    image = torch.from_numpy(rng.normal(size=(1, 7, 9, 10)).astype(np.float32))
+    mirrored = sliding_window(model, image, (4, 8, 8), mirror_axes=(0, 2))
+    torch.testing.assert_close(sliding_window(WindowRunner(model, mirror_axes=(0, 2)), image, (4, 8, 8)), mirrored)
+    torch.testing.assert_close(sliding_window(model, image, (4, 8, 8), mirror_axes=(2, 0, 2)), mirrored)
+    for options in ({"precision": "bf16"}, {"mirror_axes": (0,)}, {"cuda_graph": True}):
+        with pytest.raises(ValueError, match="precision, mirror_axes and cuda_graph come from the WindowRunner"):
+            sliding_window(WindowRunner(model), image, (4, 8, 8), **options)
+    for patch in ((0, 4, 4), 0, (4, -1, 4)):
+        with pytest.raises(ValueError, match=r"patch must be 3 positive sizes \(z, y, x\)"):
+            sliding_window(model, image, patch)
+
+
+def test_the_network_and_stitch_phases_hold_the_model_and_the_averaging(monkeypatch, rng):
+    """A clock that moves only while the model runs (1000 per batch of windows) and while the summed logits
+    are divided by the summed weights (1, the engine's one in-place division): the network phase gets
+    1000 per batch, the stitch phase the division."""
+    from torch.overrides import TorchFunctionMode
+
+    clock = [0.0]
+
+    class Ticking(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") == "div_":
+                clock[0] += 1.0
+            return func(*args, **(kwargs or {}))
+
+    class SlowModel(SmallConvNet):
+        def forward(self, x):
+            clock[0] += 1000.0
+            return super().forward(x)
+
+    monkeypatch.setattr(PhaseTimer, "_now", staticmethod(lambda: clock[0]))
+    image = torch.from_numpy(rng.normal(size=(2, 6, 10, 10)).astype(np.float32))
+    timer = PhaseTimer()
+    with Ticking():
+        sliding_window(SlowModel().eval(), image, (4, 8, 8), batch_size=3, timer=timer)
+    batches = math.ceil(window_count((6, 10, 10), (4, 8, 8), 0.5) / 3)
+    assert batches > 1 and dict(timer.totals) == {"network": 1000.0 * batches, "stitch": 1.0}
+
+
+def test_class_indices_take_up_to_256_classes():
+    """uint8 holds the class indices 0..255: 256 classes fit, 257 do not."""
+    logits = torch.zeros(256, 1, 1, 2)
+    logits[255, 0, 0, 0] = logits[17, 0, 0, 1] = 1.0
+    assert class_indices(logits).flatten().tolist() == [255, 17]
+    with pytest.raises(ValueError, match="at most 256 classes, got 257"):
+        class_indices(torch.zeros(257, 1, 1, 1))

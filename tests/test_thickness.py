@@ -334,3 +334,18 @@ def test_cli_label_file_checks(tmp_path, capsys, monkeypatch):
                                "--csv", "folder.csv"]) == 2
     assert "--csv folder.csv is a folder, not a file" in capsys.readouterr().err
     assert not (tmp_path / "t2.nii.gz").exists() and not any((tmp_path / "folder.csv").iterdir())
+
+
+# --- from the mutation audit of the library: the chamber labels' checks ---
+
+def test_chambers_must_be_integer_labels_of_the_masks_shape():
+    wall = np.zeros((4, 5, 8), bool)
+    wall[:, :, 3] = True
+    cavity = np.zeros_like(wall)
+    cavity[:, :, :3] = True
+    result = wall_thickness(wall, cavity, (1.0, 1.0, 1.0), chambers=cavity.astype(np.int16) * 3)
+    assert isinstance(result.thickness, np.ndarray) and isinstance(result.sectors, np.ndarray)  # numpy in, numpy out
+    np.testing.assert_allclose(result.thickness[wall], 1.0)  # one wall voxel across
+    for chambers in (cavity.astype(np.float32), cavity.copy(), np.ones((4, 5, 7), np.int64)):
+        with pytest.raises(ValueError, match="chambers must be integer labels of the masks' shape"):
+            wall_thickness(wall, cavity, (1.0, 1.0, 1.0), chambers=chambers)
