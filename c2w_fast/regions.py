@@ -186,6 +186,17 @@ def _chamber_labels(cavity: np.ndarray, labels: np.ndarray, present) -> np.ndarr
     return chambers
 
 
+def _whole_map_hint(wall_volume: Volume, wall_values) -> str:
+    """Why a wall file can swallow the cavity: a label map of several codes read as one mask."""
+    codes = np.unique(wall_volume.array)
+    codes = codes[codes != 0]
+    if wall_values is not None or len(codes) < 2:
+        return ""
+    return (f"; every nonzero voxel of {wall_volume.path.name} counts as wall, and it holds the codes "
+            f"{', '.join(f'{c:g}' for c in codes)}: is it a label map of both masks? name the wall's code with "
+            f"--wall-label (e.g. --wall-label {CANONICAL_LABELS['wall']})")
+
+
 def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None, *, chambers=False) -> WallMasks:
     """Wall, cavity and LA masks (and with ``chambers`` the chamber labels) from label files (module
     docstring); DataError for a bad file or grid."""
@@ -205,7 +216,8 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
     if not wall.any():
         raise DataError(wall_path, f"no wall voxels (values {wall_values or 'nonzero'})")
     if not cavity.any():
-        raise DataError(cavity_path, f"no cavity voxels outside the wall (values {cavity_values or 'nonzero'})")
+        raise DataError(cavity_path, f"no cavity voxels outside the wall (values {cavity_values or 'nonzero'})"
+                                     f"{_whole_map_hint(wall_volume, wall_values)}")
     present = np.unique(cavity_volume.array[cavity])
     la_code = CANONICAL_LABELS["LA"]
     la_cavity = cavity & (cavity_volume.array == la_code) if len(present) > 1 and la_code in present else cavity
