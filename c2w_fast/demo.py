@@ -116,6 +116,16 @@ def c2w_pipeline(data: Path, runs: Path, epochs: int, *, common: list[str], resn
 
 DEMO_MARK = ".c2w_fast_demo"  # in a demo's --out: the folder is the demo's, so a rerun may replace what it holds
 OUTPUTS = ("data", "held_out", "predictions", "thickness")  # replaced by every run (the run folders by train_stage)
+RUNS = ("localizer", "cavity", "wall", "scratch")
+
+
+def is_demo_folder(out: Path) -> bool:
+    """Whether ``out`` is a demo's: marked so, or (written before the mark) holding only what a demo
+    writes, its localiser run among it."""
+    if (out / DEMO_MARK).is_file():
+        return True
+    names = {p.name for p in out.iterdir()}
+    return names <= {*OUTPUTS, *RUNS} and (out / "localizer" / "config.toml").is_file()
 
 
 def claim_out(out: Path) -> str | None:
@@ -123,7 +133,7 @@ def claim_out(out: Path) -> str | None:
     another --n would otherwise train on stale phantoms); why not, for a folder that holds other things."""
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file; give a folder (created when missing)"
-    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARK).is_file():
+    if out.is_dir() and any(out.iterdir()) and not is_demo_folder(out):
         return f"--out {out} holds files of its own; give a new or empty folder, or an earlier demo's"
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARK).touch()

@@ -25,3 +25,15 @@ def test_a_folder_that_is_not_the_demos_is_refused_untouched(tmp_path, capsys):
             demo.main(["--out", str(tmp_path / out), "--n", "7", "--epochs", "1"])
     assert "--out" in capsys.readouterr().err and (tmp_path / "file").read_text() == ""
     assert demo.claim_out(tmp_path / "empty") is None  # a new folder is made
+
+
+def test_a_demo_folder_written_before_the_mark_is_recognised(tmp_path):
+    out = tmp_path / "old"
+    (out / "localizer").mkdir(parents=True)
+    (out / "localizer" / "config.toml").write_text("")
+    (out / "predictions").mkdir()
+    assert demo.claim_out(out) is None and not (out / "predictions").exists()
+    (tmp_path / "mine" / "localizer").mkdir(parents=True)  # a run of the user's, with other things beside it
+    (tmp_path / "mine" / "localizer" / "config.toml").write_text("")
+    (tmp_path / "mine" / "notes.txt").write_text("")
+    assert "holds files of its own" in demo.claim_out(tmp_path / "mine")
