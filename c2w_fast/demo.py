@@ -142,10 +142,6 @@ def claim_out(out: Path) -> str | None:
     return None
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m c2w_fast.demo", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -166,9 +162,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     began = time.perf_counter()
     data = args.out / "data"
-    write_dataset(data, "lasc", args.n, shape=DEMO_SHAPE, spacing=DEMO_SPACING, overwrite=True)  # its own folder
-    print(f"training on {args.n - N_TEST} phantoms ({FINAL_VAL} of them for validation; {DEMO_SHAPE} voxels @ {DEMO_SPACING} "
-          f"mm), {_count(args.epochs, 'epoch')} per stage:", flush=True)
+    write_dataset(data, "lasc", args.n, shape=DEMO_SHAPE, spacing=DEMO_SPACING)  # claim_out removed the last run's
+    print(f"training on {args.n - N_TEST} phantoms ({FINAL_VAL} of them for validation; {DEMO_SHAPE} voxels @ "
+          f"{DEMO_SPACING} mm), {train.counted(args.epochs, 'epoch')} per stage:", flush=True)
     results = c2w_pipeline(data, args.out, args.epochs, common=CPU_RUN, resnext=TINY_RESNEXT,
                            localizer=TINY_LOCALIZER, wall_schedule=short_run_schedule(args.epochs))
     print(f"\nLA wall on the {N_TEST} held-out phantoms (native grid; mean ± sd over cases):")

@@ -92,12 +92,13 @@ def _describe(name: str, result: dict, config: cfg.Config) -> str:
         best = f"best epoch {result['best_epoch']}"
     else:
         best = "no validation cases, so checkpoint_best.pt is the last epoch"
-    stopped = (f" (stopped early: no better validation score in {_count(config.train.early_stopping, 'validation')})"
+    stopped = (f" (stopped early: no better validation score in {counted(config.train.early_stopping, 'validation')})"
                if result["stopped"] else "")
-    return f"{name}: {_count(result['epochs'], 'epoch')}{stopped}, {best}, checkpoints in {result['folder']}"
+    return f"{name}: {counted(result['epochs'], 'epoch')}{stopped}, {best}, checkpoints in {result['folder']}"
 
 
-def _count(n: int, noun: str) -> str:
+def counted(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``: ``n`` and ``noun``, plural unless ``n`` is 1."""
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
             check_processes(config, processes)
             unreached = unreached_settings(config)
             if unreached and processes.is_main:
-                warnings.warn(f"a run of {_count(config.train.epochs, 'epoch')} does not reach all of its config: "
+                warnings.warn(f"a run of {counted(config.train.epochs, 'epoch')} does not reach all of its config: "
                               f"{'; '.join(unreached)} (a short run scales them: see "
                               "c2w_fast.demo.short_run_schedule)", stacklevel=1)
             if config.unfreeze.enabled and not config.run.init_from and processes.is_main:

@@ -230,16 +230,21 @@ def test_tolerance_convention_and_percentile_rule_reach_the_metrics(tmp_path):
     assert not (tmp_path / "bad.csv").exists()
 
 
-def test_summaries_count_only_finite_values(tmp_path):
-    """A case predicted without an LA has an infinite HD (surface-distance's convention): the mean and sd
-    are over the finite values and ``n`` counts them, while its Dice of 0 counts."""
+def _two_cases_one_without_la(tmp_path) -> dict[str, dict]:
+    """Evaluates c1 (an LA with a spike) and c2 (the same predicted without its LA) for LA=3; the CSV rows by case."""
     pred, gt = _la_spike_case()
     _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
     _write_pair(tmp_path / "gt", tmp_path / "pred", "c2", np.where(gt == 3, 0, gt).astype(np.uint8), gt)
     out = tmp_path / "m.csv"
     assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "LA=3",
                  "--out", str(out), "--quiet"]) == 0
-    rows = {r["case"]: r for r in read_rows(out)}
+    return {r["case"]: r for r in read_rows(out)}
+
+
+def test_summaries_count_only_finite_values(tmp_path):
+    """A case predicted without an LA has an infinite HD (surface-distance's convention): the mean and sd
+    are over the finite values and ``n`` counts them, while its Dice of 0 counts."""
+    rows = _two_cases_one_without_la(tmp_path)
     assert math.isinf(float(rows["c2"]["hd"])) and float(rows["c2"]["dice"]) == 0.0
     assert float(rows["mean"]["hd"]) == pytest.approx(float(rows["c1"]["hd"]))  # c1's alone
     assert rows["n"]["hd"] == "1" and rows["n"]["dice"] == "2"
@@ -345,13 +350,7 @@ def test_a_lasc_case_without_its_wall_file_has_no_wall_score(tmp_path, capsys):
 def test_the_printed_summary_counts_values_left_out_and_prints_no_sd_of_nan(tmp_path, capsys):
     """Two cases, one predicted without an LA (infinite HD): the HD summary is c1's alone, says that one
     value was left out, and its sd of one value is printed as the training's Table 1 prints it."""
-    pred, gt = _la_spike_case()
-    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
-    _write_pair(tmp_path / "gt", tmp_path / "pred", "c2", np.where(gt == 3, 0, gt).astype(np.uint8), gt)
-    out = tmp_path / "m.csv"
-    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "LA=3",
-                 "--out", str(out), "--quiet"]) == 0
-    rows = {r["case"]: r for r in read_rows(out)}
+    rows = _two_cases_one_without_la(tmp_path)
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  LA: ")]
     dice = [float(rows[c]["dice"]) for c in ("c1", "c2")]
     assert f"dice {np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}, " in line  # both finite: no count

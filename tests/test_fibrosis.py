@@ -155,15 +155,22 @@ def test_cli_refuses_outputs_that_are_inputs_and_non_label_files_before_writing(
 
 # --- from the mutation audit of the CLIs: thresholds at their edges, the LA blood pool, geometry of outputs ---
 
-def test_thresholds_are_inclusive():
-    """IIR exactly at a threshold is above it (``IIR >= fibrosis``): a pool of 100 and wall voxels of 124,
-    125 and 150 give IIR 1.24, 1.25 and 1.5 (the last two exact in float32), classes 1, 2 and 3 for
-    thresholds 1.25 and 1.5."""
+def _pool_of_100_and_wall_rows():
+    """(image, wall, cavity): a cavity block of intensity 100 and a wall plane x = 6 whose five rows hold
+    124, 125, 150, 125 and 150, i.e. IIR 1.24, 1.25 and 1.5 (the last two exact in float32)."""
     image = np.full((7, 7, 9), 100.0, np.float32)
     wall, cavity = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
     cavity[1:6, 1:6, 1:6] = True
     wall[1:6, 1:6, 6] = True
     image[1:6, 1:6, 6] = np.array([124.0, 125.0, 150.0, 125.0, 150.0])[:, None]
+    return image, wall, cavity
+
+
+def test_thresholds_are_inclusive():
+    """IIR exactly at a threshold is above it (``IIR >= fibrosis``): a pool of 100 and wall voxels of 124,
+    125 and 150 give IIR 1.24, 1.25 and 1.5 (the last two exact in float32), classes 1, 2 and 3 for
+    thresholds 1.25 and 1.5."""
+    image, wall, cavity = _pool_of_100_and_wall_rows()
     result = fibrosis_burden(image, wall, cavity, (1.0, 1.0, 1.0), fibrosis=1.25, dense=1.5)
     assert result.blood_pool_mean == 100.0
     np.testing.assert_array_equal(result.labels[1:6, 1:6, 6], np.array([1, 2, 3, 2, 3])[:, None].repeat(5, 1))
@@ -236,11 +243,7 @@ def test_cli_refuses_an_iir_map_that_is_no_image_and_a_zero_threshold(tmp_path, 
 def test_equal_thresholds_make_every_fibrosis_voxel_dense_and_zero_is_refused():
     """0 < fibrosis <= dense: equal thresholds are allowed (no class 2 is left); zero or less is refused.
     The pool of 100 and the wall rows of 124, 125 and 150 give IIR 1.24, 1.25 and 1.5."""
-    image = np.full((7, 7, 9), 100.0, np.float32)
-    wall, cavity = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
-    cavity[1:6, 1:6, 1:6] = True
-    wall[1:6, 1:6, 6] = True
-    image[1:6, 1:6, 6] = np.array([124.0, 125.0, 150.0, 125.0, 150.0])[:, None]
+    image, wall, cavity = _pool_of_100_and_wall_rows()
     result = fibrosis_burden(image, wall, cavity, (1.0, 1.0, 1.0), fibrosis=1.25, dense=1.25)
     np.testing.assert_array_equal(result.labels[1:6, 1:6, 6], np.array([1, 3, 3, 3, 3])[:, None].repeat(5, 1))
     assert all(isinstance(a, np.ndarray) for a in (result.iir, result.labels, result.sectors))  # numpy in, numpy out

@@ -313,8 +313,8 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
     trained = {name: training_cases(config, fold_split(splits, name)) for name in folds}
     training = set().union(*trained.values())
     used = training.union(*(fold_split(splits, name).val for name in folds), splits.test if "final" in folds else ())
-    _check_target_labelled(config, [cases[case_id] for case_id in sorted(used)])
     ordered = [cases[case_id] for case_id in sorted(used)]
+    _check_target_labelled(config, ordered)
     grids = {stage_spacing(config, [cases[case_id] for case_id in ids]) for ids in trained.values()}
     trained_classes = np.zeros(config.num_classes, bool)
     for data in tqdm(load_cases(ordered), total=len(ordered), desc="check cases", unit="case",
