@@ -5,7 +5,7 @@
 
 **What --model names.** A training run folder (``RUN_DIR``, its ``--fold`` checkpoint,
 default ``final``), one fold of it (``RUN_DIR/final``, as ``RUN_DIR`` with that fold) or a
-checkpoint file. The run's stage decides the pipeline, and the
+checkpoint file (a ``--fold`` beside these two must be theirs). The run's stage decides the pipeline, and the
 runs it depends on are the ones its config records — nothing else to write:
 
 =============  ================================================================  ==============

@@ -82,16 +82,19 @@ def resolve_checkpoint(path, fold: str | None = None, *, strict: bool = False) -
     ``final`` — unless ``strict``: a fold asked for by name must then be there (a helper stage
     takes its user's fold where it has one, a fold the user names is no fallback). A fold folder
     (``RUN/final``: a best checkpoint, and the run's ``config.toml`` above it) is taken as its
-    checkpoint file, so its helper runs are looked for from ``RUN`` with that fold."""
+    checkpoint file, so its helper runs are looked for from ``RUN`` with that fold; a ``strict``
+    fold that is not that folder's is an error (a file can't be another fold's)."""
     path = Path(path)
-    if path.is_file():
-        return path
-    if (path / "checkpoint_best.pt").is_file() and (path.parent / "config.toml").is_file():
-        return path / "checkpoint_best.pt"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
     if fold and fold.isdigit():  # --fold 1 as train takes it
         fold = f"fold_{fold}"
+    if path.is_file() or (path / "checkpoint_best.pt").is_file() and (path.parent / "config.toml").is_file():
+        checkpoint = path if path.is_file() else path / "checkpoint_best.pt"
+        if strict and fold and fold != checkpoint.parent.name:
+            raise FileNotFoundError(f"{path} is the checkpoint of {checkpoint.parent.name!r}, not of {fold!r}: "
+                                    "name the run folder to choose a fold, or leave out the fold")
+        return checkpoint
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
     names = [fold or "final"] if strict else ([fold] if fold and fold != "final" else []) + ["final"]
     for name in names:
         candidate = path / name / "checkpoint_best.pt"

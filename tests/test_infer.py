@@ -119,6 +119,22 @@ def test_resolve_checkpoint_strictly_takes_only_the_fold_named(tmp_path):
             resolve_checkpoint(tmp_path, fold, strict=True)
 
 
+
+def test_a_fold_named_beside_a_checkpoint_must_be_its_fold(tmp_path):
+    """--model RUN/final (or its checkpoint file) with --fold: the same fold is accepted, another one is an
+    error rather than silently predicting with ``final``; a helper stage (not strict) takes the file as is."""
+    (tmp_path / "config.toml").write_text("")
+    (tmp_path / "final").mkdir()
+    checkpoint = tmp_path / "final" / "checkpoint_best.pt"
+    checkpoint.write_bytes(b"x")
+    for path in (tmp_path / "final", checkpoint):
+        for fold in (None, "final"):
+            assert resolve_checkpoint(path, fold, strict=True) == checkpoint
+        for fold in ("0", "fold_0"):
+            with pytest.raises(FileNotFoundError, match="is the checkpoint of 'final', not of 'fold_0': name the run"):
+                resolve_checkpoint(path, fold, strict=True)
+            assert resolve_checkpoint(path, fold) == checkpoint
+
 # --- the full engine: batching, mirroring, precision, padding, out-of-memory, counts -------------------------
 
 class SmallConvNet(nn.Module):

@@ -698,6 +698,8 @@ def test_a_fold_folder_is_that_fold_of_its_run(c2w, tmp_path):
     image = read_volume(case)
     np.testing.assert_array_equal(read_volume(tmp_path / "phantom001.nrrd").array,
                                   predict.load_pipeline(runs / "wall").predict(image.array, image.spacing).labels)
+    with pytest.raises(predict.ModelError, match="is the checkpoint of 'final', not of 'fold_0'"):
+        predict.load_pipeline(runs / "wall" / "final", fold="fold_0")
 
 
 def test_a_folder_of_several_layouts_gets_a_hint_predict_can_follow(tmp_path, capsys):
