@@ -21,7 +21,7 @@ empty one). The default ``--labels`` leave out a label that no prediction and no
 holds.
 
 **Geometry.** Spacing is read from the ground-truth file; a prediction on another grid
-(shape, spacing off by more than 0.1 %, or origin/directions off by more than 0.01 mm: a
+(shape, spacing off by more than 0.1 %, or origin or directions off by more than 0.01 mm: a
 flipped or shifted file) is reported as a problem, not evaluated.
 
 **Output.** One CSV row per case and label with ``dice, hd, hd95, assd, surface_dice``

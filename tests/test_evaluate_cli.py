@@ -120,7 +120,7 @@ def test_flat_folders_voxel_convention_and_mismatched_grids(mbas, tmp_path):
     write_volume(tmp_path / "flipped" / f"{ids[0]}.nii.gz", good.array[:, :, ::-1], flipped)
     assert main(["--pred", str(tmp_path / "flipped"), "--gt", str(gt_dir), "--predicted-only", "--out", str(out),
                  "--quiet"]) == 1
-    assert "prediction origin/direction differ from the ground truth's" in read_rows(out)[-1]["status"]
+    assert "prediction origin and direction differ from the ground truth's" in read_rows(out)[-1]["status"]
     assert math.isnan(float([r for r in rows if r["case"] == "sd"][0]["dice"]))  # one case: no sd
 
 
@@ -428,5 +428,5 @@ def test_a_shifted_lasc_cavity_file_is_the_one_blamed(tmp_path):
     out = tmp_path / "m.csv"
     assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "lasc"), "--out", str(out), "--quiet"]) == 1
     (row,) = [r for r in read_rows(out) if r["status"]]
-    assert row["status"].startswith(f"{tmp_path / 'lasc' / ids[0] / 'laendo.nrrd'}: label origin/direction differ "
+    assert row["status"].startswith(f"{tmp_path / 'lasc' / ids[0] / 'laendo.nrrd'}: label origin differs "
                                     "from the image's (lgemri.nrrd)")

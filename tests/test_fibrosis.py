@@ -110,7 +110,7 @@ def test_cli_writes_the_label_map_the_iir_and_the_summary(tmp_path, capsys):
     flipped = affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 95], [0, 0, 0, 1]])
     write_volume(tmp_path / "flipped.nii.gz", (phantom.image[..., ::-1] * 1000).astype(np.int16), flipped)
     assert fibrosis_cli.main(args[:1] + [str(tmp_path / "flipped.nii.gz")] + args[2:8]) == 2
-    assert "flipped.nii.gz: image origin/direction differ from the wall's" in capsys.readouterr().err
+    assert "flipped.nii.gz: image origin and direction differ from the wall's" in capsys.readouterr().err
     (tmp_path / "taken").write_text("a file where a folder should be")
     assert fibrosis_cli.main(args[:7] + [str(tmp_path / "taken" / "f.nii.gz")]) == 2
     assert "taken is a file, not a folder" in capsys.readouterr().err

@@ -273,8 +273,15 @@ def test_same_grid_needs_the_same_directions_and_spacing_within_a_tenth_of_a_per
     reference = Volume(np.zeros((3, 4, 5)), affine)
     flipped = affine.copy()
     flipped[:3, 2] *= -1
-    with pytest.raises(DataError, match="label origin/direction differ from the image's"):
+    with pytest.raises(DataError, match=r"label direction differs from the image's \(in memory\): direction "
+                                        r"\[\[0.0, 0.0, -1.0\], \[0.0, 1.0, 0.0\], \[1.0, 0.0, 0.0\]\] vs"):
         check_same_grid(Volume(np.zeros((3, 4, 5)), flipped), reference, "label", "image")
+    shifted = affine_from_spacing((2.5, 1.0, 1.0), origin=(0.0, 0.02, 0.0))  # only what differs is printed
+    with pytest.raises(DataError, match=r"label origin differs from the image's \(in memory\): origin "
+                                        r"\(0, 0.02, 0\) mm vs \(0, 0, 0\) mm$"):
+        check_same_grid(Volume(np.zeros((3, 4, 5)), shifted), reference, "label", "image")
+    check_same_grid(Volume(np.zeros((3, 4, 5)), affine_from_spacing((2.5, 1.0, 1.0), origin=(0.0, 0.009, 0.0))),
+                    reference, "label", "image")  # within 0.01 mm
     with pytest.raises(DataError, match="label spacing .* differs from image spacing"):
         check_same_grid(Volume(np.zeros((3, 4, 5)), affine_from_spacing((2.5, 1.0, 1.05))), reference, "label", "image")
     check_same_grid(Volume(np.zeros((3, 4, 5)), affine_from_spacing((2.5, 1.0, 1.0005))), reference, "label", "image")

@@ -103,10 +103,19 @@ def check_same_grid(volume: Volume, reference: Volume, name: str, reference_name
     if not same_spacing(volume.spacing, reference.spacing):
         raise DataError(volume.path, f"{name} spacing {_mm(volume.spacing)} differs from {reference_name} spacing "
                                      f"{_mm(reference.spacing)} {where}")
-    if not np.allclose(volume.affine, reference.affine, rtol=0, atol=ORIGIN_ATOL_MM):
-        raise DataError(volume.path, f"{name} origin/direction differ from the {reference_name}'s {where}: origin "
-                                     f"{_mm(volume.origin)} vs {_mm(reference.origin)}, direction "
-                                     f"{volume.direction.round(4).tolist()} vs {reference.direction.round(4).tolist()}")
+    differing = {}  # only what differs, so a shifted file's message isn't buried in two equal matrices
+    if not np.allclose(volume.affine[:3, 3], reference.affine[:3, 3], rtol=0, atol=ORIGIN_ATOL_MM):
+        differing["origin"] = f"{_mm(volume.origin)} vs {_mm(reference.origin)}"
+    if not np.allclose(volume.affine[:3, :3], reference.affine[:3, :3], rtol=0, atol=ORIGIN_ATOL_MM):
+        differing["direction"] = f"{_rounded(volume.direction)} vs {_rounded(reference.direction)}"
+    if differing:
+        details = ", ".join(f"{key} {values}" for key, values in differing.items())
+        raise DataError(volume.path, f"{name} {' and '.join(differing)} differ{'s' if len(differing) == 1 else ''} "
+                                     f"from the {reference_name}'s {where}: {details}")
+
+
+def _rounded(matrix: np.ndarray) -> list:
+    return (matrix.round(4) + 0.0).tolist()  # + 0.0: no "-0.0" entries
 
 
 def _mm(values) -> str:
