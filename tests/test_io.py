@@ -87,6 +87,26 @@ def test_trailing_singleton_axis_is_dropped_and_real_4d_is_refused(tmp_path):
         read_volume(tmp_path / "4d.nii.gz")
 
 
+
+def test_nrrd_that_is_not_a_3d_scalar_image_is_refused(tmp_path):
+    """A 4D NRRD (a DWI series), a 2D one, a vector axis without a direction, and a space we don't map:
+    each named, before any voxel is read."""
+    nrrd.write(str(tmp_path / "4d.nrrd"), np.zeros((2, 3, 4, 5), np.uint8), {"spacings": [1.0] * 4})
+    with pytest.raises(DataError, match=r"4d.nrrd: expected a 3D image, got sizes \[2, 3, 4, 5\]"):
+        read_volume(tmp_path / "4d.nrrd")
+    nrrd.write(str(tmp_path / "2d.nrrd"), np.zeros((3, 4), np.uint8), {"spacings": [1.0, 1.0]})
+    with pytest.raises(DataError, match=r"2d.nrrd: expected a 3D image, got sizes \[3, 4\]"):
+        read_volume(tmp_path / "2d.nrrd")
+    (tmp_path / "v.nrrd").write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nspace: left-posterior-superior\n"
+                                      b"sizes: 3 4 5\nspace directions: none (1,0,0) (0,1,0)\n"
+                                      b"kinds: vector domain domain\nencoding: raw\n\n" + bytes(60))
+    with pytest.raises(DataError, match="v.nrrd: space directions contain a non-spatial axis"):
+        read_volume(tmp_path / "v.nrrd")
+    scanner = {"space": "scanner-xyz", "space directions": np.eye(3)}
+    nrrd.write(str(tmp_path / "s.nrrd"), np.zeros((2, 3, 4), np.uint8), scanner)
+    with pytest.raises(DataError, match="s.nrrd: unsupported NRRD space 'scanner-xyz'"):
+        read_volume(tmp_path / "s.nrrd")
+
 def test_write_checks_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="3D"):
         write_volume(tmp_path / "x.nii.gz", np.zeros((2, 2)), np.eye(4))

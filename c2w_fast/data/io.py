@@ -169,8 +169,6 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
         raise
     except Exception as exc:  # nibabel/pynrrd/zlib raise many types for damaged files
         raise DataError(path, f"cannot read {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
-    if array.ndim != 3:
-        raise DataError(path, f"expected a 3D image, got {array.ndim}D with shape {array.shape}")
     if array.dtype.kind == "c":
         raise DataError(path, f"complex voxels ({array.dtype}) are not a magnitude image; save the magnitude")
     if array.dtype.kind not in "biuf":
@@ -368,7 +366,7 @@ def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, like_header=
 def _nrrd_affine(header: dict, path: Path, assume_spacing) -> np.ndarray:
     """(z, y, x)-index RAS affine from an NRRD header (file axes are x, y, z)."""
     if header.get("dimension", len(header.get("sizes", ()))) != 3:
-        raise DataError(path, f"expected a 3D image, got sizes {list(header.get('sizes', []))}")
+        raise DataError(path, f"expected a 3D image, got sizes {[int(n) for n in header.get('sizes', [])]}")
     if "space directions" in header:
         rows = header["space directions"]
         if any(r is None or not np.all(np.isfinite(np.asarray(r, dtype=float))) for r in rows):
