@@ -311,6 +311,11 @@ def test_values_of_the_wrong_kind_are_named_with_where_they_came_from(tmp_path, 
     (["augment.flip_axes=[0, 3]"], r"augment.flip_axes must be axes among 0, 1, 2"),
     (["loss.region_mask=true"], r"loss.region_mask with cascade.mask_source = 'stage1' needs cascade.stage1"),
     (["data.sdf_channel=true"], r"data.sdf_channel needs data.sdf_from"),
+    (["train.epochs"], r"^--set expects section.key=value, got 'train.epochs'$"),
+    (["roi.size=[]", "train.patch_size=[]"], r"train.patch_size is needed when there is no ROI"),
+    (["unfreeze.enabled=true", "unfreeze.steps=[5]"], r"unfreeze.steps must be \[first epoch of step B, first epoch"),
+    (["unfreeze.enabled=true", "unfreeze.steps=[5, 3]"], r"with 0 < B <= C, got \[5, 3\]"),
+    (["unfreeze.enabled=true", "unfreeze.steps=[0, 3]"], r"with 0 < B <= C, got \[0, 3\]"),
 ])
 def test_values_just_outside_their_bounds_are_refused(tmp_path, items, message):
     with pytest.raises(cfg.ConfigError, match=message):
@@ -325,6 +330,8 @@ def test_values_just_outside_their_bounds_are_refused(tmp_path, items, message):
     ["schedule.restarts=[1, 5]", "schedule.restart_lr=[1e-4, 1e-5]"],
     ["data.target=\"multiclass\"", "train.sampling=\"classes\"", "train.class_weights={wall = 1.0, RA = 0.0}"],
     ["loss.region_mask=true", "cascade.mask_source=\"ground_truth\""],
+    ["unfreeze.enabled=true", "unfreeze.steps=[3, 3]"],   # B = C: step B skipped
+    ["roi.size=[]", "train.patch_size=[8, 8, 8]"],
 ])
 def test_values_on_their_bounds_are_accepted(tmp_path, items):
     config = _load(tmp_path, "", ["train.patch_size=[8, 8, 8]", *items])

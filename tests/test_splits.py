@@ -145,3 +145,35 @@ def test_the_patients_csv_refuses_a_case_with_two_patients_or_a_blank(tmp_path):
         path.write_text("case,patient\n" + rows)
         with pytest.raises(DataError, match=message):
             read_patients(path)
+
+
+def test_a_trained_runs_split_must_still_cover_the_dataset(tmp_path):
+    """A case added to the dataset, or one of the split's removed, after a fold trained: the run's split no
+    longer fits, a RunError naming the case (no new split under trained folds); before any fold trained, the
+    split is made anew."""
+    import shutil
+
+    from c2w_fast import config as cfg
+    from c2w_fast.data.phantom import write_dataset
+    from c2w_fast.training.run import RunError, cases_and_splits, split_settings
+    from training_helpers import CONFIGS
+
+    ids = write_dataset(tmp_path / "data", "lasc", 7, shape=(8, 24, 24), spacing=(2.5, 2.5, 2.5), progress=False)
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", [f"data.root=\"{tmp_path / 'data'}\"", "data.n_test=1",
+                                                    "data.n_folds=2", "data.final_val=1"])
+    run = tmp_path / "run"
+    _, splits = cases_and_splits(config, run)
+    save_splits(splits, run / "splits.json", split_settings(config))
+    (run / "fold_0").mkdir()
+    (run / "fold_0" / "checkpoint_latest.pt").write_bytes(b"x")
+    shutil.copytree(tmp_path / "data" / ids[0], tmp_path / "data" / "added")
+    with pytest.raises(RunError, match=r"splits.json was without the cases \['added'\]; one run folder holds one "
+                                       "split: use another --out, or delete splits.json"):
+        cases_and_splits(config, run)
+    shutil.rmtree(tmp_path / "data" / "added")
+    shutil.rmtree(tmp_path / "data" / ids[3])
+    with pytest.raises(RunError, match=rf"splits.json was made with cases not in the dataset \['{ids[3]}'\]"):
+        cases_and_splits(config, run)
+    (run / "fold_0" / "checkpoint_latest.pt").unlink()  # nothing trained: split anew, of the cases there are
+    _, anew = cases_and_splits(config, run)
+    assert sorted(anew.development + anew.test) == sorted(set(ids) - {ids[3]})
