@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -67,17 +68,39 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, cu
             "repeats": repeats}
 
 
+def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting the bytes read and written, from the
+    fastest of ``repeats`` copies of ``gib`` GiB: the yardstick of every floor (bytes an op must
+    move / this), so the floors of all scripts are comparable and none is set by a slow repeat."""
+    import torch
+
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_call(lambda: dst.copy_(src), repeats=repeats, cuda=True)["min_ms"]
+    return 2 * int(gib * 2**30) / (ms / 1e3)
+
+
 def run_until_stopped(measure: Callable[[], object], payload: dict, part: str) -> bool:
-    """Run ``measure`` (which appends its rows as it goes); on Ctrl-C or the SIGINT of
-    ``bench/gpu_session.sh``'s time limit, mark ``payload`` incomplete and return True, so that
-    the caller saves the rows measured so far instead of losing them."""
+    """Run ``measure`` (which appends its rows as it goes); on Ctrl-C, the SIGINT of
+    ``bench/gpu_session.sh``'s time limit or an error no row caught (printed with its traceback),
+    mark ``payload`` incomplete and return True, so that the caller saves the rows measured so far
+    instead of losing them to one failure in a short GPU session."""
     try:
         measure()
     except KeyboardInterrupt:
         payload["incomplete"] = f"stopped during {part} by its time limit (or Ctrl-C); later rows are missing"
-        print(f"\n{payload['incomplete']}", flush=True)
-        return True
-    return False
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the rows before it are kept
+        traceback.print_exc()
+        payload["incomplete"] = f"failed during {part} ({error_text(exc)}); later rows are missing"
+    else:
+        return False
+    print(f"\n{payload['incomplete']}", flush=True)
+    return True
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 160 characters), for a row or a note."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
 
 
 def monai_gpu_problem() -> str | None:
@@ -86,6 +109,7 @@ def monai_gpu_problem() -> str | None:
     try:
         import cucim.core.operations.morphology  # noqa: F401 - MONAI's GPU distance transform
         import cucim.skimage.measure  # noqa: F401 - MONAI's GPU connected components
+        import cucim.skimage.morphology  # noqa: F401 - MONAI's GPU mask edges (binary_erosion)
         import cupy  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA runtime mismatch at import
         return f"{type(exc).__name__}: {exc}"

@@ -20,13 +20,27 @@ OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || echo "WHEELS NOT INSTALLED (see pip's error above): the peers below may be missing"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # The extension and the kernels folder mapping; the machine's own torch/triton/cupy are used.
 python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+# every module a stage imports, so a missing peer is named once here rather than found row by row
+python3 -c "
+import importlib
+for name in ('nibabel', 'nrrd', 'tqdm', 'scipy', 'matplotlib', 'cupy', 'monai', 'skimage', 'lazy_loader',
+             'cucim.core.operations.morphology', 'cucim.skimage.measure', 'cucim.skimage.morphology',
+             'edt', 'cc3d', 'surface_distance', 'xdist', 'pytest_timeout'):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        print(f'IMPORT FAILED: {name}: {type(exc).__name__}: {exc}')
+    else:
+        print(f'import ok: {name}')
+" | tee -a "$OUT/gpu.txt"
 
 declare -A LIMIT=([tests]=300 [kernels]=500 [metrics]=200 [train]=250 [inference]=250 [reproduce]=500)
 XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")  # pytest-xdist where the machine has it

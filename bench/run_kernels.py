@@ -56,7 +56,7 @@ if args.cpu_smoke:
     os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 
 import torch  # noqa: E402
-from benchlib import machine, run_until_stopped, save, table, time_call  # noqa: E402
+from benchlib import copy_bandwidth, error_text, machine, run_until_stopped, save, table, time_call  # noqa: E402
 from torch import nn  # noqa: E402
 
 from c2w_fast.kernels import conv_norm_act as conv_kernels  # noqa: E402
@@ -78,22 +78,12 @@ def device_and_timing():
 DEVICE, TIMING = device_and_timing()
 
 
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + write), the floor's yardstick."""
-    if DEVICE.type != "cuda":
-        return float("nan")
-    src = torch.empty(2**28, dtype=torch.float32, device=DEVICE)
-    dst = torch.empty_like(src)
-    ms = time_call(lambda: dst.copy_(src), **TIMING)["median_ms"]
-    return 2 * src.numel() * 4 / (ms / 1e3)
-
-
 def timed(fn) -> dict:
     """Median ms of ``fn`` or the error that stopped it (a missing peer is reported, never skipped)."""
     try:
         return {"ms": time_call(fn, **TIMING)["median_ms"]}
     except Exception as exc:  # noqa: BLE001 - OOM, compile failures: record and go on
-        return {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"}
+        return {"error": error_text(exc)}
     finally:
         if DEVICE.type == "cuda":
             torch.cuda.empty_cache()
@@ -310,7 +300,7 @@ def main() -> None:
         print("CPU SMOKE RUN through the Triton interpreter: checks that the script works; "
               "the numbers below are NOT measurements and are not saved.\n")
     info = machine()
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth() if DEVICE.type == "cuda" else float("nan")
     print(f"device: {info.get('gpu', 'cpu')}, copy bandwidth {bandwidth / 1e9:.0f} GB/s\n", flush=True)
     payload, printed = {"copy_bandwidth_GBps": bandwidth / 1e9}, []
     runs = {"conv": (lambda rows: conv_rows(bandwidth, rows), CONV_COLUMNS), "memory": (memory_rows, MEMORY_COLUMNS),

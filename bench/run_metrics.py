@@ -19,6 +19,7 @@ bandwidth measured by a copy) and the targets of issue 5; a missing peer (cupy, 
 named in the table. It needs a CUDA GPU and says so when there is none.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -50,7 +51,7 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import monai_gpu_problem, run_until_stopped, save, table, time_call  # noqa: E402
+from benchlib import copy_bandwidth, error_text, monai_gpu_problem, run_until_stopped, save, table, time_call  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from c2w_fast import metrics  # noqa: E402
@@ -112,14 +113,27 @@ def row(name, ours, peer_name, peer, target=None, note="", repeats=5, cuda=False
 
     ``ratio`` = peer / ours in median wall time (what a user waits; ``met`` judges it);
     ``cpu_ratio`` = the same in CPU time summed over threads, which other processes on the
-    machine disturb much less, and which understates a multi-threaded side's speed."""
-    mine = time_call(ours, repeats=repeats, cuda=cuda)
-    entry = {"op": name, "ours_ms": mine["median_ms"], "peer": peer_name}
+    machine disturb much less, and which understates a multi-threaded side's speed. An error of
+    either side (out of memory, a peer's CUDA mismatch) is the row's ``met``, and the run goes on.
+    A single peer repeat gets no warm-up on the CPU (medpy takes 10 s a call); on the GPU it
+    always does (compiles and caches would be timed)."""
+    entry = {"op": name, "peer": peer_name}
     try:
-        theirs = time_call(peer, repeats=peer_repeats or repeats, warmup=1 if (peer_repeats or repeats) > 1 else 0,
-                           cuda=cuda)
+        mine = time_call(ours, repeats=repeats, cuda=cuda)
+    except Exception as exc:  # noqa: BLE001 - recorded; the other rows still run
+        entry.update(ours_ms=math.nan, peer_ms="-", ratio="-", cpu_ratio="-", target="-",
+                     met=f"ours failed: {error_text(exc)}", note=note)
+        return entry
+    entry["ours_ms"] = mine["median_ms"]
+    peer_repeats = peer_repeats or repeats
+    try:
+        theirs = time_call(peer, repeats=peer_repeats, warmup=1 if cuda or peer_repeats > 1 else 0, cuda=cuda)
     except ImportError as exc:
         entry.update(peer_ms="-", ratio="-", cpu_ratio="-", target="-", met=f"peer missing: {exc.name}", note=note)
+        return entry
+    except Exception as exc:  # noqa: BLE001
+        entry.update(peer_ms="-", ratio="-", cpu_ratio="-", target="-", met=f"peer failed: {error_text(exc)}",
+                     note=note)
         return entry
     ratio = theirs["median_ms"] / mine["median_ms"]
     entry.update(peer_ms=theirs["median_ms"], ratio=ratio, cpu_ratio=theirs["cpu_ms"] / max(mine["cpu_ms"], 1e-3),
@@ -178,14 +192,6 @@ def cpu_rows(pred, gt, atria, args):
     return rows
 
 
-def device_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Measured device memory bandwidth in GB/s: a device-to-device copy of ``gib`` GiB (read + write)."""
-    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = time_call(lambda: dst.copy_(src), repeats=repeats, cuda=True)["min_ms"]
-    return 2 * src.numel() / (ms * 1e-3) / 1e9
-
-
 def cupy_view(tensor):
     """A zero-copy cupy view of a CUDA tensor (ImportError names cupy when it is missing)."""
     import cupy
@@ -227,13 +233,13 @@ def gpu_backends() -> list[str]:
     return [b for b in ("triton", "cuda") if backend_problem(b, "cuda") is None]
 
 
-def with_floor(entry: dict, bytes_moved: int, bandwidth_gbs: float, backend: str = "auto") -> dict:
-    """``entry`` with the physical floor: the op's unavoidable bytes over the measured bandwidth."""
-    floor_ms = bytes_moved / (bandwidth_gbs * 1e9) * 1e3
+def with_floor(entry: dict, bytes_moved: int, bandwidth: float, backend: str = "auto") -> dict:
+    """``entry`` with the physical floor: the op's unavoidable bytes over the measured bandwidth (bytes/s)."""
+    floor_ms = bytes_moved / bandwidth * 1e3
     return {**entry, "backend": backend, "floor_ms": floor_ms, "x_floor": entry["ours_ms"] / floor_ms}
 
 
-def cuda_rows(pred, gt, atria, args, rows: list[dict]) -> None:
+def cuda_rows(pred, gt, atria, args, rows: list[dict], payload: dict) -> None:
     """Our GPU backends on CUDA tensors against MONAI's GPU metrics and cuCIM, side by side;
     each row is appended (and printed) as soon as it is measured.
 
@@ -245,8 +251,9 @@ def cuda_rows(pred, gt, atria, args, rows: list[dict]) -> None:
     background = ~g
     n = gt.size
     reps = args.repeats
-    bandwidth = device_bandwidth()
-    print(f"device bandwidth (copy): {bandwidth:.0f} GB/s")
+    bandwidth = copy_bandwidth()
+    payload["copy_bandwidth_GBps"] = bandwidth / 1e9
+    print(f"device bandwidth (copy): {bandwidth / 1e9:.0f} GB/s")
     monai_problem = monai_gpu_problem()
     if monai_problem:
         print(f"MONAI would compute on the host (SciPy), not the GPU: {monai_problem}; its rows get no verdict")
@@ -263,7 +270,8 @@ def cuda_rows(pred, gt, atria, args, rows: list[dict]) -> None:
 
     add(row("evaluate voxel (dice+hd95+assd+sdice@1mm)", lambda: metrics.evaluate(p, g, SPACING, convention="voxel"),
             "MONAI 1.6 on the GPU", lambda: peer_monai(p, g), 10, repeats=reps, cuda=True,
-            note="same definitions (voxel convention)"), 2 * n, monai=True)
+            note="same definitions (voxel convention); MONAI's API finds edges + distances per metric (3x)"),
+        2 * n, monai=True)
     add(row("evaluate surfel (dice+hd95+assd+sdice@1mm)", lambda: metrics.evaluate(p, g, SPACING),
             "MONAI 1.6 on the GPU (voxel convention)", lambda: peer_monai(p, g), None, repeats=reps, cuda=True,
             note="information: our default convention, other work than MONAI's"), 2 * n)
@@ -314,7 +322,7 @@ def main(args) -> None:
         if args.device == "cpu":
             rows += cpu_rows(pred, gt, atria, args)
         else:
-            run_until_stopped(lambda: cuda_rows(pred, gt, atria, args, rows), payload, "the GPU rows")
+            run_until_stopped(lambda: cuda_rows(pred, gt, atria, args, rows, payload), payload, "the GPU rows")
     printed = table(rows, CPU_COLUMNS if args.device == "cpu" else CUDA_COLUMNS)
     print(printed)
     name = (f"metrics_{args.device}" + ("" if args.threads == 2 or args.device == "cuda" else f"_{args.threads}threads")

@@ -49,3 +49,29 @@ def test_results_go_to_the_folder_given_with_results(tmp_path, monkeypatch):
     assert json.loads(path.read_text())["table"] == ["op", "dice"]
     chart = benchlib.save_bar_chart("inference_x", [("ours", {"network": 1.0})], title="t", ylabel="s", folder=folder)
     assert chart == tmp_path / "trial" / "inference_x.png" and chart.stat().st_size > 0
+
+
+def test_rows_measured_before_a_failure_or_a_stop_are_kept(monkeypatch, capsys):
+    """A GPU session is short: an error no row caught, or the stage's SIGINT, marks the payload
+    incomplete (saying which) and returns, so the script still saves the rows it has."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import benchlib
+
+    rows, payload = [], {}
+
+    def fails_after_one_row():
+        rows.append({"op": "first"})
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+
+    assert benchlib.run_until_stopped(fails_after_one_row, payload, "the GPU rows") is True
+    assert rows == [{"op": "first"}]
+    assert payload["incomplete"] == ("failed during the GPU rows (RuntimeError: CUDA error: an illegal memory access "
+                                     "was encountered); later rows are missing")
+    assert "Traceback" in capsys.readouterr().err
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert benchlib.run_until_stopped(interrupted, payload, "network") is True
+    assert payload["incomplete"].startswith("stopped during network by its time limit")
+    assert benchlib.run_until_stopped(lambda: rows.append({}), {}, "x") is False
