@@ -361,3 +361,15 @@ def test_full_size_losses_match_the_reference_on_gpu(shape, term, rng):
     for dtype in (torch.float32, torch.bfloat16):
         assert_matches_reference(LOSSES[term], logits.double(), labels, region, dtype=dtype)
 
+
+
+def test_the_reference_loss_compiles_as_one_graph():
+    """bench/run_train_step.py's torch.compile baseline uses the reference loss: a host sync in it (the
+    label range check) would break the graph and slow the peer, flattering ours. Outside compile the
+    check still refuses a label out of range."""
+    logits = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 5, 6))
+    explained = torch._dynamo.explain(lambda x, t: dice_focal_loss(x, t, backend="reference"))(logits, target)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    with pytest.raises(ValueError, match=r"target labels must lie in \[0, 3\) for 3 classes, got values in \[3, 3\]"):
+        dice_focal_loss(logits, torch.full_like(target, 3), backend="reference")
