@@ -171,15 +171,19 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(_interrupted(args.out), file=sys.stderr)
+        print(_interrupted(args.out, args.fold), file=sys.stderr)
         return 130
     return 0
 
 
-def _interrupted(out: Path) -> str:
-    """What to do after Ctrl-C: resume from the last checkpoint, or start again when there is none."""
-    if any(out.glob("*/checkpoint_latest.pt")):
-        return f"\ninterrupted: continue from the last checkpoint with python -m c2w_fast.train --resume --out {out}"
+def _interrupted(out: Path, fold: str) -> str:
+    """What to do after Ctrl-C: resume the folds ``--fold`` names from their last checkpoint (the
+    same ``--fold``: ``--resume`` alone means fold 0), or start again when none of them has one."""
+    pattern = "fold_*" if fold == "all" else ("final" if fold == "final" else f"fold_{fold}")
+    if any(out.glob(f"{pattern}/checkpoint_latest.pt")):
+        fold_option = "" if fold == "0" else f" --fold {fold}"
+        return (f"\ninterrupted: continue from the last checkpoint with python -m c2w_fast.train --resume "
+                f"--out {out}{fold_option}")
     return "\ninterrupted before the end of a first epoch (no checkpoint): start the run again with its command"
 
 

@@ -376,7 +376,8 @@ def test_a_run_folder_holds_one_run(lasc, tmp_path, capsys):
     assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", items=["data.n_test=1"]) == 2
     assert "splits.json was made with n_test 2 (config: 1)" in capsys.readouterr().err
     assert train.main(["--resume", "--out", str(tmp_path / "run")]) == 2  # --fold defaults to 0
-    assert "this run folder has final: name it with --fold" in capsys.readouterr().err
+    assert ("nothing to resume (no checkpoint_latest.pt in fold_0); a fold that never finished an epoch is trained "
+            "without --resume (this run folder has final: to resume it, name it with --fold)") in capsys.readouterr().err
     assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", epochs=1) == 2
     assert "final already trained here; continue with --resume" in capsys.readouterr().err
     assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", fold="0", epochs=1, items=["optim.lr=5e-4"]) == 2

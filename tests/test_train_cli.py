@@ -56,7 +56,22 @@ def test_ctrl_c_says_how_to_go_on(lasc, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "2"]) == 130
     assert capsys.readouterr().err.strip() == ("interrupted: continue from the last checkpoint with python -m "
-                                               f"c2w_fast.train --resume --out {out}")
+                                               f"c2w_fast.train --resume --out {out} --fold final")
+
+
+def test_the_resume_command_after_ctrl_c_names_the_folds_it_resumes(tmp_path):
+    """--resume alone means fold 0: the command printed repeats the run's --fold; a fold that has no checkpoint
+    yet (fold 1 interrupted in its first epoch, fold 0 finished) is started again, not resumed."""
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / "checkpoint_latest.pt").touch()
+    command = f"python -m c2w_fast.train --resume --out {tmp_path}"
+    assert train._interrupted(tmp_path, "0").endswith(command)
+    assert train._interrupted(tmp_path, "all").endswith(f"{command} --fold all")
+    for fold in ("1", "final"):
+        assert "no checkpoint): start the run again" in train._interrupted(tmp_path, fold)
+    (tmp_path / "fold_1").mkdir()
+    (tmp_path / "fold_1" / "checkpoint_latest.pt").touch()
+    assert train._interrupted(tmp_path, "1").endswith(f"{command} --fold 1")
 
 
 WALL = ["unfreeze.steps=[1,1]", "schedule.restarts=[1]", "schedule.restart_lr=[1e-4]"]

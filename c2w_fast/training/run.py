@@ -370,7 +370,8 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
     latest = {name: run_dir / name / "checkpoint_latest.pt" for name in names}
     if not any(path.is_file() for path in latest.values()):
         trained = sorted(p.parent.name for p in run_dir.glob("*/checkpoint_latest.pt"))
-        hint = (f"; this run folder has {', '.join(trained)}: name {'it' if len(trained) == 1 else 'one'} with --fold"
+        hint = (f"; a fold that never finished an epoch is trained without --resume (this run folder has "
+                f"{', '.join(trained)}: to resume {'it' if len(trained) == 1 else 'one'}, name it with --fold)"
                 if trained else
                 "; a run killed before its first epoch ended has no checkpoint: start it again with its command "
                 "(or another: a run folder that trained nothing takes a new config)")
