@@ -149,8 +149,8 @@ def test_the_patients_csv_refuses_a_case_with_two_patients_or_a_blank(tmp_path):
 
 def test_a_trained_runs_split_must_still_cover_the_dataset(tmp_path):
     """A case added to the dataset, or one of the split's removed, after a fold trained: the run's split no
-    longer fits, a RunError naming the case (no new split under trained folds); before any fold trained, the
-    split is made anew."""
+    longer fits, a RunError naming the cases; so is a splits.json deleted under trained folds (a new split
+    would test on their training cases). Before any fold trained, the split is made anew."""
     import shutil
 
     from c2w_fast import config as cfg
@@ -167,13 +167,19 @@ def test_a_trained_runs_split_must_still_cover_the_dataset(tmp_path):
     (run / "fold_0").mkdir()
     (run / "fold_0" / "checkpoint_latest.pt").write_bytes(b"x")
     shutil.copytree(tmp_path / "data" / ids[0], tmp_path / "data" / "added")
-    with pytest.raises(RunError, match=r"splits.json was without the cases \['added'\]; one run folder holds one "
-                                       "split: use another --out, or delete splits.json"):
+    with pytest.raises(RunError, match=r"splits.json was made without the dataset's cases \['added'\]; fold_0 "
+                                       "trained on that split and one run folder holds one split: use another --out$"):
+        cases_and_splits(config, run)
+    shutil.rmtree(tmp_path / "data" / ids[3])
+    with pytest.raises(RunError, match=rf"made without the dataset's cases \['added'\] and with cases no longer in "
+                                       rf"the dataset \['{ids[3]}'\]; fold_0 trained"):
         cases_and_splits(config, run)
     shutil.rmtree(tmp_path / "data" / "added")
-    shutil.rmtree(tmp_path / "data" / ids[3])
-    with pytest.raises(RunError, match=rf"splits.json was made with cases not in the dataset \['{ids[3]}'\]"):
+    saved = (run / "splits.json").read_bytes()
+    (run / "splits.json").unlink()  # deleted to split anew: the trained fold's cases would mix with a new test set
+    with pytest.raises(RunError, match=f"{run}: fold_0 trained here, but its splits.json is gone; put it back"):
         cases_and_splits(config, run)
+    (run / "splits.json").write_bytes(saved)
     (run / "fold_0" / "checkpoint_latest.pt").unlink()  # nothing trained: split anew, of the cases there are
     _, anew = cases_and_splits(config, run)
     assert sorted(anew.development + anew.test) == sorted(set(ids) - {ids[3]})

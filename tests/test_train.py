@@ -516,6 +516,13 @@ def test_runs_killed_between_their_writes_can_go_on(lasc, tmp_path, capsys):
         (out / "final" / name).unlink()
     assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
     assert (out / "final" / "checkpoint_best.pt").is_file() and len(csv_rows(out / "final" / "metrics.csv")) == 2
+    # resumed for more epochs: the best (no validation: the last epoch) follows, it does not stay at epoch 2
+    assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "3"]) == 0
+    best, latest = (torch.load(out / "final" / f"checkpoint_{kind}.pt", weights_only=False)
+                    for kind in ("best", "latest"))
+    assert best["trainer"]["epoch"] == latest["trainer"]["epoch"] == 3
+    for key, value in latest["model"].items():
+        torch.testing.assert_close(best["model"][key], value, rtol=0, atol=0)
 
 
 def test_a_helper_run_of_the_wrong_kind_is_refused_before_training(lasc, tmp_path, capsys):

@@ -278,8 +278,10 @@ class Trainer:
             self._train_epochs(state, start, on_epoch_end)  # logs written after every epoch
         elif self.processes.is_main:
             self._write_logs()  # a resume that found the epochs done: killed before its last logs
-        if self.processes.is_main and not (self.folder / "checkpoint_best.pt").is_file():
-            checkpoint.save(self.folder / "checkpoint_best.pt", self._payload())  # no validation cases
+        best = self.folder / "checkpoint_best.pt"
+        if self.processes.is_main and (not self.val_cases or not best.is_file()):
+            # without validation cases the best is the last epoch, also after a --resume with more epochs
+            checkpoint.save(best, self._payload())
         return state
 
     def _train_epochs(self, state: dict, start: int, on_epoch_end) -> None:

@@ -267,7 +267,11 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
     cases = {c.id: c for c in discover_cases(config.data.root, config.data.layout)}
     path = run_dir / "splits.json"
     settings = split_settings(config)
-    splits = _recorded_splits(path, cases, settings, trained_folds(run_dir)) if path.is_file() else None
+    trained = trained_folds(run_dir)
+    if trained and not path.is_file():  # a new split would mix test and training cases with the trained folds'
+        raise RunError(f"{run_dir}: {', '.join(trained)} trained here, but its splits.json is gone; put it back "
+                       "(one run folder holds one split), or use another --out")
+    splits = _recorded_splits(path, cases, settings, trained) if path.is_file() else None
     if splits is not None:
         return cases, splits
     groups = read_patients(config.data.patients) if config.data.patients else None
@@ -298,9 +302,10 @@ def _recorded_splits(path: Path, cases: dict[str, Case], settings: dict, trained
     if changed:
         why = f"made with {', '.join(changed)}"
     else:
-        why = f"without the cases {missing[:5]}" if missing else f"made with cases not in the dataset {unknown[:5]}"
-    raise RunError(f"{path} was {why}; one run folder holds one split: use another --out, "
-                   "or delete splits.json to split anew")
+        why = "made " + " and ".join(([f"without the dataset's cases {missing[:5]}"] if missing else [])
+                                     + ([f"with cases no longer in the dataset {unknown[:5]}"] if unknown else []))
+    raise RunError(f"{path} was {why}; {', '.join(trained)} trained on that split and one run folder holds one "
+                   "split: use another --out")
 
 
 def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, folds: list[str], *,
