@@ -497,8 +497,10 @@ def test_resume_finishes_what_a_killed_all_folds_run_left(lasc, tmp_path, capsys
     assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "2"]) == 2
     assert "fold_0 has trained 3 epochs already; --epochs 2 cannot undo them" in capsys.readouterr().err
     (out / "config.toml").write_text((out / "config.toml").read_text().replace("lr = 0.001", "lr = 0.002"))
+    edited = (out / "config.toml").read_text()
     assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "4"]) == 2
     assert "differs from the config this checkpoint was trained with (optim.lr" in capsys.readouterr().err
+    assert (out / "config.toml").read_text() == edited  # refused before the run folder is written: not epochs 4
 
 
 def test_runs_killed_between_their_writes_can_go_on(lasc, tmp_path, capsys):

@@ -67,6 +67,16 @@ def policy_of(config: Config) -> SamplingPolicy:
     return SamplingPolicy(config.train.sampling, config.train.foreground_prob, weights)
 
 
+def check_resumable(saved: dict, config: Config, latest: Path) -> None:
+    """A CheckpointError unless ``config`` is the one the ``saved`` checkpoint (``latest``) was trained
+    with, but for what a resume may change (:data:`c2w_fast.config.RESUMABLE_KEYS`: epochs, device...)."""
+    changed = cfg.differences(cfg.from_dict(saved["config"], source=str(latest)), config, ignore=cfg.RESUMABLE_KEYS)
+    if changed:
+        raise checkpoint.CheckpointError(
+            f"{latest}: the run's config.toml differs from the config this checkpoint was trained with "
+            f"({'; '.join(changed[:5])}); --resume only continues the same run")
+
+
 class Trainer:
     """Trains one fold into ``folder`` (``RUN_DIR/fold_k`` or ``RUN_DIR/final``)."""
 
@@ -84,12 +94,7 @@ class Trainer:
         if resume:
             latest = self.folder / "checkpoint_latest.pt"
             saved = checkpoint.load_latest(self.folder)
-            changed = cfg.differences(cfg.from_dict(saved["config"], source=str(latest)), config,
-                                      ignore=cfg.RESUMABLE_KEYS)
-            if changed:
-                raise checkpoint.CheckpointError(
-                    f"{latest}: the run's config.toml differs from the config this checkpoint was trained with "
-                    f"({'; '.join(changed[:5])}); --resume only continues the same run")
+            check_resumable(saved, config, latest)
             checkpoint.check_architecture(self.model, saved["architecture"], latest)
             checkpoint.load_weights(self.model, saved["model"], latest)
             self.state = saved["trainer"]

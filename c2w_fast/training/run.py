@@ -26,10 +26,10 @@ from c2w_fast.data.preprocess import TARGET_CLASSES, target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
 from c2w_fast.stages import Predictor, grid_in, locate_stage, resolve_checkpoint
-from c2w_fast.training import runlog
+from c2w_fast.training import checkpoint, runlog
 from c2w_fast.training.distributed import Processes
 from c2w_fast.training.evaluation import REGION_CLASS, evaluate_cases, stage1_cascade, table1
-from c2w_fast.training.loop import Trainer
+from c2w_fast.training.loop import Trainer, check_resumable
 from c2w_fast.training.prepare import stage_spacing
 
 
@@ -157,8 +157,6 @@ def _warn_validation_seen(key: str, found: dict[str, Path], splits: Splits) -> N
 def _warn_unfinished(key: str, checkpoint_path: Path) -> None:
     """A warning when the helper's run (its ``checkpoint_latest.pt`` beside the checkpoint) was
     stopped before its epochs were done and before an early stop: a killed or still running run."""
-    from c2w_fast.training import checkpoint
-
     latest = checkpoint_path.parent / "checkpoint_latest.pt"
     if not latest.is_file():
         return
@@ -199,8 +197,6 @@ def _check_test_set_unseen(key: str, run_folder: Path, splits: Splits) -> None:
 def _check_init_weights(config: cfg.Config, paths: list[Path]) -> None:
     """Load each ``run.init_from`` checkpoint into this config's model as training will, so that one
     of another architecture is refused before the run folder is written."""
-    from c2w_fast.training import checkpoint
-
     model = checkpoint.build_from_config(config)
     for path in paths:
         checkpoint.initialise_from(model, path, new_head=config.unfreeze.new_head)
@@ -215,8 +211,6 @@ def check_processes(config: cfg.Config, processes: Processes) -> None:
 
 def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> None:
     """A ConfigError when a helper run was trained for something else (:func:`c2w_fast.config.check_helper_kind`)."""
-    from c2w_fast.training import checkpoint
-
     if key == "run.init_from" and config.run.stage != "wall":  # any run may initialise another
         return
     kind = ("run.stage", "cavity") if key == "run.init_from" else None  # the wall stage needs a cavity run
@@ -386,18 +380,14 @@ def plan_folds(config: cfg.Config, run_dir: Path, names: list[str], splits: Spli
         if not path.is_file():
             plan[name] = "new"
             continue
-        state = _trainer_state(path)
+        saved = checkpoint.load_latest(path.parent, lazy=True)
+        check_resumable(saved, config, path)  # before the run folder's config.toml is rewritten
+        state = saved["trainer"]
         if epochs_given and state["epoch"] > config.train.epochs:
             raise RunError(f"{name} has trained {state['epoch']} epochs already; --epochs {config.train.epochs} "
                            f"cannot undo them: resume with --epochs {state['epoch']} or more")
         plan[name] = "finished" if _finished(state, path.parent, config, splits) else "resume"
     return plan
-
-
-def _trainer_state(latest: Path) -> dict:
-    from c2w_fast.training import checkpoint
-
-    return checkpoint.load_latest(latest.parent, lazy=True)["trainer"]
 
 
 def _finished(state: dict, folder: Path, config: cfg.Config, splits: Splits) -> bool:
