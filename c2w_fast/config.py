@@ -425,6 +425,7 @@ BOUNDS = {
     "cascade.dilation_radius": (0, None, False),
     "eval.tolerance_mm": (0, None, True), "eval.step": (0, 1, True),
     "augment.elastic_sigma_mm": (0, None, True), "augment.elastic_magnitude_mm": (0, None, False),
+    "run.seed": (0, 2**32 - 1, False), "data.split_seed": (0, 2**32 - 1, False),  # what every generator takes
 }
 
 

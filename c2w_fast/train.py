@@ -37,9 +37,9 @@ from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
 from c2w_fast.training.schedule import unreached_settings
 from c2w_fast.training.run import (RunError, cases_and_splits, check_cases, check_helpers, check_out,
-                                   check_out_of_dataset, check_processes, cross_validation_summary, fold_names,
-                                   fold_rows, fold_split, plan_folds, replaced_config, save_new_splits, train_fold,
-                                   training_cases, write_config)
+                                   check_out_of_dataset, check_patch, check_processes, cross_validation_summary,
+                                   fold_names, fold_rows, fold_split, plan_folds, replaced_config, save_new_splits,
+                                   train_fold, training_cases, write_config)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
             check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits,
                           run_dir=args.out if args.resume else None, main=processes.is_main)
             check_processes(config, processes)
+            check_patch(config)
             unreached = unreached_settings(config)
             if unreached and processes.is_main:
                 warnings.warn(f"a run of {counted(config.train.epochs, 'epoch')} does not reach all of its config: "

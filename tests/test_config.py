@@ -137,9 +137,9 @@ def test_nan_and_nonsense_values_are_refused_with_the_key_named(tmp_path, item, 
 def test_set_overrides_parse_toml_values_and_bare_words(tmp_path):
     config = _load(tmp_path, "[roi]\ncenter = \"ground_truth\"\n", [
         "train.epochs=7", "optim.lr=3e-4", "run.amp=false", "roi.size=[8, 16, 16]", "run.stage=scratch",
-        "model.overrides.features=[4,8,16,32,64,64,64]", "train.sampling=classes", "train.class_weights.LA=1.0"])
+        "model.overrides.features=[8,16,32,32,64,64,64]", "train.sampling=classes", "train.class_weights.LA=1.0"])
     assert (config.train.epochs, config.optim.lr, config.run.amp, config.roi.size) == (7, 3e-4, False, [8, 16, 16])
-    assert config.run.stage == "scratch" and config.model.overrides["features"][0] == 4
+    assert config.run.stage == "scratch" and config.model.overrides["features"][0] == 8
     assert config.train.class_weights == {"LA": 1.0}
     with pytest.raises(cfg.ConfigError, match="expects section.key=value"):
         _load(tmp_path, "", ["epochs=3"])
@@ -312,6 +312,8 @@ def test_values_of_the_wrong_kind_are_named_with_where_they_came_from(tmp_path, 
     (["loss.region_mask=true"], r"loss.region_mask with cascade.mask_source = 'stage1' needs cascade.stage1"),
     (["data.sdf_channel=true"], r"data.sdf_channel needs data.sdf_from"),
     (["train.epochs"], r"^--set expects section.key=value, got 'train.epochs'$"),
+    (["run.seed=-5"], r"run.seed must be in \[0, 4294967295\], got -5"),
+    (["data.split_seed=4294967296"], r"data.split_seed must be in \[0, 4294967295\], got 4294967296"),
     (["roi.size=[]", "train.patch_size=[]"], r"train.patch_size is needed when there is no ROI"),
     (["unfreeze.enabled=true", "unfreeze.steps=[5]"], r"unfreeze.steps must be \[first epoch of step B, first epoch"),
     (["unfreeze.enabled=true", "unfreeze.steps=[5, 3]"], r"with 0 < B <= C, got \[5, 3\]"),
@@ -332,6 +334,7 @@ def test_values_just_outside_their_bounds_are_refused(tmp_path, items, message):
     ["loss.region_mask=true", "cascade.mask_source=\"ground_truth\""],
     ["unfreeze.enabled=true", "unfreeze.steps=[3, 3]"],   # B = C: step B skipped
     ["roi.size=[]", "train.patch_size=[8, 8, 8]"],
+    ["run.seed=0", "data.split_seed=4294967295"],
 ])
 def test_values_on_their_bounds_are_accepted(tmp_path, items):
     config = _load(tmp_path, "", ["train.patch_size=[8, 8, 8]", *items])

@@ -119,7 +119,8 @@ def test_spec_errors_name_the_field():
     with pytest.raises(ValueError, match=r"kernels must be 1 or 3 .*got kernels \(\(5, 5, 5\)"):
         build_spec("mbas_stage1", features=(8, 16), strides=(1, 2), kernels=(5, 3), blocks_per_stage=(1, 1),
                    decoder_convs=(1,))
-    with pytest.raises(ValueError, match="not divisible by groups"):
+    with pytest.raises(ValueError, match=r"groups\[1\] = 4 does not divide features\[1\] = 6 \(the width of the "
+                                         "stage's ResNeXt blocks\)"):
         build_model("c2w_resnext", features=(4, 6, 8), strides=(1, 2, 2), kernels=(3, 3, 3),
                     blocks_per_stage=(0, 1, 1), decoder_convs=(1, 1), groups=(1, 4, 4))
 
@@ -316,8 +317,15 @@ def test_conv_stack_strides_only_its_first_conv():
     (dict(blocks_per_stage=(0, 1, 1), stem=False), "stage 0 has no blocks, so the spec needs a stem"),
     (dict(decoder_convs=(1, 0)), r"decoder_convs needs 2 entries >= 1"),
     (dict(decoder_convs=(1, 1, 1)), r"decoder_convs needs 2 entries >= 1"),
-    (dict(groups=(1, 2, 4, 4)), r"groups needs one entry per stage \(3\)"),
-    (dict(groups=(1, 2)), r"groups needs one entry per stage \(3\)"),
+    (dict(groups=(1, 2, 4, 4)), r"groups needs one positive entry per stage \(3\)"),
+    (dict(groups=(1, 2)), r"groups needs one positive entry per stage \(3\)"),
+    (dict(groups=(1, 0, 4)), r"groups needs one positive entry per stage \(3\), got \(1, 0, 4\)"),
+    (dict(features=(4, 8, 8.5)), r"features entries must be integers, got 8.5"),
+    (dict(features=(4, True, 8)), r"features entries must be integers, got True"),
+    (dict(strides=(1, 2.5, 2)), r"strides entries must be integers, got 2.5"),
+    (dict(kernels=(3, 3, [3, 3, 2.5])), r"kernels entries must be integers, got 2.5"),
+    (dict(blocks_per_stage=(1, 1.0, 1)), r"blocks_per_stage entries must be integers, got 1.0"),
+    (dict(groups=(1, 2, 4.0)), r"groups entries must be integers, got 4.0"),
     (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
     (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
 ])
@@ -326,6 +334,22 @@ def test_every_spec_check_names_its_field(overrides, message):
                  decoder_convs=(1, 1), groups=(1, 2, 4))
     with pytest.raises(ValueError, match=message):
         build_spec("c2w_resnext", **{**small, **overrides})
+
+
+def test_an_input_too_small_for_the_strides_is_refused_before_any_network_runs():
+    """Instance norm needs more than one voxel per channel: a patch that the strided stages bring down to one
+    voxel is named with the stage, while one voxel more along an axis is enough (sizes round up)."""
+    spec = build_spec("c2w_resnext", features=(4, 8, 8), strides=(1, 2, (1, 2, 2)), kernels=(3, 3, 3),
+                      blocks_per_stage=(1, 1, 1), decoder_convs=(1, 1), groups=(1, 2, 4))
+    with pytest.raises(ValueError, match=r"a \(2, 4, 4\) input leaves encoder stage 2 with \(1, 1, 1\) voxels"):
+        spec.check_input((2, 4, 4))
+    spec.check_input((2, 4, 5))  # 5 → 3 → 2 along x
+    spec.check_input((3, 3, 3))  # 3 → 2 → 1 along y and x, 3 → 2 along z
+    model = build_model("c2w_resnext", features=(4, 8, 8), strides=(1, 2, (1, 2, 2)), kernels=(3, 3, 3),
+                        blocks_per_stage=(1, 1, 1), decoder_convs=(1, 1), groups=(1, 2, 4))
+    assert model(torch.randn(1, 1, 2, 4, 5)).shape == (1, 2, 2, 4, 5)  # the smallest accepted runs
+    with pytest.raises(ValueError, match="instance norm"):
+        model(torch.randn(1, 1, 2, 4, 4))  # and the refused one would have failed in the network
 
 
 def test_build_model_refuses_bad_channels_classes_and_init():

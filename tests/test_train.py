@@ -364,6 +364,16 @@ def test_demo_refuses_sizes_it_cannot_split_before_writing_anything(argv, messag
     assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()
 
 
+def test_a_patch_the_network_cannot_take_is_refused_before_anything_is_written(lasc, tmp_path, capsys):
+    """The tiny network's three strided stages bring a 4x4x4 patch to one voxel: a ConfigError naming the key,
+    not an instance-norm traceback after config.toml and splits.json were written."""
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", items=["train.patch_size=[4,4,4]"]) == 2
+    err = capsys.readouterr().err
+    assert "error: train.patch_size for model.architecture = 'c2w_resnext': a (4, 4, 4) input leaves encoder " \
+           "stage" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_folder_holds_one_run(lasc, tmp_path, capsys):
     """A new run never mixes with an earlier one in the same folder; the split settings are recorded."""
     (tmp_path / "afile").write_text("")

@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from c2w_fast.models import ARCHITECTURES, build_model, count_parameters
+from c2w_fast.models import ARCHITECTURES, build_model, build_spec, count_parameters
 
 
 def summary(name: str, input_shape=(1, 1, 44, 256, 256), num_classes: int = 2) -> str:
@@ -52,6 +52,10 @@ def main(argv=None) -> None:
     classes = (4 if args.summary == "mbas_stage2" else 2) if args.classes is None else args.classes
     if min(shape) < 1:
         parser.error(f"--input sizes must be >= 1, got {' '.join(map(str, shape))}")
+    try:
+        build_spec(args.summary).check_input(shape[2:])
+    except ValueError as exc:
+        parser.error(f"--input: {exc}")
     if classes < 2:
         parser.error(f"--classes counts the background too, so it must be >= 2, got {classes}")
     print(summary(args.summary, tuple(shape), classes))

@@ -12,6 +12,7 @@ Shapes: input (B, in_channels, D, H, W) → logits (B, num_classes, D, H, W).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,10 +24,17 @@ from c2w_fast.ops.conv_norm_act import runs_geometry
 BLOCK_TYPES = ("conv", "residual", "resnext")
 
 
+def _integer(value, name: str) -> int:
+    """``value`` as an int; a float (``16.5`` would become 16 channels) or a bool is a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} entries must be integers, got {value!r}")
+    return value
+
+
 def _triples(values, name: str, n: int) -> tuple[tuple[int, int, int], ...]:
     out = []
     for v in values:
-        t = (int(v),) * 3 if isinstance(v, int) else tuple(int(x) for x in v)
+        t = tuple(_integer(x, name) for x in v) if isinstance(v, (list, tuple)) else (_integer(v, name),) * 3
         if len(t) != 3 or min(t) < 1:
             raise ValueError(f"{name} entries must be an int or 3 positive ints (z, y, x), got {v!r}")
         out.append(t)
@@ -54,6 +62,9 @@ class UNetSpec:
         n = len(self.features)
         if self.block not in BLOCK_TYPES:
             raise ValueError(f"block must be one of {BLOCK_TYPES}, got {self.block!r}")
+        for name in ("features", "blocks_per_stage", "decoder_convs", "groups"):
+            for value in getattr(self, name):
+                _integer(value, name)
         if n < 2 or min(self.features) < 1:
             raise ValueError(f"features needs at least 2 positive entries, got {self.features}")
         strides = _triples(self.strides, "strides", n)
@@ -70,13 +81,28 @@ class UNetSpec:
             raise ValueError(f"decoder_convs needs {n - 1} entries >= 1 (one per decoder stage), "
                              f"got {self.decoder_convs}")
         groups = tuple(self.groups) or (1,) * n
-        if len(groups) != n:
-            raise ValueError(f"groups needs one entry per stage ({n}), got {self.groups}")
+        if len(groups) != n or min(groups) < 1:
+            raise ValueError(f"groups needs one positive entry per stage ({n}), got {self.groups}")
+        if self.block == "resnext":
+            for s, (width, g) in enumerate(zip(self.features, groups)):
+                if width % g:
+                    raise ValueError(f"groups[{s}] = {g} does not divide features[{s}] = {width} (the width of "
+                                     "the stage's ResNeXt blocks)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        return replace(self, features=tuple(int(f) for f in self.features), strides=strides, kernels=kernels,
-                       blocks_per_stage=tuple(int(b) for b in self.blocks_per_stage),
-                       decoder_convs=tuple(int(c) for c in self.decoder_convs), groups=groups)
+        return replace(self, features=tuple(self.features), strides=strides, kernels=kernels,
+                       blocks_per_stage=tuple(self.blocks_per_stage), decoder_convs=tuple(self.decoder_convs),
+                       groups=groups)
+
+    def check_input(self, size) -> None:
+        """A ValueError when a (z, y, x) input of ``size`` would leave a stage (each halves an axis its
+        stride is 2 along, rounding up) with a single voxel, which instance norm cannot normalise."""
+        shape = tuple(size)
+        for s, stride in enumerate(_triples(self.strides, "strides", len(self.features))):
+            shape = tuple(-(-n // k) for n, k in zip(shape, stride))
+            if math.prod(shape) < 2:
+                raise ValueError(f"a {tuple(size)} input leaves encoder stage {s} with {shape} voxels, and instance "
+                                 "norm needs more than one: give a larger patch (or fewer strided stages)")
 
 
 def _stage(spec: UNetSpec, s: int, cin: int) -> nn.Sequential:

@@ -202,6 +202,18 @@ def _check_init_weights(config: cfg.Config, paths: list[Path]) -> None:
         checkpoint.initialise_from(model, path, new_head=config.unfreeze.new_head)
 
 
+def check_patch(config: cfg.Config) -> None:
+    """A ConfigError when the network's strided stages would bring the training patch (or the ROI)
+    down to one voxel, which instance norm cannot normalise: found before the run folder is written."""
+    from c2w_fast.models import build_spec
+
+    key = "train.patch_size" if config.train.patch_size else "roi.size"
+    try:
+        build_spec(config.model.architecture, **config.model.overrides).check_input(cfg.value_at(config, key))
+    except ValueError as exc:
+        raise cfg.ConfigError(f"{key} for model.architecture = {config.model.architecture!r}: {exc}") from None
+
+
 def check_processes(config: cfg.Config, processes: Processes) -> None:
     """Each process trains an equal share of every batch."""
     if config.train.batch_size % processes.world_size:
