@@ -89,6 +89,15 @@ def test_a_warmup_longer_than_its_cycle_spans_the_cycle_and_reaches_the_peak_at_
     assert values == pytest.approx([1e-3 / 2, 1e-3, 1e-4 / 2, 1e-4])
 
 
+def test_one_step_after_the_warmup_is_the_floor_and_a_one_step_cycle_without_warmup_its_peak():
+    """2 epochs of 1 iteration with a 1-epoch warm-up: peak, then the floor (it stayed at the peak);
+    with no warm-up, one-epoch cycles train at their peaks rather than at the floor."""
+    config = _cosine(2, 1)
+    assert lrs(config) == pytest.approx([1e-3, config.schedule.min_lr])
+    assert lrs(_cosine(2, 0, restarts=[1], restart_lr=[1e-4])) == pytest.approx([1e-3, 1e-4])
+    assert lrs(_cosine(3, 1))[1:] == pytest.approx([1e-3, config.schedule.min_lr])  # two steps: the cosine's ends
+
+
 def test_unfreezing_steps_and_unfreezing_switched_off():
     from c2w_fast.training import checkpoint, unfreeze
     from training_helpers import RESNEXT

@@ -34,7 +34,10 @@ def learning_rate(config: Config, epoch: int, iteration: int, iterations_per_epo
     floor = min(sched.min_lr, peak)
     if position < warmup:
         return peak * (position + 1) / warmup
-    progress = (position - warmup) / max(1, length - warmup - 1)  # the last step reaches the floor
+    remaining = length - warmup - 1
+    # the last step reaches the floor; a cycle of one step after its warm-up is that step (without a
+    # warm-up, a one-step cycle stays at its peak: it would train at the floor only)
+    progress = (position - warmup) / remaining if remaining > 0 else float(warmup > 0)
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
