@@ -171,6 +171,9 @@ def main(argv=None) -> int:
     except (cfg.ConfigError, DataError, RunError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder made read-only while training: the earlier epochs are kept
+        print(f"error: {exc}\n{_interrupted(args.out, args.fold).strip()}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(_interrupted(args.out, args.fold), file=sys.stderr)
         return 130

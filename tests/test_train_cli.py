@@ -59,6 +59,26 @@ def test_ctrl_c_says_how_to_go_on(lasc, tmp_path, capsys, monkeypatch):
                                                f"c2w_fast.train --resume --out {out} --fold final")
 
 
+def test_a_checkpoint_that_cannot_be_written_mid_run_is_an_error_that_says_how_to_go_on(lasc, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """A fold folder made read-only (or a full disk) after the run started: no traceback, and the resume command."""
+    from c2w_fast.training import checkpoint
+
+    out = tmp_path / "run"
+    assert _run(lasc, out, 1) == 0
+
+    def refused(path, payload):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint, "save", refused)
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: [Errno 13] Permission denied: '") and "Traceback" not in err
+    assert err.strip().endswith(f"interrupted: continue from the last checkpoint with python -m c2w_fast.train "
+                                f"--resume --out {out} --fold final")
+
+
 def test_the_resume_command_after_ctrl_c_names_the_folds_it_resumes(tmp_path):
     """--resume alone means fold 0: the command printed repeats the run's --fold; a fold that has no checkpoint
     yet (fold 1 interrupted in its first epoch, fold 0 finished) is started again, not resumed."""
