@@ -51,7 +51,8 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import copy_bandwidth, error_text, monai_gpu_problem, run_until_stopped, save, table, time_call  # noqa: E402
+from benchlib import (copy_bandwidth, error_text, monai_gpu_problem, run_until_stopped, save, table,  # noqa: E402
+                      time_call)
 from scipy import ndimage  # noqa: E402
 
 from c2w_fast import metrics  # noqa: E402
@@ -117,24 +118,23 @@ def row(name, ours, peer_name, peer, target=None, note="", repeats=5, cuda=False
     either side (out of memory, a peer's CUDA mismatch) is the row's ``met``, and the run goes on.
     A single peer repeat gets no warm-up on the CPU (medpy takes 10 s a call); on the GPU it
     always does (compiles and caches would be timed)."""
-    entry = {"op": name, "peer": peer_name}
+    entry = {"op": name, "peer": peer_name, "ours_ms": math.nan}
+
+    def unmeasured(met: str) -> dict:
+        return {**entry, "peer_ms": "-", "ratio": "-", "cpu_ratio": "-", "target": "-", "met": met, "note": note}
+
     try:
         mine = time_call(ours, repeats=repeats, cuda=cuda)
     except Exception as exc:  # noqa: BLE001 - recorded; the other rows still run
-        entry.update(ours_ms=math.nan, peer_ms="-", ratio="-", cpu_ratio="-", target="-",
-                     met=f"ours failed: {error_text(exc)}", note=note)
-        return entry
+        return unmeasured(f"ours failed: {error_text(exc)}")
     entry["ours_ms"] = mine["median_ms"]
     peer_repeats = peer_repeats or repeats
     try:
         theirs = time_call(peer, repeats=peer_repeats, warmup=1 if cuda or peer_repeats > 1 else 0, cuda=cuda)
     except ImportError as exc:
-        entry.update(peer_ms="-", ratio="-", cpu_ratio="-", target="-", met=f"peer missing: {exc.name}", note=note)
-        return entry
+        return unmeasured(f"peer missing: {exc.name}")
     except Exception as exc:  # noqa: BLE001
-        entry.update(peer_ms="-", ratio="-", cpu_ratio="-", target="-", met=f"peer failed: {error_text(exc)}",
-                     note=note)
-        return entry
+        return unmeasured(f"peer failed: {error_text(exc)}")
     ratio = theirs["median_ms"] / mine["median_ms"]
     entry.update(peer_ms=theirs["median_ms"], ratio=ratio, cpu_ratio=theirs["cpu_ms"] / max(mine["cpu_ms"], 1e-3),
                  target=f">= {target}x" if target else "-",

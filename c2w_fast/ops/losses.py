@@ -72,10 +72,11 @@ def one_hot_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     labels = target[:, 0] if target.ndim == 5 else target
     labels = labels.long()
     # the range check is a host sync: under torch.compile (a graph break each) F.one_hot is left to refuse
-    if labels.numel() and not torch.compiler.is_compiling() and (int(labels.min()) < 0
-                                                                 or int(labels.max()) >= num_classes):
-        raise ValueError(f"target labels must lie in [0, {num_classes}) for {num_classes} classes, "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    if labels.numel() and not torch.compiler.is_compiling():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"target labels must lie in [0, {num_classes}) for {num_classes} classes, "
+                             f"got values in [{low}, {high}]")
     return F.one_hot(labels, num_classes).permute(0, 4, 1, 2, 3).float()
 
 
