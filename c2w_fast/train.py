@@ -35,11 +35,12 @@ from c2w_fast import config as cfg
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
+from c2w_fast.training.lock import FoldInUseError, FoldLocks
 from c2w_fast.training.schedule import unreached_settings
 from c2w_fast.training.run import (RunError, cases_and_splits, check_cases, check_helpers, check_out,
                                    check_out_of_dataset, check_patch, check_processes, cross_validation_summary,
-                                   fold_names, fold_rows, fold_split, plan_folds, replaced_config, save_new_splits,
-                                   train_fold, training_cases, write_config)
+                                   fold_names, fold_rows, fold_split, plan_folds, replaced_config, start_folds,
+                                   train_fold, training_cases)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -108,6 +109,28 @@ def _replaced(out: Path, changes: list[str], resplit: bool) -> str:
     return f"{out}: nothing trained there yet, so this run replaces its {' and '.join(files)}"
 
 
+def _start(config: cfg.Config, args, plan: dict[str, str], splits, changes: list[str], locks: FoldLocks,
+           processes: distributed.Processes, device) -> None:
+    """Every check passed: rank 0 locks the folds to train and writes the run folder
+    (:func:`start_folds`), and every rank learns whether it could: all stop with that error, none is left
+    waiting in a collective (for torchrun to kill it)."""
+    starting = processes.is_main and set(plan.values()) != {"finished"}
+    failure = resplit = None
+    if starting:
+        try:
+            resplit = start_folds(config, args.out, plan, splits, locks, resume=args.resume,
+                                  epochs_given=args.epochs is not None)
+        except Exception as exc:  # raised below, once the other ranks know
+            failure = exc
+    if not distributed.broadcast_flag(failure is None, processes, device):
+        raise failure or RunError("rank 0 could not start the run (its error says why)")
+    if starting and (changes or resplit):
+        print(_replaced(args.out, changes, resplit))
+    if starting and splits.settings is None and not args.resume:
+        print(f"{args.out / 'splits.json'}: made by hand, used as it is ({len(splits.test)} test cases, "
+              f"{len(splits.folds)} folds); data.n_test, n_folds, final_val and split_seed do not apply")
+
+
 def main(argv=None) -> int:
     plain_warnings()
     args = parser().parse_args(argv)
@@ -116,6 +139,7 @@ def main(argv=None) -> int:
         config = _config(args)
         check_out_of_dataset(args.out, config.data.root)
         processes, device = distributed.setup(config.run.device)
+        locks = FoldLocks()  # held while the folds train
         try:
             cases, splits = cases_and_splits(config, args.out)
             names = fold_names(args.fold, len(splits.folds))
@@ -139,17 +163,7 @@ def main(argv=None) -> int:
                 training_cases(config, fold_split(splits, name))
             check_cases(config, cases, splits, [name for name, todo in plan.items() if todo != "finished"],
                         main=processes.is_main)
-            if processes.is_main and set(plan.values()) != {"finished"}:  # every check passed: written from here on
-                try:
-                    resplit = save_new_splits(splits, args.out)
-                    write_config(config, args.out)  # on --resume with the new --epochs / --device
-                except OSError as exc:  # no permission, a read-only disk
-                    raise RunError(f"--out {args.out}: cannot write the run folder ({exc})") from None
-                if changes or resplit:
-                    print(_replaced(args.out, changes, resplit))
-                if splits.settings is None and not args.resume:
-                    print(f"{args.out / 'splits.json'}: made by hand, used as it is ({len(splits.test)} test cases, "
-                          f"{len(splits.folds)} folds); data.n_test, n_folds, final_val and split_seed do not apply")
+            _start(config, args, plan, splits, changes, locks, processes, device)
             validated = []
             for name, todo in plan.items():
                 if processes.is_main and args.resume and todo != "resume":
@@ -167,8 +181,9 @@ def main(argv=None) -> int:
             if processes.is_main and len(plan) > 1 and validated:
                 print(cross_validation_summary(config, args.out, validated))
         finally:
+            locks.release()
             distributed.teardown()
-    except (cfg.ConfigError, DataError, RunError, CheckpointError, FileNotFoundError) as exc:
+    except (cfg.ConfigError, DataError, RunError, CheckpointError, FoldInUseError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a folder made read-only while training: the earlier epochs are kept

@@ -168,7 +168,8 @@ def test_a_trained_runs_split_must_still_cover_the_dataset(tmp_path):
     (run / "fold_0" / "checkpoint_latest.pt").write_bytes(b"x")
     shutil.copytree(tmp_path / "data" / ids[0], tmp_path / "data" / "added")
     with pytest.raises(RunError, match=r"splits.json was made without the dataset's cases \['added'\]; fold_0 "
-                                       "trained on that split and one run folder holds one split: use another --out$"):
+                                       r"trained \(or is training\) on that split and one run folder holds one split: "
+                                       "use another --out$"):
         cases_and_splits(config, run)
     shutil.rmtree(tmp_path / "data" / ids[3])
     with pytest.raises(RunError, match=rf"made without the dataset's cases \['added'\] and with cases no longer in "

@@ -16,6 +16,7 @@ from c2w_fast import train
 from c2w_fast.data.io import read_volume, write_volume
 from c2w_fast.data.layouts import discover_cases
 from c2w_fast.training import checkpoint
+from c2w_fast.training import run as training_run
 from c2w_fast.training.loop import Trainer
 from training_helpers import (CONFIGS, PHANTOM, RESNEXT, SPLITS, STOPS_AT_ONCE, csv_rows, run_train, set_args,
                               write_phantoms)
@@ -51,7 +52,7 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
     assert "Held-out test set (2 cases), cavity stage, class LA" in out and "LA Dice ↑" in out
     assert {p.name for p in tmp_path.iterdir()} == {"config.toml", "splits.json", "final"}
     files = {p.name for p in (tmp_path / "final").iterdir()}
-    assert files == {"metrics.csv", "progress.png", "checkpoint_latest.pt", "checkpoint_best.pt", "val_metrics.csv",
+    assert files == {".lock", "metrics.csv", "progress.png", "checkpoint_latest.pt", "checkpoint_best.pt", "val_metrics.csv",
                      "test_metrics.csv"}
     rows = csv_rows(tmp_path / "final" / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["0", "1"]
@@ -415,7 +416,7 @@ def test_out_under_a_file_or_in_the_dataset_is_refused_before_writing(tmp_path, 
     def no_permission(*_):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(train, "write_config", no_permission)  # e.g. a folder of another user
+    monkeypatch.setattr(training_run, "write_config", no_permission)  # e.g. a folder of another user
     assert run_train("c2w_cavity.toml", data, tmp_path / "run") == 2
     assert capsys.readouterr().err == f"error: --out {tmp_path / 'run'}: cannot write the run folder ([Errno 13] " \
                                       "Permission denied)\n"

@@ -26,7 +26,7 @@ from c2w_fast.data.preprocess import TARGET_CLASSES, target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
 from c2w_fast.stages import Predictor, grid_in, locate_stage, resolve_checkpoint
-from c2w_fast.training import checkpoint, runlog
+from c2w_fast.training import checkpoint, lock, runlog
 from c2w_fast.training.distributed import Processes
 from c2w_fast.training.evaluation import REGION_CLASS, evaluate_cases, stage1_cascade, table1
 from c2w_fast.training.loop import Trainer, check_resumable
@@ -79,9 +79,16 @@ def check_out_of_dataset(run_dir: Path, data_root: str) -> None:
 
 
 def trained_folds(run_dir: Path) -> list[str]:
-    """The fold folders of ``run_dir`` that hold a checkpoint: a run folder without any has trained nothing
-    (a run killed or failed before its first checkpoint), so another config may replace its own."""
+    """The fold folders of ``run_dir`` that hold a checkpoint."""
     return sorted({path.parent.name for path in run_dir.glob("*/checkpoint_*.pt")})
+
+
+def used_folds(run_dir: Path) -> list[str]:
+    """The fold folders of ``run_dir`` that hold a checkpoint or are being trained now (:func:`lock.in_use`):
+    a run folder without any has trained nothing (a run killed or failed before its first checkpoint),
+    so another config or split may replace its own."""
+    in_training = {path.parent.name for path in run_dir.glob(f"*/{lock.LOCK_NAME}") if lock.in_use(path.parent)}
+    return sorted(set(trained_folds(run_dir)) | in_training)
 
 
 def replaced_config(config: cfg.Config, run_dir: Path) -> list[str]:
@@ -93,10 +100,10 @@ def replaced_config(config: cfg.Config, run_dir: Path) -> list[str]:
     try:  # a config.toml written before paths were stored absolute compares as this run reads it
         changed = cfg.differences(cfg.absolute_paths(cfg.load(saved)), config, ignore=("run.device",))
     except cfg.ConfigError as exc:  # e.g. a value this version refuses
-        if trained_folds(run_dir):
+        if used_folds(run_dir):
             raise
         return [f"invalid: {exc}"]
-    if changed and trained_folds(run_dir):
+    if changed and used_folds(run_dir):
         raise RunError(f"{run_dir} already holds a run with another config ({'; '.join(changed[:5])}); "
                        "use another --out")
     return changed
@@ -265,7 +272,7 @@ def split_settings(config: cfg.Config) -> dict:
 def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case], Splits]:
     """The dataset's cases by id and the run's splits: ``splits.json`` checked when the run folder
     has one (splits made by an earlier run with other settings, or of other cases, are an error,
-    unless no fold has a checkpoint yet: then they are made anew), else made in memory — every
+    unless no fold has a checkpoint or is training: then they are made anew), else made in memory — every
     process makes the same — for :func:`save_new_splits` to write once the run has passed its
     checks, so that a run refused before it starts leaves nothing behind."""
     if not config.data.root:
@@ -277,7 +284,7 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
     if trained and not path.is_file():  # a new split would mix test and training cases with the trained folds'
         raise RunError(f"{run_dir}: {', '.join(trained)} trained here, but its splits.json is gone; put it back "
                        "(one run folder holds one split), or use another --out")
-    splits = _recorded_splits(path, cases, settings, trained) if path.is_file() else None
+    splits = _recorded_splits(path, cases, settings, used_folds(run_dir)) if path.is_file() else None
     if splits is not None:
         return cases, splits
     groups = read_patients(config.data.patients) if config.data.patients else None
@@ -293,7 +300,7 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
 def _recorded_splits(path: Path, cases: dict[str, Case], settings: dict, trained: list[str]) -> Splits | None:
     """The run folder's ``splits.json`` when it is this config's split: made by hand (no settings
     recorded; its cases must exist), or by a run with these settings and cases. Recorded splits
-    that are not are a RunError once a fold has trained on them (``trained``), else None: split anew."""
+    that are not are a RunError once a fold uses them (``trained``: :func:`used_folds`), else None: split anew."""
     recorded = load_splits(path)
     if recorded.settings is None:
         return load_splits(path, list(cases))
@@ -310,8 +317,8 @@ def _recorded_splits(path: Path, cases: dict[str, Case], settings: dict, trained
     else:
         why = "made " + " and ".join(([f"without the dataset's cases {missing[:5]}"] if missing else [])
                                      + ([f"with cases no longer in the dataset {unknown[:5]}"] if unknown else []))
-    raise RunError(f"{path} was {why}; {', '.join(trained)} trained on that split and one run folder holds one "
-                   "split: use another --out")
+    raise RunError(f"{path} was {why}; {', '.join(trained)} trained (or {'is' if len(trained) == 1 else 'are'} "
+                   "training) on that split and one run folder holds one split: use another --out")
 
 
 def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, folds: list[str], *,
@@ -424,6 +431,25 @@ def cross_validation_summary(config: cfg.Config, run_dir: Path, rows: list[dict]
     classes = list(dict.fromkeys(row["class"] for row in rows))
     return "\n".join(f"\nCross-validation ({len(folds)} folds, validation cases), class {name}:\n"
                      + table1({config.run.stage: rows}, name) for name in classes)
+
+
+def start_folds(config: cfg.Config, run_dir: Path, plan: dict[str, str], splits: Splits, locks: lock.FoldLocks, *,
+                resume: bool, epochs_given: bool) -> bool:
+    """Lock the fold folders the ``plan`` trains, check that no other run trained them while this one was
+    checking (:func:`plan_folds` again), and write ``splits.json`` and ``config.toml``; True when that
+    replaced the stale splits of a run folder that trained nothing (:func:`save_new_splits`)."""
+    try:
+        for name, todo in plan.items():
+            if todo != "finished":
+                locks.acquire(run_dir / name)
+        if plan_folds(config, run_dir, list(plan), splits, resume=resume, epochs_given=epochs_given) != plan:
+            raise RunError(f"{run_dir}: another run trained {', '.join(plan)} while this one was checking; "
+                           "run the command again")
+        resplit = save_new_splits(splits, run_dir)
+        write_config(config, run_dir)  # on --resume with the new --epochs / --device
+    except OSError as exc:  # no permission, a read-only disk
+        raise RunError(f"--out {run_dir}: cannot write the run folder ({exc})") from None
+    return resplit
 
 
 def write_config(config: cfg.Config, run_dir: Path) -> None:

@@ -1,0 +1,127 @@
+"""One training per fold folder at a time: a second run of a fold being trained is refused before it
+writes anything, other folds of the run folder still train, a run that ends (or is killed) frees its folds,
+and with torchrun every rank stops, not only rank 0."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from c2w_fast import train
+from c2w_fast.training import lock
+from c2w_fast.training import run as training_run
+from c2w_fast.training.lock import FoldInUseError, FoldLocks
+from training_helpers import CONFIGS, RESNEXT, SPLITS, run_train, set_args, write_phantoms
+
+pytestmark = pytest.mark.skipif(lock.fcntl is None, reason="flock is POSIX")
+
+
+@pytest.fixture(scope="module")
+def lasc(tmp_path_factory):
+    return write_phantoms(tmp_path_factory.mktemp("lasc"))
+
+
+@pytest.fixture
+def held():
+    """Locks held as another training's: each a separate open file, so they conflict with this process's own."""
+    locks = FoldLocks()
+    yield locks
+    locks.release()
+
+
+def test_a_held_fold_is_refused_with_its_holder_and_free_again_once_released(tmp_path, held):
+    folder = tmp_path / "run" / "fold_0"
+    assert not lock.in_use(folder)
+    held.acquire(folder)
+    assert lock.in_use(folder) and not lock.in_use(tmp_path / "run" / "fold_1")
+    with pytest.raises(FoldInUseError, match=f"fold_0 is being trained now by pid {os.getpid()} on "):
+        FoldLocks().acquire(folder)
+    held.release()
+    assert not lock.in_use(folder)
+    again = FoldLocks()
+    again.acquire(folder)  # the file stays; its lock is what counts
+    assert lock.in_use(folder)
+    again.release()
+
+
+def test_a_second_run_of_a_fold_in_training_is_refused_before_it_writes(lasc, tmp_path, held, capsys):
+    out = tmp_path / "run"
+    assert run_train("c2w_cavity.toml", lasc, out, fold="0", epochs=1) == 0
+    latest = (out / "fold_0" / "checkpoint_latest.pt").read_bytes()
+    held.acquire(out / "fold_0")  # e.g. a --resume still running
+    assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out / 'fold_0'} is being trained now by pid {os.getpid()}" in err
+    assert (out / "fold_0" / "checkpoint_latest.pt").read_bytes() == latest
+    assert "epochs = 1\n" in (out / "config.toml").read_text()  # the --epochs 2 of the refused run is not written
+    assert run_train("c2w_cavity.toml", lasc, out, fold="1", epochs=1) == 0  # another fold trains beside it
+    held.release()
+    assert train.main(["--resume", "--out", str(out), "--fold", "0", "--epochs", "2"]) == 0
+
+
+def test_a_fold_in_training_keeps_the_run_folders_config_before_its_first_checkpoint(lasc, tmp_path, held, capsys):
+    out = tmp_path / "run"
+    assert run_train("c2w_cavity.toml", lasc, out, fold="0", epochs=1) == 0
+    for path in (out / "fold_0").glob("checkpoint_*.pt"):
+        path.unlink()  # as a run still in its first epoch: config.toml written, no checkpoint yet
+    held.acquire(out / "fold_0")
+    assert run_train("c2w_cavity.toml", lasc, out, fold="1", epochs=1, items=["optim.lr=0.5"]) == 2
+    assert "already holds a run with another config (optim.lr" in capsys.readouterr().err
+    held.release()
+    assert run_train("c2w_cavity.toml", lasc, out, fold="1", epochs=1, items=["optim.lr=0.5"]) == 0  # trained nothing
+
+
+def test_a_fold_another_run_trained_while_this_one_checked_is_refused(lasc, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    checks = training_run.check_cases
+
+    def another_run_meanwhile(config, cases, splits, folds, **kwargs):
+        checks(config, cases, splits, folds, **kwargs)
+        (out / "fold_0").mkdir(parents=True)
+        (out / "fold_0" / "checkpoint_latest.pt").write_bytes(b"its checkpoint")
+
+    monkeypatch.setattr(train, "check_cases", another_run_meanwhile)
+    assert run_train("c2w_cavity.toml", lasc, out, fold="0", epochs=1) == 2
+    assert "fold_0 already trained here; continue with --resume" in capsys.readouterr().err
+    assert (out / "fold_0" / "checkpoint_latest.pt").read_bytes() == b"its checkpoint"
+    assert not (out / "config.toml").exists()
+
+
+def test_every_torchrun_rank_stops_when_rank_0_cannot_start(lasc, tmp_path, held):
+    """Rank 0 alone locks and writes the run folder; the others stop with an error of their own, rather than
+    wait for it in a collective until torchrun kills them."""
+    out = tmp_path / "run"
+    held.acquire(out / "fold_0")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "c2w_fast.train", "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(lasc), "--out", str(out),
+               "--fold", "0", "--epochs", "1"] + set_args(SPLITS + RESNEXT)
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode != 0
+    assert "is being trained now by pid" in done.stderr  # rank 0's error
+    assert "rank 0 could not start the run (its error says why)" in done.stderr  # rank 1's
+    assert not (out / "config.toml").exists()
+
+
+def test_a_forked_child_does_not_keep_the_fold_locked(tmp_path):
+    """A data-loader worker is forked while its run holds the fold: orphaned by a killed run, it must not
+    keep the fold locked (the next --resume would be refused until it noticed)."""
+    locks = FoldLocks()
+    locks.acquire(tmp_path / "fold_0")
+    started, ready = os.pipe()
+    child = os.fork()
+    if child == 0:  # past the fork hooks: it tells so, then sleeps on as an orphaned worker does
+        os.write(ready, b"1")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(started, 1) == b"1"
+        assert lock.in_use(tmp_path / "fold_0")
+        locks.release()
+        assert not lock.in_use(tmp_path / "fold_0")
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        os.close(started)
+        os.close(ready)
