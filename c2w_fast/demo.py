@@ -24,6 +24,7 @@ import torch
 
 from c2w_fast import config as cfg
 from c2w_fast import predict, train
+from c2w_fast.cli import path_argument
 from c2w_fast.data.layouts import LASC_IMAGE, discover_cases
 from c2w_fast.data.phantom import write_dataset
 from c2w_fast.data.splits import load_splits
@@ -145,7 +146,7 @@ def claim_out(out: Path) -> str | None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m c2w_fast.demo", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
+    parser.add_argument("--out", type=path_argument, default=Path("runs/demo"),
                         help="the demo's folder: phantoms, run folders, predictions (a rerun replaces them)")
     parser.add_argument("--n", type=int, default=16, help=f"number of phantom cases ({N_TEST} are held out)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the cavity, wall and scratch stages")

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from c2w_fast import metrics
+from c2w_fast.cli import path_argument
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_csv
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, check_whole_labels, detect_layout, discover_cases,
                                    files_under, layout_labels, load_labels, unknown_label_codes, values_outside)
@@ -314,8 +315,8 @@ def main(argv=None) -> int:
         details = details.replace(markup, "")
     parser = argparse.ArgumentParser(prog="python -m c2w_fast.evaluate", description=paragraphs[0], epilog=details,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
-    parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps, or a dataset")
+    parser.add_argument("--pred", required=True, type=path_argument, help="folder of predicted label maps")
+    parser.add_argument("--gt", required=True, type=path_argument, help="folder of ground-truth label maps, or a dataset")
     parser.add_argument("--labels", help="name=value pairs, e.g. wall=1,LA=3 (default: those of wall=1,RA=2,LA=3 "
                                          "that the --gt dataset's layout can hold, no RA in LASC 2018, and some "
                                          "prediction or ground truth holds)")
@@ -333,7 +334,7 @@ def main(argv=None) -> int:
                         help="auto: the C++ backend for files (read on the CPU); triton runs on a GPU (default auto)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="cases evaluated at once (default %(default)s: the CPU cores, at most 4)")
-    parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    parser.add_argument("--out", required=True, type=path_argument, help="CSV file to write")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:

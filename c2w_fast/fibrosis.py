@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from c2w_fast.cli import path_argument
 from c2w_fast.data.io import check_same_grid, read_volume, write_csv, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import binary_erosion
@@ -116,10 +116,10 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
 
 def main(argv=None) -> int:
     parser = mask_parser("python -m c2w_fast.fibrosis", __doc__)
-    parser.add_argument("--image", required=True, type=Path, help="LGE-MRI image the masks were drawn on")
-    parser.add_argument("--out", required=True, type=Path, help="label map to write: 1 wall, 2 fibrosis, 3 dense scar")
-    parser.add_argument("--csv", type=Path, help="summary CSV (whole wall and sectors)")
-    parser.add_argument("--iir-map", type=Path, help="also write the image-intensity ratio of the wall voxels")
+    parser.add_argument("--image", required=True, type=path_argument, help="LGE-MRI image the masks were drawn on")
+    parser.add_argument("--out", required=True, type=path_argument, help="label map to write: 1 wall, 2 fibrosis, 3 dense scar")
+    parser.add_argument("--csv", type=path_argument, help="summary CSV (whole wall and sectors)")
+    parser.add_argument("--iir-map", type=path_argument, help="also write the image-intensity ratio of the wall voxels")
     parser.add_argument("--fibrosis", type=float, default=FIBROSIS_IIR, help="IIR threshold of fibrosis (1.2)")
     parser.add_argument("--dense", type=float, default=DENSE_SCAR_IIR, help="IIR threshold of dense scar (1.32)")
     args = parser.parse_args(argv)

@@ -81,6 +81,7 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast import config as cfg
+from c2w_fast.cli import path_argument
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_csv, write_volume
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, find_images
 from c2w_fast.data.preprocess import TARGET_CLASSES
@@ -440,9 +441,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m c2w_fast.predict", description=paragraphs[0].split(": ", 1)[1],
                                 epilog="\n\n".join(paragraphs[1:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path, help="training run folder or checkpoint file")
-    p.add_argument("--in", dest="inputs", required=True, type=Path, help="image file, dataset folder or image folder")
-    p.add_argument("--out", required=True, type=Path, help="folder for the label maps (created)")
+    p.add_argument("--model", required=True, type=path_argument, help="training run folder or checkpoint file")
+    p.add_argument("--in", dest="inputs", required=True, type=path_argument, help="image file, dataset folder or image folder")
+    p.add_argument("--out", required=True, type=path_argument, help="folder for the label maps (created)")
     p.add_argument("--fold", help="fold of the run to use (0 or fold_0, ...; default final)")
     p.add_argument("--use", action="append", default=[], metavar="KEY=PATH",
                    help="use this run folder or checkpoint for a helper stage instead of the one its config "
@@ -460,8 +461,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="capture each network's forward as a CUDA graph")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="default: %(default)s, a GPU when there is one")
-    p.add_argument("--probabilities", type=Path, metavar="DIR", help="also write softmax maps per class to DIR")
-    p.add_argument("--thickness", type=Path, metavar="DIR", help="also write wall-thickness maps and summaries to DIR")
+    p.add_argument("--probabilities", type=path_argument, metavar="DIR", help="also write softmax maps per class to DIR")
+    p.add_argument("--thickness", type=path_argument, metavar="DIR", help="also write wall-thickness maps and summaries to DIR")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip the cases whose label map is already in --out (to finish an interrupted folder)")
     p.add_argument("--timings", action="store_true", help="print the time spent per phase (read, preprocess, "

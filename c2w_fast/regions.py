@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from c2w_fast.cli import path_argument
 from c2w_fast.data.io import Volume, affine_from_spacing, check_same_grid, image_format, read_volume, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
 from c2w_fast.errors import DataError
@@ -231,8 +232,8 @@ def mask_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     paragraphs = doc.split("\n\n")
     parser = argparse.ArgumentParser(prog=prog, description=paragraphs[0], epilog="\n\n".join(paragraphs[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--wall", required=True, type=Path, help="label file holding the wall")
-    parser.add_argument("--cavity", required=True, type=Path, help="label file holding the cavity (may be --wall)")
+    parser.add_argument("--wall", required=True, type=path_argument, help="label file holding the wall")
+    parser.add_argument("--cavity", required=True, type=path_argument, help="label file holding the cavity (may be --wall)")
     parser.add_argument("--wall-label", help="wall values in --wall, e.g. 1 (default: nonzero; 1 if one file)")
     parser.add_argument("--cavity-label",
                         help="cavity values in --cavity, e.g. 2,3 (default: nonzero; 2,3 if one file)")

@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from c2w_fast.cli import path_argument
 from c2w_fast.data.io import write_csv, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import bounding_box, distance_transform
@@ -141,8 +141,8 @@ def wall_thickness(wall, cavity, spacing=None, *, affine=None, la_cavity=None, c
 
 def main(argv=None) -> int:
     parser = mask_parser("python -m c2w_fast.thickness", __doc__)
-    parser.add_argument("--out", required=True, type=Path, help="thickness map to write (NIfTI or NRRD), mm")
-    parser.add_argument("--csv", type=Path, help="summary CSV (whole wall and sectors)")
+    parser.add_argument("--out", required=True, type=path_argument, help="thickness map to write (NIfTI or NRRD), mm")
+    parser.add_argument("--csv", type=path_argument, help="summary CSV (whole wall and sectors)")
     args = parser.parse_args(argv)
     try:
         check_outputs({"--out": args.out, "--csv": args.csv}, {"--wall": args.wall, "--cavity": args.cavity})

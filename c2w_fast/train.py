@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 
 from c2w_fast import config as cfg
+from c2w_fast.cli import path_argument
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
@@ -50,8 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config",  # a string: Path() would drop the "./" that marks a path
                    help="TOML config file, or a preset name: c2w_localizer, c2w_cavity, c2w_wall, c2w_scratch, "
                         "mbas_stage1, mbas_stage2 (configs/*.toml, installed with the package); not with --resume")
-    p.add_argument("--data", type=Path, help="dataset folder: LASC 2018, MBAS or nnU-Net raw (sets data.root)")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--data", type=path_argument, help="dataset folder: LASC 2018, MBAS or nnU-Net raw (sets data.root)")
+    p.add_argument("--out", type=path_argument, required=True,
                    help="run folder (created; holds config.toml, splits.json, fold_k/)")
     p.add_argument("--fold", default="0", help="cross-validation fold k, 'all' folds in turn, or 'final' "
                                                "(all development cases, then the held-out test set); default 0")

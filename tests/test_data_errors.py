@@ -132,6 +132,18 @@ def test_missing_or_empty_dataset(tmp_path):
         read_volume(tmp_path / "missing.nii.gz")
 
 
+def test_a_file_given_for_the_dataset_folder_is_named_as_one(tmp_path):
+    write_dataset(tmp_path, "lasc", 1, progress=False, **SMALL)
+    image = tmp_path / "phantom000" / "lgemri.nrrd"
+    for layout in ("auto", "lasc"):
+        with pytest.raises(DataError, match=f"lgemri.nrrd: is a file, not a dataset folder: give the folder of the "
+                                            f"cases \\(e.g. {tmp_path} for a LASC case's image\\)$"):
+            discover_cases(image, layout)
+    with pytest.raises(DataError, match="laendo.nrrd: is a file, not a dataset folder: give the folder that holds "
+                                        "the cases$"):
+        discover_cases(tmp_path / "phantom000" / "laendo.nrrd")
+
+
 def test_labels_load_without_the_image_and_are_checked_against_each_other(tmp_path):
     write_dataset(tmp_path, "lasc", 1, progress=False, **SMALL)
     case = discover_cases(tmp_path)[0]

@@ -73,8 +73,10 @@ def test_bad_arguments():
         make_splits(IDS[:5], n_test=4, n_folds=2)
     with pytest.raises(ValueError, match="final_val=2 takes all 2 development patients for validation"):
         make_splits(IDS[:6], n_test=4, n_folds=2, final_val=2)
-    with pytest.raises(ValueError, match="n_test"):
+    with pytest.raises(ValueError, match=r"^n_test must be a fraction in \[0, 1\], got 1.5$"):
         make_splits(IDS, n_test=1.5)
+    with pytest.raises(ValueError, match=r"^n_test must be a count in 0\.\.3, got 4$"):  # a count: no fraction named
+        make_splits(IDS[:3], n_test=4)
     with pytest.raises(ValueError, match="duplicates"):
         make_splits(["a", "a", "b"])
     with pytest.raises(ValueError, match="fold must be in 0..4"):
@@ -184,3 +186,18 @@ def test_a_trained_runs_split_must_still_cover_the_dataset(tmp_path):
     (run / "fold_0" / "checkpoint_latest.pt").unlink()  # nothing trained: split anew, of the cases there are
     _, anew = cases_and_splits(config, run)
     assert sorted(anew.development + anew.test) == sorted(set(ids) - {ids[3]})
+
+
+def test_a_dataset_of_one_case_asks_whether_data_names_a_case_folder(tmp_path):
+    from c2w_fast import config as cfg
+    from c2w_fast.data.phantom import write_dataset
+    from c2w_fast.training.run import RunError, cases_and_splits
+    from training_helpers import CONFIGS
+
+    write_dataset(tmp_path / "data", "lasc", 2, shape=(8, 24, 24), spacing=(2.5, 2.5, 2.5), progress=False)
+    for root, count, hint in ((tmp_path / "data" / "phantom000", "1 case", r"is --data the folder of one case\? give "
+                               "the folder that holds all the cases$"),
+                              (tmp_path / "data", "2 cases", "the split is set by data.n_test")):
+        config = cfg.load(CONFIGS / "c2w_cavity.toml", [f"data.root=\"{root}\""])
+        with pytest.raises(RunError, match=f"^{root}: cannot split {count}: n_test must be a count in .*; {hint}"):
+            cases_and_splits(config, tmp_path / "run")

@@ -66,11 +66,20 @@ class NoLayoutError(DataError):
     """A folder in none of the dataset layouts (callers may then read it as a plain folder of files)."""
 
 
+def _check_folder(root: Path) -> None:
+    """A DataError unless ``root`` is a folder: a file given for the dataset is named as one."""
+    if root.is_file():
+        raise DataError(root, f"is a file, not a dataset folder: give the folder of the cases (e.g. {root.parent.parent}"
+                              " for a LASC case's image)" if root.name == LASC_IMAGE else
+                              "is a file, not a dataset folder: give the folder that holds the cases")
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found")
+
+
 def detect_layout(root) -> str:
     """The layout of the dataset folder ``root``, or a DataError saying what was expected."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "dataset folder not found")
+    _check_folder(root)
     found = [layout for layout, present in (
         ("nnunet", lambda: (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()),
         ("lasc", lambda: bool(_named(root, LASC_IMAGE))),
@@ -95,8 +104,7 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
-    if not root.is_dir():
-        raise DataError(root, "dataset folder not found")
+    _check_folder(root)
     found = {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)
     if not found:
         raise DataError(root, f"no cases found for layout {layout!r}")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from c2w_fast.cli import path_argument
 from c2w_fast.data.io import affine_from_spacing, check_spacing, write_volume
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_CAVITY, LASC_IMAGE, LASC_WALL, MBAS_IMAGE, MBAS_LABELS
 
@@ -375,7 +376,7 @@ def main(argv=None) -> None:
                                      description="Write a synthetic LGE-MRI dataset of the atria in a dataset layout.")
     parser.add_argument("--layout", choices=sorted(GEOMETRIES), default="mbas")
     parser.add_argument("--n", type=int, default=12, help="number of cases (default 12)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", required=True, type=path_argument, help="output folder")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         help="voxels; default: the layout's real geometry (MBAS 44 640 640, LASC 88 640 640)")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),

@@ -44,7 +44,8 @@ class Splits:
 def _count(value: int | float, total: int, name: str) -> int:
     count = int(round(value * total)) if isinstance(value, float) else int(value)
     if not 0 <= count <= total:
-        raise ValueError(f"{name} must be a fraction in [0, 1] or a count in 0..{total}, got {value!r}")
+        what = "a fraction in [0, 1]" if isinstance(value, float) else f"a count in 0..{total}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return count
 
 

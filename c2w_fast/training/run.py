@@ -292,8 +292,10 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
         splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
                              final_val=settings["final_val"], seed=settings["split_seed"], groups=groups)
     except ValueError as exc:
-        raise RunError(f"{config.data.root}: cannot split {len(cases)} cases ({exc}); the split is set by "
-                       "data.n_test, data.n_folds and data.final_val (--set data.KEY=VALUE)") from None
+        how = ("is --data the folder of one case? give the folder that holds all the cases" if len(cases) == 1 else
+               "the split is set by data.n_test, data.n_folds and data.final_val (--set data.KEY=VALUE)")
+        raise RunError(f"{config.data.root}: cannot split {len(cases)} case{'s' * (len(cases) != 1)}: {exc}; "
+                       f"{how}") from None
     return cases, dataclasses.replace(splits, settings=settings)
 
 
