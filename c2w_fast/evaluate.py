@@ -316,7 +316,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m c2w_fast.evaluate", description=paragraphs[0], epilog=details,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pred", required=True, type=path_argument, help="folder of predicted label maps")
-    parser.add_argument("--gt", required=True, type=path_argument, help="folder of ground-truth label maps, or a dataset")
+    parser.add_argument("--gt", required=True, type=path_argument,
+                        help="folder of ground-truth label maps, or a dataset")
     parser.add_argument("--labels", help="name=value pairs, e.g. wall=1,LA=3 (default: those of wall=1,RA=2,LA=3 "
                                          "that the --gt dataset's layout can hold, no RA in LASC 2018, and some "
                                          "prediction or ground truth holds)")

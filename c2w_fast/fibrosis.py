@@ -117,7 +117,8 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
 def main(argv=None) -> int:
     parser = mask_parser("python -m c2w_fast.fibrosis", __doc__)
     parser.add_argument("--image", required=True, type=path_argument, help="LGE-MRI image the masks were drawn on")
-    parser.add_argument("--out", required=True, type=path_argument, help="label map to write: 1 wall, 2 fibrosis, 3 dense scar")
+    parser.add_argument("--out", required=True, type=path_argument,
+                        help="label map to write: 1 wall, 2 fibrosis, 3 dense scar")
     parser.add_argument("--csv", type=path_argument, help="summary CSV (whole wall and sectors)")
     parser.add_argument("--iir-map", type=path_argument, help="also write the image-intensity ratio of the wall voxels")
     parser.add_argument("--fibrosis", type=float, default=FIBROSIS_IIR, help="IIR threshold of fibrosis (1.2)")

@@ -442,7 +442,8 @@ def parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(paragraphs[1:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=path_argument, help="training run folder or checkpoint file")
-    p.add_argument("--in", dest="inputs", required=True, type=path_argument, help="image file, dataset folder or image folder")
+    p.add_argument("--in", dest="inputs", required=True, type=path_argument,
+                   help="image file, dataset folder or image folder")
     p.add_argument("--out", required=True, type=path_argument, help="folder for the label maps (created)")
     p.add_argument("--fold", help="fold of the run to use (0 or fold_0, ...; default final)")
     p.add_argument("--use", action="append", default=[], metavar="KEY=PATH",
@@ -461,8 +462,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="capture each network's forward as a CUDA graph")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="default: %(default)s, a GPU when there is one")
-    p.add_argument("--probabilities", type=path_argument, metavar="DIR", help="also write softmax maps per class to DIR")
-    p.add_argument("--thickness", type=path_argument, metavar="DIR", help="also write wall-thickness maps and summaries to DIR")
+    p.add_argument("--probabilities", type=path_argument, metavar="DIR",
+                   help="also write softmax maps per class to DIR")
+    p.add_argument("--thickness", type=path_argument, metavar="DIR",
+                   help="also write wall-thickness maps and summaries to DIR")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip the cases whose label map is already in --out (to finish an interrupted folder)")
     p.add_argument("--timings", action="store_true", help="print the time spent per phase (read, preprocess, "

@@ -233,7 +233,8 @@ def mask_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=paragraphs[0], epilog="\n\n".join(paragraphs[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wall", required=True, type=path_argument, help="label file holding the wall")
-    parser.add_argument("--cavity", required=True, type=path_argument, help="label file holding the cavity (may be --wall)")
+    parser.add_argument("--cavity", required=True, type=path_argument,
+                        help="label file holding the cavity (may be --wall)")
     parser.add_argument("--wall-label", help="wall values in --wall, e.g. 1 (default: nonzero; 1 if one file)")
     parser.add_argument("--cavity-label",
                         help="cavity values in --cavity, e.g. 2,3 (default: nonzero; 2,3 if one file)")

@@ -139,8 +139,7 @@ def test_a_file_given_for_the_dataset_folder_is_named_as_one(tmp_path):
         with pytest.raises(DataError, match=f"lgemri.nrrd: is a file, not a dataset folder: give the folder of the "
                                             f"cases \\(e.g. {tmp_path} for a LASC case's image\\)$"):
             discover_cases(image, layout)
-    with pytest.raises(DataError, match="laendo.nrrd: is a file, not a dataset folder: give the folder that holds "
-                                        "the cases$"):
+    with pytest.raises(DataError, match="laendo.nrrd: is a file, not a dataset folder: give the folder of the cases$"):
         discover_cases(tmp_path / "phantom000" / "laendo.nrrd")
 
 

@@ -52,8 +52,8 @@ def test_final_run_writes_the_run_folder_and_the_test_table(lasc, tmp_path, caps
     assert "Held-out test set (2 cases), cavity stage, class LA" in out and "LA Dice ↑" in out
     assert {p.name for p in tmp_path.iterdir()} == {"config.toml", "splits.json", "final"}
     files = {p.name for p in (tmp_path / "final").iterdir()}
-    assert files == {".lock", "metrics.csv", "progress.png", "checkpoint_latest.pt", "checkpoint_best.pt", "val_metrics.csv",
-                     "test_metrics.csv"}
+    assert files == {".lock", "metrics.csv", "progress.png", "checkpoint_latest.pt", "checkpoint_best.pt",
+                     "val_metrics.csv", "test_metrics.csv"}
     rows = csv_rows(tmp_path / "final" / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert all(0 <= float(r["val_dice"]) <= 1 and float(r["val_hd95"]) >= 0 for r in rows)

@@ -69,9 +69,8 @@ class NoLayoutError(DataError):
 def _check_folder(root: Path) -> None:
     """A DataError unless ``root`` is a folder: a file given for the dataset is named as one."""
     if root.is_file():
-        raise DataError(root, f"is a file, not a dataset folder: give the folder of the cases (e.g. {root.parent.parent}"
-                              " for a LASC case's image)" if root.name == LASC_IMAGE else
-                              "is a file, not a dataset folder: give the folder that holds the cases")
+        example = f" (e.g. {root.parent.parent} for a LASC case's image)" if root.name == LASC_IMAGE else ""
+        raise DataError(root, f"is a file, not a dataset folder: give the folder of the cases{example}")
     if not root.is_dir():
         raise DataError(root, "dataset folder not found")
 
