@@ -582,7 +582,9 @@ def test_a_finished_fold_is_skipped_and_one_missing_a_file_is_completed_without_
     for name in ("val_metrics.csv", "test_metrics.csv", "checkpoint_best.pt"):
         (fold / name).unlink()
         assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
-        assert "finished earlier" not in capsys.readouterr().out
+        said = capsys.readouterr().out
+        assert "finished earlier" not in said
+        assert "final: trained (2 epochs, stopped early) but not evaluated: evaluating it now\n" in said
         assert (fold / name).is_file() and len(csv_rows(fold / "metrics.csv")) == 2, name
     # no validation cases: finished without a val_metrics.csv
     out = tmp_path / "no_validation"

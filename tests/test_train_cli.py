@@ -57,6 +57,10 @@ def test_ctrl_c_says_how_to_go_on(lasc, tmp_path, capsys, monkeypatch):
     assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "2"]) == 130
     assert capsys.readouterr().err.strip() == ("interrupted: continue from the last checkpoint with python -m "
                                                f"c2w_fast.train --resume --out {out} --fold final")
+    monkeypatch.undo()
+    assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "2"]) == 0
+    assert f"final: resuming at epoch 1 (2 of 2) from {out / 'final' / 'checkpoint_latest.pt'}\n" \
+        in capsys.readouterr().out
 
 
 def test_a_checkpoint_that_cannot_be_written_mid_run_is_an_error_that_says_how_to_go_on(lasc, tmp_path, capsys,

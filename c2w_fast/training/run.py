@@ -420,6 +420,14 @@ def _finished(state: dict, folder: Path, config: cfg.Config, splits: Splits) -> 
     return trained and validated and tested and (folder / "checkpoint_best.pt").is_file()
 
 
+def _resumed_at(state: dict, epochs: int, latest: Path) -> str:
+    """Where a resumed fold goes on, in the words of the epoch lines (``epoch 3 (4 of 10)``)."""
+    done = state["epoch"]
+    if state["stopped"] or done >= epochs:  # killed while it was evaluated
+        return f"trained ({done} epochs{', stopped early' * state['stopped']}) but not evaluated: evaluating it now"
+    return f"resuming at epoch {done} ({done + 1} of {epochs}) from {latest}"
+
+
 def fold_rows(path: Path) -> list[dict]:
     """The rows of a fold's CSV, or none when the fold wrote none (no validation cases)."""
     return runlog.read_csv(path) if path.is_file() else []
@@ -477,6 +485,8 @@ def train_fold(config: cfg.Config, run_dir: Path, name: str, cases: dict[str, Ca
               f"data.subset_seed = {config.data.subset_seed}): {', '.join(c.id for c in train_cases)}")
     trainer = Trainer(config, folder, train_cases, [cases[i] for i in split.val], device=device, processes=processes,
                       resume=resume)
+    if resume and processes.is_main:
+        print(f"{name}: {_resumed_at(trainer.state, config.train.epochs, folder / 'checkpoint_latest.pt')}")
     state = trainer.fit()
     result = {"fold": name, "best_epoch": state["best_epoch"], "epochs": state["epoch"], "folder": folder,
               "select": config.train.select, "stopped": state["stopped"]}
