@@ -81,7 +81,12 @@ def _config(args) -> cfg.Config:
         if not (args.out / "config.toml").is_file():
             raise cfg.ConfigError(f"--out {args.out} is not a run folder (no config.toml in it); --resume continues "
                                   "a run that was started with --config into that folder")
-        return cfg.absolute_paths(cfg.load(args.out / "config.toml", overrides))
+        config = cfg.absolute_paths(cfg.load(args.out / "config.toml", overrides))
+        if args.data is None and config.data.root and not Path(config.data.root).is_dir():
+            saved = args.out / "config.toml"
+            raise cfg.ConfigError(f"the run's dataset folder {config.data.root} (data.root in {saved}) is gone; "
+                                  "if it moved, resume with --data NEW_FOLDER")
+        return config
     if args.config is None:
         raise cfg.ConfigError("--config is required (or --resume to continue a run)")
     return cfg.absolute_paths(cfg.load(args.config, overrides))

@@ -124,7 +124,9 @@ def test_a_run_tree_and_dataset_moved_together_resume(lasc, tmp_path, capsys):
     shutil.move(first, moved)
     resume = ["--resume", "--out", str(moved / "wall"), "--fold", "final", "--epochs", "2"]
     assert train.main(resume) == 2
-    assert f"{first / 'data'}: dataset folder not found" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: the run's dataset folder {first / 'data'} (data.root in "
+                                       f"{moved / 'wall' / 'config.toml'}) is gone; if it moved, resume with "
+                                       "--data NEW_FOLDER\n")
     assert train.main(resume + ["--data", str(moved / "data")]) == 0  # the cavity run found beside the wall run
     assert len(csv_rows(moved / "wall" / "final" / "metrics.csv")) == 2
     assert cfg.load(moved / "wall" / "config.toml").data.root == str(moved / "data")

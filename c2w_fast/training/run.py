@@ -319,8 +319,9 @@ def _recorded_splits(path: Path, cases: dict[str, Case], settings: dict, trained
     else:
         why = "made " + " and ".join(([f"without the dataset's cases {missing[:5]}"] if missing else [])
                                      + ([f"with cases no longer in the dataset {unknown[:5]}"] if unknown else []))
+    fix = "give --data the dataset that holds them, or use another --out" if unknown else "use another --out"
     raise RunError(f"{path} was {why}; {', '.join(trained)} trained (or {'is' if len(trained) == 1 else 'are'} "
-                   "training) on that split and one run folder holds one split: use another --out")
+                   f"training) on that split and one run folder holds one split: {fix}")
 
 
 def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, folds: list[str], *,
