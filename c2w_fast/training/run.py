@@ -288,6 +288,10 @@ def cases_and_splits(config: cfg.Config, run_dir: Path) -> tuple[dict[str, Case]
     if splits is not None:
         return cases, splits
     groups = read_patients(config.data.patients) if config.data.patients else None
+    if groups is not None and not set(groups) & set(cases):
+        listed = ", ".join(sorted(groups)[:3])
+        raise DataError(config.data.patients, f"none of its cases ({listed}{', ...' * (len(groups) > 3)}) is in the "
+                        f"dataset, whose case ids are e.g. {', '.join(sorted(cases)[:3])}: the case column holds those")
     try:
         splits = make_splits(sorted(cases), n_test=settings["n_test"], n_folds=settings["n_folds"],
                              final_val=settings["final_val"], seed=settings["split_seed"], groups=groups)
