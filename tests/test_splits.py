@@ -107,8 +107,9 @@ def test_a_patients_csv_keeps_a_patients_scans_together_in_a_training_run(tmp_pa
                          tmp_path / "run")
     (tmp_path / "paths.csv").write_text("case,patient\n" + "".join(f"{c}/lgemri.nrrd,p\n" for c in ids))
     with pytest.raises(DataError, match=r"paths.csv: none of its cases \(phantom000/lgemri.nrrd, "
-                                        r"phantom001/lgemri.nrrd, phantom002/lgemri.nrrd, \.\.\.\) is in the dataset, whose case ids are e.g. "
-                                        "phantom000, phantom001, phantom002: the case column holds those$"):
+                                        r"phantom001/lgemri.nrrd, phantom002/lgemri.nrrd, \.\.\.\) is in the dataset, "
+                                        "whose case ids are e.g. phantom000, phantom001, phantom002: the case column "
+                                        "holds those$"):
         cases_and_splits(cfg.load(CONFIGS / "c2w_cavity.toml", [f"data.root=\"{tmp_path / 'data'}\"",
                                                                  f"data.patients=\"{tmp_path / 'paths.csv'}\""]),
                          tmp_path / "run")
