@@ -137,7 +137,17 @@ def test_summary_cli_refuses_impossible_sizes(arguments, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, preset_input", [
+    ("c2w_resnext", (4, 1, 44, 256, 256)), ("unet_localizer", (4, 1, 32, 160, 160)),
+    ("mbas_stage1", (2, 1, 28, 256, 224)), ("mbas_stage2", (2, 1, 20, 256, 256))])
+def test_summary_cli_defaults_to_the_input_its_preset_trains_on(name, preset_input, capsys):
+    """The default input is the batch and patch (or ROI) of the preset that trains the architecture."""
+    summary_main(["--summary", name])
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"input {preset_input}")
+
+
 def test_summary_cli_prints_every_preset(capsys):
+    assert sorted(ARCHITECTURES) == ["c2w_resnext", "mbas_stage1", "mbas_stage2", "unet_localizer"]
     for name in ARCHITECTURES:
         summary_main(["--summary", name])
         out = capsys.readouterr().out

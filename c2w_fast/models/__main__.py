@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from c2w_fast import config as cfg
 from c2w_fast.models import ARCHITECTURES, build_model, build_spec, count_parameters
 
 
@@ -36,20 +37,31 @@ def summary(name: str, input_shape=(1, 1, 44, 256, 256), num_classes: int = 2) -
     return "\n".join(lines)
 
 
+def preset_input(name: str) -> tuple[tuple[int, ...], int]:
+    """The training input shape ``(B, C, D, H, W)`` (batch, channels, patch or ROI) and the classes of
+    the first preset (configs/*.toml) that trains architecture ``name``."""
+    for preset in cfg.presets():
+        config = cfg.load(cfg.preset_path(preset))
+        if config.model.architecture == name:
+            patch = config.train.patch_size or config.roi.size
+            return (config.train.batch_size, config.in_channels, *patch), config.num_classes
+    raise ValueError(f"no preset trains {name}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m c2w_fast.models", description=__doc__.splitlines()[0])
     parser.add_argument("--summary", metavar="NAME", required=True, choices=sorted(ARCHITECTURES),
                         help=f"one of {', '.join(sorted(ARCHITECTURES))}")
     parser.add_argument("--input", type=int, nargs=5, metavar=("B", "C", "D", "H", "W"), default=None,
-                        help="input shape (default: 4 1 44 256 256, the C2W batch and ROI; MBAS stages use "
-                             "batch 2 and their patch size)")
+                        help="input shape (default: the batch, channels and patch, or ROI, of the preset "
+                             "that trains the architecture, e.g. 4 1 44 256 256 for c2w_resnext)")
     parser.add_argument("--classes", type=int, default=None,
-                        help="output classes incl. background (default: the stage's, 4 for mbas_stage2 "
-                             "(background, wall, RA, LA), else 2)")
+                        help="output classes incl. background (default: that preset's, e.g. 4 for mbas_stage2: "
+                             "background, wall, RA, LA)")
     args = parser.parse_args(argv)
-    default = {"mbas_stage1": (2, 1, 28, 256, 224), "mbas_stage2": (2, 1, 20, 256, 256)}
-    shape = args.input or default.get(args.summary, (4, 1, 44, 256, 256))
-    classes = (4 if args.summary == "mbas_stage2" else 2) if args.classes is None else args.classes
+    default_shape, default_classes = preset_input(args.summary)
+    shape = args.input or default_shape
+    classes = default_classes if args.classes is None else args.classes
     if min(shape) < 1:
         parser.error(f"--input sizes must be >= 1, got {' '.join(map(str, shape))}")
     try:
