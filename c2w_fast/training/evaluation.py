@@ -78,13 +78,15 @@ def mean_sd(values) -> str:
 
 
 def table1(results: dict[str, list[dict]], class_name: str) -> str:
-    """Rows ``method → mean ± sd`` of each metric for ``class_name``, as in the C2W paper's Table 1."""
+    """Rows ``method → mean ± sd`` of each metric for ``class_name``, as in the C2W paper's Table 1; the
+    stage-2 region adds the share of the ground truth it covers, what stage 2 can reach at most."""
+    columns = TABLE_COLUMNS + ((("overlap", "GT covered ↑"),) if class_name == REGION_CLASS else ())
     header = ["Method"] + [f"{class_name[:1].upper() + class_name[1:]} {label}" if key == "dice" else label
-                           for key, label in TABLE_COLUMNS]
+                           for key, label in columns]
     lines = [header]
     for method, rows in results.items():
         picked = [r for r in rows if r["class"] == class_name]
-        lines.append([f"{method} (n={len(picked)})"] + [mean_sd([r[key] for r in picked]) for key, _ in TABLE_COLUMNS])
+        lines.append([f"{method} (n={len(picked)})"] + [mean_sd([r[key] for r in picked]) for key, _ in columns])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
