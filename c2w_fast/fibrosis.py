@@ -19,6 +19,7 @@ the dense threshold, 3 dense scar.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,8 @@ import torch
 
 from c2w_fast.cli import path_argument
 from c2w_fast.data.io import check_same_grid, read_volume, write_csv, write_volume
-from c2w_fast.errors import DataError
+from c2w_fast.data.plausibility import label_map_values
+from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.ops import binary_erosion
 from c2w_fast.regions import atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_values, report
 
@@ -115,6 +117,7 @@ def fibrosis_burden(image, wall, cavity, spacing=None, *, affine=None, fibrosis:
 
 
 def main(argv=None) -> int:
+    plain_warnings()
     parser = mask_parser("python -m c2w_fast.fibrosis", __doc__)
     parser.add_argument("--image", required=True, type=path_argument, help="LGE-MRI image the masks were drawn on")
     parser.add_argument("--out", required=True, type=path_argument,
@@ -129,9 +132,16 @@ def main(argv=None) -> int:
     try:
         check_outputs({"--out": args.out, "--iir-map": args.iir_map, "--csv": args.csv},
                       {"--image": args.image, "--wall": args.wall, "--cavity": args.cavity}, ("--out", "--iir-map"))
+        if args.image.resolve() in (args.wall.resolve(), args.cavity.resolve()):
+            raise DataError(args.image, "is also a label file (--wall / --cavity): --image is the LGE-MRI image "
+                                        "the masks were drawn on")
         masks, on_device = masks_from_arguments(args)
         image = read_volume(args.image)
         check_same_grid(image, masks.grid, "image", "wall")
+        if (values := label_map_values(image.array)) is not None:  # an IIR of label codes means nothing
+            warnings.warn(f"{args.image}: holds only a few whole values ({values} in a sample of its voxels): a "
+                          "label map, not the LGE-MRI image? --image is the image the masks were drawn on",
+                          stacklevel=1)
         try:
             result = fibrosis_burden(image.array, **on_device, affine=masks.grid.affine, fibrosis=args.fibrosis,
                                      dense=args.dense)

@@ -84,6 +84,7 @@ from c2w_fast import config as cfg
 from c2w_fast.cli import path_argument
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_csv, write_volume
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, find_images
+from c2w_fast.data.plausibility import implausible_image
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.evaluate import LABEL_SUFFIXES, gt_named
@@ -93,10 +94,6 @@ from c2w_fast.stages import InferenceOptions, Predictor, StageLoader
 from c2w_fast.training.checkpoint import CheckpointError
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
-LABEL_MAP_VALUES = 8        # at most this many distinct whole values: a label map, not an MRI (hundreds)
-SAMPLED_VOXELS = 2 ** 18    # the label-map check looks at about this many voxels (a strided subsample)
-MIN_HEART_EXTENT_MM = 40.0  # a heart MRI spans more than a 4 cm atrium along at least two axes
-MIN_VOXEL_MM = 0.2          # finer than any cardiac MRI: a voxel size in cm, or 10x too small
 
 
 class ModelError(ValueError):
@@ -170,33 +167,6 @@ class Pipeline:
                             probs[name] = result.probabilities[index].cpu().numpy()
         with self.timer.phase("postprocess"):
             return CasePrediction(labels.cpu().numpy(), probs)
-
-
-def implausible_image(image: np.ndarray, spacing) -> list[str]:
-    """Why ``image`` (z, y, x) with ``spacing`` (mm) is unlikely to be a heart LGE-MRI: constant, a
-    label map, or a field of view or voxel size no heart MRI has (a unit mix-up in the header).
-    Predicted anyway, with a warning each: the networks segment whatever they are given."""
-    problems = []
-    if image.size and image.min() == image.max():
-        problems.append(f"the image is constant (every voxel {image.flat[0]}): its prediction means nothing")
-    elif (values := _label_map_values(image)) is not None:
-        problems.append(f"the image holds only a few whole values ({values} in a sample of its voxels): a "
-                        "label map, not an MRI?")
-    extent = tuple(round(n * float(h), 2) for n, h in zip(image.shape, spacing))
-    if min(spacing) < MIN_VOXEL_MM or sum(e < MIN_HEART_EXTENT_MM for e in extent) >= 2:
-        problems.append(f"voxels of {tuple(float(h) for h in spacing)} mm (from the header) make the image span "
-                        f"{extent} mm, not a heart MRI's field of view: is the header's voxel size in mm?")
-    return problems
-
-
-def _label_map_values(image: np.ndarray) -> list | None:
-    """The distinct values of ``image`` when they are few whole numbers (a label map), else None;
-    read from a strided subsample of about :data:`SAMPLED_VOXELS` voxels (an MRI has hundreds)."""
-    step = max(1, round((image.size / SAMPLED_VOXELS) ** (1 / 3)))
-    values = np.unique(image[::step, ::step, ::step])
-    if not values.size or len(values) > LABEL_MAP_VALUES or not np.array_equal(values, np.round(values)):
-        return None
-    return values.tolist()
 
 
 def load_pipeline(model, *, fold: str | None = None, device="cpu", options: InferenceOptions = InferenceOptions(),

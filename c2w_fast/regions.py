@@ -30,6 +30,7 @@ import torch
 from c2w_fast.cli import path_argument
 from c2w_fast.data.io import Volume, affine_from_spacing, check_same_grid, image_format, read_volume, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
+from c2w_fast.data.plausibility import IMAGE_VALUES, sampled_values
 from c2w_fast.errors import DataError
 from c2w_fast.ops._volume import check_mask
 
@@ -187,14 +188,25 @@ def _chamber_labels(cavity: np.ndarray, labels: np.ndarray, present) -> np.ndarr
     return chambers
 
 
+def _check_not_image(volume: Volume, option: str) -> None:
+    """A DataError when a label file read as "nonzero" (no ``--*-label`` given) holds the many values of an
+    intensity image: its nonzero voxels would be nearly the whole volume."""
+    values = sampled_values(volume.array)
+    if len(values) > IMAGE_VALUES:
+        raise DataError(volume.path, f"holds {len(values)} distinct values in a sample of its voxels, from "
+                                     f"{values[0]:g} to {values[-1]:g}: an image, not a label map? give {option} "
+                                     "the segmentation")
+
+
 def _whole_map_hint(wall_volume: Volume, wall_values) -> str:
     """Why a wall file can swallow the cavity: a label map of several codes read as one mask."""
     codes = np.unique(wall_volume.array)
     codes = codes[codes != 0]
     if wall_values is not None or len(codes) < 2:
         return ""
+    shown = ", ".join(f"{c:g}" for c in codes[:8]) + (f", ... ({len(codes)} codes)" if len(codes) > 8 else "")
     return (f"; every nonzero voxel of {wall_volume.path.name} counts as wall, and it holds the codes "
-            f"{', '.join(f'{c:g}' for c in codes)}: is it a label map of both masks? name the wall's code with "
+            f"{shown}: is it a label map of both masks? name the wall's code with "
             f"--wall-label (e.g. --wall-label {CANONICAL_LABELS['wall']})")
 
 
@@ -209,6 +221,11 @@ def read_wall_masks(wall_path, cavity_path, wall_values=None, cavity_values=None
         check_whole_labels(volume.array, volume.path)
     if same and wall_values is None and cavity_values is None:
         _check_canonical(wall_volume)
+    elif not same:
+        for volume, values, option in ((wall_volume, wall_values, "--wall"),
+                                       (cavity_volume, cavity_values, "--cavity")):
+            if values is None:
+                _check_not_image(volume, option)
     if same:
         wall_values = wall_values or (CANONICAL_LABELS["wall"],)
         cavity_values = cavity_values or (CANONICAL_LABELS["RA"], CANONICAL_LABELS["LA"])

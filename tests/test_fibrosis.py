@@ -1,6 +1,7 @@
 """Fibrosis burden: planted LGE patches of known extent are recovered, the IIR classes follow the
 definition against a scipy reference, bad input, and the CLI."""
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -150,7 +151,17 @@ def test_cli_refuses_outputs_that_are_inputs_and_non_label_files_before_writing(
     assert fibrosis_cli.main(["--image", str(image), "--wall", str(tmp_path / "nan.nii.gz"), "--cavity",
                               str(tmp_path / "nan.nii.gz"), "--out", str(tmp_path / "f.nii.gz")]) == 2
     assert "non-finite values (NaN or inf): not a label map" in capsys.readouterr().err
+    # the label file given as the image: an IIR of label codes would mean nothing
+    assert fibrosis_cli.main(["--image", str(labels), "--wall", str(labels), "--cavity", str(labels),
+                              "--out", str(tmp_path / "f.nii.gz")]) == 2
+    assert capsys.readouterr().err == (f"error: {labels}: is also a label file (--wall / --cavity): --image is the "
+                                       "LGE-MRI image the masks were drawn on\n")
     assert not (tmp_path / "f.nii.gz").exists()
+    shutil.copy(labels, tmp_path / "copy.nii.gz")  # a copy of it: computed, with a warning
+    with pytest.warns(UserWarning, match=r"copy.nii.gz: holds only a few whole values \(\[0, 1, 2, 3\] in a sample "
+                                         r"of its voxels\): a label map, not the LGE-MRI image\?"):
+        assert fibrosis_cli.main(["--image", str(tmp_path / "copy.nii.gz"), "--wall", str(labels), "--cavity",
+                                  str(labels), "--out", str(tmp_path / "f.nii.gz")]) == 0
 
 
 # --- from the mutation audit of the CLIs: thresholds at their edges, the LA blood pool, geometry of outputs ---

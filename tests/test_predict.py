@@ -13,6 +13,7 @@ from scipy import ndimage
 from c2w_fast import predict, stages, train
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import make_phantom
+from c2w_fast.data.plausibility import implausible_image
 from c2w_fast.stages import InferenceOptions, Predictor, RoiWarning, StageLoader, StagePrediction, locate_stage
 from c2w_fast.ops import ball
 from c2w_fast.training import checkpoint
@@ -742,16 +743,16 @@ def test_a_label_map_or_an_implausible_voxel_size_is_predicted_with_a_warning(c2
     data, runs = c2w
     phantom = make_phantom(**PHANTOM, seed=13)
     image, spacing = (phantom.image * 200).astype(np.int16), PHANTOM["spacing"]  # spans (40, 80, 80) mm
-    assert predict.implausible_image(image, spacing) == []
-    assert predict.implausible_image(image, (2.0, 2.0, 0.2)) == []  # under 40 mm along one axis only: a slab
-    assert predict.implausible_image(image.astype(np.float32) / 7, spacing) == []
-    assert predict.implausible_image(phantom.labels, spacing) == \
+    assert implausible_image(image, spacing) == []
+    assert implausible_image(image, (2.0, 2.0, 0.2)) == []  # under 40 mm along one axis only: a slab
+    assert implausible_image(image.astype(np.float32) / 7, spacing) == []
+    assert implausible_image(phantom.labels, spacing) == \
         ["the image holds only a few whole values ([0, 1, 2, 3] in a sample of its voxels): a label map, not an MRI?"]
     large = np.zeros((44, 640, 640), np.float32)  # read on a strided sample
     large[10:30, 100:500, 100:500] = 3.0
-    assert predict.implausible_image(large, (2.5, 0.625, 0.625))[0].startswith("the image holds only a few whole")
+    assert implausible_image(large, (2.5, 0.625, 0.625))[0].startswith("the image holds only a few whole")
     for small in ((2.0, 2.0, 0.19), (1.9, 0.95, 2.0)):  # a voxel under 0.2 mm; under 40 mm along two axes
-        assert predict.implausible_image(image, small) == [
+        assert implausible_image(image, small) == [
             f"voxels of {small} mm (from the header) make the image span "
             f"{tuple(round(n * h, 2) for n, h in zip(image.shape, small))} mm, not a heart MRI's field of view: "
             "is the header's voxel size in mm?"]

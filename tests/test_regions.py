@@ -112,3 +112,27 @@ def test_a_label_map_of_both_masks_given_as_the_wall_file_is_named_as_the_cause(
         read_wall_masks(tmp_path / "labels.nii.gz", tmp_path / "la.nii.gz")
     masks = read_wall_masks(tmp_path / "labels.nii.gz", tmp_path / "la.nii.gz", wall_values=(1,))
     np.testing.assert_array_equal(masks.cavity, labels == 3)
+
+
+def test_an_image_given_as_a_label_file_read_as_nonzero_is_refused_and_many_codes_are_abbreviated(tmp_path):
+    """--cavity IMAGE (or --wall IMAGE) with no label values: its nonzero voxels would be nearly the whole
+    volume, so it is refused as an image, naming the option; with its codes named it is read. A wall map
+    of many codes is listed in the hint by its first eight and a count."""
+    affine = affine_from_spacing((1.0, 1.0, 1.0))
+    wall, cavity = slab_masks()
+    image = np.arange(wall.size, dtype=np.int16).reshape(wall.shape)  # 240 distinct whole values
+    write_volume(tmp_path / "wall.nii.gz", wall.astype(np.uint8), affine)
+    write_volume(tmp_path / "image.nii.gz", image, affine)
+    for wall_file, cavity_file, option in (("wall", "image", "--cavity"), ("image", "wall", "--wall")):
+        with pytest.raises(DataError, match=rf"image.nii.gz: holds 240 distinct values in a sample of its voxels, "
+                                            rf"from 0 to 239: an image, not a label map\? give {option} the "
+                                            "segmentation$"):
+            read_wall_masks(tmp_path / f"{wall_file}.nii.gz", tmp_path / f"{cavity_file}.nii.gz")
+    cavity_codes = tuple(int(v) for v in image[cavity])
+    masks = read_wall_masks(tmp_path / "wall.nii.gz", tmp_path / "image.nii.gz", cavity_values=cavity_codes)
+    np.testing.assert_array_equal(masks.cavity, cavity)
+    codes = np.where(wall | cavity, np.arange(wall.size).reshape(wall.shape) % 20 + 1, 0).astype(np.uint8)
+    write_volume(tmp_path / "codes.nii.gz", codes, affine)
+    write_volume(tmp_path / "cavity.nii.gz", cavity.astype(np.uint8), affine)
+    with pytest.raises(DataError, match=r"it holds the codes 1, 2, 3, 4, 5, 6, 7, 8, \.\.\. \(20 codes\): is it"):
+        read_wall_masks(tmp_path / "codes.nii.gz", tmp_path / "cavity.nii.gz")
