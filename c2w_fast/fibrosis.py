@@ -30,7 +30,8 @@ from c2w_fast.data.io import check_same_grid, read_volume, write_csv, write_volu
 from c2w_fast.data.plausibility import label_map_values
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.ops import binary_erosion
-from c2w_fast.regions import atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_values, report
+from c2w_fast.regions import (atrial_masks, check_outputs, interrupted, mask_parser, masks_from_arguments,
+                              region_values, report)
 
 FIBROSIS_IIR, DENSE_SCAR_IIR = 1.2, 1.32
 HEALTHY, FIBROSIS, DENSE_SCAR = 1, 2, 3
@@ -156,6 +157,8 @@ def main(argv=None) -> int:
     except (DataError, ValueError, OSError) as exc:  # OSError: an output that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
     print(f"blood-pool mean intensity {result.blood_pool_mean:.4g}")
     return report(rows, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  fibrosis "
                   f"{row['fibrosis_percent']:5.1f} %  dense scar {row['dense_scar_percent']:5.1f} %  "

@@ -21,6 +21,8 @@ label file is refused).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import numpy as np
 import torch
 
 from c2w_fast.cli import path_argument
-from c2w_fast.data.io import Volume, affine_from_spacing, check_same_grid, image_format, read_volume, same_spacing
+from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, affine_from_spacing, check_same_grid, image_format,
+                              read_volume, same_spacing)
 from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
 from c2w_fast.data.plausibility import IMAGE_VALUES, sampled_values
 from c2w_fast.errors import DataError
@@ -133,10 +136,22 @@ def region_values(wall, sectors, *maps) -> list[tuple[str, list[torch.Tensor]]]:
 
 
 def report(rows: list[dict], describe) -> int:
-    """A CLI's end: ``describe(row)`` printed per row; exit status 0."""
-    for row in rows:
-        print(describe(row))
+    """A CLI's end: ``describe(row)`` printed per row; exit status 0 (also when a reader such as
+    ``head`` closed the pipe early: the outputs are written by then)."""
+    try:
+        for row in rows:
+            print(describe(row))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
+
+
+def interrupted() -> int:
+    """A CLI's end on Ctrl-C: one line instead of a traceback; exit status 130."""
+    print("\ninterrupted: each output is written whole or not at all; run the command again for all of them",
+          file=sys.stderr)
+    return 130
 
 
 # --- masks from label files ---------------------------------------------------------------------
@@ -272,7 +287,8 @@ def masks_from_arguments(args, names=("wall", "cavity", "la_cavity")) -> tuple[W
 
 def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path], volumes=("--out",)) -> None:
     """Before any work: a ValueError for an output that is an input file or another output, is a
-    folder, has a file where its folder should be, or (``volumes``) has no image suffix."""
+    folder, has a file where its folder should be or a folder this user cannot write in, or has no
+    image suffix (``volumes``) or one (the others: CSV tables)."""
     taken: dict[Path, str] = {}
     for option, path in inputs.items():
         taken[path.resolve()] = f"{taken[path.resolve()]} and {option}" if path.resolve() in taken else option
@@ -285,8 +301,13 @@ def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path], volu
         taken[path.resolve()] = option
         if path.is_dir():
             raise ValueError(f"{option} {path} is a folder, not a file")
-        blocker = next((parent for parent in path.parents if parent.exists()), None)
+        blocker = next((parent for parent in path.absolute().parents if parent.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise ValueError(f"{option} {path}: {blocker} is a file, not a folder")
+        if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {path}: no permission to write in {blocker}")
         if option in volumes:
             image_format(path)
+        elif str(path).lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES):
+            raise ValueError(f"{option} {path} is an image file name, but {option} writes a CSV table "
+                             f"(e.g. {path.name.split('.')[0]}.csv)")

@@ -46,7 +46,8 @@ from c2w_fast.cli import path_argument
 from c2w_fast.data.io import write_csv, write_volume
 from c2w_fast.errors import DataError
 from c2w_fast.ops import bounding_box, distance_transform
-from c2w_fast.regions import atrial_masks, check_outputs, mask_parser, masks_from_arguments, region_values, report
+from c2w_fast.regions import (atrial_masks, check_outputs, interrupted, mask_parser, masks_from_arguments,
+                              region_values, report)
 
 
 def face_distance(wall: torch.Tensor, other: torch.Tensor, spacing) -> torch.Tensor:
@@ -158,6 +159,8 @@ def main(argv=None) -> int:
     except (DataError, ValueError, OSError) as exc:  # OSError: an output that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
     return report(rows, lambda row: f"{row['region']:10s} {row['voxels']:8d} voxels  mean "
                   f"{row['mean_mm']:.2f}  median {row['median_mm']:.2f}  p95 {row['p95_mm']:.2f} mm")
 

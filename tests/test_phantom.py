@@ -122,7 +122,7 @@ def test_zero_wall_and_negative_noise_or_bias_are_refused():
 @pytest.mark.parametrize("layout", ["lasc", "nnunet"])
 def test_written_cases_are_centred_on_the_world_origin(tmp_path, layout):
     """The middle voxel, index (n - 1) / 2 on each axis, of a written phantom lies at RAS (0, 0, 0)."""
-    shape, spacing = (5, 8, 12), (2.5, 1.5, 1.0)
+    shape, spacing = (9, 40, 60), (2.5, 1.5, 1.0)  # even and odd sizes, a field of view that holds the atria
     write_dataset(tmp_path, layout, 1, progress=False, shape=shape, spacing=spacing)
     case = discover_cases(tmp_path)[0]
     affine = load_case(case).image.affine
@@ -144,3 +144,34 @@ def test_the_anatomy_is_centred_on_the_middle_voxel():
     assert 0 < air.mean() < 0.5
     np.testing.assert_array_equal(air, air[:, ::-1, :])
     np.testing.assert_array_equal(air, air[:, :, ::-1])
+
+
+def test_a_folder_of_another_layout_or_a_grid_without_room_for_the_atria_is_refused_before_writing(tmp_path, capsys):
+    """Phantoms of two layouts in one folder make a dataset every other tool refuses; voxels larger than the
+    atria leave classes without a voxel, and a field of view smaller than them is mostly wall."""
+    write_dataset(tmp_path, "lasc", 1, progress=False, shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0))
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=f"^{tmp_path} holds a lasc dataset; write the mbas phantoms to another "
+                                         "folder$"):
+        write_dataset(tmp_path, "mbas", 1, progress=False, shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0))
+    for spacing, layout, why in (((50.0, 50.0, 50.0), "mbas", "no wall, RA, LA voxel"),
+                                 ((0.1, 0.1, 0.1), "lasc", "the wall fills most of the volume")):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "new"), "--layout", layout, "--n", "1", "--shape", "20", "40", "40",
+                  "--spacing", *map(str, spacing)])
+        assert f"cannot hold the atria: {why}; give --shape and --spacing of a heart MRI" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_ctrl_c_says_how_to_complete_the_dataset(tmp_path, capsys, monkeypatch):
+    import c2w_fast.data.phantom as phantom
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phantom, "make_phantom", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path), "--n", "2", "--shape", "20", "40", "40", "--spacing", "2", "2", "2"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.endswith("\ninterrupted: the last case may lack some of its files; run the "
+                                            "command again with --overwrite\n")

@@ -136,3 +136,40 @@ def test_an_image_given_as_a_label_file_read_as_nonzero_is_refused_and_many_code
     write_volume(tmp_path / "cavity.nii.gz", cavity.astype(np.uint8), affine)
     with pytest.raises(DataError, match=r"it holds the codes 1, 2, 3, 4, 5, 6, 7, 8, \.\.\. \(20 codes\): is it"):
         read_wall_masks(tmp_path / "codes.nii.gz", tmp_path / "cavity.nii.gz")
+
+
+def test_a_cli_report_ends_quietly_when_its_reader_closed_the_pipe(tmp_path, monkeypatch):
+    """``python -m c2w_fast.thickness ... | head -1``: the outputs are written; no BrokenPipeError traceback."""
+    import io
+    import sys
+
+    from c2w_fast import regions
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return handle.fileno()
+
+    with open(tmp_path / "stdout", "w") as handle:
+        monkeypatch.setattr(sys, "stdout", ClosedPipe())
+        assert regions.report([{"region": "wall"}], str) == 0
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("tool", ["thickness", "fibrosis"])
+def test_ctrl_c_ends_a_cli_with_one_line(tool, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"c2w_fast.{tool}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "masks_from_arguments", interrupted)
+    image = ["--image", str(tmp_path / "image.nii.gz")] if tool == "fibrosis" else []
+    assert module.main([*image, "--wall", str(tmp_path / "l.nii.gz"), "--cavity", str(tmp_path / "l.nii.gz"),
+                        "--out", str(tmp_path / "out.nii.gz")]) == 130
+    assert capsys.readouterr().err == ("\ninterrupted: each output is written whole or not at all; run the command "
+                                       "again for all of them\n")

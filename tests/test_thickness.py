@@ -2,11 +2,13 @@
 face distances, the sectors, bad input and the CLI."""
 import csv
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from c2w_fast import regions
 from c2w_fast import thickness as thickness_cli
 from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import make_phantom
@@ -180,7 +182,7 @@ def test_tensors_in_tensors_out_and_bad_input():
         wall_thickness(core, gap & ~core, (1.0, 1.0, 1.0))
 
 
-def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
+def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys, monkeypatch):
     spacing = (2.0, 1.5, 1.5)
     phantom = make_phantom((24, 64, 64), spacing, seed=5)
     affine = affine_from_spacing(spacing, origin=(1, 2, 3))
@@ -219,7 +221,18 @@ def test_cli_on_one_label_map_and_on_lasc_files(tmp_path, capsys):
     assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "t3.nii.gz"),
                                           "--csv", str(tmp_path / "taken" / "t.csv")]) == 2
     assert "taken is a file, not a folder" in capsys.readouterr().err
-    assert not (tmp_path / "t3.nii.gz").exists()
+    assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "t3.nii.gz"),
+                                          "--csv", str(tmp_path / "t.nii.gz")]) == 2
+    assert capsys.readouterr().err == (f"error: --csv {tmp_path / 't.nii.gz'} is an image file name, but --csv "
+                                       "writes a CSV table (e.g. t.csv)\n")
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(regions.os, "access", lambda path, mode: Path(path).name != "locked")  # tests run as root
+    assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "t3.nii.gz"),
+                                          "--csv", str(tmp_path / "locked" / "new" / "t.csv")]) == 2
+    assert capsys.readouterr().err == (f"error: --csv {tmp_path / 'locked' / 'new' / 't.csv'}: no permission to "
+                                       f"write in {tmp_path / 'locked'}\n")
+    monkeypatch.undo()
+    assert not (tmp_path / "t3.nii.gz").exists()  # refused before anything was computed or written
     before = (tmp_path / "labels.nii.gz").read_bytes()
     assert thickness_cli.main(args[:4] + ["--out", str(tmp_path / "labels.nii.gz")]) == 2
     assert "is also --wall and --cavity: it would be overwritten" in capsys.readouterr().err

@@ -32,7 +32,9 @@ from scipy import ndimage
 
 from c2w_fast.cli import path_argument
 from c2w_fast.data.io import affine_from_spacing, check_spacing, write_volume
-from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_CAVITY, LASC_IMAGE, LASC_WALL, MBAS_IMAGE, MBAS_LABELS
+from c2w_fast.data.layouts import (CANONICAL_LABELS, LASC_CAVITY, LASC_IMAGE, LASC_WALL, MBAS_IMAGE, MBAS_LABELS,
+                                   NoLayoutError, detect_layout)
+from c2w_fast.errors import DataError
 
 GEOMETRIES = {  # layout -> (shape, spacing) of the real datasets
     "mbas": ((44, 640, 640), (2.5, 0.625, 0.625)),
@@ -326,6 +328,36 @@ def _case_files(out: Path, layout: str, i: int) -> tuple[str, dict[str, Path]]:
                      "labels": out / "labelsTr" / f"{case_id}.nii.gz"}
 
 
+def _check_no_other_layout(out: Path, layout: str) -> None:
+    """A ValueError when ``out`` holds a dataset of another layout: the two would make one folder that
+    the other tools refuse (a folder of several layouts)."""
+    if not out.is_dir():
+        return
+    try:
+        found = detect_layout(out)
+    except NoLayoutError:
+        return
+    except DataError as exc:  # already several layouts
+        raise ValueError(str(exc)) from None
+    if found != layout:
+        raise ValueError(f"{out} holds a {found} dataset; write the {layout} phantoms to another folder")
+
+
+def _check_resolved(phantom: Phantom, layout: str, shape, spacing) -> None:
+    """A ValueError when the grid cannot hold the atria: a label class without a voxel (voxels larger than
+    the atria) or a wall filling most of the volume (a field of view smaller than them)."""
+    extent = tuple(round(n * float(h), 1) for n, h in zip(shape, spacing))
+    counts = np.bincount(phantom.labels.ravel(), minlength=4)
+    classes = [name for name, code in CANONICAL_LABELS.items() if layout != "lasc" or name != "RA"]
+    missing = [name for name in classes if not counts[CANONICAL_LABELS[name]]]
+    why = (f"no {', '.join(missing)} voxel" if missing else "the wall fills most of the volume"
+           if counts[CANONICAL_LABELS["wall"]] > phantom.labels.size / 2 else None)
+    if why is not None:
+        raise ValueError(f"{shape} voxels of {tuple(float(h) for h in spacing)} mm (a field of view of {extent} mm) "
+                         f"cannot hold the atria: {why}; give --shape and --spacing of a heart MRI (e.g. "
+                         "--shape 40 96 96 --spacing 1.25 1.25 1.25)")
+
+
 def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing=None, seed: int = 0,
                   progress: bool = True, overwrite: bool = False, **phantom_kwargs) -> list[str]:
     """Write ``n`` phantom cases to ``out`` in a dataset layout; returns the case ids.
@@ -352,9 +384,11 @@ def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the files to write do); "
                               "write the phantoms to another folder")
+    _check_no_other_layout(out, layout)
     affine = affine_from_spacing(spacing, origin=tuple(-(np.asarray(shape) - 1) / 2 * spacing)[::-1])
     for i, (_, files) in enumerate(tqdm(cases, desc=f"phantoms ({layout})", unit="case", disable=not progress)):
         phantom = make_phantom(shape, spacing, seed=seed + i, label_right_atrium=layout != "lasc", **phantom_kwargs)
+        _check_resolved(phantom, layout, shape, spacing)
         write_volume(files["image"], _to_stored_dtype(phantom.image, layout), affine)
         if layout == "lasc":
             write_volume(files["cavity"], (phantom.labels == CANONICAL_LABELS["LA"]) * np.uint8(255), affine)
@@ -395,6 +429,9 @@ def main(argv=None) -> None:
     except OSError as exc:  # a file in the way: existing cases, --out under a file
         parser.error(f"--out {args.out}: {exc.strerror or exc}" if not isinstance(exc, FileExistsError)
                      else f"--out {args.out}: {exc} (or --overwrite)")
+    except KeyboardInterrupt:
+        parser.exit(130, "\ninterrupted: the last case may lack some of its files; run the command again with "
+                         "--overwrite\n")
     print(f"wrote {len(ids)} {args.layout} cases to {args.out}")
 
 
