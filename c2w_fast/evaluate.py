@@ -171,7 +171,12 @@ def _describe_values(values: np.ndarray) -> str:
 
 def _as_label_map(array: np.ndarray, path) -> np.ndarray:
     check_whole_labels(array, path)
-    return array.astype(np.int32) if array.dtype.kind == "f" else array
+    if array.dtype.kind != "f":
+        return array
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > np.iinfo(np.int32).max:  # int32 would wrap them into other codes
+        raise DataError(path, f"holds whole values as large as {largest:g}: not label codes; give the segmentation")
+    return array.astype(np.int32)
 
 
 def evaluate_case(identifier: str, pred_path: Path, gt: GroundTruth, labels: dict[str, int], options: dict):
@@ -274,10 +279,14 @@ def run(pred_dir: Path, gt_dir: Path, labels: dict[str, int] | None, out: Path, 
         except KeyboardInterrupt:  # the cases under way finish; the others do not start
             pool.shutdown(cancel_futures=True)
             raise
+    held = {name: value for name, value in labels.items() if any(_holds_label(r) for r in rows if r["label"] == name)}
     if default_labels:  # a label no file holds would add a row of NaN per case (RA in a dataset without one)
-        labels = {name: value for name, value in labels.items()
-                  if any(_holds_label(row) for row in rows if row["label"] == name)}
+        labels = held
         rows = [row for row in rows if row["label"] in labels]
+    elif rows:  # asked for by name: kept, and said to be in no file (a wrong code?)
+        for name in labels.keys() - held.keys():
+            print(f"warning: --labels {name}={labels[name]}: no prediction or ground truth holds it, so its rows "
+                  "are n/a; is the code right?", file=sys.stderr)
     rows.sort(key=lambda r: (r["case"], list(labels).index(r["label"])))
     problem_rows = [{"case": i, "label": "", **{m: "" for m in METRICS}, "status": p}
                     for i, p in sorted(problems.items())]

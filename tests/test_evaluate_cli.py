@@ -284,6 +284,14 @@ def test_labels_of_any_code_float_label_maps_and_values_that_are_label_codes(tmp
     err = capsys.readouterr().err
     assert "other.nii.gz also holds 7, neither evaluated nor label codes (0, 1, 2, 3)" in err
     assert "whole.nii.gz also holds" not in err
+    huge = pred.astype(np.float64) * 1e10  # whole numbers beyond int32: refused, not wrapped into other codes
+    _write_pair(tmp_path / "gt3", tmp_path / "pred3", "huge", huge, gt)
+    assert main(["--pred", str(tmp_path / "pred3"), "--gt", str(tmp_path / "gt3"), "--labels", "LA=3",
+                 "--out", str(out), "--quiet"]) == 1
+    (row,) = [r for r in read_rows(out) if r["case"] == "huge"]
+    assert row["status"].endswith("huge.nii.gz: holds whole values as large as 3e+10: not label codes; give the "
+                                  "segmentation")
+    assert "2.14748e+09" not in capsys.readouterr().err
 
 
 def test_an_ambiguous_prediction_is_reported_as_such(tmp_path):
@@ -378,8 +386,11 @@ def test_default_labels_leave_out_those_no_file_holds(tmp_path, capsys):
     assert main(args) == 0
     assert {r["label"] for r in read_rows(out)} == {"wall", "LA"}  # c1's rows and the summary rows
     assert "RA" not in capsys.readouterr().out
+    capsys.readouterr()
     assert main([*args, "--labels", "wall=1,RA=2,LA=3"]) == 0
     assert [r["label"] for r in read_rows(out) if r["case"] == "c1"] == ["wall", "RA", "LA"]
+    assert capsys.readouterr().err == ("warning: --labels RA=2: no prediction or ground truth holds it, so its rows "
+                                       "are n/a; is the code right?\n")
     pred[0, 0, 0] = 2
     _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
     assert main(args) == 0
