@@ -362,8 +362,10 @@ def main(argv=None) -> int:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.backend == "triton" and not torch.cuda.is_available():
         parser.error("--backend triton runs on a GPU and none is available; use auto or cpu")
-    if args.out.is_dir() or not _writable_file(args.out):
-        parser.error(f"--out {args.out} cannot be written as a CSV file (a folder, or a folder that cannot be made)")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; give the CSV file to write")
+    if not _writable_file(args.out):
+        parser.error(f"--out {args.out}: its folder cannot be made, or this user cannot write in it")
     try:
         rows, problems = run(args.pred, args.gt, labels, args.out, workers=args.workers, progress=not args.quiet,
                              predicted_only=args.predicted_only, tolerance_mm=args.tolerance,

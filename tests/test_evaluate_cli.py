@@ -142,6 +142,12 @@ def test_runs_as_a_module_and_rejects_bad_arguments(mbas, tmp_path):
         with pytest.raises(SystemExit):
             main(["--pred", str(root / "pred"), "--gt", str(root / "gt"), "--out", str(out)])
     assert label_map.read_bytes() == before
+    (tmp_path / "file").write_text("")
+    for out, message in ((tmp_path, "is a folder; give the CSV file to write"),
+                         (tmp_path / "file" / "x.csv", ": its folder cannot be made, or this user cannot write in it")):
+        result = subprocess.run([sys.executable, "-m", "c2w_fast.evaluate", "--pred", str(root / "pred"), "--gt",
+                                 str(root / "gt"), "--out", str(out)], capture_output=True, text=True)
+        assert result.returncode == 2 and f"error: --out {out}{' ' * (out == tmp_path)}{message}" in result.stderr
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     assert main(["--pred", str(tmp_path / "a"), "--gt", str(tmp_path / "b"), "--out", str(tmp_path / "x.csv")]) == 2

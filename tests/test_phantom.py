@@ -175,3 +175,11 @@ def test_ctrl_c_says_how_to_complete_the_dataset(tmp_path, capsys, monkeypatch):
     assert stop.value.code == 130
     assert capsys.readouterr().err.endswith("\ninterrupted: the last case may lack some of its files; run the "
                                             "command again with --overwrite\n")
+
+
+@pytest.mark.parametrize("option, value", [("--noise", "-1"), ("--noise", "nan"), ("--seed", "-5")])
+def test_noise_and_seed_are_checked_by_their_option_names(option, value, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "d"), option, value])
+    assert "--noise must be a finite number >= 0 and --seed >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -419,6 +420,8 @@ def main(argv=None) -> None:
     parser.add_argument("--noise", type=float, default=0.06, help="Rician sigma / blood pool (default 0.06)")
     parser.add_argument("--overwrite", action="store_true", help="replace case files that exist in --out")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.noise) and args.noise >= 0) or args.seed < 0:
+        parser.error(f"--noise must be a finite number >= 0 and --seed >= 0, got {args.noise} and {args.seed}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a folder (created when missing)")
     try:
