@@ -37,8 +37,9 @@ MBAS, nnU-Net; labels not needed) or a folder of image files (label-like names s
 image, as the MBAS release names them, with id ``X``; an nnU-Net channel suffix ``_0000`` is
 dropped from the id). A file given alone gets the id its folder gives it: a LASC
 ``<case>/lgemri.nrrd`` is ``<case>``, a lone ``MBAS_XXX_gt`` is ``MBAS_XXX``. An image that is
-constant, holds a few whole values only (a label map) or spans less than a heart MRI (a voxel
-size in the wrong unit) is predicted with a warning.
+constant, holds a few whole values only (a label map), spans less than a heart MRI or has voxels
+under 0.2 mm or over 10 mm (a voxel size in the wrong unit) is predicted with a warning; image
+files loose beside a dataset's cases are not predicted, and said so.
 Volumes are processed in their file's voxel order, as training read them; each stage
 resamples to the grid it was trained on and back.
 
@@ -71,7 +72,7 @@ import os
 import re
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ from tqdm import tqdm
 from c2w_fast import config as cfg
 from c2w_fast.cli import path_argument
 from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_csv, write_volume
-from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, find_images
+from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
 from c2w_fast.data.plausibility import implausible_image
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError, plain_warnings
@@ -191,9 +192,10 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
                                  f"predict the wall alone with --no-cavity")
             path = loader.locate("run.init_from", config.run.init_from, named.pipeline.run_dir)
             cavity_stage = loader.load(path, named.pipeline.fold)
-            if cavity_stage.config.data.target != "la_cavity":
-                raise ModelError(f"{path}: run.init_from of {model} is a {cavity_stage.config.data.target!r} stage, "
-                                 f"not an LA-cavity one; use --no-cavity")
+            if cavity_stage.config.run.stage != "cavity":  # a localiser segments the LA cavity too, coarsely
+                raise ModelError(f"{path}: run.init_from of {model} is a {cavity_stage.config.run.stage!r} run, "
+                                 f"not a cavity one; name the cavity run with --use run.init_from=PATH, or use "
+                                 f"--no-cavity")
             stages.insert(0, Stage("cavity", cavity_stage, canonical_codes("la_cavity")))
         pipelines = [stage.predictor.pipeline for stage in stages]
         pipelines += [helper for pipeline in pipelines for helper in pipeline.helper_pipelines()]  # loads them
@@ -265,6 +267,12 @@ def find_inputs(path) -> list[tuple[str, Path]]:
         found = find_images(path)
     except NoLayoutError:  # not a dataset layout: the image files in the folder itself
         found, labels = folder_images(path)
+    else:
+        loose = [p.name for _, p in folder_images(path)[0]]
+        if loose:
+            warnings.warn(f"{path}: {len(loose)} image file(s) beside the dataset's cases are not predicted "
+                          f"({', '.join(loose[:3])}{', ...' * (len(loose) > 3)}): a dataset folder's cases are read "
+                          "by its layout; give those files in a folder of their own", stacklevel=2)
     if not found:
         skipped = (f"; {len(labels)} NIfTI/NRRD file(s) skipped as label maps, by their names' suffix "
                    f"({', '.join(LABEL_SUFFIXES)}; an X_gt only beside an X)" if labels else "")
@@ -319,7 +327,12 @@ def case_outputs(volume: Volume, case: str, prediction: CasePrediction, out: Pat
             tqdm.write(f"note: {case}: no thickness map, the prediction has no {' and no '.join(missing)}",
                        file=sys.stderr)
         else:
-            result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=la, chambers=labels)
+            try:
+                result = wall_thickness(wall, cavity, affine=volume.affine, la_cavity=la, chambers=labels)
+            except ValueError as exc:  # e.g. a predicted wall with no face towards the cavity
+                tqdm.write(f"note: {case}: no thickness map, the prediction's wall cannot be measured: {exc}",
+                           file=sys.stderr)
+                return outputs
             outputs.arrays[output_path(thickness_dir, case, volume.path)] = result.thickness.cpu().numpy()
             outputs.tables[Path(thickness_dir) / f"{case}.csv"] = [{"case": case, **row} for row in result.summary()]
     return outputs
@@ -468,9 +481,11 @@ def _helper_runs(pairs: list[str]) -> dict[str, Path]:
 
 def _output_folders(args, cases: list[tuple[str, Path]]) -> None:
     """Create the output folders before any case runs. Refuse a folder that holds input images
-    (outputs are named ``<case>.nii.gz`` / ``.nrrd``, so they would overwrite or join the inputs)
-    and a thickness or probability folder that is the ``--out`` folder or inside it (evaluate
-    searches ``--pred`` recursively). Nothing is created unless every folder can be."""
+    (outputs are named ``<case>.nii.gz`` / ``.nrrd``, so they would overwrite or join the inputs) or
+    lies in the dataset folder ``--in`` names (its label maps have those names too), a name of an
+    image file, a folder this user cannot write in, and a thickness or probability folder that is
+    the ``--out`` folder or inside it (evaluate searches ``--pred`` recursively). Nothing is created
+    unless every folder can be."""
     if args.thickness is not None and args.thickness.resolve() == args.out.resolve():
         raise ModelError(f"--thickness {args.thickness} is the --out folder; thickness maps would overwrite "
                          "the label maps (both are <case>.nii.gz): give it a folder of its own")
@@ -486,17 +501,60 @@ def _output_folders(args, cases: list[tuple[str, Path]]) -> None:
     folders = [(option, folder) for option, folder in (("--out", args.out), ("--probabilities", args.probabilities),
                                                        ("--thickness", args.thickness)) if folder is not None]
     input_folders = {path.resolve().parent for _, path in cases}
+    dataset = _dataset_root(args.inputs)
     for option, folder in folders:
-        if folder.resolve() in input_folders:
-            raise ModelError(f"{option} {folder} holds input images; the outputs (<case>.nii.gz or .nrrd) would "
-                             "overwrite them or join them: give the outputs a folder of their own")
-        if folder.exists() and not folder.is_dir():
-            raise ModelError(f"{option} {folder} is a file, not a folder")
-    for option, folder in folders:
-        try:
+        _check_output_folder(option, folder, input_folders, dataset, args.inputs)
+    made = []  # the folders this call makes, deepest first
+    try:
+        for option, folder in folders:
+            made[:0] = _missing_folders(folder)
             folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ModelError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+    except OSError as exc:
+        for path in made:
+            with suppress(OSError):  # one it never made, or one another process has filled meanwhile
+                path.rmdir()
+        raise ModelError(f"{option} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents up to the first that exists, deepest first: what ``mkdir`` would make."""
+    missing = []
+    for path in (folder.absolute(), *folder.absolute().parents):
+        with suppress(OSError):  # a name too long: missing
+            if path.exists():
+                break
+        missing.append(path)
+    return missing
+
+
+def _check_output_folder(option: str, folder: Path, input_folders: set[Path], dataset: Path | None,
+                         inputs: Path) -> None:
+    """A ModelError when ``folder`` cannot take the outputs (:func:`_output_folders`)."""
+    if folder.resolve() in input_folders:
+        raise ModelError(f"{option} {folder} holds input images; the outputs (<case>.nii.gz or .nrrd) would "
+                         "overwrite them or join them: give the outputs a folder of their own")
+    if dataset is not None and (folder.resolve() == dataset or dataset in folder.resolve().parents):
+        raise ModelError(f"{option} {folder} is inside the dataset folder {inputs}, whose label maps share "
+                         "the outputs' names (<case>.nii.gz): give the outputs a folder outside it")
+    if folder.exists() and not folder.is_dir():
+        raise ModelError(f"{option} {folder} is a file, not a folder")
+    if str(folder).lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES):
+        raise ModelError(f"{option} {folder} is the name of an image file, but {option} is a folder: the maps "
+                         "are written in it as <case>.nii.gz (or .nrrd)")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ModelError(f"{option} {folder}: no permission to write in {existing}")
+
+
+def _dataset_root(inputs: Path) -> Path | None:
+    """The folder ``--in`` names when it is a dataset in a known layout, else None."""
+    if not inputs.is_dir():
+        return None
+    try:
+        detect_layout(inputs)
+    except DataError:  # NoLayoutError included: a plain folder of images
+        return None
+    return inputs.resolve()
 
 
 def not_yet_written(cases: list[tuple[str, Path]], out: Path) -> list[tuple[str, Path]]:
@@ -559,7 +617,7 @@ def main(argv=None) -> int:
         cases = find_inputs(args.inputs)
         pipeline = _load(args, cases, timer)
         count, failed = _predict(args, pipeline, cases)
-    except (ModelError, DataError, ValueError) as exc:  # before the first case: each case's own are caught
+    except (ModelError, DataError, ValueError, OSError) as exc:  # before the first case: each case's own are caught
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -92,6 +92,23 @@ def test_weights_that_disagree_with_the_recorded_architecture_are_a_clear_error(
         checkpoint.load_model(path)
 
 
+def test_weights_holding_nan_or_inf_are_refused_for_prediction_resuming_and_initialising(tmp_path):
+    """A diverged run's weights predict an empty label map without a word: refused, naming the tensors."""
+    model, path = _save(tmp_path, _config())
+    payload = checkpoint.load(path)
+    names = [name for name, tensor in payload["model"].items() if tensor.is_floating_point()]
+    payload["model"][names[1]].view(-1)[0] = float("nan")
+    payload["model"][names[4]].view(-1)[-1] = float("-inf")
+    checkpoint.save(path, payload)
+    message = f"cavity.pt: 2 of its weight tensors hold NaN or inf \\({names[1]}, {names[4]}\\): did the run diverge"
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_model(path)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.initialise_from(checkpoint.build_from_config(_config("data.target=\"wall\"")), path, new_head=True)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_weights(model, payload["model"], path)
+
+
 class _FailsToPickle:
     """A payload entry whose pickling fails part-way through ``torch.save``, as a full disk would."""
 

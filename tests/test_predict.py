@@ -481,6 +481,35 @@ def test_output_folders_are_checked_before_any_case_runs(c2w, tmp_path, capsys):
     assert "--probabilities" in capsys.readouterr().err
     assert predict.main(base + ["--out", str(tmp_path / "new"), "--probabilities", str(tmp_path / "taken")]) == 2
     assert "--probabilities" in capsys.readouterr().err and not (tmp_path / "new").exists()  # nothing created
+    for out, message in ((data / "preds", f"--out {data / 'preds'} is inside the dataset folder {data}, whose label "
+                                          "maps share the outputs' names"),
+                         (tmp_path / "pred.nii.gz", f"--out {tmp_path / 'pred.nii.gz'} is the name of an image file, "
+                                                    "but --out is a folder")):
+        assert predict.main(base + ["--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    (tmp_path / "locked").mkdir()
+    with pytest.MonkeyPatch.context() as patch:  # the tests run as root, whom permissions do not stop
+        patch.setattr(predict.os, "access", lambda path, mode: Path(path).name != "locked")
+        assert predict.main(base + ["--out", str(tmp_path / "locked" / "preds")]) == 2
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'locked' / 'preds'}: no permission to write in "
+                                       f"{tmp_path / 'locked'}\n")
+    too_long = tmp_path / "th" / ("x" * 300)
+    assert predict.main(base + ["--out", str(tmp_path / "made" / "preds"), "--thickness", str(too_long)]) == 2
+    assert "File name too long" in capsys.readouterr().err and not (tmp_path / "th").exists()
+    make = Path.mkdir
+
+    def fails_in_th(path, *args, **kwargs):  # passes the checks, fails to be made (a full disk, say)
+        if path.name == "th":
+            raise OSError(28, "No space left on device")
+        make(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "mkdir", fails_in_th)
+        assert predict.main(base + ["--out", str(tmp_path / "made" / "preds"), "--thickness",
+                                    str(tmp_path / "th" / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert f"--thickness {tmp_path / 'th' / 'maps'}: cannot create the folder (No space left on device)" in err
+    assert not (tmp_path / "made").exists() and not (tmp_path / "th").exists()  # the folders it made are removed
 
 
 def test_outputs_never_go_into_a_folder_of_input_images(c2w, tmp_path, capsys):
@@ -507,6 +536,35 @@ def test_a_prediction_without_a_cavity_keeps_its_label_map_and_notes_the_missing
                                    thickness_dir=tmp_path / "thickness")
     assert list(outputs.arrays) == [tmp_path / "out" / "case.nii.gz"] and not outputs.tables
     assert "note: case: no thickness map, the prediction has no LA" in capsys.readouterr().err
+
+
+def test_a_wall_whose_thickness_cannot_be_measured_keeps_its_label_map_with_a_note(tmp_path, capsys):
+    labels = np.zeros((7, 7, 7), np.uint8)
+    labels[1:6, 1:6, 1:6] = 3  # LA
+    labels[3, 3, 3] = 1  # a wall voxel inside the cavity: no epicardial face
+    volume = read_volume(write_volume(tmp_path / "case.nii.gz", labels, affine_from_spacing((1.0, 1.0, 1.0))))
+    outputs = predict.case_outputs(volume, "case", predict.CasePrediction(labels), tmp_path / "out",
+                                   thickness_dir=tmp_path / "thickness")
+    assert list(outputs.arrays) == [tmp_path / "out" / "case.nii.gz"] and not outputs.tables
+    assert "note: case: no thickness map, the prediction's wall cannot be measured: no wall voxel has both an " \
+           "endocardial face" in capsys.readouterr().err
+
+
+def test_images_loose_beside_a_datasets_cases_are_named_in_a_warning(c2w, tmp_path):
+    data, _ = c2w
+    shutil.copytree(data, tmp_path / "data")
+    shutil.copy(data / "phantom000" / "lgemri.nrrd", tmp_path / "data" / "loose.nrrd")
+    with pytest.warns(UserWarning, match=r"1 image file\(s\) beside the dataset's cases are not predicted "
+                                         r"\(loose.nrrd\)"):
+        cases = predict.find_inputs(tmp_path / "data")
+    assert [case for case, _ in cases] == sorted(p.name for p in data.iterdir())
+
+
+def test_the_wall_pipelines_cavity_stage_must_be_a_cavity_run(c2w, tmp_path, capsys):
+    data, runs = c2w
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(data / "phantom000" / "lgemri.nrrd"), "--out",
+                         str(tmp_path / "o"), "--use", f"run.init_from={runs / 'localizer'}"]) == 2
+    assert f"run.init_from of {runs / 'wall'} is a 'localizer' run, not a cavity one" in capsys.readouterr().err
 
 
 def test_inputs_and_options_are_checked(c2w, tmp_path, capsys):
@@ -751,7 +809,7 @@ def test_a_label_map_or_an_implausible_voxel_size_is_predicted_with_a_warning(c2
     large = np.zeros((44, 640, 640), np.float32)  # read on a strided sample
     large[10:30, 100:500, 100:500] = 3.0
     assert implausible_image(large, (2.5, 0.625, 0.625))[0].startswith("the image holds only a few whole")
-    for small in ((2.0, 2.0, 0.19), (1.9, 0.95, 2.0)):  # a voxel under 0.2 mm; under 40 mm along two axes
+    for small in ((2.0, 2.0, 0.19), (1.9, 0.95, 2.0), (2.0, 2.0, 10.5)):  # under 0.2 mm; 40 mm; over 10 mm
         assert implausible_image(image, small) == [
             f"voxels of {small} mm (from the header) make the image span "
             f"{tuple(round(n * h, 2) for n, h in zip(image.shape, small))} mm, not a heart MRI's field of view: "

@@ -9,6 +9,7 @@ IMAGE_VALUES = 64           # more distinct values than this: an image, not a la
 SAMPLED_VOXELS = 2 ** 18    # the checks look at about this many voxels (a strided subsample)
 MIN_HEART_EXTENT_MM = 40.0  # a heart MRI spans more than a 4 cm atrium along at least two axes
 MIN_VOXEL_MM = 0.2          # finer than any cardiac MRI: a voxel size in cm, or 10x too small
+MAX_VOXEL_MM = 10.0         # coarser than any cardiac MRI (LGE slices are 1-5 mm): a voxel size in the wrong unit
 
 
 def sampled_values(volume: np.ndarray) -> np.ndarray:
@@ -28,7 +29,8 @@ def implausible_image(image: np.ndarray, spacing) -> list[str]:
         problems.append(f"the image holds only a few whole values ({values} in a sample of its voxels): a "
                         "label map, not an MRI?")
     extent = tuple(round(n * float(h), 2) for n, h in zip(image.shape, spacing))
-    if min(spacing) < MIN_VOXEL_MM or sum(e < MIN_HEART_EXTENT_MM for e in extent) >= 2:
+    if (min(spacing) < MIN_VOXEL_MM or max(spacing) > MAX_VOXEL_MM
+            or sum(e < MIN_HEART_EXTENT_MM for e in extent) >= 2):
         problems.append(f"voxels of {tuple(float(h) for h in spacing)} mm (from the header) make the image span "
                         f"{extent} mm, not a heart MRI's field of view: is the header's voxel size in mm?")
     return problems

@@ -107,12 +107,23 @@ def load_stage(path) -> tuple[UNet, Config, tuple[float, float, float] | None]:
 
 def load_weights(model: UNet, state: dict, path) -> None:
     """``model.load_state_dict(state)``, with a CheckpointError naming ``path`` when the weights do
-    not fit (a damaged or hand-edited checkpoint whose weights disagree with its recorded architecture)."""
+    not fit (a damaged or hand-edited checkpoint whose weights disagree with its recorded architecture)
+    or are not finite (a run that diverged: its predictions would be empty, without a word)."""
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         details = str(exc).replace("\n", " ").replace("\t", "")
         raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({details})") from None
+    check_finite(state, path)
+
+
+def check_finite(state: dict, path) -> None:
+    """A CheckpointError naming ``path`` when weights of ``state`` hold NaN or inf."""
+    broken = [name for name, tensor in state.items()
+              if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} of its weight tensors hold NaN or inf ({', '.join(broken[:3])}"
+                              f"{', ...' * (len(broken) > 3)}): did the run diverge? use a checkpoint from before")
 
 
 def _differences(ours: dict, theirs: dict) -> list[str]:
@@ -154,6 +165,7 @@ def initialise_from(model: UNet, path, *, new_head: bool) -> None:
         ignore.add("in_channels")
     check_architecture(model, payload["architecture"], path, ignore=ignore)
     state = {k: v for k, v in payload["model"].items() if not (new_head and k.startswith("heads."))}
+    check_finite(state, path)
     own = model.state_dict()
     for key, value in state.items():
         if key in own and own[key].shape != value.shape and extra_channels > 0 and value.ndim == 5 \
