@@ -570,6 +570,11 @@ def _load(args, cases: list[tuple[str, Path]], timer: PhaseTimer) -> Pipeline:
         print("note: --thickness needs a wall and a cavity; this pipeline predicts "
               f"{pipeline.description}, so no thickness maps are written", file=sys.stderr)
         args.thickness = None  # nor its folder made
+    if args.cuda_graph and pipeline.device.type != "cuda":
+        print(f"note: --cuda-graph needs a GPU; on {pipeline.device} the networks run without one", file=sys.stderr)
+    if args.no_cavity and pipeline.stages[0].name != "wall":
+        print(f"note: --no-cavity leaves out a wall run's cavity stage; this pipeline predicts {pipeline.description}",
+              file=sys.stderr)
     _output_folders(args, cases)
     return pipeline
 

@@ -817,3 +817,13 @@ def test_a_label_map_or_an_implausible_voxel_size_is_predicted_with_a_warning(c2
     assert predict.main(["--model", str(runs / "wall"), "--in", str(data / "phantom001" / "laendo.nrrd"),
                          "--out", str(tmp_path / "o")]) == 0
     assert "warning: laendo: the image holds only a few whole values ([0, 255] in a sample" in capsys.readouterr().err
+
+
+def test_options_that_do_not_apply_are_noted(c2w, tmp_path, capsys):
+    """--cuda-graph on a CPU and --no-cavity with a run other than a wall run change nothing: said so."""
+    data, runs = c2w
+    assert predict.main(["--model", str(runs / "cavity"), "--in", str(data / "phantom000" / "lgemri.nrrd"),
+                         "--out", str(tmp_path / "o"), "--device", "cpu", "--cuda-graph", "--no-cavity"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --cuda-graph needs a GPU; on cpu the networks run without one" in err
+    assert "note: --no-cavity leaves out a wall run's cavity stage; this pipeline predicts cavity → LA=3" in err
