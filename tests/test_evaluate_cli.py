@@ -363,12 +363,12 @@ def test_a_lasc_case_without_its_wall_file_has_no_wall_score(tmp_path, capsys):
 
 def test_the_printed_summary_counts_values_left_out_and_prints_no_sd_of_nan(tmp_path, capsys):
     """Two cases, one predicted without an LA (infinite HD): the HD summary is c1's alone, says that one
-    value was left out, and its sd of one value is printed as the training's Table 1 prints it."""
+    value was left out, and its one value has no sd, which is said (not printed as 0 or nan)."""
     rows = _two_cases_one_without_la(tmp_path)
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  LA: ")]
     dice = [float(rows[c]["dice"]) for c in ("c1", "c2")]
     assert f"dice {np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}, " in line  # both finite: no count
-    assert f"hd {float(rows['c1']['hd']):.3f} ± 0.000 (1 n/a)" in line and "nan" not in line
+    assert f"hd {float(rows['c1']['hd']):.3f} (1 value, no sd; 1 n/a)" in line and "nan" not in line
 
 
 def test_a_ground_truth_holding_other_values_gets_a_warning(tmp_path, capsys):

@@ -66,15 +66,20 @@ def evaluate_cases(predictor, cases: list[Case], *, desc: str = "test") -> list[
 
 
 def mean_sd(values) -> str:
-    """``mean ± sd`` (sample sd) of the finite values, 3 decimals, with how many were not finite; ``n/a`` if none."""
+    """``mean ± sd`` (sample sd) of the finite values, 3 decimals, with how many were not finite; ``n/a`` if
+    none; a single value has no sample sd, and says so (``± 0.000`` would claim a spread of zero)."""
     values = np.asarray(values, float)
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         return "n/a"
-    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    text = f"{float(np.mean(finite)):.3f} ± {sd:.3f}"
+    text, notes = f"{float(np.mean(finite)):.3f}", []
+    if len(finite) > 1:
+        text += f" ± {float(np.std(finite, ddof=1)):.3f}"
+    else:
+        notes.append("1 value, no sd")
     missing = len(values) - len(finite)
-    return text + (f" ({missing} n/a)" if missing else "")
+    notes += [f"{missing} n/a"] if missing else []
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def table1(results: dict[str, list[dict]], class_name: str) -> str:
