@@ -183,3 +183,14 @@ def test_noise_and_seed_are_checked_by_their_option_names(option, value, tmp_pat
         main(["--out", str(tmp_path / "d"), option, value])
     assert "--noise must be a finite number >= 0 and --seed >= 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_overwriting_with_fewer_cases_warns_of_the_earlier_ones_and_counts_them_in_dataset_json(tmp_path):
+    import json
+
+    geometry = dict(shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0), progress=False)
+    write_dataset(tmp_path, "nnunet", 3, **geometry)
+    with pytest.warns(UserWarning, match=r"also holds 1 case\(s\) of an earlier run \(phantom_002\): the dataset is "
+                                         "all 3; delete them or write to an empty folder"):
+        assert write_dataset(tmp_path, "nnunet", 2, overwrite=True, **geometry) == ["phantom_000", "phantom_001"]
+    assert json.loads((tmp_path / "dataset.json").read_text())["numTraining"] == len(discover_cases(tmp_path)) == 3

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,8 @@ from scipy import ndimage
 from c2w_fast.cli import path_argument
 from c2w_fast.data.io import affine_from_spacing, check_spacing, write_volume
 from c2w_fast.data.layouts import (CANONICAL_LABELS, LASC_CAVITY, LASC_IMAGE, LASC_WALL, MBAS_IMAGE, MBAS_LABELS,
-                                   NoLayoutError, detect_layout)
-from c2w_fast.errors import DataError
+                                   NoLayoutError, detect_layout, discover_cases)
+from c2w_fast.errors import DataError, plain_warnings
 
 GEOMETRIES = {  # layout -> (shape, spacing) of the real datasets
     "mbas": ((44, 640, 640), (2.5, 0.625, 0.625)),
@@ -359,6 +360,14 @@ def _check_resolved(phantom: Phantom, layout: str, shape, spacing) -> None:
                          "--shape 40 96 96 --spacing 1.25 1.25 1.25)")
 
 
+def _earlier_cases(out: Path, layout: str, written: list[str]) -> list[str]:
+    """The ids of the ``layout`` cases in ``out`` besides the ``written`` ones (an nnU-Net folder has
+    none before its dataset.json is written)."""
+    if layout == "nnunet" and not (out / "dataset.json").is_file():
+        return []
+    return sorted({case.id for case in discover_cases(out, layout, require_labels=False)} - set(written))
+
+
 def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing=None, seed: int = 0,
                   progress: bool = True, overwrite: bool = False, **phantom_kwargs) -> list[str]:
     """Write ``n`` phantom cases to ``out`` in a dataset layout; returns the case ids.
@@ -396,17 +405,24 @@ def write_dataset(out, layout: str = "mbas", n: int = 12, *, shape=None, spacing
             write_volume(files["wall"], (phantom.labels == CANONICAL_LABELS["wall"]) * np.uint8(255), affine)
         else:
             write_volume(files["labels"], phantom.labels, affine)
+    written = [case_id for case_id, _ in cases]
+    others = _earlier_cases(out, layout, written)
+    if others:  # --overwrite with fewer cases than an earlier run wrote
+        warnings.warn(f"{out} also holds {len(others)} case(s) of an earlier run ({', '.join(others[:3])}"
+                      f"{', ...' * (len(others) > 3)}): the dataset is all {n + len(others)}; delete them or write "
+                      "to an empty folder for these alone", stacklevel=2)
     if layout == "nnunet":
         (out / "dataset.json").write_text(json.dumps({
             "channel_names": {"0": "LGE-MRI"},
             "labels": {"background": 0, **CANONICAL_LABELS},
-            "numTraining": n,
+            "numTraining": n + len(others),
             "file_ending": ".nii.gz",
         }, indent=2) + "\n")
-    return [case_id for case_id, _ in cases]
+    return written
 
 
 def main(argv=None) -> None:
+    plain_warnings()
     parser = argparse.ArgumentParser(prog="python -m c2w_fast.data.phantom",
                                      description="Write a synthetic LGE-MRI dataset of the atria in a dataset layout.")
     parser.add_argument("--layout", choices=sorted(GEOMETRIES), default="mbas")
@@ -435,7 +451,7 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         parser.exit(130, "\ninterrupted: the last case may lack some of its files; run the command again with "
                          "--overwrite\n")
-    print(f"wrote {len(ids)} {args.layout} cases to {args.out}")
+    print(f"wrote {len(ids)} {args.layout} case{'s' * (len(ids) != 1)} to {args.out}")
 
 
 if __name__ == "__main__":
