@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.conv_norm_act import _triple, check_geometry, conv_norm_act
 from c2w_fast.ops.losses import dice_ce_loss, dice_focal_loss
 
@@ -34,6 +35,8 @@ class FusedConvNormAct(nn.Module):
         self.norm = nn.InstanceNorm3d(out_channels, eps=eps, affine=True)
         self.activation = activation
         self.negative_slope = negative_slope
+        if backend not in BACKEND_CHOICES:  # refused here, not at the first forward pass
+            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
         self.backend = backend
 
     def extra_repr(self) -> str:

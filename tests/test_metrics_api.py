@@ -1,5 +1,6 @@
 """c2w_fast.metrics on hand-computed cases, every input kind, label maps and bad input."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -323,3 +324,50 @@ def test_evaluate_labels_allocates_the_label_stacks_once():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2.5 * len(labels) * gt.size  # both stacks and a crop; a list plus a stack made it 3x
+
+
+# --- from a user's walkthrough of the Python API: argument types, ragged batches, byte order, huge tolerances ---
+
+def _cube():
+    mask = np.zeros((8, 8, 8), bool)
+    mask[2:5, 2:5, 2:5] = True
+    return mask
+
+
+def test_an_unknown_backend_is_refused_for_empty_masks_too():
+    gt = _cube()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.surface_summary(np.zeros_like(gt), gt, backend="gpu")
+
+
+@pytest.mark.parametrize("options", [dict(tolerance_mm="1.0"), dict(tolerance_mm=True), dict(spacing=(True,) * 3),
+                                     dict(spacing=("2.5", "0.625", "0.625"))])
+def test_numbers_given_as_bools_or_strings_are_refused(options):
+    with pytest.raises(ValueError, match="must be numbers|must have 3 positive values"):
+        metrics.evaluate(_cube(), _cube(), **options)
+
+
+def test_numpy_and_tensor_scalars_are_numbers():
+    gt = _cube()
+    expected = metrics.evaluate(gt, gt, spacing=(2.5, 1.0, 1.0), tolerance_mm=1.0)
+    assert metrics.evaluate(gt, gt, spacing=np.array([2.5, 1, 1]), tolerance_mm=np.float32(1.0)) == expected
+    assert metrics.evaluate(gt, gt, spacing=(torch.tensor(2.5), 1, 1), tolerance_mm=torch.tensor(1.0)) == expected
+
+
+def test_a_ragged_batch_names_the_argument():
+    gt = _cube()
+    with pytest.raises(ValueError, match="^pred cannot be read as one array .*a batch holds masks of one shape$"):
+        metrics.evaluate_batch([gt, gt[:-1]], [gt, gt[:-1]])
+
+
+def test_a_big_endian_label_map_pairs_with_a_tensor(rng):
+    labels = rng.integers(0, 3, (10, 12, 14)).astype(np.int32)
+    truth = torch.from_numpy(rng.integers(0, 3, (10, 12, 14)).astype(np.int32))
+    assert metrics.evaluate_labels(labels.astype(">i4"), truth, [1, 2]) == metrics.evaluate_labels(labels, truth, [1, 2])
+
+
+def test_a_huge_tolerance_raises_no_numpy_warning():
+    gt = _cube()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metrics.evaluate(gt, gt, tolerance_mm=1e200).surface_dice == 1.0

@@ -133,3 +133,16 @@ def test_labels_at_a_size_no_stride_reaches_are_resized_nearest_exact(channel_ax
     index = torch.tensor([0, 1, 3, 4])
     expected = labels[..., index, :, :][..., index, :][..., index]
     assert resized.dtype == labels.dtype and torch.equal(resized, expected)
+
+
+def test_an_unknown_backend_is_refused_when_the_block_is_built():
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', .*got 'bogus'"):
+        FusedConvNormAct(2, 2, backend="bogus")
+
+
+@pytest.mark.parametrize("flag", ["include_background", "batch_dice", "across_processes"])
+def test_loss_flags_must_be_bools(flag):
+    logits, target = torch.randn(1, 2, 4, 4, 4), torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    for loss in (DiceCELoss, DiceFocalLoss):
+        with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'no'"):
+            loss(**{flag: "no"})(logits, target)

@@ -32,8 +32,12 @@ def test_the_la_cavity_is_taken_inside_the_cavity_and_outside_the_wall():
 
 def test_the_grid_is_a_finite_4x4_affine_whose_columns_give_the_spacing():
     wall, cavity = slab_masks()
-    for affine in (np.eye(3), np.where(np.eye(4) > 0, np.nan, 0.0)):
-        with pytest.raises(ValueError, match="affine must be a finite 4 x 4 matrix"):
+    singular = np.eye(4)
+    singular[:3, :3] = 0.0
+    for affine, message in ((np.eye(3), r"affine must be a 4 x 4 matrix, got shape \(3, 3\)"),
+                            (np.where(np.eye(4) > 0, np.nan, 0.0), "affine must be finite, but holds NaN or inf"),
+                            (singular, r"affine's 3 x 3 part must be invertible \(its columns are the voxel axes")):
+        with pytest.raises(ValueError, match=message):
             atrial_masks(wall, cavity, affine=affine)
     assert atrial_masks(wall, cavity, affine=affine_from_spacing((2.0, 1.0, 0.5))).spacing == (2.0, 1.0, 0.5)
 

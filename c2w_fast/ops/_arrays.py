@@ -16,6 +16,16 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def real_number(value) -> float:
+    """``value`` as a float: a real number (Python, numpy, or a 0-d array or tensor), not a bool or a
+    string, which ``float()`` would take for 1.0 or parse (a TypeError names what came)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"expected a real number, got {value!r}")
+    return float(value)
+
+
 def is_cupy(array) -> bool:
     return type(array).__module__.split(".")[0] == "cupy"
 
@@ -33,12 +43,14 @@ def device_type(array) -> str:
 
 def as_tensor(array) -> torch.Tensor:
     """A torch view of ``array`` (no copy for numpy, CPU/CUDA torch and cupy inputs, except for the
-    numpy arrays torch cannot view: read-only or with negative strides, e.g. ``a[::-1]``)."""
+    numpy arrays torch cannot view: read-only, with negative strides (``a[::-1]``) or big-endian)."""
     if isinstance(array, torch.Tensor):
         return array
     if is_cupy(array):
         return torch.from_dlpack(array)
     if isinstance(array, np.ndarray):
+        if not array.dtype.isnative:
+            return torch.from_numpy(array.astype(array.dtype.newbyteorder("=")))
         viewable = array.flags.writeable and all(stride >= 0 for stride in array.strides)
         return torch.from_numpy(array if viewable else array.copy())
     raise TypeError(f"expected a numpy array, torch tensor or cupy array, got {type(array).__name__}")
@@ -70,7 +82,10 @@ def as_mask(array, name: str) -> np.ndarray | torch.Tensor:
         if array.is_floating_point():
             _check_float_mask(array, name)
         return array != 0
-    array = np.asarray(array)
+    try:
+        array = np.asarray(array)
+    except ValueError as exc:  # e.g. a list of masks of different shapes
+        raise ValueError(f"{name} cannot be read as one array ({exc}); a batch holds masks of one shape") from None
     if array.dtype == bool:
         return array
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from c2w_fast.ops._arrays import as_mask, as_numpy, device_type, is_cupy
+from c2w_fast.ops._arrays import as_mask, as_numpy, as_tensor, device_type, is_cupy, real_number
 from c2w_fast.ops.bounding_box import bounding_box
 
 Box = tuple[slice, ...]
@@ -40,7 +40,7 @@ def check_pair(pred, gt):
 def same_kind(a, b):
     """``a`` and ``b`` as one kind of array: a numpy array with a (CPU) tensor become both tensors."""
     if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
-        return torch.as_tensor(a), torch.as_tensor(b)
+        return as_tensor(a), as_tensor(b)
     return a, b
 
 
@@ -57,8 +57,8 @@ def check_spacing(spacing, ndim: int, name: str = "spacing") -> tuple[float, ...
     problem = f"{name} must have {ndim} positive values {axes} in mm, got {spacing!r}"
     if isinstance(spacing, (str, bytes)):
         raise ValueError(problem)
-    try:
-        values = tuple(float(s) for s in (spacing.tolist() if hasattr(spacing, "tolist") else spacing))
+    try:  # numbers only: a bool would pass for 1 mm, a string be parsed
+        values = tuple(real_number(s) for s in (spacing.tolist() if hasattr(spacing, "tolist") else spacing))
     except (TypeError, ValueError):
         raise ValueError(problem) from None
     if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):

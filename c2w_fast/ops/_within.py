@@ -19,6 +19,7 @@ more than ``MAX_OFFSETS`` offsets, can still be decided differently from the ref
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def _grid_distances_near(threshold: float, spacing: np.ndarray) -> np.ndarray | 
     steps = np.floor(hi / spacing) + 1  # offsets per axis up to hi
     solved = int(np.argmax(steps))  # the longest axis is solved for, the others listed
     listed = [axis for axis in range(len(spacing)) if axis != solved]
-    if np.prod(steps[listed]) > MAX_OFFSETS:
+    if math.prod(steps[listed].tolist()) > MAX_OFFSETS:  # Python floats: a huge tolerance gives inf, no warning
         return None
     offsets = np.zeros((len(spacing), int(np.prod(steps[listed]))))
     offsets[listed] = [grid.ravel() for grid in np.meshgrid(*(np.arange(steps[a]) for a in listed), indexing="ij")]

@@ -261,6 +261,13 @@ def _check(logits, target, mask, activation, backend) -> str:
     return backend
 
 
+def _check_flags(**flags) -> None:
+    """include_background, batch_dice, across_processes: bools (a string such as "no" would count as True)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def _check_options(**options) -> None:
     """gamma, lambdas and smoothing terms: finite numbers >= 0; alpha: None or a number in [0, 1]."""
     for name, value in options.items():
@@ -299,6 +306,7 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
     backend = _check(logits, target, mask, activation, backend)
     _check_options(gamma=gamma, alpha=alpha, smooth_nr=smooth_nr, smooth_dr=smooth_dr, lambda_dice=lambda_dice,
                    lambda_focal=lambda_focal)
+    _check_flags(include_background=include_background, batch_dice=batch_dice, across_processes=across_processes)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_FOCAL.select(backend, logits.device.type)(logits, target, mask, gamma, alpha, include_background,
                                                           batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal,
@@ -317,6 +325,7 @@ def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, 
     """
     backend = _check(logits, target, mask, activation, backend)
     _check_options(smooth_nr=smooth_nr, smooth_dr=smooth_dr, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+    _check_flags(include_background=include_background, batch_dice=batch_dice, across_processes=across_processes)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_CE.select(backend, logits.device.type)(logits, target, mask, include_background, batch_dice,
                                                        smooth_nr, smooth_dr, lambda_dice, lambda_ce, activation,

@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from c2w_fast.ops._arrays import as_numpy, device_type
+from c2w_fast.ops._arrays import as_numpy, device_type, real_number
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._within import decision_threshold, float32_threshold
@@ -213,7 +213,7 @@ def check_summary_options(tolerance_mm, percentile, percentile_rule: str) -> tup
         raise ValueError(f"percentile_rule must be one of {PERCENTILE_RULES}, got {percentile_rule!r}")
     given = tolerance_mm, percentile
     try:
-        tolerance_mm, percentile = float(tolerance_mm), float(percentile)
+        tolerance_mm, percentile = real_number(tolerance_mm), real_number(percentile)
     except (TypeError, ValueError):
         raise ValueError(f"tolerance_mm and percentile must be numbers, got {given[0]!r} and {given[1]!r}") from None
     if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
@@ -266,8 +266,8 @@ def surface_summary(pred, gt, spacing=None, *, convention: str = "surfel", toler
     spacing = check_spacing(spacing, pred.ndim)
     check_convention(convention)
     tolerance_mm, percentile = check_summary_options(tolerance_mm, percentile, percentile_rule)
+    implementation = SURFACE_SUMMARY.select(backend, device_type(pred))  # a bad backend is refused for any masks
     pred_empty, gt_empty = not _any(pred), not _any(gt)
     if pred_empty or gt_empty:
         return _empty_summary(pred_empty, gt_empty, convention)
-    return SURFACE_SUMMARY.select(backend, device_type(pred))(
-        pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule)
+    return implementation(pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule)
