@@ -191,7 +191,8 @@ def _validate(x, weight, norm_weight, norm_bias, stride, groups, eps, residual) 
             raise ValueError(f"residual must have the output's shape {expected}, got {tuple(residual.shape)}")
     devices = {t.device for t in (x, weight, norm_weight, norm_bias, residual) if t is not None}
     if len(devices) > 1:
-        raise ValueError(f"x, weight, norm parameters and residual must be on one device, got {sorted(map(str, devices))}")
+        raise ValueError(f"x, weight, norm parameters and residual must be on one device, got "
+                         f"{sorted(map(str, devices))}")
     if _autocast_dtype(x.device.type) is None:
         _check_dtypes(x, weight, norm_weight, norm_bias, residual)
 
