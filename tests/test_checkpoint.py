@@ -107,6 +107,11 @@ def test_weights_holding_nan_or_inf_are_refused_for_prediction_resuming_and_init
         checkpoint.initialise_from(checkpoint.build_from_config(_config("data.target=\"wall\"")), path, new_head=True)
     with pytest.raises(checkpoint.CheckpointError, match=message):
         checkpoint.load_weights(model, payload["model"], path)
+    for name in names[5:7]:
+        payload["model"][name].fill_(float("nan"))
+    with pytest.raises(checkpoint.CheckpointError, match=f"4 of its weight tensors hold NaN or inf \\({names[1]}, "
+                                                        f"{names[4]}, {names[5]}, \\.\\.\\.\\)"):
+        checkpoint.load_weights(model, payload["model"], path)
 
 
 class _FailsToPickle:

@@ -156,6 +156,10 @@ def test_cli_refuses_outputs_that_are_inputs_and_non_label_files_before_writing(
                               "--out", str(tmp_path / "f.nii.gz")]) == 2
     assert capsys.readouterr().err == (f"error: {labels}: is also a label file (--wall / --cavity): --image is the "
                                        "LGE-MRI image the masks were drawn on\n")
+    write_volume(tmp_path / "wall.nii.gz", (phantom.labels == 1).astype(np.uint8), affine)
+    assert fibrosis_cli.main(["--image", str(labels), "--wall", str(tmp_path / "wall.nii.gz"), "--cavity", str(labels),
+                              "--out", str(tmp_path / "f.nii.gz")]) == 2  # the cavity file as the image
+    assert "is also a label file (--wall / --cavity)" in capsys.readouterr().err
     assert not (tmp_path / "f.nii.gz").exists()
     shutil.copy(labels, tmp_path / "copy.nii.gz")  # a copy of it: computed, with a warning
     with pytest.warns(UserWarning, match=r"copy.nii.gz: holds only a few whole values \(\[0, 1, 2, 3\] in a sample "

@@ -2,12 +2,15 @@
 writes anything, other folds of the run folder still train, a run that ends (or is killed) frees its folds,
 and with torchrun every rank stops, not only rank 0."""
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from c2w_fast import config as cfg
 from c2w_fast import train
 from c2w_fast.training import lock
 from c2w_fast.training import run as training_run
@@ -125,3 +128,48 @@ def test_a_forked_child_does_not_keep_the_fold_locked(tmp_path):
         os.waitpid(child, 0)
         os.close(started)
         os.close(ready)
+
+
+def test_the_lock_file_names_only_its_current_holder(tmp_path):
+    for _ in range(2):
+        locks = FoldLocks()
+        locks.acquire(tmp_path / "fold_0")
+        assert (tmp_path / "fold_0" / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+        locks.release()
+
+
+def test_a_fold_in_training_keeps_the_split_and_an_unreadable_config_of_its_run_folder(lasc, tmp_path, held):
+    """Before its first checkpoint a fold in training protects what it trains with: the split (a case
+    added to the dataset meanwhile) and the config.toml, even one this version cannot read."""
+    data, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(lasc, data)
+    assert run_train("c2w_cavity.toml", data, out, fold="0", epochs=1) == 0
+    for path in (out / "fold_0").glob("checkpoint_*.pt"):
+        path.unlink()
+    held.acquire(out / "fold_0")
+    shutil.copytree(data / "phantom000", data / "added")
+    config = cfg.absolute_paths(cfg.load(out / "config.toml"))
+    with pytest.raises(training_run.RunError, match=r"without the dataset's cases \['added'\]; fold_0 trained "
+                                                    r"\(or is training\) on that split"):
+        training_run.cases_and_splits(config, out)
+    (out / "config.toml").write_text((out / "config.toml").read_text().replace("epochs = 1", "epochs = -1"))
+    with pytest.raises(cfg.ConfigError):
+        training_run.replaced_config(config, out)
+    held.release()
+    assert training_run.replaced_config(config, out)[0].startswith("invalid: ")  # nothing trained or training
+
+
+def test_a_fold_another_run_began_while_this_one_checked_is_refused_on_resume(lasc, tmp_path, capsys, monkeypatch):
+    """--resume --fold all plans fold_1 as new; another run trains it meanwhile: refused, naming the folds."""
+    out = tmp_path / "run"
+    assert run_train("c2w_cavity.toml", lasc, out, fold="0", epochs=1) == 0
+    checks = training_run.check_cases
+
+    def another_run_meanwhile(config, cases, splits, folds, **kwargs):
+        checks(config, cases, splits, folds, **kwargs)
+        shutil.copytree(out / "fold_0", out / "fold_1")
+
+    monkeypatch.setattr(train, "check_cases", another_run_meanwhile)
+    assert train.main(["--resume", "--out", str(out), "--fold", "all", "--epochs", "2"]) == 2
+    assert f"error: {out}: another run trained fold_0, fold_1 while this one was checking; run the command again" \
+        in capsys.readouterr().err

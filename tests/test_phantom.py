@@ -161,6 +161,14 @@ def test_a_folder_of_another_layout_or_a_grid_without_room_for_the_atria_is_refu
                   "--spacing", *map(str, spacing)])
         assert f"cannot hold the atria: {why}; give --shape and --spacing of a heart MRI" in capsys.readouterr().err
     assert sorted(tmp_path.rglob("*")) == before
+    mixed = tmp_path / "new"
+    write_dataset(mixed / "lasc", "lasc", 1, progress=False, shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0))
+    write_dataset(mixed / "mbas", "mbas", 1, progress=False, shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0))
+    for layout in ("lasc", "mbas"):  # two layouts side by side, as a user might copy them into one folder
+        for path in (mixed / layout).iterdir():
+            path.rename(mixed / path.name)
+    with pytest.raises(ValueError, match="holds cases of several layouts"):
+        write_dataset(mixed, "nnunet", 1, progress=False, shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0))
 
 
 def test_ctrl_c_says_how_to_complete_the_dataset(tmp_path, capsys, monkeypatch):
@@ -189,8 +197,14 @@ def test_overwriting_with_fewer_cases_warns_of_the_earlier_ones_and_counts_them_
     import json
 
     geometry = dict(shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0), progress=False)
-    write_dataset(tmp_path, "nnunet", 3, **geometry)
-    with pytest.warns(UserWarning, match=r"also holds 1 case\(s\) of an earlier run \(phantom_002\): the dataset is "
-                                         "all 3; delete them or write to an empty folder"):
+    write_dataset(tmp_path, "nnunet", 6, **geometry)
+    with pytest.warns(UserWarning, match=r"also holds 4 case\(s\) of an earlier run \(phantom_002, phantom_003, "
+                                         r"phantom_004, \.\.\.\): the dataset is all 6; delete them or write to an "
+                                         "empty folder"):
         assert write_dataset(tmp_path, "nnunet", 2, overwrite=True, **geometry) == ["phantom_000", "phantom_001"]
-    assert json.loads((tmp_path / "dataset.json").read_text())["numTraining"] == len(discover_cases(tmp_path)) == 3
+    assert json.loads((tmp_path / "dataset.json").read_text())["numTraining"] == len(discover_cases(tmp_path)) == 6
+
+
+def test_the_cli_counts_one_case_in_the_singular(tmp_path, capsys):
+    main(["--out", str(tmp_path), "--n", "1", "--shape", "20", "40", "40", "--spacing", "2", "2", "2"])
+    assert capsys.readouterr().out == f"wrote 1 mbas case to {tmp_path}\n"

@@ -827,3 +827,42 @@ def test_options_that_do_not_apply_are_noted(c2w, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "note: --cuda-graph needs a GPU; on cpu the networks run without one" in err
     assert "note: --no-cavity leaves out a wall run's cavity stage; this pipeline predicts cavity → LA=3" in err
+
+
+def test_a_label_map_is_up_to_eight_whole_values():
+    from c2w_fast.data.plausibility import LABEL_MAP_VALUES, label_map_values
+
+    ramp = np.arange(40 * 40 * 40).reshape(40, 40, 40) % (LABEL_MAP_VALUES + 1)
+    assert label_map_values(ramp % LABEL_MAP_VALUES) == list(range(LABEL_MAP_VALUES))
+    assert label_map_values(ramp) is None  # nine values: an image
+    assert label_map_values(ramp + 0.5) is None  # not whole
+
+
+def test_wall_run_without_its_cavity_stage_is_not_noted_and_a_name_too_long_is_an_error(c2w, tmp_path, capsys):
+    data, runs = c2w
+    case = ["--in", str(data / "phantom000" / "lgemri.nrrd")]
+    assert predict.main(["--model", str(runs / "wall"), *case, "--out", str(tmp_path / "o"), "--no-cavity"]) == 0
+    assert "note: --no-cavity" not in capsys.readouterr().err
+    assert predict.main(["--model", str(runs / "wall"), *case, "--out", str(tmp_path / ("x" * 300))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "File name too long" in err and "Traceback" not in err
+
+
+def test_a_failed_output_folder_removes_only_the_folders_predict_made(c2w, tmp_path, capsys):
+    """Made deepest first, removed deepest first; a folder that existed before (empty or not) stays."""
+    data, runs = c2w
+    (tmp_path / "keep").mkdir()
+    make = Path.mkdir
+
+    def fails_in_c(path, *args, **kwargs):
+        if path.name == "c":
+            raise OSError(28, "No space left on device")
+        make(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "mkdir", fails_in_c)
+        assert predict.main(["--model", str(runs / "wall"), "--in", str(data / "phantom000" / "lgemri.nrrd"),
+                             "--out", str(tmp_path / "keep" / "preds"), "--probabilities",
+                             str(tmp_path / "new" / "a"), "--thickness", str(tmp_path / "new" / "b" / "c")]) == 2
+    assert "cannot create the folder (No space left on device)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"] and not list((tmp_path / "keep").iterdir())

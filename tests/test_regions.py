@@ -145,6 +145,7 @@ def test_an_image_given_as_a_label_file_read_as_nonzero_is_refused_and_many_code
 def test_a_cli_report_ends_quietly_when_its_reader_closed_the_pipe(tmp_path, monkeypatch):
     """``python -m c2w_fast.thickness ... | head -1``: the outputs are written; no BrokenPipeError traceback."""
     import io
+    import os
     import sys
 
     from c2w_fast import regions
@@ -160,6 +161,8 @@ def test_a_cli_report_ends_quietly_when_its_reader_closed_the_pipe(tmp_path, mon
         monkeypatch.setattr(sys, "stdout", ClosedPipe())
         assert regions.report([{"region": "wall"}], str) == 0
         monkeypatch.undo()
+        os.write(handle.fileno(), b"after")  # the pipe's descriptor now leads to /dev/null: no error at exit
+    assert (tmp_path / "stdout").read_bytes() == b""
 
 
 @pytest.mark.parametrize("tool", ["thickness", "fibrosis"])

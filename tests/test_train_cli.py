@@ -61,6 +61,9 @@ def test_ctrl_c_says_how_to_go_on(lasc, tmp_path, capsys, monkeypatch):
     assert train.main(["--resume", "--out", str(out), "--fold", "final", "--epochs", "2"]) == 0
     assert f"final: resuming at epoch 1 (2 of 2) from {out / 'final' / 'checkpoint_latest.pt'}\n" \
         in capsys.readouterr().out
+    (out / "final" / "val_metrics.csv").unlink()  # killed while evaluating, after its last epoch
+    assert train.main(["--resume", "--out", str(out), "--fold", "final"]) == 0
+    assert "final: trained (2 epochs) but not evaluated: evaluating it now\n" in capsys.readouterr().out
 
 
 def test_a_checkpoint_that_cannot_be_written_mid_run_is_an_error_that_says_how_to_go_on(lasc, tmp_path, capsys,
@@ -195,6 +198,8 @@ def test_a_hand_made_split_is_used_and_said_so(lasc, tmp_path, capsys):
     assert f"{tmp_path / 'run' / 'splits.json'}: made by hand, used as it is (1 test cases, 2 folds); data.n_test, " \
            "n_folds, final_val and split_seed do not apply" in capsys.readouterr().out
     assert len(csv_rows(tmp_path / "run" / "final" / "test_metrics.csv")) == 1
+    assert train.main(["--resume", "--out", str(tmp_path / "run"), "--fold", "final", "--epochs", "2"]) == 0
+    assert "made by hand" not in capsys.readouterr().out  # said once, when the run began
 
 
 def test_an_unfinished_helper_and_a_class_no_training_case_holds_are_warned(lasc, tmp_path, recwarn):
