@@ -173,3 +173,18 @@ def test_a_fold_another_run_began_while_this_one_checked_is_refused_on_resume(la
     assert train.main(["--resume", "--out", str(out), "--fold", "all", "--epochs", "2"]) == 2
     assert f"error: {out}: another run trained fold_0, fold_1 while this one was checking; run the command again" \
         in capsys.readouterr().err
+
+
+def test_under_torchrun_rank_0_alone_says_what_it_replaces(lasc, tmp_path):
+    """A run folder that trained nothing takes a new config: said once, by the rank that writes it."""
+    out = tmp_path / "run"
+    assert run_train("c2w_cavity.toml", lasc, out, fold="0", epochs=1, items=["optim.lr=0.5"]) == 0
+    for path in (out / "fold_0").glob("checkpoint_*.pt"):
+        path.unlink()  # as a run killed in its first epoch
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "c2w_fast.train", "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(lasc), "--out", str(out),
+               "--fold", "0", "--epochs", "1"] + set_args(SPLITS + RESNEXT)
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("nothing trained there yet, so this run replaces its config.toml (optim.lr") == 1
