@@ -54,7 +54,8 @@ import torch
 
 from c2w_fast import metrics
 from c2w_fast.cli import path_argument
-from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, read_volume, write_csv
+from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, is_image_name, read_volume,
+                              write_csv)
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, check_whole_labels, detect_layout, discover_cases,
                                    files_under, layout_labels, load_labels, unknown_label_codes, values_outside)
 from c2w_fast.errors import DataError
@@ -87,10 +88,9 @@ def gt_named(path: Path, identifier: str) -> bool:
 
 def find_label_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """``({id: file}, {id: problem})`` for the label files under ``root``."""
-    extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
     candidates: dict[str, list[tuple[int, Path]]] = {}
     for path in files_under(root):  # symlinks followed; hidden files skipped (a killed write's staging folder)
-        if not path.name.lower().endswith(extensions) or SKIPPED_FOLDERS & set(path.relative_to(root).parts[:-1]):
+        if not is_image_name(path) or SKIPPED_FOLDERS & set(path.relative_to(root).parts[:-1]):
             continue  # nnU-Net image folders
         identifier, suffixed = case_id(path)
         # labels over images: a suffix over none, and another suffix over _gt (the MBAS release's image)
@@ -173,7 +173,7 @@ def _as_label_map(array: np.ndarray, path) -> np.ndarray:
     check_whole_labels(array, path)
     if array.dtype.kind != "f":
         return array
-    largest = float(np.abs(array).max()) if array.size else 0.0
+    largest = max(-float(array.min()), float(array.max())) if array.size else 0.0  # no |array| copy
     if largest > np.iinfo(np.int32).max:  # int32 would wrap them into other codes
         raise DataError(path, f"holds whole values as large as {largest:g}: not label codes; give the segmentation")
     return array.astype(np.int32)
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
             parser.error(f"--{name} {getattr(args, name)} is not a folder")
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         parser.error(f"--tolerance must be a finite number >= 0 (mm), got {args.tolerance}")
-    if args.out.name.lower().endswith(tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)):
+    if is_image_name(args.out):
         parser.error(f"--out {args.out} is named as an image; the metrics are a CSV file (e.g. metrics.csv)")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")

@@ -75,6 +75,7 @@ import warnings
 from contextlib import contextmanager, suppress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +83,9 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast import config as cfg
-from c2w_fast.cli import path_argument
-from c2w_fast.data.io import NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, read_volume, write_csv, write_volume
+from c2w_fast.cli import may_write_in, nearest_existing, path_argument
+from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, is_image_name, read_volume,
+                              write_csv, write_volume)
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
 from c2w_fast.data.plausibility import implausible_image
 from c2w_fast.data.preprocess import TARGET_CLASSES
@@ -230,9 +232,8 @@ def folder_images(folder: Path) -> tuple[list[tuple[str, Path]], list[Path]]:
     """``(case id, image file)`` of the image files in ``folder`` itself (not below), sorted, and
     the NIfTI/NRRD files skipped as label maps: label-like names (``*_label``, ...), except an
     ``X_gt`` with no ``X`` beside it, the MBAS release's image."""
-    extensions = tuple(NIFTI_SUFFIXES + NRRD_SUFFIXES)
     files = [p for p in folder.iterdir() if (p.is_file() or p.is_symlink())  # a broken link fails as its case
-             and p.name.lower().endswith(extensions) and not p.name.startswith(".")]
+             and is_image_name(p) and not p.name.startswith(".")]
     found = [(image_id(p), p) for p in files if not label_file_id(p)[1]]
     plain = {case for case, _ in found}
     labels = []
@@ -517,14 +518,9 @@ def _output_folders(args, cases: list[tuple[str, Path]]) -> None:
 
 
 def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and its parents up to the first that exists, deepest first: what ``mkdir`` would make."""
-    missing = []
-    for path in (folder.absolute(), *folder.absolute().parents):
-        with suppress(OSError):  # a name too long: missing
-            if path.exists():
-                break
-        missing.append(path)
-    return missing
+    """``folder`` and its parents up to the first that exists, deepest first: what ``mkdir`` would make
+    (a name too long was refused by :func:`_check_output_folder` before)."""
+    return list(takewhile(lambda path: not path.exists(), (folder.absolute(), *folder.absolute().parents)))
 
 
 def _check_output_folder(option: str, folder: Path, input_folders: set[Path], dataset: Path | None,
@@ -538,11 +534,11 @@ def _check_output_folder(option: str, folder: Path, input_folders: set[Path], da
                          "the outputs' names (<case>.nii.gz): give the outputs a folder outside it")
     if folder.exists() and not folder.is_dir():
         raise ModelError(f"{option} {folder} is a file, not a folder")
-    if str(folder).lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES):
+    if is_image_name(folder):
         raise ModelError(f"{option} {folder} is the name of an image file, but {option} is a folder: the maps "
                          "are written in it as <case>.nii.gz (or .nrrd)")
-    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
-    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+    existing = nearest_existing(folder)
+    if existing.is_dir() and not may_write_in(existing):
         raise ModelError(f"{option} {folder}: no permission to write in {existing}")
 
 

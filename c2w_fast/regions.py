@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.cli import path_argument
-from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, affine_from_spacing, check_same_grid, image_format,
-                              read_volume, same_spacing)
+from c2w_fast.cli import may_write_in, nearest_existing, path_argument
+from c2w_fast.data.io import (Volume, affine_from_spacing, check_same_grid, image_format, is_image_name, read_volume,
+                              same_spacing)
 from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
 from c2w_fast.data.plausibility import IMAGE_VALUES, sampled_values
 from c2w_fast.errors import DataError
@@ -306,13 +306,13 @@ def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path], volu
         taken[path.resolve()] = option
         if path.is_dir():
             raise ValueError(f"{option} {path} is a folder, not a file")
-        blocker = next((parent for parent in path.absolute().parents if parent.exists()), None)
-        if blocker is not None and not blocker.is_dir():
+        blocker = nearest_existing(path.parent)
+        if not blocker.is_dir():
             raise ValueError(f"{option} {path}: {blocker} is a file, not a folder")
-        if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+        if not may_write_in(blocker):
             raise ValueError(f"{option} {path}: no permission to write in {blocker}")
         if option in volumes:
             image_format(path)
-        elif str(path).lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES):
+        elif is_image_name(path):
             raise ValueError(f"{option} {path} is an image file name, but {option} writes a CSV table "
                              f"(e.g. {path.name.split('.')[0]}.csv)")

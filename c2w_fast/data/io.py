@@ -132,6 +132,11 @@ def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
     return _volume.check_spacing(spacing, 3, name)
 
 
+def is_image_name(path) -> bool:
+    """Whether ``path`` ends in a NIfTI or NRRD suffix (any case)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES)
+
+
 def image_format(path) -> str:
     """``"nifti"`` or ``"nrrd"`` from the file name, or a DataError."""
     name = str(path).lower()
