@@ -25,6 +25,15 @@ def lasc(tmp_path_factory):
     return write_phantoms(tmp_path_factory.mktemp("lasc"))
 
 
+def _torchrun_fold_0(data, out) -> subprocess.CompletedProcess:
+    """One epoch of fold 0 of the tiny cavity run, in two gloo processes launched by torchrun."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "c2w_fast.train", "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(data), "--out", str(out),
+               "--fold", "0", "--epochs", "1"] + set_args(SPLITS + RESNEXT)
+    return subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+
+
 @pytest.fixture
 def held():
     """Locks held as another training's: each a separate open file, so they conflict with this process's own."""
@@ -96,11 +105,7 @@ def test_every_torchrun_rank_stops_when_rank_0_cannot_start(lasc, tmp_path, held
     wait for it in a collective until torchrun kills them."""
     out = tmp_path / "run"
     held.acquire(out / "fold_0")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "c2w_fast.train", "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(lasc), "--out", str(out),
-               "--fold", "0", "--epochs", "1"] + set_args(SPLITS + RESNEXT)
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=240)
+    done = _torchrun_fold_0(lasc, out)
     assert done.returncode != 0
     assert "is being trained now by pid" in done.stderr  # rank 0's error
     assert "rank 0 could not start the run (its error says why)" in done.stderr  # rank 1's
@@ -181,10 +186,6 @@ def test_under_torchrun_rank_0_alone_says_what_it_replaces(lasc, tmp_path):
     assert run_train("c2w_cavity.toml", lasc, out, fold="0", epochs=1, items=["optim.lr=0.5"]) == 0
     for path in (out / "fold_0").glob("checkpoint_*.pt"):
         path.unlink()  # as a run killed in its first epoch
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "c2w_fast.train", "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(lasc), "--out", str(out),
-               "--fold", "0", "--epochs", "1"] + set_args(SPLITS + RESNEXT)
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=240)
+    done = _torchrun_fold_0(lasc, out)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("nothing trained there yet, so this run replaces its config.toml (optim.lr") == 1
