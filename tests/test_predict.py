@@ -1,6 +1,7 @@
 """python -m c2w_fast.predict on tiny trained runs: the C2W and MBAS pipelines, geometry of any
 orientation, resampling to the training grid, probability and thickness maps, bad input."""
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -469,6 +470,21 @@ def test_a_case_whose_other_outputs_fail_gets_no_label_map(tmp_path):
     assert not (tmp_path / "out" / "case.nii.gz").exists()
 
 
+@contextmanager
+def _disk_full_at(name: str):
+    """``Path.mkdir`` fails for a folder called ``name`` as on a full disk; the others are made."""
+    make = Path.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if path.name == name:
+            raise OSError(28, "No space left on device")
+        make(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "mkdir", mkdir)
+        yield
+
+
 def test_output_folders_are_checked_before_any_case_runs(c2w, tmp_path, capsys):
     data, runs = c2w
     (tmp_path / "taken").write_text("a file where the output folder should go")
@@ -496,15 +512,7 @@ def test_output_folders_are_checked_before_any_case_runs(c2w, tmp_path, capsys):
     too_long = tmp_path / "th" / ("x" * 300)
     assert predict.main(base + ["--out", str(tmp_path / "made" / "preds"), "--thickness", str(too_long)]) == 2
     assert "File name too long" in capsys.readouterr().err and not (tmp_path / "th").exists()
-    make = Path.mkdir
-
-    def fails_in_th(path, *args, **kwargs):  # passes the checks, fails to be made (a full disk, say)
-        if path.name == "th":
-            raise OSError(28, "No space left on device")
-        make(path, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Path, "mkdir", fails_in_th)
+    with _disk_full_at("th"):  # passes the checks, fails to be made (a full disk, say)
         assert predict.main(base + ["--out", str(tmp_path / "made" / "preds"), "--thickness",
                                     str(tmp_path / "th" / "maps")]) == 2
     err = capsys.readouterr().err
@@ -852,15 +860,7 @@ def test_a_failed_output_folder_removes_only_the_folders_predict_made(c2w, tmp_p
     """Made deepest first, removed deepest first; a folder that existed before (empty or not) stays."""
     data, runs = c2w
     (tmp_path / "keep").mkdir()
-    make = Path.mkdir
-
-    def fails_in_c(path, *args, **kwargs):
-        if path.name == "c":
-            raise OSError(28, "No space left on device")
-        make(path, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Path, "mkdir", fails_in_c)
+    with _disk_full_at("c"):
         assert predict.main(["--model", str(runs / "wall"), "--in", str(data / "phantom000" / "lgemri.nrrd"),
                              "--out", str(tmp_path / "keep" / "preds"), "--probabilities",
                              str(tmp_path / "new" / "a"), "--thickness", str(tmp_path / "new" / "b" / "c")]) == 2
