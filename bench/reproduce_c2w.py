@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
+from c2w_fast.cli import INTERRUPTED  # noqa: E402
 from c2w_fast.data.phantom import write_dataset  # noqa: E402
 from c2w_fast.demo import c2w_pipeline, short_run_schedule  # noqa: E402
 from c2w_fast.training.evaluation import table1  # noqa: E402
@@ -56,8 +57,12 @@ def main(argv=None) -> int:
     common = [f"data.n_test={n_test}", f"data.final_val={final_val}", "run.device=\"cuda\"",
               f"train.num_workers={args.workers}"]
     wall = [] if args.paper_schedule else short_run_schedule(args.epochs)
-    results = c2w_pipeline(data, args.out, args.epochs, common=common, resnext=[], localizer=[], wall_schedule=wall,
-                           device="cuda", resumable=True)
+    try:
+        results = c2w_pipeline(data, args.out, args.epochs, common=common, resnext=[], localizer=[],
+                               wall_schedule=wall, device="cuda", resumable=True)
+    except KeyboardInterrupt:
+        print("\nstopped: the same command continues from the last checkpoint", file=sys.stderr)
+        return INTERRUPTED
     printed = table1(results, "wall")
     print(f"\nLA wall on {n_test} held-out full-size phantoms:\n{printed}")
     gpu = torch.cuda.get_device_name().replace(" ", "_")

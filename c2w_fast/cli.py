@@ -5,6 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
+INTERRUPTED = 130  # exit status after Ctrl-C: 128 + SIGINT, as a shell reports a process it stopped
+
 
 def path_argument(text: str) -> Path:
     """An argparse ``type`` for paths: an empty one (``--out ""``, an unset shell variable) is an error,

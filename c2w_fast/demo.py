@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 
 from c2w_fast import config as cfg
 from c2w_fast import predict, train
-from c2w_fast.cli import path_argument
+from c2w_fast.cli import INTERRUPTED, path_argument
 from c2w_fast.data.layouts import LASC_IMAGE, discover_cases
 from c2w_fast.data.phantom import write_dataset
 from c2w_fast.data.splits import load_splits
@@ -73,7 +74,10 @@ def train_stage(preset: str, data: Path, out: Path, epochs: int, overrides: list
         for item in overrides:
             args += ["--set", item]
     began = time.perf_counter()
-    if train.main(args) != 0:
+    status = train.main(args)
+    if status == INTERRUPTED:  # train printed how far it got; the caller says how to go on
+        raise KeyboardInterrupt
+    if status != 0:
         raise SystemExit(f"training {preset} failed")
     if resumable:
         (out / STAGE_DONE).touch()
@@ -158,6 +162,16 @@ def main(argv=None) -> None:
     problem = claim_out(args.out)
     if problem:
         parser.error(problem)
+    try:
+        run_demo(args)
+    except KeyboardInterrupt:
+        print(f"\ndemo interrupted: `python -m c2w_fast.demo --out {args.out}` (or `make demo`) starts it again",
+              file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+
+
+def run_demo(args) -> None:
+    """Phantoms → the four stages → Table 1 → ``predict`` on the held-out scans, in ``args.out``."""
     # One thread: the small convolutions gain little from a second one, and on a shared
     # machine OpenMP threads waiting for a busy core slow them down many times over.
     torch.set_num_threads(1)

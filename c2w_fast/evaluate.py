@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from c2w_fast import metrics
-from c2w_fast.cli import path_argument
+from c2w_fast.cli import INTERRUPTED, path_argument
 from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, is_image_name, read_volume,
                               write_csv)
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, check_whole_labels, detect_layout, discover_cases,
@@ -375,7 +375,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:  # the CSV is written once every case is evaluated
         print(f"\ninterrupted: {args.out} not written", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     print(_summary_line(rows, problems, args.out))
     return 1 if problems else 0
 

@@ -83,7 +83,7 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast import config as cfg
-from c2w_fast.cli import may_write_in, nearest_existing, path_argument
+from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
 from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, is_image_name, read_volume,
                               write_csv, write_volume)
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
@@ -623,7 +623,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print(_interrupted(cases, args.out), file=sys.stderr)
-        return 130
+        return INTERRUPTED
     print(f"wrote {count - len(failed)} of {count} case(s) to {args.out}", file=sys.stderr)
     if args.timings:
         total = sum(timer.totals.values())

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from c2w_fast.cli import may_write_in, nearest_existing, path_argument
+from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
 from c2w_fast.data.io import (Volume, affine_from_spacing, check_same_grid, image_format, is_image_name, read_volume,
                               same_spacing)
 from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
@@ -153,10 +153,10 @@ def report(rows: list[dict], describe) -> int:
 
 
 def interrupted() -> int:
-    """A CLI's end on Ctrl-C: one line instead of a traceback; exit status 130."""
+    """A CLI's end on Ctrl-C: one line instead of a traceback; exit status :data:`~c2w_fast.cli.INTERRUPTED`."""
     print("\ninterrupted: each output is written whole or not at all; run the command again for all of them",
           file=sys.stderr)
-    return 130
+    return INTERRUPTED
 
 
 # --- masks from label files ---------------------------------------------------------------------

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 
 from c2w_fast import config as cfg
-from c2w_fast.cli import path_argument
+from c2w_fast.cli import INTERRUPTED, path_argument
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print(_interrupted(args.out, args.fold), file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return 0
 
 

@@ -1,7 +1,11 @@
-"""python -m c2w_fast.demo's own folder: a rerun replaces its phantoms and outputs, other folders are refused."""
+"""python -m c2w_fast.demo: its own folder (a rerun replaces its phantoms and outputs, other folders are refused)
+and its end on Ctrl-C, also in bench/reproduce_c2w.py."""
+from pathlib import Path
+
 import pytest
 
 from c2w_fast import demo
+from c2w_fast.cli import INTERRUPTED
 
 
 def test_a_rerun_replaces_the_phantoms_and_outputs_of_the_last_one(tmp_path):
@@ -37,3 +41,54 @@ def test_a_demo_folder_written_before_the_mark_is_recognised(tmp_path):
     (tmp_path / "mine" / "localizer" / "config.toml").write_text("")
     (tmp_path / "mine" / "notes.txt").write_text("")
     assert "holds files of its own" in demo.claim_out(tmp_path / "mine")
+
+
+def test_ctrl_c_in_a_stage_ends_the_demo_with_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    """train.main reports Ctrl-C as status 130 (its own line says how far it got): the demo stops there,
+    says how to start again, and exits 130, instead of calling the interrupted stage 'failed'."""
+    from c2w_fast import train
+
+    stages = []
+    monkeypatch.setattr(train, "main", lambda args: stages.append(args) or INTERRUPTED)
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["--out", str(tmp_path / "demo"), "--n", "7", "--epochs", "1"])
+    assert stop.value.code == INTERRUPTED and len(stages) == 1
+    err = capsys.readouterr().err
+    assert f"demo interrupted: `python -m c2w_fast.demo --out {tmp_path / 'demo'}`" in err and "failed" not in err
+
+
+def test_ctrl_c_outside_training_ends_the_demo_the_same_way(tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "write_dataset", interrupt)
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["--out", str(tmp_path / "demo"), "--n", "7", "--epochs", "1"])
+    assert stop.value.code == INTERRUPTED and "demo interrupted" in capsys.readouterr().err
+
+
+def test_a_stage_that_fails_otherwise_is_named(tmp_path, monkeypatch):
+    from c2w_fast import train
+
+    monkeypatch.setattr(train, "main", lambda args: 2)
+    with pytest.raises(SystemExit, match="training c2w_cavity.toml failed"):
+        demo.train_stage("c2w_cavity.toml", tmp_path / "data", tmp_path / "cavity", 1, [])
+
+
+def test_reproduce_c2w_stopped_in_a_stage_says_a_rerun_continues(tmp_path, monkeypatch, capsys):
+    """gpu_session.sh stops a stage at its time limit with SIGINT: reproduce_c2w.py exits 130 saying the
+    same command continues (its stages resume), where it used to report the stage as failed."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import reproduce_c2w
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(reproduce_c2w, "c2w_pipeline", interrupt)
+    (tmp_path / "data").mkdir()  # phantoms written earlier
+    assert reproduce_c2w.main(["--out", str(tmp_path), "--results", str(tmp_path / "results")]) == INTERRUPTED
+    assert "the same command continues from the last checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

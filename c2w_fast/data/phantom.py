@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from c2w_fast.cli import path_argument
+from c2w_fast.cli import INTERRUPTED, path_argument
 from c2w_fast.data.io import affine_from_spacing, check_spacing, write_volume
 from c2w_fast.data.layouts import (CANONICAL_LABELS, LASC_CAVITY, LASC_IMAGE, LASC_WALL, MBAS_IMAGE, MBAS_LABELS,
                                    NoLayoutError, detect_layout, discover_cases)
@@ -449,7 +449,7 @@ def main(argv=None) -> None:
         parser.error(f"--out {args.out}: {exc.strerror or exc}" if not isinstance(exc, FileExistsError)
                      else f"--out {args.out}: {exc} (or --overwrite)")
     except KeyboardInterrupt:
-        parser.exit(130, "\ninterrupted: the last case may lack some of its files; run the command again with "
+        parser.exit(INTERRUPTED, "\ninterrupted: the last case may lack some of its files; run the command again with "
                          "--overwrite\n")
     print(f"wrote {len(ids)} {args.layout} case{'s' * (len(ids) != 1)} to {args.out}")
 
