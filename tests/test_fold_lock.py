@@ -12,6 +12,7 @@ import pytest
 
 from c2w_fast import config as cfg
 from c2w_fast import train
+from c2w_fast.data.io import STAGING_PREFIX
 from c2w_fast.training import lock
 from c2w_fast.training import run as training_run
 from c2w_fast.training.lock import FoldInUseError, FoldLocks
@@ -55,6 +56,25 @@ def test_a_held_fold_is_refused_with_its_holder_and_free_again_once_released(tmp
     again.acquire(folder)  # the file stays; its lock is what counts
     assert lock.in_use(folder)
     again.release()
+
+
+def test_taking_a_fold_removes_what_killed_writes_left_there_and_nothing_else(tmp_path, held):
+    """A checkpoint save killed mid-write leaves write_atomically's staging folder (hundreds of MB at the
+    seeds' size); the next training of the fold removes it, but never while another run holds the fold."""
+    folder = tmp_path / "run" / "fold_0"
+    leftover = folder / f"{STAGING_PREFIX}k7x2" / "checkpoint_latest.pt"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"partial")
+    kept = [folder / "checkpoint_latest.pt", folder / ".hidden" / "note", tmp_path / "run" / f"{STAGING_PREFIX}run"]
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("kept")
+    held.acquire(folder)
+    assert not leftover.parent.exists() and all(path.read_text() == "kept" for path in kept)
+    leftover.parent.mkdir()  # the holder's own write in progress
+    with pytest.raises(FoldInUseError):
+        FoldLocks().acquire(folder)
+    assert leftover.parent.is_dir()
 
 
 def test_a_second_run_of_a_fold_in_training_is_refused_before_it_writes(lasc, tmp_path, held, capsys):

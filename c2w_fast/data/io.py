@@ -252,15 +252,19 @@ def write_volume(path, array, affine=None, *, like: Volume | None = None, compre
     return write_atomically(path, lambda target: _write_nrrd(target, array, affine, compress))
 
 
+STAGING_PREFIX = ".c2w-partial-"  # write_atomically's hidden folder beside the file it writes
+
+
 def write_atomically(path, write) -> Path:
     """``write(target)`` into a hidden folder beside ``path`` under ``path``'s name, then renamed over
     ``path``: a failed write never leaves a truncated file (nor a changed old one; a killed one
-    may leave the hidden ``.c2w-partial-*`` folder, which the folder searches skip). A symlink is
+    may leave the hidden ``.c2w-partial-*`` folder, which the folder searches skip and a training
+    removes from its fold folder when it next locks it). A symlink is
     followed (its target is replaced) and an old file's permissions are kept. Files ``write``
     puts beside its target (a detached NRRD header's data file) are moved in before it."""
     final = Path(path).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".c2w-partial-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=final.parent))
     try:
         write(staging / final.name)
         if final.exists():

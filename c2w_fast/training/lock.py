@@ -6,15 +6,20 @@ is refused instead of both writing the same checkpoints. The operating system dr
 the process ends, however it ends, so a killed run never leaves a stale lock behind. A forked child
 (a data-loader worker) closes its copies of the lock files at once: they would otherwise keep a fold
 locked after its run was killed, until the orphaned workers noticed. Folds of one run folder may
-train at the same time in separate processes (one per GPU).
+train at the same time in separate processes (one per GPU). Only the lock's holder writes in its fold
+folder, so taking the lock also removes what a killed write left there (a checkpoint's staging folder,
+:data:`c2w_fast.data.io.STAGING_PREFIX`, hundreds of MB at the seeds' size).
 
 ``flock`` is POSIX; where ``fcntl`` is missing (Windows) folds are not locked.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
+
+from c2w_fast.data.io import STAGING_PREFIX
 
 try:
     import fcntl
@@ -46,7 +51,8 @@ class FoldLocks:
         self._handles = []
 
     def acquire(self, folder: Path) -> None:
-        """Lock ``folder`` (created when missing), or a FoldInUseError naming the process that has it."""
+        """Lock ``folder`` (created when missing) and remove the staging folders of writes killed in it,
+        or a FoldInUseError naming the process that has it."""
         folder.mkdir(parents=True, exist_ok=True)
         if fcntl is None:
             return
@@ -65,6 +71,8 @@ class FoldLocks:
         handle.flush()
         self._handles.append(handle)
         _HELD.add(handle)
+        for leftover in folder.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def release(self) -> None:
         for handle in self._handles:
