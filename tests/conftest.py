@@ -12,6 +12,23 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_sessionstart(session):
+    """Stop at once, saying what to install, where Triton's interpreter cannot run the kernels (every
+    Triton test would fail with the same InterpreterError)."""
+    if HAS_CUDA:
+        return
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # outside Linux the test extra has no Triton; its tests say so one by one
+        return
+    from c2w_fast.ops._dispatch import interpreter_problem
+
+    problem = interpreter_problem()
+    if problem:
+        pytest.exit(f"the Triton kernels' tests run in Triton's interpreter on this machine, but {problem}",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return

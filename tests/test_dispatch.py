@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from c2w_fast.ops import BackendFallbackWarning, BackendUnavailableError, backend_problem, bounding_box
+from c2w_fast.ops import _dispatch
 from c2w_fast.ops._dispatch import Op, reference_only
 
 
@@ -53,6 +54,24 @@ def test_a_triton_older_than_the_kernels_need_is_named(monkeypatch, version, too
     monkeypatch.setattr(triton, "__version__", version)
     problem = backend_problem("triton", "cuda")
     assert (problem is not None and f"triton {version} is older than 3.6" in problem) if too_old else problem is None
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, broken", [
+    ("3.6.0", "2.4.0", True), ("3.6.1", "2.5.1", True), ("3.6.0", "2.3.5", False), ("3.7.0", "2.4.6", False),
+    ("3.9.0+git1a2b3c", "3.0.0", False)])
+def test_an_interpreter_that_cannot_run_the_kernels_is_named(monkeypatch, triton_version, numpy_version, broken):
+    """Triton 3.6's interpreter with NumPy >= 2.4 fails on every loop over a runtime bound: the triton
+    backend is refused on CPU inputs with both versions named (pytest stops at start with the same)."""
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(np, "__version__", numpy_version)
+    monkeypatch.setattr(_dispatch, "triton_interpreter_enabled", lambda: True)
+    problem = backend_problem("triton", "cpu")
+    if broken:
+        assert f"triton {triton_version}'s interpreter cannot run the kernels with numpy {numpy_version}" in problem
+    else:
+        assert problem is None
+    assert backend_problem("triton", "cuda") is None  # compiled kernels do not care
 
 
 def test_auto_prefers_the_first_available_fast_backend():

@@ -58,6 +58,27 @@ def _cpu_extension_problem(device_type: str) -> str | None:
 
 
 OLDEST_TRITON = (3, 6)  # the oldest Triton the kernels compile with (tested: Makefile's TRITON_OLDEST)
+OLDEST_INTERPRETER = (3, 7)  # with NumPy >= 2.4: 3.6's interpreter holds a loop bound in a 1-element array
+NUMPY_STRICT_SCALARS = (2, 4)  # and NumPy 2.4 refuses to turn such an array into an int
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as ``3.7.0+git1a2b3c``."""
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def interpreter_problem() -> str | None:
+    """Why the installed Triton's interpreter cannot run the kernels on the CPU, or None: Triton 3.6's
+    fails on every loop over a runtime bound with NumPy >= 2.4 (an InterpreterError "only
+    0-dimensional arrays can be converted to Python scalars")."""
+    import numpy
+    import triton
+
+    if _version(triton.__version__) < OLDEST_INTERPRETER and _version(numpy.__version__) >= NUMPY_STRICT_SCALARS:
+        return (f"triton {triton.__version__}'s interpreter cannot run the kernels with numpy {numpy.__version__} "
+                f"(it needs triton >= {'.'.join(map(str, OLDEST_INTERPRETER))} or numpy < "
+                f"{'.'.join(map(str, NUMPY_STRICT_SCALARS))}; compiled kernels on a GPU are not affected)")
+    return None
 
 
 def _triton_problem(device_type: str) -> str | None:
@@ -65,14 +86,13 @@ def _triton_problem(device_type: str) -> str | None:
         import triton
     except ImportError:
         return "triton is not installed (`pip install triton`)"
-    found = tuple(int(part) for part in triton.__version__.split(".")[:2] if part.isdigit())
-    if found < OLDEST_TRITON:
+    if _version(triton.__version__) < OLDEST_TRITON:
         return (f"triton {triton.__version__} is older than {'.'.join(map(str, OLDEST_TRITON))}, the oldest the "
                 "kernels compile with (upgrade torch to >= 2.10, or triton)")
     if device_type == "cuda":
         return None
     if device_type == "cpu" and triton_interpreter_enabled():
-        return None
+        return interpreter_problem()
     return (f"triton runs {device_type} inputs only in interpreter mode; "
             "set TRITON_INTERPRET=1 before the first call")
 
