@@ -112,7 +112,7 @@ class ScheduleConfig:
 class UnfreezeConfig:
     enabled: bool = False
     steps: list[int] = field(default_factory=lambda: [61, 181])  # first epoch of step B, of step C
-    shallow_stages: int = 3        # encoder stages (after the stem) still frozen in step B
+    shallow_stages: int = 3        # encoder stages from the first (stage 0 counts) frozen with the stem in step B
     new_head: bool = True          # re-initialise the segmentation heads after loading init_from
 
 
