@@ -49,7 +49,7 @@ class DataConfig:
     root: str = ""                 # dataset folder (LASC 2018, MBAS or nnU-Net raw)
     layout: str = "auto"
     target: str = "la_cavity"      # la_cavity | wall | atria | multiclass (TARGET_CLASSES)
-    spacing: list[float] = field(default_factory=list)  # resample to (z, y, x) mm; [] = native
+    spacing: list[float] = field(default_factory=list)  # resample to (z, y, x) mm; [] = native (median recorded)
     n_test: int = 30               # held-out test patients
     n_folds: int = 5
     final_val: int = 24            # validation patients of the final retrain (0: train on all)

@@ -703,3 +703,34 @@ def test_a_helper_fold_folder_its_splits_do_not_know_is_no_error(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_helpers(wall, ["fold_2"], ["fold_2"], three)
+
+
+def test_native_cases_of_several_voxel_sizes_train_toward_their_median_and_say_so(lasc, tmp_path):
+    """With data.spacing = [] the recorded grid (where predict resamples new images) is the training cases'
+    per-axis median, whatever their order: it was the first case's, so folds differed and one odd case
+    sorting first moved every prediction to its grid; a warning names the sizes and data.spacing."""
+    from c2w_fast.data.io import affine_from_spacing
+    from c2w_fast.training.prepare import stage_spacing
+
+    data = tmp_path / "data"
+    shutil.copytree(lasc, data)
+    first = sorted(p.name for p in data.iterdir())[0]
+    for path in (data / first).glob("*.nrrd"):  # the same voxels, a coarser header: the case sorting first
+        volume = read_volume(path)
+        write_volume(path, volume.array, affine_from_spacing((3.0, 2.0, 2.0)))
+    cases = discover_cases(data)
+    config = cfg.load(CONFIGS / "c2w_cavity.toml", SPLITS + RESNEXT)
+    assert stage_spacing(config, cases) == stage_spacing(config, cases[::-1]) == PHANTOM["spacing"]
+    assert stage_spacing(config, cases[:2]) == (2.5, 2.0, 2.0)  # an even count: the middle two's mean
+    with pytest.warns(UserWarning, match=r"the training cases have 2 different voxel sizes \(e\.g\. \(2\.0, 2\.0, "
+                                         r"2\.0\) and \(3\.0, 2\.0, 2\.0\) mm\): with data\.spacing = \[\] each trains "
+                                         r"in its own grid and predict resamples new images to their median \(2\.0, "
+                                         r"2\.0, 2\.0\) mm; --set data\.spacing=\[z,y,x\] trains all in one grid"):
+        assert run_train("c2w_cavity.toml", data, tmp_path / "run", epochs=1) == 0
+    recorded = torch.load(tmp_path / "run" / "final" / "checkpoint_best.pt", weights_only=False)["spacing"]
+    assert recorded == list(PHANTOM["spacing"])
+    with warnings.catch_warnings(record=True) as caught:  # one grid for all: nothing to say
+        warnings.simplefilter("always")
+        assert run_train("c2w_cavity.toml", data, tmp_path / "resampled", epochs=1,
+                         items=["data.spacing=[2.0,2.0,2.0]"]) == 0
+    assert caught and not any("voxel sizes" in str(w.message) for w in caught)

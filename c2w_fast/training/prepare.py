@@ -49,8 +49,12 @@ def prepare_volume(data: CaseData, config: Config, pipeline: StagePipeline, *, r
 
 
 def stage_spacing(config: Config, cases: list[Case]) -> tuple[float, float, float]:
-    """The stage grid's spacing: ``data.spacing``, else the first case's (the seeds' datasets share one)."""
-    return tuple(config.data.spacing) or tuple(cases[0].spacing)
+    """The stage grid's spacing: ``data.spacing``, else the per-axis median of the training ``cases``'
+    (nnU-Net's choice; the seeds' datasets share one). With ``data.spacing = []`` each case trains in
+    its own grid; this one is recorded in the checkpoints, and prediction resamples new images to it."""
+    if config.data.spacing:
+        return tuple(config.data.spacing)
+    return tuple(float(h) for h in np.median([case.spacing for case in cases], axis=0))
 
 
 def prepare_volumes(cases: list[Case], config: Config, pipeline: StagePipeline, *, training: bool,

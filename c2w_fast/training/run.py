@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from c2w_fast import config as cfg
+from c2w_fast.data.io import same_spacing
 from c2w_fast.data.layouts import Case, discover_cases, load_cases, unknown_label_codes
 from c2w_fast.data.preprocess import TARGET_CLASSES, target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
@@ -328,6 +329,19 @@ def _recorded_splits(path: Path, cases: dict[str, Case], settings: dict, trained
                    f"training) on that split and one run folder holds one split: {fix}")
 
 
+def _warn_of_mixed_spacings(config: cfg.Config, training: list[Case]) -> None:
+    """With ``data.spacing = []`` (native), say when the training cases' voxel sizes differ: the
+    network then sees several grids and predict resamples to their median (:func:`stage_spacing`)."""
+    spacings = {tuple(round(h, 4) for h in case.spacing) for case in training}
+    if config.data.spacing or len(spacings) < 2 or all(same_spacing(s, min(spacings)) for s in spacings):
+        return
+    median = tuple(round(h, 4) for h in stage_spacing(config, training))
+    warnings.warn(f"the training cases have {len(spacings)} different voxel sizes (e.g. {sorted(spacings)[0]} and "
+                  f"{sorted(spacings)[-1]} mm): with data.spacing = [] each trains in its own grid and predict "
+                  f"resamples new images to their median {median} mm; --set data.spacing=[z,y,x] trains all in one "
+                  f"grid", stacklevel=3)
+
+
 def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, folds: list[str], *,
                 main: bool = True) -> None:
     """Read every case the ``folds`` train, validate and (``final``) test on, a few ahead in threads
@@ -341,6 +355,8 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
     ordered = [cases[case_id] for case_id in sorted(used)]
     _check_target_labelled(config, ordered)
     grids = {stage_spacing(config, [cases[case_id] for case_id in ids]) for ids in trained.values()}
+    if main:
+        _warn_of_mixed_spacings(config, [cases[case_id] for case_id in sorted(training)])
     trained_classes = np.zeros(config.num_classes, bool)
     for data in tqdm(load_cases(ordered), total=len(ordered), desc="check cases", unit="case",
                      disable=None if main else True, leave=False):
