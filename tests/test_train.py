@@ -734,3 +734,21 @@ def test_native_cases_of_several_voxel_sizes_train_toward_their_median_and_say_s
         assert run_train("c2w_cavity.toml", data, tmp_path / "resampled", epochs=1,
                          items=["data.spacing=[2.0,2.0,2.0]"]) == 0
     assert caught and not any("voxel sizes" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("preset, labels, message", [
+    ("c2w_scratch.toml", {"background": 0, "left_atrium": 3},
+     "this nnunet dataset has no wall label (its dataset.json names LA): data.target = 'wall' cannot be trained"),
+    ("c2w_cavity.toml", {"background": 0, "wall": 1, "RA": 2},
+     "this nnunet dataset has no LA label (its dataset.json names wall, RA): data.target = 'la_cavity' cannot"),
+])
+def test_a_dataset_without_any_class_of_the_target_is_refused_before_training(preset, labels, message, tmp_path,
+                                                                              capsys):
+    """A wall (or scratch) stage on an nnU-Net dataset whose dataset.json names no wall trained to the end with one
+    warning per case and a wall Dice of 0 (a LASC case without lawall.nrrd was already refused)."""
+    data = write_phantoms(tmp_path / "data", layout="nnunet")
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    assert run_train(preset, data, tmp_path / "run") == 2
+    assert f"error: {data}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from c2w_fast import config as cfg
 from c2w_fast.data.io import same_spacing
-from c2w_fast.data.layouts import Case, discover_cases, load_cases, unknown_label_codes
+from c2w_fast.data.layouts import Case, discover_cases, layout_labels, load_cases, unknown_label_codes
 from c2w_fast.data.preprocess import TARGET_CLASSES, target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
@@ -381,9 +381,20 @@ def check_cases(config: cfg.Config, cases: dict[str, Case], splits: Splits, fold
 
 
 def _check_target_labelled(config: cfg.Config, cases: list[Case]) -> None:
-    """A DataError for cases whose label files leave a class of the target unknown (a LASC case
-    without its optional lawall.nrrd): training would take their wall for background."""
+    """A DataError for a dataset that cannot hold any class of the target (an nnU-Net dataset whose
+    dataset.json names no wall, for a wall stage), or for cases whose label files leave a class of
+    the target unknown (a LASC case without its optional lawall.nrrd): training would take those
+    voxels for background. A multi-class target missing some classes is :func:`check_cases`' warning."""
+    if not cases:  # a resume with nothing left to train
+        return
     codes = {code for class_codes in TARGET_CLASSES[config.data.target].values() for code in class_codes}
+    layout = cases[0].layout
+    held = layout_labels(config.data.root, layout)
+    if not codes & set(held.values()):
+        wanted = " / ".join(TARGET_CLASSES[config.data.target])
+        source = "its dataset.json names" if layout == "nnunet" else "it holds"
+        raise DataError(config.data.root, f"this {layout} dataset has no {wanted} label ({source} "
+                        f"{', '.join(held) or 'none'}): data.target = {config.data.target!r} cannot be trained on it")
     unlabelled = [case.id for case in cases if unknown_label_codes(case) & codes]
     if unlabelled:
         raise DataError(cases[0].image_path.parents[1], f"{len(unlabelled)} case(s) of this run have no wall label "
