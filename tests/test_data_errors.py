@@ -1,5 +1,6 @@
 """Bad input: one clear DataError naming the file and the problem, never a library traceback."""
 import gzip
+import re
 import threading
 
 import numpy as np
@@ -27,7 +28,7 @@ def case_files(root, case="MBAS_001"):
 def test_missing_label_file(mbas):
     _, label = case_files(mbas)
     label.unlink()
-    with pytest.raises(DataError, match=r"MBAS_001_label.nii.gz: labels label file missing for case 'MBAS_001'"):
+    with pytest.raises(DataError, match=r"MBAS_001_label.nii.gz: label file missing for case 'MBAS_001'"):
         discover_cases(mbas)
     assert [c.label_paths for c in discover_cases(mbas, require_labels=False)][0] == {}
 
@@ -320,6 +321,29 @@ def test_cases_in_hidden_folders_are_not_read(tmp_path):
     for name in ("lgemri.nrrd", "laendo.nrrd"):
         hidden.joinpath(name).write_bytes((tmp_path / "phantom000" / name).read_bytes())
     assert [c.id for c in discover_cases(tmp_path)] == ["phantom000", "phantom001"]
+
+
+@pytest.mark.parametrize("rename, listed", [
+    ({"imagesTr/phantom_001_0000.nii.gz": "imagesTr/phantom_001_0000.nii",
+      "labelsTr/phantom_001.nii.gz": "labelsTr/phantom_001.nii"},
+     "2 file(s) miss nnU-Net's naming for dataset.json's file_ending '.nii.gz' (images <case>_0000.nii.gz, labels "
+     "<case>.nii.gz): imagesTr/phantom_001_0000.nii, labelsTr/phantom_001.nii; they would drop out of the dataset"),
+    ({"imagesTr/phantom_000_0000.nii.gz": "imagesTr/phantom_000.nii.gz", "imagesTr/phantom_001_0000.nii.gz":
+      "imagesTr/phantom_001.nii.gz"}, "2 file(s) miss nnU-Net's naming for dataset.json's file_ending '.nii.gz' "
+                                   "(images <case>_0000.nii.gz, labels <case>.nii.gz): imagesTr/phantom_000.nii.gz, "
+                                   "imagesTr/phantom_001.nii.gz;"),  # Medical Decathlon names
+])
+def test_nnunet_files_that_miss_its_naming_are_named_not_dropped(tmp_path, rename, listed):
+    """A case saved as .nii among .nii.gz dropped out of training, prediction and evaluation unseen; a
+    Decathlon-named dataset (no _0000) gave 'no cases found'. Other files (notes) are no cases."""
+    write_dataset(tmp_path, "nnunet", 2, progress=False, **SMALL)
+    (tmp_path / "imagesTr" / "notes.txt").write_text("scanner settings")
+    assert [c.id for c in discover_cases(tmp_path)] == ["phantom_000", "phantom_001"]
+    for old, new in rename.items():
+        (tmp_path / old).rename(tmp_path / new)
+    for find in (discover_cases, layouts.find_images):
+        with pytest.raises(DataError, match=re.escape(f"{tmp_path}: {listed}")):
+            find(tmp_path)
 
 
 def test_a_multi_channel_nnunet_dataset_is_refused(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from c2w_fast.data.io import Volume, check_same_grid, read_header, read_volume
+from c2w_fast.data.io import Volume, check_same_grid, is_image_name, read_header, read_volume
 from c2w_fast.errors import DataError
 
 CANONICAL_LABELS = {"wall": 1, "RA": 2, "LA": 3}
@@ -104,7 +105,7 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
     _check_folder(root)
-    found = {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)
+    found = _find(root, layout)
     if not found:
         raise DataError(root, f"no cases found for layout {layout!r}")
     folders = {image.parent for _, image, _ in found} if layout != "nnunet" else set()
@@ -129,10 +130,19 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
         if require_labels:
             for role in _required_roles(layout):
                 if role not in present:
-                    raise DataError(label_paths[role], f"{role} label file missing for case {case_id!r}")
+                    what = "label file" if role == "labels" else f"{role} label file"
+                    raise DataError(label_paths[role], f"{what} missing for case {case_id!r}")
         _, spacing = read_header(image_path, assume_spacing=LASC_SPACING if layout == "lasc" else None)
         cases.append(Case(case_id, image_path, present, spacing, layout))
     return cases
+
+
+def _find(root: Path, layout: str) -> list[tuple[str, Path, dict[str, Path]]]:
+    """``(case id, image, {role: label file})`` of the cases of ``layout`` under ``root``; for nnU-Net
+    a DataError when files of imagesTr / labelsTr miss its naming (they would drop out unseen)."""
+    if layout == "nnunet":
+        _check_nnunet_names(root)
+    return {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)
 
 
 def _named_root(root) -> Path:
@@ -151,8 +161,7 @@ def find_images(root, layout: str = "auto") -> list[tuple[str, Path]]:
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
-    found = {(case_id, image) for case_id, image, _ in
-             {"lasc": _find_lasc, "mbas": _find_mbas, "nnunet": _find_nnunet}[layout](root)}
+    found = {(case_id, image) for case_id, image, _ in _find(root, layout)}
     found |= {(image.name.rsplit("_0000", 1)[0] if layout == "nnunet" else image.parent.name, image)
               for _, image in _labels_without_image(root, layout)}
     return sorted(found)
@@ -351,6 +360,23 @@ def _read_dataset_json(root: Path) -> dict:
     return meta
 
 
+def _check_nnunet_names(root: Path) -> None:
+    """A DataError listing the image files of imagesTr not named ``<case>_XXXX<file_ending>`` (channel
+    XXXX) and those of labelsTr not ending in ``file_ending``: another ending (``.nii`` among
+    ``.nii.gz``) or Medical Decathlon names without ``_0000`` would not be found as cases."""
+    ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+    misnamed = [path for folder, channel in (("imagesTr", True), ("labelsTr", False)) if (root / folder).is_dir()
+                for path in sorted((root / folder).iterdir())
+                if path.is_file() and is_image_name(path) and not path.name.startswith(".")
+                and not (path.name.endswith(ending) and (not channel or _CHANNEL.search(path.name[:-len(ending)])))]
+    if misnamed:
+        listed = ", ".join(f"{path.parent.name}/{path.name}" for path in misnamed[:3])
+        raise DataError(root, f"{len(misnamed)} file(s) miss nnU-Net's naming for dataset.json's file_ending "
+                              f"{ending!r} (images <case>_0000{ending}, labels <case>{ending}): {listed}"
+                              f"{' ...' * (len(misnamed) > 3)}; they would drop out of the dataset: rename them "
+                              f"or move them out")
+
+
 def _find_nnunet(root: Path):
     ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
     suffix = f"_0000{ending}"
@@ -428,6 +454,8 @@ def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
     raise DataError(label.path, f"unexpected label values {[int(v) for v in unexpected[:10]]}; expected a subset of "
                                 f"{list(allowed)}")
 
+
+_CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net's image channel suffix, _0000 for the first
 
 # dataset.json label names (lower case, "_" and "-" read as spaces) -> canonical code
 LABEL_NAMES = {
