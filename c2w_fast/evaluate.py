@@ -13,7 +13,8 @@ case folder as released holds the image ``MBAS_001_gt.nii.gz`` next to its label
 ``MBAS_001_label.nii.gz``); folders named ``imagesTr``/``imagesTs`` (nnU-Net images) and
 hidden files and folders are skipped. If ``--gt`` is a dataset of a known layout (LASC 2018,
 MBAS, nnU-Net raw; see :mod:`c2w_fast.data.layouts`), its cases and canonical label maps
-(1 wall, 2 RA, 3 LA) come from that layout instead, so a LASC ``laendo.nrrd`` /
+(1 wall, 2 RA, 3 LA) come from that layout instead (also for an nnU-Net dataset's ``labelsTr`` or
+``labelsTs`` folder, whose values its ``dataset.json`` maps), so a LASC ``laendo.nrrd`` /
 ``lawall.nrrd`` pair is one case named after its folder, and the default ``--labels`` are
 those the layout can hold (wall and LA for LASC). A LASC case without its optional
 ``lawall.nrrd`` has no wall ground truth: its wall is not scored (an unknown wall is not an
@@ -57,7 +58,8 @@ from c2w_fast.cli import INTERRUPTED, path_argument
 from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_same_grid, is_image_name, read_volume,
                               write_csv)
 from c2w_fast.data.layouts import (CANONICAL_LABELS, NoLayoutError, check_whole_labels, detect_layout, discover_cases,
-                                   files_under, layout_labels, load_labels, unknown_label_codes, values_outside)
+                                   files_under, layout_labels, load_labels, nnunet_label_cases, unknown_label_codes,
+                                   values_outside)
 from c2w_fast.errors import DataError
 from c2w_fast.ops._dispatch import BACKEND_CHOICES
 from c2w_fast.ops.surface import CONVENTIONS, PERCENTILE_RULES
@@ -128,6 +130,9 @@ class GroundTruth:
 
 
 def find_ground_truth(root: Path) -> GroundTruth:
+    label_cases = nnunet_label_cases(root)  # labelsTr / labelsTs: values mapped by the dataset's dataset.json
+    if label_cases:
+        return GroundTruth(cases={case.id: case for case in label_cases}, labels=layout_labels(root.parent, "nnunet"))
     try:
         layout = detect_layout(root)
     except NoLayoutError:  # a plain folder of label files (a mixed or broken dataset is reported as such)

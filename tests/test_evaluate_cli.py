@@ -448,3 +448,30 @@ def test_a_shifted_lasc_cavity_file_is_the_one_blamed(tmp_path):
     (row,) = [r for r in read_rows(out) if r["status"]]
     assert row["status"].startswith(f"{tmp_path / 'lasc' / ids[0] / 'laendo.nrrd'}: label origin differs "
                                     "from the image's (lgemri.nrrd)")
+
+
+def test_an_nnunet_label_folder_is_read_with_its_datasets_label_table(tmp_path, capsys):
+    """--gt DATASET/labelsTs (or labelsTr): the files' values are the dataset's own codes, mapped to the
+    predictions' canonical ones by its dataset.json; they were compared as they are (wall Dice ~0.1
+    for right predictions). A file of another ending there is named, not reported as missing."""
+    import json
+
+    ids = write_dataset(tmp_path / "nn", "nnunet", 2, shape=SHAPE, spacing=SPACING, progress=False, noise=0)
+    meta = json.loads((tmp_path / "nn" / "dataset.json").read_text())
+    own = {"background": 0, "left_atrium": 1, "LA_wall": 2, "Right-Atrium": 3}  # canonical 3, 1, 2
+    (tmp_path / "nn" / "dataset.json").write_text(json.dumps({**meta, "labels": own}))
+    to_own = np.array([0, 2, 3, 1], np.uint8)  # canonical code -> the dataset's value
+    for identifier in ids:
+        label = read_volume(tmp_path / "nn" / "labelsTr" / f"{identifier}.nii.gz")
+        write_volume(tmp_path / "pred" / f"{identifier}.nii.gz", label.array, like=label)  # canonical: a perfect one
+        write_volume(label.path, to_own[label.array], like=label)
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "nn" / "labelsTr"),
+                 "--out", str(tmp_path / "scores.csv"), "--quiet"]) == 0
+    rows = [row for row in read_rows(tmp_path / "scores.csv") if row["case"] in ids]
+    assert sorted({row["label"] for row in rows}) == ["LA", "RA", "wall"] and len(rows) == 6
+    assert all(float(row["dice"]) == 1.0 for row in rows)
+    os.rename(tmp_path / "nn" / "labelsTr" / f"{ids[0]}.nii.gz", tmp_path / "nn" / "labelsTr" / f"{ids[0]}.nii")
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "nn" / "labelsTr"),
+                 "--out", str(tmp_path / "again.csv"), "--quiet"]) == 2
+    assert f"1 file(s) miss nnU-Net's naming for dataset.json's file_ending '.nii.gz' (images <case>_0000.nii.gz, " \
+           f"labels <case>.nii.gz): labelsTr/{ids[0]}.nii;" in capsys.readouterr().err

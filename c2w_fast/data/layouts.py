@@ -360,15 +360,35 @@ def _read_dataset_json(root: Path) -> dict:
     return meta
 
 
-def _check_nnunet_names(root: Path) -> None:
-    """A DataError listing the image files of imagesTr not named ``<case>_XXXX<file_ending>`` (channel
-    XXXX) and those of labelsTr not ending in ``file_ending``: another ending (``.nii`` among
-    ``.nii.gz``) or Medical Decathlon names without ``_0000`` would not be found as cases."""
+def nnunet_label_cases(folder) -> list[Case]:
+    """The label files of an nnU-Net dataset's ``labelsTr`` or ``labelsTs`` ``folder`` as cases of that
+    dataset, so that :func:`load_labels` maps their values by its ``dataset.json``; [] for a folder
+    that is not one (evaluation against ``labelsTs`` compared the files' own values otherwise)."""
+    folder = _named_root(folder)
+    root = folder.parent
+    if not folder.name.startswith("labels") or not (root / "dataset.json").is_file():
+        return []
+    _check_nnunet_names(root, (folder.name,))
     ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
-    misnamed = [path for folder, channel in (("imagesTr", True), ("labelsTr", False)) if (root / folder).is_dir()
-                for path in sorted((root / folder).iterdir())
+    images = root / folder.name.replace("labels", "images", 1)
+    cases = []
+    for label in sorted(folder.glob(f"*{ending}")):
+        if not label.name.startswith("."):
+            case_id = label.name[: -len(ending)]
+            _, spacing = read_header(label)
+            cases.append(Case(case_id, images / f"{case_id}_0000{ending}", {"labels": label}, spacing, "nnunet"))
+    return cases
+
+
+def _check_nnunet_names(root: Path, folders=("imagesTr", "labelsTr")) -> None:
+    """A DataError listing the image files of the ``images*`` folders not named ``<case>_XXXX<file_ending>``
+    (channel XXXX) and those of the ``labels*`` folders not ending in ``file_ending``: another ending
+    (``.nii`` among ``.nii.gz``) or Medical Decathlon names without ``_0000`` would not be found as cases."""
+    ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+    misnamed = [path for folder in folders if (root / folder).is_dir() for path in sorted((root / folder).iterdir())
                 if path.is_file() and is_image_name(path) and not path.name.startswith(".")
-                and not (path.name.endswith(ending) and (not channel or _CHANNEL.search(path.name[:-len(ending)])))]
+                and not (path.name.endswith(ending)
+                         and (folder.startswith("labels") or _CHANNEL.search(path.name[:-len(ending)])))]
     if misnamed:
         listed = ", ".join(f"{path.parent.name}/{path.name}" for path in misnamed[:3])
         raise DataError(root, f"{len(misnamed)} file(s) miss nnU-Net's naming for dataset.json's file_ending "
