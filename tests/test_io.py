@@ -81,7 +81,13 @@ def test_nrrd_with_only_spacings_and_with_none(tmp_path):
 
 def test_trailing_singleton_axis_is_dropped_and_real_4d_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 3, 2, 1), np.int16), np.eye(4)), str(tmp_path / "t.nii.gz"))
-    assert read_volume(tmp_path / "t.nii.gz").shape == (2, 3, 4)
+    volume = read_volume(tmp_path / "t.nii.gz")
+    assert volume.shape == (2, 3, 4)
+    labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)  # an output written like it keeps its shape
+    write_volume(tmp_path / "out.nii.gz", labels, like=volume)
+    written = nib.load(str(tmp_path / "out.nii.gz"))
+    assert written.shape == (4, 3, 2, 1) and written.header["dim"][0] == 4
+    np.testing.assert_array_equal(read_volume(tmp_path / "out.nii.gz").array, labels)
     nib.save(nib.Nifti1Image(np.zeros((4, 3, 2, 2), np.int16), np.eye(4)), str(tmp_path / "4d.nii.gz"))
     with pytest.raises(DataError, match="4d.nii.gz: expected a 3D image"):
         read_volume(tmp_path / "4d.nii.gz")

@@ -358,6 +358,9 @@ def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, like_header=
 
     data = array.transpose(2, 1, 0)
     if isinstance(like_header, nib.Nifti1Header):
+        like_shape = tuple(like_header.get_data_shape())
+        if like_shape[:3] == data.shape:  # the reference's trailing singleton axes (read_volume drops them) kept
+            data = data.reshape(like_shape)
         # geometry fields (qform, sform, codes, pixdim) exactly as read; scaling and display range reset
         kind = nib.Nifti2Image if isinstance(like_header, nib.Nifti2Header) else nib.Nifti1Image
         image = kind(data, None, header=like_header.copy())
