@@ -33,6 +33,7 @@ from c2w_fast.data.io import Volume, check_same_grid, is_image_name, read_header
 from c2w_fast.errors import DataError
 
 CANONICAL_LABELS = {"wall": 1, "RA": 2, "LA": 3}
+_CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net's image channel suffix, _0000 for the first
 LAYOUTS = ("lasc", "mbas", "nnunet")
 
 LASC_IMAGE, LASC_CAVITY, LASC_WALL = "lgemri.nrrd", "laendo.nrrd", "lawall.nrrd"
@@ -302,7 +303,7 @@ def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
         pairs = [(label, _in_folder(label.parent, f"{label.parent.name}{MBAS_IMAGE}"))
                  for label in files_under(root) if label.name.lower() == f"{label.parent.name}{MBAS_LABELS}".lower()]
     else:
-        ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+        ending = _nnunet_ending(root)
         pairs = [(label, root / "imagesTr" / f"{label.name[: -len(ending)]}_0000{ending}")
                  for label in (root / "labelsTr").glob(f"*{ending}") if not label.name.startswith(".")]
     return sorted((label, image) for label, image in pairs if not image.is_file())
@@ -360,6 +361,11 @@ def _read_dataset_json(root: Path) -> dict:
     return meta
 
 
+def _nnunet_ending(root: Path) -> str:
+    """The ``file_ending`` of the nnU-Net dataset at ``root`` (``.nii.gz`` when dataset.json names none)."""
+    return _read_dataset_json(root).get("file_ending", ".nii.gz")
+
+
 def nnunet_label_cases(folder) -> list[Case]:
     """The label files of an nnU-Net dataset's ``labelsTr`` or ``labelsTs`` ``folder`` as cases of that
     dataset, so that :func:`load_labels` maps their values by its ``dataset.json``; [] for a folder
@@ -369,7 +375,7 @@ def nnunet_label_cases(folder) -> list[Case]:
     if not folder.name.startswith("labels") or not (root / "dataset.json").is_file():
         return []
     _check_nnunet_names(root, (folder.name,))
-    ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+    ending = _nnunet_ending(root)
     images = root / folder.name.replace("labels", "images", 1)
     cases = []
     for label in sorted(folder.glob(f"*{ending}")):
@@ -384,7 +390,7 @@ def _check_nnunet_names(root: Path, folders=("imagesTr", "labelsTr")) -> None:
     """A DataError listing the image files of the ``images*`` folders not named ``<case>_XXXX<file_ending>``
     (channel XXXX) and those of the ``labels*`` folders not ending in ``file_ending``: another ending
     (``.nii`` among ``.nii.gz``) or Medical Decathlon names without ``_0000`` would not be found as cases."""
-    ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+    ending = _nnunet_ending(root)
     misnamed = [path for folder in folders if (root / folder).is_dir() for path in sorted((root / folder).iterdir())
                 if path.is_file() and is_image_name(path) and not path.name.startswith(".")
                 and not (path.name.endswith(ending)
@@ -398,7 +404,7 @@ def _check_nnunet_names(root: Path, folders=("imagesTr", "labelsTr")) -> None:
 
 
 def _find_nnunet(root: Path):
-    ending = _read_dataset_json(root).get("file_ending", ".nii.gz")
+    ending = _nnunet_ending(root)
     suffix = f"_0000{ending}"
     return [(image.name[: -len(suffix)], image, {"labels": root / "labelsTr" / (image.name[: -len(suffix)] + ending)})
             for image in (root / "imagesTr").glob(f"*{suffix}") if not image.name.startswith(".")]
@@ -474,8 +480,6 @@ def _check_values(label: Volume, allowed: tuple[int, ...]) -> None:
     raise DataError(label.path, f"unexpected label values {[int(v) for v in unexpected[:10]]}; expected a subset of "
                                 f"{list(allowed)}")
 
-
-_CHANNEL = re.compile(r"_\d{4}$")  # nnU-Net's image channel suffix, _0000 for the first
 
 # dataset.json label names (lower case, "_" and "-" read as spaces) -> canonical code
 LABEL_NAMES = {
