@@ -303,9 +303,7 @@ def _labels_without_image(root: Path, layout: str) -> list[tuple[Path, Path]]:
         pairs = [(label, _in_folder(label.parent, f"{label.parent.name}{MBAS_IMAGE}"))
                  for label in files_under(root) if label.name.lower() == f"{label.parent.name}{MBAS_LABELS}".lower()]
     else:
-        ending = _nnunet_ending(root)
-        pairs = [(label, root / "imagesTr" / f"{label.name[: -len(ending)]}_0000{ending}")
-                 for label in (root / "labelsTr").glob(f"*{ending}") if not label.name.startswith(".")]
+        pairs = [(label, image) for _, label, image in _nnunet_labels(root, "labelsTr")]
     return sorted((label, image) for label, image in pairs if not image.is_file())
 
 
@@ -375,15 +373,18 @@ def nnunet_label_cases(folder) -> list[Case]:
     if not folder.name.startswith("labels") or not (root / "dataset.json").is_file():
         return []
     _check_nnunet_names(root, (folder.name,))
+    return [Case(case_id, image, {"labels": label}, read_header(label)[1], "nnunet")
+            for case_id, label, image in _nnunet_labels(root, folder.name)]
+
+
+def _nnunet_labels(root: Path, folder: str) -> list[tuple[str, Path, Path]]:
+    """``(case id, label file, the image it belongs to)`` for the label files of ``root / folder``:
+    ``labelsTr/<case><file_ending>`` goes with ``imagesTr/<case>_0000<file_ending>`` (``labelsTs`` with
+    ``imagesTs``), whether that image exists or not."""
     ending = _nnunet_ending(root)
-    images = root / folder.name.replace("labels", "images", 1)
-    cases = []
-    for label in sorted(folder.glob(f"*{ending}")):
-        if not label.name.startswith("."):
-            case_id = label.name[: -len(ending)]
-            _, spacing = read_header(label)
-            cases.append(Case(case_id, images / f"{case_id}_0000{ending}", {"labels": label}, spacing, "nnunet"))
-    return cases
+    images = root / folder.replace("labels", "images", 1)
+    return [(label.name[: -len(ending)], label, images / f"{label.name[: -len(ending)]}_0000{ending}")
+            for label in sorted((root / folder).glob(f"*{ending}")) if not label.name.startswith(".")]
 
 
 def _check_nnunet_names(root: Path, folders=("imagesTr", "labelsTr")) -> None:
