@@ -180,7 +180,7 @@ class MonaiPipeline:
         self.overlap, self.batch_size = overlap, batch_size
         self.stages = {}
         for name in PIPELINES[kind]:
-            model, config, spacing = checkpoint.load_stage(runs[name] / "final" / "checkpoint_best.pt")
+            model, config, spacing, _ = checkpoint.load_stage(runs[name] / "final" / "checkpoint_best.pt")
             if blocks == "reference":
                 for module in model.modules():
                     if hasattr(module, "backend"):
@@ -397,7 +397,7 @@ def network_rows(args, runs, device, rows: list[dict]) -> None:
     """mbas_stage2 over one volume on the device: our engine vs MONAI's, same module and weights."""
     from monai.inferers import sliding_window_inference
 
-    model, config, _ = checkpoint.load_stage(runs["mbas_stage2"] / "final" / "checkpoint_best.pt")
+    model, config, *_ = checkpoint.load_stage(runs["mbas_stage2"] / "final" / "checkpoint_best.pt")
     model = model.to(device).eval()
     patch = tuple(config.train.patch_size)
     shape = (SMOKE if args.cpu_smoke else FULL)["shape"]

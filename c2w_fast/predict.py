@@ -40,8 +40,11 @@ dropped from the id). A file given alone gets the id its folder gives it: a LASC
 constant, holds a few whole values only (a label map), spans less than a heart MRI or has voxels
 under 0.2 mm or over 10 mm (a voxel size in the wrong unit) is predicted with a warning; image
 files loose beside a dataset's cases are not predicted, and said so.
-Volumes are processed in their file's voxel order, as training read them; each stage
-resamples to the grid it was trained on and back.
+Each volume is rearranged (transposed and flipped, no interpolation) to the canonical voxel
+arrangement that training read its cases in (:mod:`c2w_fast.data.orientation`), and each stage
+resamples to the grid it was trained on; the outputs go back the same way. Runs whose
+checkpoints predate the recorded arrangement work in each file's own voxel order, as they
+were trained; a pipeline mixing the two is refused before the first case.
 
 **Outputs.** ``OUT/<case>.nii.gz`` (``.nrrd`` for NRRD input) with the input's shape,
 spacing, origin and direction (a NIfTI output keeps the input's qform/sform exactly);
@@ -87,13 +90,14 @@ from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argum
 from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, is_image_name, read_volume,
                               write_csv, write_volume)
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
+from c2w_fast.data.orientation import Reorientation
 from c2w_fast.data.plausibility import implausible_image
 from c2w_fast.data.preprocess import TARGET_CLASSES
 from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.evaluate import LABEL_SUFFIXES, gt_named
 from c2w_fast.evaluate import case_id as label_file_id
 from c2w_fast.infer import NO_TIMER, PhaseTimer, check_precision, resolve_device
-from c2w_fast.stages import InferenceOptions, Predictor, StageLoader
+from c2w_fast.stages import InferenceOptions, Predictor, StageLoader, check_same_orientation
 from c2w_fast.training.checkpoint import CheckpointError
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
@@ -148,16 +152,35 @@ class Pipeline:
         return " + ".join(f"{s.name} → {', '.join(f'{n}={c}' for n, c in zip(s.class_names, s.codes.values()))}"
                           for s in self.stages)
 
-    def predict(self, image: np.ndarray, spacing, *, probabilities: bool = False) -> CasePrediction:
-        """Canonical labels of ``image`` (z, y, x) with ``spacing`` (mm), in its grid."""
+    @property
+    def orientation(self) -> str | None:
+        """The voxel arrangement the stages were trained in (None: each file's own)."""
+        return self.stages[-1].predictor.pipeline.orientation
+
+    def predict(self, image: np.ndarray, spacing=None, *, affine=None, probabilities: bool = False) -> CasePrediction:
+        """Canonical labels of ``image`` (z, y, x) in its grid. Give its ``affine`` ((z, y, x) index → RAS mm,
+        as :attr:`c2w_fast.data.io.Volume.affine`), and the image is rearranged to the voxel arrangement
+        the stages were trained in and the outputs back; or its ``spacing`` (mm) alone when it is in that
+        arrangement already (:mod:`c2w_fast.data.orientation`)."""
         image = np.asarray(image)
         if image.ndim != 3:
             raise ValueError(f"image must be 3D (z, y, x), got shape {image.shape}")
+        if (spacing is None) == (affine is None):
+            raise ValueError("give the image's spacing or its affine (which holds the spacing), one of them")
+        reorientation = Reorientation()
+        if affine is not None:
+            affine = np.asarray(affine, dtype=float)
+            if affine.shape != (4, 4):
+                raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
+            spacing = tuple(float(h) for h in np.linalg.norm(affine[:3, :3], axis=0))
+            if self.orientation:
+                reorientation = Reorientation.of(affine)
         for message in implausible_image(image, spacing):
             warnings.warn(message, stacklevel=2)
-        with self.timer.phase("preprocess"):
-            x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float()  # one tensor: helpers reuse
-        labels = torch.zeros(image.shape, dtype=torch.uint8, device=self.device)
+        with self.timer.phase("preprocess"):  # one tensor: helpers reuse their results on it
+            x = reorientation.apply(torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float())
+            spacing = reorientation.spacing(spacing)
+        labels = torch.zeros(x.shape, dtype=torch.uint8, device=self.device)
         probs = {}
         with self.stages[0].predictor.loader.case():  # the stages share one loader and their helpers' results
             for stage in self.stages:
@@ -167,9 +190,9 @@ class Pipeline:
                         labels[result.labels == index] = code
                     if probabilities:
                         for index, name in enumerate(stage.class_names, start=1):
-                            probs[name] = result.probabilities[index].cpu().numpy()
+                            probs[name] = reorientation.undo(result.probabilities[index]).cpu().numpy()
         with self.timer.phase("postprocess"):
-            return CasePrediction(labels.cpu().numpy(), probs)
+            return CasePrediction(reorientation.undo(labels).cpu().numpy(), probs)
 
 
 def load_pipeline(model, *, fold: str | None = None, device="cpu", options: InferenceOptions = InferenceOptions(),
@@ -198,6 +221,7 @@ def load_pipeline(model, *, fold: str | None = None, device="cpu", options: Infe
                 raise ModelError(f"{path}: run.init_from of {model} is a {cavity_stage.config.run.stage!r} run, "
                                  f"not a cavity one; name the cavity run with --use run.init_from=PATH, or use "
                                  f"--no-cavity")
+            check_same_orientation(cavity_stage.pipeline, named.pipeline, f"run.init_from = {str(path)!r}")
             stages.insert(0, Stage("cavity", cavity_stage, canonical_codes("la_cavity")))
         pipelines = [stage.predictor.pipeline for stage in stages]
         pipelines += [helper for pipeline in pipelines for helper in pipeline.helper_pipelines()]  # loads them
@@ -345,7 +369,7 @@ def predict_file(pipeline: Pipeline, case: str, image_path: Path, out: Path, *, 
     returns the label map's path."""
     with pipeline.timer.phase("read"):
         volume = read_volume(image_path)
-    prediction = pipeline.predict(volume.array, volume.spacing, probabilities=probabilities_dir is not None)
+    prediction = pipeline.predict(volume.array, affine=volume.affine, probabilities=probabilities_dir is not None)
     with pipeline.timer.phase("postprocess"):
         outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
                                thickness_dir=thickness_dir, device=pipeline.device)
@@ -407,7 +431,7 @@ def predict_cases(pipeline: Pipeline, cases: list[tuple[str, Path]], out: Path, 
             try:
                 volume = reading.result()
                 with case_warnings(case):
-                    prediction = pipeline.predict(volume.array, volume.spacing,
+                    prediction = pipeline.predict(volume.array, affine=volume.affine,
                                                   probabilities=probabilities_dir is not None)
                 outputs = case_outputs(volume, case, prediction, out, probabilities_dir=probabilities_dir,
                                        thickness_dir=thickness_dir, device=pipeline.device)

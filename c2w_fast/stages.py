@@ -6,8 +6,9 @@ z-score, the ROI around the localiser's centre of mass (C2W), the dilated stage-
 (MBAS stage 2), the optional signed-distance channel, argmax and per-class largest
 component — all on the stage's device with the project's ops. Helper stages named in a
 stage's config (``roi.localizer``, ``cascade.stage1``, ``data.sdf_from``) are loaded once
-through a :class:`StageLoader`. Arrays are (z, y, x), spacing in mm; numpy in → numpy out,
-tensors in → tensors out.
+through a :class:`StageLoader`. Arrays are (z, y, x) in the voxel arrangement the stage was
+trained in (:mod:`c2w_fast.data.orientation`; :class:`c2w_fast.predict.Pipeline` rearranges any
+file's), spacing in mm; numpy in → numpy out, tensors in → tensors out.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from c2w_fast.config import check_helper_kind, used_helpers
 from c2w_fast.data.io import check_spacing, same_spacing
 from c2w_fast.data.layouts import CANONICAL_LABELS
+from c2w_fast.data.orientation import CANONICAL, check_same_arrangement
 from c2w_fast.data.preprocess import Box, center_of_mass, crop, paste, resample, resampled_shape, zscore
 from c2w_fast.infer import NO_TIMER, PhaseTimer, WindowRunner, default_precision, resolve_device, sliding_window
 from c2w_fast.ops._arrays import as_tensor
@@ -201,10 +203,16 @@ class StageLoader:
         checkpoint = resolve_checkpoint(path, fold, strict=strict)
         key = checkpoint.resolve()
         if key not in self._stages:
-            model, config, spacing = load_stage(checkpoint)
-            self._stages[key] = Predictor(model, config, fold=checkpoint.parent.name, device=self.device,
-                                          trained_spacing=spacing, run_dir=run_folder_of(checkpoint), loader=self)
+            stage = load_stage(checkpoint)
+            self._stages[key] = Predictor(stage.model, stage.config, fold=checkpoint.parent.name, device=self.device,
+                                          trained_spacing=stage.spacing, orientation=stage.orientation,
+                                          run_dir=run_folder_of(checkpoint), loader=self)
         return self._stages[key]
+
+
+def check_same_orientation(helper: "StagePipeline", stage: "StagePipeline", name: str) -> None:
+    """:func:`~c2w_fast.data.orientation.check_same_arrangement` of a helper stage, ``name`` its key and run."""
+    check_same_arrangement(helper.orientation, stage.orientation, name, str(stage.run_dir or "this stage"))
 
 
 class StagePipeline:
@@ -214,15 +222,18 @@ class StagePipeline:
     compute on ``device``; ``labels`` (numpy, canonical codes) only serve the oracle
     settings (ground-truth ROI centre or cascade region). Helper stages are loaded on
     first use from the run folders the config names (see :func:`locate_stage`), from the
-    same fold as this stage when they have it.
+    same fold as this stage when they have it. ``orientation`` is the voxel arrangement the stage
+    works in (:data:`~c2w_fast.data.orientation.CANONICAL`; None: each file's own, as checkpoints
+    from before its recording were trained), which its helpers must share.
     """
 
     def __init__(self, config, *, fold: str | None = None, device="cpu", trained_spacing=None,
-                 run_dir: Path | None = None, loader: StageLoader | None = None):
+                 orientation: str | None = CANONICAL, run_dir: Path | None = None, loader: StageLoader | None = None):
         self.config = config
         self.fold = fold
         self.device = torch.device(device)
         self.trained_spacing = None if trained_spacing is None else tuple(float(s) for s in trained_spacing)
+        self.orientation = orientation
         self.run_dir = run_dir
         self.loader = loader or StageLoader(device)
 
@@ -235,6 +246,7 @@ class StagePipeline:
         path = self.loader.locate(key, recorded, self.run_dir)
         predictor = self.loader.load(path, self.fold)
         check_helper_kind(key, predictor.config, f"{key} = {str(path)!r}")
+        check_same_orientation(predictor.pipeline, self, f"{key} = {str(path)!r}")
         return predictor
 
     def helper_pipelines(self, chain: tuple = ()) -> list["StagePipeline"]:
@@ -369,12 +381,13 @@ class Predictor:
     """A trained stage that predicts class labels for whole cases in their native grid."""
 
     def __init__(self, model: torch.nn.Module, config, *, fold: str | None = None, device="cpu",
-                 trained_spacing=None, run_dir: Path | None = None, loader: StageLoader | None = None):
+                 trained_spacing=None, orientation: str | None = CANONICAL, run_dir: Path | None = None,
+                 loader: StageLoader | None = None):
         self.model = model.to(device).eval()
         self.config = config
         self.loader = loader or StageLoader(device)
         self.pipeline = StagePipeline(config, fold=fold, device=device, trained_spacing=trained_spacing,
-                                      run_dir=run_dir, loader=self.loader)
+                                      orientation=orientation, run_dir=run_dir, loader=self.loader)
         self._last: _LastCase | None = None
         self._centre: tuple[weakref.ref, tuple | None] | None = None  # (result, its atrium centre)
         self._runner = None

@@ -12,13 +12,13 @@ import torch
 from scipy import ndimage
 
 from c2w_fast import predict, stages, train
-from c2w_fast.data.io import affine_from_spacing, read_volume, write_volume
+from c2w_fast.data.io import Volume, affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.phantom import make_phantom
 from c2w_fast.data.plausibility import implausible_image
 from c2w_fast.stages import InferenceOptions, Predictor, RoiWarning, StageLoader, StagePrediction, locate_stage
 from c2w_fast.ops import ball
 from c2w_fast.training import checkpoint
-from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, write_phantoms
+from training_helpers import CONFIGS, PHANTOM, RESNEXT, SPLITS, set_args, stored_as, write_phantoms
 
 LOCALIZER = ["model.overrides.features=[4,8]", "model.overrides.strides=[1,2]", "model.overrides.kernels=[3,3]",
              "model.overrides.blocks_per_stage=[1,1]", "model.overrides.decoder_convs=[1]",
@@ -153,9 +153,80 @@ def test_oblique_nifti_and_lps_nrrd_keep_their_exact_geometry(c2w, tmp_path):
     assert np.array_equal(written["space directions"], given["space directions"])
     assert np.array_equal(written["space origin"], given["space origin"])
     assert list(written["sizes"]) == list(given["sizes"])
-    # the voxels are processed in file order whatever the orientation: the same labels
-    assert np.array_equal(read_volume(tmp_path / "out" / "oblique.nii.gz").array,
-                          read_volume(tmp_path / "out" / "oblique_lps.nrrd").array)
+
+
+ARRANGED = (("sagittal.nrrd", (2, 0, 1), (True, False, True)), ("coronal.nii.gz", (1, 0, 2), (False, True, False)))
+
+
+def test_a_scan_stored_in_another_voxel_arrangement_gets_the_same_segmentation(c2w, tmp_path):
+    """The pipeline rearranges each image to the arrangement its stages were trained in, and its outputs
+    back: a phantom stored sagittally (NRRD, LPS) or coronally gets the axial file's labels and
+    probabilities, moved with its voxels, on its own grid."""
+    data, runs = c2w
+    axial = read_volume(data / "phantom001" / "lgemri.nrrd")
+    write_volume(tmp_path / "in" / "axial.nii.gz", axial.array, axial.affine)
+    for name, order, flips in ARRANGED:
+        write_volume(tmp_path / "in" / name, *stored_as(axial.array, axial.affine, order, flips))
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                         "--probabilities", str(tmp_path / "probs")]) == 0
+    labels = read_volume(tmp_path / "out" / "axial.nii.gz").array
+    assert set(np.unique(labels)) == {0, 1, 3}
+    wall = read_volume(tmp_path / "probs" / "axial_wall.nii.gz").array
+    for name, order, flips in ARRANGED:
+        case = name.split(".")[0]
+        given, written = read_volume(tmp_path / "in" / name), read_volume(tmp_path / "out" / name)
+        np.testing.assert_allclose(written.affine, given.affine, atol=1e-5)
+        assert np.array_equal(written.array, stored_as(labels, axial.affine, order, flips)[0]), case
+        probability = read_volume(tmp_path / "probs" / name.replace(case, f"{case}_wall")).array
+        np.testing.assert_allclose(probability, stored_as(wall, axial.affine, order, flips)[0], atol=1e-6)
+
+
+def _strip_orientation(runs: Path, copy: Path, names) -> None:
+    """``runs`` copied to ``copy`` with the voxel arrangement left out of ``names``' checkpoints, as
+    c2w_fast wrote them before it recorded one."""
+    shutil.copytree(runs, copy)
+    for name in names:
+        path = copy / name / "final" / "checkpoint_best.pt"
+        payload = checkpoint.load(path)
+        assert payload.pop("orientation") == "SAR"
+        checkpoint.save(path, {k: v for k, v in payload.items() if k != "format"})
+
+
+def test_runs_from_before_the_recorded_arrangement_predict_in_file_order(c2w, tmp_path, capsys):
+    """Old checkpoints were trained on each file's own voxel order and are applied so; a pipeline
+    mixing old and new runs is refused before any case, naming the old one."""
+    data, runs = c2w
+    axial = read_volume(data / "phantom001" / "lgemri.nrrd")
+    name, order, flips = ARRANGED[0]
+    sagittal = stored_as(axial.array, axial.affine, order, flips)
+    write_volume(tmp_path / name, *sagittal)
+    _strip_orientation(runs, tmp_path / "old", ("localizer", "cavity", "wall"))
+    helpers = {"run.init_from": tmp_path / "old" / "cavity", "roi.localizer": tmp_path / "old" / "localizer"}
+    use = [item for key, path in helpers.items() for item in ("--use", f"{key}={path}")]
+    assert predict.main(["--model", str(tmp_path / "old" / "wall"), "--in", str(tmp_path / name),
+                         "--out", str(tmp_path / "out"), *use]) == 0
+    pipeline = predict.load_pipeline(tmp_path / "old" / "wall", runs=helpers)
+    assert pipeline.orientation is None
+    file_order = pipeline.predict(sagittal[0], Volume(*sagittal).spacing)
+    assert np.array_equal(read_volume(tmp_path / "out" / name).array, file_order.labels)
+    _strip_orientation(runs, tmp_path / "mixed", ("localizer",))
+    assert predict.main(["--model", str(tmp_path / "mixed" / "wall"), "--in", str(tmp_path / name), "--out",
+                         str(tmp_path / "out2"), "--use", f"roi.localizer={tmp_path / 'mixed' / 'localizer'}"]) == 2
+    err = capsys.readouterr().err
+    assert (f"roi.localizer = '{tmp_path / 'mixed' / 'localizer'}' was trained on volumes in each file's own voxel "
+            "order") in err and "retrain the older run" in err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_the_pipeline_takes_a_spacing_or_an_affine(c2w):
+    _, runs = c2w
+    pipeline = predict.load_pipeline(runs / "cavity")
+    image = np.zeros((20, 40, 40), np.float32)
+    for arguments in ({}, {"spacing": (2.0, 2.0, 2.0), "affine": np.eye(4)}):
+        with pytest.raises(ValueError, match="give the image's spacing or its affine"):
+            pipeline.predict(image, **arguments)
+    with pytest.raises(ValueError, match=r"affine must be 4x4, got shape \(3, 3\)"):
+        pipeline.predict(image, affine=np.eye(3))
 
 
 class RecordsInput(torch.nn.Module):

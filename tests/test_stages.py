@@ -11,6 +11,7 @@ from scipy import ndimage
 from torch import nn
 
 from c2w_fast import config as configs
+from c2w_fast.data.orientation import CANONICAL
 from c2w_fast.data.preprocess import Box
 from c2w_fast.ops import ball, signed_distance
 from c2w_fast.stages import InferenceOptions, Predictor, RoiWarning, StageLoader, cavity_distance
@@ -48,7 +49,7 @@ def add_run(tmp_path, monkeypatch):
         (tmp_path / name / fold).mkdir(parents=True)
         (tmp_path / name / "config.toml").touch()
         (tmp_path / name / fold / "checkpoint_best.pt").touch()
-        saved[name, fold] = (model, config, spacing)
+        saved[name, fold] = checkpoint.TrainedStage(model, config, spacing, CANONICAL)
         return tmp_path / name
 
     return add

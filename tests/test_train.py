@@ -15,6 +15,7 @@ from c2w_fast import config as cfg
 from c2w_fast import train
 from c2w_fast.data.io import read_volume, write_volume
 from c2w_fast.data.layouts import discover_cases
+from c2w_fast.data.orientation import CANONICAL
 from c2w_fast.training import checkpoint
 from c2w_fast.training import run as training_run
 from c2w_fast.training.loop import Trainer
@@ -32,7 +33,7 @@ def lasc(tmp_path_factory):
 def _save_model(path, model, config: dict):
     """A checkpoint at ``path`` as training writes one: ``model``'s weights, trained with ``config``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return checkpoint.save(path, {"model": model.state_dict(), "config": config,
+    return checkpoint.save(path, {"model": model.state_dict(), "config": config, "orientation": CANONICAL,
                                   "architecture": checkpoint.architecture_of(model, "c2w_resnext")})
 
 
@@ -544,6 +545,21 @@ def test_a_helper_run_of_the_wrong_kind_is_refused_before_training(lasc, tmp_pat
     assert run_train("c2w_cavity.toml", lasc, tmp_path / "other", epochs=1, items=localizer) == 2
     assert "needs one with run.stage = 'localizer'" in capsys.readouterr().err
     assert not (tmp_path / "other" / "final").exists()
+
+
+def test_a_helper_from_before_the_recorded_voxel_arrangement_is_refused_before_training(lasc, tmp_path, capsys):
+    """Checkpoints record the canonical arrangement their cases were read in; a cavity run from before
+    (each file's own voxel order) would be the wall pipeline's cavity stage on other volumes."""
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "cavity", epochs=1) == 0
+    path = tmp_path / "cavity" / "final" / "checkpoint_best.pt"
+    payload = checkpoint.load(path)
+    assert payload.pop("orientation") == "SAR"
+    checkpoint.save(path, {k: v for k, v in payload.items() if k != "format"})
+    assert run_train("c2w_wall.toml", lasc, tmp_path / "wall", "--init-from", str(tmp_path / "cavity"), epochs=1) == 2
+    err = capsys.readouterr().err
+    assert f"run.init_from: {path} was trained on volumes in each file's own voxel order" in err
+    assert "this run on volumes in the canonical voxel arrangement (SAR)" in err
+    assert not (tmp_path / "wall" / "final").exists()
 
 
 def test_a_training_subset_is_drawn_from_the_folds_training_cases(lasc, tmp_path, capsys):

@@ -1,8 +1,11 @@
-"""Shared pieces of the training tests: a tiny phantom dataset and CPU-sized config overrides."""
+"""Shared pieces of the training tests: a tiny phantom dataset, CPU-sized config overrides, a scan
+stored in another voxel arrangement."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+import numpy as np
 
 from c2w_fast.data.phantom import write_dataset
 
@@ -48,3 +51,14 @@ def csv_rows(path) -> list[dict]:
     """A CSV file's rows as dicts of text."""
     with open(path) as handle:
         return list(csv.DictReader(handle))
+
+
+def stored_as(canonical: np.ndarray, affine: np.ndarray, order, flips):
+    """``canonical`` (with ``affine``) stored with its axes transposed by ``order`` and reversed where
+    ``flips``, and the affine of that storage, found by following each voxel's canonical index."""
+    stored = np.flip(np.transpose(canonical, order), [i for i, flip in enumerate(flips) if flip])
+    grids = np.meshgrid(*(np.arange(n) for n in canonical.shape), indexing="ij")
+    moved = [np.flip(np.transpose(g, order), [i for i, flip in enumerate(flips) if flip]) for g in grids]
+    own = np.stack([*np.indices(stored.shape), np.ones(stored.shape)], -1).reshape(-1, 4)
+    to_canonical = np.linalg.lstsq(own, np.stack([*moved, np.ones(stored.shape)], -1).reshape(-1, 4), rcond=None)[0].T
+    return np.ascontiguousarray(stored), affine @ to_canonical

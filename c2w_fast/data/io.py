@@ -199,6 +199,12 @@ def _check_geometry(path: Path, affine: np.ndarray) -> None:
 
 def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[float, float, float]]:
     """Shape (z, y, x) and spacing (mm) of an image file without reading its voxels."""
+    shape, affine = read_geometry(path, assume_spacing=assume_spacing)
+    return shape, tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+
+
+def read_geometry(path, *, assume_spacing=None) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape (z, y, x) and affine (as :attr:`Volume.affine`) of an image file without reading its voxels."""
     path = Path(path)
     fmt = image_format(path)
     _check_readable(path)
@@ -207,19 +213,20 @@ def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[fl
             import nibabel as nib
             image = nib.load(str(path))
             shape = _squeeze_trailing(tuple(int(s) for s in image.header.get_data_shape()))[::-1]
-            spacing = tuple(float(s) for s in np.linalg.norm(_nifti_affine(image, path)[:3, :3], axis=0))
+            affine = _nifti_affine(image, path)
         else:
             import nrrd
             header = nrrd.read_header(str(path))
             shape = tuple(int(s) for s in header["sizes"])[::-1]
-            spacing = tuple(float(s) for s in np.linalg.norm(_nrrd_affine(header, path, assume_spacing)[:3, :3], axis=0))
+            affine = _nrrd_affine(header, path, assume_spacing)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(path, f"cannot read {fmt.upper()} header ({type(exc).__name__}: {exc})") from exc
     if len(shape) != 3:
         raise DataError(path, f"expected a 3D image, got shape {shape[::-1]} in file order")
-    return shape, spacing
+    _check_geometry(path, affine)
+    return shape, affine
 
 
 def write_volume(path, array, affine=None, *, like: Volume | None = None, compress: bool = True) -> Path:

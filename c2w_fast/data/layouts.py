@@ -2,7 +2,8 @@
 
 Every layout yields :class:`Case` records; :func:`load_case` reads one and returns the
 image with a single label map in the project's canonical codes (MBAS's): 0 background,
-1 atrial wall, 2 right-atrium cavity, 3 left-atrium cavity. nnU-Net raw datasets are mapped
+1 atrial wall, 2 right-atrium cavity, 3 left-atrium cavity, both in the canonical voxel
+arrangement that training works in (:mod:`c2w_fast.data.orientation`). nnU-Net raw datasets are mapped
 to these codes by the label names of their ``dataset.json`` (:data:`LABEL_NAMES`).
 
 =========  ===================================================  =============================
@@ -29,7 +30,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from c2w_fast.data.io import Volume, check_same_grid, is_image_name, read_header, read_volume
+from c2w_fast.data.io import Volume, check_same_grid, is_image_name, read_geometry, read_volume
+from c2w_fast.data.orientation import Reorientation
 from c2w_fast.errors import DataError
 
 CANONICAL_LABELS = {"wall": 1, "RA": 2, "LA": 3}
@@ -46,7 +48,8 @@ MBAS_IMAGE, MBAS_LABELS = "_gt.nii.gz", "_label.nii.gz"
 
 @dataclass(frozen=True)
 class Case:
-    """One patient's files. ``label_paths`` maps a label role to its file; ``spacing`` is (z, y, x) mm."""
+    """One patient's files. ``label_paths`` maps a label role to its file; ``spacing`` is the voxel size
+    (mm) along the canonical (z, y, x) axes (:mod:`c2w_fast.data.orientation`), read off the header."""
 
     id: str
     image_path: Path
@@ -133,9 +136,13 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
                 if role not in present:
                     what = "label file" if role == "labels" else f"{role} label file"
                     raise DataError(label_paths[role], f"{what} missing for case {case_id!r}")
-        _, spacing = read_header(image_path, assume_spacing=LASC_SPACING if layout == "lasc" else None)
-        cases.append(Case(case_id, image_path, present, spacing, layout))
+        cases.append(Case(case_id, image_path, present, _canonical_spacing(image_path, layout), layout))
     return cases
+
+
+def _canonical_spacing(path: Path, layout: str) -> tuple[float, float, float]:
+    _, affine = read_geometry(path, assume_spacing=LASC_SPACING if layout == "lasc" else None)
+    return Reorientation.of(affine).spacing(np.linalg.norm(affine[:3, :3], axis=0))
 
 
 def _find(root: Path, layout: str) -> list[tuple[str, Path, dict[str, Path]]]:
@@ -173,13 +180,16 @@ def load_case(case: Case) -> CaseData:
 
     Checks: the image is 3D and finite; each label file has the image's shape and grid
     (spacing within 0.1 %, origin and direction within 0.01 mm); label values are the
-    layout's (LASC 0/1 or 0/255, MBAS 0-3, nnU-Net those of ``dataset.json``).
+    layout's (LASC 0/1 or 0/255, MBAS 0-3, nnU-Net those of ``dataset.json``). Both come back
+    rearranged to the canonical voxel arrangement (:class:`Reorientation`).
     """
     image = read_volume(case.image_path, assume_spacing=_assumed_spacing(case))
     _check_finite(image)
+    canonical = Reorientation.of(image.affine)
     if not case.label_paths:
-        return CaseData(case, image, None)
-    return CaseData(case, image, _canonical_labels(case, _label_volumes(case, grid=image)))
+        return CaseData(case, canonical.volume(image), None)
+    labels = _canonical_labels(case, _label_volumes(case, grid=image))
+    return CaseData(case, canonical.volume(image), canonical.apply(labels))
 
 
 def load_cases(cases: Iterable[Case], *, read_ahead: int = READ_AHEAD) -> Iterator[CaseData]:
@@ -373,7 +383,7 @@ def nnunet_label_cases(folder) -> list[Case]:
     if not folder.name.startswith("labels") or not (root / "dataset.json").is_file():
         return []
     _check_nnunet_names(root, (folder.name,))
-    return [Case(case_id, image, {"labels": label}, read_header(label)[1], "nnunet")
+    return [Case(case_id, image, {"labels": label}, _canonical_spacing(label, "nnunet"), "nnunet")
             for case_id, label, image in _nnunet_labels(root, folder.name)]
 
 

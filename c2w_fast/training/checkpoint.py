@@ -3,14 +3,17 @@
 A checkpoint is a dict: ``model`` (state_dict), ``architecture`` (preset name, spec,
 input channels, classes, deep supervision), ``config`` (the run's config as a dict),
 ``spacing`` (the (z, y, x) mm grid the patches were sampled from, which inference
-resamples to), ``epoch`` (completed epochs), ``optimizer`` and ``trainer`` (best score,
-early-stopping counters, per-epoch history) — everything ``--resume`` needs.
+resamples to), ``orientation`` (the voxel arrangement the cases were read in,
+:data:`c2w_fast.data.orientation.CANONICAL`; absent: each file's own), ``epoch``
+(completed epochs), ``optimizer`` and ``trainer`` (best score, early-stopping counters,
+per-epoch history) — everything ``--resume`` needs.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -19,6 +22,16 @@ from c2w_fast.data.io import write_atomically
 from c2w_fast.models import UNet, build_model
 
 FORMAT = 1
+
+
+class TrainedStage(NamedTuple):
+    """A checkpoint's model (weights loaded) and config, and how its cases were read: the grid
+    spacing (mm) and voxel arrangement, each None when the checkpoint predates its recording."""
+
+    model: UNet
+    config: Config
+    spacing: tuple[float, float, float] | None
+    orientation: str | None
 
 
 class CheckpointError(ValueError):
@@ -89,20 +102,20 @@ def load_latest(folder, *, lazy: bool = False) -> dict:
 
 def load_model(path) -> tuple[UNet, Config]:
     """The model and config saved in checkpoint ``path``, weights loaded."""
-    model, config, _ = load_stage(path)
-    return model, config
+    stage = load_stage(path)
+    return stage.model, stage.config
 
 
-def load_stage(path) -> tuple[UNet, Config, tuple[float, float, float] | None]:
-    """The model (weights loaded), config and training grid spacing (mm; None when the
-    checkpoint predates its recording) saved in checkpoint ``path``."""
+def load_stage(path) -> TrainedStage:
+    """What checkpoint ``path`` holds: its model, config, training grid and voxel arrangement."""
     payload = load(path)
     config = from_dict(payload["config"], source=str(path))
     model = build_from_config(config)
     check_architecture(model, payload["architecture"], path)
     load_weights(model, payload["model"], path)
     spacing = payload.get("spacing")
-    return model, config, None if spacing is None else tuple(float(s) for s in spacing)
+    return TrainedStage(model, config, None if spacing is None else tuple(float(s) for s in spacing),
+                        payload.get("orientation"))
 
 
 def load_weights(model: UNet, state: dict, path) -> None:

@@ -24,6 +24,7 @@ from c2w_fast.config import Config
 from c2w_fast.data.augment import augment_batch
 from c2w_fast.data.layouts import Case
 from c2w_fast.data.loader import BatchSource, DevicePrefetcher, TrainingVolume, batches, sample_seed
+from c2w_fast.data.orientation import CANONICAL
 from c2w_fast.data.sampling import SamplingPolicy
 from c2w_fast.infer import default_precision, sliding_window
 from c2w_fast.postprocess import class_indices
@@ -251,8 +252,8 @@ class Trainer:
     def _payload(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "architecture": checkpoint.architecture_of(self.model, self.config.model.architecture),
-                "config": self.config.to_dict(), "spacing": list(self.spacing), "epoch": self.state["epoch"],
-                "trainer": self.state}
+                "config": self.config.to_dict(), "spacing": list(self.spacing), "orientation": CANONICAL,
+                "epoch": self.state["epoch"], "trainer": self.state}
 
     def _write_logs(self, *, throttle: bool = False) -> None:
         """metrics.csv, and progress.png; with ``throttle`` (after an epoch) the plot only :data:`PLOT_EVERY_S`

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from c2w_fast import config as cfg
 from c2w_fast.data.io import same_spacing
 from c2w_fast.data.layouts import Case, discover_cases, layout_labels, load_cases, unknown_label_codes
+from c2w_fast.data.orientation import CANONICAL, check_same_arrangement
 from c2w_fast.data.preprocess import TARGET_CLASSES, target_labels
 from c2w_fast.data.splits import Splits, load_splits, make_splits, read_patients, save_splits
 from c2w_fast.errors import DataError
@@ -230,12 +231,18 @@ def check_processes(config: cfg.Config, processes: Processes) -> None:
 
 
 def _check_helper_kind(config: cfg.Config, key: str, checkpoint_path: Path) -> None:
-    """A ConfigError when a helper run was trained for something else (:func:`c2w_fast.config.check_helper_kind`)."""
+    """A ConfigError when a helper run was trained for something else (:func:`c2w_fast.config.check_helper_kind`),
+    a RunError when on volumes arranged otherwise than this run reads them (:mod:`c2w_fast.data.orientation`)."""
     if key == "run.init_from" and config.run.stage != "wall":  # any run may initialise another
         return
     kind = ("run.stage", "cavity") if key == "run.init_from" else None  # the wall stage needs a cavity run
-    helper = cfg.from_dict(checkpoint.load(checkpoint_path, lazy=True)["config"], source=str(checkpoint_path))
+    payload = checkpoint.load(checkpoint_path, lazy=True)
+    helper = cfg.from_dict(payload["config"], source=str(checkpoint_path))
     cfg.check_helper_kind(key, helper, f"{key}: {checkpoint_path}", kind)
+    try:  # helpers see this run's cases; a wall stage's cavity run is its cavity stage at prediction
+        check_same_arrangement(payload.get("orientation"), CANONICAL, f"{key}: {checkpoint_path}", "this run")
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
 
 
 def training_cases(config: cfg.Config, split) -> list[str]:
