@@ -304,7 +304,8 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_weights(lasc,
     assert resumed.state["best_epoch"] == whole.state["best_epoch"]
 
 
-def test_a_resume_with_a_changed_config_is_refused(lasc, tmp_path, no_plot):
+def test_a_resume_with_a_changed_config_or_voxel_arrangement_is_refused(lasc, tmp_path, no_plot):
+    from c2w_fast.training import checkpoint
     from c2w_fast.training.checkpoint import CheckpointError
 
     _trainer(lasc, tmp_path / "fold", "train.epochs=1", prepare=False).fit()
@@ -313,6 +314,14 @@ def test_a_resume_with_a_changed_config_is_refused(lasc, tmp_path, no_plot):
         _trainer(lasc, tmp_path / "fold", "train.epochs=1", "optim.lr=0.002", resume=True, prepare=False)
     resumed = _trainer(lasc, tmp_path / "fold", "train.epochs=2", resume=True, prepare=False)  # epochs may change
     assert resumed.state["epoch"] == 1
+
+    # a fold begun before c2w_fast read cases in the canonical voxel arrangement
+    payload = checkpoint.load(tmp_path / "fold" / "checkpoint_latest.pt")
+    del payload["orientation"]
+    checkpoint.save(tmp_path / "fold" / "checkpoint_latest.pt", {k: v for k, v in payload.items() if k != "format"})
+    with pytest.raises(CheckpointError, match=r"checkpoint_latest.pt: this fold began before c2w_fast read cases "
+                                              r"in the canonical voxel arrangement \(SAR\).*train the fold anew"):
+        _trainer(lasc, tmp_path / "fold", "train.epochs=2", resume=True, prepare=False)
 
 
 def test_a_fold_starts_from_the_same_fold_of_the_init_run_else_from_its_final_model(lasc, tmp_path):

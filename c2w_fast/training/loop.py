@@ -70,12 +70,18 @@ def policy_of(config: Config) -> SamplingPolicy:
 
 def check_resumable(saved: dict, config: Config, latest: Path) -> None:
     """A CheckpointError unless ``config`` is the one the ``saved`` checkpoint (``latest``) was trained
-    with, but for what a resume may change (:data:`c2w_fast.config.RESUMABLE_KEYS`: epochs, device...)."""
+    with, but for what a resume may change (:data:`c2w_fast.config.RESUMABLE_KEYS`: epochs, device...),
+    and its cases were read in the voxel arrangement this version reads them in."""
     changed = cfg.differences(cfg.from_dict(saved["config"], source=str(latest)), config, ignore=cfg.RESUMABLE_KEYS)
     if changed:
         raise checkpoint.CheckpointError(
             f"{latest}: the run's config.toml differs from the config this checkpoint was trained with "
             f"({'; '.join(changed[:5])}); --resume only continues the same run")
+    if saved.get("orientation") != CANONICAL:
+        raise checkpoint.CheckpointError(
+            f"{latest}: this fold began before c2w_fast read cases in the canonical voxel arrangement "
+            f"({CANONICAL}); its epochs so far saw each file's own voxel order. Finish it with the version "
+            "that began it, or train the fold anew")
 
 
 class Trainer:
