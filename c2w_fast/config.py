@@ -6,7 +6,8 @@ dataclass defaults, unknown keys or values of the wrong type are a :class:`Confi
 naming ``section.key``, the expected type and the value found — before any training, as are
 values out of range (:func:`check`; every float value must be finite: NaN and inf are refused).
 ``--set section.key=value`` overrides any value (the value is read as TOML, bare words
-as strings). Sizes and spacings are (z, y, x); spacing in mm.
+as strings). Sizes and spacings are (z, y, x) along the canonical voxel axes that training reads
+every case in, toward superior, anterior and right (:mod:`c2w_fast.data.orientation`); spacing in mm.
 """
 from __future__ import annotations
 
