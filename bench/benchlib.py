@@ -33,11 +33,46 @@ def machine() -> dict:
         "torch": torch.__version__,
         "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],  # other work on the machine
     }
+    info["packages"] = _versions(("triton", "cupy-cuda13x", "cupy-cuda12x", "cucim-cu13", "cucim-cu12", "monai",
+                                  "scipy", "nibabel", "c2w_fast"))
+    info["git_commit"] = _git_commit()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    compute_capability=f"{props.major}.{props.minor}")
+                    compute_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
     return info
+
+
+def _versions(names) -> dict[str, str]:
+    """Installed versions of the ``names`` that are installed (read from their metadata, not imported)."""
+    from importlib import metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _git_commit() -> str:
+    """The commit of the checkout the scripts run from, ``+changes`` when its tracked files differ
+    from it; in a copy without its ``.git`` (a GPU machine's), ``$C2W_COMMIT`` or "unknown"."""
+    import subprocess
+
+    if os.environ.get("C2W_COMMIT"):
+        return os.environ["C2W_COMMIT"]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")
 
 
 def _cpu_model() -> str:
@@ -66,6 +101,45 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, cu
         cpu.append((time.process_time() - start_cpu) * 1e3)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "cpu_ms": statistics.median(cpu),
             "repeats": repeats}
+
+
+def host(value):
+    """``value`` (a torch tensor on any device, a CuPy or NumPy array, a number) as a NumPy array,
+    floats widened to float64: results of different libraries compared on the host."""
+    import numpy
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        return (value.double() if value.is_floating_point() else value).cpu().numpy()
+    if hasattr(value, "get") and hasattr(value, "__cuda_array_interface__"):  # CuPy
+        value = value.get()
+    array = numpy.asarray(value)
+    return array.astype(numpy.float64) if array.dtype.kind == "f" else array
+
+
+def agreement(ours, peer, *, atol: float = 0.0, rtol: float = 0.0) -> str:
+    """``"yes"`` when ``ours`` equals ``peer`` within ``atol + rtol * |peer|`` everywhere (tensors,
+    arrays or numbers, or tuples / lists of them paired in order; NaN matches NaN), else what
+    differs. A benchmark's fast answer counts only when it is the peer's answer too."""
+    import numpy
+
+    ours_parts = list(ours) if isinstance(ours, (tuple, list)) else [ours]
+    peer_parts = list(peer) if isinstance(peer, (tuple, list)) else [peer]
+    if len(ours_parts) != len(peer_parts):
+        return f"differs: {len(ours_parts)} results vs the peer's {len(peer_parts)}"
+    for index, (mine, theirs) in enumerate(zip(ours_parts, peer_parts)):
+        mine, theirs = host(mine), host(theirs)
+        where = f" (result {index})" if len(ours_parts) > 1 else ""
+        if mine.shape != theirs.shape:
+            return f"differs{where}: shape {mine.shape} vs the peer's {theirs.shape}"
+        mine, theirs = mine.astype(numpy.float64), theirs.astype(numpy.float64)
+        gap = numpy.abs(mine - theirs)
+        bad = ~((gap <= atol + rtol * numpy.abs(theirs)) | (numpy.isnan(mine) & numpy.isnan(theirs)))
+        if bad.any():
+            return (f"differs{where}: {int(bad.sum())} of {bad.size} values, max |ours - peer| "
+                    f"{numpy.nanmax(numpy.where(bad, gap, numpy.nan)):.3g} (allowed {atol:g} + {rtol:g} x |peer|)")
+    return "yes"
 
 
 def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:

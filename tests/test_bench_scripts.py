@@ -75,3 +75,26 @@ def test_rows_measured_before_a_failure_or_a_stop_are_kept(monkeypatch, capsys):
     assert benchlib.run_until_stopped(interrupted, payload, "network") is True
     assert payload["incomplete"].startswith("stopped during network by its time limit")
     assert benchlib.run_until_stopped(lambda: rows.append({}), {}, "x") is False
+
+
+def test_agreement_pairs_results_across_libraries_and_names_what_differs(monkeypatch):
+    """The benchmarks count a fast answer only when it is the peer's: torch (any dtype), NumPy and
+    numbers compare on the host, NaN matches NaN, and a difference says how many values and how far."""
+    import numpy as np
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import benchlib
+
+    assert benchlib.agreement((0.5, torch.tensor([1, 2])), (0.5, np.array([1, 2]))) == "yes"
+    ours = torch.tensor([1.0, 2.0, float("nan")], dtype=torch.bfloat16)
+    assert benchlib.agreement(ours, np.array([1.004, 2.0, np.nan]), atol=1e-2) == "yes"
+    assert benchlib.agreement(ours, np.array([1.0, 2.5, np.nan]), atol=1e-2) == \
+        "differs: 1 of 3 values, max |ours - peer| 0.5 (allowed 0.01 + 0 x |peer|)"
+    assert benchlib.agreement(ours, np.array([1.0, 2.0, 3.0])).startswith("differs: 1 of 3 values")
+    assert benchlib.agreement(np.zeros(3), np.zeros(4)) == "differs: shape (3,) vs the peer's (4,)"
+    assert benchlib.agreement((1.0, 2.0), (1.0, 2.1), rtol=0.01) == \
+        "differs (result 1): 1 of 1 values, max |ours - peer| 0.1 (allowed 0 + 0.01 x |peer|)"
+    assert benchlib.agreement([1], [1, 2]) == "differs: 1 results vs the peer's 2"
+    info = benchlib.machine()
+    assert info["packages"]["c2w_fast"] and info["git_commit"]
