@@ -98,3 +98,55 @@ def test_agreement_pairs_results_across_libraries_and_names_what_differs(monkeyp
     assert benchlib.agreement([1], [1, 2]) == "differs: 1 results vs the peer's 2"
     info = benchlib.machine()
     assert info["packages"]["c2w_fast"] and info["git_commit"]
+
+
+def test_a_metrics_row_is_met_only_when_ours_gives_the_peers_answer(monkeypatch):
+    import time
+
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setattr(sys, "argv", ["run_metrics.py"])  # the script reads its options when imported
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))  # which it sets: restored after
+    import run_metrics
+
+    labels = np.array([[0, 1, 1, 0, 2, 2]])
+    assert run_metrics.same_partition((labels, 2), labels * 7) == "yes"  # numbered otherwise: the same components
+    assert run_metrics.same_partition((labels, 2), np.array([[0, 1, 1, 0, 1, 1]])) == \
+        "differs: 2 components vs the peer's 1, 2 overlapping pairs"
+    assert run_metrics.same_partition((labels, 2), np.array([[0, 1, 1, 1, 2, 2]])) == \
+        "differs: 1 voxels foreground on one side only"
+
+    def slow(answer):
+        return lambda: (time.sleep(0.02), answer)[1]
+
+    wrong = run_metrics.row("op", lambda: np.ones(4, bool), "peer", slow(np.zeros(4, bool)), 2, repeats=1,
+                            check=run_metrics.same_mask)
+    assert wrong["ratio"] > 2 and wrong["agrees"].startswith("differs: 4 of 4 values")
+    assert wrong["met"] == "NO: the answers differ"
+    right = run_metrics.row("op", lambda: np.ones(4, bool), "peer", slow(np.ones(4, np.uint8)), 2, repeats=1,
+                            check=run_metrics.same_mask)
+    assert (right["agrees"], right["met"]) == ("yes", "yes")
+    unchecked = run_metrics.row("op", lambda: 1, "peer", slow(1), 2, repeats=1)
+    assert unchecked["met"] == "no verdict: answers not compared"
+
+
+def test_the_train_step_ratio_takes_the_faster_compile_and_counts_only_when_the_losses_agree(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setattr(sys, "argv", ["run_train_step.py", "--cpu-smoke"])  # read when imported
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # which it sets: restored after
+    import run_train_step
+
+    def ratio(compile_cl_loss=None):
+        rows = [{"build": "fused", "median_ms": 10.0, "first_loss": 0.70},
+                {"build": "compile cf", "median_ms": 30.0, "first_loss": 0.70}]
+        if compile_cl_loss is not None:
+            rows.append({"build": "compile cl", "median_ms": 25.0, "first_loss": compile_cl_loss})
+        run_train_step.ratio_rows(rows, ["compile cf", "compile cl"])
+        return next(row for row in rows if row["build"].startswith("fused / compile"))
+
+    agreeing = ratio(0.705)
+    assert (agreeing["build"], agreeing["median_ms"], agreeing["target"]) == ("fused / compile cl", 0.4, "<=0.5 met")
+    assert ratio(0.9)["target"] == "NOT met: the losses differ"
+    cut = ratio()
+    assert (cut["build"], cut["target"]) == ("fused / compile cf", "<=0.5 met (compile cl not measured)")

@@ -155,20 +155,25 @@ class Op:
             if problem:
                 raise BackendUnavailableError(f"{self.name}: backend {backend!r} is unavailable: {problem}")
             return self.implementations[backend]
+        return self.implementations[self.auto_backend(device_type, stacklevel=4)]
+
+    def auto_backend(self, device_type: str, *, stacklevel: int = 2) -> str:
+        """The backend ``auto`` runs for inputs on ``device_type``: the first preferred one available
+        here, else ``reference`` (with a :class:`BackendFallbackWarning`, once per op and device type)."""
         problems = []
         for name in self.preferred.get(device_type, ()):
             if name not in self.implementations:
                 continue
             problem = backend_problem(name, device_type)
             if problem is None:
-                return self.implementations[name]
+                return name
             problems.append(f"{name}: {problem}")
         if problems and (self.name, device_type) not in _warned:
             _warned.add((self.name, device_type))
             warnings.warn(f"{self.name}: no fast backend for {device_type} inputs "
                           f"({'; '.join(problems)}); using the reference implementation",
-                          BackendFallbackWarning, stacklevel=3)
-        return self.implementations["reference"]
+                          BackendFallbackWarning, stacklevel=stacklevel)
+        return "reference"
 
 
 def reference_only(backend: str, problem: str) -> str:
