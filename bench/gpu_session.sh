@@ -24,9 +24,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     || echo "WHEELS NOT INSTALLED (see pip's error above): the peers below may be missing"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-# The extension and the kernels folder mapping; the machine's own torch/triton/cupy are used.
-python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+# The extension and the kernels folder mapping; the machine's own torch/triton/cupy are used. A warm
+# machine keeps them from the previous call (the build folder is git-ignored): built once per session.
+ROOT=$PWD
+(cd /tmp && python3 -c "import sys, c2w_fast, c2w_fast._cpu, c2w_fast.kernels
+sys.exit(not c2w_fast.__file__.startswith('$ROOT/'))") 2>/dev/null \
+  || python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1
+echo "commit ${C2W_COMMIT:-unknown (pass C2W_COMMIT=\$(git rev-parse HEAD))}" | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 # every module a stage imports, so a missing peer is named once here rather than found row by row
 python3 -c "
@@ -39,7 +44,8 @@ for name in ('nibabel', 'nrrd', 'tqdm', 'scipy', 'matplotlib', 'cupy', 'monai', 
     except Exception as exc:
         print(f'IMPORT FAILED: {name}: {type(exc).__name__}: {exc}')
     else:
-        print(f'import ok: {name}')
+        top = importlib.import_module(name.split('.')[0])
+        print(f'import ok: {name} {getattr(top, \"__version__\", \"\")}')
 " | tee -a "$OUT/gpu.txt"
 
 declare -A LIMIT=([tests]=300 [kernels]=500 [metrics]=200 [train]=250 [inference]=250 [reproduce]=500)
