@@ -87,8 +87,8 @@ from tqdm import tqdm
 
 from c2w_fast import config as cfg
 from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
-from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, image_format, is_image_name, read_volume,
-                              write_csv, write_volume)
+from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_spacing, image_format, is_image_name,
+                              read_volume, write_csv, write_volume)
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
 from c2w_fast.data.orientation import Reorientation
 from c2w_fast.data.plausibility import implausible_image
@@ -168,11 +168,15 @@ class Pipeline:
         if (spacing is None) == (affine is None):
             raise ValueError("give the image's spacing or its affine (which holds the spacing), one of them")
         reorientation = Reorientation()
-        if affine is not None:
+        if affine is None:
+            spacing = check_spacing(spacing)
+        else:
             affine = np.asarray(affine, dtype=float)
             if affine.shape != (4, 4):
                 raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
-            spacing = tuple(float(h) for h in np.linalg.norm(affine[:3, :3], axis=0))
+            spacing = check_spacing(np.linalg.norm(affine[:3, :3], axis=0), "the affine's voxel size")
+            if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3:
+                raise ValueError("the affine's voxel axes are parallel (its direction matrix is singular)")
             if self.orientation:
                 reorientation = Reorientation.of(affine)
         for message in implausible_image(image, spacing):
@@ -466,7 +470,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2,
                    help="windows per forward pass (default: %(default)s; halved on GPU out-of-memory)")
     p.add_argument("--mirror", nargs="*", type=int, metavar="AXIS", default=None,
-                   help="mirroring test-time augmentation over these axes (0 z, 1 y, 2 x; no value: all three)")
+                   help="mirroring test-time augmentation over these axes of the canonical voxel arrangement "
+                        "(0 S/I, 1 A/P, 2 R/L; no value: all three)")
     p.add_argument("--cuda-graph", action="store_true", help="capture each network's forward as a CUDA graph")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="default: %(default)s, a GPU when there is one")

@@ -1,6 +1,7 @@
 """Voxel orientation: every arrangement of a scan's axes comes back to the canonical one with each
 voxel at its world position, and predictions go back to the file's exactly."""
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from nibabel.orientations import aff2axcodes
 from c2w_fast.data.io import Volume, affine_from_spacing, read_volume, write_volume
 from c2w_fast.data.layouts import discover_cases, load_case
 from c2w_fast.data.orientation import CANONICAL, Reorientation, check_same_arrangement
-from training_helpers import stored_as, write_phantoms
+from c2w_fast.data.phantom import write_dataset
+from training_helpers import stored_as
 
 ARRANGEMENTS = [(order, flips) for order in itertools.permutations(range(3))
                 for flips in itertools.product((False, True), repeat=3)]
@@ -48,25 +50,27 @@ def test_the_canonical_arrangement_is_left_alone():
     assert identity.volume(volume) is volume
 
 
-def test_a_sagittal_lps_case_loads_as_the_axial_one(tmp_path):
-    """The same phantom written axially and sagittally (NRRD in LPS) is one case to training: the
-    same image and labels, on the same canonical grid, with its spacing along the canonical axes."""
-    data = write_phantoms(tmp_path / "axial", n=1)
-    case = discover_cases(data)[0]
+@pytest.mark.parametrize("layout", ["lasc", "mbas"])
+def test_a_case_stored_sagittally_loads_as_the_axial_one(layout, tmp_path):
+    """The same phantom written axially and sagittally (NRRD in LPS, or NIfTI) is one case to training:
+    the same image and labels, labelled or not, on the same canonical grid, with its voxel size along the
+    canonical axes (unequal on each axis, so that a size left in file order shows)."""
+    write_dataset(tmp_path / "axial", layout, 1, shape=(20, 40, 36), spacing=(2.5, 2.0, 1.8), progress=False)
+    case = discover_cases(tmp_path / "axial")[0]
+    assert case.spacing == pytest.approx((2.5, 2.0, 1.8))
     axial = load_case(case)
-    sagittal = tmp_path / "sagittal" / case.id
-    for name, path in (("image", case.image_path), *case.label_paths.items()):
+    for path in (case.image_path, *case.label_paths.values()):
         volume = read_volume(path)
         array, affine = stored_as(volume.array, volume.affine, (2, 0, 1), (True, False, True))
-        write_volume(sagittal / path.name, array, affine)
+        write_volume(tmp_path / "sagittal" / path.relative_to(tmp_path / "axial"), array, affine)
     moved = discover_cases(tmp_path / "sagittal")[0]
-    assert read_volume(moved.image_path).shape != axial.image.shape
-    loaded = load_case(moved)
+    assert read_volume(moved.image_path).shape == (36, 20, 40)
     assert moved.spacing == pytest.approx(case.spacing)
-    assert np.array_equal(loaded.image.array, axial.image.array)
-    assert np.array_equal(loaded.labels, axial.labels)
-    np.testing.assert_allclose(loaded.image.affine, axial.image.affine, atol=1e-4)
-    assert loaded.image.header is None
+    for loaded in (load_case(moved), load_case(replace(moved, label_paths={}))):
+        assert np.array_equal(loaded.image.array, axial.image.array)
+        np.testing.assert_allclose(loaded.image.affine, axial.image.affine, atol=1e-4)
+        assert loaded.image.header is None  # a NIfTI header describes the file's arrangement, not this one
+    assert np.array_equal(load_case(moved).labels, axial.labels)
 
 
 def test_a_helper_trained_on_another_arrangement_is_named():

@@ -161,9 +161,11 @@ ARRANGED = (("sagittal.nrrd", (2, 0, 1), (True, False, True)), ("coronal.nii.gz"
 def test_a_scan_stored_in_another_voxel_arrangement_gets_the_same_segmentation(c2w, tmp_path):
     """The pipeline rearranges each image to the arrangement its stages were trained in, and its outputs
     back: a phantom stored sagittally (NRRD, LPS) or coronally gets the axial file's labels and
-    probabilities, moved with its voxels, on its own grid."""
+    probabilities, moved with its voxels, on its own grid. Its voxels are finer across than along z
+    (each stage resamples to its own grid): a voxel size left in the file's order shows."""
     data, runs = c2w
-    axial = read_volume(data / "phantom001" / "lgemri.nrrd")
+    coarse = read_volume(data / "phantom001" / "lgemri.nrrd")
+    axial = Volume(coarse.array.repeat(2, 1).repeat(2, 2), coarse.affine @ np.diag([1.0, 0.5, 0.5, 1.0]))
     write_volume(tmp_path / "in" / "axial.nii.gz", axial.array, axial.affine)
     for name, order, flips in ARRANGED:
         write_volume(tmp_path / "in" / name, *stored_as(axial.array, axial.affine, order, flips))
@@ -209,6 +211,11 @@ def test_runs_from_before_the_recorded_arrangement_predict_in_file_order(c2w, tm
     assert pipeline.orientation is None
     file_order = pipeline.predict(sagittal[0], Volume(*sagittal).spacing)
     assert np.array_equal(read_volume(tmp_path / "out" / name).array, file_order.labels)
+    _strip_orientation(runs, tmp_path / "old_cavity", ("cavity",))
+    assert predict.main(["--model", str(runs / "wall"), "--in", str(tmp_path / name), "--out", str(tmp_path / "out2"),
+                         "--use", f"run.init_from={tmp_path / 'old_cavity' / 'cavity'}"]) == 2
+    assert f"run.init_from = '{tmp_path / 'old_cavity' / 'cavity'}' was trained on volumes in each file's own" \
+        in capsys.readouterr().err
     _strip_orientation(runs, tmp_path / "mixed", ("localizer",))
     assert predict.main(["--model", str(tmp_path / "mixed" / "wall"), "--in", str(tmp_path / name), "--out",
                          str(tmp_path / "out2"), "--use", f"roi.localizer={tmp_path / 'mixed' / 'localizer'}"]) == 2
@@ -227,6 +234,18 @@ def test_the_pipeline_takes_a_spacing_or_an_affine(c2w):
             pipeline.predict(image, **arguments)
     with pytest.raises(ValueError, match=r"affine must be 4x4, got shape \(3, 3\)"):
         pipeline.predict(image, affine=np.eye(3))
+    for spacing in ((2.0, 2.0), (2.0, 2.0, 2.0, 1.0), (2.0, 0.0, 2.0)):
+        with pytest.raises(ValueError, match=r"spacing must have 3 positive values \(z, y, x\) in mm"):
+            pipeline.predict(image, spacing)
+    flat = np.eye(4)
+    flat[:3, 2] = 0.0
+    with pytest.raises(ValueError, match=r"the affine's voxel size must have 3 positive values"):
+        pipeline.predict(image, affine=flat)
+    flat[:3, 2] = flat[:3, 1]
+    with pytest.raises(ValueError, match=r"the affine's voxel axes are parallel"):
+        pipeline.predict(image, affine=flat)
+    with pytest.raises(ValueError, match=r"the affine's voxel size must have 3 positive values"):
+        pipeline.predict(image, affine=np.full((4, 4), np.nan))
 
 
 class RecordsInput(torch.nn.Module):
