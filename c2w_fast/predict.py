@@ -88,7 +88,7 @@ from tqdm import tqdm
 from c2w_fast import config as cfg
 from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
 from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_spacing, image_format, is_image_name,
-                              read_volume, write_csv, write_volume)
+                              parallel_axes, read_volume, write_csv, write_volume)
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
 from c2w_fast.data.orientation import Reorientation
 from c2w_fast.data.plausibility import implausible_image
@@ -175,7 +175,7 @@ class Pipeline:
             if affine.shape != (4, 4):
                 raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
             spacing = check_spacing(np.linalg.norm(affine[:3, :3], axis=0), "the affine's voxel size")
-            if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3:
+            if parallel_axes(affine):
                 raise ValueError("the affine's voxel axes are parallel (its direction matrix is singular)")
             if self.orientation:
                 reorientation = Reorientation.of(affine)

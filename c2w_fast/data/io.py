@@ -184,6 +184,13 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
     return Volume(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")), affine, path, header)
 
 
+def parallel_axes(affine) -> bool:
+    """Whether the voxel axes of ``affine`` (each of a size > 0) are parallel or nearly so: they span no
+    3D grid (a damaged header or a hand-made affine)."""
+    axes = np.asarray(affine, dtype=float)[:3, :3]
+    return abs(np.linalg.det(axes / np.linalg.norm(axes, axis=0))) < 1e-3
+
+
 def _check_geometry(path: Path, affine: np.ndarray) -> None:
     """A DataError unless every axis has a finite size > 0 and the three axes span space
     (directions that are parallel or nearly so: a damaged header)."""
@@ -192,7 +199,7 @@ def _check_geometry(path: Path, affine: np.ndarray) -> None:
         sizes = ", ".join(f"{v:.6g}" for v in spacing[::-1])
         raise DataError(path, f"the header's geometry is unusable (voxel size ({sizes}) mm, x/y/z); every axis "
                               "needs a finite size > 0")
-    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3:
+    if parallel_axes(affine):
         raise DataError(path, "the header's voxel axes are parallel (its direction matrix is singular): a damaged "
                               "header; rewrite the file with its true orientation")
 
