@@ -115,11 +115,51 @@ def _replaced(out: Path, changes: list[str], resplit: bool) -> str:
     return f"{out}: nothing trained there yet, so this run replaces its {' and '.join(files)}"
 
 
+def _checked(config: cfg.Config, args, processes: distributed.Processes, device):
+    """Every check of the run, before anything is written: the dataset's cases, its splits, the folds
+    to train and how, the config a run folder that trained nothing replaces. Every rank checks, and none
+    goes on until all have: rank 0 locks and writes the run folder only then, so that no rank reads it
+    half-written or finds its own run's lock on a fold (and each rank stops with the first error)."""
+    failure = None
+    try:
+        cases, splits = cases_and_splits(config, args.out)
+        names = fold_names(args.fold, len(splits.folds))
+        changes = [] if args.resume else replaced_config(config, args.out)
+        plan = plan_folds(config, args.out, names, splits, resume=args.resume, epochs_given=args.epochs is not None)
+        check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits,
+                      run_dir=args.out if args.resume else None, main=processes.is_main)
+        check_processes(config, processes)
+        check_patch(config)
+        unreached = unreached_settings(config)
+        if unreached and processes.is_main:
+            warnings.warn(f"a run of {counted(config.train.epochs, 'epoch')} does not reach all of its config: "
+                          f"{'; '.join(unreached)} (a short run scales them: see "
+                          "c2w_fast.demo.short_run_schedule)", stacklevel=1)
+        if config.unfreeze.enabled and not config.run.init_from and processes.is_main:
+            warnings.warn("unfreeze.enabled without run.init_from: steps A and B keep a randomly initialised "
+                          "encoder frozen; give --init-from the pre-trained run, or set unfreeze.enabled = false",
+                          stacklevel=1)
+        for name in names:  # a data.train_subset larger than a fold's training cases is refused now
+            training_cases(config, fold_split(splits, name))
+        check_cases(config, cases, splits, [name for name, todo in plan.items() if todo != "finished"],
+                    main=processes.is_main)
+    except Exception as exc:  # raised below, once the other ranks know
+        failure = exc
+    _stop_together(failure, processes, device, "another rank stopped at its checks (its error says why)")
+    return cases, splits, names, changes, plan
+
+
+def _stop_together(failure: Exception | None, processes: distributed.Processes, device, elsewhere: str) -> None:
+    """Every rank stops when one failed: that rank with its error, the others with ``elsewhere``; none is
+    left waiting in a collective for torchrun to kill it."""
+    if not distributed.all_true(failure is None, processes, device):
+        raise failure or RunError(elsewhere)
+
+
 def _start(config: cfg.Config, args, plan: dict[str, str], splits, changes: list[str], locks: FoldLocks,
            processes: distributed.Processes, device) -> None:
     """Every check passed: rank 0 locks the folds to train and writes the run folder
-    (:func:`start_folds`), and every rank learns whether it could: all stop with that error, none is left
-    waiting in a collective (for torchrun to kill it)."""
+    (:func:`start_folds`), and every rank learns whether it could."""
     starting = processes.is_main and set(plan.values()) != {"finished"}
     failure = resplit = None
     if starting:
@@ -128,8 +168,7 @@ def _start(config: cfg.Config, args, plan: dict[str, str], splits, changes: list
                                   epochs_given=args.epochs is not None)
         except Exception as exc:  # raised below, once the other ranks know
             failure = exc
-    if not distributed.broadcast_flag(failure is None, processes, device):
-        raise failure or RunError("rank 0 could not start the run (its error says why)")
+    _stop_together(failure, processes, device, "rank 0 could not start the run (its error says why)")
     if starting and (changes or resplit):
         print(_replaced(args.out, changes, resplit))
     if starting and splits.settings is None and not args.resume:
@@ -147,28 +186,7 @@ def main(argv=None) -> int:
         processes, device = distributed.setup(config.run.device)
         locks = FoldLocks()  # held while the folds train
         try:
-            cases, splits = cases_and_splits(config, args.out)
-            names = fold_names(args.fold, len(splits.folds))
-            changes = [] if args.resume else replaced_config(config, args.out)
-            plan = plan_folds(config, args.out, names, splits, resume=args.resume,
-                              epochs_given=args.epochs is not None)
-            check_helpers(config, names, [name for name, todo in plan.items() if todo == "new"], splits,
-                          run_dir=args.out if args.resume else None, main=processes.is_main)
-            check_processes(config, processes)
-            check_patch(config)
-            unreached = unreached_settings(config)
-            if unreached and processes.is_main:
-                warnings.warn(f"a run of {counted(config.train.epochs, 'epoch')} does not reach all of its config: "
-                              f"{'; '.join(unreached)} (a short run scales them: see "
-                              "c2w_fast.demo.short_run_schedule)", stacklevel=1)
-            if config.unfreeze.enabled and not config.run.init_from and processes.is_main:
-                warnings.warn("unfreeze.enabled without run.init_from: steps A and B keep a randomly initialised "
-                              "encoder frozen; give --init-from the pre-trained run, or set unfreeze.enabled = false",
-                              stacklevel=1)
-            for name in names:  # a data.train_subset larger than a fold's training cases is refused now
-                training_cases(config, fold_split(splits, name))
-            check_cases(config, cases, splits, [name for name, todo in plan.items() if todo != "finished"],
-                        main=processes.is_main)
+            cases, splits, names, changes, plan = _checked(config, args, processes, device)
             _start(config, args, plan, splits, changes, locks, processes, device)
             validated = []
             for name, todo in plan.items():

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -26,13 +27,33 @@ def lasc(tmp_path_factory):
     return write_phantoms(tmp_path_factory.mktemp("lasc"))
 
 
-def _torchrun_fold_0(data, out) -> subprocess.CompletedProcess:
-    """One epoch of fold 0 of the tiny cavity run, in two gloo processes launched by torchrun."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "c2w_fast.train", "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(data), "--out", str(out),
+def _torchrun_fold_0(data, out, rank_1: tuple[str, str, str] | None = None) -> subprocess.CompletedProcess:
+    """One epoch of fold 0 of the tiny cavity run, in two gloo processes launched by torchrun; ``rank_1``:
+    (module, function, statement), rank 1 runs the statement whenever it calls that function (to slow or fail it)."""
+    program = ["-m", "c2w_fast.train"]
+    if rank_1:
+        program = [str(out.parent / "train_rank_1_patched.py")]
+        module, function, statement = rank_1
+        Path(program[0]).write_text(RANK_1_PATCHED.format(module=module, function=function, statement=statement))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program,
+               "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(data), "--out", str(out),
                "--fold", "0", "--epochs", "1"] + set_args(SPLITS + RESNEXT)
     return subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=240)
+
+
+RANK_1_PATCHED = """import importlib, os, sys, time
+from c2w_fast import train
+from c2w_fast.training.run import RunError
+module = importlib.import_module("{module}")
+original = module.{function}
+def patched(*args, **kwargs):
+    if os.environ["RANK"] == "1":
+        {statement}
+    return original(*args, **kwargs)
+module.{function} = patched
+sys.exit(train.main())
+"""
 
 
 @pytest.fixture
@@ -132,6 +153,16 @@ def test_every_torchrun_rank_stops_when_rank_0_cannot_start(lasc, tmp_path, held
     assert not (out / "config.toml").exists()
 
 
+def test_every_torchrun_rank_stops_when_another_rank_fails_its_checks(lasc, tmp_path):
+    """A rank that fails a check stops every rank before rank 0 writes anything."""
+    out = tmp_path / "run"
+    done = _torchrun_fold_0(lasc, out, rank_1=("c2w_fast.train", "cases_and_splits", 'raise RunError("rank 1 saw something wrong")'))
+    assert done.returncode != 0
+    assert "error: rank 1 saw something wrong" in done.stderr
+    assert "error: another rank stopped at its checks (its error says why)" in done.stderr  # rank 0's
+    assert not out.exists()
+
+
 def test_a_forked_child_does_not_keep_the_fold_locked(tmp_path):
     """A data-loader worker is forked while its run holds the fold: orphaned by a killed run, it must not
     keep the fold locked (the next --resume would be refused until it noticed)."""
@@ -206,6 +237,7 @@ def test_under_torchrun_rank_0_alone_says_what_it_replaces(lasc, tmp_path):
     assert run_train("c2w_cavity.toml", lasc, out, fold="0", epochs=1, items=["optim.lr=0.5"]) == 0
     for path in (out / "fold_0").glob("checkpoint_*.pt"):
         path.unlink()  # as a run killed in its first epoch
-    done = _torchrun_fold_0(lasc, out)
+    # rank 1 reads the old config.toml, then waits: rank 0 would lock fold_0 meanwhile, had it not waited for rank 1
+    done = _torchrun_fold_0(lasc, out, rank_1=("c2w_fast.config", "differences", "time.sleep(3)"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("nothing trained there yet, so this run replaces its config.toml (optim.lr") == 1

@@ -70,6 +70,15 @@ def broadcast_flag(flag: bool, processes: Processes, device: torch.device) -> bo
     return bool(value.item())
 
 
+def all_true(flag: bool, processes: Processes, device: torch.device) -> bool:
+    """Whether ``flag`` holds on every rank (e.g. "my checks passed"), known to all of them."""
+    if not processes.distributed:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def barrier(processes: Processes) -> None:
     if processes.distributed:
         dist.barrier()
