@@ -87,8 +87,8 @@ from tqdm import tqdm
 
 from c2w_fast import config as cfg
 from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
-from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_spacing, image_format, is_image_name,
-                              parallel_axes, read_volume, write_csv, write_volume)
+from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_affine, check_spacing, image_format,
+                              is_image_name, read_volume, write_csv, write_volume)
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
 from c2w_fast.data.orientation import Reorientation
 from c2w_fast.data.plausibility import implausible_image
@@ -171,12 +171,8 @@ class Pipeline:
         if affine is None:
             spacing = check_spacing(spacing)
         else:
-            affine = np.asarray(affine, dtype=float)
-            if affine.shape != (4, 4):
-                raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
-            spacing = check_spacing(np.linalg.norm(affine[:3, :3], axis=0), "the affine's voxel size")
-            if parallel_axes(affine):
-                raise ValueError("the affine's voxel axes are parallel (its direction matrix is singular)")
+            affine = check_affine(affine)
+            spacing = check_spacing(np.linalg.norm(affine[:3, :3], axis=0))
             if self.orientation:
                 reorientation = Reorientation.of(affine)
         for message in implausible_image(image, spacing):

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
-from c2w_fast.data.io import (Volume, affine_from_spacing, check_same_grid, image_format, is_image_name, read_volume,
-                              same_spacing)
+from c2w_fast.data.io import (Volume, affine_from_spacing, check_affine, check_same_grid, image_format, is_image_name,
+                              read_volume, same_spacing)
 from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
 from c2w_fast.data.plausibility import IMAGE_VALUES, sampled_values
 from c2w_fast.errors import DataError
@@ -68,14 +68,7 @@ def _grid_affine(spacing, affine) -> np.ndarray:
         if spacing is None:
             raise ValueError("need the spacing (z, y, x) in mm or the affine of the masks' grid")
         return affine_from_spacing(spacing)
-    affine = np.asarray(affine, float)
-    if affine.shape != (4, 4):
-        raise ValueError(f"affine must be a 4 x 4 matrix, got shape {affine.shape}")
-    if not np.isfinite(affine).all():
-        raise ValueError("affine must be finite, but holds NaN or inf")
-    if np.linalg.matrix_rank(affine[:3, :3]) < 3:  # e.g. all zeros: no voxel size, no orientation
-        raise ValueError(f"affine's 3 x 3 part must be invertible (its columns are the voxel axes in mm), got "
-                         f"{affine[:3, :3].tolist()}")
+    affine = check_affine(affine)
     if spacing is not None and not same_spacing(np.linalg.norm(affine[:3, :3], axis=0), spacing):
         raise ValueError(f"spacing {tuple(spacing)} disagrees with the affine's voxel size "
                          f"{tuple(np.round(np.linalg.norm(affine[:3, :3], axis=0), 6))}: give one of them")

@@ -232,7 +232,7 @@ def test_the_pipeline_takes_a_spacing_or_an_affine(c2w):
     for arguments in ({}, {"spacing": (2.0, 2.0, 2.0), "affine": np.eye(4)}):
         with pytest.raises(ValueError, match="give the image's spacing or its affine"):
             pipeline.predict(image, **arguments)
-    with pytest.raises(ValueError, match=r"affine must be 4x4, got shape \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"affine must be a 4 x 4 matrix, got shape \(3, 3\)"):
         pipeline.predict(image, affine=np.eye(3))
     for spacing in ((2.0, 2.0), (2.0, 2.0, 2.0, 1.0), (2.0, 0.0, 2.0)):
         with pytest.raises(ValueError, match=r"spacing must have 3 positive values \(z, y, x\) in mm"):

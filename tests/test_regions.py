@@ -32,11 +32,14 @@ def test_the_la_cavity_is_taken_inside_the_cavity_and_outside_the_wall():
 
 def test_the_grid_is_a_finite_4x4_affine_whose_columns_give_the_spacing():
     wall, cavity = slab_masks()
-    singular = np.eye(4)
-    singular[:3, :3] = 0.0
+    flat, shifted = np.eye(4), np.eye(4)
+    flat[:3, 2] = flat[:3, 1]
+    shifted[0, 3] = np.nan
     for affine, message in ((np.eye(3), r"affine must be a 4 x 4 matrix, got shape \(3, 3\)"),
-                            (np.where(np.eye(4) > 0, np.nan, 0.0), "affine must be finite, but holds NaN or inf"),
-                            (singular, r"affine's 3 x 3 part must be invertible \(its columns are the voxel axes")):
+                            (np.zeros((4, 4)), r"the affine's voxel size must have 3 positive values"),
+                            (np.where(np.eye(4) > 0, np.nan, 0.0), r"the affine's voxel size must have 3 positive"),
+                            (shifted, "affine must be finite, but holds NaN or inf"),
+                            (flat, r"the affine's voxel axes are parallel")):
         with pytest.raises(ValueError, match=message):
             atrial_masks(wall, cavity, affine=affine)
     assert atrial_masks(wall, cavity, affine=affine_from_spacing((2.0, 1.0, 0.5))).spacing == (2.0, 1.0, 0.5)

@@ -184,6 +184,20 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
     return Volume(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")), affine, path, header)
 
 
+def check_affine(affine) -> np.ndarray:
+    """``affine`` ((z, y, x) index → RAS mm) as a float 4 x 4 matrix, or a ValueError naming what is wrong:
+    another shape, a voxel size that is not finite and > 0, a NaN shift, voxel axes parallel or nearly so."""
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be a 4 x 4 matrix, got shape {affine.shape}")
+    check_spacing(np.linalg.norm(affine[:3, :3], axis=0), "the affine's voxel size")
+    if not np.isfinite(affine).all():
+        raise ValueError("affine must be finite, but holds NaN or inf")
+    if parallel_axes(affine):
+        raise ValueError("the affine's voxel axes are parallel (its direction matrix is singular)")
+    return affine
+
+
 def parallel_axes(affine) -> bool:
     """Whether the voxel axes of ``affine`` (each of a size > 0) are parallel or nearly so: they span no
     3D grid (a damaged header or a hand-made affine)."""
