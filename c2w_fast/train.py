@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -149,11 +150,29 @@ def _checked(config: cfg.Config, args, processes: distributed.Processes, device)
     return cases, splits, names, changes, plan
 
 
+_REPORTED = (cfg.ConfigError, DataError, RunError, CheckpointError, FoldInUseError, FileNotFoundError)
+
+
+class _StoppedTogether(Exception):
+    """Every rank has said why it stops (:func:`_stop_together`)."""
+
+
 def _stop_together(failure: Exception | None, processes: distributed.Processes, device, elsewhere: str) -> None:
     """Every rank stops when one failed: that rank with its error, the others with ``elsewhere``; none is
-    left waiting in a collective for torchrun to kill it."""
-    if not distributed.all_true(failure is None, processes, device):
-        raise failure or RunError(elsewhere)
+    left waiting in a collective for torchrun to kill it. torchrun ends every rank as soon as one exits,
+    so under it each rank prints its error and waits for the others to print theirs before it leaves."""
+    if distributed.all_true(failure is None, processes, device):
+        return
+    error = failure or RunError(elsewhere)
+    if not processes.distributed:
+        raise error
+    if isinstance(error, (*_REPORTED, OSError)):
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    else:  # a bug: its traceback
+        traceback.print_exception(error, file=sys.stderr)
+        sys.stderr.flush()
+    distributed.barrier(processes)
+    raise _StoppedTogether() from error
 
 
 def _start(config: cfg.Config, args, plan: dict[str, str], splits, changes: list[str], locks: FoldLocks,
@@ -207,7 +226,9 @@ def main(argv=None) -> int:
         finally:
             locks.release()
             distributed.teardown()
-    except (cfg.ConfigError, DataError, RunError, CheckpointError, FoldInUseError, FileNotFoundError) as exc:
+    except _StoppedTogether:
+        return 2
+    except _REPORTED as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a folder made read-only while training: the earlier epochs are kept

@@ -27,14 +27,15 @@ def lasc(tmp_path_factory):
     return write_phantoms(tmp_path_factory.mktemp("lasc"))
 
 
-def _torchrun_fold_0(data, out, rank_1: tuple[str, str, str] | None = None) -> subprocess.CompletedProcess:
-    """One epoch of fold 0 of the tiny cavity run, in two gloo processes launched by torchrun; ``rank_1``:
-    (module, function, statement), rank 1 runs the statement whenever it calls that function (to slow or fail it)."""
+def _torchrun_fold_0(data, out, *rank_1: tuple[str, str, str]) -> subprocess.CompletedProcess:
+    """One epoch of fold 0 of the tiny cavity run, in two gloo processes launched by torchrun; each of
+    ``rank_1``, (module, function, statement): rank 1 runs the statement whenever it calls that function
+    (to slow or fail it)."""
     program = ["-m", "c2w_fast.train"]
     if rank_1:
         program = [str(out.parent / "train_rank_1_patched.py")]
-        module, function, statement = rank_1
-        Path(program[0]).write_text(RANK_1_PATCHED.format(module=module, function=function, statement=statement))
+        patches = "".join(ON_RANK_1.format(module=m, function=f, statement=s) for m, f, s in rank_1)
+        Path(program[0]).write_text(f"{PATCHED_HEADER}{patches}sys.exit(train.main())\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program,
                "--config", str(CONFIGS / "c2w_cavity.toml"), "--data", str(data), "--out", str(out),
                "--fold", "0", "--epochs", "1"] + set_args(SPLITS + RESNEXT)
@@ -42,18 +43,18 @@ def _torchrun_fold_0(data, out, rank_1: tuple[str, str, str] | None = None) -> s
                           timeout=240)
 
 
-RANK_1_PATCHED = """import importlib, os, sys, time
+PATCHED_HEADER = """import importlib, os, sys, time
 from c2w_fast import train
 from c2w_fast.training.run import RunError
-module = importlib.import_module("{module}")
-original = module.{function}
-def patched(*args, **kwargs):
+"""
+ON_RANK_1 = """module = importlib.import_module("{module}")
+def patched(*args, original=module.{function}, **kwargs):
     if os.environ["RANK"] == "1":
         {statement}
     return original(*args, **kwargs)
 module.{function} = patched
-sys.exit(train.main())
 """
+SLOW_PRINTS = ("builtins", "print", "time.sleep(1)")  # torchrun ends a rank still printing once another has exited
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_every_torchrun_rank_stops_when_rank_0_cannot_start(lasc, tmp_path, held
     wait for it in a collective until torchrun kills them."""
     out = tmp_path / "run"
     held.acquire(out / "fold_0")
-    done = _torchrun_fold_0(lasc, out)
+    done = _torchrun_fold_0(lasc, out, SLOW_PRINTS)
     assert done.returncode != 0
     assert "is being trained now by pid" in done.stderr  # rank 0's error
     assert "rank 0 could not start the run (its error says why)" in done.stderr  # rank 1's
@@ -156,11 +157,33 @@ def test_every_torchrun_rank_stops_when_rank_0_cannot_start(lasc, tmp_path, held
 def test_every_torchrun_rank_stops_when_another_rank_fails_its_checks(lasc, tmp_path):
     """A rank that fails a check stops every rank before rank 0 writes anything."""
     out = tmp_path / "run"
-    done = _torchrun_fold_0(lasc, out, rank_1=("c2w_fast.train", "cases_and_splits", 'raise RunError("rank 1 saw something wrong")'))
+    failing = ("c2w_fast.train", "cases_and_splits", 'raise RunError("rank 1 saw something wrong")')
+    done = _torchrun_fold_0(lasc, out, failing, SLOW_PRINTS)
     assert done.returncode != 0
     assert "error: rank 1 saw something wrong" in done.stderr
     assert "error: another rank stopped at its checks (its error says why)" in done.stderr  # rank 0's
     assert not out.exists()
+
+
+def test_a_free_fold_is_taken_while_another_process_checks_whether_it_is_in_use(tmp_path):
+    """in_use() holds the lock for an instant (as used_folds() does for every fold of another run starting
+    at the same time): acquire() waits that out rather than refuse a free fold."""
+    folder = tmp_path / "run" / "fold_0"
+    first = FoldLocks()
+    first.acquire(folder)  # makes the lock file
+    first.release()
+    probing = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                "from c2w_fast.training import lock; print(flush=True)\n"
+                                "while True: lock.in_use(Path(sys.argv[1]))", str(folder)], stdout=subprocess.PIPE)
+    try:
+        probing.stdout.readline()  # probing from now on
+        for _ in range(1000):
+            locks = FoldLocks()
+            locks.acquire(folder)
+            locks.release()
+    finally:
+        probing.kill()
+        probing.wait()
 
 
 def test_a_forked_child_does_not_keep_the_fold_locked(tmp_path):
@@ -238,6 +261,6 @@ def test_under_torchrun_rank_0_alone_says_what_it_replaces(lasc, tmp_path):
     for path in (out / "fold_0").glob("checkpoint_*.pt"):
         path.unlink()  # as a run killed in its first epoch
     # rank 1 reads the old config.toml, then waits: rank 0 would lock fold_0 meanwhile, had it not waited for rank 1
-    done = _torchrun_fold_0(lasc, out, rank_1=("c2w_fast.config", "differences", "time.sleep(3)"))
+    done = _torchrun_fold_0(lasc, out, ("c2w_fast.config", "differences", "time.sleep(3)"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("nothing trained there yet, so this run replaces its config.toml (optim.lr") == 1

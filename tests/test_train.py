@@ -141,6 +141,7 @@ def test_a_batch_the_processes_cannot_share_is_refused_before_training(lasc, tmp
 
     monkeypatch.setattr(distributed, "setup", lambda device: (distributed.Processes(0, 3, 0), torch.device("cpu")))
     monkeypatch.setattr(distributed, "all_true", lambda flag, processes, device: flag)  # a world of one, in fact
+    monkeypatch.setattr(distributed, "barrier", lambda processes: None)
     assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", items=["train.batch_size=2"]) == 2
     assert "train.batch_size (2) must be divisible by the number of processes (3)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

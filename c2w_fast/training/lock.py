@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from c2w_fast.data.io import STAGING_PREFIX
@@ -57,14 +58,12 @@ class FoldLocks:
         if fcntl is None:
             return
         handle = open(folder / LOCK_NAME, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _locked(handle):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
             raise FoldInUseError(f"{folder} is being trained now by {holder}: wait for that run to end (or stop it), "
-                                 "or train another fold or --out") from None
+                                 "or train another fold or --out")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -79,6 +78,20 @@ class FoldLocks:
             _HELD.discard(handle)
             handle.close()  # closing the last descriptor of the open file drops its flock
         self._handles.clear()
+
+
+def _locked(handle, patience_s: float = 1.0) -> bool:
+    """Whether this process took the exclusive lock of the open ``handle``, trying for ``patience_s``: an
+    :func:`in_use` check by another process holds the lock for an instant (a training holds it for hours)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
 
 
 def in_use(folder: Path) -> bool:
