@@ -4,7 +4,8 @@ import math
 import os
 import subprocess
 import sys
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -418,15 +419,22 @@ def test_ctrl_c_stops_at_the_cases_under_way_with_one_line_and_status_130(tmp_pa
     pred, gt = _la_spike_case()
     for identifier in ("c1", "c2", "c3", "c4"):
         _write_pair(tmp_path / "gt", tmp_path / "pred", identifier, pred, gt)
-    started = []
+    started, cancelled = [], threading.Event()
+
+    class Pool(ThreadPoolExecutor):  # tells when the queued cases are cancelled
+        def shutdown(self, wait=True, *, cancel_futures=False):
+            super().shutdown(wait=False, cancel_futures=cancel_futures)
+            cancelled.set()
+            super().shutdown(wait=wait)
 
     def interrupted_at_c1(identifier, *_):
         started.append(identifier)
         if identifier == "c1":
             raise KeyboardInterrupt
-        time.sleep(0.2)  # the main thread meanwhile sees c1's interrupt
+        assert cancelled.wait(60)  # under way until the main thread has dropped the queued cases (no race)
         return [], None, []
 
+    monkeypatch.setattr(evaluate, "ThreadPoolExecutor", Pool)
     monkeypatch.setattr(evaluate, "_evaluate_case", interrupted_at_c1)
     out = tmp_path / "m.csv"
     assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out", str(out), "--quiet",

@@ -2,7 +2,6 @@
 and DDP's average of their gradients is the one-process gradient (batch Dice, region masks,
 a share with no voxel in the region, loss options, targets, dtypes, deep supervision, both backends)."""
 import itertools
-import socket
 
 import numpy as np
 import pytest
@@ -87,14 +86,9 @@ def _worker(rank: int, address: str, seed: int):
         dist.destroy_process_group()
 
 
-def _free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def test_two_processes_get_the_whole_batch_loss_and_gradient(rng):
-    mp.spawn(_worker, args=(_free_address(), int(rng.integers(2**31))), nprocs=PROCESSES)
+def test_two_processes_get_the_whole_batch_loss_and_gradient(rng, tmp_path):
+    # a file store: a free port found now could be taken by the time the processes bind it
+    mp.spawn(_worker, args=(f"file://{tmp_path / 'store'}", int(rng.integers(2**31))), nprocs=PROCESSES)
 
 
 def test_without_a_process_group_across_processes_changes_nothing(rng):

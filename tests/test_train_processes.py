@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -48,23 +47,35 @@ def _history(folder, drop=("time_s",)):
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
 
 
+KILLED_AT = """import os, signal, sys
+from c2w_fast import train
+from c2w_fast.training.loop import Trainer
+original = Trainer.train_step
+def train_step(self, net, batch, lr):
+    if batch["iteration"] == {iteration}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, net, batch, lr)
+Trainer.train_step = train_step
+sys.exit(train.main())
+"""
+
+
 def test_killed_run_resumes_to_the_uninterrupted_weights(lasc, tmp_path):
-    # 10 iterations per epoch: the kill, 0.3 s after the first checkpoint, lands inside epoch 1's steps
+    # 10 iterations per epoch: the run kills itself at global iteration 15, in epoch 1's steps, after
+    # epoch 0's checkpoint (a kill timed from outside could land after the run's end on a fast machine)
     items = ["train.num_workers=1", "train.iterations_per_epoch=10", "augment.rotation_prob=0.5",
              "augment.brightness_prob=0.5"]
     _in_process(_command(lasc, tmp_path / "whole", 4, *items))
 
-    killed = subprocess.Popen(_command(lasc, tmp_path / "killed", 4, *items), env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    script = tmp_path / "train_killed_at_15.py"
+    script.write_text(KILLED_AT.format(iteration=15))
+    log = tmp_path / "killed.log"  # a file, not a pipe: an orphaned loader worker would hold a pipe open
+    with open(log, "w") as handle:
+        killed = subprocess.run([sys.executable, str(script), *_command(lasc, tmp_path / "killed", 4, *items)[3:]],
+                                env=ENV, stdout=subprocess.DEVNULL, stderr=handle)
+    assert killed.returncode == -9, log.read_text()[-3000:]
     latest = tmp_path / "killed" / "fold_0" / "checkpoint_latest.pt"
-    deadline = time.monotonic() + 300
-    while not latest.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    killed.kill()
-    assert killed.wait() == -9, "the run finished before it could be killed"
-    stopped_at = torch.load(latest, map_location="cpu", weights_only=False)["epoch"]
-    assert 1 <= stopped_at < 4
+    assert torch.load(latest, map_location="cpu", weights_only=False)["epoch"] == 1
 
     resumed = subprocess.run([sys.executable, "-m", "c2w_fast.train", "--resume", "--out", str(tmp_path / "killed"),
                               "--fold", "0"], env=ENV, capture_output=True, text=True)
