@@ -223,6 +223,7 @@ def main(argv=None) -> int:
                     validated += [{"fold": name, **row} for row in result.get("val", [])]
             if processes.is_main and len(plan) > 1 and validated:
                 print(cross_validation_summary(config, args.out, validated))
+            distributed.barrier(processes)  # rank 0 has evaluated: no rank leaves the group while another uses it
         finally:
             locks.release()
             distributed.teardown()
