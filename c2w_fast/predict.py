@@ -88,7 +88,7 @@ from tqdm import tqdm
 from c2w_fast import config as cfg
 from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
 from c2w_fast.data.io import (NIFTI_SUFFIXES, NRRD_SUFFIXES, Volume, check_affine, check_spacing, image_format,
-                              is_image_name, read_volume, write_csv, write_volume)
+                              is_image_name, read_volume, voxel_size, write_csv, write_volume)
 from c2w_fast.data.layouts import CANONICAL_LABELS, LASC_IMAGE, NoLayoutError, detect_layout, find_images
 from c2w_fast.data.orientation import Reorientation
 from c2w_fast.data.plausibility import implausible_image
@@ -172,7 +172,7 @@ class Pipeline:
             spacing = check_spacing(spacing)
         else:
             affine = check_affine(affine)
-            spacing = check_spacing(np.linalg.norm(affine[:3, :3], axis=0))
+            spacing = voxel_size(affine)
             if self.orientation:
                 reorientation = Reorientation.of(affine)
         for message in implausible_image(image, spacing):

@@ -31,7 +31,7 @@ import torch
 
 from c2w_fast.cli import INTERRUPTED, may_write_in, nearest_existing, path_argument
 from c2w_fast.data.io import (Volume, affine_from_spacing, check_affine, check_same_grid, image_format, is_image_name,
-                              read_volume, same_spacing)
+                              read_volume, same_spacing, voxel_size)
 from c2w_fast.data.layouts import CANONICAL_LABELS, check_whole_labels
 from c2w_fast.data.plausibility import IMAGE_VALUES, sampled_values
 from c2w_fast.errors import DataError
@@ -52,7 +52,7 @@ class AtrialMasks:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return voxel_size(self.affine)
 
     def sectors(self) -> torch.Tensor:
         return wall_sectors(self.wall, la_centroid(self.la_cavity), self.affine)
@@ -69,9 +69,9 @@ def _grid_affine(spacing, affine) -> np.ndarray:
             raise ValueError("need the spacing (z, y, x) in mm or the affine of the masks' grid")
         return affine_from_spacing(spacing)
     affine = check_affine(affine)
-    if spacing is not None and not same_spacing(np.linalg.norm(affine[:3, :3], axis=0), spacing):
+    if spacing is not None and not same_spacing(voxel_size(affine), spacing):
         raise ValueError(f"spacing {tuple(spacing)} disagrees with the affine's voxel size "
-                         f"{tuple(np.round(np.linalg.norm(affine[:3, :3], axis=0), 6))}: give one of them")
+                         f"{tuple(np.round(voxel_size(affine), 6))}: give one of them")
     return affine
 
 

@@ -56,7 +56,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm, (z, y, x)."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return voxel_size(self.affine)
 
     @property
     def origin(self) -> tuple[float, float, float]:
@@ -86,6 +86,11 @@ def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.n
 
 SPACING_RTOL = 1e-3  # voxel sizes within 0.1 % are the same grid (float32 headers round them)
 ORIGIN_ATOL_MM = 1e-2
+
+
+def voxel_size(affine) -> tuple[float, float, float]:
+    """The voxel size (mm) along each index axis of a (z, y, x) index → RAS mm ``affine``: its columns' lengths."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0))
 
 
 def same_spacing(a, b) -> bool:
@@ -190,7 +195,7 @@ def check_affine(affine) -> np.ndarray:
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be a 4 x 4 matrix, got shape {affine.shape}")
-    check_spacing(np.linalg.norm(affine[:3, :3], axis=0), "the affine's voxel size")
+    check_spacing(voxel_size(affine), "the affine's voxel size")
     if not np.isfinite(affine).all():
         raise ValueError("affine must be finite, but holds NaN or inf")
     if parallel_axes(affine):
@@ -221,7 +226,7 @@ def _check_geometry(path: Path, affine: np.ndarray) -> None:
 def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[float, float, float]]:
     """Shape (z, y, x) and spacing (mm) of an image file without reading its voxels."""
     shape, affine = read_geometry(path, assume_spacing=assume_spacing)
-    return shape, tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    return shape, voxel_size(affine)
 
 
 def read_geometry(path, *, assume_spacing=None) -> tuple[tuple[int, int, int], np.ndarray]:

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from c2w_fast.data.io import Volume, check_same_grid, is_image_name, read_geometry, read_volume
+from c2w_fast.data.io import Volume, check_same_grid, is_image_name, read_geometry, read_volume, voxel_size
 from c2w_fast.data.orientation import Reorientation
 from c2w_fast.errors import DataError
 
@@ -142,7 +142,7 @@ def discover_cases(root, layout: str = "auto", *, require_labels: bool = True) -
 
 def _canonical_spacing(path: Path, layout: str) -> tuple[float, float, float]:
     _, affine = read_geometry(path, assume_spacing=LASC_SPACING if layout == "lasc" else None)
-    return Reorientation.of(affine).spacing(np.linalg.norm(affine[:3, :3], axis=0))
+    return Reorientation.of(affine).spacing(voxel_size(affine))
 
 
 def _find(root: Path, layout: str) -> list[tuple[str, Path, dict[str, Path]]]:
