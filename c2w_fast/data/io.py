@@ -191,13 +191,13 @@ def read_volume(path, *, assume_spacing=None) -> Volume:
 
 def check_affine(affine) -> np.ndarray:
     """``affine`` ((z, y, x) index → RAS mm) as a float 4 x 4 matrix, or a ValueError naming what is wrong:
-    another shape, a voxel size that is not finite and > 0, a NaN shift, voxel axes parallel or nearly so."""
+    another shape, NaN or inf anywhere, a voxel size that is not > 0, voxel axes parallel or nearly so."""
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be a 4 x 4 matrix, got shape {affine.shape}")
-    check_spacing(voxel_size(affine), "the affine's voxel size")
     if not np.isfinite(affine).all():
         raise ValueError("affine must be finite, but holds NaN or inf")
+    check_spacing(voxel_size(affine), "the affine's voxel size")
     if parallel_axes(affine):
         raise ValueError("the affine's voxel axes are parallel (its direction matrix is singular)")
     return affine
@@ -211,16 +211,12 @@ def parallel_axes(affine) -> bool:
 
 
 def _check_geometry(path: Path, affine: np.ndarray) -> None:
-    """A DataError unless every axis has a finite size > 0 and the three axes span space
-    (directions that are parallel or nearly so: a damaged header)."""
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    if not (np.all(np.isfinite(affine)) and np.all(spacing > 0)):
-        sizes = ", ".join(f"{v:.6g}" for v in spacing[::-1])
-        raise DataError(path, f"the header's geometry is unusable (voxel size ({sizes}) mm, x/y/z); every axis "
-                              "needs a finite size > 0")
-    if parallel_axes(affine):
-        raise DataError(path, "the header's voxel axes are parallel (its direction matrix is singular): a damaged "
-                              "header; rewrite the file with its true orientation")
+    """A DataError naming the file when its ``affine`` fails :func:`check_affine` (a damaged header)."""
+    try:
+        check_affine(affine)
+    except ValueError as exc:
+        raise DataError(path, f"the header's geometry is unusable: {exc}; rewrite the file with its true voxel "
+                              "size and orientation") from exc
 
 
 def read_header(path, *, assume_spacing=None) -> tuple[tuple[int, ...], tuple[float, float, float]]:
