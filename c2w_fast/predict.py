@@ -97,7 +97,8 @@ from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.evaluate import LABEL_SUFFIXES, gt_named
 from c2w_fast.evaluate import case_id as label_file_id
 from c2w_fast.infer import NO_TIMER, PhaseTimer, check_precision, resolve_device
-from c2w_fast.stages import InferenceOptions, Predictor, StageLoader, check_same_orientation
+from c2w_fast.ops._arrays import is_cupy
+from c2w_fast.stages import InferenceOptions, Predictor, StageLoader, check_same_orientation, image_tensor
 from c2w_fast.training.checkpoint import CheckpointError
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's per-channel image suffix
@@ -128,10 +129,11 @@ def canonical_codes(target: str) -> dict[int, int]:
 @dataclass
 class CasePrediction:
     """A pipeline's output for one case: canonical label map (uint8, z/y/x) and, when asked
-    for, the softmax probability (float32) of every foreground class by class name."""
+    for, the softmax probability (float32) of every foreground class by class name; numpy arrays,
+    or tensors for a tensor image (:meth:`Pipeline.predict`)."""
 
-    labels: np.ndarray
-    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | torch.Tensor
+    probabilities: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,14 +159,16 @@ class Pipeline:
         """The voxel arrangement the stages were trained in (None: each file's own)."""
         return self.stages[-1].predictor.pipeline.orientation
 
-    def predict(self, image: np.ndarray, spacing=None, *, affine=None, probabilities: bool = False) -> CasePrediction:
+    def predict(self, image, spacing=None, *, affine=None, probabilities: bool = False) -> CasePrediction:
         """Canonical labels of ``image`` (z, y, x) in its grid. Give its ``affine`` ((z, y, x) index → RAS mm,
         as :attr:`c2w_fast.data.io.Volume.affine`), and the image is rearranged to the voxel arrangement
         the stages were trained in and the outputs back; or its ``spacing`` (mm) alone when it is in that
-        arrangement already (:mod:`c2w_fast.data.orientation`)."""
-        image = np.asarray(image)
+        arrangement already (:mod:`c2w_fast.data.orientation`). A numpy image gets numpy outputs; a torch
+        tensor or CuPy array (any device) gets tensors on the pipeline's device, never copied through the host."""
+        numpy_in = not (isinstance(image, torch.Tensor) or is_cupy(image))
+        image = np.asarray(image) if numpy_in else image_tensor(image)
         if image.ndim != 3:
-            raise ValueError(f"image must be 3D (z, y, x), got shape {image.shape}")
+            raise ValueError(f"image must be 3D (z, y, x), got shape {tuple(image.shape)}")
         if (spacing is None) == (affine is None):
             raise ValueError("give the image's spacing or its affine (which holds the spacing), one of them")
         reorientation = Reorientation()
@@ -178,10 +182,11 @@ class Pipeline:
         for message in implausible_image(image, spacing):
             warnings.warn(message, stacklevel=2)
         with self.timer.phase("preprocess"):  # one tensor: helpers reuse their results on it
-            x = reorientation.apply(torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float())
+            x = reorientation.apply(image_tensor(image).to(self.device).float())
             spacing = reorientation.spacing(spacing)
         labels = torch.zeros(x.shape, dtype=torch.uint8, device=self.device)
         probs = {}
+        out = (lambda t: t.cpu().numpy()) if numpy_in else (lambda t: t)
         with self.stages[0].predictor.loader.case():  # the stages share one loader and their helpers' results
             for stage in self.stages:
                 result = stage.predictor.run(x, spacing, probabilities=probabilities)
@@ -190,9 +195,9 @@ class Pipeline:
                         labels[result.labels == index] = code
                     if probabilities:
                         for index, name in enumerate(stage.class_names, start=1):
-                            probs[name] = reorientation.undo(result.probabilities[index]).cpu().numpy()
+                            probs[name] = out(reorientation.undo(result.probabilities[index]))
         with self.timer.phase("postprocess"):
-            return CasePrediction(reorientation.undo(labels).cpu().numpy(), probs)
+            return CasePrediction(out(reorientation.undo(labels)), probs)
 
 
 def load_pipeline(model, *, fold: str | None = None, device="cpu", options: InferenceOptions = InferenceOptions(),

@@ -145,6 +145,17 @@ def locate_stage(recorded: str, key: str, run_dir: Path | None) -> Path:
                             f"{' and '.join(tried)}")
 
 
+def image_tensor(image) -> torch.Tensor:
+    """A torch view of ``image`` (numpy, or torch / CuPy on any device), or a clear error for an image
+    that is not 3D or not real."""
+    x = as_tensor(image)
+    if x.ndim != 3:
+        raise ValueError(f"image must be 3D (z, y, x), got shape {tuple(x.shape)}")
+    if x.is_complex():
+        raise TypeError(f"image must hold real intensities, got {x.dtype} (take the magnitude first)")
+    return x
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """How stages run at prediction time; ``None`` takes the value from each stage's config."""
@@ -275,13 +286,8 @@ class StagePipeline:
         return grid_in(shape, spacing, self.spacing)
 
     def _image(self, image) -> torch.Tensor:
-        """``image`` as a float32 tensor on the device; a clear error for a non-3D image."""
-        x = as_tensor(image)
-        if x.ndim != 3:
-            raise ValueError(f"image must be 3D (z, y, x), got shape {tuple(x.shape)}")
-        if x.is_complex():
-            raise TypeError(f"image must hold real intensities, got {x.dtype} (take the magnitude first)")
-        return x.to(self.device).float()
+        """``image`` as a float32 tensor on the device (:func:`image_tensor`'s checks)."""
+        return image_tensor(image).to(self.device).float()
 
     def checked_image(self, image) -> torch.Tensor:
         """:meth:`_image`, and a clear error for NaN/inf voxels: once per case where a stage's

@@ -248,6 +248,42 @@ def test_the_pipeline_takes_a_spacing_or_an_affine(c2w):
         pipeline.predict(image, affine=np.full((4, 4), np.nan))
 
 
+def test_a_tensor_image_gets_tensor_outputs_equal_to_the_numpy_ones(c2w):
+    """Torch in (any layout or integer type), tensors out on the pipeline's device: the numpy call's labels
+    and probabilities, and the plausibility warnings read from the tensor."""
+    data, runs = c2w
+    pipeline = predict.load_pipeline(runs / "wall")
+    volume = read_volume(data / "phantom002" / "lgemri.nrrd")
+    expected = pipeline.predict(volume.array, affine=volume.affine, probabilities=True)
+    transposed = torch.from_numpy(np.ascontiguousarray(volume.array.transpose(2, 1, 0))).permute(2, 1, 0)
+    for image in (torch.from_numpy(volume.array.copy()), transposed):
+        got = pipeline.predict(image, affine=volume.affine, probabilities=True)
+        assert isinstance(got.labels, torch.Tensor) and got.labels.dtype == torch.uint8
+        assert np.array_equal(got.labels.numpy(), expected.labels)
+        assert got.probabilities.keys() == expected.probabilities.keys() == {"wall", "LA"}
+        for name, probability in got.probabilities.items():
+            np.testing.assert_array_equal(probability.numpy(), expected.probabilities[name])
+    constant = torch.full(volume.shape, 7, dtype=torch.int16)
+    with pytest.warns(UserWarning, match=r"the image is constant \(every voxel 7\)"):
+        pipeline.predict(constant, volume.spacing)
+    with pytest.raises(ValueError, match=r"image must be 3D \(z, y, x\), got shape \(1, 20, 40, 40\)"):
+        pipeline.predict(torch.zeros(1, 20, 40, 40), volume.spacing)
+    with pytest.raises(TypeError, match="image must hold real intensities, got torch.complex64"):
+        pipeline.predict(torch.zeros(20, 40, 40, dtype=torch.complex64), volume.spacing)
+
+
+@pytest.mark.cuda
+def test_a_cuda_tensor_image_is_predicted_on_the_gpu(c2w):
+    data, runs = c2w
+    volume = read_volume(data / "phantom002" / "lgemri.nrrd")
+    options = InferenceOptions(precision="fp32")
+    cpu = predict.load_pipeline(runs / "wall", options=options).predict(volume.array, affine=volume.affine)
+    gpu = predict.load_pipeline(runs / "wall", device="cuda", options=options).predict(
+        torch.from_numpy(volume.array).cuda(), affine=volume.affine)
+    assert gpu.labels.is_cuda
+    assert (gpu.labels.cpu().numpy() == cpu.labels).mean() >= 0.999
+
+
 class RecordsInput(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
@@ -902,8 +938,9 @@ def test_a_label_map_or_an_implausible_voxel_size_is_predicted_with_a_warning(c2
     assert implausible_image(image, spacing) == []
     assert implausible_image(image, (2.0, 2.0, 0.2)) == []  # under 40 mm along one axis only: a slab
     assert implausible_image(image.astype(np.float32) / 7, spacing) == []
-    assert implausible_image(phantom.labels, spacing) == \
-        ["the image holds only a few whole values ([0, 1, 2, 3] in a sample of its voxels): a label map, not an MRI?"]
+    for labels in (phantom.labels, torch.from_numpy(phantom.labels)):  # numpy, or a tensor where it lies
+        assert implausible_image(labels, spacing) == ["the image holds only a few whole values ([0, 1, 2, 3] in a "
+                                                      "sample of its voxels): a label map, not an MRI?"]
     large = np.zeros((44, 640, 640), np.float32)  # read on a strided sample
     large[10:30, 100:500, 100:500] = 3.0
     assert implausible_image(large, (2.5, 0.625, 0.625))[0].startswith("the image holds only a few whole")

@@ -2,7 +2,11 @@
 holds hundreds of distinct values and spans a heart's field of view; a label map holds a few whole codes."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from c2w_fast.ops._arrays import as_numpy
 
 LABEL_MAP_VALUES = 8        # at most this many distinct whole values: a label map, not an MRI (hundreds)
 IMAGE_VALUES = 64           # more distinct values than this: an image, not a label map of a few structures
@@ -12,19 +16,21 @@ MIN_VOXEL_MM = 0.2          # finer than any cardiac MRI: a voxel size in cm, or
 MAX_VOXEL_MM = 10.0         # coarser than any cardiac MRI (LGE slices are 1-5 mm): a voxel size in the wrong unit
 
 
-def sampled_values(volume: np.ndarray) -> np.ndarray:
-    """The sorted distinct values of a strided subsample of about :data:`SAMPLED_VOXELS` voxels of ``volume``."""
-    step = max(1, round((volume.size / SAMPLED_VOXELS) ** (1 / 3)))
-    return np.unique(volume[(slice(None, None, step),) * volume.ndim])
+def sampled_values(volume) -> np.ndarray:
+    """The sorted distinct values of a strided subsample of about :data:`SAMPLED_VOXELS` voxels of ``volume``
+    (numpy, or torch on any device: only the subsample comes to the host)."""
+    step = max(1, round((math.prod(volume.shape) / SAMPLED_VOXELS) ** (1 / 3)))
+    return np.unique(as_numpy(volume[(slice(None, None, step),) * volume.ndim]))
 
 
-def implausible_image(image: np.ndarray, spacing) -> list[str]:
-    """Why ``image`` (z, y, x) with ``spacing`` (mm) is unlikely to be a heart LGE-MRI: constant, a
-    label map, or a field of view or voxel size no heart MRI has (a unit mix-up in the header); one
-    sentence each, for a warning (``predict``: the networks segment whatever they are given) or an error."""
+def implausible_image(image, spacing) -> list[str]:
+    """Why ``image`` (z, y, x; numpy, or torch on any device) with ``spacing`` (mm) is unlikely to be a heart
+    LGE-MRI: constant, a label map, or a field of view or voxel size no heart MRI has (a unit mix-up in the
+    header); one sentence each, for a warning (``predict``: the networks segment whatever they are given) or
+    an error."""
     problems = []
-    if image.size and image.min() == image.max():
-        problems.append(f"the image is constant (every voxel {image.flat[0]}): its prediction means nothing")
+    if math.prod(image.shape) and (low := image.min().item()) == image.max().item():
+        problems.append(f"the image is constant (every voxel {low}): its prediction means nothing")
     elif (values := label_map_values(image)) is not None:
         problems.append(f"the image holds only a few whole values ({values} in a sample of its voxels): a "
                         "label map, not an MRI?")
@@ -36,7 +42,7 @@ def implausible_image(image: np.ndarray, spacing) -> list[str]:
     return problems
 
 
-def label_map_values(image: np.ndarray) -> list | None:
+def label_map_values(image) -> list | None:
     """The distinct values of ``image`` when they are few whole numbers (a label map), else None;
     read from a strided subsample (:func:`sampled_values`; an MRI has hundreds)."""
     values = sampled_values(image)
