@@ -103,6 +103,40 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, cu
             "repeats": repeats}
 
 
+FLUSH_BYTES = 512 * 2**20  # written between the calls device_time times: several times any GPU's L2 (H200: 60 MB)
+
+
+def device_time(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3,
+                flush_bytes: int = FLUSH_BYTES) -> dict:
+    """Mean GPU time of ``fn()`` in ms (``device_ms``): the summed durations of the kernels, copies and fills
+    it runs, on the GPU's clock (CUPTI, through ``torch.profiler``), so host launch overhead and the gaps it
+    leaves are not counted; each call follows a write of ``flush_bytes`` that evicts its inputs from L2,
+    and the flushes' own time is measured apart and taken off. This, not wall time, is what a floor of
+    bytes moved / DRAM bandwidth bounds: a kernel near its floor is limited by memory, not by launches."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+
+    def busy_us(step) -> float:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiled:
+            for _ in range(repeats):
+                flush.zero_()
+                step()
+            torch.cuda.synchronize()
+        return sum(event.time_range.elapsed_us() for event in profiled.events()
+                   if event.device_type == DeviceType.CUDA and not event.is_user_annotation)
+
+    with_fn, flushes = busy_us(fn), busy_us(lambda: None)
+    if with_fn == 0 or (flush_bytes and flushes == 0):
+        raise RuntimeError("torch.profiler recorded no GPU activity (is CUPTI missing?): no GPU time to report")
+    return {"device_ms": (with_fn - flushes) / repeats / 1e3, "repeats": repeats}
+
+
 def host(value):
     """``value`` (a torch tensor on any device, a CuPy or NumPy array, a number) as a NumPy array,
     floats widened to float64: results of different libraries compared on the host."""
@@ -120,7 +154,7 @@ def host(value):
 
 def agreement(ours, peer, *, atol: float = 0.0, rtol: float = 0.0) -> str:
     """``"yes"`` when ``ours`` equals ``peer`` within ``atol + rtol * |peer|`` everywhere (tensors,
-    arrays or numbers, or tuples / lists of them paired in order; NaN matches NaN), else what
+    arrays or numbers, or tuples / lists of them paired in order; NaN matches NaN, inf the same inf), else what
     differs. A benchmark's fast answer counts only when it is the peer's answer too."""
     import numpy
 
@@ -134,8 +168,10 @@ def agreement(ours, peer, *, atol: float = 0.0, rtol: float = 0.0) -> str:
         if mine.shape != theirs.shape:
             return f"differs{where}: shape {mine.shape} vs the peer's {theirs.shape}"
         mine, theirs = mine.astype(numpy.float64), theirs.astype(numpy.float64)
-        gap = numpy.abs(mine - theirs)
-        bad = ~((gap <= atol + rtol * numpy.abs(theirs)) | (numpy.isnan(mine) & numpy.isnan(theirs)))
+        with numpy.errstate(invalid="ignore"):  # inf - inf is NaN: equal infinities are caught by ==
+            gap = numpy.abs(mine - theirs)
+            same = (gap <= atol + rtol * numpy.abs(theirs)) | (mine == theirs)
+        bad = ~(same | (numpy.isnan(mine) & numpy.isnan(theirs)))
         if bad.any():
             return (f"differs{where}: {int(bad.sum())} of {bad.size} values, max |ours - peer| "
                     f"{numpy.nanmax(numpy.where(bad, gap, numpy.nan)):.3g} (allowed {atol:g} + {rtol:g} x |peer|)")
@@ -144,13 +180,15 @@ def agreement(ours, peer, *, atol: float = 0.0, rtol: float = 0.0) -> str:
 
 def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting the bytes read and written, from the
-    fastest of ``repeats`` copies of ``gib`` GiB: the yardstick of every floor (bytes an op must
-    move / this), so the floors of all scripts are comparable and none is set by a slow repeat."""
+    fastest of ``repeats`` copies of ``gib`` GiB on the GPU's clock (:func:`device_time`): the yardstick
+    of every floor (bytes an op must move / this), so the floors of all scripts are comparable and none
+    is set by a slow repeat or by host overhead."""
     import torch
 
     src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = time_call(lambda: dst.copy_(src), repeats=repeats, cuda=True)["min_ms"]
+    ms = min(device_time(lambda: dst.copy_(src), repeats=1, warmup=1, flush_bytes=0)["device_ms"]
+             for _ in range(repeats))
     return 2 * int(gib * 2**30) / (ms / 1e3)
 
 

@@ -15,7 +15,11 @@
    the output), so one run shows what the pieces save and what their extra launches cost.
 3. Loss forward + backward (Dice-Focal, Dice-CE) vs MONAI at 4x2x44x256x256 and 2x4x20x256x256,
    and the region-masked Dice-CE (MBAS stage 2) vs the plain-torch masked reference.
-   Targets: >= 15x faster than MONAI and within 3x of the memory floor, with MONAI's answer.
+   Targets: >= 15x faster than MONAI and within 3x of the memory floor, with MONAI's answer. The speed-up
+   is one of wall times (``ours_ms``, ``peer_ms``: a call and its synchronisation, what a step waits); the
+   floor bounds memory traffic, so it is held against ours' GPU time (``ours_gpu_ms``: the summed time of
+   its kernels, inputs evicted from L2 between calls, ``benchlib.device_time``), which host launch
+   overhead does not inflate nor a warm L2 flatter.
 
 Every side of a row reads the same numbers (one seeded draw per shape, bf16-exact, converted to each
 side's dtype and layout; the block's output gradient is zero next to LeakyReLU's kink, where a
@@ -76,8 +80,8 @@ if args.cpu_smoke:
     os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 
 import torch  # noqa: E402
-from benchlib import (agreement, copy_bandwidth, error_text, machine, run_until_stopped, save,  # noqa: E402
-                      table, time_call)
+from benchlib import (agreement, copy_bandwidth, device_time, error_text, machine, run_until_stopped,  # noqa: E402
+                      save, table, time_call)
 from torch import nn  # noqa: E402
 
 from c2w_fast.kernels import conv_norm_act as conv_kernels  # noqa: E402
@@ -107,11 +111,12 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def timed(build) -> dict:
-    """Median ms of the step ``build()`` makes, or the error that stopped building or running it
-    (a missing peer is reported, never skipped)."""
+def timed(build, clock=None) -> dict:
+    """Median wall ms of the step ``build()`` makes (or ``clock(step)``'s ms), or the error that stopped
+    building or running it (a missing peer is reported, never skipped)."""
     try:
-        return {"ms": time_call(build(), **TIMING)["median_ms"]}
+        step = build()
+        return {"ms": clock(step) if clock else time_call(step, **TIMING)["median_ms"]}
     except Exception as exc:  # noqa: BLE001 - OOM, compile failures: record and go on
         return {"error": error_text(exc)}
     finally:
@@ -463,17 +468,31 @@ def loss_row(row: dict, monai, shape, dtype, bandwidth: float) -> None:
     row["agrees"] = (checked(partial(loss_step, ours_fn, logits), partial(loss_step, peer_fn, exact),
                              loss_results(dtype)) if peer_fn else "not checked: MONAI not installed")
     ours = timed(partial(loss_step, ours_fn, logits))
+    ours_gpu = timed(partial(loss_step, ours_fn, logits), clock=gpu_ms)
     peer = timed(partial(loss_step, peer_fn, logits)) if peer_fn else {"error": "MONAI not installed"}
     moved = 3 * logits.numel() * logits.element_size() + 2 * labels.numel() + (2 * region.numel() if masked else 0)
     floor_ms = moved / bandwidth * 1e3
-    row.update({"ours_ms": ours.get("ms", ours.get("error")), "peer_ms": peer.get("ms", peer.get("error")),
-                "floor_ms": floor_ms})
+    row.update({name: side.get("ms", side.get("error")) for name, side in
+                (("ours_ms", ours), ("ours_gpu_ms", ours_gpu), ("peer_ms", peer))}, floor_ms=floor_ms)
+    if "ms" in ours_gpu:
+        row["ours_gpu/floor"] = ours_gpu["ms"] / floor_ms
     if "ms" in ours and "ms" in peer:
         row["peer/ours"] = peer["ms"] / ours["ms"]
-        row["ours/floor"] = ours["ms"] / floor_ms
         if peer_name.startswith("MONAI") and not args.cpu_smoke:
-            fast = row["peer/ours"] >= LOSS_TARGET and row["ours/floor"] <= FLOOR_TARGET
-            row["target"] = f">={LOSS_TARGET:g}x, <={FLOOR_TARGET:g}x floor " + verdict(fast, row["agrees"])
+            target = f">={LOSS_TARGET:g}x, <={FLOOR_TARGET:g}x floor "
+            if "ours_gpu/floor" not in row:
+                row["target"] = target + "no verdict: our GPU time was not measured"
+            else:
+                fast = row["peer/ours"] >= LOSS_TARGET and row["ours_gpu/floor"] <= FLOOR_TARGET
+                row["target"] = target + verdict(fast, row["agrees"])
+
+
+def gpu_ms(step) -> float:
+    """Mean GPU time (ms) of ``step``: its kernels alone, inputs evicted from L2 between calls
+    (:func:`benchlib.device_time`), which a floor of DRAM traffic bounds."""
+    if DEVICE.type != "cuda":
+        raise RuntimeError("GPU time needs a GPU")
+    return device_time(step, repeats=TIMING["repeats"], warmup=TIMING["warmup"])["device_ms"]
 
 
 def loss_rows(bandwidth: float, rows: list[dict]) -> None:
@@ -488,8 +507,8 @@ def loss_rows(bandwidth: float, rows: list[dict]) -> None:
         add_row(rows, LOSS_COLUMNS, head, partial(loss_row, monai=monai, shape=shape, dtype=dtype, bandwidth=bandwidth))
 
 
-LOSS_COLUMNS = ["loss", "shape", "dtype", "ours_ms", "peer", "peer_ms", "peer/ours", "floor_ms", "ours/floor",
-                "agrees", "target", "error"]
+LOSS_COLUMNS = ["loss", "shape", "dtype", "ours_ms", "peer", "peer_ms", "peer/ours", "ours_gpu_ms", "floor_ms",
+                "ours_gpu/floor", "agrees", "target", "error"]
 
 
 def run_part(run, rows: list[dict], payload: dict, part: str) -> bool:

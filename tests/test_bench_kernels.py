@@ -30,8 +30,11 @@ def kernels(monkeypatch):
 
 
 def fast_only(ours):
-    """A stand-in for ``timed``: 1 ms for the side whose build is ``ours`` or runs it, 100 ms for every other."""
-    return lambda build: {"ms": 1.0 if ours in (build.func, getattr(build.args[0], "func", None)) else 100.0}
+    """A stand-in for ``timed`` (wall or GPU clock): 1 ms for the side whose build is ``ours`` or runs it, 100 ms
+    for every other."""
+    def timed(build, clock=None):
+        return {"ms": 1.0 if ours in (build.func, getattr(build.args[0], "func", None)) else 100.0}
+    return timed
 
 
 def test_shared_inputs_are_the_same_numbers_on_every_side_with_no_gradient_at_the_kink(kernels):
@@ -78,11 +81,14 @@ def test_a_conv_row_is_met_only_when_ours_gives_the_fp32_blocks_answer(kernels, 
     assert row["target"] == target
 
 
-@pytest.mark.parametrize("scale, agrees, target", [
-    (1.0, "yes", "met"),
-    (1.001, "value differs", "NOT met: answers differ"),
+@pytest.mark.parametrize("scale, gpu_ms, agrees, target", [
+    (1.0, 1.0, "yes", "met"),
+    (1.001, 1.0, "value differs", "NOT met: answers differ"),
+    (1.0, 3.1, "yes", "NOT met"),  # fast on the wall clock, but its kernels more than 3x the floor
+    (1.0, None, "yes", "no verdict: our GPU time was not measured"),
 ])
-def test_a_loss_row_is_met_only_when_ours_gives_monais_answer(kernels, monkeypatch, scale, agrees, target):
+def test_a_loss_row_is_met_only_when_ours_gives_monais_answer_near_the_floor(kernels, monkeypatch, scale, gpu_ms,
+                                                                            agrees, target):
     import monai
 
     real = kernels.dice_focal_loss
@@ -90,11 +96,21 @@ def test_a_loss_row_is_met_only_when_ours_gives_monais_answer(kernels, monkeypat
     def ours(logits, target, backend):
         return real(logits, target, backend=backend) * scale
 
+    wall = fast_only(ours)
+    shape = kernels.SMOKE_LOSS_SHAPES[0]
+    floor_ms = (3 * 4 * math.prod(shape) + 2 * math.prod(shape) // shape[1]) / 1e9 * 1e3  # fp32 logits, uint8 labels
+
+    def timed(build, clock=None):
+        if clock is None:
+            return wall(build)
+        return {"ms": gpu_ms * floor_ms} if gpu_ms else {"error": "RuntimeError: torch.profiler recorded no GPU"}
+
     monkeypatch.setattr(kernels, "dice_focal_loss", ours)
-    monkeypatch.setattr(kernels, "timed", fast_only(ours))
+    monkeypatch.setattr(kernels, "timed", timed)
     row = {"loss": "dice_focal"}
-    kernels.loss_row(row, monai, kernels.SMOKE_LOSS_SHAPES[0], torch.float32, bandwidth=1.0)
+    kernels.loss_row(row, monai, shape, torch.float32, bandwidth=1e9)
     assert (row["peer"], row["peer/ours"]) == ("MONAI DiceFocalLoss", 100.0)
+    assert row.get("ours_gpu/floor") == (pytest.approx(gpu_ms) if gpu_ms else None)
     assert row["agrees"].startswith(agrees)
     assert row["target"] == ">=15x, <=3x floor " + target
 

@@ -97,6 +97,10 @@ def test_agreement_pairs_results_across_libraries_and_names_what_differs(monkeyp
     assert benchlib.agreement((1.0, 2.0), (1.0, 2.1), rtol=0.01) == \
         "differs (result 1): 1 of 1 values, max |ours - peer| 0.1 (allowed 0 + 0.01 x |peer|)"
     assert benchlib.agreement([1], [1, 2]) == "differs: 1 results vs the peer's 2"
+    infinite = np.array([np.inf, -np.inf, 1.0])  # an empty mask's HD95: inf on both sides is the same answer
+    assert benchlib.agreement(infinite, infinite.copy(), rtol=1e-6) == "yes"
+    assert benchlib.agreement(infinite, np.array([np.inf, np.inf, 1.0])).startswith("differs: 1 of 3 values")
+    assert benchlib.agreement(infinite, np.array([5.0, -np.inf, 1.0])).startswith("differs: 1 of 3 values")
     info = benchlib.machine()
     assert info["packages"]["c2w_fast"] and info["git_commit"]
 
@@ -137,22 +141,62 @@ def test_a_metrics_row_is_met_only_when_ours_gives_the_peers_answer(monkeypatch)
     assert unchecked["met"] == "no verdict: answers not compared"
 
 
-def test_the_train_step_ratio_takes_the_faster_compile_and_counts_only_when_the_losses_agree(monkeypatch):
+def test_the_train_step_ratio_takes_the_faster_compile_and_counts_only_when_the_first_steps_agree(monkeypatch):
+    """The verdict needs the same first loss and every parameter's gradient (norm and a random projection)
+    within GRAD_RTOL of its norm; a wanted compile build missing makes a met ratio INCOMPLETE."""
+    import numpy as np
+
     monkeypatch.syspath_prepend(str(BENCH))
     monkeypatch.setattr(sys, "argv", ["run_train_step.py", "--cpu-smoke"])  # read when imported
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # which it sets: restored after
     import run_train_step
 
-    def ratio(compile_cl_loss=None):
+    names = ["conv.weight", "norm.weight"]
+    right = (names, np.array([[2.0, 0.5], [1.0, -0.3]]))
+
+    def ratio(compile_cl_loss=None, fused_gradients=right, compile_cf_ms=30.0):
         rows = [{"build": "fused", "median_ms": 10.0, "first_loss": 0.70},
-                {"build": "compile cf", "median_ms": 30.0, "first_loss": 0.70}]
+                {"build": "compile cf", "median_ms": compile_cf_ms, "first_loss": 0.70}]
+        gradients = {"fused": fused_gradients, "compile cf": right, "compile cl": right}
         if compile_cl_loss is not None:
             rows.append({"build": "compile cl", "median_ms": 25.0, "first_loss": compile_cl_loss})
-        run_train_step.ratio_rows(rows, ["compile cf", "compile cl"])
+        run_train_step.ratio_rows(rows, ["compile cf", "compile cl"], gradients)
         return next(row for row in rows if row["build"].startswith("fused / compile"))
 
     agreeing = ratio(0.705)
     assert (agreeing["build"], agreeing["median_ms"], agreeing["target"]) == ("fused / compile cl", 0.4, "<=0.5 met")
-    assert ratio(0.9)["target"] == "NOT met: the losses differ"
+    assert ratio(0.9)["target"].startswith("NOT met: first loss differs: 1 of 1 values")
+    close = (names, right[1] + [[0.15, -0.1], [0.0, 0.09]])  # within 0.1 of each norm
+    assert ratio(0.70, close)["target"] == "<=0.5 met"
+    for wrong in ((names, right[1] * [[1, 1], [0, 0]]), (names, right[1] * [[1, 1], [1, -1]])):  # zero, flipped
+        assert ratio(0.70, wrong)["target"].startswith("NOT met: gradients differ: norm.weight by ")
+    assert ratio(0.70, None)["target"] == "no verdict: not checked: no gradients recorded"
     cut = ratio()
-    assert (cut["build"], cut["target"]) == ("fused / compile cf", "<=0.5 met (compile cl not measured)")
+    assert (cut["build"], cut["target"]) == ("fused / compile cf", "<=0.5 INCOMPLETE (compile cl not measured)")
+    assert ratio(compile_cf_ms=15.0)["target"] == "<=0.5 NOT met"  # a missing build cannot make it met
+    rows = [{"build": "fused", "median_ms": 10.0, "first_loss": 0.70}]
+    run_train_step.ratio_rows(rows, ["compile cf", "compile cl"], {})
+    assert rows[-1] == {"build": "fused / compile", "target": "no verdict: compile cf and compile cl not measured"}
+
+
+@pytest.mark.cuda
+def test_device_time_counts_the_kernels_and_not_the_host_or_the_l2_flush(monkeypatch):
+    """A 1 GiB copy's GPU time is its wall time less the host overhead (never more, nor much less); an empty
+    call's is zero: the flushes between calls are not counted; sleeping on the host adds nothing."""
+    import time
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import benchlib
+
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    wall = benchlib.time_call(lambda: dst.copy_(src), repeats=5, cuda=True)["min_ms"]
+    device = benchlib.device_time(lambda: dst.copy_(src), repeats=5)["device_ms"]
+    assert 0.7 * wall <= device <= 1.05 * wall
+    assert abs(benchlib.device_time(lambda: None)["device_ms"]) < 0.005
+    slept = benchlib.device_time(lambda: (time.sleep(0.01), dst.copy_(src)), repeats=5)["device_ms"]
+    assert slept == pytest.approx(device, rel=0.1)
+    bandwidth = benchlib.copy_bandwidth()
+    assert 2 * 2**30 / (wall / 1e3) <= bandwidth <= 2 * 2**30 / (0.7 * wall / 1e3)
