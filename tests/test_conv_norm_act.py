@@ -164,7 +164,9 @@ def test_backward_in_pieces_equals_the_whole_batch_backward(rng, monkeypatch, c_
 
 @needs_triton
 def test_backward_allocates_no_activation_sized_buffer_beyond_a_quarter_of_the_output(rng):
-    """The memory design of the backward: besides its results, every allocation is at most 1/4 of the output."""
+    """The memory design of the backward: besides its results, every allocation is at most 1/4 of the output,
+    but for the weight-gradient partials (splits x a piece's weights: they do not grow with the volume). A
+    first backward has run, so autotuning's own buffers (on a GPU) are not counted."""
     from unittest import mock
 
     from c2w_fast.kernels import conv_norm_act as kernels
@@ -172,20 +174,22 @@ def test_backward_allocates_no_activation_sized_buffer_beyond_a_quarter_of_the_o
     case = make_case(rng, 2, 64, 64, 16, (2, 4, 6), (1, 3, 3), (1, 1, 1), torch.float32, False)
     x, weight, gamma, beta = (case[k].to(DEVICE).requires_grad_() for k in ("x", "weight", "norm_weight", "norm_bias"))
     y = conv_norm_act(x, weight, gamma, beta, groups=16, backend="triton")
-    sizes = []
+    torch.autograd.grad(y, [x, weight, gamma, beta], case["grad"].to(DEVICE), retain_graph=True)  # tunes
+    shapes = []
     real_empty = torch.empty
 
     def recording_empty(*shape, **kwargs):
         out = real_empty(*shape, **kwargs)
-        sizes.append(out.numel())
+        shapes.append(out.shape)
         return out
 
     with mock.patch.object(kernels.torch, "empty", recording_empty):
         torch.autograd.grad(y, [x, weight, gamma, beta], case["grad"].to(DEVICE))
-    output = y.numel()
+    partials = [s for s in shapes if len(s) == weight.ndim + 1 and s[2:] == weight.shape[1:]]
+    sizes = [s.numel() for s in shapes if s not in partials]
     for result in (x.numel(), weight.numel()):  # grad_x and grad_weight
         sizes.remove(result)
-    assert max(sizes) * 4 <= output, sizes
+    assert partials and max(sizes) * 4 <= y.numel(), shapes
 
 
 def _geometry(batch, c_out, groups, size=(4, 8, 8)):
@@ -330,13 +334,29 @@ def test_float64_runs_the_reference_under_auto_and_is_refused_by_triton():
 SEED_STAGES = [(64, (44, 128, 128), 16), (128, (22, 64, 64), 32), (256, (11, 32, 32), 32), (512, (11, 16, 16), 32)]
 
 
+KINK = 1e-3  # |pre-activation| below which a rounding-level difference may pick LeakyReLU's other slope
+
+
+def without_gradient_at_the_kink(case, reference_y, negative_slope=0.01):
+    """``case`` with its upstream gradient zero where the reference's pre-activation (LeakyReLU undone) is
+    within KINK of 0: among tens of millions of voxels a few lie closer to 0 than fp32 and float64 agree,
+    and there the two take different slopes, a gradient difference of ~|g| that is no error of the kernels."""
+    pre = torch.where(reference_y >= 0, reference_y, reference_y / negative_slope)
+    grad = case["grad"].clone()
+    grad[pre.abs() < KINK] = 0
+    return {**case, "grad": grad}
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("channels, size, groups", SEED_STAGES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_seed_stage_shapes_match_the_reference_on_gpu(channels, size, groups, dtype, rng):
     case = make_case(rng, 2, channels, channels, groups, size, (3, 3, 3), (1, 1, 1), dtype, True)
     options = dict(dtype=dtype, stride=(1, 1, 1), groups=groups, activation=True)
+    round_conv_output = conv_output_rounding(dtype)
+    case = without_gradient_at_the_kink(case, run(case, "reference", round_conv_output=round_conv_output,
+                                                  **options)["y"])
     ours = run(case, "triton", **options)
-    ref = run(case, "reference", round_conv_output=conv_output_rounding(dtype), **options)
+    ref = run(case, "reference", round_conv_output=round_conv_output, **options)
     for key in ref:
         assert TOLERANCES[dtype].violations(ours[key], ref[key]) == 0, key

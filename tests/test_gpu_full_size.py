@@ -111,11 +111,20 @@ def test_dilation_and_erosion_equal_the_cpu_backend(case):
                                       binary_erosion(atria, radius, spacing=sp, backend="cpu"))
 
 
-def test_cupy_arrays_are_evaluated_zero_copy(case):
+def test_cupy_arrays_are_evaluated_zero_copy_as_the_cpu_backend_does(case):
+    """CuPy masks and label maps are viewed through DLPack (no copy) and give the CPU backend's numbers."""
     cupy = pytest.importorskip("cupy")
+    from c2w_fast.ops._arrays import as_tensor
+
     p, g = cupy.asarray(case["pred"]), cupy.asarray(case["gt"])
-    same_metrics(metrics.evaluate(p, g, case["spacing"]), metrics.evaluate(case["cuda"]["pred"], case["cuda"]["gt"],
-                                                                           case["spacing"]))
-    labels = cupy.asarray(case["gt"].astype(np.int16) + 2 * case["pred"].astype(np.int16))
-    results = metrics.evaluate_labels(labels, labels, {"gt": [1, 3], "pred": [2, 3]}, case["spacing"])
-    assert all(r.dice == 1.0 and r.hd == 0.0 for r in results.values())
+    assert as_tensor(p).data_ptr() == p.data.ptr
+    same_metrics(metrics.evaluate(p, g, case["spacing"]),
+                 metrics.evaluate(case["pred"], case["gt"], case["spacing"], backend="cpu"))
+    pred_labels = case["gt"].astype(np.int16) + 2 * case["pred"].astype(np.int16)  # 1 gt only, 2 pred only, 3 both
+    gt_labels = case["gt"].astype(np.int16) + 2 * case["atria"].astype(np.int16)
+    classes = {"one or three": [1, 3], "two or three": [2, 3], "three": 3}
+    ours = metrics.evaluate_labels(cupy.asarray(pred_labels), cupy.asarray(gt_labels), classes, case["spacing"])
+    cpu = metrics.evaluate_labels(pred_labels, gt_labels, classes, case["spacing"], backend="cpu")
+    assert list(ours) == list(cpu) == list(classes)
+    for name in classes:
+        same_metrics(ours[name], cpu[name])

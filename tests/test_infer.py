@@ -2,6 +2,7 @@
 reference (batched, mirrored, padded), window counts, precision, out-of-memory retries, timing."""
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -323,7 +324,9 @@ def test_cuda_graph_and_gpu_stitching_equal_eager(rng):
     model = SmallConvNet().cuda().eval()
     image = torch.from_numpy(rng.normal(size=(2, 21, 37, 40)).astype(np.float32)).cuda()
     eager = sliding_window(model, image, (8, 16, 16), batch_size=3)
-    graphed = sliding_window(model, image, (8, 16, 16), batch_size=3, cuda_graph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture runs eagerly: it would pass vacuously
+        graphed = sliding_window(model, image, (8, 16, 16), batch_size=3, cuda_graph=True)
     torch.testing.assert_close(graphed, eager)
     expected = reference_sliding_window(model.cpu(), image.cpu(), (8, 16, 16), 0.5, True)
     torch.testing.assert_close(eager.cpu().double(), expected, atol=1e-4, rtol=1e-4)
