@@ -192,6 +192,18 @@ def test_backward_allocates_no_activation_sized_buffer_beyond_a_quarter_of_the_o
     assert partials and max(sizes) * 4 <= y.numel(), shapes
 
 
+def test_autotuning_keeps_the_candidates_that_fit_or_with_c2w_autotune_0_the_first_of_them(monkeypatch):
+    import triton
+
+    from c2w_fast.kernels import conv_norm_act as kernels
+
+    configs = [triton.Config({"BLOCK_V": bv}, num_warps=w, num_stages=st) for bv, w, st in kernels._CONV_CONFIGS]
+    fits = kernels._small_enough(configs, {}, BLOCK_N=32, BLOCK_K=16)
+    assert fits and all(c.kwargs["BLOCK_V"] * 32 <= 16 * 32 * c.num_warps for c in fits) and len(fits) < len(configs)
+    monkeypatch.setenv("C2W_AUTOTUNE", "0")
+    assert kernels._small_enough(configs, {}, BLOCK_N=32, BLOCK_K=16) == fits[:1]
+
+
 def _geometry(batch, c_out, groups, size=(4, 8, 8)):
     from c2w_fast.kernels.conv_norm_act import ConvGeometry
 
