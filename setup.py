@@ -13,6 +13,10 @@ from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 TRITON = "triton>=3.6; platform_system == 'Linux'"  # the kernels under the interpreter in CI, and on GPUs
+# What the tests and the bench scripts compare ours against: MONAI (metrics, losses, sliding window), the
+# metric and morphology libraries, scikit-image (MONAI's largest component on the CPU)
+PEERS = ["monai>=1.3", "surface-distance==0.1", "medpy>=0.5", "edt>=2.4", "connected-components-3d>=3.12",
+         "scikit-image>=0.21"]
 openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
 
 cpu_extension = Pybind11Extension(
@@ -54,12 +58,9 @@ setup(
         # (no Triton, about 1 GB saved) gets it only where the GPU kernels or their tests need it
         "cuda": ["cupy-cuda12x>=13", TRITON],  # CUDA 12.x drivers/toolkits (RTX 4090 setups)
         "cuda13": ["cupy-cuda13x>=13", TRITON],
-        "test": [TRITON, "pytest>=7.4", "pytest-xdist>=3.3", "pytest-timeout>=2.1", "monai>=1.3",
-                 "build>=1.0", "pybind11>=2.12",  # tests/test_packaging.py builds the sdist
-                 # metric/morphology peers the tests compare against
-                 "surface-distance==0.1", "medpy>=0.5", "edt>=2.4", "connected-components-3d>=3.12",
-                 "scikit-image>=0.21"],  # the benchmarks' CPU smoke runs (MONAI's largest component)
-        "bench": ["monai>=1.3", "scikit-image>=0.21"],  # bench/run_inference.py's MONAI pipeline
+        "test": [TRITON, "pytest>=7.4", "pytest-xdist>=3.3", "pytest-timeout>=2.1",
+                 "build>=1.0", "pybind11>=2.12", *PEERS],  # tests/test_packaging.py builds the sdist
+        "bench": PEERS,
     },
     zip_safe=False,
 )

@@ -35,10 +35,11 @@ from c2w_fast.training.evaluation import table1  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=40, help="phantom cases (a quarter held out for the test)")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path("runs/reproduce_c2w"))
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--n", type=int, default=40, help="phantom cases, a quarter held out for the test (default 40)")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs per stage (default 100)")
+    parser.add_argument("--out", type=Path, default=Path("runs/reproduce_c2w"),
+                        help="run folder; a rerun continues it (default runs/reproduce_c2w)")
+    parser.add_argument("--workers", type=int, default=8, help="loader worker processes (default 8)")
     parser.add_argument("--paper-schedule", action="store_true", help="unfreezing at epochs 61/181, peaks 1e-4/1e-5")
     benchlib.add_results_option(parser)
     args = parser.parse_args(argv)

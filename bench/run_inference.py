@@ -125,13 +125,17 @@ LOGIT_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--volumes", type=int, default=3, help="synthetic volumes timed per method (after a warm-up)")
-    p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass, both engines")
-    p.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES), default=sorted(PIPELINES))
-    p.add_argument("--overlaps", nargs="+", type=float, default=[0.5, 0.0])
+    p.add_argument("--volumes", type=int, default=3,
+                   help="synthetic volumes timed per method, after a warm-up (default 3)")
+    p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass, both engines (default 2)")
+    p.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES), default=sorted(PIPELINES),
+                   help="pipelines to time (default: all)")
+    p.add_argument("--overlaps", nargs="+", type=float, default=[0.5, 0.0],
+                   help="window overlaps, each a setting (default 0.5 0)")
     p.add_argument("--no-cuda-graph", action="store_true", help="skip the rows of ours with CUDA graphs")
     p.add_argument("--peer-blocks", choices=("same", "reference"), default="same",
-                   help="MONAI's side: the same network module, or its blocks in plain PyTorch (cuDNN)")
+                   help="MONAI's side: the same network module, or its blocks in plain PyTorch (cuDNN) "
+                        "(default same)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run that checks the script (not a result)")
     benchlib.add_results_option(p)
     return p.parse_args()

@@ -66,10 +66,13 @@ def parse_args():
     from benchlib import add_results_option  # stdlib only: imported before the environment is set
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batches", type=int, nargs="+", default=[2, 4],
+                        help="batch sizes of the conv and memory rows (default 2 4)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed calls per side, after 3 warm-up calls (default 20)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer (slow to compile)")
-    parser.add_argument("--only", choices=["conv", "memory", "loss"], action="append")
+    parser.add_argument("--only", choices=["conv", "memory", "loss"], action="append",
+                        help="run this part only (repeatable; default: memory, loss, conv)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run through the Triton interpreter")
     parser.add_argument("--untuned-eager-peaks", action="store_true", help=argparse.SUPPRESS)  # untuned_eager_peaks
     add_results_option(parser)

@@ -34,9 +34,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, help="threads for ours, edt and MONAI (default 2; every core with "
                                                     "--device cuda)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--seed", type=int, default=3, help="phantom seed")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of ours per row (default 5)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where ours runs (default cpu)")
+    parser.add_argument("--seed", type=int, default=3, help="phantom seed (default 3)")
     parser.add_argument("--skip-medpy", action="store_true", help="skip medpy (about 10 s per call)")
     parser.add_argument("--passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning "
@@ -221,10 +221,26 @@ def _number(value) -> float:
     return float(host(value).reshape(-1)[0])
 
 
-def cpu_rows(pred, gt, atria, args):
-    import cc3d
+def peer_edt(mask, threads):
     import edt
 
+    return edt.edt(mask, anisotropy=SPACING, parallel=threads)
+
+
+def peer_cc3d_largest(mask):
+    import cc3d
+
+    return cc3d.largest_k(mask, k=1, connectivity=26)
+
+
+def peer_cc3d_label(mask):
+    import cc3d
+
+    return cc3d.connected_components(mask, connectivity=26)
+
+
+def cpu_rows(pred, gt, atria, args):
+    """The CPU rows; a peer that is not installed is named in its row (``peer missing``)."""
     reps = args.repeats
     background = ~gt
     element = ball(2.0)
@@ -244,26 +260,25 @@ def cpu_rows(pred, gt, atria, args):
                         check=same_pooled))
     rows += [
         row("EDT full volume (distance to the wall)", lambda: distance_transform(background, SPACING),
-            f"edt (parallel={args.threads})", lambda: edt.edt(background, anisotropy=SPACING, parallel=args.threads),
-            1.5, repeats=reps, check=same_distances),
+            f"edt (parallel={args.threads})", lambda: peer_edt(background, args.threads), 1.5, repeats=reps,
+            check=same_distances),
         row("EDT full volume (distance to the wall)", lambda: distance_transform(background, SPACING),
             "scipy distance_transform_edt", lambda: ndimage.distance_transform_edt(background, sampling=SPACING),
             3, repeats=reps, peer_repeats=2, check=same_distances),
         row("EDT inside the wall (cropped to its box)", lambda: distance_transform(gt, SPACING),
             f"edt (parallel={args.threads}), full volume",
-            lambda: edt.edt(gt, anisotropy=SPACING, parallel=args.threads),
-            None, note="ours works in the bounding box + 1 voxel (exact); the peer has no crop", repeats=reps,
+            lambda: peer_edt(gt, args.threads), None,
+            note="ours works in the bounding box + 1 voxel (exact); the peer has no crop", repeats=reps,
             check=same_distances),
         row("signed distance of the atria", lambda: signed_distance(atria, SPACING),
             f"edt (parallel={args.threads}) x2",
-            lambda: edt.edt(~atria, anisotropy=SPACING, parallel=args.threads)
-            - edt.edt(atria, anisotropy=SPACING, parallel=args.threads), None, repeats=reps, check=same_distances),
+            lambda: peer_edt(~atria, args.threads) - peer_edt(atria, args.threads), None, repeats=reps,
+            check=same_distances),
         row("keep largest component (26)", lambda: keep_largest_component(atria),
-            "cc3d.largest_k(k=1)", lambda: cc3d.largest_k(atria, k=1, connectivity=26), 3, repeats=reps,
-            check=same_mask),
+            "cc3d.largest_k(k=1)", lambda: peer_cc3d_largest(atria), 3, repeats=reps, check=same_mask),
         row("label components (26)", lambda: label_components(atria),
-            "cc3d.connected_components", lambda: cc3d.connected_components(atria, connectivity=26), None,
-            repeats=reps, check=same_partition),
+            "cc3d.connected_components", lambda: peer_cc3d_label(atria), None, repeats=reps,
+            check=same_partition),
         row("binary dilation, ball radius 2 voxels", lambda: binary_dilation(atria, 2),
             "scipy binary_dilation", lambda: ndimage.binary_dilation(atria, structure=element), 20,
             repeats=reps, peer_repeats=2, check=same_mask),

@@ -14,7 +14,7 @@ TARGET_S = {"mbas": 2.0}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="phantoms timed per layout (default 5)")
     add_results_option(parser)
     args = parser.parse_args()
     rows = []

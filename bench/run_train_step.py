@@ -50,10 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     from benchlib import add_results_option  # stdlib only: imported before the environment is set
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--loader-cases", type=int, default=8, help="phantom cases (88x640x640) for the loader test")
-    parser.add_argument("--workers", type=int, default=6)
-    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per build (default 20)")
+    parser.add_argument("--loader-cases", type=int, default=8,
+                        help="phantom cases (88x640x640) for the loader test (default 8)")
+    parser.add_argument("--workers", type=int, default=6, help="loader worker processes (default 6)")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile builds")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run through the Triton interpreter")
     add_results_option(parser)
     return parser.parse_args(argv)

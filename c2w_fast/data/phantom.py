@@ -425,14 +425,15 @@ def main(argv=None) -> None:
     plain_warnings()
     parser = argparse.ArgumentParser(prog="python -m c2w_fast.data.phantom",
                                      description="Write a synthetic LGE-MRI dataset of the atria in a dataset layout.")
-    parser.add_argument("--layout", choices=sorted(GEOMETRIES), default="mbas")
+    parser.add_argument("--layout", choices=sorted(GEOMETRIES), default="mbas",
+                        help="dataset layout and geometry to write (default mbas)")
     parser.add_argument("--n", type=int, default=12, help="number of cases (default 12)")
     parser.add_argument("--out", required=True, type=path_argument, help="output folder")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         help="voxels; default: the layout's real geometry (MBAS 44 640 640, LASC 88 640 640)")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                         help="mm; default: the layout's (MBAS 2.5 0.625 0.625, LASC 0.625 isotropic)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i (default 0)")
     parser.add_argument("--noise", type=float, default=0.06, help="Rician sigma / blood pool (default 0.06)")
     parser.add_argument("--overwrite", action="store_true", help="replace case files that exist in --out")
     args = parser.parse_args(argv)
