@@ -103,37 +103,44 @@ def time_call(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, cu
             "repeats": repeats}
 
 
-FLUSH_BYTES = 512 * 2**20  # written between the calls device_time times: several times any GPU's L2 (H200: 60 MB)
+FLUSH_BYTES = 512 * 2**20  # read between the calls device_time times: several times any GPU's L2 (H100/H200: 50 MB)
 
 
 def device_time(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3,
                 flush_bytes: int = FLUSH_BYTES) -> dict:
     """Mean GPU time of ``fn()`` in ms (``device_ms``): the summed durations of the kernels, copies and fills
     it runs, on the GPU's clock (CUPTI, through ``torch.profiler``), so host launch overhead and the gaps it
-    leaves are not counted; each call follows a write of ``flush_bytes`` that evicts its inputs from L2,
-    and the flushes' own time is measured apart and taken off. This, not wall time, is what a floor of
-    bytes moved / DRAM bandwidth bounds: a kernel near its floor is limited by memory, not by launches."""
+    leaves are not counted; each call follows a read of ``flush_bytes`` that evicts its inputs from L2 (a
+    read, so no dirty line of the flush is written back on ``fn``'s time), and the flushes' own time is
+    measured apart and taken off. This, not wall time, is what a floor of bytes moved / DRAM bandwidth
+    bounds: a kernel near its floor is limited by memory, not by launches. A RuntimeError when ``fn``
+    launches no GPU work (an op that ran on the CPU would otherwise look infinitely fast)."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda")
+    flush = torch.ones(flush_bytes // 4, dtype=torch.int32, device="cuda")
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
 
-    def busy_us(step) -> float:
+    def busy_us(step) -> tuple[float, int]:
+        """Summed GPU time (µs) and count of the kernels, copies and fills of ``repeats`` flushes + steps."""
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiled:
             for _ in range(repeats):
-                flush.zero_()
+                if flush.numel():
+                    flush.sum()
                 step()
             torch.cuda.synchronize()
-        return sum(event.time_range.elapsed_us() for event in profiled.events()
-                   if event.device_type == DeviceType.CUDA and not event.is_user_annotation)
+        work = [event for event in profiled.events() if event.device_type == DeviceType.CUDA
+                and not event.is_user_annotation]
+        return sum(event.time_range.elapsed_us() for event in work), len(work)
 
-    with_fn, flushes = busy_us(fn), busy_us(lambda: None)
-    if with_fn == 0 or (flush_bytes and flushes == 0):
+    (with_fn, launched), (flushes, flush_launches) = busy_us(fn), busy_us(lambda: None)
+    if flush.numel() and flush_launches == 0:
         raise RuntimeError("torch.profiler recorded no GPU activity (is CUPTI missing?): no GPU time to report")
+    if launched <= flush_launches:
+        raise RuntimeError("the timed call launched no GPU work (did it run on the CPU?): no GPU time to report")
     return {"device_ms": (with_fn - flushes) / repeats / 1e3, "repeats": repeats}
 
 
@@ -169,9 +176,9 @@ def agreement(ours, peer, *, atol: float = 0.0, rtol: float = 0.0) -> str:
             return f"differs{where}: shape {mine.shape} vs the peer's {theirs.shape}"
         mine, theirs = mine.astype(numpy.float64), theirs.astype(numpy.float64)
         with numpy.errstate(invalid="ignore"):  # inf - inf is NaN: equal infinities are caught by ==
-            gap = numpy.abs(mine - theirs)
-            same = (gap <= atol + rtol * numpy.abs(theirs)) | (mine == theirs)
-        bad = ~(same | (numpy.isnan(mine) & numpy.isnan(theirs)))
+            gap = numpy.abs(mine - theirs)  # (rtol x inf would let any number match an infinity)
+            close = numpy.isfinite(mine) & numpy.isfinite(theirs) & (gap <= atol + rtol * numpy.abs(theirs))
+        bad = ~(close | (mine == theirs) | (numpy.isnan(mine) & numpy.isnan(theirs)))
         if bad.any():
             return (f"differs{where}: {int(bad.sum())} of {bad.size} values, max |ours - peer| "
                     f"{numpy.nanmax(numpy.where(bad, gap, numpy.nan)):.3g} (allowed {atol:g} + {rtol:g} x |peer|)")

@@ -101,6 +101,8 @@ def test_agreement_pairs_results_across_libraries_and_names_what_differs(monkeyp
     assert benchlib.agreement(infinite, infinite.copy(), rtol=1e-6) == "yes"
     assert benchlib.agreement(infinite, np.array([np.inf, np.inf, 1.0])).startswith("differs: 1 of 3 values")
     assert benchlib.agreement(infinite, np.array([5.0, -np.inf, 1.0])).startswith("differs: 1 of 3 values")
+    for finite, infinity in ((5.0, np.inf), (-np.inf, np.inf), (np.inf, 5.0)):  # a tolerance never reaches inf
+        assert benchlib.agreement(finite, infinity, rtol=1e-3) != "yes"
     info = benchlib.machine()
     assert info["packages"]["c2w_fast"] and info["git_commit"]
 
@@ -186,6 +188,12 @@ def test_the_train_step_ratio_takes_the_faster_compile_and_counts_only_when_the_
     for wrong in ((names, right[1] * [[1, 1], [0, 0]]), (names, right[1] * [[1, 1], [1, -1]])):  # zero, flipped
         assert ratio(0.70, wrong)["target"].startswith("NOT met: gradients differ: norm.weight by ")
     assert ratio(0.70, None)["target"] == "no verdict: not checked: no gradients recorded"
+    deep = (names + ["deep.weight"], np.vstack([right[1], [1e-7, 1e-7]]))  # at initialisation: ~1e-7 of the whole
+    rounded = (deep[0], np.vstack([right[1], [2e-7, -1e-7]]))  # bf16 rounding moves it by its own size
+    rows = [{"build": "fused", "median_ms": 10.0, "first_loss": 0.70}, {"build": "eager", "median_ms": 30.0,
+                                                                         "first_loss": 0.70}]
+    assert run_train_step.same_step("fused", "eager", {r["build"]: r for r in rows},
+                                    {"fused": rounded, "eager": deep}) == "yes"
     cut = ratio()
     assert (cut["build"], cut["target"]) == ("fused / compile cf", "<=0.5 INCOMPLETE (compile cl not measured)")
     assert ratio(compile_cf_ms=15.0)["target"] == "<=0.5 NOT met"  # a missing build cannot make it met
@@ -196,8 +204,9 @@ def test_the_train_step_ratio_takes_the_faster_compile_and_counts_only_when_the_
 
 @pytest.mark.cuda
 def test_device_time_counts_the_kernels_and_not_the_host_or_the_l2_flush(monkeypatch):
-    """A 1 GiB copy's GPU time is its wall time less the host overhead (never more, nor much less); an empty
-    call's is zero: the flushes between calls are not counted; sleeping on the host adds nothing."""
+    """A 1 GiB copy's GPU time is its wall time less the host overhead (never more, nor much less), whatever
+    the host does between its launches; the flushes between calls are not counted (a 4 KiB fill takes
+    microseconds); a call that launches nothing on the GPU is an error, not 0 ms."""
     import time
 
     import torch
@@ -210,7 +219,10 @@ def test_device_time_counts_the_kernels_and_not_the_host_or_the_l2_flush(monkeyp
     wall = benchlib.time_call(lambda: dst.copy_(src), repeats=5, cuda=True)["min_ms"]
     device = benchlib.device_time(lambda: dst.copy_(src), repeats=5)["device_ms"]
     assert 0.7 * wall <= device <= 1.05 * wall
-    assert abs(benchlib.device_time(lambda: None)["device_ms"]) < 0.005
+    small = torch.empty(4096, dtype=torch.uint8, device="cuda")
+    assert 0 < benchlib.device_time(lambda: small.fill_(1))["device_ms"] < 0.02
+    with pytest.raises(RuntimeError, match="launched no GPU work"):
+        benchlib.device_time(lambda: torch.ones(8).sum())
     slept = benchlib.device_time(lambda: (time.sleep(0.01), dst.copy_(src)), repeats=5)["device_ms"]
     assert slept == pytest.approx(device, rel=0.1)
     bandwidth = benchlib.copy_bandwidth()

@@ -263,9 +263,12 @@ def test_a_tensor_image_gets_tensor_outputs_equal_to_the_numpy_ones(c2w):
         assert got.probabilities.keys() == expected.probabilities.keys() == {"wall", "LA"}
         for name, probability in got.probabilities.items():
             np.testing.assert_array_equal(probability.numpy(), expected.probabilities[name])
-    constant = torch.full(volume.shape, 7, dtype=torch.int16)
-    with pytest.warns(UserWarning, match=r"the image is constant \(every voxel 7\)"):
-        pipeline.predict(constant, volume.spacing)
+    unsigned = volume.array.astype(np.uint16)  # as many scanners store it; torch reduces no uint16 tensor
+    assert np.array_equal(pipeline.predict(torch.from_numpy(unsigned), affine=volume.affine).labels.numpy(),
+                          pipeline.predict(unsigned, affine=volume.affine).labels)
+    for dtype in (torch.int16, torch.uint16, torch.bfloat16):
+        with pytest.warns(UserWarning, match=r"the image is constant \(every voxel 7(\.0)?\)"):
+            pipeline.predict(torch.full(volume.shape, 7, dtype=dtype), volume.spacing)
     with pytest.raises(ValueError, match=r"image must be 3D \(z, y, x\), got shape \(1, 20, 40, 40\)"):
         pipeline.predict(torch.zeros(1, 20, 40, 40), volume.spacing)
     with pytest.raises(TypeError, match="image must hold real intensities, got torch.complex64"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from c2w_fast.ops._arrays import as_numpy
 
@@ -20,7 +21,15 @@ def sampled_values(volume) -> np.ndarray:
     """The sorted distinct values of a strided subsample of about :data:`SAMPLED_VOXELS` voxels of ``volume``
     (numpy, or torch on any device: only the subsample comes to the host)."""
     step = max(1, round((math.prod(volume.shape) / SAMPLED_VOXELS) ** (1 / 3)))
-    return np.unique(as_numpy(volume[(slice(None, None, step),) * volume.ndim]))
+    return np.unique(as_numpy(_reducible(volume[(slice(None, None, step),) * volume.ndim])))
+
+
+def _reducible(volume):
+    """``volume``, or for a bf16 or unsigned torch tensor (which torch cannot reduce, numpy cannot hold) its
+    float64 copy (exact for both)."""
+    if isinstance(volume, torch.Tensor) and volume.dtype in (torch.bfloat16, torch.uint16, torch.uint32, torch.uint64):
+        return volume.double()
+    return volume
 
 
 def implausible_image(image, spacing) -> list[str]:
@@ -28,8 +37,8 @@ def implausible_image(image, spacing) -> list[str]:
     LGE-MRI: constant, a label map, or a field of view or voxel size no heart MRI has (a unit mix-up in the
     header); one sentence each, for a warning (``predict``: the networks segment whatever they are given) or
     an error."""
-    problems = []
-    if math.prod(image.shape) and (low := image.min().item()) == image.max().item():
+    problems, values = [], _reducible(image)
+    if math.prod(image.shape) and (low := values.min().item()) == values.max().item():
         problems.append(f"the image is constant (every voxel {low}): its prediction means nothing")
     elif (values := label_map_values(image)) is not None:
         problems.append(f"the image holds only a few whole values ({values} in a sample of its voxels): a "
