@@ -37,8 +37,8 @@ def implausible_image(image, spacing) -> list[str]:
     LGE-MRI: constant, a label map, or a field of view or voxel size no heart MRI has (a unit mix-up in the
     header); one sentence each, for a warning (``predict``: the networks segment whatever they are given) or
     an error."""
-    problems, values = [], _reducible(image)
-    if math.prod(image.shape) and (low := values.min().item()) == values.max().item():
+    problems, reducible = [], _reducible(image)
+    if math.prod(image.shape) and (low := reducible.min().item()) == reducible.max().item():
         problems.append(f"the image is constant (every voxel {low}): its prediction means nothing")
     elif (values := label_map_values(image)) is not None:
         problems.append(f"the image holds only a few whole values ({values} in a sample of its voxels): a "
