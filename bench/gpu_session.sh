@@ -32,7 +32,7 @@ sys.exit(not c2w_fast.__file__.startswith('$ROOT/'))") 2>/dev/null \
   || python3 -m pip install -q --no-build-isolation --no-deps -e . || exit 1
 echo "commit ${C2W_COMMIT:-unknown (pass C2W_COMMIT=\$(git rev-parse HEAD))}" | tee "$OUT/gpu.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/gpu.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -m c2w_fast.ops 2>&1 | tee -a "$OUT/gpu.txt"  # versions, and the backend every op's auto picks here
 # every module a stage imports, so a missing peer is named once here rather than found row by row
 python3 -c "
 import importlib

@@ -138,8 +138,8 @@ def _evaluate_batch_triton(pred, gt, spacing, tolerance_mm, convention, percenti
     return [_metrics_from_row(row, convention) for row in rows.tolist()]  # the batch's one host sync
 
 
-EVALUATE_BATCH = Op("evaluate", {"reference": _evaluate_each, "triton": _evaluate_batch_triton},
-                    preferred=COMPILED_FIRST)
+EVALUATE_BATCH = Op("evaluate", {"reference": _evaluate_each, "cpu": _evaluate_each, "triton": _evaluate_batch_triton},
+                    preferred=COMPILED_FIRST)  # on CPU inputs, one pair at a time through the ops' own backends
 
 
 def _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:
@@ -147,10 +147,7 @@ def _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_ru
     one :func:`evaluate` per pair through the ops (``reference``, ``cpu``, ``auto`` on CPU inputs)."""
     check_convention(convention)
     tolerance_mm, _ = check_summary_options(tolerance_mm, 95.0, percentile_rule)
-    if backend in ("reference", "cpu"):
-        implementation = _evaluate_each
-    else:
-        implementation = EVALUATE_BATCH.select(backend, device_type(pred))
+    implementation = EVALUATE_BATCH.select(backend, device_type(pred))
     return implementation(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend)
 
 

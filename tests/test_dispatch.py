@@ -107,3 +107,41 @@ def test_inputs_only_the_reference_takes_keep_an_explicit_backend_choice():
         assert reference_only(backend, "why") == backend
     with pytest.raises(ValueError, match="^why$"):
         reference_only("triton", "why")
+
+
+def test_auto_choice_names_the_faster_backends_it_passed_over(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    op = Op("choice_probe", {"reference": lambda: "reference", "triton": lambda: "triton", "cuda": lambda: "cuda"},
+            preferred={"cuda": ("cuda", "triton")})
+    name, problems = op.auto_choice("cuda")
+    assert name == "triton" and len(problems) == 1 and problems[0].startswith("cuda: cupy is not installed")
+    with warnings.catch_warnings():  # a fast backend ran: no fallback warning
+        warnings.simplefilter("error")
+        assert op.select("auto", "cuda")() == "triton"
+
+
+def test_backend_report_says_what_auto_runs_here_and_what_is_missing(monkeypatch):
+    """``python -m c2w_fast.ops``: with CuPy and the C++ extension missing, both are named, the ops that
+    have them fall back to the next backend and say which one they passed over, and every public op has
+    a row."""
+    import re
+
+    import c2w_fast.ops as ops
+    from c2w_fast.ops import __main__ as backends_report
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setitem(sys.modules, "c2w_fast._cpu", None)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    lines = backends_report.report().splitlines()
+    assert "cupy: not installed" in lines
+    assert any(re.fullmatch(r"\s+CUDA inputs: no: cupy is not installed.*", line) for line in lines)
+    assert any("CPU  inputs: no: the C++ extension c2w_fast._cpu is not built" in line for line in lines)
+    header = lines.index(next(line for line in lines if line.startswith("op ")))
+    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line) for line in lines[header + 1:])
+            if len(cells) == 4}
+    public = {name for name in ops.__all__ if name[0].islower() and name not in ("ball", "backend_problem")}
+    assert public <= set(rows), f"ops without a row: {public - set(rows)}"
+    assert rows["label_components"] == ["reference, cpu, triton, cuda", "reference (cpu unavailable)",
+                                        "triton (cuda unavailable)"]
+    assert rows["conv_norm_act"] == ["reference, triton", "reference", "triton"]
+    assert rows["evaluate"][1] == "reference (cpu unavailable)"

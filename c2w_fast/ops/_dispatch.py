@@ -157,23 +157,29 @@ class Op:
             return self.implementations[backend]
         return self.implementations[self.auto_backend(device_type, stacklevel=4)]
 
-    def auto_backend(self, device_type: str, *, stacklevel: int = 2) -> str:
-        """The backend ``auto`` runs for inputs on ``device_type``: the first preferred one available
-        here, else ``reference`` (with a :class:`BackendFallbackWarning`, once per op and device type)."""
+    def auto_choice(self, device_type: str) -> tuple[str, list[str]]:
+        """The backend ``auto`` picks for inputs on ``device_type`` (the first preferred one available here,
+        else ``reference``) and why each preferred one tried before it cannot run, without warning."""
         problems = []
         for name in self.preferred.get(device_type, ()):
             if name not in self.implementations:
                 continue
             problem = backend_problem(name, device_type)
             if problem is None:
-                return name
+                return name, problems
             problems.append(f"{name}: {problem}")
-        if problems and (self.name, device_type) not in _warned:
+        return "reference", problems
+
+    def auto_backend(self, device_type: str, *, stacklevel: int = 2) -> str:
+        """The backend ``auto`` runs for inputs on ``device_type`` (:meth:`auto_choice`), warning with a
+        :class:`BackendFallbackWarning` (once per op and device type) when it falls back to ``reference``."""
+        name, problems = self.auto_choice(device_type)
+        if name == "reference" and problems and (self.name, device_type) not in _warned:
             _warned.add((self.name, device_type))
             warnings.warn(f"{self.name}: no fast backend for {device_type} inputs "
                           f"({'; '.join(problems)}); using the reference implementation",
                           BackendFallbackWarning, stacklevel=stacklevel)
-        return "reference"
+        return name
 
 
 def reference_only(backend: str, problem: str) -> str:
