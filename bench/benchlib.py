@@ -144,6 +144,15 @@ def device_time(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3,
     return {"device_ms": (with_fn - flushes) / repeats / 1e3, "repeats": repeats}
 
 
+def device_ms(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3) -> float | str:
+    """:func:`device_time`'s mean GPU ms of ``fn``, or why it could not be measured (``"failed: ..."``, e.g. no
+    CUPTI): a row's wall times still count without it."""
+    try:
+        return device_time(fn, repeats=repeats, warmup=warmup)["device_ms"]
+    except Exception as exc:  # noqa: BLE001 - said in the row instead of a number
+        return f"failed: {error_text(exc)}"
+
+
 def host(value):
     """``value`` (a torch tensor on any device, a CuPy or NumPy array, a number) as a NumPy array,
     floats widened to float64: results of different libraries compared on the host."""

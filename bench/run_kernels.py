@@ -84,7 +84,7 @@ if args.cpu_smoke:
     os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
 
 import torch  # noqa: E402
-from benchlib import (agreement, copy_bandwidth, device_time, error_text, machine, run_until_stopped,  # noqa: E402
+from benchlib import (agreement, copy_bandwidth, device_ms, error_text, machine, run_until_stopped,  # noqa: E402
                       save, table, time_call)
 from torch import nn  # noqa: E402
 
@@ -115,12 +115,18 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def timed(build, clock=None) -> dict:
-    """Median wall ms of the step ``build()`` makes (or ``clock(step)``'s ms), or the error that stopped
-    building or running it (a missing peer is reported, never skipped)."""
+def timed(build, *, gpu: bool = False) -> dict:
+    """Median wall ms (``ms``) of the step ``build()`` makes and, with ``gpu``, its GPU time (``gpu_ms``: the
+    step's kernels alone, inputs evicted from L2 between calls, which a floor of DRAM traffic bounds; or
+    why it was not measured: :func:`benchlib.device_ms`); or the error that stopped building or running
+    it (a missing peer is reported, never skipped)."""
     try:
         step = build()
-        return {"ms": clock(step) if clock else time_call(step, **TIMING)["median_ms"]}
+        result = {"ms": time_call(step, **TIMING)["median_ms"]}
+        if gpu:
+            result["gpu_ms"] = (device_ms(step, repeats=TIMING["repeats"], warmup=TIMING["warmup"])
+                                if DEVICE.type == "cuda" else "needs a GPU")
+        return result
     except Exception as exc:  # noqa: BLE001 - OOM, compile failures: record and go on
         return {"error": error_text(exc)}
     finally:
@@ -285,8 +291,7 @@ def conv_row(row: dict, batch, channels, size, groups, bandwidth: float) -> None
     shared = shared_inputs(template, batch, channels, size)
     row["agrees"] = checked(partial(ours_side, template, shared),
                             partial(eager_side, template, shared, torch.float32, False), CONV_RESULTS)
-    ours = timed(partial(ours_side, template, shared))
-    ours_gpu = timed(partial(ours_side, template, shared), clock=gpu_ms)
+    ours = timed(partial(ours_side, template, shared), gpu=True)
     with unsplit_backward():
         ours_unsplit = timed(partial(ours_side, template, shared))
     peers = {name: timed(build) for name, build in conv_peers(template, shared)}
@@ -295,10 +300,10 @@ def conv_row(row: dict, batch, channels, size, groups, bandwidth: float) -> None
     floor_ms = 5 * shared[0].numel() * 2 / bandwidth * 1e3  # bf16
     row.update({"ours_ms": ours.get("ms", ours.get("error")),
                 "ours_unsplit_ms": ours_unsplit.get("ms", ours_unsplit.get("error")), "best_peer": best or "-",
-                "peer_ms": timed_peers.get(best, "-"), "ours_gpu_ms": ours_gpu.get("ms", ours_gpu.get("error")),
+                "peer_ms": timed_peers.get(best, "-"), "ours_gpu_ms": ours.get("gpu_ms", ours.get("error")),
                 "floor_ms": floor_ms, "peers": peers})
-    if "ms" in ours_gpu:
-        row["ours_gpu/floor"] = ours_gpu["ms"] / floor_ms
+    if isinstance(ours.get("gpu_ms"), float):
+        row["ours_gpu/floor"] = ours["gpu_ms"] / floor_ms
     if "ms" in ours and best:
         row["peer/ours"] = timed_peers[best] / ours["ms"]
     if "peer/ours" in row and not args.cpu_smoke:
@@ -474,15 +479,14 @@ def loss_row(row: dict, monai, shape, dtype, bandwidth: float) -> None:
     row["peer"] = peer_name
     row["agrees"] = (checked(partial(loss_step, ours_fn, logits), partial(loss_step, peer_fn, exact),
                              loss_results(dtype)) if peer_fn else "not checked: MONAI not installed")
-    ours = timed(partial(loss_step, ours_fn, logits))
-    ours_gpu = timed(partial(loss_step, ours_fn, logits), clock=gpu_ms)
+    ours = timed(partial(loss_step, ours_fn, logits), gpu=True)
     peer = timed(partial(loss_step, peer_fn, logits)) if peer_fn else {"error": "MONAI not installed"}
     moved = 3 * logits.numel() * logits.element_size() + 2 * labels.numel() + (2 * region.numel() if masked else 0)
     floor_ms = moved / bandwidth * 1e3
-    row.update({name: side.get("ms", side.get("error")) for name, side in
-                (("ours_ms", ours), ("ours_gpu_ms", ours_gpu), ("peer_ms", peer))}, floor_ms=floor_ms)
-    if "ms" in ours_gpu:
-        row["ours_gpu/floor"] = ours_gpu["ms"] / floor_ms
+    row.update(ours_ms=ours.get("ms", ours.get("error")), ours_gpu_ms=ours.get("gpu_ms", ours.get("error")),
+               peer_ms=peer.get("ms", peer.get("error")), floor_ms=floor_ms)
+    if isinstance(ours.get("gpu_ms"), float):
+        row["ours_gpu/floor"] = ours["gpu_ms"] / floor_ms
     if "ms" in ours and "ms" in peer:
         row["peer/ours"] = peer["ms"] / ours["ms"]
         if peer_name.startswith("MONAI") and not args.cpu_smoke:
@@ -492,14 +496,6 @@ def loss_row(row: dict, monai, shape, dtype, bandwidth: float) -> None:
             else:
                 fast = row["peer/ours"] >= LOSS_TARGET and row["ours_gpu/floor"] <= FLOOR_TARGET
                 row["target"] = target + verdict(fast, row["agrees"])
-
-
-def gpu_ms(step) -> float:
-    """Mean GPU time (ms) of ``step``: its kernels alone, inputs evicted from L2 between calls
-    (:func:`benchlib.device_time`), which a floor of DRAM traffic bounds."""
-    if DEVICE.type != "cuda":
-        raise RuntimeError("GPU time needs a GPU")
-    return device_time(step, repeats=TIMING["repeats"], warmup=TIMING["warmup"])["device_ms"]
 
 
 def loss_rows(bandwidth: float, rows: list[dict]) -> None:

@@ -57,7 +57,7 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import (agreement, copy_bandwidth, device_time, error_text, host, monai_gpu_problem,  # noqa: E402
+from benchlib import (agreement, copy_bandwidth, device_ms, error_text, host, monai_gpu_problem,  # noqa: E402
                       run_until_stopped, save, table, time_call)
 from scipy import ndimage  # noqa: E402
 
@@ -149,7 +149,7 @@ def row(name, ours, peer_name, peer, target=None, note="", repeats=5, cuda=False
         return unmeasured(f"ours failed: {error_text(exc)}")
     entry["ours_ms"] = mine["median_ms"]
     if cuda:
-        entry["ours_gpu_ms"] = gpu_time(ours, repeats)
+        entry["ours_gpu_ms"] = device_ms(ours, repeats=max(repeats, 5))  # kernels only, L2 flushed
     peer_repeats = peer_repeats or repeats
     try:
         theirs = time_call(kept("peer", peer), repeats=peer_repeats, warmup=1 if cuda or peer_repeats > 1 else 0,
@@ -328,15 +328,6 @@ def gpu_backends() -> list[str]:
     from c2w_fast.ops import backend_problem
 
     return [b for b in ("triton", "cuda") if backend_problem(b, "cuda") is None]
-
-
-def gpu_time(fn, repeats: int) -> float | str:
-    """Our GPU time (ms) of ``fn``: its kernels alone, inputs evicted from L2 between calls
-    (:func:`benchlib.device_time`), what the floor bounds; or why it could not be measured."""
-    try:
-        return device_time(fn, repeats=max(repeats, 5))["device_ms"]
-    except Exception as exc:  # noqa: BLE001 - the row's wall times still count
-        return f"failed: {error_text(exc)}"
 
 
 def with_floor(entry: dict, bytes_moved: int, bandwidth: float, backend: str) -> dict:

@@ -143,15 +143,17 @@ def test_a_metrics_row_is_met_only_when_ours_gives_the_peers_answer(monkeypatch)
     assert unchecked["met"] == "no verdict: answers not compared"
 
     # on a GPU the floor is held against our GPU time (kernels only), measured apart from the wall times
-    monkeypatch.setattr(run_metrics, "device_time", lambda fn, repeats: {"device_ms": 0.5})
+    import benchlib
+
+    monkeypatch.setattr(benchlib, "device_time", lambda fn, repeats, warmup: {"device_ms": 0.5})
     gpu = run_metrics.with_floor(run_metrics.row("op", lambda: 1, "peer", lambda: 1, 2, repeats=1, cuda=True,
                                                  check=lambda a, b: "yes"), 10**9, 1e12, "triton")
     assert [gpu[key] for key in ("ours_ms", "ours_gpu_ms", "floor_ms", "x_floor", "met")] == [1.0, 0.5, 1.0, 0.5, "yes"]
 
-    def no_profiler(fn, repeats):
+    def no_profiler(fn, repeats, warmup):
         raise RuntimeError("torch.profiler recorded no GPU activity")
 
-    monkeypatch.setattr(run_metrics, "device_time", no_profiler)
+    monkeypatch.setattr(benchlib, "device_time", no_profiler)
     failed = run_metrics.with_floor(run_metrics.row("op", lambda: 1, "peer", lambda: 1, 2, repeats=1, cuda=True,
                                                     check=lambda a, b: "yes"), 10**9, 1e12, "triton")
     assert failed["ours_gpu_ms"].startswith("failed: RuntimeError") and failed["x_floor"] == "-"
