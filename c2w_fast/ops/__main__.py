@@ -15,32 +15,30 @@ import torch
 
 from c2w_fast import __version__
 from c2w_fast.kernels import interpreting
-from c2w_fast.ops._dispatch import BACKENDS, Op, backend_problem
+from c2w_fast.metrics import EVALUATE_BATCH
+from c2w_fast.ops._dispatch import BACKENDS, backend_problem
+# by module path: the package's own names of these modules are the ops' functions
+from c2w_fast.ops.bounding_box import BOUNDING_BOX
+from c2w_fast.ops.components import KEEP_LARGEST, LABEL, REMOVE_SMALL
+from c2w_fast.ops.conv_norm_act import CONV_NORM_ACT
+from c2w_fast.ops.distance_transform import DISTANCE_TRANSFORM, SIGNED_DISTANCE
+from c2w_fast.ops.losses import DICE_CE, DICE_FOCAL
+from c2w_fast.ops.morphology import DILATION, EROSION
+from c2w_fast.ops.surface import SURFACE_DISTANCES, SURFACE_SUMMARY
 
 DEVICES = ("cpu", "cuda")
-
-
-def registered_ops() -> list[Op]:
-    """Every public op's dispatcher, in the README's order."""
-    # by module path: the package's names of these modules are the ops' functions
-    from c2w_fast.metrics import EVALUATE_BATCH
-    from c2w_fast.ops.bounding_box import BOUNDING_BOX
-    from c2w_fast.ops.components import KEEP_LARGEST, LABEL, REMOVE_SMALL
-    from c2w_fast.ops.conv_norm_act import CONV_NORM_ACT
-    from c2w_fast.ops.distance_transform import DISTANCE_TRANSFORM, SIGNED_DISTANCE
-    from c2w_fast.ops.losses import DICE_CE, DICE_FOCAL
-    from c2w_fast.ops.morphology import DILATION, EROSION
-    from c2w_fast.ops.surface import SURFACE_DISTANCES, SURFACE_SUMMARY
-
-    return [BOUNDING_BOX, DISTANCE_TRANSFORM, SIGNED_DISTANCE, LABEL, KEEP_LARGEST, REMOVE_SMALL, DILATION, EROSION,
-            SURFACE_DISTANCES, SURFACE_SUMMARY, EVALUATE_BATCH, CONV_NORM_ACT, DICE_FOCAL, DICE_CE]
+OPS = (BOUNDING_BOX, DISTANCE_TRANSFORM, SIGNED_DISTANCE, LABEL, KEEP_LARGEST, REMOVE_SMALL, DILATION, EROSION,
+       SURFACE_DISTANCES, SURFACE_SUMMARY, EVALUATE_BATCH, CONV_NORM_ACT, DICE_FOCAL, DICE_CE)  # the README's order
 
 
 def _package(name: str) -> str:
+    """The version of ``name``, or why it cannot be imported (a CuPy built for another CUDA fails on import)."""
     try:
         return importlib.import_module(name).__version__
     except ImportError:
         return "not installed"
+    except Exception as exc:  # noqa: BLE001 - the report says what is wrong instead of failing
+        return f"import failed: {type(exc).__name__}: {exc}"
 
 
 def environment() -> list[str]:
@@ -69,7 +67,7 @@ def op_rows() -> list[tuple[str, str, str, str]]:
     """(op, its backends, what ``auto`` picks for CPU inputs, for CUDA inputs); a pick after faster backends
     that cannot run here names them, e.g. ``triton (cuda unavailable)``."""
     rows = []
-    for op in registered_ops():
+    for op in OPS:
         picks = []
         for device in DEVICES:
             name, problems = op.auto_choice(device)
