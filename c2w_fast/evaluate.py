@@ -201,7 +201,9 @@ def _evaluate_case(identifier, pred_path, gt, labels, options):
     gt_labels = _as_label_map(reference.array, reference.path)
     unknown = gt.unknown(identifier)  # not scored: an absent label there is unknown, not an empty one
     known = {name: value for name, value in labels.items() if value not in unknown}
-    results = metrics.evaluate_labels(pred_labels, gt_labels, known, reference.spacing, **options) if known else {}
+    on_gpu = options.get("backend") == "triton"  # the files are read on the CPU; triton runs where they are
+    pair = [torch.from_numpy(m).cuda() if on_gpu else m for m in (pred_labels, gt_labels)]
+    results = metrics.evaluate_labels(*pair, known, reference.spacing, **options) if known else {}
     expected = sorted({0, *labels.values(), *gt.labels.values()})
     warnings = [warning for warning in (_other_values(pred_labels, pred_path, expected),
                                         _other_values(gt_labels, reference.path, expected)) if warning]
@@ -346,7 +348,8 @@ def main(argv=None) -> int:
                         help="HD95: max: the larger of the two directed 95th percentiles; pooled: the 95th "
                              "percentile of both directions together, as medpy (default max)")
     parser.add_argument("--backend", choices=[b for b in BACKEND_CHOICES if b != "cuda"], default="auto",
-                        help="auto: the C++ backend for files (read on the CPU); triton runs on a GPU (default auto)")
+                        help="auto: the C++ backend for files (read on the CPU); triton: copied to the GPU and "
+                             "evaluated there (default auto)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="cases evaluated at once (default %(default)s: the CPU cores, at most 4)")
     parser.add_argument("--out", required=True, type=path_argument, help="CSV file to write")

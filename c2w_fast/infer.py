@@ -27,6 +27,15 @@ import torch
 from c2w_fast.ops._arrays import is_int
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# GPU allocation failures that reach Python as a plain RuntimeError rather than torch.cuda.OutOfMemoryError
+ALLOCATION_FAILURES = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the GPU running out of memory: PyTorch's allocator's error, or a cuDNN, cuBLAS or
+    CUDA allocation failure (:data:`ALLOCATION_FAILURES`)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in ALLOCATION_FAILURES))
 
 
 class InferenceError(RuntimeError):
@@ -198,32 +207,37 @@ class WindowRunner:
     def __call__(self, batch: torch.Tensor, capacity: int) -> torch.Tensor:
         if not (self.cuda_graph and batch.device.type == "cuda"):
             return self.eager(batch)
-        if self._graph is None or self._graph[0] != capacity or self._graph[2].shape[1:] != batch.shape[1:]:
-            self._graph = None
-            self._graph = self._capture(batch, capacity)
-            if self._graph is None:
-                return self.eager(batch)
-        _, graph, static_in, static_out = self._graph
-        static_in[: len(batch)].copy_(batch)
-        graph.replay()
-        return static_out[: len(batch)]
+        with torch.cuda.device(batch.device):  # capture and replay on the batch's GPU, not the current one
+            if self._graph is None or self._graph[0] != capacity or self._graph[2].shape[1:] != batch.shape[1:]:
+                self._graph = None
+                self._graph = self._capture(batch, capacity)
+                if self._graph is None:
+                    return self.eager(batch)
+            _, graph, static_in, static_out = self._graph
+            static_in[: len(batch)].copy_(batch)
+            graph.replay()
+            return static_out[: len(batch)]
 
     def _capture(self, batch: torch.Tensor, capacity: int):
         static_in = torch.zeros((capacity, *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
         static_in[: len(batch)].copy_(batch)
+        caller = torch.cuda.current_stream()
         try:
             stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
+            stream.wait_stream(caller)
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm-up outside the graph: autotuning, cuDNN plans, allocations
                     self.eager(static_in)
-            torch.cuda.current_stream().wait_stream(stream)
+            caller.wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = self.eager(static_in)
-        except torch.cuda.OutOfMemoryError:
-            raise
         except Exception as exc:  # capture rejects host syncs and some kernels; eager still works
+            # a capture that failed at its end leaves its stream current (torch.cuda.graph exits it after
+            # ending the capture, which raised): the caller's stream is made current again
+            torch.cuda.set_stream(caller)
+            if out_of_memory(exc):
+                raise
             warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running the model eagerly",
                           RuntimeWarning, stacklevel=3)
             self.cuda_graph = False
@@ -285,8 +299,11 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
               else torch.ones(patch, device=image.device))
     starts = window_positions(padded, patch, step)
     logits, total = None, torch.zeros(padded, device=image.device)
-    done, size = 0, batch_size
+    done, size, retrying = 0, batch_size, False
     while done < len(starts):
+        if retrying:  # out of the except block, whose traceback held the failed forward's tensors
+            torch.cuda.empty_cache()
+            retrying = False
         chunk = starts[done: done + size]
         windows = [(slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2])) for z, y, x in chunk]
         with timer.phase("stitch"):
@@ -294,15 +311,16 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
         try:
             with timer.phase("network"):
                 out = runner(batch, size)
-        except torch.cuda.OutOfMemoryError:
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
             if size == 1:
                 raise InferenceError(f"CUDA out of memory running one {patch} window; free GPU memory, "
                                      f"use a smaller model or run on the CPU") from None
             runner.release()
-            torch.cuda.empty_cache()
             warnings.warn(f"CUDA out of memory with {size} windows per batch; retrying with {size // 2}",
                           RuntimeWarning, stacklevel=3)
-            size //= 2
+            size, retrying = size // 2, True
             continue
         with timer.phase("stitch"):
             if logits is None:

@@ -52,7 +52,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_cupy, is_int
+from c2w_fast.ops._arrays import as_mask, as_tensor, check_same_device, device_of, is_cupy, is_int
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._volume import check_pair, check_spacing, same_kind, union_box
 from c2w_fast.ops.bounding_box import bounding_box
@@ -147,7 +147,7 @@ def _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_ru
     one :func:`evaluate` per pair through the ops (``reference``, ``cpu``, ``auto`` on CPU inputs)."""
     check_convention(convention)
     tolerance_mm, _ = check_summary_options(tolerance_mm, 95.0, percentile_rule)
-    implementation = EVALUATE_BATCH.select(backend, device_type(pred))
+    implementation = EVALUATE_BATCH.select(backend, device_of(pred))
     return implementation(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend)
 
 
@@ -200,8 +200,7 @@ def evaluate_batch(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convent
                              f"got shape {tuple(batch.shape)}")
     if tuple(pred.shape) != tuple(gt.shape):
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
-    if device_type(pred) != device_type(gt):
-        raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
+    check_same_device(pred, gt)
     pred, gt = same_kind(pred, gt)
     spacing = check_spacing(spacing, pred.ndim - 1)
     if pred.shape[0] == 0:

@@ -18,14 +18,17 @@ NVRTC_OPTIONS = ("-std=c++17",)
 def _module(filename: str, device_index: int):
     import cupy
 
-    with cupy.cuda.Device(device_index):
-        source = (SOURCE_DIR / filename).read_text()
-        return cupy.RawModule(code=source, options=NVRTC_OPTIONS)
+    return cupy.RawModule(code=(SOURCE_DIR / filename).read_text(), options=NVRTC_OPTIONS)
 
 
 def kernel(filename: str, name: str, device: torch.device):
-    """The compiled ``__global__`` function ``name`` of ``filename`` for ``device``."""
-    return _module(filename, device.index if device.index is not None else torch.cuda.current_device()).get_function(name)
+    """The compiled ``__global__`` function ``name`` of ``filename`` for ``device``: compiled and loaded there
+    (CuPy compiles a module at its first ``get_function``, on the current device)."""
+    import cupy
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with cupy.cuda.Device(index):
+        return _module(filename, index).get_function(name)
 
 
 def launch(filename: str, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, device: torch.device):

@@ -145,3 +145,41 @@ def test_backend_report_says_what_auto_runs_here_and_what_is_missing(monkeypatch
                                         "triton (cuda unavailable)"]
     assert rows["conv_norm_act"] == ["reference, triton", "reference", "triton"]
     assert rows["evaluate"][1] == "reference (cpu unavailable)"
+
+
+def test_an_op_on_a_second_gpu_runs_with_that_gpu_current(monkeypatch):
+    """Triton launches on the current CUDA device, not on its inputs': an op's implementation for cuda:1
+    inputs runs inside ``torch.cuda.device(cuda:1)``; CPU inputs and a bare ``cuda`` get no context."""
+    import contextlib
+
+    import torch
+
+    current = []
+
+    @contextlib.contextmanager
+    def device(which):
+        current.append(which)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    op = Op("device_probe", {"reference": lambda: "reference", "triton": lambda: list(current)},
+            preferred={"cuda": ("triton",)})
+    assert op.select("auto", torch.device("cuda", 1))() == [torch.device("cuda", 1)]
+    assert op.select("triton", "cuda:0")() == [torch.device("cuda", 0)]
+    assert op.select("triton", "cuda")() == [] and current == []
+    assert op.select("reference", torch.device("cpu"))() == "reference"
+
+
+def test_a_pair_on_two_gpus_is_refused():
+    import torch
+
+    from c2w_fast.ops._arrays import check_same_device
+
+    def on(device):  # a CPU tensor that reports ``device``, as a GPU's would
+        kind = type("OnDevice", (torch.Tensor,), {"device": property(lambda self: torch.device(device))})
+        return torch.zeros(2).as_subclass(kind)
+
+    check_same_device(on("cuda:1"), on("cuda:1"))
+    with pytest.raises(ValueError, match="same device, got cuda:0 and cuda:1"):
+        check_same_device(on("cuda:0"), on("cuda:1"))

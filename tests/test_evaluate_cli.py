@@ -483,3 +483,29 @@ def test_an_nnunet_label_folder_is_read_with_its_datasets_label_table(tmp_path, 
                  "--out", str(tmp_path / "again.csv"), "--quiet"]) == 2
     assert f"1 file(s) miss nnU-Net's naming for dataset.json's file_ending '.nii.gz' (images <case>_0000.nii.gz, " \
            f"labels <case>.nii.gz): labelsTr/{ids[0]}.nii;" in capsys.readouterr().err
+
+
+def test_backend_triton_evaluates_the_files_on_the_gpu(tmp_path, monkeypatch):
+    """``--backend triton``: the label maps read on the CPU are copied to the GPU and scored there, equal to
+    the C++ backend (without a GPU: the copies are counted, not made, and the kernels run in Triton's
+    interpreter, which would take the CPU maps too)."""
+    import torch
+
+    copies, simulated = [], not torch.cuda.is_available()
+    if simulated:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.Tensor, "cuda", lambda self: copies.append(self.shape) or self)
+    pred, gt = _la_spike_case()
+    _write_pair(tmp_path / "gt", tmp_path / "pred", "c1", pred, gt)
+    rows = {}
+    for backend in ("cpu", "triton"):
+        out = tmp_path / f"{backend}.csv"
+        assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", "LA=3,wall=1",
+                     "--backend", backend, "--out", str(out), "--quiet"]) == 0
+        rows[backend] = [r for r in read_rows(out) if r["status"] == "ok"]
+    assert len(rows["cpu"]) == 2
+    assert not simulated or copies == [gt.shape] * 2  # the prediction and the ground truth
+    for ours, expected in zip(rows["triton"], rows["cpu"], strict=True):
+        assert {m: float(ours[m]) for m in evaluate.METRICS} == \
+            pytest.approx({m: float(expected[m]) for m in evaluate.METRICS}, rel=1e-6)

@@ -244,22 +244,28 @@ def test_reduced_precision_runs_the_convolutions_in_it_and_stays_close(precision
         sliding_window(model, image, (6, 8, 8), precision="int8")
 
 
-class OutOfMemoryAbove(nn.Module):
-    """Raises CUDA's out-of-memory error for batches larger than ``limit`` (``limit`` 0: always)."""
+ALLOCATOR_OOM = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    def __init__(self, limit):
+
+class OutOfMemoryAbove(nn.Module):
+    """Raises ``error`` (CUDA's out-of-memory error) for batches larger than ``limit`` (``limit`` 0: always)."""
+
+    def __init__(self, limit, error=ALLOCATOR_OOM):
         super().__init__()
-        self.inner, self.limit, self.batches = SmallConvNet(1, 2), limit, []
+        self.inner, self.limit, self.error, self.batches = SmallConvNet(1, 2), limit, error, []
 
     def forward(self, x):
         self.batches.append(len(x))
         if len(x) > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise self.error
         return self.inner(x)
 
 
-def test_out_of_memory_halves_the_window_batch_and_retries(rng):
-    model = OutOfMemoryAbove(limit=2).eval()
+@pytest.mark.parametrize("error", [ALLOCATOR_OOM, RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+                                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")],
+                         ids=["allocator", "cudnn", "cublas"])
+def test_out_of_memory_halves_the_window_batch_and_retries(rng, error):
+    model = OutOfMemoryAbove(limit=2, error=error).eval()
     image = torch.from_numpy(rng.normal(size=(1, 12, 20, 20)).astype(np.float32))
     with pytest.warns(RuntimeWarning) as caught:
         result = sliding_window(model, image, (6, 8, 8), batch_size=8)
@@ -270,7 +276,15 @@ def test_out_of_memory_halves_the_window_batch_and_retries(rng):
     torch.testing.assert_close(result, sliding_window(model.inner, image, (6, 8, 8), batch_size=1))
     with pytest.raises(InferenceError, match=r"CUDA out of memory running one \(6, 8, 8\) window"), \
             pytest.warns(RuntimeWarning):
-        sliding_window(OutOfMemoryAbove(limit=0).eval(), image, (6, 8, 8), batch_size=2)
+        sliding_window(OutOfMemoryAbove(limit=0, error=error).eval(), image, (6, 8, 8), batch_size=2)
+
+
+def test_an_error_other_than_out_of_memory_is_not_retried(rng):
+    model = OutOfMemoryAbove(limit=2, error=RuntimeError("CUDA error: an illegal memory access was encountered"))
+    image = torch.from_numpy(rng.normal(size=(1, 12, 20, 20)).astype(np.float32))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        sliding_window(model.eval(), image, (6, 8, 8), batch_size=8)
+    assert model.batches == [8]
 
 
 def test_bad_engine_arguments_are_named():
@@ -330,6 +344,32 @@ def test_cuda_graph_and_gpu_stitching_equal_eager(rng):
     torch.testing.assert_close(graphed, eager)
     expected = reference_sliding_window(model.cpu(), image.cpu(), (8, 16, 16), 0.5, True)
     torch.testing.assert_close(eager.cpu().double(), expected, atol=1e-4, rtol=1e-4)
+
+
+class HostSync(nn.Module):
+    """A network that reads a value back to the host in its forward, which a CUDA graph cannot capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = SmallConvNet()
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out * (1.0 if float(out.abs().max()) >= 0 else 0.0)
+
+
+@pytest.mark.cuda
+def test_a_failed_capture_runs_eagerly_on_the_callers_stream(rng):
+    """The capture fails at the host sync; the result is the eager one and the caller's stream is current
+    again (a capture that fails at its end leaves its own stream current otherwise)."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    model = HostSync().cuda().eval()
+    image = torch.from_numpy(rng.normal(size=(2, 12, 20, 20)).astype(np.float32)).cuda()
+    caller = torch.cuda.current_stream()
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        graphed = sliding_window(model, image, (8, 16, 16), batch_size=2, cuda_graph=True)
+    assert torch.cuda.current_stream() == caller
+    torch.testing.assert_close(graphed, sliding_window(model, image, (8, 16, 16), batch_size=2))
 
 
 @pytest.mark.parametrize("slab_voxels", [1, 30, 1 << 22])

@@ -1,4 +1,4 @@
-"""Array plumbing shared by the ops: numpy, torch and cupy in, one device type out.
+"""Array plumbing shared by the ops: numpy, torch and cupy in, one device out.
 
 Conversions are zero-copy where the memory allows it (numpy <-> CPU torch, cupy <->
 CUDA torch via DLPack), so ops accept whatever array the caller holds.
@@ -30,15 +30,21 @@ def is_cupy(array) -> bool:
     return type(array).__module__.split(".")[0] == "cupy"
 
 
-def device_type(array) -> str:
-    """``"cpu"`` or ``"cuda"`` (or torch's name for another device) for a numpy/torch/cupy array."""
+def device_of(array) -> torch.device:
+    """The torch device of a numpy/torch/cupy array (a CuPy array's with its GPU's index)."""
     if isinstance(array, torch.Tensor):
-        return array.device.type
+        return array.device
     if is_cupy(array):
-        return "cuda"
+        return torch.device("cuda", array.device.id)
     if isinstance(array, np.ndarray) or np.isscalar(array):
-        return "cpu"
+        return torch.device("cpu")
     raise TypeError(f"expected a numpy array, torch tensor or cupy array, got {type(array).__name__}")
+
+
+def check_same_device(pred, gt) -> None:
+    """A ValueError for a pair on two devices (a GPU and the CPU, or two GPUs)."""
+    if device_of(pred) != device_of(gt):
+        raise ValueError(f"pred and gt must be on the same device, got {device_of(pred)} and {device_of(gt)}")
 
 
 def as_tensor(array) -> torch.Tensor:

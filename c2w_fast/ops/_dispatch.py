@@ -142,8 +142,13 @@ class Op:
         if unknown:
             raise ValueError(f"op {self.name!r}: unknown backends {sorted(unknown)}")
 
-    def select(self, backend: str, device_type: str) -> Callable:
-        """The implementation to run for ``backend`` on inputs living on ``device_type``."""
+    def select(self, backend: str, device: torch.device | str) -> Callable:
+        """The implementation to run for ``backend`` on inputs living on ``device`` (a device type suffices for
+        the choice), run with that GPU current (:func:`on_device`)."""
+        device = torch.device(device)
+        return on_device(self._implementation(backend, device.type), device)
+
+    def _implementation(self, backend: str, device_type: str) -> Callable:
         if backend not in BACKEND_CHOICES:
             raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
         if backend != "auto":
@@ -155,7 +160,7 @@ class Op:
             if problem:
                 raise BackendUnavailableError(f"{self.name}: backend {backend!r} is unavailable: {problem}")
             return self.implementations[backend]
-        return self.implementations[self.auto_backend(device_type, stacklevel=4)]
+        return self.implementations[self.auto_backend(device_type, stacklevel=5)]
 
     def auto_choice(self, device_type: str) -> tuple[str, list[str]]:
         """The backend ``auto`` picks for inputs on ``device_type`` (the first preferred one available here,
@@ -180,6 +185,19 @@ class Op:
                           f"({'; '.join(problems)}); using the reference implementation",
                           BackendFallbackWarning, stacklevel=stacklevel)
         return name
+
+
+def on_device(implementation: Callable, device: torch.device) -> Callable:
+    """``implementation``, run with ``device`` as the current CUDA device when it is a GPU: Triton launches on
+    the current device and its stream, not on its inputs' (kernels for cuda:1 tensors would run on GPU 0)."""
+    if device.type != "cuda" or device.index is None:
+        return implementation
+
+    @functools.wraps(implementation)
+    def on_its_gpu(*args, **kwargs):
+        with torch.cuda.device(device):
+            return implementation(*args, **kwargs)
+    return on_its_gpu
 
 
 def reference_only(backend: str, problem: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from c2w_fast.ops._arrays import as_mask, as_numpy, as_tensor, device_type, is_cupy, real_number
+from c2w_fast.ops._arrays import as_mask, as_numpy, as_tensor, check_same_device, is_cupy, real_number
 from c2w_fast.ops.bounding_box import bounding_box
 
 Box = tuple[slice, ...]
@@ -32,8 +32,7 @@ def check_pair(pred, gt):
     pred, gt = check_mask(pred, "pred"), check_mask(gt, "gt")
     if tuple(pred.shape) != tuple(gt.shape):
         raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
-    if device_type(pred) != device_type(gt):
-        raise ValueError(f"pred and gt must be on the same device, got {device_type(pred)} and {device_type(gt)}")
+    check_same_device(pred, gt)
     return same_kind(pred, gt)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from c2w_fast.ops._arrays import as_mask, as_tensor, device_type, is_int
+from c2w_fast.ops._arrays import as_mask, as_tensor, device_of, is_int
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 
 Extent = list[tuple[int, int]]  # (first, last + 1) per axis
@@ -92,7 +92,7 @@ def bounding_box(mask, *, margin: int | tuple[int, ...] = 0, backend: str = "aut
         margins = ()
     if len(margins) != mask.ndim or not all(is_int(m) and m >= 0 for m in margins):
         raise ValueError(f"margin must be one non-negative int or {mask.ndim} of them, got {margin!r}")
-    extent = BOUNDING_BOX.select(backend, device_type(mask))(mask)
+    extent = BOUNDING_BOX.select(backend, device_of(mask))(mask)
     if extent is None:
         return None
     return tuple(slice(max(lo - int(m), 0), min(hi + int(m), size))

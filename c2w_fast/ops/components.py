@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from c2w_fast.ops._arrays import as_numpy, device_type, is_int
+from c2w_fast.ops._arrays import as_numpy, device_of, is_int
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._volume import box_3d, check_mask, host_uint8_3d, like
@@ -124,7 +124,7 @@ def label_components(mask, connectivity: int = 26, *, backend: str = "auto"):
     """
     mask = check_mask(mask, "mask")
     connectivity = check_connectivity(connectivity, mask.ndim)
-    return LABEL.select(backend, device_type(mask))(mask, connectivity)
+    return LABEL.select(backend, device_of(mask))(mask, connectivity)
 
 
 def keep_largest_component(mask, connectivity: int = 26, *, backend: str = "auto"):
@@ -135,7 +135,7 @@ def keep_largest_component(mask, connectivity: int = 26, *, backend: str = "auto
     """
     mask = check_mask(mask, "mask")
     connectivity = check_connectivity(connectivity, mask.ndim)
-    return KEEP_LARGEST.select(backend, device_type(mask))(mask, connectivity)
+    return KEEP_LARGEST.select(backend, device_of(mask))(mask, connectivity)
 
 
 def remove_small_components(mask, min_voxels: int, connectivity: int = 26, *, backend: str = "auto"):
@@ -149,4 +149,4 @@ def remove_small_components(mask, min_voxels: int, connectivity: int = 26, *, ba
     if not is_int(min_voxels) or min_voxels < 0:
         raise ValueError(f"min_voxels must be a non-negative int, got {min_voxels!r}")
     min_voxels = min(int(min_voxels), int(np.prod(mask.shape)) + 1)  # more than all voxels: the same, and fits int64
-    return REMOVE_SMALL.select(backend, device_type(mask))(mask, min_voxels, connectivity)
+    return REMOVE_SMALL.select(backend, device_of(mask))(mask, min_voxels, connectivity)

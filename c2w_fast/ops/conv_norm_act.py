@@ -236,5 +236,5 @@ def conv_norm_act(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tens
     if x.dtype not in KERNEL_DTYPES:
         backend = reference_only(backend, f"the triton backend takes x in {[str(d) for d in KERNEL_DTYPES]}, "
                                           f"got {x.dtype}")
-    return CONV_NORM_ACT.select(backend, x.device.type)(x, weight, norm_weight, norm_bias, stride, groups, eps,
+    return CONV_NORM_ACT.select(backend, x.device)(x, weight, norm_weight, norm_bias, stride, groups, eps,
                                                         negative_slope, activation, residual)

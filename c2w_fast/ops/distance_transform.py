@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from c2w_fast.ops._arrays import as_numpy, device_type
+from c2w_fast.ops._arrays import as_numpy, device_of
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._volume import check_mask, check_spacing, embed, host_uint8_3d, like, spacing_3d
@@ -101,7 +101,7 @@ def distance_transform(mask, spacing=None, *, backend: str = "auto"):
     """
     mask = check_mask(mask, "mask")
     spacing = check_spacing(spacing, mask.ndim)
-    return DISTANCE_TRANSFORM.select(backend, device_type(mask))(mask, spacing)
+    return DISTANCE_TRANSFORM.select(backend, device_of(mask))(mask, spacing)
 
 
 def signed_distance(mask, spacing=None, *, backend: str = "auto"):
@@ -122,4 +122,4 @@ def signed_distance(mask, spacing=None, *, backend: str = "auto"):
     """
     mask = check_mask(mask, "mask")
     spacing = check_spacing(spacing, mask.ndim)
-    return SIGNED_DISTANCE.select(backend, device_type(mask))(mask, spacing)
+    return SIGNED_DISTANCE.select(backend, device_of(mask))(mask, spacing)

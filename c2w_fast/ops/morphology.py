@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
-from c2w_fast.ops._arrays import as_numpy, device_type
+from c2w_fast.ops._arrays import as_numpy, device_of
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._volume import box_3d, check_mask, check_spacing, host_uint8_3d, like
@@ -127,7 +127,7 @@ def binary_dilation(mask, radius: float, *, spacing=None, backend: str = "auto")
     mask = check_mask(mask, "mask")
     radius = _check_radius(radius)
     spacing = None if spacing is None else check_spacing(spacing, mask.ndim)
-    return DILATION.select(backend, device_type(mask))(mask, radius, spacing)
+    return DILATION.select(backend, device_of(mask))(mask, radius, spacing)
 
 
 def binary_erosion(mask, radius: float, *, spacing=None, backend: str = "auto"):
@@ -141,4 +141,4 @@ def binary_erosion(mask, radius: float, *, spacing=None, backend: str = "auto"):
     mask = check_mask(mask, "mask")
     radius = _check_radius(radius)
     spacing = None if spacing is None else check_spacing(spacing, mask.ndim)
-    return EROSION.select(backend, device_type(mask))(mask, radius, spacing)
+    return EROSION.select(backend, device_of(mask))(mask, radius, spacing)

@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from c2w_fast.ops._arrays import as_numpy, device_type, real_number
+from c2w_fast.ops._arrays import as_numpy, device_of, real_number
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
 from c2w_fast.ops._within import decision_threshold, float32_threshold
@@ -246,7 +246,7 @@ def surface_distances(pred, gt, spacing=None, *, convention: str = "surfel", bac
     pred, gt = check_pair(pred, gt)
     spacing = check_spacing(spacing, pred.ndim)
     check_convention(convention)
-    return SURFACE_DISTANCES.select(backend, device_type(pred))(pred, gt, spacing, convention)
+    return SURFACE_DISTANCES.select(backend, device_of(pred))(pred, gt, spacing, convention)
 
 
 def surface_summary(pred, gt, spacing=None, *, convention: str = "surfel", tolerance_mm: float = 1.0,
@@ -266,7 +266,7 @@ def surface_summary(pred, gt, spacing=None, *, convention: str = "surfel", toler
     spacing = check_spacing(spacing, pred.ndim)
     check_convention(convention)
     tolerance_mm, percentile = check_summary_options(tolerance_mm, percentile, percentile_rule)
-    implementation = SURFACE_SUMMARY.select(backend, device_type(pred))  # a bad backend is refused for any masks
+    implementation = SURFACE_SUMMARY.select(backend, device_of(pred))  # a bad backend is refused for any masks
     pred_empty, gt_empty = not _any(pred), not _any(gt)
     if pred_empty or gt_empty:
         return _empty_summary(pred_empty, gt_empty, convention)
