@@ -156,6 +156,9 @@ def resolve_device(name) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise ValueError(f"device {device}: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1} "
+                         "(CUDA_VISIBLE_DEVICES renumbers the GPUs it lists from 0)")
     return device
 
 

@@ -455,6 +455,14 @@ def test_auto_device_is_the_gpu_when_there_is_one(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
 
 
+def test_a_gpu_index_beyond_those_torch_sees_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"device cuda:2: torch sees 2 GPU\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+
+
 def test_phase_timer_pauses_the_innermost_enclosing_phase(monkeypatch):
     """Three levels (a helper stage's network inside preprocess inside read): entering a phase pauses the
     one just outside it, not the outermost."""
