@@ -47,6 +47,35 @@ def test_missing_cupy_is_named(monkeypatch):
     assert "cupy is not installed" in backend_problem("cuda", "cuda")
 
 
+def test_a_cupy_that_cannot_load_nvrtc_is_named_so_auto_falls_back(monkeypatch):
+    """A CuPy for another CUDA imports but fails at its first compile: the cuda backend is unavailable
+    (``auto`` takes Triton) and the reason names the library and the install that fixes it."""
+    import types
+
+    def failing():
+        raise OSError("libnvrtc.so.12: cannot open shared object file")
+
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.nvrtc = types.SimpleNamespace(getVersion=failing)
+    for name, module in (("cupy", types.ModuleType("cupy")), ("cupy_backends", types.ModuleType("cupy_backends")),
+                         ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
+                         ("cupy_backends.cuda.libs", libs)):
+        monkeypatch.setitem(sys.modules, name, module)
+    _dispatch.nvrtc_problem.cache_clear()
+    try:
+        problem = backend_problem("cuda", "cuda")
+        assert problem.startswith("cupy cannot load its NVRTC compiler (OSError: libnvrtc.so.12")
+        assert "c2w_fast[cuda]" in problem
+        op = Op("nvrtc_probe", {"reference": lambda: "reference", "triton": lambda: "triton", "cuda": lambda: "cuda"},
+                preferred={"cuda": ("cuda", "triton")})
+        assert op.select("auto", "cuda")() == "triton"
+        libs.nvrtc = types.SimpleNamespace(getVersion=lambda: (13, 0))
+        _dispatch.nvrtc_problem.cache_clear()
+        assert backend_problem("cuda", "cuda") is None
+    finally:
+        _dispatch.nvrtc_problem.cache_clear()  # the real CuPy's answer for the tests after this one
+
+
 @pytest.mark.parametrize("version, too_old", [("3.1.0", True), ("2.9.9", True), ("3.6.0", False),
                                                ("3.7.0+git1a2b3c", False), ("4.0.0", False)])
 def test_a_triton_older_than_the_kernels_need_is_named(monkeypatch, version, too_old):

@@ -97,13 +97,32 @@ def _triton_problem(device_type: str) -> str | None:
             "set TRITON_INTERPRET=1 before the first call")
 
 
+CUPY_INSTALL = "install the one for torch's CUDA: `pip install 'c2w_fast[cuda]'` for CUDA 12, '[cuda13]' for 13"
+
+
 def _cuda_problem(device_type: str) -> str | None:
     if device_type != "cuda":
         return f"it runs on CUDA inputs only, got {device_type} inputs"
     try:
         import cupy  # noqa: F401
     except ImportError:
-        return "cupy is not installed (`pip install 'c2w_fast[cuda]'`, or `[cuda13]` for CUDA 13)"
+        return f"cupy is not installed ({CUPY_INSTALL})"
+    except Exception as exc:  # noqa: BLE001 - a CuPy whose CUDA libraries fail to load
+        return f"cupy cannot be imported ({type(exc).__name__}: {exc}); {CUPY_INSTALL}"
+    return nvrtc_problem()
+
+
+@functools.cache
+def nvrtc_problem() -> str | None:
+    """Why CuPy cannot compile the CUDA C kernels here, or None (checked once per process): a CuPy built
+    for another CUDA (cupy-cuda12x beside a CUDA 13 torch, without CUDA 12's libraries) imports but
+    fails at its first compile, where ``auto`` could no longer fall back to Triton."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001 - whatever stops the library from loading
+        return f"cupy cannot load its NVRTC compiler ({type(exc).__name__}: {exc}); {CUPY_INSTALL}"
     return None
 
 
