@@ -1,4 +1,5 @@
-"""Compile Triton kernels to cubins for sm_80/86/89/90, without a GPU.
+"""Compile Triton kernels to cubins for sm_80/86/89/90, without a GPU, each within its architecture's shared
+memory per block.
 
 Run as a script in a process where ``TRITON_INTERPRET`` is not set (the interpreter replaces
 ``triton.jit`` functions); prints one JSON object mapping ``"<variant>@sm_<arch>"`` to ``"ok"``
@@ -27,6 +28,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ARCHS = (80, 86, 89, 90)
+# the most shared memory one block may have (opt-in), in bytes: A100; RTX 30xx / A10; RTX 40xx / L4; H100 / H200
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 TYPES = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
 
 
@@ -138,6 +141,9 @@ def main() -> int:
                 compiled = _compile(kernel, types, constants, warps, arch)
                 if not compiled.asm.get("cubin"):
                     raise RuntimeError("no cubin produced")
+                if compiled.metadata.shared > SHARED_LIMIT[arch]:  # the launch would fail on such a card
+                    raise RuntimeError(f"{compiled.metadata.shared} bytes of shared memory, more than the "
+                                       f"{SHARED_LIMIT[arch]} a block may have on sm_{arch}")
             results[f"{name}@sm_{arch}"] = "ok"
         except Exception as exc:  # report every failure, not just the first
             results[f"{name}@sm_{arch}"] = f"{type(exc).__name__}: {exc}"[:2000]
