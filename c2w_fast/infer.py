@@ -233,7 +233,7 @@ class WindowRunner:
                     self.eager(static_in)
             caller.wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=stream):  # torch's own capture stream is on the first GPU used
                 static_out = self.eager(static_in)
         except Exception as exc:  # capture rejects host syncs and some kernels; eager still works
             # a capture that failed at its end leaves its stream current (torch.cuda.graph exits it after
@@ -304,8 +304,8 @@ def sliding_window(model: torch.nn.Module, image: torch.Tensor, patch, *, step: 
     logits, total = None, torch.zeros(padded, device=image.device)
     done, size, retrying = 0, batch_size, False
     while done < len(starts):
-        if retrying:  # out of the except block, whose traceback held the failed forward's tensors
-            torch.cuda.empty_cache()
+        if retrying:  # after the except block, whose exception (cleared as it ends) held the failed forward's
+            torch.cuda.empty_cache()  # frames and their tensors: only now are those blocks free to release
             retrying = False
         chunk = starts[done: done + size]
         windows = [(slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2])) for z, y, x in chunk]

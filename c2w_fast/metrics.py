@@ -118,8 +118,12 @@ def _evaluate_pair(pred, gt, spacing, tolerance_mm, convention, percentile_rule,
     return _metrics(_dice_from_counts(*counts, convention), summary)
 
 
-def _evaluate_each(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:
-    return [_evaluate_pair(p, g, spacing, tolerance_mm, convention, percentile_rule, backend) for p, g in zip(pred, gt)]
+def _each_on(ops_backend: str):
+    """:func:`evaluate` of each pair of a batch through the ops, all on ``ops_backend``."""
+    def evaluate_each(pred, gt, spacing, tolerance_mm, convention, percentile_rule) -> list[Metrics]:
+        return [_evaluate_pair(p, g, spacing, tolerance_mm, convention, percentile_rule, ops_backend)
+                for p, g in zip(pred, gt)]
+    return evaluate_each
 
 
 def _metrics_from_row(row: list[float], convention: str) -> Metrics:
@@ -130,7 +134,7 @@ def _metrics_from_row(row: list[float], convention: str) -> Metrics:
     return _metrics(_dice_from_counts(n_pred, n_gt, n_overlap, convention), summary)
 
 
-def _evaluate_batch_triton(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:
+def _evaluate_batch_triton(pred, gt, spacing, tolerance_mm, convention, percentile_rule) -> list[Metrics]:
     from c2w_fast.ops._gpu_surface import evaluate_rows
 
     rows = evaluate_rows(as_tensor(pred), as_tensor(gt), spacing, tolerance_mm=tolerance_mm, convention=convention,
@@ -138,8 +142,10 @@ def _evaluate_batch_triton(pred, gt, spacing, tolerance_mm, convention, percenti
     return [_metrics_from_row(row, convention) for row in rows.tolist()]  # the batch's one host sync
 
 
-EVALUATE_BATCH = Op("evaluate", {"reference": _evaluate_each, "cpu": _evaluate_each, "triton": _evaluate_batch_triton},
-                    preferred=COMPILED_FIRST)  # on CPU inputs, one pair at a time through the ops' own backends
+# one GPU pass for a whole batch (triton), or one pair at a time through the ops on the same backend: a missing
+# C++ extension makes evaluate itself fall back, with one warning, instead of each op it calls
+EVALUATE_BATCH = Op("evaluate", {"reference": _each_on("reference"), "cpu": _each_on("cpu"),
+                                 "triton": _evaluate_batch_triton}, preferred=COMPILED_FIRST)
 
 
 def _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend) -> list[Metrics]:
@@ -148,7 +154,7 @@ def _evaluate_checked(pred, gt, spacing, tolerance_mm, convention, percentile_ru
     check_convention(convention)
     tolerance_mm, _ = check_summary_options(tolerance_mm, 95.0, percentile_rule)
     implementation = EVALUATE_BATCH.select(backend, device_of(pred))
-    return implementation(pred, gt, spacing, tolerance_mm, convention, percentile_rule, backend)
+    return implementation(pred, gt, spacing, tolerance_mm, convention, percentile_rule)
 
 
 def evaluate(pred, gt, spacing=None, *, tolerance_mm: float = 1.0, convention: str = "surfel",

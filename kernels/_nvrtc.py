@@ -16,19 +16,11 @@ NVRTC_OPTIONS = ("-std=c++17",)
 
 @functools.cache
 def _module(filename: str, device_index: int):
+    """``filename``'s module for one device (the index is the cache key: CuPy compiles and loads a module at
+    its first ``get_function``, on the device current then, so each device needs its own)."""
     import cupy
 
     return cupy.RawModule(code=(SOURCE_DIR / filename).read_text(), options=NVRTC_OPTIONS)
-
-
-def kernel(filename: str, name: str, device: torch.device):
-    """The compiled ``__global__`` function ``name`` of ``filename`` for ``device``: compiled and loaded there
-    (CuPy compiles a module at its first ``get_function``, on the current device)."""
-    import cupy
-
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    with cupy.cuda.Device(index):
-        return _module(filename, index).get_function(name)
 
 
 def launch(filename: str, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, device: torch.device):
@@ -39,7 +31,7 @@ def launch(filename: str, name: str, grid: tuple[int, ...], block: tuple[int, ..
     """
     import cupy
 
-    function = kernel(filename, name, device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
     raw = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-        function(grid, block, raw)
+    with cupy.cuda.Device(index), cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+        _module(filename, index).get_function(name)(grid, block, raw)

@@ -5,7 +5,6 @@ the Triton kernels in CI (small shapes) and, on a GPU machine, the compiled Trit
 kernels.
 """
 import contextlib
-import importlib.util
 import os
 import sys
 
@@ -14,10 +13,11 @@ import torch
 
 import c2w_fast
 import c2w_fast.kernels
+from c2w_fast.ops import backend_problem
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# the CUDA C kernels run through CuPy on a GPU only
-GPU_BACKENDS = ["triton"] + (["cuda"] if DEVICE == "cuda" and importlib.util.find_spec("cupy") else [])
+# the CUDA C kernels run through CuPy on a GPU only (and only with a CuPy that can compile them)
+GPU_BACKENDS = ["triton"] + (["cuda"] if DEVICE == "cuda" and backend_problem("cuda", "cuda") is None else [])
 
 
 def on_device(array) -> torch.Tensor:

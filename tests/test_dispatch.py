@@ -55,12 +55,9 @@ def test_a_cupy_that_cannot_load_nvrtc_is_named_so_auto_falls_back(monkeypatch):
     def failing():
         raise OSError("libnvrtc.so.12: cannot open shared object file")
 
-    libs = types.ModuleType("cupy_backends.cuda.libs")
-    libs.nvrtc = types.SimpleNamespace(getVersion=failing)
-    for name, module in (("cupy", types.ModuleType("cupy")), ("cupy_backends", types.ModuleType("cupy_backends")),
-                         ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
-                         ("cupy_backends.cuda.libs", libs)):
-        monkeypatch.setitem(sys.modules, name, module)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(nvrtc=types.SimpleNamespace(getVersion=failing))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
     _dispatch.nvrtc_problem.cache_clear()
     try:
         problem = backend_problem("cuda", "cuda")
@@ -69,11 +66,27 @@ def test_a_cupy_that_cannot_load_nvrtc_is_named_so_auto_falls_back(monkeypatch):
         op = Op("nvrtc_probe", {"reference": lambda: "reference", "triton": lambda: "triton", "cuda": lambda: "cuda"},
                 preferred={"cuda": ("cuda", "triton")})
         assert op.select("auto", "cuda")() == "triton"
-        libs.nvrtc = types.SimpleNamespace(getVersion=lambda: (13, 0))
+        cupy.cuda.nvrtc.getVersion = lambda: (13, 0)
         _dispatch.nvrtc_problem.cache_clear()
         assert backend_problem("cuda", "cuda") is None
     finally:
         _dispatch.nvrtc_problem.cache_clear()  # the real CuPy's answer for the tests after this one
+
+
+def test_a_cupy_that_fails_to_import_is_not_called_missing(monkeypatch):
+    """CuPy re-raises its CUDA libraries' load failures as ImportError: named as such, not as "not installed"."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "cupy":
+            raise ImportError("CuPy failed to load libcudart.so.12: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(builtins, "__import__", importing)
+    assert backend_problem("cuda", "cuda").startswith("cupy cannot be imported (ImportError: CuPy failed to load")
 
 
 @pytest.mark.parametrize("version, too_old", [("3.1.0", True), ("2.9.9", True), ("3.6.0", False),
@@ -201,14 +214,31 @@ def test_an_op_on_a_second_gpu_runs_with_that_gpu_current(monkeypatch):
 
 
 def test_a_pair_on_two_gpus_is_refused():
+    """Masks on cuda:0 and cuda:1 (CPU tensors reporting those devices) are refused by every pair op."""
     import torch
 
-    from c2w_fast.ops._arrays import check_same_device
+    from c2w_fast import metrics
+    from c2w_fast.ops import surface_distances
 
-    def on(device):  # a CPU tensor that reports ``device``, as a GPU's would
+    def on(device, batch=()):  # a CPU tensor that reports ``device``, as a GPU's would
         kind = type("OnDevice", (torch.Tensor,), {"device": property(lambda self: torch.device(device))})
-        return torch.zeros(2).as_subclass(kind)
+        return torch.ones(*batch, 3, 3, 3, dtype=torch.bool).as_subclass(kind)
 
-    check_same_device(on("cuda:1"), on("cuda:1"))
-    with pytest.raises(ValueError, match="same device, got cuda:0 and cuda:1"):
-        check_same_device(on("cuda:0"), on("cuda:1"))
+    for evaluate_pair, batch in ((surface_distances, ()), (metrics.evaluate, ()), (metrics.evaluate_batch, (1,))):
+        with pytest.raises(ValueError, match="same device, got cuda:0 and cuda:1"):
+            evaluate_pair(on("cuda:0", batch), on("cuda:1", batch))
+
+
+def test_a_fallback_warning_names_the_callers_line_however_deep_the_op(monkeypatch):
+    """``hd`` → ``evaluate`` → the dispatcher: the warning points at this file, not inside c2w_fast."""
+    from c2w_fast import metrics
+    from c2w_fast.ops import distance_transform
+
+    monkeypatch.setitem(sys.modules, "c2w_fast._cpu", None)
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    mask = np.ones((3, 3, 3), bool)
+    with pytest.warns(BackendFallbackWarning) as caught:
+        metrics.hd(mask, mask)
+        distance_transform(mask)
+    assert [(w.filename, str(w.message).split(":")[0]) for w in caught] == [(__file__, "evaluate"),
+                                                                           (__file__, "distance_transform")]

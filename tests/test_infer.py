@@ -279,6 +279,33 @@ def test_out_of_memory_halves_the_window_batch_and_retries(rng, error):
         sliding_window(OutOfMemoryAbove(limit=0, error=error).eval(), image, (6, 8, 8), batch_size=2)
 
 
+def test_the_cache_is_emptied_once_the_failed_forwards_tensors_are_gone(rng, monkeypatch):
+    """The retry after an out-of-memory error empties the allocator's cache only after the exception (and the
+    failed forward's frames, which hold its tensors) is gone; inside the except block those blocks were busy."""
+    import weakref
+
+    alive_at_empty, held = [], []
+
+    class FailsOnce(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.failed = SmallConvNet(1, 2), False
+
+        def forward(self, x):
+            activation = self.inner(x)
+            if not self.failed:
+                self.failed = True
+                held.append(weakref.ref(activation))
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return activation
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_at_empty.append(held[0]() is not None))
+    image = torch.from_numpy(rng.normal(size=(1, 12, 20, 20)).astype(np.float32))
+    with pytest.warns(RuntimeWarning, match="retrying with 1"):
+        sliding_window(FailsOnce().eval(), image, (6, 8, 8), batch_size=2)
+    assert alive_at_empty == [False]
+
+
 def test_an_error_other_than_out_of_memory_is_not_retried(rng):
     model = OutOfMemoryAbove(limit=2, error=RuntimeError("CUDA error: an illegal memory access was encountered"))
     image = torch.from_numpy(rng.normal(size=(1, 12, 20, 20)).astype(np.float32))

@@ -35,8 +35,10 @@ def _package(name: str) -> str:
     """The version of ``name``, or why it cannot be imported (a CuPy built for another CUDA fails on import)."""
     try:
         return importlib.import_module(name).__version__
-    except ImportError:
-        return "not installed"
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return "not installed"
+        return f"import failed: {exc}"
     except Exception as exc:  # noqa: BLE001 - the report says what is wrong instead of failing
         return f"import failed: {type(exc).__name__}: {exc}"
 
@@ -78,6 +80,7 @@ def op_rows() -> list[tuple[str, str, str, str]]:
 
 
 def report() -> str:
+    """The whole report: environment, backends, then the table of ops."""
     rows = [("op", "backends", "auto: CPU inputs", "auto: CUDA inputs"), *op_rows()]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3] for row in rows]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -105,9 +107,11 @@ def _cuda_problem(device_type: str) -> str | None:
         return f"it runs on CUDA inputs only, got {device_type} inputs"
     try:
         import cupy  # noqa: F401
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "cupy":
+            return f"cupy cannot be imported ({exc}); {CUPY_INSTALL}"
         return f"cupy is not installed ({CUPY_INSTALL})"
-    except Exception as exc:  # noqa: BLE001 - a CuPy whose CUDA libraries fail to load
+    except Exception as exc:  # noqa: BLE001 - CuPy re-raises its CUDA libraries' load failures as ImportError
         return f"cupy cannot be imported ({type(exc).__name__}: {exc}); {CUPY_INSTALL}"
     return nvrtc_problem()
 
@@ -118,9 +122,9 @@ def nvrtc_problem() -> str | None:
     for another CUDA (cupy-cuda12x beside a CUDA 13 torch, without CUDA 12's libraries) imports but
     fails at its first compile, where ``auto`` could no longer fall back to Triton."""
     try:
-        from cupy_backends.cuda.libs import nvrtc
+        import cupy
 
-        nvrtc.getVersion()
+        cupy.cuda.nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - whatever stops the library from loading
         return f"cupy cannot load its NVRTC compiler ({type(exc).__name__}: {exc}); {CUPY_INSTALL}"
     return None
@@ -179,7 +183,7 @@ class Op:
             if problem:
                 raise BackendUnavailableError(f"{self.name}: backend {backend!r} is unavailable: {problem}")
             return self.implementations[backend]
-        return self.implementations[self.auto_backend(device_type, stacklevel=5)]
+        return self.implementations[self.auto_backend(device_type)]
 
     def auto_choice(self, device_type: str) -> tuple[str, list[str]]:
         """The backend ``auto`` picks for inputs on ``device_type`` (the first preferred one available here,
@@ -194,7 +198,7 @@ class Op:
             problems.append(f"{name}: {problem}")
         return "reference", problems
 
-    def auto_backend(self, device_type: str, *, stacklevel: int = 2) -> str:
+    def auto_backend(self, device_type: str) -> str:
         """The backend ``auto`` runs for inputs on ``device_type`` (:meth:`auto_choice`), warning with a
         :class:`BackendFallbackWarning` (once per op and device type) when it falls back to ``reference``."""
         name, problems = self.auto_choice(device_type)
@@ -202,13 +206,15 @@ class Op:
             _warned.add((self.name, device_type))
             warnings.warn(f"{self.name}: no fast backend for {device_type} inputs "
                           f"({'; '.join(problems)}); using the reference implementation",
-                          BackendFallbackWarning, stacklevel=stacklevel)
+                          BackendFallbackWarning, stacklevel=_outside_stacklevel())
         return name
 
 
+@functools.lru_cache(maxsize=None)
 def on_device(implementation: Callable, device: torch.device) -> Callable:
     """``implementation``, run with ``device`` as the current CUDA device when it is a GPU: Triton launches on
-    the current device and its stream, not on its inputs' (kernels for cuda:1 tensors would run on GPU 0)."""
+    the current device and its stream, not on its inputs' (kernels for cuda:1 tensors would run on GPU 0).
+    One wrapper per implementation and device, made at its first call."""
     if device.type != "cuda" or device.index is None:
         return implementation
 
@@ -217,6 +223,19 @@ def on_device(implementation: Callable, device: torch.device) -> Callable:
         with torch.cuda.device(device):
             return implementation(*args, **kwargs)
     return on_its_gpu
+
+
+# c2w_fast and torch (whose decorators wrap some of its functions): a warning names the first line outside them
+_INTERNAL = tuple(os.path.dirname(module.__file__) + os.sep for module in (sys.modules[__name__.split(".")[0]], torch))
+
+
+def _outside_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the caller that names the user's line: the first frame
+    outside c2w_fast and torch, however deep the op that warns was called (``hd`` → ``evaluate`` → ...)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def reference_only(backend: str, problem: str) -> str:

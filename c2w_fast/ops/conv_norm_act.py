@@ -237,4 +237,4 @@ def conv_norm_act(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tens
         backend = reference_only(backend, f"the triton backend takes x in {[str(d) for d in KERNEL_DTYPES]}, "
                                           f"got {x.dtype}")
     return CONV_NORM_ACT.select(backend, x.device)(x, weight, norm_weight, norm_bias, stride, groups, eps,
-                                                        negative_slope, activation, residual)
+                                                   negative_slope, activation, residual)

@@ -309,8 +309,8 @@ def dice_focal_loss(logits, target, mask=None, *, gamma: float = 2.0, alpha: flo
     _check_flags(include_background=include_background, batch_dice=batch_dice, across_processes=across_processes)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_FOCAL.select(backend, logits.device)(logits, target, mask, gamma, alpha, include_background,
-                                                          batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal,
-                                                          activation, across_processes)
+                                                     batch_dice, smooth_nr, smooth_dr, lambda_dice, lambda_focal,
+                                                     activation, across_processes)
 
 
 def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, batch_dice: bool = False,
@@ -328,5 +328,5 @@ def dice_ce_loss(logits, target, mask=None, *, include_background: bool = True, 
     _check_flags(include_background=include_background, batch_dice=batch_dice, across_processes=across_processes)
     mask = mask[:, 0] if mask is not None and mask.ndim == 5 else mask
     return DICE_CE.select(backend, logits.device)(logits, target, mask, include_background, batch_dice,
-                                                       smooth_nr, smooth_dr, lambda_dice, lambda_ce, activation,
-                                                       across_processes)
+                                                  smooth_nr, smooth_dr, lambda_dice, lambda_ce, activation,
+                                                  across_processes)
