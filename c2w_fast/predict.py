@@ -166,9 +166,7 @@ class Pipeline:
         arrangement already (:mod:`c2w_fast.data.orientation`). A numpy image gets numpy outputs; a torch
         tensor or CuPy array (any device) gets tensors on the pipeline's device, never copied through the host."""
         numpy_in = not (isinstance(image, torch.Tensor) or is_cupy(image))
-        image = np.asarray(image) if numpy_in else image_tensor(image)
-        if image.ndim != 3:
-            raise ValueError(f"image must be 3D (z, y, x), got shape {tuple(image.shape)}")
+        image = image_tensor(np.asarray(image) if numpy_in else image)
         if (spacing is None) == (affine is None):
             raise ValueError("give the image's spacing or its affine (which holds the spacing), one of them")
         reorientation = Reorientation()
@@ -182,7 +180,7 @@ class Pipeline:
         for message in implausible_image(image, spacing):
             warnings.warn(message, stacklevel=2)
         with self.timer.phase("preprocess"):  # one tensor: helpers reuse their results on it
-            x = reorientation.apply(image_tensor(image).to(self.device).float())
+            x = reorientation.apply(image.to(self.device).float())
             spacing = reorientation.spacing(spacing)
         labels = torch.zeros(x.shape, dtype=torch.uint8, device=self.device)
         probs = {}

@@ -75,17 +75,15 @@ def test_a_cupy_that_cannot_load_nvrtc_is_named_so_auto_falls_back(monkeypatch):
 
 def test_a_cupy_that_fails_to_import_is_not_called_missing(monkeypatch):
     """CuPy re-raises its CUDA libraries' load failures as ImportError: named as such, not as "not installed"."""
-    import builtins
-
-    real_import = builtins.__import__
-
-    def importing(name, *args, **kwargs):
-        if name == "cupy":
-            raise ImportError("CuPy failed to load libcudart.so.12: cannot open shared object file")
-        return real_import(name, *args, **kwargs)
+    class FailingCupy:  # a finder ahead of the real ones: any import of cupy raises as CuPy's own does
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "cupy":
+                raise ImportError("CuPy failed to load libcudart.so.12: cannot open shared object file")
+            return None
 
     monkeypatch.delitem(sys.modules, "cupy", raising=False)
-    monkeypatch.setattr(builtins, "__import__", importing)
+    monkeypatch.setattr(sys, "meta_path", [FailingCupy, *sys.meta_path])
     assert backend_problem("cuda", "cuda").startswith("cupy cannot be imported (ImportError: CuPy failed to load")
 
 

@@ -180,13 +180,14 @@ def test_rgb_voxels_and_a_zero_voxel_size_are_refused(tmp_path):
     flat = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)
     flat.header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=2)  # a z column of zeros
     nib.save(flat, str(tmp_path / "flat.nii.gz"))
-    with pytest.raises(DataError, match=r"flat.nii.gz: the header's geometry is unusable: the affine's voxel size must have 3 positive "
-                                         r"values \(z, y, x\) in mm, got \(0.0, 1.0, 1.0\)"):
+    with pytest.raises(DataError, match=r"flat.nii.gz: the header's geometry is unusable: the affine's voxel size "
+                                         r"must have 3 positive values \(z, y, x\) in mm, got \(0.0, 1.0, 1.0\)"):
         read_volume(tmp_path / "flat.nii.gz")
     parallel = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), None)
     parallel.header.set_sform([[1.0, 1.0, 0, 0], [0, 0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]], code=2)
     nib.save(parallel, str(tmp_path / "parallel.nii.gz"))  # x and y axes along one direction
-    with pytest.raises(DataError, match="parallel.nii.gz: the header's geometry is unusable: the affine's voxel axes are parallel"):
+    with pytest.raises(DataError, match="parallel.nii.gz: the header's geometry is unusable: "
+                                         "the affine's voxel axes are parallel"):
         read_volume(tmp_path / "parallel.nii.gz")
 
 

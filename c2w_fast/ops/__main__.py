@@ -16,7 +16,7 @@ import torch
 from c2w_fast import __version__
 from c2w_fast.kernels import interpreting
 from c2w_fast.metrics import EVALUATE_BATCH
-from c2w_fast.ops._dispatch import BACKENDS, backend_problem
+from c2w_fast.ops._dispatch import BACKENDS, backend_problem, import_problem
 # by module path: the package's own names of these modules are the ops' functions
 from c2w_fast.ops.bounding_box import BOUNDING_BOX
 from c2w_fast.ops.components import KEEP_LARGEST, LABEL, REMOVE_SMALL
@@ -32,15 +32,9 @@ OPS = (BOUNDING_BOX, DISTANCE_TRANSFORM, SIGNED_DISTANCE, LABEL, KEEP_LARGEST, R
 
 
 def _package(name: str) -> str:
-    """The version of ``name``, or why it cannot be imported (a CuPy built for another CUDA fails on import)."""
-    try:
-        return importlib.import_module(name).__version__
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return "not installed"
-        return f"import failed: {exc}"
-    except Exception as exc:  # noqa: BLE001 - the report says what is wrong instead of failing
-        return f"import failed: {type(exc).__name__}: {exc}"
+    """The version of ``name``, or why it cannot be imported (:func:`import_problem`)."""
+    problem = import_problem(name)
+    return importlib.import_module(name).__version__ if problem is None else problem.removeprefix("is ")
 
 
 def environment() -> list[str]:

@@ -99,21 +99,26 @@ def _triton_problem(device_type: str) -> str | None:
             "set TRITON_INTERPRET=1 before the first call")
 
 
+def import_problem(name: str) -> str | None:
+    """Why the package ``name`` cannot be imported, ``"is not installed"`` or ``"cannot be imported (...)"``
+    (CuPy re-raises its CUDA libraries' load failures as ImportError), or None when it imports."""
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - whatever the import raised is the reason
+        if isinstance(exc, ModuleNotFoundError) and exc.name == name:
+            return "is not installed"
+        return f"cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
 CUPY_INSTALL = "install the one for torch's CUDA: `pip install 'c2w_fast[cuda]'` for CUDA 12, '[cuda13]' for 13"
 
 
 def _cuda_problem(device_type: str) -> str | None:
     if device_type != "cuda":
         return f"it runs on CUDA inputs only, got {device_type} inputs"
-    try:
-        import cupy  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "cupy":
-            return f"cupy cannot be imported ({exc}); {CUPY_INSTALL}"
-        return f"cupy is not installed ({CUPY_INSTALL})"
-    except Exception as exc:  # noqa: BLE001 - CuPy re-raises its CUDA libraries' load failures as ImportError
-        return f"cupy cannot be imported ({type(exc).__name__}: {exc}); {CUPY_INSTALL}"
-    return nvrtc_problem()
+    problem = import_problem("cupy")
+    return f"cupy {problem}; {CUPY_INSTALL}" if problem else nvrtc_problem()
 
 
 @functools.cache
