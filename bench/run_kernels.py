@@ -133,6 +133,14 @@ def timed(build, *, gpu: bool = False) -> dict:
         release()
 
 
+def gpu_columns(ours: dict, floor_ms: float) -> dict:
+    """A row's floor and our GPU time beside it (:func:`timed` with ``gpu``): ``ours_gpu_ms`` (or why it is
+    missing), ``floor_ms`` and, when the GPU time was measured, ``ours_gpu/floor``."""
+    gpu_ms = ours.get("gpu_ms", ours.get("error"))
+    return {"ours_gpu_ms": gpu_ms, "floor_ms": floor_ms,
+            **({"ours_gpu/floor": gpu_ms / floor_ms} if isinstance(gpu_ms, float) else {})}
+
+
 def checked(ours, peer, results) -> str:
     """``"yes"`` when one call of the step ``ours()`` makes gives the answers of one call of the peer's,
     each within its ``(name, Tolerance)`` of ``results``: ``|ours - peer| <= atol * max|peer| + rtol * |peer|``,
@@ -300,10 +308,7 @@ def conv_row(row: dict, batch, channels, size, groups, bandwidth: float) -> None
     floor_ms = 5 * shared[0].numel() * 2 / bandwidth * 1e3  # bf16
     row.update({"ours_ms": ours.get("ms", ours.get("error")),
                 "ours_unsplit_ms": ours_unsplit.get("ms", ours_unsplit.get("error")), "best_peer": best or "-",
-                "peer_ms": timed_peers.get(best, "-"), "ours_gpu_ms": ours.get("gpu_ms", ours.get("error")),
-                "floor_ms": floor_ms, "peers": peers})
-    if isinstance(ours.get("gpu_ms"), float):
-        row["ours_gpu/floor"] = ours["gpu_ms"] / floor_ms
+                "peer_ms": timed_peers.get(best, "-"), **gpu_columns(ours, floor_ms), "peers": peers})
     if "ms" in ours and best:
         row["peer/ours"] = timed_peers[best] / ours["ms"]
     if "peer/ours" in row and not args.cpu_smoke:
@@ -483,10 +488,8 @@ def loss_row(row: dict, monai, shape, dtype, bandwidth: float) -> None:
     peer = timed(partial(loss_step, peer_fn, logits)) if peer_fn else {"error": "MONAI not installed"}
     moved = 3 * logits.numel() * logits.element_size() + 2 * labels.numel() + (2 * region.numel() if masked else 0)
     floor_ms = moved / bandwidth * 1e3
-    row.update(ours_ms=ours.get("ms", ours.get("error")), ours_gpu_ms=ours.get("gpu_ms", ours.get("error")),
-               peer_ms=peer.get("ms", peer.get("error")), floor_ms=floor_ms)
-    if isinstance(ours.get("gpu_ms"), float):
-        row["ours_gpu/floor"] = ours["gpu_ms"] / floor_ms
+    row.update(ours_ms=ours.get("ms", ours.get("error")), peer_ms=peer.get("ms", peer.get("error")),
+               **gpu_columns(ours, floor_ms))
     if "ms" in ours and "ms" in peer:
         row["peer/ours"] = peer["ms"] / ours["ms"]
         if peer_name.startswith("MONAI") and not args.cpu_smoke:
