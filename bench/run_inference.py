@@ -494,7 +494,7 @@ def method_row(args, runs, kind, overlap, engine, settings, paths, device, out: 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         row = per_volume(build(NO_TIMER), paths, device)
-        timer = PhaseTimer()
+        timer = PhaseTimer(device=device)
         predict_with_timer = build(timer)
         predict_with_timer(paths[0])  # warm: CUDA-graph capture and autotuning are one-off costs
         timer.totals.clear()

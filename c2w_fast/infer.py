@@ -48,23 +48,26 @@ PHASES = ("read", "preprocess", "network", "stitch", "postprocess", "write")  # 
 
 
 class PhaseTimer:
-    """Exclusive wall time (s) per named phase; CUDA is synchronised at every phase boundary.
+    """Exclusive wall time (s) per named phase; the timed GPU is synchronised at every phase boundary.
 
     Phases nest: entering one pauses the enclosing phase, so the totals add up to the
     elapsed time (a helper stage's network time counts as ``network``, not as the caller's
-    ``preprocess``). A disabled timer costs nothing and synchronises nothing.
+    ``preprocess``). ``device`` is where the timed work runs: its queued kernels are waited for
+    at each boundary (None: the current GPU; a CPU device: none). A disabled timer costs
+    nothing and synchronises nothing.
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, device=None):
         self.enabled = enabled
+        self.device = None if device is None else torch.device(device)
         self.totals: dict[str, float] = defaultdict(float)
         self._stack: list[str] = []
         self._since = 0.0
 
-    @staticmethod
-    def _now() -> float:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
+    def _now(self) -> float:
+        on_gpu = self.device is None or self.device.type == "cuda"
+        if on_gpu and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize(self.device)  # another GPU's work would be cut short by the current one's sync
         return time.perf_counter()
 
     @contextlib.contextmanager

@@ -586,9 +586,9 @@ def not_yet_written(cases: list[tuple[str, Path]], out: Path) -> list[tuple[str,
     return [(case, path) for case, path in cases if not output_path(out, case, path).is_file()]
 
 
-def _load(args, cases: list[tuple[str, Path]], timer: PhaseTimer) -> Pipeline:
-    """The pipeline ``--model`` names, loaded before any case, and the output folders made."""
-    pipeline = load_pipeline(args.model, fold=args.fold, device=resolve_device(args.device), options=_options(args),
+def _load(args, cases: list[tuple[str, Path]], device: torch.device, timer: PhaseTimer) -> Pipeline:
+    """The pipeline ``--model`` names, loaded on ``device`` before any case, and the output folders made."""
+    pipeline = load_pipeline(args.model, fold=args.fold, device=device, options=_options(args),
                              timer=timer, cavity=not args.no_cavity, runs=_helper_runs(args.use))
     if args.thickness is not None and not pipeline.predicts_wall_and_cavity:
         print("note: --thickness needs a wall and a cavity; this pipeline predicts "
@@ -640,11 +640,12 @@ def _interrupted(cases: list[tuple[str, Path]], out: Path) -> str:
 def main(argv=None) -> int:
     plain_warnings()
     args = parser().parse_args(argv)
-    timer = PhaseTimer(enabled=args.timings)
     cases = []  # those found: an interruption says how many are written
     try:
+        device = resolve_device(args.device)
+        timer = PhaseTimer(enabled=args.timings, device=device)
         cases = find_inputs(args.inputs)
-        pipeline = _load(args, cases, timer)
+        pipeline = _load(args, cases, device, timer)
         count, failed = _predict(args, pipeline, cases)
     except (ModelError, DataError, ValueError, OSError) as exc:  # before the first case: each case's own are caught
         print(f"error: {exc}", file=sys.stderr)

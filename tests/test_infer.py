@@ -342,6 +342,21 @@ def test_a_cuda_device_without_a_gpu_is_a_clear_error():
         StageLoader("cuda")
 
 
+def test_phase_timer_waits_for_the_gpu_the_timed_work_runs_on(monkeypatch):
+    synchronised = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronised.append)
+    for device, expected in [("cuda:1", [torch.device("cuda:1")] * 2), (None, [None] * 2), ("cpu", [])]:
+        synchronised.clear()
+        with PhaseTimer(device=device).phase("network"):
+            pass
+        assert synchronised == expected, device
+    with NO_TIMER.phase("network"):
+        pass
+    assert synchronised == []
+
+
 def test_phase_timer_counts_exclusive_time_per_phase(monkeypatch):
     clock = iter([0.0, 1.0, 3.0, 6.0, 10.0, 15.0])
     monkeypatch.setattr(PhaseTimer, "_now", staticmethod(lambda: next(clock)))
