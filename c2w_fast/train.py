@@ -39,6 +39,7 @@ from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
 from c2w_fast.training.lock import FoldInUseError, FoldLocks
 from c2w_fast.training.schedule import unreached_settings
+from c2w_fast.training.loop import DivergedError
 from c2w_fast.training.run import (RunError, cases_and_splits, check_cases, check_helpers, check_out,
                                    check_out_of_dataset, check_patch, check_processes, cross_validation_summary,
                                    fold_names, fold_rows, fold_split, plan_folds, replaced_config, start_folds,
@@ -150,7 +151,8 @@ def _checked(config: cfg.Config, args, processes: distributed.Processes, device)
     return cases, splits, names, changes, plan
 
 
-_REPORTED = (cfg.ConfigError, DataError, RunError, CheckpointError, FoldInUseError, FileNotFoundError)
+_REPORTED = (cfg.ConfigError, DataError, RunError, CheckpointError, FoldInUseError, DivergedError,
+             FileNotFoundError)
 
 
 class _StoppedTogether(Exception):

@@ -304,9 +304,11 @@ def _normalize_kernel(y_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, n_vox, C, 
     b, v, c, c_ok, ok = _pointwise_tile(n_vox, C, BLOCK_V, BLOCK_C)
     offs = _tile_offsets(b, v, c, n_vox, C)
     stats = stats_ptr + b * 2 * C + c
+    mean = tl.load(stats, mask=c_ok, other=0.0)
     scale = tl.load(stats + C, mask=c_ok, other=0.0) * tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - tl.load(stats, mask=c_ok, other=0.0) * scale
-    z = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+    beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    # centred before scaling: y * scale + (beta - mean * scale) cancels when |mean| >> std
+    z = (tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32) - mean[None, :]) * scale[None, :] + beta[None, :]
     if HAS_RESIDUAL:
         z += tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if ACTIVATION:
@@ -372,6 +374,8 @@ def _weight_grad_kernel(x_ptr, g_ptr, part_ptr, n_samples,
     k_lo = (pid_n * BLOCK_N // CG_OUT) * CG_IN
     k_hi = (n_last // CG_OUT + 1) * CG_IN
     k_start = k_lo + pid_k * BLOCK_K
+    if k_start >= k_hi:
+        return  # a block narrower than the widest has fewer chunks; EVEN_K's loads would read past its window
     if EVEN_K:
         k_start = tl.multiple_of(k_start, BLOCK_K)
     k = k_start + tl.arange(0, BLOCK_K)

@@ -58,24 +58,35 @@ def _load_tile(logits_ptr, target_ptr, mask_ptr, b, n, N, C, s_b, s_c, s_n, t_b,
 
 @triton.jit
 def _softmax(z, c_ok):
-    """Softmax over the channel axis of [BLOCK_C, BLOCK_N] and its log-normaliser [BLOCK_N]."""
+    """Softmax over the channel axis of [BLOCK_C, BLOCK_N], the channel maximum and log(sum(exp(z - max)))
+    [BLOCK_N]: the log-normaliser is their sum, kept apart so that cross-entropy need not subtract two
+    large numbers when the logits are large."""
     z = tl.where(c_ok[:, None], z, float("-inf"))
     top = tl.max(z, axis=0)
     e = tl.exp(z - top[None, :])
     total = tl.sum(e, axis=0)
-    return e / total[None, :], top + tl.log(total)
+    return e / total[None, :], top, tl.log(total)
+
+
+@triton.jit
+def _log1p_exp_neg_abs(u):
+    """log(1 + exp(-|u|)), accurate where exp(-|u|) is below float32's epsilon (1 + it rounds to 1):
+    log1p through log(w) * v / (w - 1) with w = 1 + v, exact where w == 1."""
+    v = tl.exp(-tl.abs(u))
+    w = 1.0 + v
+    return tl.where(w == 1.0, v, tl.log(w) * (v / (w - 1.0)))
 
 
 @triton.jit
 def _log_sigmoid(u):
     """log(sigmoid(u)) without overflow for large |u|."""
-    return tl.minimum(u, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(u)))
+    return tl.minimum(u, 0.0) - _log1p_exp_neg_abs(u)
 
 
 @triton.jit
 def _focal_parts(z, t, gamma, alpha, HAS_ALPHA: tl.constexpr):
     """MONAI's sigmoid focal loss per element: (weight * modulating factor, binary cross-entropy)."""
-    bce = tl.maximum(z, 0.0) - z * t + tl.log(1.0 + tl.exp(-tl.abs(z)))
+    bce = tl.maximum(z, 0.0) - z * t + _log1p_exp_neg_abs(z)
     factor = tl.exp(gamma * _log_sigmoid(-z * (2.0 * t - 1.0)))
     if HAS_ALPHA:
         factor = factor * (t * alpha + (1.0 - t) * (1.0 - alpha))
@@ -106,9 +117,9 @@ def _loss_forward_kernel(logits_ptr, target_ptr, mask_ptr, part_ptr, N, C,
         if SIGMOID:
             p = tl.where(c_ok[:, None], tl.sigmoid(z), 0.0)
             if TERM == 1:
-                _, log_norm = _softmax(z, c_ok)
+                _, top, log_total = _softmax(z, c_ok)
         else:
-            p, log_norm = _softmax(z, c_ok)
+            p, top, log_total = _softmax(z, c_ok)
         pm = p * m[None, :]
         sum_pt += pm * t
         sum_p += pm
@@ -118,7 +129,7 @@ def _loss_forward_kernel(logits_ptr, target_ptr, mask_ptr, part_ptr, N, C,
             keep = c_ok & (c >= TERM_FIRST_CLASS)
             per_voxel = tl.sum(tl.where(keep[:, None], factor * bce, 0.0), axis=0)
         else:
-            per_voxel = log_norm * tl.sum(t, axis=0) - tl.sum(t * z, axis=0)
+            per_voxel = tl.sum(t * (top[None, :] - z), axis=0) + log_total * tl.sum(t, axis=0)
         sum_term += per_voxel * m
         count += m
         bad_labels += bad
@@ -233,9 +244,9 @@ def _loss_backward_kernel(logits_ptr, target_ptr, mask_ptr, coef_ptr, out_ptr, g
             sig = tl.where(c_ok[:, None], tl.sigmoid(z), 0.0)
             grad = grad_p * sig * (1.0 - sig)
             if TERM == 1:
-                softmax, _ = _softmax(z, c_ok)
+                softmax, _, _ = _softmax(z, c_ok)
         else:
-            softmax, _ = _softmax(z, c_ok)
+            softmax, _, _ = _softmax(z, c_ok)
             grad = softmax * (grad_p - tl.sum(softmax * grad_p, axis=0)[None, :])
             if TERM == 0:
                 sig = tl.where(c_ok[:, None], tl.sigmoid(z), 0.0)

@@ -304,6 +304,35 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_uninterrupted_weights(lasc,
     assert resumed.state["best_epoch"] == whole.state["best_epoch"]
 
 
+@pytest.mark.parametrize("poison", ["loss", "weights"])
+def test_a_diverged_epoch_stops_the_run_before_it_is_saved(lasc, tmp_path, monkeypatch, no_plot, poison):
+    """Epoch 1 ends with a NaN loss, or with an inf weight (the last step's update): the run stops
+    with a DivergedError naming the epoch, and checkpoint_latest.pt and metrics.csv keep epoch 0."""
+    from c2w_fast.training import checkpoint
+
+    step, calls = Trainer.train_step, []
+
+    def poisoned(self, *args):
+        loss = step(self, *args)
+        calls.append(loss)
+        if len(calls) == 4:  # epoch 1's last step: its loss was finite, its update was not
+            if poison == "loss":
+                return loss * math.nan
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = math.inf
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    trainer = _trainer(lasc, tmp_path / "fold", "train.epochs=3", "train.iterations_per_epoch=2", prepare=False)
+    reason = "the training loss is nan" if poison == "loss" else "the weights hold NaN or inf"
+    with pytest.raises(loop.DivergedError, match=f"fold, epoch 1: {reason}, .*checkpoint_latest.pt keeps epoch 0"):
+        trainer.fit()
+    saved = checkpoint.load(trainer.folder / "checkpoint_latest.pt")
+    assert saved["epoch"] == 1 and loop.finite_weights(trainer.model) == (poison == "loss")
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert (trainer.folder / "metrics.csv").read_text().count("\n") == 2  # the header and epoch 0
+
+
 def test_a_resume_with_a_changed_config_or_voxel_arrangement_is_refused(lasc, tmp_path, no_plot):
     from c2w_fast.training import checkpoint
     from c2w_fast.training.checkpoint import CheckpointError

@@ -160,6 +160,16 @@ def test_a_resumed_run_needs_neither_its_init_checkpoint_nor_fewer_epochs(lasc, 
     assert cfg.load(tmp_path / "wall" / "config.toml").train.epochs == 3  # the refused resume wrote nothing
 
 
+def test_a_diverged_run_is_a_clear_error_of_the_command(lasc, tmp_path, capsys, monkeypatch):
+    from c2w_fast.training.loop import Trainer
+
+    monkeypatch.setattr(Trainer, "train_step", lambda *args: torch.tensor(math.nan))
+    assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", epochs=2) == 2
+    err = capsys.readouterr().err
+    assert "error: final, epoch 0: the training loss is nan, so the run diverged" in err
+    assert "no checkpoint was written" in err and "Traceback" not in err
+
+
 def test_a_damaged_latest_checkpoint_points_to_the_best_one(lasc, tmp_path, capsys):
     assert run_train("c2w_cavity.toml", lasc, tmp_path / "run", epochs=2) == 0
     fold = tmp_path / "run" / "final"

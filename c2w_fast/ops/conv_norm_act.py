@@ -15,6 +15,11 @@ Accuracy (``TOLERANCES``): the triton backend stores the conv output in the inpu
 cuDNN does) and accumulates in fp32. It is compared with the float64 reference evaluated on
 the same dtype-rounded inputs with its conv output rounded the same way (``round_conv_output``):
 ``|ours - ref| <= atol * max|ref| + rtol * |ref|`` for the output and every gradient.
+A NaN or infinity in ``x`` (or in the backward's incoming gradient) makes the triton
+backend's output non-finite in every channel of the same 16- or 32-channel block, not only in
+its own group: small groups are packed into one matrix product with the others' weights zero,
+and ``0 * inf`` is NaN (PyTorch keeps it in the group's channels). Such an input spoils
+training either way; the trainer stops on a non-finite loss.
 """
 from __future__ import annotations
 

@@ -68,6 +68,16 @@ def policy_of(config: Config) -> SamplingPolicy:
     return SamplingPolicy(config.train.sampling, config.train.foreground_prob, weights)
 
 
+class DivergedError(RuntimeError):
+    """An epoch ended with a non-finite training loss or weights: the run stops before saving it."""
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer of ``model`` is finite (one host sync)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def check_resumable(saved: dict, config: Config, latest: Path) -> None:
     """A CheckpointError unless ``config`` is the one the ``saved`` checkpoint (``latest``) was trained
     with, but for what a resume may change (:data:`c2w_fast.config.RESUMABLE_KEYS`: epochs, device...),
@@ -320,6 +330,7 @@ class Trainer:
                 total += self.train_step(net, next(stream), lr)
             row = {"epoch": epoch, "phase": step or "", "lr": lr, "train_loss": float(total) / ipe,
                    "time_s": time.perf_counter() - began}
+            self._check_converging(row)
             stop = False
             if self.processes.is_main:
                 if (epoch + 1) % train.val_every == 0 or epoch + 1 == train.epochs:
@@ -343,6 +354,25 @@ class Trainer:
                 break
         if self.processes.is_main and self._plotted_rows != len(state["history"]):
             self._plot()  # the epochs that the throttle left undrawn
+
+
+    def _check_converging(self, row: dict) -> None:
+        """A DivergedError on every rank when rank 0's epoch ended with a non-finite loss or weights (DDP
+        keeps the weights equal), raised before this epoch is validated or saved: checkpoint_latest.pt,
+        checkpoint_best.pt and metrics.csv keep the last finite epoch, and the run can start anew from it."""
+        loss_finite = math.isfinite(row["train_loss"])
+        weights_finite = not self.processes.is_main or finite_weights(self.model)
+        if not broadcast_flag(self.processes.is_main and not (loss_finite and weights_finite),
+                              self.processes, self.device):
+            return
+        what = [f"the training loss is {row['train_loss']}"] * (not loss_finite)
+        what += ["the weights hold NaN or inf"] * (not weights_finite)
+        kept = (f"{self.folder / 'checkpoint_latest.pt'} keeps epoch {row['epoch'] - 1}" if row["epoch"] > 0
+                else "no checkpoint was written")
+        raise DivergedError(
+            f"{self.folder.name}, epoch {row['epoch']}: {' and '.join(what)}, so the run diverged and this epoch "
+            f"was not saved ({kept}). Train again with a lower optim.lr or with optim.grad_clip "
+            "(--set optim.grad_clip=12), optionally --init-from the last finite checkpoint")
 
 
 def _print_epoch(row: dict, epochs: int, improved: bool) -> None:
