@@ -58,6 +58,28 @@ def full_fp32_on_the_gpu():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+if not HAS_CUDA:
+    from triton_bounds import BoundsChecker, hooks_problem
+
+    BOUNDS_PROBLEM = hooks_problem() if importlib.util.find_spec("triton") else "Triton is not installed"
+else:
+    BOUNDS_PROBLEM = "kernels run on the GPU (compute-sanitizer's memcheck is the check there)"
+
+
+@pytest.fixture(autouse=True)
+def triton_accesses_in_bounds(request):
+    """Every Triton kernel the interpreter runs in a test keeps its masked-in loads, stores and atomics
+    inside the tensors of its launch (:mod:`triton_bounds`), checked when the test ends; a module
+    with ``OWN_BOUNDS_CHECKS`` (the check's own tests) installs its checkers itself."""
+    if BOUNDS_PROBLEM or getattr(request.module, "OWN_BOUNDS_CHECKS", False):
+        yield
+        return
+    checker = BoundsChecker()
+    with checker.installed():
+        yield
+    assert not checker.violations, "out-of-bounds accesses:\n" + checker.report()
+
+
 @pytest.fixture
 def rng(request):
     """A generator seeded from the test's id (plus ``C2W_TEST_SEED``): different inputs for

@@ -73,6 +73,9 @@ CASES = {
     "3x3x3_stride212_dense": (1, 4, 8, 1, (3, 4, 5), (3, 3, 3), (2, 1, 2), torch.float32, False, True),
     "bf16_3x3x3_groups4": (2, 16, 16, 4, (2, 4, 5), (3, 3, 3), (1, 1, 1), torch.bfloat16, False, True),
     "fp16_1x3x3_residual": (2, 16, 16, 4, (2, 5, 6), (1, 3, 3), (1, 1, 1), torch.float16, True, True),
+    # blocks of 16 output channels read 64 and 32 input channels: the narrower has one 32-channel chunk
+    # of the widest's two (its second would lie past its window: conftest's bounds check)
+    "1x1x1_unequal_channel_windows": (1, 64, 24, 2, (2, 3, 3), (1, 1, 1), (1, 1, 1), torch.float32, False, True),
 }
 
 

@@ -128,6 +128,27 @@ def test_triton_with_a_class_absent_from_the_batch(term, rng):
 
 
 @needs_triton
+@pytest.mark.parametrize("offset", [1e4, 1e5])
+def test_triton_cross_entropy_keeps_its_tolerance_for_large_logits(offset):
+    """Logits near 1e4 or 1e5 (float32 spacing 0.001, 0.008): max + log-sum-exp minus the target's
+    logit would cancel (1e-3 and 5e-3 relative error here; the tolerance is 2.1e-5)."""
+    logits = offset + torch.tensor([[0.0, 0.5], [0.5, 0.0]], dtype=torch.float64).T.reshape(1, 2, 1, 1, 2)
+    assert_matches_reference(dice_ce_loss, logits, torch.tensor([[[[1, 0]]]]), None, lambda_dice=0.0)
+
+
+@needs_triton
+def test_triton_focal_term_of_confident_logits_is_not_rounded_to_zero(rng):
+    """Logits of +-20 on the right class: each element's loss is about 1e-26, where log(1 + exp(-20))
+    rounds to 0 in float32 unless computed as a log1p. (The gradient, about 1e-29 here, is only
+    within tolerance of a batch's largest: sigmoid(20) - 1 rounds to 0 in float32.)"""
+    _, labels, region = make_inputs(rng)
+    logits = 20.0 * (2.0 * F.one_hot(labels, 3).movedim(-1, 1).double() - 1.0)
+    ours = value_and_grad(dice_focal_loss, logits, labels, region, "triton", torch.float32, lambda_dice=0.0)
+    ref = value_and_grad(dice_focal_loss, logits, labels, region, "reference", lambda_dice=0.0)
+    assert ref[0] > 0 and VALUE_TOLERANCES[torch.float32].violations(ours[0], ref[0]) == 0, (ours[0], ref[0])
+
+
+@needs_triton
 @pytest.mark.parametrize("options", [dict(), dict(activation="sigmoid", include_background=False),
                                      dict(batch_dice=True)])
 def test_triton_matches_monai_without_mask(options, rng):
