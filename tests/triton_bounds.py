@@ -111,8 +111,10 @@ class BoundsChecker:
         executor, builder = interpreter.GridExecutor, interpreter.InterpreterBuilder
         init_args, call = executor._init_args_hst, executor.__call__
         hooked = {name: getattr(builder, name) for name in _BUILDER_HOOKS}
-        element_bytes = lambda handle: np.dtype(interpreter._get_np_dtype(handle.get_element_ty())).itemsize  # noqa: E731
         checker = self
+
+        def element_bytes(handle) -> int:
+            return np.dtype(interpreter._get_np_dtype(handle.get_element_ty())).itemsize
 
         def init_args_hooked(self, args_dev, kwargs):
             args, kwargs_hst = init_args(self, args_dev, kwargs)
