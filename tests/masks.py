@@ -44,3 +44,13 @@ def tie_pair(rng, shift):
     shape = (10, 12, 14)[-len(shift):]
     gt = blobs(rng, shape, 0.4)
     return np.roll(gt, shift, axis=tuple(range(len(shift)))), gt
+
+
+def percentile_tie_pair():
+    """A pair whose gt-to-pred cumulative area reaches exactly 95 % at sqrt(10) mm, where float64
+    cumulative sums land 4e-16 below it or not, by their order (surface-distance's: below, so sqrt(13))."""
+    pred = np.zeros((4, 3, 1), bool)
+    pred[3, 2, 0] = True
+    gt = np.zeros((4, 3, 1), bool)
+    gt[[0, 0, 1, 2, 3], [0, 2, 1, 2, 0], 0] = True
+    return pred, gt

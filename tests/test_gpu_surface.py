@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from gpu import DEVICE, host, no_host_round_trips, on_device
-from masks import TIE_CASES, anisotropic_spacing, blobs, perturbed, tie_pair
+from masks import TIE_CASES, anisotropic_spacing, blobs, percentile_tie_pair, perturbed, tie_pair
 
 from c2w_fast import metrics
 from c2w_fast.ops import surface_distances, surface_summary
@@ -147,6 +147,12 @@ def test_distances_equal_to_the_tolerance_are_decided_as_by_the_reference(spacin
         ours = surface_summary(on_device(pred), on_device(gt), spacing, backend="triton", **kw)
         reference = surface_summary(pred, gt, spacing, backend="reference", **kw)
         assert ours.surface_dice == pytest.approx(reference.surface_dice, rel=1e-12), convention
+
+
+def test_an_exact_tie_of_the_weighted_percentile_is_reached():
+    pred, gt = percentile_tie_pair()
+    summary = surface_summary(on_device(pred), on_device(gt), (1.0, 1.0, 1.0), backend="triton")
+    assert summary.hd_percentile == pytest.approx(10 ** 0.5)
 
 
 def test_a_chunk_of_tiny_pairs_stays_within_the_launch_grid():

@@ -1,7 +1,7 @@
 """Fast surface backends against the reference, element by element, on a realistic wall phantom."""
 import numpy as np
 import pytest
-from masks import TIE_CASES, anisotropic_spacing, blobs, perturbed, tie_pair
+from masks import TIE_CASES, anisotropic_spacing, blobs, percentile_tie_pair, perturbed, tie_pair
 from scipy import ndimage
 
 from c2w_fast.data.phantom import make_phantom
@@ -101,3 +101,10 @@ def test_weighted_percentile_is_deepminds_first_index_reaching_the_fraction():
     # by hand: distances 1, 2, 3 with weights 1, 3, 1 have cumulative fractions 0.2, 0.8, 1.0
     assert weighted_percentile(np.array([3.0, 1.0, 2.0]), np.array([1.0, 1.0, 3.0]), 80.0) == 2.0
     assert weighted_percentile(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 1.0]), 80.1) == 3.0
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+def test_an_exact_tie_of_the_weighted_percentile_is_reached_on_every_backend(backend):
+    pred, gt = percentile_tie_pair()
+    assert surface_summary(pred, gt, (1.0, 1.0, 1.0), backend=backend).hd_percentile == pytest.approx(10 ** 0.5)
+
