@@ -38,8 +38,8 @@ from c2w_fast.errors import DataError, plain_warnings
 from c2w_fast.training import distributed
 from c2w_fast.training.checkpoint import CheckpointError
 from c2w_fast.training.lock import FoldInUseError, FoldLocks
-from c2w_fast.training.schedule import unreached_settings
 from c2w_fast.training.loop import DivergedError
+from c2w_fast.training.schedule import unreached_settings
 from c2w_fast.training.run import (RunError, cases_and_splits, check_cases, check_helpers, check_out,
                                    check_out_of_dataset, check_patch, check_processes, cross_validation_summary,
                                    fold_names, fold_rows, fold_split, plan_folds, replaced_config, start_folds,

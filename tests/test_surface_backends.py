@@ -107,4 +107,3 @@ def test_weighted_percentile_is_deepminds_first_index_reaching_the_fraction():
 def test_an_exact_tie_of_the_weighted_percentile_is_reached_on_every_backend(backend):
     pred, gt = percentile_tie_pair()
     assert surface_summary(pred, gt, (1.0, 1.0, 1.0), backend=backend).hd_percentile == pytest.approx(10 ** 0.5)
-

@@ -130,10 +130,18 @@ def load_weights(model: UNet, state: dict, path) -> None:
     check_finite(state, path)
 
 
+def non_finite(state: dict) -> list[str]:
+    """The names of the floating-point tensors of ``state`` (a state_dict) that hold NaN or inf, in one host sync."""
+    floats = {name: t for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point()}
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).tolist()
+    return [name for name, ok in zip(floats, finite) if not ok]
+
+
 def check_finite(state: dict, path) -> None:
     """A CheckpointError naming ``path`` when weights of ``state`` hold NaN or inf."""
-    broken = [name for name, tensor in state.items()
-              if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    broken = non_finite(state)
     if broken:
         raise CheckpointError(f"{path}: {len(broken)} of its weight tensors hold NaN or inf ({', '.join(broken[:3])}"
                               f"{', ...' * (len(broken) > 3)}): did the run diverge? use a checkpoint from before")

@@ -72,12 +72,6 @@ class DivergedError(RuntimeError):
     """An epoch ended with a non-finite training loss or weights: the run stops before saving it."""
 
 
-def finite_weights(model: torch.nn.Module) -> bool:
-    """Whether every parameter and buffer of ``model`` is finite (one host sync)."""
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
 def check_resumable(saved: dict, config: Config, latest: Path) -> None:
     """A CheckpointError unless ``config`` is the one the ``saved`` checkpoint (``latest``) was trained
     with, but for what a resume may change (:data:`c2w_fast.config.RESUMABLE_KEYS`: epochs, device...),
@@ -355,13 +349,12 @@ class Trainer:
         if self.processes.is_main and self._plotted_rows != len(state["history"]):
             self._plot()  # the epochs that the throttle left undrawn
 
-
     def _check_converging(self, row: dict) -> None:
         """A DivergedError on every rank when rank 0's epoch ended with a non-finite loss or weights (DDP
         keeps the weights equal), raised before this epoch is validated or saved: checkpoint_latest.pt,
         checkpoint_best.pt and metrics.csv keep the last finite epoch, and the run can start anew from it."""
         loss_finite = math.isfinite(row["train_loss"])
-        weights_finite = not self.processes.is_main or finite_weights(self.model)
+        weights_finite = not self.processes.is_main or not checkpoint.non_finite(self.model.state_dict())
         if not broadcast_flag(self.processes.is_main and not (loss_finite and weights_finite),
                               self.processes, self.device):
             return
