@@ -72,24 +72,28 @@ py::tuple surface_distances(const carray<uint8_t>& pred, const carray<uint8_t>& 
   {
     py::gil_scoped_release release;
     const c2w::Grid g{pred.shape(0), pred.shape(1), pred.shape(2)};
-    c2w::surface_distances(pred.data(), gt.data(), g, is_2d, surfel, spacing.data(), area_table.data(), pg, gp);
+    c2w::surface_distances(pred.data(), gt.data(), g, is_2d, surfel, spacing.data(), area_table.data(), nullptr, pg,
+                           gp);
   }
   return py::make_tuple(to_numpy(pg.distance), to_numpy(gp.distance), to_numpy(pg.weight), to_numpy(gp.weight));
 }
 
 py::tuple surface_summary(const carray<uint8_t>& pred, const carray<uint8_t>& gt, std::array<double, 3> spacing,
-                          bool is_2d, bool surfel, const carray<double>& area_table, double tolerance,
-                          double quantile, bool pooled) {
+                          bool is_2d, bool surfel, const carray<double>& area_table, double lower, double upper,
+                          const carray<int32_t>& offsets, double quantile, bool pooled) {
   check_pair(pred, gt, area_table, is_2d);
   if (!(quantile >= 0.0 && quantile <= 1.0)) throw std::invalid_argument("quantile must be in [0, 1]");
+  if (offsets.ndim() != 2 || offsets.shape(1) != 3) throw std::invalid_argument("offsets must be (n, 3) int32");
   c2w::Summary s;
   {
     py::gil_scoped_release release;
     const c2w::Grid g{pred.shape(0), pred.shape(1), pred.shape(2)};
+    const c2w::WithinRule rule{lower, upper, offsets.data(), offsets.shape(0)};
     c2w::Directed pg, gp;
-    c2w::surface_distances(pred.data(), gt.data(), g, is_2d, surfel, spacing.data(), area_table.data(), pg, gp);
+    c2w::surface_distances(pred.data(), gt.data(), g, is_2d, surfel, spacing.data(), area_table.data(), &rule, pg,
+                           gp);
     if (pg.distance.empty() || gp.distance.empty()) throw std::invalid_argument("both masks must be non-empty");
-    s = c2w::summarise(pg, gp, surfel, tolerance, quantile, pooled);
+    s = c2w::summarise(pg, gp, surfel, quantile, pooled);
   }
   return py::make_tuple(s.hd, s.hd_percentile, s.assd, s.surface_dice);
 }
@@ -181,8 +185,10 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("is_2d"), py::arg("surfel"), py::arg("area_table"),
         "(pred_to_gt, gt_to_pred, pred_weights, gt_weights) float64 arrays in raster order of the elements.");
   m.def("surface_summary", &surface_summary, py::arg("pred"), py::arg("gt"), py::arg("spacing"), py::arg("is_2d"),
-        py::arg("surfel"), py::arg("area_table"), py::arg("tolerance"), py::arg("quantile"), py::arg("pooled"),
-        "(hd, hd_percentile, assd, surface_dice) of two non-empty masks; quantile in [0, 1].");
+        py::arg("surfel"), py::arg("area_table"), py::arg("lower"), py::arg("upper"), py::arg("offsets"),
+        py::arg("quantile"), py::arg("pooled"),
+        "(hd, hd_percentile, assd, surface_dice) of two non-empty masks; quantile in [0, 1]; Surface Dice by "
+        "the rule (lower, upper, offsets) of c2w_fast.ops._within.WithinRule.");
   m.def("label_components", &label_components, py::arg("mask"), py::arg("box"), py::arg("connectivity"),
         py::arg("out").noconvert(),
         "Writes int32 labels (numbered in raster order) of the components inside box (z0, z1, y0, y1, x0, x1) "

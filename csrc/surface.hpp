@@ -89,6 +89,28 @@ inline void boundary_voxels(const uint8_t* mask, const Grid& g, bool is_2d, std:
 struct Directed {
   std::vector<double> distance;  // mm, in raster order of the elements
   std::vector<double> weight;    // mm^2 (surfel), mm (2D surfel) or 1 (voxel)
+  std::vector<uint8_t> within;   // 1 where the distance is within the tolerance (when a WithinRule is given)
+};
+
+// Whether a distance d, derived from a float32 squared distance, is within the Surface Dice
+// tolerance (c2w_fast.ops._within.WithinRule): d <= lower is, d > upper is not, and in between
+// it is when a site lies at one of the `count` grid offsets (dz, dy, dx) that the rule keeps.
+struct WithinRule {
+  double lower, upper;
+  const int32_t* offsets;
+  int64_t count;
+
+  template <class IsSite>
+  bool decide(double d, const IsSite& is_site, const Grid& g, int64_t z, int64_t y, int64_t x) const {
+    if (d <= lower) return true;
+    if (d > upper) return false;
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t zz = z + offsets[3 * j], yy = y + offsets[3 * j + 1], xx = x + offsets[3 * j + 2];
+      const bool inside = zz >= 0 && zz < g.nz && yy >= 0 && yy < g.ny && xx >= 0 && xx < g.nx;
+      if (inside && is_site((zz * g.ny + yy) * g.nx + xx)) return true;
+    }
+    return false;
+  }
 };
 
 // Scratch vectors are kept per thread between calls, so repeated calls (a folder of cases, a
@@ -104,11 +126,11 @@ struct ScratchGuard {
   }
 };
 
-// Distances (mm) from every query element to the nearest site, with the queries' weights,
-// in raster order.
+// Distances (mm) from every query element to the nearest site, with the queries' weights, in
+// raster order; with a rule, also whether each is within the tolerance.
 template <class IsSite, class IsQuery, class Weight>
 void directed_distances(const IsSite& is_site, const IsQuery& is_query, const Weight& weight, const Grid& g,
-                        const double spacing[3], Directed& out) {
+                        const double spacing[3], const WithinRule* rule, Directed& out) {
   thread_local std::vector<float> buffer;  // squared distances on the grid
   const ScratchGuard<float> guard{buffer};
   const int64_t rows = g.nz * g.ny;
@@ -131,6 +153,7 @@ void directed_distances(const IsSite& is_site, const IsQuery& is_query, const We
   edt(is_site, g.nz, g.ny, g.nx, spacing, buffer.data(), false, wanted.data());
   out.distance.resize(static_cast<size_t>(offset[rows]));
   out.weight.resize(static_cast<size_t>(offset[rows]));
+  out.within.resize(rule ? static_cast<size_t>(offset[rows]) : 0);
 #pragma omp parallel for schedule(static) if (g.size() >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     int64_t at = offset[r];
@@ -138,6 +161,7 @@ void directed_distances(const IsSite& is_site, const IsQuery& is_query, const We
       if (!is_query(i)) continue;
       out.distance[at] = std::sqrt(static_cast<double>(buffer[i]));
       out.weight[at] = weight(i);
+      if (rule) out.within[at] = rule->decide(out.distance[at], is_site, g, r / g.ny, r % g.ny, i - r * g.nx);
       ++at;
     }
   }
@@ -165,10 +189,10 @@ void both_directions(int64_t work, const First& first, const Second& second) {
 }
 
 // Both directions: pred -> gt and gt -> pred. area_table: surfel area per neighbour code
-// (surfel convention; ignored for voxels).
+// (surfel convention; ignored for voxels); rule: the tolerance decision, or null.
 inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid& g, bool is_2d, bool surfel,
-                              const double spacing[3], const double* area_table, Directed& pred_to_gt,
-                              Directed& gt_to_pred) {
+                              const double spacing[3], const double* area_table, const WithinRule* rule,
+                              Directed& pred_to_gt, Directed& gt_to_pred) {
   thread_local std::vector<uint8_t> a, b;  // codes or boundary flags of pred and gt
   const ScratchGuard<uint8_t> guard_a{a}, guard_b{b};
   if (surfel) {
@@ -182,9 +206,9 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
     both_directions(
         c.size(),
         [&] { directed_distances(on_gt, on_pred, [=](int64_t i) { return area_table[cp[i]]; }, c, spacing,
-                                 pred_to_gt); },
+                                 rule, pred_to_gt); },
         [&] { directed_distances(on_pred, on_gt, [=](int64_t i) { return area_table[cg[i]]; }, c, spacing,
-                                 gt_to_pred); });
+                                 rule, gt_to_pred); });
   } else {
     boundary_voxels(pred, g, is_2d, a);
     boundary_voxels(gt, g, is_2d, b);
@@ -194,8 +218,8 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
     auto on_gt = [=](int64_t i) { return eg[i] != 0; };
     auto one = [](int64_t) { return 1.0; };
     both_directions(
-        g.size(), [&] { directed_distances(on_gt, on_pred, one, g, spacing, pred_to_gt); },
-        [&] { directed_distances(on_pred, on_gt, one, g, spacing, gt_to_pred); });
+        g.size(), [&] { directed_distances(on_gt, on_pred, one, g, spacing, rule, pred_to_gt); },
+        [&] { directed_distances(on_pred, on_gt, one, g, spacing, rule, gt_to_pred); });
   }
 }
 
@@ -263,9 +287,8 @@ struct Summary {
   double hd, hd_percentile, assd, surface_dice;
 };
 
-// Summaries of two non-empty directed distance sets; q in [0, 1].
-inline Summary summarise(const Directed& pg, const Directed& gp, bool surfel, double tolerance, double q,
-                         bool pooled) {
+// Summaries of two non-empty directed distance sets with their within flags; q in [0, 1].
+inline Summary summarise(const Directed& pg, const Directed& gp, bool surfel, double q, bool pooled) {
   Summary s{0, 0, 0, 0};
   double total = 0, weighted = 0, within = 0;
   for (const Directed* d : {&pg, &gp}) {
@@ -273,7 +296,7 @@ inline Summary summarise(const Directed& pg, const Directed& gp, bool surfel, do
       s.hd = std::max(s.hd, d->distance[i]);
       total += d->weight[i];
       weighted += d->distance[i] * d->weight[i];
-      if (d->distance[i] <= tolerance) within += d->weight[i];
+      if (d->within[i]) within += d->weight[i];
     }
   }
   s.assd = weighted / total;

@@ -7,7 +7,7 @@
   of the array counting as background).
 * :func:`surface_moments` — per item, over its surface elements (code neither 0 nor ``FULL``)
   with weight ``table[code]`` and distance ``d = sqrt(f)``: the sums ``sum w``, ``sum w d``,
-  ``sum w [d <= tolerance]`` and ``max d``, as per-program partials (float64).
+  ``sum w [d within the tolerance]`` and ``max d``, as per-program partials (float64).
 * :func:`weighted_histogram` — one round of a radix selection: the weights of the elements whose
   float32 squared distance ``f`` matches a slot's known high bits, binned by the next bits.
 
@@ -16,11 +16,12 @@ inclusive), so nothing here waits for the host.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from c2w_fast.kernels import cdiv
+from c2w_fast.kernels import cdiv, host_to_device
 from c2w_fast.kernels.edt import is_site
 
 SURFEL, BOUNDARY = 0, 1
@@ -95,7 +96,24 @@ def _load_elements(f_ptr, code_ptr, table_ptr, item, z, y, x, inside, nz, ny, nx
 
 
 @triton.jit
-def _moments_kernel(f_ptr, code_ptr, table_ptr, box_ptr, partial_ptr, nz, ny, nx, tolerance_ptr,
+def _near_partner(code_ptr, item, z, y, x, band, offsets_ptr, n_offsets, nz, ny, nx, FULL: tl.constexpr):
+    """Where ``band`` is set: whether the partner item (``item ^ 1``) has a surface element at one of
+    the ``n_offsets`` grid offsets (int32 (dz, dy, dx) rows)."""
+    partner = code_ptr + (item ^ 1).to(tl.int64) * nz * ny * nx
+    hit = band & False
+    if tl.max(tl.max(band.to(tl.int32), axis=1), axis=0) > 0:  # a tile without band elements skips the lookups
+        for j in range(n_offsets):
+            zz = z + tl.load(offsets_ptr + 3 * j)
+            yy = y + tl.load(offsets_ptr + 3 * j + 1)
+            xx = x + tl.load(offsets_ptr + 3 * j + 2)
+            look = band & (zz >= 0) & (zz < nz) & (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            code = tl.load(partner + (zz.to(tl.int64) * ny + yy) * nx + xx, mask=look, other=0)
+            hit = hit | (look & is_site(code, 2, FULL))
+    return hit
+
+
+@triton.jit
+def _moments_kernel(f_ptr, code_ptr, table_ptr, box_ptr, partial_ptr, nz, ny, nx, bounds_ptr, offsets_ptr, n_offsets,
                     FULL: tl.constexpr, BOX_DIV: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
     item = tl.program_id(1)
     z, y, x, inside, meets = _tile(box_ptr + (item // BOX_DIV) * 6, nz, ny, nx, BLOCK_Y, BLOCK_X)
@@ -103,10 +121,13 @@ def _moments_kernel(f_ptr, code_ptr, table_ptr, box_ptr, partial_ptr, nz, ny, nx
     if meets:
         f, weight, element = _load_elements(f_ptr, code_ptr, table_ptr, item, z, y, x, inside, nz, ny, nx, FULL)
         distance = tl.sqrt(f.to(tl.float64))  # float64: PTX has only the IEEE-rounded sqrt.rn.f64
-        tolerance = tl.load(tolerance_ptr)  # float64: a Python float argument would arrive as float32
+        lower, upper = tl.load(bounds_ptr), tl.load(bounds_ptr + 1)  # float64: Python floats would arrive as float32
+        band = element & (distance > lower) & (distance <= upper)
+        within = (distance <= lower) | _near_partner(code_ptr, item, z, y, x, band, offsets_ptr, n_offsets,
+                                                     nz, ny, nx, FULL)
         tl.store(out + 0, tl.sum(tl.sum(weight, axis=1), axis=0))
         tl.store(out + 1, tl.sum(tl.sum(weight * distance, axis=1), axis=0))
-        tl.store(out + 2, tl.sum(tl.sum(tl.where(distance <= tolerance, weight, 0.0), axis=1), axis=0))
+        tl.store(out + 2, tl.sum(tl.sum(tl.where(within, weight, 0.0), axis=1), axis=0))
         tl.store(out + 3, tl.max(tl.max(tl.where(element, distance, 0.0), axis=1), axis=0))
 
 
@@ -163,16 +184,21 @@ def surface_codes(masks: torch.Tensor, boxes: torch.Tensor, *, kind: int, ndim: 
 
 
 def surface_moments(f: torch.Tensor, codes: torch.Tensor, table: torch.Tensor, boxes: torch.Tensor, *,
-                    tolerance: float, full: int, box_div: int = 1, block_y: int = 16, block_x: int = 64) -> torch.Tensor:
-    """(items, 4) float64: ``sum w``, ``sum w d``, ``sum w [d <= tolerance]``, ``max d`` over
-    each item's surface elements (``d = sqrt(f)`` in mm, ``w = table[code]``)."""
+                    lower: float, upper: float, offsets, full: int, box_div: int = 1, block_y: int = 16,
+                    block_x: int = 64) -> torch.Tensor:
+    """(items, 4) float64: ``sum w``, ``sum w d``, ``sum w [within]``, ``max d`` over each item's
+    surface elements (``d = sqrt(f)`` in mm, ``w = table[code]``). ``within``: ``d <= lower``, or
+    ``d <= upper`` and the partner item ``i ^ 1`` has a surface element at one of ``offsets``
+    (int (n, 3) grid steps; ``c2w_fast.ops._within.WithinRule``)."""
     _check(f, "f", torch.float32)
     _check(codes, "codes", torch.uint8)
     grid = _grid(tuple(f.shape), block_y, block_x)
     partial = torch.zeros((f.shape[0], grid[0], 4), dtype=torch.float64, device=f.device)
     if f.numel():
-        tolerance_t = torch.full((1,), float(tolerance), dtype=torch.float64, device=f.device)  # a fill, not a copy
-        _moments_kernel[grid](f, codes, table, boxes, partial, *f.shape[1:], tolerance_t, FULL=full,
+        bounds = host_to_device([lower, upper], torch.float64, f.device)
+        steps = np.array(offsets, dtype=np.int32).reshape(-1, 3)  # a copy: the rule's array is read-only
+        steps_t = host_to_device(steps if len(steps) else np.zeros((1, 3), np.int32), torch.int32, f.device)
+        _moments_kernel[grid](f, codes, table, boxes, partial, *f.shape[1:], bounds, steps_t, len(steps), FULL=full,
                               BOX_DIV=box_div, BLOCK_Y=block_y, BLOCK_X=block_x)
     sums = partial[..., :3].sum(dim=1)
     return torch.cat([sums, partial[..., 3].amax(dim=1, keepdim=True)], dim=1)

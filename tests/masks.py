@@ -26,7 +26,9 @@ def anisotropic_spacing(rng, ndim=3):
 F32_1_2 = float(np.float32(1.2))  # 1.2 mm as a float32 image header stores it
 # (spacing, tolerance_mm, shift in voxels): most boundary distances equal the tolerance in real
 # arithmetic, and float64 / float32 rounding decide (3 x 0.1 > 0.3 in float64, 3 x 1.1 > 3.3,
-# 1.2000000476837158 > 1.2, 2 x 0.7 == 1.4, sqrt(0.3^2 + 0.4^2) vs 0.5 ...)
+# 1.2000000476837158 > 1.2, 2 x 0.7 == 1.4, sqrt(0.3^2 + 0.4^2) vs 0.5 ...); in the last two, grid
+# distances equal in real arithmetic fall on both sides (one 1.2 mm step is within 1.2 mm, three
+# 0.4 mm steps, 1.2000000000000002 mm, are not), closer than float32 can tell apart
 TIE_CASES = [
     ((1.0, 1.0, 0.1), 0.3, (0, 0, 3)),
     ((2.5, F32_1_2, F32_1_2), 1.2, (0, 0, 1)),
@@ -36,6 +38,8 @@ TIE_CASES = [
     ((0.3, 0.4, 0.4), 0.5, (1, 1, 0)),
     ((2.5, 0.625, 0.625), 1.25, (0, 2, 0)),
     ((0.1, 0.1), 0.3, (0, 3)),
+    ((1.2, 0.4, 0.4), 1.2, (1, 0, 0)),
+    ((0.2, 0.6), 0.6, (0, 1)),
 ]
 
 

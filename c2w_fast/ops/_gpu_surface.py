@@ -29,7 +29,7 @@ from c2w_fast.kernels import surface as surface_kernels
 from c2w_fast.ops._arrays import as_tensor
 from c2w_fast.ops._gpu_volume import EMPTY_BOX, as_items, bounding_boxes, to_kind
 from c2w_fast.ops._surfels import surfel_area_table
-from c2w_fast.ops._within import float32_threshold
+from c2w_fast.ops._within import within_rule
 from c2w_fast.ops.surface import PERCENTILE_TIE_RTOL, SurfaceDistances, SurfaceSummary
 
 # radix-selection rounds over the 31 value bits of a non-negative float32: (shift, known, bins)
@@ -129,8 +129,9 @@ def summaries(fields: SurfaceFields, spacing: tuple[float, ...], *, convention: 
               percentile: float, percentile_rule: str) -> torch.Tensor:
     """float64 (pairs, 4): hd, hd_percentile, assd, surface_dice of each pair (both surfaces
     non-empty; otherwise the values are meaningless and the caller applies the empty rules)."""
+    rule = within_rule(tolerance_mm, spacing, convention)
     moments = surface_kernels.surface_moments(fields.squared, fields.codes, fields.weights, fields.boxes,
-                                              tolerance=float32_threshold(tolerance_mm, spacing, convention),
+                                              lower=rule.lower, upper=rule.upper, offsets=rule.offsets,
                                               full=fields.full, box_div=2)
     pairs = moments.reshape(-1, 2, 4)
     total = pairs[..., 0].sum(dim=1)

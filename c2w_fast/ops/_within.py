@@ -10,16 +10,21 @@ rounding, and each convention follows its peer:
 
 Both rules are a float64 threshold on ``d`` (:func:`decision_threshold`); the reference backend
 compares its float64 distances with it. The fast backends hold squared distances in float32, a
-few float32 ulps off, so they compare against :func:`float32_threshold` instead: the midpoint
-between the largest grid distance the rule keeps and the smallest it rejects, among the grid
-distances within ``BAND`` of the threshold. Only grid distances that differ by less than the
-float32 error (about 2e-7 relative) yet fall on both sides of the rule, and tolerances spanning
-more than ``MAX_OFFSETS`` offsets, can still be decided differently from the reference.
+few float32 ulps off, which cannot tell apart grid distances that differ by less than that (one
+1.2 mm step and three 0.4 mm steps: 1.2 and 1.2000000000000002 in float64, kept and rejected
+by the surfel rule). So they follow :class:`WithinRule`: a distance clearly below the threshold
+is within, one clearly above is not, and one in the narrow band between is within exactly when
+the other surface has an element at one of the grid offsets whose float64 distance the rule
+keeps — the decision the reference makes from its exact distance, whenever the nearest element
+at the float64 distance is the one scipy's transform reports. Only tolerances spanning more than
+``MAX_OFFSETS`` offsets fall back to comparing with the threshold itself.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,22 +45,38 @@ def decision_threshold(tolerance_mm: float, convention: str) -> float:
     return halfway if int(t32.view(np.uint32)) % 2 == 0 else float(np.nextafter(halfway, -np.inf))
 
 
+@dataclass(frozen=True)
+class WithinRule:
+    """The decision for distances derived from float32 squared distances: ``d <= lower`` is within,
+    ``d > upper`` is not, and ``lower < d <= upper`` is within when the other surface has an
+    element at one of ``offsets`` (int32 (n, 3) grid steps (z, y, x), every sign; z 0 in 2D)."""
+
+    lower: float
+    upper: float
+    offsets: np.ndarray
+
+
 @functools.lru_cache(maxsize=64)
-def float32_threshold(tolerance_mm: float, spacing: tuple[float, ...], convention: str) -> float:
-    """The threshold (mm) for distances derived from float32 squared distances on a grid of ``spacing``."""
+def within_rule(tolerance_mm: float, spacing: tuple[float, ...], convention: str) -> WithinRule:
+    """The :class:`WithinRule` of ``tolerance_mm`` on a grid of ``spacing`` (mm, 2 or 3 axes)."""
     threshold = decision_threshold(tolerance_mm, convention)
-    distances = _grid_distances_near(threshold, np.asarray(spacing, dtype=np.float64))
-    if distances is None:
-        return threshold
-    kept, rejected = distances[distances <= threshold], distances[distances > threshold]
-    below = kept.max() if kept.size else threshold * (1 - BAND)
-    above = rejected.min() if rejected.size else threshold * (1 + BAND)
-    return (below + above) / 2
+    near = _grid_offsets_near(threshold, np.asarray(spacing, dtype=np.float64))
+    if near is None:
+        return WithinRule(threshold, threshold, np.zeros((0, 3), np.int32))
+    offsets, distances = near
+    kept = offsets[distances <= threshold]
+    signed = {tuple(sign * k for sign, k in zip(signs, offset))
+              for offset in kept.tolist() for signs in itertools.product((1, -1), repeat=len(offset))}
+    rows = np.array(sorted(signed), dtype=np.int32).reshape(-1, len(spacing))
+    rows = np.pad(rows, ((0, 0), (3 - len(spacing), 0)))  # 2D: no z step
+    rows.flags.writeable = False  # shared by the cache
+    return WithinRule(threshold * (1 - BAND / 2), threshold * (1 + BAND / 2), rows)
 
 
-def _grid_distances_near(threshold: float, spacing: np.ndarray) -> np.ndarray | None:
-    """Distances ``sqrt(sum_i (k_i s_i)^2)`` (float64, summed in axis order) of the offsets ``k >= 0``
-    within ``BAND`` of ``threshold``; None when there are too many offsets to list."""
+def _grid_offsets_near(threshold: float, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The offsets ``k >= 0`` (int (n, axes)) whose distances ``sqrt(sum_i (k_i s_i)^2)`` (float64,
+    summed in axis order) lie within ``BAND`` of ``threshold``, and those distances; None when there
+    are too many offsets to list."""
     lo, hi = threshold * (1 - BAND), threshold * (1 + BAND)
     if not np.isfinite(hi):
         return None
@@ -79,4 +100,5 @@ def _grid_distances_near(threshold: float, spacing: np.ndarray) -> np.ndarray | 
     for term in terms[1:]:  # scipy sums the axes in order
         total = total + term
     distances = np.sqrt(total)
-    return distances[(distances >= lo) & (distances <= hi)]
+    near = (distances >= lo) & (distances <= hi)
+    return candidates[:, near].T.astype(np.int64), distances[near]

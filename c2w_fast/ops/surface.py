@@ -58,7 +58,7 @@ from scipy import ndimage
 from c2w_fast.ops._arrays import as_numpy, device_of, real_number
 from c2w_fast.ops._dispatch import COMPILED_FIRST, Op
 from c2w_fast.ops._lazy import lazy
-from c2w_fast.ops._within import decision_threshold, float32_threshold
+from c2w_fast.ops._within import decision_threshold, within_rule
 from c2w_fast.ops._surfels import neighbour_codes, surfel_area_table
 from c2w_fast.ops._volume import check_pair, check_spacing, host_uint8_3d, like, spacing_3d, union_box
 
@@ -196,9 +196,9 @@ def _distances_cpu(pred, gt, spacing, convention) -> SurfaceDistances:
 def _summary_cpu(pred, gt, spacing, convention, tolerance_mm, percentile, percentile_rule) -> SurfaceSummary:
     from c2w_fast import _cpu
 
+    rule = within_rule(tolerance_mm, spacing, convention)
     return SurfaceSummary(*_cpu.surface_summary(*_cpu_arguments(pred, gt, spacing, convention),
-                                                float32_threshold(tolerance_mm, spacing, convention),
-                                                percentile / 100.0,
+                                                rule.lower, rule.upper, rule.offsets, percentile / 100.0,
                                                 percentile_rule == "pooled"))
 
 
