@@ -74,7 +74,7 @@ def _log1p_exp_neg_abs(u):
     log1p through log(w) * v / (w - 1) with w = 1 + v, exact where w == 1."""
     v = tl.exp(-tl.abs(u))
     w = 1.0 + v
-    return tl.where(w == 1.0, v, tl.log(w) * (v / (w - 1.0)))
+    return tl.where(w == 1.0, v, tl.log(w) * (v / tl.where(w == 1.0, 1.0, w - 1.0)))  # no 0 / 0 where unused
 
 
 @triton.jit
@@ -240,20 +240,21 @@ def _loss_backward_kernel(logits_ptr, target_ptr, mask_ptr, coef_ptr, out_ptr, g
         z, t, m, bad, c, c_ok = _load_tile(logits_ptr, target_ptr, mask_ptr, b, n, N, C, s_b, s_c, s_n,
                                            t_b, t_c, t_n, LABELS, HAS_MASK, BLOCK_C)
         grad_p = m[None, :] * (coef_a[:, None] * t + coef_b[:, None])
-        if SIGMOID:
+        if SIGMOID or TERM == 0:
             sig = tl.where(c_ok[:, None], tl.sigmoid(z), 0.0)
-            grad = grad_p * sig * (1.0 - sig)
+            anti = tl.where(c_ok[:, None], tl.sigmoid(-z), 0.0)  # 1 - sig, which rounds to 0 for confident logits
+        if SIGMOID:
+            grad = grad_p * sig * anti
             if TERM == 1:
                 softmax, _, _ = _softmax(z, c_ok)
         else:
             softmax, _, _ = _softmax(z, c_ok)
             grad = softmax * (grad_p - tl.sum(softmax * grad_p, axis=0)[None, :])
-            if TERM == 0:
-                sig = tl.where(c_ok[:, None], tl.sigmoid(z), 0.0)
         if TERM == 0:
             factor, bce = _focal_parts(z, t, gamma, alpha, HAS_ALPHA)
             sign = 2.0 * t - 1.0
-            focal = factor * (sig - t - gamma * sign * tl.sigmoid(z * sign) * bce)
+            # sig - t as (1 - t) sig - t (1 - sig): exact where sig rounds to 1
+            focal = factor * ((1.0 - t) * sig - t * anti - gamma * sign * tl.sigmoid(z * sign) * bce)
             keep = c_ok & (c >= TERM_FIRST_CLASS)
             grad += tl.where(keep[:, None], focal, 0.0) * (term_scale * m)[None, :]
         else:

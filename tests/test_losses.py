@@ -137,15 +137,25 @@ def test_triton_cross_entropy_keeps_its_tolerance_for_large_logits(offset):
 
 
 @needs_triton
-def test_triton_focal_term_of_confident_logits_is_not_rounded_to_zero(rng):
-    """Logits of +-20 on the right class: each element's loss is about 1e-26, where log(1 + exp(-20))
-    rounds to 0 in float32 unless computed as a log1p. (The gradient, about 1e-29 here, is only
-    within tolerance of a batch's largest: sigmoid(20) - 1 rounds to 0 in float32.)"""
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_triton_confident_logits_keep_every_element_accurate(activation, rng):
+    """Logits of +-20 on the right class: each element's focal loss is about 1e-26, where
+    log(1 + exp(-20)) rounds to 0 in float32 unless computed as a log1p, and its gradient about
+    1e-26, where sigmoid(20) - 1 does unless computed as -sigmoid(-20); likewise the sigmoid Dice
+    gradient's sigmoid(z) (1 - sigmoid(z)). Each gradient element is held to its own size. (The Dice
+    value, 1 - a ratio within 1e-8 of 1, is 0 in float32 here, in MONAI's too.)"""
     _, labels, region = make_inputs(rng)
     logits = 20.0 * (2.0 * F.one_hot(labels, 3).movedim(-1, 1).double() - 1.0)
-    ours = value_and_grad(dice_focal_loss, logits, labels, region, "triton", torch.float32, lambda_dice=0.0)
-    ref = value_and_grad(dice_focal_loss, logits, labels, region, "reference", lambda_dice=0.0)
-    assert ref[0] > 0 and VALUE_TOLERANCES[torch.float32].violations(ours[0], ref[0]) == 0, (ours[0], ref[0])
+    inside = region[:, None].expand_as(logits)
+    terms = [dict(lambda_dice=0.0)] + ([dict(lambda_focal=0.0)] if activation == "sigmoid" else [])
+    for term in terms:
+        ours = value_and_grad(dice_focal_loss, logits, labels, region, "triton", torch.float32,
+                              activation=activation, **term)
+        ref = value_and_grad(dice_focal_loss, logits, labels, region, "reference", activation=activation, **term)
+        if "lambda_dice" in term:
+            assert VALUE_TOLERANCES[torch.float32].violations(ours[0], ref[0]) == 0, (ours[0], ref[0])
+        assert ref[1][inside].abs().min() > 0 and (ours[1][~inside] == 0).all()
+        torch.testing.assert_close(ours[1][inside], ref[1][inside], rtol=1e-4, atol=0, msg=str(term))
 
 
 @needs_triton
