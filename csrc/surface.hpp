@@ -223,13 +223,9 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
   }
 }
 
-// An exact tie of the weighted percentile is reached whatever the summation order
-// (c2w_fast.ops.surface.PERCENTILE_TIE_RTOL, the same value).
-constexpr double kPercentileTieRtol = 1e-9;
-
 // Smallest distance d whose elements at or below d carry at least fraction q of the total
-// weight of `parts`, up to kPercentileTieRtol of it (the largest distance when rounding leaves
-// q unreached). Two passes over the elements: weights summed into 4096 buckets of distance,
+// weight of `parts` (the largest distance when rounding leaves q unreached); the caller lowers q
+// by the tie margin (c2w_fast.ops.surface.weighted_fraction). Two passes over the elements: weights summed into 4096 buckets of distance,
 // then only the elements of the bucket where the cumulative weight reaches q are sorted.
 inline double weighted_percentile(const std::vector<const Directed*>& parts, double q) {
   double lo = std::numeric_limits<double>::infinity(), hi = -lo, total = 0;
@@ -247,7 +243,7 @@ inline double weighted_percentile(const std::vector<const Directed*>& parts, dou
   std::vector<double> weight(kBuckets, 0.0);
   for (const Directed* d : parts)
     for (size_t i = 0; i < d->distance.size(); ++i) weight[bucket_of(d->distance[i])] += d->weight[i];
-  const double target = (q - kPercentileTieRtol) * total;
+  const double target = q * total;
   double below = 0;
   int bucket = 0;
   while (bucket < kBuckets && below + weight[bucket] < target) below += weight[bucket++];

@@ -30,7 +30,7 @@ from c2w_fast.ops._arrays import as_tensor
 from c2w_fast.ops._gpu_volume import EMPTY_BOX, as_items, bounding_boxes, to_kind
 from c2w_fast.ops._surfels import surfel_area_table
 from c2w_fast.ops._within import within_rule
-from c2w_fast.ops.surface import PERCENTILE_TIE_RTOL, SurfaceDistances, SurfaceSummary
+from c2w_fast.ops.surface import SurfaceDistances, SurfaceSummary, weighted_fraction
 
 # radix-selection rounds over the 31 value bits of a non-negative float32: (shift, known, bins)
 _ROUNDS = ((20, 31, 2048), (9, 20, 2048), (0, 9, 512))
@@ -111,12 +111,11 @@ def _select(fields: SurfaceFields, targets: torch.Tensor, group_div: int) -> tup
 def _percentiles(fields: SurfaceFields, totals: torch.Tensor, percentile: float, convention: str,
                  group_div: int) -> torch.Tensor:
     """The percentile distance (mm, float64) of each group, by the convention's rule."""
-    q = percentile / 100.0
-    if convention == "surfel":  # weighted: smallest d carrying at least q of the weight
-        values, _ = _select(fields, ((q - PERCENTILE_TIE_RTOL) * totals).unsqueeze(1), group_div)
+    if convention == "surfel":  # weighted: smallest d carrying at least that fraction of the weight
+        values, _ = _select(fields, (weighted_fraction(percentile) * totals).unsqueeze(1), group_div)
         return values[:, 0].double().sqrt()
     # voxel: numpy's linear interpolation between the order statistics at floor and ceil of q (n - 1)
-    position = (totals - 1) * q
+    position = (totals - 1) * (percentile / 100.0)
     lower = position.floor()
     gamma = position - lower
     ranks = torch.stack([lower + 1, torch.minimum(lower + 2, totals)], dim=1)

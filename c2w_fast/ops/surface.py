@@ -68,7 +68,6 @@ TOLERANCE = {"rtol": 1e-6, "atol": 1e-9}  # fast backends vs the float64 referen
 # An exact tie of the weighted percentile is reached whatever the summation order: float64 sums of
 # up to 10^7 weights err by far less. A cumulative weight short of the target by less than this without
 # being equal to it counts as reaching it too (none in 3 000 random pairs at extreme spacings).
-# csrc/surface.hpp holds the same value.
 PERCENTILE_TIE_RTOL = 1e-9
 
 
@@ -130,6 +129,12 @@ def _distances_reference_numpy(pred: np.ndarray, gt: np.ndarray, spacing, conven
     return distances_to(surface_gt, surface_pred), distances_to(surface_pred, surface_gt), areas_pred, areas_gt
 
 
+def weighted_fraction(percentile: float) -> float:
+    """The fraction of the total weight the weighted percentile must reach, on every backend:
+    ``percentile`` % less ``PERCENTILE_TIE_RTOL``."""
+    return max(percentile / 100.0 - PERCENTILE_TIE_RTOL, 0.0)
+
+
 def weighted_percentile(distances: np.ndarray, weights: np.ndarray, percentile: float) -> float:
     """Smallest distance whose elements at or below it carry ``percentile`` % of the weight
     (DeepMind's rule: cumulative weights in ascending distance order, first index reaching it,
@@ -137,7 +142,7 @@ def weighted_percentile(distances: np.ndarray, weights: np.ndarray, percentile: 
     order = np.argsort(distances, kind="stable")
     cumulative = np.cumsum(weights[order])
     total = np.sum(weights)
-    index = int(np.searchsorted(cumulative, (percentile / 100.0 - PERCENTILE_TIE_RTOL) * total))
+    index = int(np.searchsorted(cumulative, weighted_fraction(percentile) * total))
     return float(distances[order][min(index, len(distances) - 1)])
 
 
@@ -197,8 +202,9 @@ def _summary_cpu(pred, gt, spacing, convention, tolerance_mm, percentile, percen
     from c2w_fast import _cpu
 
     rule = within_rule(tolerance_mm, spacing, convention)
+    quantile = weighted_fraction(percentile) if convention == "surfel" else percentile / 100.0
     return SurfaceSummary(*_cpu.surface_summary(*_cpu_arguments(pred, gt, spacing, convention),
-                                                rule.lower, rule.upper, rule.offsets, percentile / 100.0,
+                                                rule.lower, rule.upper, rule.offsets, quantile,
                                                 percentile_rule == "pooled"))
 
 
