@@ -225,8 +225,9 @@ inline void surface_distances(const uint8_t* pred, const uint8_t* gt, const Grid
 
 // Smallest distance d whose elements at or below d carry at least fraction q of the total
 // weight of `parts` (the largest distance when rounding leaves q unreached); the caller lowers q
-// by the tie margin (c2w_fast.ops.surface.weighted_fraction). Two passes over the elements: weights summed into 4096 buckets of distance,
-// then only the elements of the bucket where the cumulative weight reaches q are sorted.
+// by the tie margin (c2w_fast.ops.surface.weighted_fraction). Two passes over the elements:
+// weights summed into 4096 buckets of distance, then only the elements of the bucket where the
+// cumulative weight reaches q are sorted.
 inline double weighted_percentile(const std::vector<const Directed*>& parts, double q) {
   double lo = std::numeric_limits<double>::infinity(), hi = -lo, total = 0;
   for (const Directed* d : parts) {
