@@ -24,7 +24,7 @@ def fast_decision(rule, float32_distance, offset):
 
 
 def test_a_float32_distance_and_the_offset_decide_as_the_rule_does(rng):
-    """Every offset of an 8^3 grid, its distance summed in float32 (a few ulps off, as on the fast
+    """Every offset of a 15^3 grid (-7..7 steps), its distance summed in float32 (a few ulps off, as on the fast
     backends) and the rule's lookup of the offset, against the exact float64 distance and the rule."""
     offsets = np.stack(np.meshgrid(*(np.arange(-7, 8),) * 3, indexing="ij")).reshape(3, -1).T
     for _ in range(40):
