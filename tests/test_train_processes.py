@@ -13,7 +13,9 @@ from c2w_fast import config as cfg
 from c2w_fast.training import checkpoint
 from training_helpers import CONFIGS, RESNEXT, SPLITS, set_args, write_phantoms
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# faulthandler: a rank that aborts (once in about 30 runs under CI load, gloo's "terminate called without
+# an active exception") prints every thread's Python stack, so a failure shows where it stopped
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_two_gloo_processes_train_like_one_with_the_whole_batch(lasc, tmp_path, 
     _in_process(_command(lasc, tmp_path / "one", 2, *items))
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
                          + _command(lasc, tmp_path / "two", 2, *items)[1:], env=ENV, capture_output=True, text=True)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, ddp.stderr[-12000:]  # the ranks' stacks come before torchrun's own report
     one, two = (_model(tmp_path / name / "fold_0" / "checkpoint_latest.pt") for name in ("one", "two"))
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
